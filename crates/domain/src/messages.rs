@@ -1,0 +1,140 @@
+//! The versioned messages the tiers exchange over the broker.
+//!
+//! producer → matcher: a [`ChangeBatch`] of detected records.
+//! matcher → applier: an [`ApplyBatch`] of commands, one per resolved identity.
+//!
+//! Every message carries its schema version `v`, the connection id and the
+//! lane, and several records, so that one broker round trip moves many
+//! records. Decoding checks size, UTF-8, JSON shape and version, and says which
+//! of those failed: a message that cannot be read is a named sync error, never
+//! a crashed worker (I6).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Timestamp;
+use crate::lane::Lane;
+use crate::merge::{Observation, Side};
+use crate::records::SourceRecord;
+
+/// The message schema version this build writes and reads.
+pub const MESSAGE_VERSION: u16 = 1;
+/// Messages larger than this are refused unread.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Records detected by the producer in one page of one feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeBatch {
+    pub v: u16,
+    pub batch_id: Uuid,
+    pub connection_id: String,
+    pub lane: Lane,
+    pub detected_at: Timestamp,
+    pub changes: Vec<Change>,
+}
+
+/// One detected record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Unique per detection; follows the record through every tier.
+    pub change_id: Uuid,
+    pub record: SourceRecord,
+}
+
+/// Identity-resolved work for the applier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyBatch {
+    pub v: u16,
+    pub batch_id: Uuid,
+    pub connection_id: String,
+    pub lane: Lane,
+    pub commands: Vec<ApplyCommand>,
+}
+
+/// Apply these edits to one identity. What to do with them (update, create the
+/// missing counterpart, only remember them while pending) follows from the
+/// identity's state in PostgreSQL, read by the applier under the identity's
+/// lock, so a redelivered or reordered command is always safe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyCommand {
+    /// The change id of the detection this command comes from.
+    pub command_id: Uuid,
+    pub identity_id: Uuid,
+    pub source: RecordRef,
+    pub detected_at: Timestamp,
+    pub observations: Vec<Observation>,
+}
+
+/// A record in one of the systems, for audit and error reporting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordRef {
+    pub side: Side,
+    pub object: String,
+    pub id: String,
+}
+
+/// Why a message could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message of {size} bytes is over the {max}-byte limit")]
+    TooLarge { size: usize, max: usize },
+    #[error("message is not valid UTF-8 (at byte {0})")]
+    NotUtf8(usize),
+    #[error("message is not valid JSON of the expected shape: {0}")]
+    Malformed(String),
+    #[error("message version {0} is not supported (this build reads version {MESSAGE_VERSION})")]
+    UnknownVersion(u16),
+}
+
+#[derive(Deserialize)]
+struct VersionPeek {
+    v: u16,
+}
+
+/// Reads a message of any kind, checking size, encoding and version first.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge { size: bytes.len(), max: MAX_MESSAGE_BYTES });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
+    let peek: VersionPeek = serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if peek.v != MESSAGE_VERSION {
+        return Err(DecodeError::UnknownVersion(peek.v));
+    }
+    serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// Writes a message.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    // Serialising these plain data types cannot fail.
+    serde_json::to_vec(message).expect("messages serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> ApplyBatch {
+        ApplyBatch { v: MESSAGE_VERSION, batch_id: Uuid::new_v4(), connection_id: "default".into(), lane: Lane::Immediate, commands: vec![] }
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let b = batch();
+        assert_eq!(decode::<ApplyBatch>(&encode(&b)).unwrap(), b);
+    }
+
+    #[test]
+    fn unreadable_messages_are_named() {
+        assert!(matches!(decode::<ApplyBatch>(b"{not json"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(decode::<ApplyBatch>(&[b'{', 0xff, 0xfe]), Err(DecodeError::NotUtf8(1))));
+        let mut future = serde_json::to_value(batch()).unwrap();
+        future["v"] = 99.into();
+        assert_eq!(decode::<ApplyBatch>(future.to_string().as_bytes()), Err(DecodeError::UnknownVersion(99)));
+        let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(decode::<ApplyBatch>(&huge), Err(DecodeError::TooLarge { .. })));
+        // Right version, wrong shape.
+        assert!(matches!(decode::<ChangeBatch>(br#"{"v":1,"changes":3}"#), Err(DecodeError::Malformed(_))));
+    }
+}

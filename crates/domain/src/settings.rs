@@ -1,0 +1,161 @@
+//! Per-connection settings: creation rules, lane threshold, batch budget,
+//! field mapping, and which systems the connection talks to.
+//!
+//! Stored as JSON in PostgreSQL (`connections.settings`) so that every replica
+//! of every tier reads the same values, and changed at run time with
+//! `crmsync connection set`. Missing keys take the documented defaults, unknown
+//! keys are refused.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+use crate::mapping::FieldMap;
+
+/// The default lane threshold (R7): more changes than this in one pass go to
+/// the batch lane.
+pub const DEFAULT_BATCH_THRESHOLD: usize = 400;
+/// The default batch budget (R7): 12,000 records per hour per connection.
+pub const DEFAULT_BATCH_BUDGET_PER_HOUR: u32 = 12_000;
+
+/// Where one system of a connection lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum SystemEndpoint {
+    /// The embedded sandbox in PostgreSQL; `tenant` is the MA business unit or
+    /// CRM org inside it.
+    Sandbox {
+        #[serde(default = "default_tenant")]
+        tenant: String,
+    },
+}
+
+fn default_tenant() -> String {
+    "default".to_owned()
+}
+
+impl Default for SystemEndpoint {
+    fn default() -> Self {
+        SystemEndpoint::Sandbox { tenant: default_tenant() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionSettings {
+    /// A new CRM lead or contact with an email creates a prospect (R3).
+    pub auto_create_prospects: bool,
+    /// When `auto_create_prospects` was last turned on: only records created
+    /// after it are auto-created (the setting is not retroactive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_create_prospects_since: Option<Timestamp>,
+    pub batch_threshold: usize,
+    pub batch_budget_per_hour: u32,
+    pub field_map: FieldMap,
+    pub ma: SystemEndpoint,
+    pub crm: SystemEndpoint,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            auto_create_prospects: false,
+            auto_create_prospects_since: None,
+            batch_threshold: DEFAULT_BATCH_THRESHOLD,
+            batch_budget_per_hour: DEFAULT_BATCH_BUDGET_PER_HOUR,
+            field_map: FieldMap::default(),
+            ma: SystemEndpoint::default(),
+            crm: SystemEndpoint::default(),
+        }
+    }
+}
+
+/// Why a setting could not be changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingError {
+    #[error("unknown setting {0:?}; settable: {SETTABLE}")]
+    Unknown(String),
+    #[error("setting {key:?} needs {expected}, got {value:?}")]
+    Invalid { key: String, value: String, expected: &'static str },
+}
+
+/// The settings `crmsync connection set` can change.
+pub const SETTABLE: &str = "auto_create_prospects, batch_threshold, batch_budget_per_hour";
+
+impl ConnectionSettings {
+    /// Changes one setting from its textual form. Turning
+    /// `auto_create_prospects` on stamps the time, so that it is not retroactive.
+    pub fn set(&mut self, key: &str, value: &str, now: Timestamp) -> Result<(), SettingError> {
+        let invalid = |expected| SettingError::Invalid { key: key.to_owned(), value: value.to_owned(), expected };
+        match key {
+            "auto_create_prospects" => {
+                let on = match value.to_ascii_lowercase().as_str() {
+                    "true" | "on" | "yes" | "1" => true,
+                    "false" | "off" | "no" | "0" => false,
+                    _ => return Err(invalid("true or false")),
+                };
+                if on && !self.auto_create_prospects {
+                    self.auto_create_prospects_since = Some(now);
+                }
+                self.auto_create_prospects = on;
+            }
+            "batch_threshold" => self.batch_threshold = value.parse().map_err(|_| invalid("a whole number"))?,
+            "batch_budget_per_hour" => {
+                self.batch_budget_per_hour = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| invalid("a positive whole number"))?;
+            }
+            _ => return Err(SettingError::Unknown(key.to_owned())),
+        }
+        Ok(())
+    }
+
+    /// Whether a CRM record created at `created_at` may create a prospect (R3).
+    pub fn may_auto_create(&self, created_at: Timestamp) -> bool {
+        self.auto_create_prospects && self.auto_create_prospects_since.is_none_or(|since| created_at >= since)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, Utc};
+
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_documented_values() {
+        let s = ConnectionSettings::default();
+        assert!(!s.auto_create_prospects);
+        assert_eq!(s.batch_threshold, 400);
+        assert_eq!(s.batch_budget_per_hour, 12_000);
+    }
+
+    #[test]
+    fn auto_create_is_not_retroactive() {
+        let now = Utc::now();
+        let mut s = ConnectionSettings::default();
+        assert!(!s.may_auto_create(now));
+        s.set("auto_create_prospects", "true", now).unwrap();
+        assert!(!s.may_auto_create(now - Duration::seconds(1)), "a record created before the switch");
+        assert!(s.may_auto_create(now + Duration::seconds(1)));
+        // Setting it on again does not move the switch time.
+        s.set("auto_create_prospects", "on", now + Duration::hours(1)).unwrap();
+        assert!(s.may_auto_create(now + Duration::seconds(1)));
+    }
+
+    #[test]
+    fn unknown_or_invalid_settings_are_refused_with_a_reason() {
+        let mut s = ConnectionSettings::default();
+        let now = Utc::now();
+        assert!(matches!(s.set("colour", "red", now), Err(SettingError::Unknown(_))));
+        let e = s.set("batch_threshold", "many", now).unwrap_err();
+        assert!(e.to_string().contains("whole number"), "{e}");
+        assert!(s.set("batch_budget_per_hour", "0", now).is_err());
+    }
+
+    #[test]
+    fn stored_settings_with_missing_keys_take_defaults_and_unknown_keys_fail() {
+        let s: ConnectionSettings = serde_json::from_str(r#"{"auto_create_prospects": true}"#).unwrap();
+        assert_eq!(s.batch_threshold, 400);
+        assert!(serde_json::from_str::<ConnectionSettings>(r#"{"auto_create": true}"#).is_err());
+        let round: ConnectionSettings = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(round, s);
+    }
+}
