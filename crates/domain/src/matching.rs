@@ -100,6 +100,8 @@ pub enum SkipReason {
     NoEmail,
     /// A converted lead is never written to; its contact carries the person.
     ConvertedLead,
+    /// A prospect in the recycle bin (or a deleted CRM record) is not synced.
+    Deleted,
 }
 
 impl SkipReason {
@@ -108,6 +110,7 @@ impl SkipReason {
             SkipReason::AutoCreateOff => "auto_create_off",
             SkipReason::NoEmail => "no_email",
             SkipReason::ConvertedLead => "converted_lead",
+            SkipReason::Deleted => "deleted",
         }
     }
 }
@@ -285,6 +288,8 @@ pub struct CrmFacts<'a> {
     pub by_external_id: Option<&'a IdentityRef>,
     pub by_crm_id: Option<&'a IdentityRef>,
     pub by_email: Option<&'a IdentityRef>,
+    /// Live CRM leads and contacts with the record's email, itself included.
+    pub crm_with_email: &'a [CrmCandidate],
     /// Prospects with the record's email.
     pub prospects_by_email: &'a [i64],
     /// `auto_create_prospects` is on and the record was created after it was.
@@ -318,6 +323,16 @@ pub fn decide_crm(f: &CrmFacts<'_>) -> Decision {
                 format!("{record} has the email of CRM record {other}, which is already synced; {record} is not synced"),
             )),
         };
+    }
+    // Several CRM records share this email: linking or creating by email would
+    // be a guess (R1), from this side as from the prospect's.
+    let others: Vec<&CrmCandidate> = live(f.crm_with_email).into_iter().filter(|c| c.id != *f.crm_id).collect();
+    if !others.is_empty() {
+        let ids: Vec<String> = others.iter().map(|c| format!("{} {}", c.object, c.id)).collect();
+        return Decision::Reject(SyncIssue::new(
+            SyncErrorCategory::AmbiguousMatch,
+            format!("{record} shares its email with {}; set the CRM id on the prospect to choose", ids.join(", ")),
+        ));
     }
     match f.prospects_by_email {
         [p] => Decision::New { patch: IdentityPatch { prospect_id: Some(*p), ..IdentityPatch::link_crm(&me) }, issue: None },

@@ -193,6 +193,7 @@ fn crm_facts<'a>(crm_id: &'a CrmId, email: Option<&'a Email>) -> CrmFacts<'a> {
         by_external_id: None,
         by_crm_id: None,
         by_email: None,
+        crm_with_email: &[],
         prospects_by_email: &[],
         may_auto_create: false,
     }
@@ -277,4 +278,18 @@ fn a_converted_lead_is_skipped() {
     let i = ident(IdentityStatus::Linked, Some(7), Some(LEAD));
     let d = decide_crm(&CrmFacts { is_converted: true, by_crm_id: Some(&i), ..crm_facts(&cid, None) });
     assert_eq!(d, Decision::Skip(SkipReason::ConvertedLead));
+}
+
+#[test]
+fn a_crm_record_sharing_its_email_with_another_is_ambiguous_from_the_crm_side_too() {
+    let cid = id(LEAD);
+    let e = Email::parse("a@example.com").unwrap();
+    let both = [lead(LEAD), CrmCandidate { id: id(CONTACT), object: CrmObject::Contact, is_converted: false }];
+    let d = decide_crm(&CrmFacts { crm_with_email: &both, prospects_by_email: &[7], ..crm_facts(&cid, Some(&e)) });
+    let Decision::Reject(issue) = d else { panic!("{d:?}") };
+    assert_eq!(issue.category, SyncErrorCategory::AmbiguousMatch);
+    assert!(issue.reason.contains(CONTACT), "{}", issue.reason);
+    // Only itself: not ambiguous.
+    let d = decide_crm(&CrmFacts { crm_with_email: &both[..1], prospects_by_email: &[7], ..crm_facts(&cid, Some(&e)) });
+    assert!(matches!(d, Decision::New { .. }), "{d:?}");
 }

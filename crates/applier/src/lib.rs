@@ -1,0 +1,61 @@
+//! The applier tier: applies each identity's merged edits to the MA and the
+//! CRM by the field behaviours (R2), never letting an older change overwrite a
+//! newer one (I3), creating missing counterparts idempotently (R3), and
+//! recording state, audit and sync errors in PostgreSQL.
+//!
+//! One consume loop per lane. Any number of replicas may run: identities are
+//! serialised by Redis locks, and writes fenced by the locks' tokens.
+
+mod plan;
+mod process;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crmsync_domain::Lane;
+use crmsync_domain::messages::{self, ApplyBatch};
+use crmsync_infra::amqp::Stage;
+use crmsync_infra::services::Services;
+use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
+use crmsync_infra::{CancellationToken, Config};
+use crmsync_sandbox::SandboxFactory;
+use lapin::message::Delivery;
+
+pub use process::Applier;
+
+/// The apply stage: decode, apply, ack.
+#[derive(Debug)]
+pub struct ApplyStage {
+    pub applier: Applier,
+}
+
+#[async_trait]
+impl Handler for ApplyStage {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), StageError> {
+        let batch: ApplyBatch = messages::decode(&delivery.data).map_err(|e| StageError::Poison(e.to_string()))?;
+        self.applier.process(&batch).await
+    }
+}
+
+/// Runs the applier until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let services = Services::connect(&config, "crmsync-applier").await?;
+    let factory = Arc::new(SandboxFactory::from_config(&config, &services.pool).await?);
+    let stage = Arc::new(ApplyStage {
+        applier: Applier { pool: services.pool.clone(), locks: services.locks.clone(), factory, lock_timeout: config.locks.acquire_timeout() },
+    });
+    let loops = [Lane::Immediate, Lane::Batch].map(|lane| {
+        let opts = ConsumeOptions {
+            queue: services.topology.queue(Stage::Apply, lane),
+            concurrency: config.applier.concurrency,
+            backoff: Duration::from_millis(config.applier.retry_backoff_ms),
+            max_backoff: Duration::from_secs(10),
+            tag: String::new(),
+        };
+        consume(&services.amqp, opts, stage.clone(), shutdown.clone())
+    });
+    futures::future::try_join_all(loops).await?;
+    let _ = services.amqp.close(200, "shutdown".into()).await;
+    Ok(())
+}

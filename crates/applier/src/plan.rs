@@ -1,0 +1,204 @@
+//! What to write where, for one identity, from its merged field state: pure
+//! functions over the identity's state, so the write decisions are tested
+//! without services.
+//!
+//! - a linked identity gets the fields whose known value differs from the
+//!   value its behaviour wants (R2), on each side;
+//! - an identity being created in the CRM (R3) gets a lead with every desired
+//!   value, owned by the assigned user's CRM user, keyed by crmsync's external
+//!   id so a retried create finds the first attempt's lead;
+//! - an identity being created in the MA gets a prospect, upserted by email;
+//! - a pending identity gets nothing until it is assigned.
+
+use crmsync_connector::{CrmTarget, ProspectTarget};
+use crmsync_domain::mapping::FieldMap;
+use crmsync_domain::matching::IdentityStatus;
+use crmsync_domain::merge::{IdentityFields, Side};
+use crmsync_domain::{CrmId, CrmObject, Email};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// An identity as the applier works on it.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub id: Uuid,
+    pub status: IdentityStatus,
+    pub prospect_id: Option<i64>,
+    pub crm: Option<(CrmObject, CrmId)>,
+    pub email: Option<String>,
+    pub owner: Option<CrmId>,
+    pub fields: IdentityFields,
+    pub ma_link_written: bool,
+}
+
+/// One field to write: its MA name (the state's key), the target system's
+/// name for it, and the value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldWrite {
+    pub key: String,
+    pub api: String,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrmPlan {
+    pub object: CrmObject,
+    pub target: CrmTarget,
+    pub fields: Vec<FieldWrite>,
+    pub owner: Option<CrmId>,
+    pub creates: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaPlan {
+    pub target: ProspectTarget,
+    pub fields: Vec<FieldWrite>,
+    pub link: Option<(CrmObject, CrmId)>,
+    pub creates: bool,
+}
+
+/// The CRM write this identity needs, if any.
+pub fn crm_write(state: &State, map: &FieldMap) -> Option<CrmPlan> {
+    let fields_for = |object: CrmObject| -> Vec<FieldWrite> {
+        let mappings: Vec<_> = map.for_object(object).collect();
+        state
+            .fields
+            .plan(mappings.iter().map(|(m, _)| *m), Side::Crm)
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let api = mappings.iter().find(|(m, _)| m.ma == key).map(|(_, api)| (*api).to_owned())?;
+                Some(FieldWrite { key, api, value })
+            })
+            .collect()
+    };
+    match (state.status, &state.crm) {
+        (IdentityStatus::Linked | IdentityStatus::CreatingMa, Some((object, id))) => {
+            let fields = fields_for(*object);
+            (!fields.is_empty()).then(|| CrmPlan { object: *object, target: CrmTarget::Id(id.clone()), fields, owner: None, creates: false })
+        }
+        (IdentityStatus::CreatingCrm, None) => Some(CrmPlan {
+            object: CrmObject::Lead,
+            target: CrmTarget::ExternalId(state.id.to_string()),
+            fields: fields_for(CrmObject::Lead),
+            owner: state.owner.clone(),
+            creates: true,
+        }),
+        _ => None,
+    }
+}
+
+/// Why a prospect cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MaPlanError {
+    /// A prospect must be created but the identity has no valid email.
+    NoEmail,
+}
+
+/// The MA write this identity needs, if any, once the CRM side is settled
+/// (`state.crm` may have just been set by a create).
+pub fn ma_write(state: &State, map: &FieldMap) -> Result<Option<MaPlan>, MaPlanError> {
+    let fields: Vec<FieldWrite> = state
+        .fields
+        .plan(map.iter(), Side::Ma)
+        .into_iter()
+        .map(|(key, value)| FieldWrite { api: key.clone(), key, value })
+        .collect();
+    let link = if state.ma_link_written { None } else { state.crm.clone() };
+    match (state.status, state.prospect_id) {
+        (IdentityStatus::CreatingMa, None) => {
+            let email = state.email.as_deref().and_then(|e| Email::parse(e).ok()).ok_or(MaPlanError::NoEmail)?;
+            Ok(Some(MaPlan { target: ProspectTarget::UpsertByEmail(email), fields, link, creates: true }))
+        }
+        (IdentityStatus::Linked, Some(id)) if !fields.is_empty() || link.is_some() => {
+            Ok(Some(MaPlan { target: ProspectTarget::Id(id), fields, link, creates: false }))
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use crmsync_domain::merge::Observation;
+    use serde_json::json;
+
+    use super::*;
+
+    fn state(status: IdentityStatus) -> State {
+        State {
+            id: Uuid::new_v4(),
+            status,
+            prospect_id: Some(7),
+            crm: None,
+            email: Some("a@example.com".into()),
+            owner: Some(CrmId::parse("0055g00000OwNeR").unwrap()),
+            fields: IdentityFields::default(),
+            ma_link_written: false,
+        }
+    }
+
+    fn observe(s: &mut State, side: Side, field: &str, v: Value) {
+        s.fields.observe_all(&FieldMap::default(), &[Observation { field: field.into(), side, at: Utc::now(), value: v }]);
+    }
+
+    #[test]
+    fn a_pending_identity_writes_nothing() {
+        let mut s = state(IdentityStatus::PendingAssignment);
+        observe(&mut s, Side::Ma, "lastName", json!("Doe"));
+        let map = FieldMap::default();
+        assert_eq!(crm_write(&s, &map), None);
+        assert_eq!(ma_write(&s, &map), Ok(None));
+    }
+
+    #[test]
+    fn creating_a_lead_writes_every_desired_value_under_crm_names_with_the_owner() {
+        let mut s = state(IdentityStatus::CreatingCrm);
+        observe(&mut s, Side::Ma, "lastName", json!("Doe"));
+        observe(&mut s, Side::Ma, "company", json!("Acme"));
+        observe(&mut s, Side::Ma, "score", json!(42));
+        let plan = crm_write(&s, &FieldMap::default()).unwrap();
+        assert!(plan.creates);
+        assert_eq!(plan.target, CrmTarget::ExternalId(s.id.to_string()));
+        assert_eq!(plan.owner, s.owner);
+        let apis: Vec<&str> = plan.fields.iter().map(|f| f.api.as_str()).collect();
+        assert!(apis.contains(&"LastName") && apis.contains(&"Company") && apis.contains(&"pi__score__c"));
+    }
+
+    #[test]
+    fn a_linked_identity_writes_only_what_differs_and_links_the_prospect_once() {
+        let mut s = state(IdentityStatus::Linked);
+        s.crm = Some((CrmObject::Contact, CrmId::parse("0035g00000AbCdE").unwrap()));
+        observe(&mut s, Side::Crm, "jobTitle", json!("CTO"));
+        observe(&mut s, Side::Ma, "jobTitle", json!("CTO"));
+        let map = FieldMap::default();
+        assert_eq!(crm_write(&s, &map), None);
+        let ma = ma_write(&s, &map).unwrap().unwrap();
+        assert!(ma.fields.is_empty());
+        assert_eq!(ma.link, s.crm);
+        s.ma_link_written = true;
+        assert_eq!(ma_write(&s, &map), Ok(None));
+    }
+
+    #[test]
+    fn contacts_get_contact_field_names_and_no_company() {
+        let mut s = state(IdentityStatus::Linked);
+        s.crm = Some((CrmObject::Contact, CrmId::parse("0035g00000AbCdE").unwrap()));
+        s.ma_link_written = true;
+        observe(&mut s, Side::Ma, "city", json!("Osaka"));
+        observe(&mut s, Side::Ma, "company", json!("Acme"));
+        let plan = crm_write(&s, &FieldMap::default()).unwrap();
+        assert_eq!(plan.fields, vec![FieldWrite { key: "city".into(), api: "MailingCity".into(), value: json!("Osaka") }]);
+    }
+
+    #[test]
+    fn creating_a_prospect_upserts_by_email_and_needs_one() {
+        let mut s = state(IdentityStatus::CreatingMa);
+        s.prospect_id = None;
+        s.crm = Some((CrmObject::Lead, CrmId::parse("00Q5g00000AbCdE").unwrap()));
+        let plan = ma_write(&s, &FieldMap::default()).unwrap().unwrap();
+        assert!(plan.creates);
+        assert!(matches!(plan.target, ProspectTarget::UpsertByEmail(_)));
+        s.email = None;
+        assert_eq!(ma_write(&s, &FieldMap::default()), Err(MaPlanError::NoEmail));
+    }
+}

@@ -1,0 +1,195 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "crmsync", version, about = "Keeps a marketing-automation system, a CRM and a customer-success platform in sync.")]
+pub struct Cli {
+    /// Configuration file (TOML). `CRMSYNC_*` environment variables override it.
+    #[arg(long, global = true, env = "CRMSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the producer tier: detect changes and publish them.
+    Producer,
+    /// Run the matcher tier: resolve identities, apply the creation rules.
+    Matcher,
+    /// Run the applier tier: apply field behaviours and write the targets.
+    Applier,
+    /// Apply the engine's and the sandbox's database migrations.
+    Migrate,
+    /// Show, per connection, what is in sync, pending, queued and failing.
+    Status(ConnectionArg),
+    /// Check both sides of every linked identity against each other.
+    Report(ConnectionArg),
+    /// List open sync errors.
+    Errors {
+        #[command(flatten)]
+        connection: ConnectionArg,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Inspect and change connections.
+    #[command(subcommand)]
+    Connection(ConnectionCmd),
+    /// Work with the sandbox systems by hand.
+    #[command(subcommand)]
+    Sandbox(SandboxCmd),
+    /// Run the demo: fresh database, seeded sandbox, all tiers, a report.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectionArg {
+    /// The connection (all of them when omitted).
+    #[arg(long, short = 'c')]
+    pub connection: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionCmd {
+    /// List connections.
+    List,
+    /// Show a connection's settings.
+    Show { id: String },
+    /// Create a connection to sandbox tenants.
+    Create {
+        id: String,
+        #[arg(long, default_value = "default")]
+        ma_tenant: String,
+        #[arg(long, default_value = "default")]
+        crm_tenant: String,
+    },
+    /// Change a setting: auto_create_prospects, batch_threshold, batch_budget_per_hour.
+    Set { id: String, key: String, value: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SystemArg {
+    Ma,
+    Crm,
+}
+
+/// `name=value`, as given to `--set`.
+#[derive(Debug, Clone)]
+pub struct KeyValue(pub String, pub String);
+
+impl std::str::FromStr for KeyValue {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split_once('=').map(|(k, v)| KeyValue(k.trim().to_owned(), v.to_owned())).ok_or_else(|| format!("expected name=value, got {s:?}"))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCmd {
+    /// Fill a tenant with the realistic data set.
+    Seed {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// 1.0 is about 4,000 prospects and 5,000 CRM people.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Delete every record of a tenant (users stay).
+    Reset {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Create a record: prospect, lead, contact, account, opportunity, contact-role.
+    Create {
+        object: String,
+        /// Field values, by API or column name: `--set LastName=Doe`.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<KeyValue>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Change fields of a record.
+    Update {
+        object: String,
+        id: String,
+        #[arg(long = "set", value_name = "NAME=VALUE", required = true)]
+        set: Vec<KeyValue>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Assign a prospect to an MA user (`--user`), or unassign it.
+    Assign {
+        prospect: i64,
+        #[arg(long, conflicts_with = "unassign", required_unless_present = "unassign")]
+        user: Option<i64>,
+        #[arg(long)]
+        unassign: bool,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Show one record with its change tracking.
+    Show {
+        object: String,
+        id: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// List the most recently changed records.
+    List {
+        object: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// List the users of a system.
+    Users {
+        system: SystemArg,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Add an MA user (`--crm-user` ties it to a CRM user) or a CRM user.
+    AddUser {
+        system: SystemArg,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        crm_user: Option<String>,
+        /// CRM user without the API Enabled permission.
+        #[arg(long)]
+        no_api: bool,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Size of the seeded data set (1.0: about 4,000 prospects).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    #[arg(long, default_value_t = 2)]
+    pub producers: usize,
+    #[arg(long, default_value_t = 2)]
+    pub matchers: usize,
+    #[arg(long, default_value_t = 2)]
+    pub appliers: usize,
+    /// Database the demo creates afresh (dropped first if it exists).
+    #[arg(long, default_value = "crmsync_demo")]
+    pub database: String,
+    /// Where the tiers' logs go.
+    #[arg(long, default_value = ".demo")]
+    pub work_dir: PathBuf,
+    /// Give up waiting for the sync after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}

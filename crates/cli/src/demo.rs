@@ -1,0 +1,291 @@
+//! `crmsync demo`: the whole engine on the embedded sandbox, end to end.
+//!
+//! 1. creates a fresh database (and broker and Redis prefixes of its own),
+//! 2. seeds the sandbox with the realistic data set,
+//! 3. starts the tiers as separate processes (two matchers and two appliers
+//!    by default) and shows progress until the pipeline is idle,
+//! 4. makes live changes a user would make: assigns pending prospects, edits
+//!    linked pairs on both sides, turns on auto-creation and adds CRM leads,
+//! 5. stops the tiers with SIGTERM (they drain and exit 0),
+//! 6. prints a report that checks both sides against each other.
+
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use crmsync_infra::{Config, db};
+use crmsync_sandbox::ops::Sandbox;
+use crmsync_sandbox::{SandboxFactory, schema, seed};
+use crmsync_store::connections;
+use indicatif::{ProgressBar, ProgressStyle};
+use secrecy::ExposeSecret;
+use sqlx::{AssertSqlSafe, PgPool};
+use tokio::process::{Child, Command};
+
+use crate::args::DemoArgs;
+use crate::progress::{Probe, Progress};
+use crate::report;
+
+/// The connection the demo syncs.
+const CONNECTION: &str = "default";
+
+/// `url` with its database name replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let scheme_end = url.find("://").context("database URL has no scheme")? + 3;
+    let (head, tail) = url.split_at(scheme_end);
+    let (authority, rest) = match tail.find('/') {
+        Some(i) => tail.split_at(i),
+        None => (tail, ""),
+    };
+    let query = rest.find('?').map_or("", |i| &rest[i..]);
+    Ok(format!("{head}{authority}/{name}{query}"))
+}
+
+/// Drops and creates database `name` on the server `url` points at.
+pub async fn recreate_database(url: &str, name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        bail!("database name {name:?}: use lower-case letters, digits and _");
+    }
+    let admin = db::connect_url(url, 1, Duration::from_secs(10)).await.context("connecting to PostgreSQL")?;
+    sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await?;
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
+    admin.close().await;
+    Ok(())
+}
+
+/// A tier running as a child process.
+struct Tier {
+    name: String,
+    child: Child,
+}
+
+fn spawn(exe: &Path, tier: &str, n: usize, env: &[(&str, String)], logs: &Path) -> anyhow::Result<Tier> {
+    let name = format!("{tier}-{n}");
+    let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(tier).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env("CRMSYNC_PRODUCER__REPLICA_ID", &name);
+    Ok(Tier { name, child: cmd.spawn().with_context(|| format!("starting {tier}"))? })
+}
+
+fn check_alive(tiers: &mut [Tier], logs: &Path) -> anyhow::Result<()> {
+    for t in tiers {
+        if let Some(status) = t.child.try_wait()? {
+            bail!("{} exited early ({status}); see {}", t.name, logs.join(format!("{}.log", t.name)).display());
+        }
+    }
+    Ok(())
+}
+
+/// Asks every tier to stop (SIGTERM) and waits for them to drain and exit.
+async fn stop(tiers: &mut [Tier]) -> anyhow::Result<Vec<(String, String)>> {
+    for t in tiers.iter() {
+        if let Some(pid) = t.child.id() {
+            // `kill` keeps this crate free of unsafe signal calls.
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+    }
+    let mut out = Vec::new();
+    for t in tiers.iter_mut() {
+        let status = match tokio::time::timeout(Duration::from_secs(30), t.child.wait()).await {
+            Ok(Ok(s)) if s.success() => "exited 0".to_owned(),
+            Ok(Ok(s)) => format!("exited with {s}"),
+            Ok(Err(e)) => format!("unknown ({e})"),
+            Err(_) => {
+                let _ = t.child.kill().await;
+                "killed after 30 s".to_owned()
+            }
+        };
+        out.push((t.name.clone(), status));
+    }
+    Ok(out)
+}
+
+fn bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("  {spinner} [{elapsed_precise}] {bar:40.cyan/blue} {pos}/{len} changes  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+async fn settle(probe: &Probe, tiers: &mut [Tier], logs: &Path, timeout: Duration) -> anyhow::Result<Progress> {
+    let bar = bar();
+    let start = Instant::now();
+    let ids = [CONNECTION.to_owned()];
+    let result = loop {
+        check_alive(tiers, logs)?;
+        let p = probe.wait_idle(&ids, Duration::from_secs(2), |p| {
+            bar.set_length(p.published.max(0) as u64);
+            bar.set_position(p.finished.max(0).min(p.published.max(0)) as u64);
+            let rate = p.finished as f64 / start.elapsed().as_secs_f64().max(0.001);
+            bar.set_message(format!("{rate:.0}/s, {} queued", p.queued));
+        })
+        .await;
+        match p {
+            Ok(p) => break p,
+            Err(_) if start.elapsed() < timeout => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    bar.finish_and_clear();
+    Ok(result)
+}
+
+/// Live changes after the first sync, as users of both systems would make them.
+async fn live_changes(pool: &PgPool, sb: &Sandbox) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    // R3: assign pending prospects to sales users who have an active CRM user.
+    let users: Vec<i64> = sqlx::query_scalar(
+        "SELECT u.id FROM ma.users u JOIN crm.users c ON c.tenant = u.tenant AND left(c.id, 15) = left(u.crm_user_id, 15) \
+         WHERE u.tenant = 'default' AND c.is_active AND NOT u.is_integration AND u.email LIKE '%sales.example' ORDER BY u.id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let pending: Vec<i64> = sqlx::query_scalar(
+        "SELECT prospect_id FROM identities WHERE connection_id = $1 AND status = 'pending_assignment' ORDER BY prospect_id LIMIT 40",
+    )
+    .bind(CONNECTION)
+    .fetch_all(pool)
+    .await?;
+    for (i, p) in pending.iter().enumerate() {
+        sb.assign(*p, Some(users[i % users.len()])).await?;
+    }
+    done.push(format!("assigned {} pending prospects to sales users (each creates one lead)", pending.len()));
+    // R2: edits on both sides of linked pairs: MA first, the CRM a moment later.
+    let pairs: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT prospect_id, crm_id FROM identities WHERE connection_id = $1 AND status = 'linked' AND crm_object = 'lead' ORDER BY prospect_id LIMIT 20",
+    )
+    .bind(CONNECTION)
+    .fetch_all(pool)
+    .await?;
+    for (p, lead) in &pairs {
+        sb.update(&schema::PROSPECT, &p.to_string(), &[("jobTitle".into(), "Head of Demo (MA)".into()), ("company".into(), "Edited In MA".into())], None)
+            .await?;
+        sb.update(&schema::LEAD, lead, &[("Title".into(), "Head of Demo (CRM)".into())], None).await?;
+    }
+    done.push(format!(
+        "edited {} linked pairs on both sides: job title (most recent wins: the CRM's) and company in the MA (the CRM wins: reverted)",
+        pairs.len()
+    ));
+    // R3: auto-creation is not retroactive: only leads created after it is on.
+    let mut settings = connections::load(pool, CONNECTION).await?;
+    settings.set("auto_create_prospects", "true", chrono::Utc::now())?;
+    connections::save(pool, CONNECTION, &settings).await?;
+    for i in 0..15 {
+        sb.create(
+            &schema::LEAD,
+            &[
+                ("LastName".into(), format!("Newlead{i}")),
+                ("FirstName".into(), "Demo".into()),
+                ("Company".into(), "Autocreate Inc".into()),
+                ("Email".into(), format!("demo.newlead{i}@autocreate.example")),
+            ],
+            None,
+        )
+        .await?;
+    }
+    done.push("turned auto_create_prospects on and created 15 CRM leads (each creates one prospect; older CRM-only leads stay as they were)".into());
+    Ok(done)
+}
+
+pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let base_url = config.database.url.expose_secret().to_owned();
+    let url = with_database(&base_url, &args.database)?;
+    let prefix = "crmsync-demo".to_owned();
+    println!("crmsync demo: database {}, broker and Redis prefix {prefix}", args.database);
+
+    recreate_database(&base_url, &args.database).await?;
+    let mut config = config.clone();
+    config.database.url = url.clone().into();
+    config.sandbox.database_url = None;
+    config.amqp.prefix = prefix.clone();
+    config.redis.prefix = prefix.clone();
+    let pool = db::connect(&config.database).await?;
+    crate::migrate(&pool).await?;
+    {
+        // Queues of an earlier demo run would hold stale messages.
+        let conn = crmsync_infra::amqp::connect(&config.amqp, "crmsync-demo").await.context("connecting to RabbitMQ")?;
+        let channel = conn.create_channel().await?;
+        crmsync_infra::amqp::Topology::new(&config.amqp).delete_all(&channel).await?;
+        let _ = conn.close(200, "clean".into()).await;
+    }
+
+    println!("1. Seeding the sandbox (scale {})", args.scale);
+    let sb = Sandbox::new(pool.clone(), "default");
+    let s = seed::seed(&sb, &seed::SeedOptions { scale: args.scale, seed: 42 }).await?;
+    println!(
+        "   MA: {} prospects ({} with their CRM id, {} of them 15-character; {} sharing only an email; {} new and assigned; {} unassigned; {} malformed; {} ambiguous)",
+        s.prospects, s.linked_by_id, s.ids_15_char, s.linked_by_email, s.to_create, s.unassigned, s.malformed, s.ambiguous
+    );
+    println!("   CRM: {} leads, {} contacts, {} accounts; {} pairs edited on both sides since they last agreed", s.leads, s.contacts, s.accounts, s.conflicting_edits);
+
+    let logs = args.work_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let exe = std::env::current_exe()?;
+    let env: Vec<(&str, String)> = vec![
+        ("CRMSYNC_DATABASE__URL", url.clone()),
+        ("CRMSYNC_AMQP__PREFIX", prefix.clone()),
+        ("CRMSYNC_REDIS__PREFIX", prefix.clone()),
+        ("CRMSYNC_TELEMETRY__LOG_FORMAT", "json".into()),
+    ];
+    let mut tiers = Vec::new();
+    for (tier, n) in [("producer", args.producers), ("matcher", args.matchers), ("applier", args.appliers)] {
+        for i in 1..=n.max(1) {
+            tiers.push(spawn(&exe, tier, i, &env, &logs)?);
+        }
+    }
+    println!(
+        "2. Started {} producer(s), {} matcher(s), {} applier(s) as separate processes (logs in {})",
+        args.producers.max(1),
+        args.matchers.max(1),
+        args.appliers.max(1),
+        logs.display()
+    );
+    let probe = Probe::new(&config, &pool).await?;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let t = Instant::now();
+    let p = settle(&probe, &mut tiers, &logs, timeout).await?;
+    println!("   initial sync: {} changes in {:.1} s ({:.0} changes/s)", p.finished, t.elapsed().as_secs_f64(), p.finished as f64 / t.elapsed().as_secs_f64());
+
+    println!("3. Live changes");
+    for line in live_changes(&pool, &sb).await? {
+        println!("   - {line}");
+    }
+    let t = Instant::now();
+    let before = p.finished;
+    let p = settle(&probe, &mut tiers, &logs, timeout).await?;
+    println!("   synced {} more changes in {:.1} s", p.finished - before, t.elapsed().as_secs_f64());
+
+    println!("4. Stopping the tiers (SIGTERM: drain, then exit)");
+    for (name, status) in stop(&mut tiers).await? {
+        println!("   {name}: {status}");
+    }
+
+    println!("5. Report");
+    let factory = SandboxFactory::new(pool.clone());
+    let r = report::build(&pool, &factory, CONNECTION).await?;
+    report::print(&r);
+    println!("Demo finished in {:.0} s.", started.elapsed().as_secs_f64());
+    Ok(if r.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn database_names_are_swapped_in_urls() {
+        assert_eq!(with_database("postgres://u:p@h:5432/crmsync", "demo").unwrap(), "postgres://u:p@h:5432/demo");
+        assert_eq!(with_database("postgres://h/x?sslmode=disable", "demo").unwrap(), "postgres://h/demo?sslmode=disable");
+        assert_eq!(with_database("postgres://h", "demo").unwrap(), "postgres://h/demo");
+    }
+}

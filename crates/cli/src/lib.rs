@@ -1,0 +1,106 @@
+//! The `crmsync` command. Each module is one group of commands; the tiers
+//! themselves live in their own crates and are only started from here.
+
+pub mod args;
+pub mod demo;
+pub mod progress;
+pub mod report;
+mod sandbox_cmd;
+mod status;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use args::{Cli, Command, ConnectionCmd};
+use crmsync_infra::{Config, db, shutdown, telemetry};
+use crmsync_store::connections;
+use sqlx::PgPool;
+
+/// Runs one command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    let service = match &cli.command {
+        Command::Producer => "crmsync-producer",
+        Command::Matcher => "crmsync-matcher",
+        Command::Applier => "crmsync-applier",
+        _ => "crmsync",
+    };
+    telemetry::init(&config.telemetry, service);
+    match cli.command {
+        Command::Producer => crmsync_producer::run(config, shutdown::on_signals()).await?,
+        Command::Matcher => crmsync_matcher::run(config, shutdown::on_signals()).await?,
+        Command::Applier => crmsync_applier::run(config, shutdown::on_signals()).await?,
+        Command::Migrate => {
+            let pool = connect(&config).await?;
+            migrate(&pool).await?;
+            println!("migrations applied");
+        }
+        Command::Status(c) => status::print(&config, &connect(&config).await?, c.connection.as_deref()).await?,
+        Command::Report(c) => {
+            let pool = connect(&config).await?;
+            let ok = report::print_all(&config, &pool, c.connection.as_deref()).await?;
+            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Command::Errors { connection, limit } => status::print_errors(&connect(&config).await?, connection.connection.as_deref(), limit).await?,
+        Command::Connection(cmd) => connection(&connect(&config).await?, cmd).await?,
+        Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,
+        Command::Demo(args) => return demo::run(&config, args).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    db::connect(&config.database).await.context("connecting to PostgreSQL (is it running? scripts/services.sh starts it)")
+}
+
+/// Applies the engine's and the sandbox's migrations.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    db::migrate(pool).await.context("engine migrations")?;
+    crmsync_sandbox::migrate(pool).await.context("sandbox migrations")?;
+    Ok(())
+}
+
+/// Connection ids to report on: the one asked for, or all.
+pub async fn connection_ids(pool: &PgPool, only: Option<&str>) -> anyhow::Result<Vec<String>> {
+    Ok(match only {
+        Some(id) => {
+            connections::load(pool, id).await?;
+            vec![id.to_owned()]
+        }
+        None => connections::ids(pool).await?,
+    })
+}
+
+async fn connection(pool: &PgPool, cmd: ConnectionCmd) -> anyhow::Result<()> {
+    use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
+    match cmd {
+        ConnectionCmd::List => {
+            for id in connections::ids(pool).await? {
+                let s = connections::load(pool, &id).await?;
+                println!("{id}\tauto_create_prospects={}\tbatch_threshold={}\tbatch_budget_per_hour={}", s.auto_create_prospects, s.batch_threshold, s.batch_budget_per_hour);
+            }
+        }
+        ConnectionCmd::Show { id } => {
+            println!("{}", serde_json::to_string_pretty(&connections::load(pool, &id).await?)?);
+        }
+        ConnectionCmd::Create { id, ma_tenant, crm_tenant } => {
+            if connections::ids(pool).await?.contains(&id) {
+                anyhow::bail!("connection {id:?} already exists");
+            }
+            let settings = ConnectionSettings {
+                ma: SystemEndpoint::Sandbox { tenant: ma_tenant },
+                crm: SystemEndpoint::Sandbox { tenant: crm_tenant },
+                ..ConnectionSettings::default()
+            };
+            connections::save(pool, &id, &settings).await?;
+            println!("connection {id} created");
+        }
+        ConnectionCmd::Set { id, key, value } => {
+            let mut s = connections::load(pool, &id).await?;
+            s.set(&key, &value, chrono::Utc::now())?;
+            connections::save(pool, &id, &s).await?;
+            println!("{id}: {key} = {value}");
+        }
+    }
+    Ok(())
+}

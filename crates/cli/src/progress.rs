@@ -1,0 +1,107 @@
+//! How far the pipeline is, and whether it is idle.
+//!
+//! Every change the producer publishes is finished by exactly one stage, which
+//! writes one audit row for it (applied, created, pending, skipped, rejected).
+//! So the pipeline of a connection is idle, exactly, when
+//! - every change published has been finished (audit rows ≥ changes published),
+//! - no work queue holds a message, and
+//! - no feed has unread changes past its cursor (including the echoes of the
+//!   applier's own writes, which the producer must still read and drop).
+//!
+//! The demo shows this as progress; the tests wait on it instead of sleeping.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crmsync_connector::{ConnectorFactory, Cursor};
+use crmsync_infra::Config;
+use crmsync_infra::amqp::{self, Topology};
+use crmsync_producer::Feed;
+use crmsync_sandbox::SandboxFactory;
+use crmsync_store::{audit, connections, feeds};
+use sqlx::PgPool;
+
+/// A snapshot of one connection's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Changes published by the producer.
+    pub published: i64,
+    /// Changes finished by the matcher or the applier.
+    pub finished: i64,
+    /// Messages waiting in the work queues (all connections).
+    pub queued: u64,
+    /// Feeds with changes not yet read.
+    pub unread_feeds: Vec<&'static str>,
+}
+
+impl Progress {
+    pub fn idle(&self) -> bool {
+        self.finished >= self.published && self.queued == 0 && self.unread_feeds.is_empty()
+    }
+}
+
+/// Measures progress from PostgreSQL, the broker and the sources.
+#[derive(Debug)]
+pub struct Probe {
+    pool: PgPool,
+    factory: SandboxFactory,
+    channel: lapin::Channel,
+    topology: Topology,
+    _conn: lapin::Connection,
+}
+
+impl Probe {
+    pub async fn new(config: &Config, pool: &PgPool) -> anyhow::Result<Probe> {
+        let conn = amqp::connect(&config.amqp, "crmsync-probe").await.context("connecting to RabbitMQ")?;
+        let channel = conn.create_channel().await?;
+        let topology = Topology::new(&config.amqp);
+        topology.declare(&channel).await?;
+        let factory = SandboxFactory::from_config(config, pool).await?;
+        Ok(Probe { pool: pool.clone(), factory, channel, topology, _conn: conn })
+    }
+
+    pub async fn measure(&self, connection_id: &str) -> anyhow::Result<Progress> {
+        let feeds = feeds::all(&self.pool, connection_id).await?;
+        let published = feeds.iter().map(|f| f.published).sum();
+        let finished = audit::finished_changes(&self.pool, connection_id).await?;
+        let mut queued = 0u64;
+        for (_, _, q) in self.topology.work_queues() {
+            queued += u64::from(self.topology.depth(&self.channel, &q).await?);
+        }
+        let settings = connections::load(&self.pool, connection_id).await?;
+        let systems = self.factory.systems(&settings).await?;
+        let mut unread_feeds = Vec::new();
+        for feed in Feed::ALL {
+            let cursor = feeds.iter().find(|f| f.feed == feed.name()).and_then(|f| f.cursor.clone()).map(Cursor);
+            let (records, _, _) = feed.page(&systems, cursor.as_ref(), 1).await?;
+            if !records.is_empty() {
+                unread_feeds.push(feed.name());
+            }
+        }
+        Ok(Progress { published, finished, queued, unread_feeds })
+    }
+
+    /// Waits until every connection in `ids` is idle, calling `tick` with the
+    /// first connection's progress as it goes.
+    pub async fn wait_idle(&self, ids: &[String], timeout: Duration, mut tick: impl FnMut(&Progress)) -> anyhow::Result<Progress> {
+        let start = Instant::now();
+        loop {
+            let mut all_idle = true;
+            let mut first = None;
+            for id in ids {
+                let p = self.measure(id).await?;
+                all_idle &= p.idle();
+                first.get_or_insert(p);
+            }
+            let first = first.unwrap_or_default();
+            tick(&first);
+            if all_idle {
+                return Ok(first);
+            }
+            if start.elapsed() > timeout {
+                anyhow::bail!("the pipeline did not settle within {timeout:?}: {first:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

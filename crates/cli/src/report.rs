@@ -1,0 +1,213 @@
+//! The report: what the engine did for a connection, and a check of both
+//! sides against each other.
+//!
+//! For every linked identity the prospect and its CRM record are read back
+//! through the connectors and compared field by field over the mapping: once
+//! the pipeline is idle, every mapped field must hold the same value on both
+//! sides (pairs with an open sync error are counted apart: they are waiting
+//! for someone to act). Leads the engine created must be owned by the assigned
+//! user's CRM user (R3). Only ids and field names are printed, never values.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crmsync_connector::{ConnectorFactory, Systems};
+use crmsync_domain::mapping::SyncBehaviour;
+use crmsync_domain::merge::{IdentityFields, same_value};
+use crmsync_domain::records::{CrmPersonRecord, ProspectRecord};
+use crmsync_domain::settings::ConnectionSettings;
+use crmsync_domain::{CrmId, CrmObject};
+use crmsync_infra::Config;
+use crmsync_sandbox::SandboxFactory;
+use crmsync_store::sync_errors::{self, SyncErrorRow};
+use crmsync_store::{audit, connections, identities};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A field that differs between the two sides of a linked pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub identity: Uuid,
+    pub prospect_id: i64,
+    pub crm_id: String,
+    pub field: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub connection_id: String,
+    pub statuses: Vec<(String, i64)>,
+    pub actions: Vec<(String, i64)>,
+    pub open_errors: Vec<(String, i64)>,
+    pub error_samples: Vec<SyncErrorRow>,
+    pub pairs_compared: usize,
+    pub pairs_waiting_on_errors: usize,
+    pub mismatches: Vec<Mismatch>,
+    /// Linked identities whose prospect or CRM record cannot be found.
+    pub missing: Vec<Uuid>,
+    pub created_leads_checked: usize,
+    pub wrong_owners: Vec<String>,
+}
+
+impl Report {
+    /// Both sides agree and every created lead has the right owner.
+    pub fn ok(&self) -> bool {
+        self.mismatches.is_empty() && self.missing.is_empty() && self.wrong_owners.is_empty()
+    }
+
+    pub fn count(&self, action: &str) -> i64 {
+        self.actions.iter().filter(|(a, _)| a == action).map(|(_, n)| n).sum()
+    }
+
+    pub fn status(&self, status: &str) -> i64 {
+        self.statuses.iter().filter(|(s, _)| s == status).map(|(_, n)| n).sum()
+    }
+
+    pub fn errors(&self, category: &str) -> i64 {
+        self.open_errors.iter().filter(|(c, _)| c == category).map(|(_, n)| n).sum()
+    }
+}
+
+async fn prospects(systems: &Systems, ids: &[i64]) -> anyhow::Result<HashMap<i64, ProspectRecord>> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(1000) {
+        out.extend(systems.ma.prospects_by_id(chunk).await?.into_iter().map(|p| (p.id, p)));
+    }
+    Ok(out)
+}
+
+async fn people(systems: &Systems, ids: &[CrmId]) -> anyhow::Result<HashMap<String, CrmPersonRecord>> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(1000) {
+        out.extend(systems.crm.people_by_id(chunk).await?.into_iter().map(|r| (r.id.clone(), r)));
+    }
+    Ok(out)
+}
+
+/// The mapped fields on which the two records disagree. Two-way fields must
+/// hold one value; a read-only field must hold its source's value once the
+/// source has one (before that, the rules have no opinion).
+fn compare(settings: &ConnectionSettings, p: &ProspectRecord, c: &CrmPersonRecord, state: Option<&IdentityFields>) -> Vec<String> {
+    settings
+        .field_map
+        .for_object(c.object)
+        .filter(|(m, api)| {
+            let (Some(ma), Some(crm)) = (p.fields.get(&m.ma), c.fields.get(*api)) else { return false };
+            if m.sync == SyncBehaviour::ReadOnly {
+                let source = m.read_only_source();
+                let defined = state.and_then(|s| s.get(&m.ma)).is_some_and(|f| f.side(source).last.is_some());
+                if !defined {
+                    return false;
+                }
+            }
+            !same_value(&ma.value, &crm.value)
+        })
+        .map(|(m, _)| m.ma.clone())
+        .collect()
+}
+
+/// Builds the report of one connection.
+pub async fn build(pool: &PgPool, factory: &SandboxFactory, connection_id: &str) -> anyhow::Result<Report> {
+    let settings = connections::load(pool, connection_id).await?;
+    let systems = factory.systems(&settings).await?;
+    let mut r = Report {
+        connection_id: connection_id.to_owned(),
+        statuses: identities::status_counts(pool, connection_id).await?,
+        actions: audit::action_counts(pool, connection_id).await?,
+        open_errors: sync_errors::open_counts(pool, connection_id).await?,
+        ..Report::default()
+    };
+    let samples = sync_errors::list_open(pool, connection_id, 10_000).await?;
+    let mut per_category: BTreeMap<String, usize> = BTreeMap::new();
+    for s in samples {
+        let n = per_category.entry(s.category.clone()).or_default();
+        if *n < 2 {
+            r.error_samples.push(s);
+        }
+        *n += 1;
+    }
+    let erring: HashSet<(String, String)> = sync_errors::open_records(pool, connection_id).await?.into_iter().collect();
+    let linked = identities::linked(pool, connection_id).await?;
+    let ids: Vec<i64> = linked.iter().map(|l| l.prospect_id).collect();
+    let crm_ids: Vec<CrmId> = linked.iter().filter_map(|l| CrmId::parse(&l.crm_id).ok()).collect();
+    let ma = prospects(&systems, &ids).await?;
+    let crm = people(&systems, &crm_ids).await?;
+    let mut states: HashMap<Uuid, IdentityFields> = HashMap::new();
+    for chunk in linked.chunks(5000) {
+        let keys = identities::Keys { ids: chunk.iter().map(|l| l.id).collect(), ..Default::default() };
+        states.extend(identities::find(pool, connection_id, &keys, true).await?.into_iter().map(|r| (r.id, r.fields.0)));
+    }
+    for l in &linked {
+        let (Some(p), Some(c)) = (ma.get(&l.prospect_id), crm.get(&l.crm_id)) else {
+            r.missing.push(l.id);
+            continue;
+        };
+        if erring.contains(&("prospect".to_owned(), l.prospect_id.to_string())) || erring.contains(&(l.crm_object.clone(), l.crm_id.clone())) {
+            r.pairs_waiting_on_errors += 1;
+            continue;
+        }
+        r.pairs_compared += 1;
+        for field in compare(&settings, p, c, states.get(&l.id)) {
+            r.mismatches.push(Mismatch { identity: l.id, prospect_id: l.prospect_id, crm_id: l.crm_id.clone(), field });
+        }
+        if let Some(owner) = &l.owner_id
+            && c.object == CrmObject::Lead
+            && c.external_id.is_some()
+        {
+            r.created_leads_checked += 1;
+            if c.owner_id.as_deref() != Some(owner.as_str()) {
+                r.wrong_owners.push(c.id.clone());
+            }
+        }
+    }
+    Ok(r)
+}
+
+fn join(pairs: &[(String, i64)]) -> String {
+    if pairs.is_empty() {
+        return "none".into();
+    }
+    pairs.iter().map(|(k, n)| format!("{} {n}", k.replace('_', " "))).collect::<Vec<_>>().join(" · ")
+}
+
+/// Prints a report for people.
+pub fn print(r: &Report) {
+    println!("Connection {}", r.connection_id);
+    println!("  Identities    {}", join(&r.statuses));
+    let (skips, actions): (Vec<_>, Vec<_>) = r.actions.iter().cloned().partition(|(a, _)| a.starts_with("skipped:"));
+    let (rejects, actions): (Vec<_>, Vec<_>) = actions.into_iter().partition(|(a, _)| a.starts_with("rejected"));
+    println!("  Changes       {}", join(&actions));
+    if !skips.is_empty() {
+        println!("  Not synced    {}", join(&skips.iter().map(|(a, n)| (a.trim_start_matches("skipped:").to_owned(), *n)).collect::<Vec<_>>()));
+    }
+    if !rejects.is_empty() {
+        println!("  Rejected      {}", rejects.iter().map(|(_, n)| n).sum::<i64>());
+    }
+    println!("  Sync errors   {}", join(&r.open_errors));
+    for s in &r.error_samples {
+        println!("                · {} {} {}: {}", s.category, s.object, s.record_id, s.reason);
+    }
+    println!(
+        "  Check         {} linked pairs compared field by field: {} mismatched field(s); {} pair(s) waiting on an open sync error; {} missing record(s)",
+        r.pairs_compared,
+        r.mismatches.len(),
+        r.pairs_waiting_on_errors,
+        r.missing.len()
+    );
+    for m in r.mismatches.iter().take(10) {
+        println!("                ✗ prospect {} / {}: {} differs", m.prospect_id, m.crm_id, m.field);
+    }
+    println!("                {} lead(s) created by the engine checked for owner: {} wrong", r.created_leads_checked, r.wrong_owners.len());
+    println!("  Result        {}", if r.ok() { "OK: both sides agree" } else { "FAILED" });
+}
+
+/// Builds and prints the report of each connection; true if all are OK.
+pub async fn print_all(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow::Result<bool> {
+    let factory = SandboxFactory::from_config(config, pool).await?;
+    let mut ok = true;
+    for id in crate::connection_ids(pool, only).await? {
+        let r = build(pool, &factory, &id).await?;
+        print(&r);
+        ok &= r.ok();
+    }
+    Ok(ok)
+}

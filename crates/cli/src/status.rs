@@ -1,0 +1,64 @@
+//! `crmsync status` and `crmsync errors`: the operator's view per connection.
+
+use crmsync_infra::Config;
+use crmsync_infra::amqp::{self, Topology};
+use crmsync_store::{feeds, identities, sync_errors};
+use sqlx::PgPool;
+
+/// Prints, per connection: identities by status (in sync, pending
+/// assignment, being created), feeds, open sync errors by reason; and what is
+/// queued per stage on the broker.
+pub async fn print(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow::Result<()> {
+    for id in crate::connection_ids(pool, only).await? {
+        let statuses = identities::status_counts(pool, &id).await?;
+        let count = |s: &str| statuses.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+        println!("Connection {id}");
+        println!("  in sync              {}", count("linked"));
+        println!("  pending assignment   {}", count("pending_assignment"));
+        println!("  being created        {}", count("creating_crm") + count("creating_ma"));
+        for f in feeds::all(pool, &id).await? {
+            println!(
+                "  feed {:<15} published {:>8}  echoes dropped {:>8}  leased by {}",
+                f.feed,
+                f.published,
+                f.suppressed,
+                f.lease_owner.as_deref().unwrap_or("-")
+            );
+        }
+        let errors = sync_errors::open_counts(pool, &id).await?;
+        if errors.is_empty() {
+            println!("  sync errors          none");
+        } else {
+            println!("  sync errors          {}", errors.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", "));
+        }
+    }
+    match amqp::connect(&config.amqp, "crmsync-status").await {
+        Ok(conn) => {
+            let channel = conn.create_channel().await?;
+            let topology = Topology::new(&config.amqp);
+            topology.declare(&channel).await?;
+            println!("Queued (broker, all connections)");
+            for (stage, lane, q) in topology.work_queues() {
+                println!("  {:<6} {:<10} {:>8}", stage.as_str(), lane.as_str(), topology.depth(&channel, &q).await?);
+            }
+            for stage in [amqp::Stage::Match, amqp::Stage::Apply] {
+                println!("  {:<6} {:<10} {:>8}", stage.as_str(), "dead", topology.depth(&channel, &topology.dead_queue(stage)).await?);
+            }
+            let _ = conn.close(200, "done".into()).await;
+        }
+        Err(e) => println!("Queued: broker unreachable ({e})"),
+    }
+    Ok(())
+}
+
+/// Prints open sync errors with their full reasons.
+pub async fn print_errors(pool: &PgPool, only: Option<&str>, limit: i64) -> anyhow::Result<()> {
+    for id in crate::connection_ids(pool, only).await? {
+        let rows = sync_errors::list_open(pool, &id, limit).await?;
+        println!("Connection {id}: {} open sync error(s) shown", rows.len());
+        for r in rows {
+            println!("  #{:<6} {:<22} {:<8} {:<20} x{:<3} {}", r.id, r.category, r.object, r.record_id, r.occurrences, r.reason);
+        }
+    }
+    Ok(())
+}

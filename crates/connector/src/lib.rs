@@ -1,0 +1,158 @@
+//! How the engine reaches the systems it syncs.
+//!
+//! The traits are shaped by the real APIs, not by the sandbox: change queries
+//! are paged by an opaque cursor over a modification stamp (SOQL on
+//! `SystemModstamp`, Account Engagement's `updatedAt`), look-ups go by id and by
+//! email in batches, and writes are batches that return one outcome per record
+//! (sObject Collections with `allOrNone=false`), so partial success is normal.
+//!
+//! Implementations: the sandbox in PostgreSQL (`crmsync-sandbox`); the HTTP
+//! connectors for Salesforce and Account Engagement come later behind the same
+//! traits.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use crmsync_domain::records::{CrmPersonRecord, ProspectRecord};
+use crmsync_domain::settings::ConnectionSettings;
+use crmsync_domain::{CrmId, CrmObject, Email, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a change feed stands: opaque to the engine, meaningful to the
+/// connector that produced it. Stored by the producer after each confirmed page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Cursor(pub Value);
+
+/// One page of a change feed.
+#[derive(Debug, Clone)]
+pub struct ChangePage<T> {
+    pub records: Vec<T>,
+    /// The cursor after this page; pass it to get the next one.
+    pub next: Cursor,
+    /// More changes were already waiting past this page.
+    pub has_more: bool,
+}
+
+/// How a connector call failed, in terms of what the caller should do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectorError {
+    /// Worth retrying later: timeouts, lost connections, rate limits.
+    #[error("temporarily unavailable: {0}")]
+    Transient(String),
+    /// Retrying will not help until someone changes the configuration.
+    #[error("misconfigured: {0}")]
+    Fatal(String),
+}
+
+/// The result of one record's write inside a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOutcome {
+    /// Written; `at` is the system's modification stamp of the write.
+    Written { id: String, created: bool, at: Timestamp },
+    /// The system refused this record (validation rule, required field...).
+    Rejected { code: String, message: String },
+    /// A write with a newer fencing token already reached the record: this
+    /// writer's view is stale and it must not write.
+    Fenced,
+    /// The record does not exist (any more).
+    NotFound,
+}
+
+/// Field name (as the system's API spells it) → value.
+pub type FieldValues = BTreeMap<String, Value>;
+
+/// Which prospect a write goes to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProspectTarget {
+    Id(i64),
+    /// Create, or update the most recently updated prospect with this email
+    /// (Account Engagement's "upsert latest by email"): idempotent creates.
+    UpsertByEmail(Email),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProspectWrite {
+    pub target: ProspectTarget,
+    pub fields: FieldValues,
+    /// Point the prospect at its CRM record.
+    pub crm_link: Option<(CrmObject, CrmId)>,
+    /// Fencing token: refused if a newer one already wrote this record.
+    pub fence: Option<i64>,
+}
+
+/// Which CRM record a write goes to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CrmTarget {
+    Id(CrmId),
+    /// Upsert by crmsync's external id field: a retried create finds the
+    /// record the first attempt made instead of making a second one.
+    ExternalId(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrmWrite {
+    pub target: CrmTarget,
+    pub fields: FieldValues,
+    pub owner_id: Option<CrmId>,
+    pub fence: Option<i64>,
+}
+
+/// The marketing-automation system (Account Engagement).
+#[async_trait]
+pub trait MaApi: Send + Sync + Debug {
+    /// The user the engine reads and writes as; changes made by it are the
+    /// engine's own and are not synced back (I7).
+    fn integration_user(&self) -> &str;
+
+    /// Prospects changed after `cursor` (from the beginning when `None`), in
+    /// stamp order, at most `limit`. Never skips a change that commits late.
+    async fn prospect_changes(&self, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<ProspectRecord>, ConnectorError>;
+
+    async fn prospects_by_id(&self, ids: &[i64]) -> Result<Vec<ProspectRecord>, ConnectorError>;
+
+    /// Live (not deleted) prospects whose email is one of `emails`, compared
+    /// case-insensitively.
+    async fn prospects_by_email(&self, emails: &[Email]) -> Result<Vec<ProspectRecord>, ConnectorError>;
+
+    /// One outcome per write, in order.
+    async fn write_prospects(&self, writes: &[ProspectWrite]) -> Result<Vec<WriteOutcome>, ConnectorError>;
+}
+
+/// The CRM (Sales Cloud): leads and contacts.
+#[async_trait]
+pub trait CrmApi: Send + Sync + Debug {
+    fn integration_user(&self) -> &str;
+
+    /// Leads or contacts changed after `cursor`, in stamp order, at most `limit`.
+    async fn person_changes(&self, object: CrmObject, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<CrmPersonRecord>, ConnectorError>;
+
+    /// Leads and contacts by id (any mix); missing ids are simply absent.
+    async fn people_by_id(&self, ids: &[CrmId]) -> Result<Vec<CrmPersonRecord>, ConnectorError>;
+
+    /// Live leads and contacts whose email is one of `emails`.
+    async fn people_by_email(&self, emails: &[Email]) -> Result<Vec<CrmPersonRecord>, ConnectorError>;
+
+    /// One outcome per write, in order. At most 200 writes per call, as with
+    /// sObject Collections; callers chunk.
+    async fn write_people(&self, object: CrmObject, writes: &[CrmWrite]) -> Result<Vec<WriteOutcome>, ConnectorError>;
+}
+
+/// The largest batch [`CrmApi::write_people`] takes.
+pub const MAX_WRITES_PER_CALL: usize = 200;
+
+/// The systems of one connection.
+#[derive(Debug, Clone)]
+pub struct Systems {
+    pub ma: Arc<dyn MaApi>,
+    pub crm: Arc<dyn CrmApi>,
+}
+
+/// Builds the systems a connection's settings point at.
+#[async_trait]
+pub trait ConnectorFactory: Send + Sync + Debug {
+    async fn systems(&self, settings: &ConnectionSettings) -> Result<Systems, ConnectorError>;
+}

@@ -1,0 +1,273 @@
+//! RabbitMQ: the topology the tiers declare, confirmed publishing, consuming.
+//!
+//! Topology (all durable, declared idempotently by every tier at start):
+//!
+//! ```text
+//! {prefix}.work  (direct) ── match.immediate ──▶ {prefix}.match.immediate ─▶ matcher
+//!                         ── match.batch     ──▶ {prefix}.match.batch     ─▶ matcher
+//!                         ── apply.immediate ──▶ {prefix}.apply.immediate ─▶ applier
+//!                         ── apply.batch     ──▶ {prefix}.apply.batch     ─▶ applier
+//! {prefix}.dead  (direct) ── match / apply   ──▶ {prefix}.match.dead, {prefix}.apply.dead
+//! ```
+//!
+//! Work queues are quorum queues with a delivery limit: a message that keeps
+//! failing (or keeps crashing its consumer) is dead-lettered after a bounded
+//! number of deliveries instead of cycling forever. Lanes have queues of their
+//! own so the immediate lane never waits behind a batch backlog.
+
+use std::fmt;
+
+use crmsync_domain::Lane;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use secrecy::ExposeSecret;
+
+use crate::config::AmqpConfig;
+
+/// A pipeline stage that consumes from the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Match,
+    Apply,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Match => "match",
+            Stage::Apply => "apply",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a broker operation failed. All of these are transient from the
+/// message's point of view: the caller retries or leaves the message unacked.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("broker refused to store a message (nack)")]
+    Nacked,
+    #[error("message to {0:?} was not routable to any queue")]
+    Unroutable(String),
+    #[error("publisher confirms are not enabled on this channel")]
+    NoConfirms,
+}
+
+/// Names and declaration of the exchanges and queues.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    delivery_limit: u32,
+    queue_expires_ms: Option<u64>,
+}
+
+impl Topology {
+    pub fn new(cfg: &AmqpConfig) -> Self {
+        Topology { prefix: cfg.prefix.clone(), delivery_limit: cfg.delivery_limit, queue_expires_ms: cfg.queue_expires_ms }
+    }
+
+    pub fn work_exchange(&self) -> String {
+        format!("{}.work", self.prefix)
+    }
+
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    pub fn routing_key(stage: Stage, lane: Lane) -> String {
+        format!("{}.{}", stage.as_str(), lane.as_str())
+    }
+
+    pub fn queue(&self, stage: Stage, lane: Lane) -> String {
+        format!("{}.{}", self.prefix, Self::routing_key(stage, lane))
+    }
+
+    pub fn dead_queue(&self, stage: Stage) -> String {
+        format!("{}.{}.dead", self.prefix, stage.as_str())
+    }
+
+    /// Every work queue, for status and clean-up.
+    pub fn work_queues(&self) -> Vec<(Stage, Lane, String)> {
+        [Stage::Match, Stage::Apply]
+            .into_iter()
+            .flat_map(|s| [Lane::Immediate, Lane::Batch].into_iter().map(move |l| (s, l)))
+            .map(|(s, l)| (s, l, self.queue(s, l)))
+            .collect()
+    }
+
+    fn queue_args(&self, dead_letter_key: Option<&str>) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+        if let Some(key) = dead_letter_key {
+            args.insert("x-delivery-limit".into(), AMQPValue::LongInt(self.delivery_limit as i32));
+            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from(self.dead_exchange())));
+            args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(key)));
+        }
+        if let Some(ms) = self.queue_expires_ms {
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(ms as i64));
+        }
+        args
+    }
+
+    /// Declares everything; idempotent, so every tier does it at start.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), AmqpError> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        for ex in [self.work_exchange(), self.dead_exchange()] {
+            channel.exchange_declare(ex.into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
+        }
+        let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
+        for stage in [Stage::Match, Stage::Apply] {
+            let dead = self.dead_queue(stage);
+            channel.queue_declare(dead.clone().into(), qopts, self.queue_args(None)).await?;
+            channel
+                .queue_bind(dead.into(), self.dead_exchange().into(), stage.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+                .await?;
+            for lane in [Lane::Immediate, Lane::Batch] {
+                let q = self.queue(stage, lane);
+                channel.queue_declare(q.clone().into(), qopts, self.queue_args(Some(stage.as_str()))).await?;
+                channel
+                    .queue_bind(
+                        q.into(),
+                        self.work_exchange().into(),
+                        Self::routing_key(stage, lane).into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every queue of this prefix (tests clean up after themselves).
+    pub async fn delete_all(&self, channel: &Channel) -> Result<(), AmqpError> {
+        let mut names: Vec<String> = self.work_queues().into_iter().map(|(_, _, q)| q).collect();
+        names.extend([self.dead_queue(Stage::Match), self.dead_queue(Stage::Apply)]);
+        for q in names {
+            channel.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
+        }
+        Ok(())
+    }
+
+    /// Messages ready in a queue (not counting ones delivered and unacked).
+    pub async fn depth(&self, channel: &Channel, queue: &str) -> Result<u32, AmqpError> {
+        let q = channel
+            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .await?;
+        Ok(q.message_count())
+    }
+}
+
+/// Opens a connection to the broker.
+pub async fn connect(cfg: &AmqpConfig, name: &str) -> Result<Connection, AmqpError> {
+    let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
+    Ok(Connection::connect(cfg.url.expose_secret(), props).await?)
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub message_id: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Publishes persistent messages and waits for the broker's confirms.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    channel: Channel,
+    exchange: String,
+}
+
+impl Publisher {
+    pub async fn new(conn: &Connection, topology: &Topology) -> Result<Self, AmqpError> {
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Publisher { channel, exchange: topology.work_exchange() })
+    }
+
+    /// Publishes all messages, then waits until the broker has confirmed every
+    /// one of them as stored. Only then may the caller treat them as sent
+    /// (advance a cursor, ack the input): I1.
+    pub async fn publish_confirmed(&self, messages: Vec<Outgoing>) -> Result<(), AmqpError> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut headers = FieldTable::default();
+            for (k, v) in m.headers {
+                headers.insert(ShortString::from(k), AMQPValue::LongString(LongString::from(v)));
+            }
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(m.message_id.into())
+                .with_headers(headers);
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.exchange.clone().into(),
+                    m.routing_key.clone().into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    &m.body,
+                    props,
+                )
+                .await?;
+            pending.push((m.routing_key, confirm));
+        }
+        for (key, confirm) in pending {
+            match confirm.await? {
+                Confirmation::Ack(None) => {}
+                Confirmation::Ack(Some(_)) => return Err(AmqpError::Unroutable(key)),
+                Confirmation::Nack(_) => return Err(AmqpError::Nacked),
+                Confirmation::NotRequested => return Err(AmqpError::NoConfirms),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts a consumer on `queue` with `prefetch` unacked messages at most.
+pub async fn consume(conn: &Connection, queue: &str, prefetch: u16, tag: &str) -> Result<(Channel, Consumer), AmqpError> {
+    let channel = conn.create_channel().await?;
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let consumer = channel.basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    Ok((channel, consumer))
+}
+
+/// Reads a string header of a delivery.
+pub fn header<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a str> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// The number of times a quorum queue has delivered this message before
+/// (`x-delivery-count`), 0 on the first delivery.
+pub fn delivery_count(props: &BasicProperties) -> u64 {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned())
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => Some(n as u64),
+            AMQPValue::LongInt(n) => Some(n as u64),
+            AMQPValue::LongUInt(n) => Some(n as u64),
+            AMQPValue::ShortInt(n) => Some(n as u64),
+            _ => None,
+        })
+        .unwrap_or(0)
+}

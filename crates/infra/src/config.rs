@@ -1,0 +1,244 @@
+//! One typed configuration for every tier and command, layered: built-in
+//! defaults, then a TOML file, then `CRMSYNC_*` environment variables
+//! (`CRMSYNC_AMQP__PREFETCH=32` sets `amqp.prefetch`).
+//!
+//! Every tunable lives here with a named default; unknown keys are refused so a
+//! typo fails loudly; connection strings are secrets and never printed.
+//! Per-connection sync settings (threshold, budget, mapping...) are not here:
+//! they live in PostgreSQL so that all replicas share them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Where the built-in defaults point: the services `scripts/services.sh` starts.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://crmsync:crmsync@127.0.0.1:5432/crmsync";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub sandbox: SandboxConfig,
+    pub amqp: AmqpConfig,
+    pub redis: RedisConfig,
+    pub locks: LockConfig,
+    pub producer: ProducerConfig,
+    pub matcher: WorkerConfig,
+    pub applier: WorkerConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// The engine's PostgreSQL database.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: DEFAULT_DATABASE_URL.into(), max_connections: 8, acquire_timeout_ms: 10_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// The database holding the sandbox systems; the engine's own by default.
+    pub database_url: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    pub url: SecretString,
+    /// Prefix of every exchange and queue name: deployments and tests that
+    /// share a broker stay apart.
+    pub prefix: String,
+    /// Unacknowledged messages a consumer may hold (per queue).
+    pub prefetch: u16,
+    /// Deliveries of one message before it is dead-lettered (poison messages).
+    pub delivery_limit: u32,
+    /// Delete queues unused for this long (tests only; off in production).
+    pub queue_expires_ms: Option<u64>,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig { url: DEFAULT_AMQP_URL.into(), prefix: "crmsync".into(), prefetch: 8, delivery_limit: 5, queue_expires_ms: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: SecretString,
+    /// Prefix of every key.
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig { url: DEFAULT_REDIS_URL.into(), prefix: "crmsync".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockConfig {
+    /// A lock expires after this long even if its holder never releases it.
+    pub ttl_ms: u64,
+    /// Give up on a contended lock after this long and retry the message later.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for LockConfig {
+    fn default() -> Self {
+        LockConfig { ttl_ms: 30_000, acquire_timeout_ms: 15_000 }
+    }
+}
+
+impl LockConfig {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerConfig {
+    /// How often each feed is polled when no notification wakes it sooner.
+    pub poll_interval_ms: u64,
+    /// Records read per change-query page.
+    pub page_size: usize,
+    /// Records carried per message to the matcher.
+    pub records_per_message: usize,
+    /// A feed lease lasts this long unless renewed; another replica takes
+    /// over a feed whose holder died after at most this.
+    pub lease_ttl_ms: u64,
+    /// This replica's name in feed leases; host name and pid by default.
+    pub replica_id: Option<String>,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig { poll_interval_ms: 500, page_size: 1000, records_per_message: 100, lease_ttl_ms: 15_000, replica_id: None }
+    }
+}
+
+impl ProducerConfig {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Messages processed at once by one replica.
+    pub concurrency: usize,
+    /// First retry delay of a message that failed for a transient reason;
+    /// doubles per attempt.
+    pub retry_backoff_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig { concurrency: 4, retry_backoff_ms: 200 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
+    pub log_filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { log_format: LogFormat::Text, log_filter: "info,sqlx=warn,lapin=warn".into() }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Config {
+    /// Defaults, then the TOML file at `path` if given (it must exist), then
+    /// `CRMSYNC_*` environment variables.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::new();
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError(Box::new(figment::Error::from(format!("config file {} does not exist", p.display())))));
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        fig = fig.merge(Env::prefixed("CRMSYNC_").split("__").ignore(&["config"]));
+        fig.extract().map_err(|e| ConfigError(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn defaults_point_at_loopback_services() {
+        let c = Config::default();
+        assert_eq!(c.database.url.expose_secret(), DEFAULT_DATABASE_URL);
+        assert_eq!(c.amqp.prefix, "crmsync");
+        assert_eq!(c.locks.ttl_ms, 30_000);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let text = format!("{:?}", Config::default());
+        assert!(!text.contains("crmsync:crmsync@"), "{text}");
+        assert!(!text.contains("guest:guest"), "{text}");
+    }
+
+    #[test]
+    fn file_then_environment_and_unknown_keys_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[amqp]\nprefix = \"from-file\"\nprefetch = 3\n")?;
+            jail.set_env("CRMSYNC_AMQP__PREFETCH", "32");
+            let c = Config::load(Some(Path::new("c.toml"))).unwrap();
+            assert_eq!(c.amqp.prefix, "from-file");
+            assert_eq!(c.amqp.prefetch, 32);
+            jail.create_file("bad.toml", "[amqp]\nprefetchh = 3\n")?;
+            let e = Config::load(Some(Path::new("bad.toml"))).unwrap_err().to_string();
+            assert!(e.contains("prefetchh"), "{e}");
+            assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,14 @@
+//! Infrastructure shared by every tier: configuration, PostgreSQL, RabbitMQ,
+//! Redis locks, telemetry and shutdown. No sync rules live here.
+
+pub mod amqp;
+pub mod config;
+pub mod db;
+pub mod locks;
+pub mod services;
+pub mod shutdown;
+pub mod telemetry;
+pub mod worker;
+
+pub use config::Config;
+pub use tokio_util::sync::CancellationToken;

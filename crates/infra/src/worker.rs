@@ -1,0 +1,181 @@
+//! The consume loop every stage runs: take a delivery, hand it to the stage's
+//! handler, settle it by what the handler says. The loop only feeds the
+//! handler; the unit of work (`Handler::handle`) can be called directly by
+//! tests.
+//!
+//! Settling rules:
+//! - `Ok`: the handler's effect is durable downstream (published with confirms,
+//!   committed in PostgreSQL, written to the target): ack.
+//! - `Retry`: a transient failure (a service away, a lock contended, a rate
+//!   limit). The delivery is kept and retried in place with exponential
+//!   backoff, so a broker-side delivery limit is not burnt by an outage; on
+//!   shutdown it is returned to the queue.
+//! - `Poison`: it can never succeed (unreadable, or the handler panicked):
+//!   rejected to the dead-letter exchange, never redelivered forever, never
+//!   blocking the queue behind it, never crashing the worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crmsync_connector::ConnectorError;
+use futures::StreamExt;
+use lapin::Connection;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::amqp::{self, AmqpError};
+use crate::locks::LockError;
+
+/// Why a unit of work did not complete, which decides what happens to its
+/// message.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Worth trying again later; the message stays.
+    #[error("retry later: {0}")]
+    Retry(String),
+    /// Can never succeed; the message goes to the dead-letter queue.
+    #[error("poison: {0}")]
+    Poison(String),
+}
+
+impl From<sqlx::Error> for StageError {
+    fn from(e: sqlx::Error) -> Self {
+        StageError::Retry(format!("database: {e}"))
+    }
+}
+
+impl From<LockError> for StageError {
+    fn from(e: LockError) -> Self {
+        StageError::Retry(e.to_string())
+    }
+}
+
+impl From<AmqpError> for StageError {
+    fn from(e: AmqpError) -> Self {
+        StageError::Retry(e.to_string())
+    }
+}
+
+impl From<ConnectorError> for StageError {
+    /// A misconfigured system is not the message's fault: it waits, retried
+    /// with backoff, until the configuration is fixed.
+    fn from(e: ConnectorError) -> Self {
+        StageError::Retry(e.to_string())
+    }
+}
+
+/// One stage's unit of work.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), StageError>;
+}
+
+/// How a consume loop runs.
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    pub queue: String,
+    /// Deliveries handled at once (and the broker prefetch).
+    pub concurrency: usize,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub tag: String,
+}
+
+/// Consumes `opts.queue` until `shutdown`, then stops taking deliveries, lets
+/// the ones in hand finish and settle, and returns.
+pub async fn consume<H: Handler>(
+    conn: &Connection,
+    opts: ConsumeOptions,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> Result<(), AmqpError> {
+    let prefetch = u16::try_from(opts.concurrency.max(1)).unwrap_or(u16::MAX);
+    let (channel, mut consumer) = amqp::consume(conn, &opts.queue, prefetch, &opts.tag).await?;
+    let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    info!(queue = %opts.queue, concurrency = opts.concurrency, "consuming");
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
+        };
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            d = consumer.next() => d,
+        };
+        let delivery = match delivery {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => return Err(e.into()),
+            None => {
+                warn!(queue = %opts.queue, "consumer stream ended");
+                break;
+            }
+        };
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        let opts = opts.clone();
+        tasks.spawn(async move {
+            settle(handler, delivery, &opts, &shutdown).await;
+            drop(permit);
+        });
+        // Reap finished tasks so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+    }
+    // Stop deliveries first, then drain what is in hand.
+    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+    while tasks.join_next().await.is_some() {}
+    let _ = channel.close(200, "shutdown".into()).await;
+    info!(queue = %opts.queue, "stopped consuming");
+    Ok(())
+}
+
+async fn settle<H: Handler>(handler: Arc<H>, delivery: Delivery, opts: &ConsumeOptions, shutdown: &CancellationToken) {
+    let mut backoff = opts.backoff;
+    let delivery = Arc::new(delivery);
+    loop {
+        // A panic in the handler is contained to this delivery.
+        let h = handler.clone();
+        let d = delivery.clone();
+        let result = tokio::spawn(async move { h.handle(&d).await }).await;
+        let outcome = match result {
+            Ok(r) => r,
+            Err(e) => Err(StageError::Poison(format!("handler panicked: {e}"))),
+        };
+        match outcome {
+            Ok(()) => {
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    // The broker will redeliver; the handler is idempotent.
+                    warn!(error = %e, "ack failed");
+                }
+                return;
+            }
+            Err(StageError::Poison(reason)) => {
+                error!(queue = %opts.queue, %reason, "dead-lettering a message that cannot succeed");
+                let _ = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await;
+                return;
+            }
+            Err(StageError::Retry(reason)) => {
+                warn!(queue = %opts.queue, %reason, backoff_ms = backoff.as_millis() as u64, "retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        return;
+                    }
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                }
+                backoff = (backoff * 2).min(opts.max_backoff);
+            }
+        }
+    }
+}
+
+/// ±25% so that replicas retrying the same contention do not march in step.
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = rand::random_range(0.75..1.25);
+    d.mul_f64(f)
+}

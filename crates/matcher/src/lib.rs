@@ -1,0 +1,133 @@
+//! The matcher tier: decides who is whose counterpart (R1), whether a
+//! counterpart may be created (R3), and hands each change to the applier as a
+//! command on one identity.
+//!
+//! One consume loop per lane, so the immediate lane never waits behind a
+//! batch backlog. Any number of replicas may run: identity decisions are
+//! serialised by Redis locks and fenced in PostgreSQL.
+
+mod parse;
+mod process;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crmsync_domain::Lane;
+use crmsync_domain::messages::{self, ApplyBatch, ChangeBatch, MESSAGE_VERSION};
+use crmsync_domain::{SyncErrorCategory, SyncIssue};
+use crmsync_infra::amqp::{self, Outgoing, Publisher, Stage, Topology};
+use crmsync_infra::services::Services;
+use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
+use crmsync_infra::{CancellationToken, Config};
+use crmsync_sandbox::SandboxFactory;
+use crmsync_store::{audit, sync_errors};
+use lapin::message::Delivery;
+use tracing::warn;
+use uuid::Uuid;
+
+pub use process::{Matcher, Output};
+
+/// The match stage: decode, match, store, publish.
+#[derive(Debug)]
+pub struct MatchStage {
+    pub matcher: Matcher,
+    pub publisher: Publisher,
+}
+
+impl MatchStage {
+    /// A message that cannot be read is parked as a sync error (when it names
+    /// a known connection) before it is dead-lettered.
+    async fn park_unreadable(&self, delivery: &Delivery, error: &messages::DecodeError) {
+        let connection_id = amqp::header(&delivery.properties, "x-connection-id").unwrap_or("default");
+        let record_id = delivery.properties.message_id().as_ref().map_or_else(|| "unknown".to_owned(), |m| m.to_string());
+        let parked = sync_errors::record_many(
+            &self.matcher.pool,
+            connection_id,
+            &[sync_errors::NewSyncError {
+                stage: "match",
+                object: "message".into(),
+                record_id,
+                issue: SyncIssue::new(SyncErrorCategory::MalformedMessage, error.to_string()),
+                change_id: None,
+                payload: None,
+            }],
+        )
+        .await;
+        if let Err(e) = parked {
+            warn!(error = %e, "could not park an unreadable message as a sync error");
+        }
+    }
+
+    /// Stores what matching produced and hands the commands on.
+    async fn finish(&self, batch: &ChangeBatch, out: Output) -> Result<(), StageError> {
+        let conn = batch.connection_id.as_str();
+        let mut tx = self.matcher.pool.begin().await?;
+        sync_errors::resolve(&mut *tx, conn, "match", &out.resolved).await?;
+        sync_errors::record_many(&mut *tx, conn, &out.errors).await?;
+        audit::insert_many(&mut *tx, conn, &out.audits).await?;
+        tx.commit().await?;
+        if out.commands.is_empty() {
+            return Ok(());
+        }
+        let apply = ApplyBatch {
+            v: MESSAGE_VERSION,
+            batch_id: Uuid::now_v7(),
+            connection_id: batch.connection_id.clone(),
+            lane: batch.lane,
+            commands: out.commands,
+        };
+        self.publisher
+            .publish_confirmed(vec![Outgoing {
+                routing_key: Topology::routing_key(Stage::Apply, batch.lane),
+                body: messages::encode(&apply),
+                message_id: apply.batch_id.to_string(),
+                headers: vec![("x-connection-id".into(), batch.connection_id.clone()), ("x-lane".into(), batch.lane.as_str().into())],
+            }])
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handler for MatchStage {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), StageError> {
+        let batch: ChangeBatch = match messages::decode(&delivery.data) {
+            Ok(b) => b,
+            Err(e) => {
+                self.park_unreadable(delivery, &e).await;
+                return Err(StageError::Poison(e.to_string()));
+            }
+        };
+        let out = self.matcher.process(&batch).await?;
+        self.finish(&batch, out).await
+    }
+}
+
+/// Runs the matcher until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let services = Services::connect(&config, "crmsync-matcher").await?;
+    let factory = Arc::new(SandboxFactory::from_config(&config, &services.pool).await?);
+    let stage = Arc::new(MatchStage {
+        matcher: Matcher {
+            pool: services.pool.clone(),
+            locks: services.locks.clone(),
+            factory,
+            lock_timeout: config.locks.acquire_timeout(),
+        },
+        publisher: services.publisher.clone(),
+    });
+    let loops = [Lane::Immediate, Lane::Batch].map(|lane| {
+        let opts = ConsumeOptions {
+            queue: services.topology.queue(Stage::Match, lane),
+            concurrency: config.matcher.concurrency,
+            backoff: Duration::from_millis(config.matcher.retry_backoff_ms),
+            max_backoff: Duration::from_secs(10),
+            tag: String::new(),
+        };
+        consume(&services.amqp, opts, stage.clone(), shutdown.clone())
+    });
+    futures::future::try_join_all(loops).await?;
+    let _ = services.amqp.close(200, "shutdown".into()).await;
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! The matcher's unit of work: one [`ChangeBatch`] in, identity decisions
+//! made and stored, one [`ApplyBatch`] of commands out.
+//!
+//! Each record is matched under a Redis lock on its keys (prospect id, CRM
+//! id, normalised email), taken all-or-nothing. Facts are gathered for all
+//! records holding their locks at once (one identity query, one CRM look-up
+//! by email, one MA look-up by email), the pure rules decide, and the
+//! decisions are written fenced by the lock's token. Records whose locks are
+//! busy wait for the next round; the message is acked only after the commands
+//! are confirmed by the broker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crmsync_connector::{ConnectorFactory, Systems};
+use crmsync_domain::matching::{
+    CrmCandidate, CrmFacts, Decision, IdentityPatch, ProspectFacts, SkipReason, decide_crm, decide_prospect, prospect_needs_crm_lookup,
+};
+use crmsync_domain::merge::{IdentityFields, Observation};
+use crmsync_domain::messages::{ApplyCommand, Change, ChangeBatch, RecordRef};
+use crmsync_domain::records::{CrmPersonRecord, ProspectRecord, SourceRecord};
+use crmsync_domain::settings::ConnectionSettings;
+use crmsync_domain::{CrmId, Email, SyncErrorCategory, SyncIssue};
+use crmsync_infra::locks::{LockGuard, LockKind, Locks};
+use crmsync_infra::worker::StageError;
+use crmsync_store::audit::AuditEntry;
+use crmsync_store::identities::{self, IdentityRow, Keys, Written};
+use crmsync_store::sync_errors::NewSyncError;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::parse::{Candidate, Refusal, parse};
+
+/// What one message produced, to be stored and published.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub commands: Vec<ApplyCommand>,
+    pub errors: Vec<NewSyncError>,
+    pub audits: Vec<AuditEntry>,
+    /// Records matched cleanly: their open match-stage errors are resolved.
+    pub resolved: Vec<(String, String)>,
+}
+
+impl Output {
+    fn reject(&mut self, record: &SourceRecord, change_id: Uuid, issue: SyncIssue, lane: &'static str) {
+        self.audits.push(audit(record, change_id, None, format!("rejected:{}", issue.category), lane));
+        self.errors.push(NewSyncError {
+            stage: "match",
+            object: record.object().to_owned(),
+            record_id: record.record_id(),
+            issue,
+            change_id: Some(change_id),
+            payload: serde_json::to_value(record).ok(),
+        });
+    }
+
+    fn skip(&mut self, record: &SourceRecord, change_id: Uuid, reason: SkipReason, lane: &'static str) {
+        self.audits.push(audit(record, change_id, None, format!("skipped:{}", reason.as_str()), lane));
+    }
+
+    fn note(&mut self, record: &SourceRecord, change_id: Uuid, issue: SyncIssue) {
+        self.errors.push(NewSyncError {
+            stage: "match",
+            object: record.object().to_owned(),
+            record_id: record.record_id(),
+            issue,
+            change_id: Some(change_id),
+            payload: serde_json::to_value(record).ok(),
+        });
+    }
+}
+
+fn audit(record: &SourceRecord, change_id: Uuid, identity: Option<Uuid>, action: String, lane: &'static str) -> AuditEntry {
+    AuditEntry {
+        change_id,
+        stage: "match",
+        identity_id: identity,
+        source_side: record.side().as_str(),
+        source_object: record.object().to_owned(),
+        source_id: record.record_id(),
+        action,
+        writes: json!({}),
+        detail: None,
+        lane,
+    }
+}
+
+/// The matcher's dependencies.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    pub pool: PgPool,
+    pub locks: Locks,
+    pub factory: Arc<dyn ConnectorFactory>,
+    pub lock_timeout: Duration,
+}
+
+/// Identity rows of a group, by each of their keys.
+#[derive(Debug, Default)]
+struct Index {
+    by_id: HashMap<Uuid, IdentityRow>,
+    by_prospect: HashMap<i64, Uuid>,
+    by_crm: HashMap<String, Uuid>,
+    by_email: HashMap<String, Uuid>,
+}
+
+impl Index {
+    fn new(rows: Vec<IdentityRow>) -> Self {
+        let mut ix = Index::default();
+        for r in rows {
+            if let Some(p) = r.prospect_id {
+                ix.by_prospect.insert(p, r.id);
+            }
+            if let Some(c) = &r.crm_id {
+                ix.by_crm.insert(c.clone(), r.id);
+            }
+            if let Some(e) = &r.email {
+                ix.by_email.insert(e.clone(), r.id);
+            }
+            ix.by_id.insert(r.id, r);
+        }
+        ix
+    }
+    fn get(&self, id: Option<&Uuid>) -> Option<&IdentityRow> {
+        id.and_then(|i| self.by_id.get(i))
+    }
+    fn prospect(&self, id: i64) -> Option<&IdentityRow> {
+        self.get(self.by_prospect.get(&id))
+    }
+    fn crm(&self, id: &CrmId) -> Option<&IdentityRow> {
+        self.get(self.by_crm.get(id.as_str()))
+    }
+    fn email(&self, e: &Email) -> Option<&IdentityRow> {
+        self.get(self.by_email.get(e.as_str()))
+    }
+}
+
+/// Records found in the systems while gathering facts.
+#[derive(Debug, Default)]
+struct Found {
+    crm_by_id: HashMap<CrmId, (CrmCandidate, CrmPersonRecord)>,
+    crm_by_email: HashMap<Email, Vec<CrmCandidate>>,
+    ma_by_email: HashMap<Email, Vec<i64>>,
+    ma_by_id: HashMap<i64, ProspectRecord>,
+}
+
+impl Found {
+    fn add_crm(&mut self, r: CrmPersonRecord) {
+        let Ok(id) = CrmId::parse(&r.id) else { return };
+        let cand = CrmCandidate { id: id.clone(), object: r.object, is_converted: r.is_converted };
+        if let Some(e) = r.email.as_deref().and_then(|e| Email::parse(e).ok()) {
+            let list = self.crm_by_email.entry(e).or_default();
+            if !list.contains(&cand) {
+                list.push(cand.clone());
+            }
+        }
+        self.crm_by_id.insert(id, (cand, r));
+    }
+}
+
+/// One record that holds its locks, being matched.
+struct Item<'a> {
+    candidate: &'a Candidate<'a>,
+    token: i64,
+}
+
+/// Outcome of one round for a group of records.
+struct RoundResult {
+    out: Output,
+    /// Positions (in the group) to try again next round.
+    retry: Vec<usize>,
+}
+
+impl Matcher {
+    fn lock_keys(&self, connection_id: &str, c: &Candidate<'_>) -> Vec<String> {
+        let mut keys = Vec::with_capacity(3);
+        match c {
+            Candidate::Prospect { p, email, crm_id, .. } => {
+                keys.push(self.locks.key(connection_id, LockKind::Prospect, &p.id.to_string()));
+                keys.push(self.locks.key(connection_id, LockKind::Email, email.as_str()));
+                if let Some(id) = crm_id {
+                    keys.push(self.locks.key(connection_id, LockKind::CrmId, id.as_str()));
+                }
+            }
+            Candidate::Crm { id, .. } => {
+                keys.push(self.locks.key(connection_id, LockKind::CrmId, id.as_str()));
+                if let Some(e) = c.email() {
+                    keys.push(self.locks.key(connection_id, LockKind::Email, e.as_str()));
+                }
+            }
+        }
+        keys
+    }
+
+    /// Matches every record of a batch. Returns what to store and publish.
+    pub async fn process(&self, batch: &ChangeBatch) -> Result<Output, StageError> {
+        let settings = crmsync_store::connections::load(&self.pool, &batch.connection_id)
+            .await
+            .map_err(|e| StageError::Retry(e.to_string()))?;
+        let systems = self.factory.systems(&settings).await?;
+        let lane = batch.lane.as_str();
+        let mut out = Output::default();
+        let mut candidates = Vec::with_capacity(batch.changes.len());
+        for change in &batch.changes {
+            match parse(change) {
+                Ok(c) => candidates.push(c),
+                Err(Refusal::Issue(issue)) => out.reject(&change.record, change.change_id, issue, lane),
+                Err(Refusal::Skip(reason)) => out.skip(&change.record, change.change_id, reason, lane),
+            }
+        }
+        let mut pending: Vec<usize> = (0..candidates.len()).collect();
+        let mut conflicts: HashMap<usize, u32> = HashMap::new();
+        let deadline = Instant::now() + self.lock_timeout;
+        while !pending.is_empty() {
+            let sets: Vec<Vec<String>> = pending.iter().map(|&i| self.lock_keys(&batch.connection_id, &candidates[i])).collect();
+            let guards = self.locks.try_acquire(&sets).await?;
+            let mut held: Vec<(usize, LockGuard)> = Vec::new();
+            let mut missed = Vec::new();
+            for (i, g) in pending.iter().copied().zip(guards) {
+                match g {
+                    Some(g) => held.push((i, g)),
+                    None => missed.push(i),
+                }
+            }
+            if !held.is_empty() {
+                let items: Vec<Item<'_>> = held.iter().map(|(i, g)| Item { candidate: &candidates[*i], token: g.token }).collect();
+                let result = self.match_group(batch, &settings, &systems, &items, &conflicts).await;
+                let guards: Vec<LockGuard> = held.iter().map(|(_, g)| g.clone()).collect();
+                // Release even when the round failed; the locks would expire anyway.
+                let released = self.locks.release(&guards).await;
+                let round = result?;
+                released?;
+                for pos in round.retry {
+                    let i = held[pos].0;
+                    *conflicts.entry(i).or_default() += 1;
+                    missed.push(i);
+                }
+                out.commands.extend(round.out.commands);
+                out.errors.extend(round.out.errors);
+                out.audits.extend(round.out.audits);
+                out.resolved.extend(round.out.resolved);
+            }
+            pending = missed;
+            if !pending.is_empty() {
+                if Instant::now() > deadline {
+                    return Err(StageError::Retry(format!("{} records' identity locks stayed busy", pending.len())));
+                }
+                let pause: u64 = rand::random_range(5..25);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn gather(&self, systems: &Systems, items: &[Item<'_>], ix: &Index) -> Result<Found, StageError> {
+        let mut crm_emails: Vec<Email> = Vec::new();
+        let mut crm_ids: Vec<CrmId> = Vec::new();
+        let mut ma_emails: Vec<Email> = Vec::new();
+        for item in items {
+            match item.candidate {
+                Candidate::Prospect { p, email, crm_id, .. } => {
+                    if prospect_needs_crm_lookup(ix.prospect(p.id).map(IdentityRow::as_ref).as_ref()) {
+                        crm_emails.push(email.clone());
+                        if let Some(id) = crm_id.as_ref().filter(|id| ix.crm(id).is_none()) {
+                            crm_ids.push(id.clone());
+                        }
+                    }
+                }
+                c @ Candidate::Crm { id, .. } => {
+                    if let Some(e) = c.email().filter(|e| ix.crm(id).is_none() && ix.email(e).is_none()) {
+                        ma_emails.push(e.clone());
+                        // Other CRM records with this email make it ambiguous.
+                        crm_emails.push(e.clone());
+                    }
+                }
+            }
+        }
+        for v in [&mut crm_emails, &mut ma_emails] {
+            v.sort();
+            v.dedup();
+        }
+        crm_ids.sort();
+        crm_ids.dedup();
+        let mut found = Found::default();
+        if !crm_emails.is_empty() {
+            for r in systems.crm.people_by_email(&crm_emails).await? {
+                found.add_crm(r);
+            }
+        }
+        if !crm_ids.is_empty() {
+            for r in systems.crm.people_by_id(&crm_ids).await? {
+                found.add_crm(r);
+            }
+        }
+        if !ma_emails.is_empty() {
+            for p in systems.ma.prospects_by_email(&ma_emails).await? {
+                if let Some(e) = p.email.as_deref().and_then(|e| Email::parse(e).ok()) {
+                    found.ma_by_email.entry(e).or_default().push(p.id);
+                }
+                found.ma_by_id.insert(p.id, p);
+            }
+        }
+        Ok(found)
+    }
+
+    fn decide(&self, settings: &ConnectionSettings, c: &Candidate<'_>, ix: &Index, found: &Found) -> Decision {
+        match c {
+            Candidate::Prospect { p, email, crm_id, assignment, .. } => {
+                let no_candidates: Vec<CrmCandidate> = Vec::new();
+                decide_prospect(&ProspectFacts {
+                    prospect_id: p.id,
+                    crm_id: crm_id.as_ref(),
+                    assignment,
+                    by_prospect: ix.prospect(p.id).map(IdentityRow::as_ref).as_ref(),
+                    by_crm_id: crm_id.as_ref().and_then(|id| ix.crm(id)).map(IdentityRow::as_ref).as_ref(),
+                    by_email: ix.email(email).map(IdentityRow::as_ref).as_ref(),
+                    crm_by_id: crm_id.as_ref().and_then(|id| found.crm_by_id.get(id)).map(|(c, _)| c),
+                    crm_by_email: found.crm_by_email.get(email).unwrap_or(&no_candidates),
+                })
+            }
+            Candidate::Crm { r, id, email, external, .. } => {
+                let by_external = ix.get(external.as_ref()).map(IdentityRow::as_ref);
+                let valid_email = email.as_ref().ok().and_then(Option::as_ref);
+                let prospects: Vec<i64> = valid_email.and_then(|e| found.ma_by_email.get(e)).cloned().unwrap_or_default();
+                let same_email: Vec<CrmCandidate> = valid_email.and_then(|e| found.crm_by_email.get(e)).cloned().unwrap_or_default();
+                let decision = decide_crm(&CrmFacts {
+                    crm_id: id,
+                    object: r.object,
+                    email: valid_email,
+                    is_converted: r.is_converted,
+                    by_external_id: by_external.as_ref(),
+                    by_crm_id: ix.crm(id).map(IdentityRow::as_ref).as_ref(),
+                    by_email: valid_email.and_then(|e| ix.email(e)).map(IdentityRow::as_ref).as_ref(),
+                    crm_with_email: &same_email,
+                    prospects_by_email: &prospects,
+                    may_auto_create: settings.may_auto_create(r.created_at),
+                });
+                match (decision, email) {
+                    // Unmatched, and the email that would match it is malformed.
+                    (Decision::Skip(SkipReason::NoEmail), Err(e)) => {
+                        Decision::Reject(SyncIssue::new(SyncErrorCategory::InvalidEmail, format!("{} {id}: {e}", r.object)))
+                    }
+                    (d, _) => d,
+                }
+            }
+        }
+    }
+
+    /// The edits a command carries: the record's own, plus, when this
+    /// decision links it to a record on the other side for the first time,
+    /// that record's current values.
+    fn observations(&self, systems: &Systems, settings: &ConnectionSettings, c: &Candidate<'_>, patch: &IdentityPatch, found: &Found) -> Vec<Observation> {
+        let map = &settings.field_map;
+        let mut obs = match c {
+            Candidate::Prospect { change, .. } => change.record.observations(map, Some(systems.ma.integration_user())),
+            Candidate::Crm { change, .. } => change.record.observations(map, Some(systems.crm.integration_user())),
+        };
+        match c {
+            Candidate::Prospect { .. } => {
+                if let Some((_, record)) = patch.crm.as_ref().and_then(|(id, _)| found.crm_by_id.get(id)) {
+                    obs.extend(SourceRecord::Crm(record.clone()).observations(map, Some(systems.crm.integration_user())));
+                }
+            }
+            Candidate::Crm { .. } => {
+                if let Some(p) = patch.prospect_id.and_then(|p| found.ma_by_id.get(&p)) {
+                    obs.extend(SourceRecord::Prospect(p.clone()).observations(map, Some(systems.ma.integration_user())));
+                }
+            }
+        }
+        obs
+    }
+
+    async fn match_group(
+        &self,
+        batch: &ChangeBatch,
+        settings: &ConnectionSettings,
+        systems: &Systems,
+        items: &[Item<'_>],
+        conflicts: &HashMap<usize, u32>,
+    ) -> Result<RoundResult, StageError> {
+        let conn = batch.connection_id.as_str();
+        let lane = batch.lane.as_str();
+        let mut keys = Keys::default();
+        for item in items {
+            let c = item.candidate;
+            match c {
+                Candidate::Prospect { p, crm_id, .. } => {
+                    keys.prospect_ids.push(p.id);
+                    keys.crm_ids.extend(crm_id.iter().map(|i| i.to_string()));
+                }
+                Candidate::Crm { id, external, .. } => {
+                    keys.crm_ids.push(id.to_string());
+                    keys.ids.extend(external.iter().copied());
+                }
+            }
+            keys.emails.extend(c.email().map(|e| e.to_string()));
+        }
+        let ix = Index::new(identities::find(&self.pool, conn, &keys, false).await?);
+        let found = self.gather(systems, items, &ix).await?;
+        let mut result = RoundResult { out: Output::default(), retry: Vec::new() };
+        let out = &mut result.out;
+        // Patches to existing identities need those identities' locks too.
+        let mut patches: Vec<(usize, Uuid, IdentityPatch)> = Vec::new();
+        for (pos, item) in items.iter().enumerate() {
+            let c = item.candidate;
+            let change = c.change();
+            let record = &change.record;
+            let command = |identity_id: Uuid, obs: Vec<Observation>| command(batch, change, identity_id, obs);
+            match self.decide(settings, c, &ix, &found) {
+                Decision::Existing { id, patch, issue } => {
+                    if let Some(issue) = issue {
+                        out.note(record, change.change_id, issue);
+                    }
+                    if patch.is_empty() {
+                        out.commands.push(command(id, self.observations(systems, settings, c, &patch, &found)));
+                        out.resolved.push((record.object().to_owned(), record.record_id()));
+                    } else {
+                        patches.push((pos, id, patch));
+                    }
+                }
+                Decision::New { patch, issue } => {
+                    let id = Uuid::now_v7();
+                    let email = c.email().map(Email::as_str);
+                    let obs = self.observations(systems, settings, c, &patch, &found);
+                    let mut fields = IdentityFields::default();
+                    fields.observe_all(&settings.field_map, &obs);
+                    match identities::insert(&self.pool, conn, id, &patch, email, &fields, item.token).await? {
+                        Written::Done => {
+                            if let Some(issue) = issue {
+                                out.note(record, change.change_id, issue);
+                            } else {
+                                out.resolved.push((record.object().to_owned(), record.record_id()));
+                            }
+                            out.commands.push(command(id, obs));
+                        }
+                        Written::Conflict | Written::Fenced => {
+                            if conflicts.get(&pos).copied().unwrap_or(0) >= 2 {
+                                out.reject(record, change.change_id, conflict_issue(record), lane);
+                            } else {
+                                result.retry.push(pos);
+                            }
+                        }
+                    }
+                }
+                Decision::Reject(issue) => out.reject(record, change.change_id, issue, lane),
+                Decision::Skip(reason) => out.skip(record, change.change_id, reason, lane),
+            }
+        }
+        if !patches.is_empty() {
+            let sets: Vec<Vec<String>> =
+                patches.iter().map(|(_, id, _)| vec![self.locks.key(conn, LockKind::Identity, &id.to_string())]).collect();
+            let guards = self.locks.try_acquire(&sets).await?;
+            let mut taken = Vec::new();
+            for ((pos, id, patch), guard) in patches.into_iter().zip(guards) {
+                let Some(guard) = guard else {
+                    result.retry.push(pos);
+                    continue;
+                };
+                let written = identities::patch(&self.pool, conn, id, &patch, guard.token).await;
+                taken.push(guard);
+                let c = items[pos].candidate;
+                let change = c.change();
+                match written {
+                    Ok(Written::Done) => {
+                        let obs = self.observations(systems, settings, c, &patch, &found);
+                        result.out.commands.push(command(batch, change, id, obs));
+                        result.out.resolved.push((change.record.object().to_owned(), change.record.record_id()));
+                    }
+                    Ok(_) if conflicts.get(&pos).copied().unwrap_or(0) >= 2 => {
+                        result.out.reject(&change.record, change.change_id, conflict_issue(&change.record), lane);
+                    }
+                    Ok(_) => result.retry.push(pos),
+                    Err(e) => {
+                        self.locks.release(&taken).await?;
+                        return Err(e.into());
+                    }
+                }
+            }
+            self.locks.release(&taken).await?;
+        }
+        Ok(result)
+    }
+}
+
+/// The apply command for one matched change.
+fn command(batch: &ChangeBatch, change: &Change, identity_id: Uuid, observations: Vec<Observation>) -> ApplyCommand {
+    let r = &change.record;
+    ApplyCommand {
+        command_id: change.change_id,
+        identity_id,
+        source: RecordRef { side: r.side(), object: r.object().to_owned(), id: r.record_id() },
+        detected_at: batch.detected_at,
+        observations,
+    }
+}
+
+fn conflict_issue(record: &SourceRecord) -> SyncIssue {
+    SyncIssue::new(
+        SyncErrorCategory::DuplicateRecord,
+        format!("{} {} would give a person a second identity (another record already holds its email or id)", record.object(), record.record_id()),
+    )
+}

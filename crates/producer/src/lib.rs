@@ -1,0 +1,123 @@
+//! The producer tier: detects changes in every connection's systems and
+//! publishes them to the matcher.
+//!
+//! Every feed (connection × source object) is leased, so any number of
+//! replicas can run and no feed is polled by two at once; a replica that dies
+//! loses its leases when they expire and another takes over from the stored
+//! cursor. Polling runs every `producer.poll_interval_ms` and, when the source
+//! can notify (the sandbox does, with PostgreSQL NOTIFY at commit), as soon as
+//! a change commits.
+
+mod echo;
+mod feed;
+mod pass;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crmsync_connector::ConnectorFactory;
+use crmsync_infra::{CancellationToken, Config, services::Services};
+use crmsync_sandbox::SandboxFactory;
+use crmsync_store::{connections, feeds};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+pub use echo::worth_publishing;
+pub use feed::Feed;
+pub use pass::{PassContext, PassStats, run_pass};
+
+/// The channel the sandbox notifies on when a tracked table changes.
+const SANDBOX_CHANNEL: &str = "crmsync_sandbox";
+
+/// This replica's name in feed leases.
+fn replica_id(config: &Config) -> String {
+    config.producer.replica_id.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "producer".into());
+        format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
+    })
+}
+
+/// Wakes the poll loop whenever the sandbox commits a change. Reconnects
+/// with backoff; polling continues meanwhile, so a lost listener only costs
+/// latency.
+async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "change notifications unavailable; polling only");
+                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        if listener.listen(SANDBOX_CHANNEL).await.is_err() {
+            continue;
+        }
+        backoff = Duration::from_millis(200);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = listener.recv() => match n {
+                    Ok(_) => wake.notify_one(),
+                    Err(e) => { warn!(error = %e, "change notifications interrupted"); break; }
+                }
+            }
+        }
+    }
+}
+
+/// Runs the producer until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let services = Services::connect(&config, "crmsync-producer").await?;
+    let factory = SandboxFactory::from_config(&config, &services.pool).await?;
+    let owner = replica_id(&config);
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen(factory.pool().clone(), wake.clone(), shutdown.clone()));
+    let ctx = PassContext {
+        pool: &services.pool,
+        publisher: &services.publisher,
+        owner: &owner,
+        lease_ttl: config.producer.lease_ttl(),
+        page_size: config.producer.page_size,
+        records_per_message: config.producer.records_per_message,
+    };
+    info!(replica = %owner, "producer started");
+    let mut backoff = config.producer.poll_interval();
+    loop {
+        let mut failed = false;
+        for connection_id in connections::ids(&services.pool).await.unwrap_or_default() {
+            if let Err(e) = poll_connection(&ctx, &factory, &connection_id).await {
+                warn!(connection_id, error = %e, "detection failed; retrying");
+                failed = true;
+            }
+        }
+        // Failures back off; success polls at the configured pace.
+        backoff = if failed { (backoff * 2).min(Duration::from_secs(10)) } else { config.producer.poll_interval() };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+            _ = wake.notified(), if !failed => {}
+        }
+    }
+    let _ = feeds::release_all(&services.pool, &owner).await;
+    listener.abort();
+    info!("producer stopped");
+    Ok(())
+}
+
+async fn poll_connection(ctx: &PassContext<'_>, factory: &SandboxFactory, connection_id: &str) -> anyhow::Result<()> {
+    let settings = connections::load(ctx.pool, connection_id).await?;
+    let systems = factory.systems(&settings).await?;
+    for feed in Feed::ALL {
+        if let Some(stats) = run_pass(ctx, connection_id, &settings, &systems, feed).await?
+            && stats.published > 0
+        {
+            info!(connection_id, feed = feed.name(), published = stats.published, suppressed = stats.suppressed, "changes published");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The sandbox CRM (Sales Cloud): leads and contacts behind [`CrmApi`], with
+//! the API's rules on writes (required fields, active owners, converted leads
+//! are read-only) and upsert by crmsync's external id field.
+
+use async_trait::async_trait;
+use crmsync_connector::{ChangePage, ConnectorError, CrmApi, CrmTarget, CrmWrite, Cursor, WriteOutcome};
+use crmsync_domain::records::CrmPersonRecord;
+use crmsync_domain::{CrmId, CrmObject, Email};
+use serde_json::{Map, Value};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
+
+use crate::schema::{CONTACT, LEAD, ObjectDef};
+use crate::store::{self, db_error};
+use crate::validate;
+
+/// One CRM org of the sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxCrm {
+    pool: PgPool,
+    tenant: String,
+    integration_user: String,
+}
+
+fn def_of(object: CrmObject) -> Result<&'static ObjectDef, ConnectorError> {
+    match object {
+        CrmObject::Lead => Ok(&LEAD),
+        CrmObject::Contact => Ok(&CONTACT),
+        other => Err(ConnectorError::Fatal(format!("{other} is not a person object"))),
+    }
+}
+
+fn rejected(code: &str, message: impl Into<String>) -> WriteOutcome {
+    WriteOutcome::Rejected { code: code.to_owned(), message: message.into() }
+}
+
+fn record(object: CrmObject, row: &Value) -> Result<CrmPersonRecord, ConnectorError> {
+    let def = def_of(object)?;
+    Ok(CrmPersonRecord {
+        id: store::text(row, "id").ok_or_else(|| ConnectorError::Fatal("CRM row without id".into()))?,
+        object,
+        email: store::text(row, "email"),
+        owner_id: store::text(row, "owner_id"),
+        external_id: store::text(row, "crmsync_id"),
+        is_deleted: store::flag(row, "is_deleted"),
+        is_converted: store::flag(row, "is_converted"),
+        converted_contact_id: store::text(row, "converted_contact_id"),
+        created_at: store::time(row, "created_at")?,
+        system_modstamp: store::time(row, "modstamp")?,
+        last_modified_by: store::text(row, "last_modified_by"),
+        fields: store::fields(def, row),
+    })
+}
+
+impl SandboxCrm {
+    /// Connects to org `tenant`, creating its users if it is new.
+    pub async fn connect(pool: PgPool, tenant: &str) -> Result<Self, ConnectorError> {
+        sqlx::query("SELECT sandbox.ensure_tenant($1)").bind(tenant).execute(&pool).await.map_err(db_error)?;
+        let id: String = sqlx::query_scalar("SELECT id FROM crm.users WHERE tenant = $1 AND is_integration")
+            .bind(tenant)
+            .fetch_one(&pool)
+            .await
+            .map_err(db_error)?;
+        Ok(SandboxCrm { pool, tenant: tenant.to_owned(), integration_user: id })
+    }
+
+    /// Leads and contacts matching `condition` (on table alias `t`, with `$1`
+    /// the tenant and `$2` a text array).
+    async fn people_where(&self, condition: &str, arg: &[String]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
+        let sql = format!(
+            "SELECT to_jsonb(t) AS row, 'lead' AS object FROM crm.leads t WHERE t.tenant = $1 AND {condition} \
+             UNION ALL \
+             SELECT to_jsonb(t) AS row, 'contact' AS object FROM crm.contacts t WHERE t.tenant = $1 AND {condition}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(&self.tenant).bind(arg).fetch_all(&self.pool).await.map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                let object = if r.get::<&str, _>("object") == "lead" { CrmObject::Lead } else { CrmObject::Contact };
+                record(object, &r.get::<Value, _>("row"))
+            })
+            .collect()
+    }
+
+    /// Why `owner` cannot own a record, if it cannot.
+    async fn owner_problem(&self, conn: &mut PgConnection, owner: &CrmId) -> Result<Option<WriteOutcome>, sqlx::Error> {
+        let active: Option<bool> = sqlx::query_scalar("SELECT is_active FROM crm.users WHERE tenant = $1 AND id = $2")
+            .bind(&self.tenant)
+            .bind(owner.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(match active {
+            None => Some(rejected("INVALID_CROSS_REFERENCE_KEY", "Owner ID: id value of incorrect type or no such user")),
+            Some(false) => Some(rejected("INACTIVE_OWNER_OR_USER", "operation performed with inactive user")),
+            Some(true) => None,
+        })
+    }
+
+    async fn write_one(&self, conn: &mut PgConnection, def: &ObjectDef, w: &CrmWrite) -> Result<WriteOutcome, sqlx::Error> {
+        if let Some(owner) = &w.owner_id
+            && let Some(problem) = self.owner_problem(conn, owner).await?
+        {
+            return Ok(problem);
+        }
+        // Which row, and whether it may be written at all.
+        let (column, key) = match &w.target {
+            CrmTarget::Id(id) => ("id", id.to_string()),
+            CrmTarget::ExternalId(ext) => ("crmsync_id", ext.clone()),
+        };
+        let lookup = format!("SELECT id, to_jsonb(t) AS row FROM {} t WHERE tenant = $1 AND {column} = $2 FOR UPDATE", def.table);
+        let existing = sqlx::query(AssertSqlSafe(lookup)).bind(&self.tenant).bind(&key).fetch_optional(&mut *conn).await?;
+        if let Some(r) = &existing {
+            let row: Value = r.get("row");
+            if store::flag(&row, "is_deleted") {
+                return Ok(rejected("ENTITY_IS_DELETED", "entity is deleted"));
+            }
+            if store::flag(&row, "is_converted") {
+                return Ok(rejected("CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead"));
+            }
+        } else if matches!(w.target, CrmTarget::Id(_)) {
+            return Ok(WriteOutcome::NotFound);
+        }
+        if let Err(r) = validate::check(def, &w.fields, existing.is_none()) {
+            return Ok(rejected(r.code, r.message));
+        }
+        let mut doc: Map<String, Value> = match store::patch(def, w.fields.clone()) {
+            Ok(d) => d,
+            Err(message) => return Ok(rejected("INVALID_FIELD", message)),
+        };
+        if let Some(owner) = &w.owner_id {
+            doc.insert("owner_id".into(), Value::String(owner.to_string()));
+        }
+        let written = match existing {
+            Some(r) => store::update(conn, def, &self.tenant, r.get::<&str, _>("id"), &doc, &self.integration_user, w.fence).await?,
+            None => {
+                let CrmTarget::ExternalId(ext) = &w.target else { unreachable!("ids were handled above") };
+                doc.insert("crmsync_id".into(), Value::String(ext.clone()));
+                // The creating user owns a record created without an owner.
+                doc.entry("owner_id").or_insert_with(|| Value::String(self.integration_user.clone()));
+                store::insert(conn, def, &self.tenant, &doc, &self.integration_user, w.fence).await?
+            }
+        };
+        Ok(written.outcome())
+    }
+}
+
+#[async_trait]
+impl CrmApi for SandboxCrm {
+    fn integration_user(&self) -> &str {
+        &self.integration_user
+    }
+
+    async fn person_changes(&self, object: CrmObject, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<CrmPersonRecord>, ConnectorError> {
+        let def = def_of(object)?;
+        let (rows, next, has_more) = store::changes(&self.pool, def, &self.tenant, cursor, limit).await?;
+        let records = rows.iter().map(|r| record(object, r)).collect::<Result<_, _>>()?;
+        Ok(ChangePage { records, next, has_more })
+    }
+
+    async fn people_by_id(&self, ids: &[CrmId]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
+        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        self.people_where("t.id = ANY($2)", &ids).await
+    }
+
+    async fn people_by_email(&self, emails: &[Email]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
+        let emails: Vec<String> = emails.iter().map(|e| e.to_string()).collect();
+        self.people_where("lower(btrim(t.email)) = ANY($2) AND NOT t.is_deleted", &emails).await
+    }
+
+    async fn write_people(&self, object: CrmObject, writes: &[CrmWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        let def = def_of(object)?;
+        if writes.len() > crmsync_connector::MAX_WRITES_PER_CALL {
+            return Err(ConnectorError::Fatal(format!(
+                "{} records in one call; the limit is {}",
+                writes.len(),
+                crmsync_connector::MAX_WRITES_PER_CALL
+            )));
+        }
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            store::savepoint(&mut tx).await?;
+            let result = self.write_one(&mut tx, def, w).await;
+            out.push(store::settle(&mut tx, result).await?);
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(out)
+    }
+}

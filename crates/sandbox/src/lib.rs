@@ -1,0 +1,32 @@
+//! The sandbox systems: an MA, a CRM and (later) a CS platform as PostgreSQL
+//! schemas of their own (`ma`, `crm`, `cs`), reached by the engine only
+//! through the connector traits, like the real APIs.
+//!
+//! It is the embedded default for the demo, the tests and the benchmarks, and
+//! a place to try a configuration safely: [`ops`] edits records by hand (as
+//! the command line does) and [`seed`] fills it with a realistic data set.
+
+pub mod crm;
+pub mod factory;
+pub mod ma;
+pub mod ops;
+pub mod schema;
+pub mod seed;
+mod store;
+pub mod validate;
+
+pub use crm::SandboxCrm;
+pub use factory::SandboxFactory;
+pub use ma::SandboxMa;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+/// Applies the sandbox's own migrations (tracked in `sandbox._sqlx_migrations`,
+/// apart from the engine's).
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut migrator: Migrator = sqlx::migrate!("./migrations");
+    migrator.create_schema("sandbox");
+    migrator.dangerous_set_table_name("sandbox._sqlx_migrations");
+    migrator.run(pool).await
+}

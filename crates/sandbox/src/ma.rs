@@ -1,0 +1,164 @@
+//! The sandbox MA (Account Engagement): prospects and MA users, behind
+//! [`MaApi`].
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use crmsync_connector::{ChangePage, ConnectorError, Cursor, MaApi, ProspectTarget, ProspectWrite, WriteOutcome};
+use crmsync_domain::records::{AssignedUser, ProspectRecord};
+use crmsync_domain::{CrmObject, Email};
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::schema::PROSPECT;
+use crate::store::{self, RowWrite, db_error};
+use crate::validate;
+
+/// One MA business unit of the sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxMa {
+    pool: PgPool,
+    tenant: String,
+    integration_user: String,
+}
+
+impl SandboxMa {
+    /// Connects to business unit `tenant`, creating its users if it is new.
+    pub async fn connect(pool: PgPool, tenant: &str) -> Result<Self, ConnectorError> {
+        sqlx::query("SELECT sandbox.ensure_tenant($1)").bind(tenant).execute(&pool).await.map_err(db_error)?;
+        let id: i64 = sqlx::query_scalar("SELECT id FROM ma.users WHERE tenant = $1 AND is_integration")
+            .bind(tenant)
+            .fetch_one(&pool)
+            .await
+            .map_err(db_error)?;
+        Ok(SandboxMa { pool, tenant: tenant.to_owned(), integration_user: id.to_string() })
+    }
+
+    /// The CRM user of each MA user the rows are assigned to.
+    async fn assigned_users(&self, rows: &[Value]) -> Result<HashMap<i64, Option<String>>, ConnectorError> {
+        let mut ids: Vec<i64> = rows.iter().filter_map(|r| r.get("assigned_user_id").and_then(Value::as_i64)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let found = sqlx::query("SELECT id, crm_user_id FROM ma.users WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(found.into_iter().map(|r| (r.get::<i64, _>("id"), r.get::<Option<String>, _>("crm_user_id"))).collect())
+    }
+
+    async fn records(&self, rows: Vec<Value>) -> Result<Vec<ProspectRecord>, ConnectorError> {
+        let users = self.assigned_users(&rows).await?;
+        rows.iter()
+            .map(|row| {
+                let assigned = row.get("assigned_user_id").and_then(Value::as_i64);
+                Ok(ProspectRecord {
+                    id: row.get("id").and_then(Value::as_i64).ok_or_else(|| ConnectorError::Fatal("prospect row without id".into()))?,
+                    email: store::text(row, "email"),
+                    crm_lead_fid: store::text(row, "crm_lead_fid"),
+                    crm_contact_fid: store::text(row, "crm_contact_fid"),
+                    assigned_user: assigned.map(|id| AssignedUser { id, crm_user_id: users.get(&id).cloned().flatten() }),
+                    is_deleted: store::flag(row, "is_deleted"),
+                    created_at: store::time(row, "created_at")?,
+                    updated_at: store::time(row, "modstamp")?,
+                    last_modified_by: store::text(row, "last_modified_by"),
+                    fields: store::fields(&PROSPECT, row),
+                })
+            })
+            .collect()
+    }
+
+    async fn write_one(&self, conn: &mut PgConnection, w: &ProspectWrite) -> Result<WriteOutcome, sqlx::Error> {
+        let creating_email = match &w.target {
+            ProspectTarget::UpsertByEmail(e) => Some(e),
+            ProspectTarget::Id(_) => None,
+        };
+        let existing: Option<i64> = match (&w.target, creating_email) {
+            (ProspectTarget::Id(id), _) => Some(*id),
+            (_, Some(email)) => {
+                sqlx::query_scalar(
+                    "SELECT id FROM ma.prospects WHERE tenant = $1 AND lower(btrim(email)) = $2 AND NOT is_deleted \
+                     ORDER BY modstamp DESC, id DESC LIMIT 1 FOR UPDATE",
+                )
+                .bind(&self.tenant)
+                .bind(email.as_str())
+                .fetch_optional(&mut *conn)
+                .await?
+            }
+            _ => None,
+        };
+        let mut values = w.fields.clone();
+        if let (None, Some(email)) = (existing, creating_email) {
+            values.entry("email".into()).or_insert_with(|| Value::String(email.to_string()));
+        }
+        if let Err(r) = validate::check(&PROSPECT, &values, existing.is_none()) {
+            return Ok(WriteOutcome::Rejected { code: r.code.into(), message: r.message });
+        }
+        let mut doc: Map<String, Value> = match store::patch(&PROSPECT, values) {
+            Ok(d) => d,
+            Err(message) => return Ok(WriteOutcome::Rejected { code: "INVALID_FIELD".into(), message }),
+        };
+        if let Some((object, id)) = &w.crm_link {
+            let column = if *object == CrmObject::Contact { "crm_contact_fid" } else { "crm_lead_fid" };
+            doc.insert(column.into(), Value::String(id.to_string()));
+        }
+        let written = match existing {
+            Some(id) => store::update(conn, &PROSPECT, &self.tenant, &id.to_string(), &doc, &self.integration_user, w.fence).await?,
+            None => store::insert(conn, &PROSPECT, &self.tenant, &doc, &self.integration_user, w.fence).await?,
+        };
+        Ok(match written {
+            RowWrite::NotFound => WriteOutcome::NotFound,
+            other => other.outcome(),
+        })
+    }
+}
+
+#[async_trait]
+impl MaApi for SandboxMa {
+    fn integration_user(&self) -> &str {
+        &self.integration_user
+    }
+
+    async fn prospect_changes(&self, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<ProspectRecord>, ConnectorError> {
+        let (rows, next, has_more) = store::changes(&self.pool, &PROSPECT, &self.tenant, cursor, limit).await?;
+        Ok(ChangePage { records: self.records(rows).await?, next, has_more })
+    }
+
+    async fn prospects_by_id(&self, ids: &[i64]) -> Result<Vec<ProspectRecord>, ConnectorError> {
+        let rows: Vec<Value> = sqlx::query_scalar("SELECT to_jsonb(t) FROM ma.prospects t WHERE tenant = $1 AND id = ANY($2)")
+            .bind(&self.tenant)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        self.records(rows).await
+    }
+
+    async fn prospects_by_email(&self, emails: &[Email]) -> Result<Vec<ProspectRecord>, ConnectorError> {
+        let emails: Vec<&str> = emails.iter().map(Email::as_str).collect();
+        let rows: Vec<Value> = sqlx::query_scalar(
+            "SELECT to_jsonb(t) FROM ma.prospects t WHERE tenant = $1 AND lower(btrim(email)) = ANY($2) AND NOT is_deleted",
+        )
+        .bind(&self.tenant)
+        .bind(&emails)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        self.records(rows).await
+    }
+
+    async fn write_prospects(&self, writes: &[ProspectWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            store::savepoint(&mut tx).await?;
+            let result = self.write_one(&mut tx, w).await;
+            out.push(store::settle(&mut tx, result).await?);
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,255 @@
+//! Row-level access shared by the sandbox systems: gap-free change paging,
+//! rows as JSON, and fenced inserts and updates.
+//!
+//! Rows travel as `to_jsonb(row)` and are written with
+//! `jsonb_populate_record`, so one code path serves every object and every
+//! column type, and a write only changes the fields it names.
+
+use chrono::{DateTime, Utc};
+use crmsync_connector::{ConnectorError, Cursor};
+use crmsync_domain::records::{FieldValue, Fields};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
+
+use crate::schema::ObjectDef;
+
+/// Turns a database error into the connector's terms: the sandbox being
+/// unreachable or overloaded is transient.
+pub(crate) fn db_error(e: sqlx::Error) -> ConnectorError {
+    ConnectorError::Transient(format!("sandbox database: {e}"))
+}
+
+/// Position in a change feed: the (transaction id, row id) of the last row read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct XidCursor {
+    xid: String,
+    id: String,
+}
+
+/// Fields that a record carries as attributes of its own rather than in
+/// `fields` (links, ownership, lifecycle).
+fn is_attribute(api: &str) -> bool {
+    matches!(
+        api,
+        "crmLeadFid" | "crmContactFid" | "assignedUserId" | "isDeleted" | "OwnerId" | "IsConverted" | "ConvertedContactId" | "IsDeleted"
+    )
+}
+
+/// A page of rows changed after `cursor`, oldest transaction first.
+///
+/// Only rows written by transactions older than every transaction still in
+/// flight are returned, so a transaction that commits late cannot slip
+/// behind a cursor that has already moved past its id.
+pub(crate) async fn changes(
+    pool: &PgPool,
+    def: &ObjectDef,
+    tenant: &str,
+    cursor: Option<&Cursor>,
+    limit: usize,
+) -> Result<(Vec<Value>, Cursor, bool), ConnectorError> {
+    let start = match cursor {
+        Some(c) => serde_json::from_value::<XidCursor>(c.0.clone())
+            .map_err(|e| ConnectorError::Fatal(format!("unreadable sandbox cursor {}: {e}", c.0)))?,
+        None => XidCursor { xid: "0".into(), id: if def.numeric_id { "0".into() } else { String::new() } },
+    };
+    let id_type = if def.numeric_id { "bigint" } else { "text" };
+    let sql = format!(
+        "SELECT to_jsonb(t) AS row, t.mod_xid::text AS xid, t.id::text AS id FROM {table} t \
+         WHERE t.tenant = $1 AND (t.mod_xid, t.id) > ($2::text::xid8, $3::text::{id_type}) \
+           AND t.mod_xid < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY t.mod_xid, t.id LIMIT $4",
+        table = def.table
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(&start.xid)
+        .bind(&start.id)
+        .bind((limit + 1) as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+    let has_more = rows.len() > limit;
+    let mut next = start;
+    let mut out = Vec::with_capacity(rows.len().min(limit));
+    for r in rows.into_iter().take(limit) {
+        next = XidCursor { xid: r.get("xid"), id: r.get("id") };
+        out.push(r.get::<Value, _>("row"));
+    }
+    Ok((out, Cursor(serde_json::to_value(next).expect("cursor serialises")), has_more))
+}
+
+/// The record's fields (API name → value, with per-field stamps).
+pub(crate) fn fields(def: &ObjectDef, row: &Value) -> Fields {
+    let stamps = row.get("field_stamps");
+    def.columns
+        .iter()
+        .filter(|c| !is_attribute(c.api))
+        .map(|c| {
+            let stamp = stamps.and_then(|s| s.get(c.column));
+            let value = FieldValue {
+                value: row.get(c.column).cloned().unwrap_or(Value::Null),
+                at: stamp.and_then(|s| s.get("at")).and_then(|v| serde_json::from_value(v.clone()).ok()),
+                by: stamp.and_then(|s| s.get("by")).and_then(Value::as_str).map(str::to_owned),
+            };
+            (c.api.to_owned(), value)
+        })
+        .collect()
+}
+
+pub(crate) fn text(row: &Value, column: &str) -> Option<String> {
+    match row.get(column)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+pub(crate) fn flag(row: &Value, column: &str) -> bool {
+    row.get(column).and_then(Value::as_bool).unwrap_or(false)
+}
+
+pub(crate) fn time(row: &Value, column: &str) -> Result<DateTime<Utc>, ConnectorError> {
+    row.get(column)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .ok_or_else(|| ConnectorError::Fatal(format!("sandbox row has no valid {column}")))
+}
+
+/// Turns API-named values into a column-named JSON patch. Unknown fields are
+/// an error the caller reports per record.
+pub(crate) fn patch(def: &ObjectDef, values: impl IntoIterator<Item = (String, Value)>) -> Result<Map<String, Value>, String> {
+    let mut out = Map::new();
+    for (api, v) in values {
+        let col = def.by_api(&api).or_else(|| def.by_name(&api)).ok_or_else(|| format!("No such column '{api}' on entity '{}'", def.name))?;
+        // A blank checkbox is an unchecked one.
+        let v = if col.kind == crate::schema::Kind::Bool && v.is_null() { Value::Bool(false) } else { v };
+        out.insert(col.column.to_owned(), v);
+    }
+    Ok(out)
+}
+
+/// Outcome of a fenced single-row write.
+#[derive(Debug)]
+pub(crate) enum RowWrite {
+    Written { id: String, created: bool, at: DateTime<Utc> },
+    Fenced,
+    NotFound,
+}
+
+/// Updates one row with `patch` as `actor`, unless a newer fencing token
+/// already wrote it. Without a token (manual edits) the fence is neither
+/// checked nor moved.
+pub(crate) async fn update(
+    conn: &mut PgConnection,
+    def: &ObjectDef,
+    tenant: &str,
+    id: &str,
+    patch: &Map<String, Value>,
+    actor: &str,
+    fence: Option<i64>,
+) -> Result<RowWrite, sqlx::Error> {
+    let id_type = if def.numeric_id { "bigint" } else { "text" };
+    let sql = format!(
+        "UPDATE {table} AS t SET ({cols}, last_modified_by, sync_fence) = \
+           (SELECT {rcols}, $4, coalesce($5, t.sync_fence) FROM jsonb_populate_record(t, $3) r) \
+         WHERE t.tenant = $1 AND t.id = $2::{id_type} AND t.sync_fence < coalesce($5, 9223372036854775807) \
+         RETURNING t.id::text AS id, t.modstamp",
+        table = def.table,
+        cols = def.column_list(""),
+        rcols = def.column_list("r."),
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(id)
+        .bind(Value::Object(patch.clone()))
+        .bind(actor)
+        .bind(fence)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(r) = row {
+        return Ok(RowWrite::Written { id: r.get("id"), created: false, at: r.get("modstamp") });
+    }
+    let exists = sqlx::query(AssertSqlSafe(format!("SELECT 1 FROM {} WHERE tenant = $1 AND id = $2::{id_type}", def.table)))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(if exists.is_some() { RowWrite::Fenced } else { RowWrite::NotFound })
+}
+
+/// Inserts one row from `doc` (column-named) as `actor`. Columns the doc
+/// does not name take their defaults.
+pub(crate) async fn insert(
+    conn: &mut PgConnection,
+    def: &ObjectDef,
+    tenant: &str,
+    doc: &Map<String, Value>,
+    actor: &str,
+    fence: Option<i64>,
+) -> Result<RowWrite, sqlx::Error> {
+    // Only columns the object declares (or its external id) reach the SQL text.
+    let named: Vec<&str> = doc
+        .keys()
+        .map(String::as_str)
+        .filter(|k| def.by_column(k).is_some() || *k == "crmsync_id")
+        .collect();
+    let cols: String = named.iter().map(|c| format!("{c}, ")).collect();
+    let rcols: String = named.iter().map(|c| format!("r.{c}, ")).collect();
+    let sql = format!(
+        "INSERT INTO {table} ({cols}tenant, last_modified_by, sync_fence) \
+         SELECT {rcols}$1, $3, coalesce($4, 0) FROM jsonb_populate_record(NULL::{table}, $2) r \
+         RETURNING id::text AS id, modstamp",
+        table = def.table,
+    );
+    let r = sqlx::query(AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(Value::Object(doc.clone()))
+        .bind(actor)
+        .bind(fence)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(RowWrite::Written { id: r.get("id"), created: true, at: r.get("modstamp") })
+}
+
+/// Opens a savepoint before one record's write inside a batch, so that a
+/// record the database refuses does not undo the others (`allOrNone=false`).
+pub(crate) async fn savepoint(conn: &mut PgConnection) -> Result<(), ConnectorError> {
+    sqlx::query("SAVEPOINT one_record").execute(conn).await.map(drop).map_err(db_error)
+}
+
+/// Closes the savepoint of one record's write: a database refusal (a
+/// constraint, a bad value) becomes that record's rejection; losing the
+/// database fails the whole call as transient.
+pub(crate) async fn settle(
+    conn: &mut PgConnection,
+    result: Result<crmsync_connector::WriteOutcome, sqlx::Error>,
+) -> Result<crmsync_connector::WriteOutcome, ConnectorError> {
+    match result {
+        Ok(outcome) => {
+            sqlx::query("RELEASE SAVEPOINT one_record").execute(conn).await.map_err(db_error)?;
+            Ok(outcome)
+        }
+        Err(sqlx::Error::Database(e)) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT one_record").execute(conn).await.map_err(db_error)?;
+            let code = match e.kind() {
+                sqlx::error::ErrorKind::UniqueViolation => "DUPLICATE_VALUE",
+                sqlx::error::ErrorKind::ForeignKeyViolation => "INVALID_CROSS_REFERENCE_KEY",
+                sqlx::error::ErrorKind::NotNullViolation => "REQUIRED_FIELD_MISSING",
+                _ => "FIELD_INTEGRITY_EXCEPTION",
+            };
+            Ok(crmsync_connector::WriteOutcome::Rejected { code: code.to_owned(), message: e.message().to_owned() })
+        }
+        Err(e) => Err(db_error(e)),
+    }
+}
+
+impl RowWrite {
+    pub(crate) fn outcome(self) -> crmsync_connector::WriteOutcome {
+        use crmsync_connector::WriteOutcome;
+        match self {
+            RowWrite::Written { id, created, at } => WriteOutcome::Written { id, created, at },
+            RowWrite::Fenced => WriteOutcome::Fenced,
+            RowWrite::NotFound => WriteOutcome::NotFound,
+        }
+    }
+}

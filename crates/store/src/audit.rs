@@ -1,0 +1,69 @@
+//! The audit log: one row per change and stage that finished it (applied,
+//! created, left pending, skipped, rejected), with the names of the fields
+//! written and never their values.
+
+use serde_json::Value;
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub change_id: Uuid,
+    pub stage: &'static str,
+    pub identity_id: Option<Uuid>,
+    pub source_side: &'static str,
+    pub source_object: String,
+    pub source_id: String,
+    pub action: String,
+    /// `{"ma": [field...], "crm": [field...]}`
+    pub writes: Value,
+    pub detail: Option<String>,
+    pub lane: &'static str,
+}
+
+/// Inserts entries; an entry already logged (a redelivery) is left alone.
+pub async fn insert_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, entries: &[AuditEntry]) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&AuditEntry) -> String| entries.iter().map(f).collect::<Vec<String>>();
+    let change_ids: Vec<Uuid> = entries.iter().map(|a| a.change_id).collect();
+    let identity_ids: Vec<Option<Uuid>> = entries.iter().map(|a| a.identity_id).collect();
+    let writes: Vec<Value> = entries.iter().map(|a| a.writes.clone()).collect();
+    let details: Vec<Option<String>> = entries.iter().map(|a| a.detail.clone()).collect();
+    sqlx::query(
+        "INSERT INTO audit_log (connection_id, change_id, stage, identity_id, source_side, source_object, source_id, action, writes, detail, lane) \
+         SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[]) \
+         ON CONFLICT (connection_id, change_id, stage) DO NOTHING",
+    )
+    .bind(connection_id)
+    .bind(change_ids)
+    .bind(col(|a| a.stage.to_owned()))
+    .bind(identity_ids)
+    .bind(col(|a| a.source_side.to_owned()))
+    .bind(col(|a| a.source_object.clone()))
+    .bind(col(|a| a.source_id.clone()))
+    .bind(col(|a| a.action.clone()))
+    .bind(writes)
+    .bind(details)
+    .bind(col(|a| a.lane.to_owned()))
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// How many detected changes have been finished by some stage.
+pub async fn finished_changes<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(DISTINCT change_id) FROM audit_log WHERE connection_id = $1")
+        .bind(connection_id)
+        .fetch_one(e)
+        .await
+}
+
+/// Counts per action.
+pub async fn action_counts<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT action, count(*) FROM audit_log WHERE connection_id = $1 GROUP BY action ORDER BY action")
+        .bind(connection_id)
+        .fetch_all(e)
+        .await
+}

@@ -1,0 +1,50 @@
+//! Connections and their settings (shared by every replica of every tier).
+
+use crmsync_domain::settings::ConnectionSettings;
+use sqlx::PgPool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("no connection {0:?}; create it with `crmsync connection create {0}`")]
+    Unknown(String),
+    #[error("stored settings of connection {id:?} are unreadable: {error}")]
+    Corrupt { id: String, error: String },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl From<ConnectionError> for sqlx::Error {
+    fn from(e: ConnectionError) -> Self {
+        match e {
+            ConnectionError::Db(e) => e,
+            other => sqlx::Error::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// The settings of one connection, with defaults for keys not stored.
+pub async fn load(pool: &PgPool, id: &str) -> Result<ConnectionSettings, ConnectionError> {
+    let raw: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT settings FROM connections WHERE id = $1").bind(id).fetch_optional(pool).await?;
+    let raw = raw.ok_or_else(|| ConnectionError::Unknown(id.to_owned()))?;
+    serde_json::from_value(raw).map_err(|e| ConnectionError::Corrupt { id: id.to_owned(), error: e.to_string() })
+}
+
+/// Every connection id, in order.
+pub async fn ids(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM connections ORDER BY id").fetch_all(pool).await
+}
+
+/// Stores a connection's settings (creating the connection if new).
+pub async fn save(pool: &PgPool, id: &str, settings: &ConnectionSettings) -> Result<(), sqlx::Error> {
+    let value = serde_json::to_value(settings).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO connections (id, settings) VALUES ($1, $2) \
+         ON CONFLICT (id) DO UPDATE SET settings = EXCLUDED.settings, updated_at = now()",
+    )
+    .bind(id)
+    .bind(value)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

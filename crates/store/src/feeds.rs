@@ -1,0 +1,102 @@
+//! Change-feed cursors and leases.
+//!
+//! A feed is polled by one producer replica at a time: the one holding its
+//! lease. The lease token grows every time the lease changes hands, and a
+//! cursor only moves under the token it was read with, so a replica that
+//! lost its lease while paused cannot move the cursor (backwards or forwards)
+//! when it wakes up.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+
+/// A held lease on one feed, with the cursor it starts from.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub token: i64,
+    pub cursor: Option<Value>,
+}
+
+/// Takes, or renews, `owner`'s lease on a feed for `ttl`. `None` while
+/// another replica holds an unexpired lease.
+pub async fn lease(pool: &PgPool, connection_id: &str, feed: &str, owner: &str, ttl: Duration) -> Result<Option<Lease>, sqlx::Error> {
+    sqlx::query("INSERT INTO feeds (connection_id, feed) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(connection_id)
+        .bind(feed)
+        .execute(pool)
+        .await?;
+    let row = sqlx::query(
+        "UPDATE feeds SET \
+            lease_token = CASE WHEN lease_owner = $3 AND lease_until > now() THEN lease_token ELSE lease_token + 1 END, \
+            lease_owner = $3, \
+            lease_until = now() + make_interval(secs => $4) \
+         WHERE connection_id = $1 AND feed = $2 AND (lease_owner IS NULL OR lease_owner = $3 OR lease_until < now()) \
+         RETURNING lease_token, cursor",
+    )
+    .bind(connection_id)
+    .bind(feed)
+    .bind(owner)
+    .bind(ttl.as_secs_f64())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| Lease { token: r.get("lease_token"), cursor: r.get("cursor") }))
+}
+
+/// Moves the cursor after a page was confirmed by the broker, counting what
+/// was published and what was suppressed as the engine's own writes. Returns
+/// false if the lease was lost meanwhile (nothing is changed then).
+#[allow(clippy::too_many_arguments)]
+pub async fn advance(
+    pool: &PgPool,
+    connection_id: &str,
+    feed: &str,
+    owner: &str,
+    token: i64,
+    cursor: &Value,
+    published: i64,
+    suppressed: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE feeds SET cursor = $5, published = published + $6, suppressed = suppressed + $7, polled_at = now() \
+         WHERE connection_id = $1 AND feed = $2 AND lease_owner = $3 AND lease_token = $4",
+    )
+    .bind(connection_id)
+    .bind(feed)
+    .bind(owner)
+    .bind(token)
+    .bind(cursor)
+    .bind(published)
+    .bind(suppressed)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives up `owner`'s leases (on shutdown), so another replica takes over at
+/// once instead of after the lease expires.
+pub async fn release_all(pool: &PgPool, owner: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE feeds SET lease_until = now() - interval '1 second' WHERE lease_owner = $1")
+        .bind(owner)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// A feed's state, for status and for waiting until the pipeline is idle.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FeedState {
+    pub connection_id: String,
+    pub feed: String,
+    pub cursor: Option<Value>,
+    pub lease_owner: Option<String>,
+    pub published: i64,
+    pub suppressed: i64,
+}
+
+pub async fn all(pool: &PgPool, connection_id: &str) -> Result<Vec<FeedState>, sqlx::Error> {
+    sqlx::query_as("SELECT connection_id, feed, cursor, lease_owner, published, suppressed FROM feeds WHERE connection_id = $1 ORDER BY feed")
+        .bind(connection_id)
+        .fetch_all(pool)
+        .await
+}

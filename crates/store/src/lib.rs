@@ -1,0 +1,11 @@
+//! crmsync's durable state in PostgreSQL (tables created by `migrations/`).
+//!
+//! Every function takes the connection id: state is per connection. Writes
+//! that must not be made by a stale lock holder take its fencing token and
+//! are refused when a newer token already wrote the row.
+
+pub mod audit;
+pub mod connections;
+pub mod feeds;
+pub mod identities;
+pub mod sync_errors;

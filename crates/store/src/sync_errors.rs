@@ -1,0 +1,115 @@
+//! Sync errors (I6): named, parked and kept. One open row per record and
+//! category; a repeat counts an occurrence instead of adding a row; a record
+//! that later syncs cleanly resolves its open errors of that stage.
+
+use crmsync_domain::SyncIssue;
+use serde_json::Value;
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct NewSyncError {
+    pub stage: &'static str,
+    pub object: String,
+    pub record_id: String,
+    pub issue: SyncIssue,
+    pub change_id: Option<Uuid>,
+    /// The record as detected, to retry it later.
+    pub payload: Option<Value>,
+}
+
+pub async fn record_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, errors: &[NewSyncError]) -> Result<(), sqlx::Error> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    // One row per (object, record, category) in a statement: ON CONFLICT
+    // cannot touch the same row twice.
+    let mut seen = std::collections::HashSet::new();
+    let errors: Vec<&NewSyncError> =
+        errors.iter().rev().filter(|x| seen.insert((x.object.clone(), x.record_id.clone(), x.issue.category))).collect();
+    let stages: Vec<&str> = errors.iter().map(|x| x.stage).collect();
+    let objects: Vec<&str> = errors.iter().map(|x| x.object.as_str()).collect();
+    let ids: Vec<&str> = errors.iter().map(|x| x.record_id.as_str()).collect();
+    let cats: Vec<&str> = errors.iter().map(|x| x.issue.category.as_str()).collect();
+    let reasons: Vec<&str> = errors.iter().map(|x| x.issue.reason.as_str()).collect();
+    let changes: Vec<Option<Uuid>> = errors.iter().map(|x| x.change_id).collect();
+    let payloads: Vec<Option<Value>> = errors.iter().map(|x| x.payload.clone()).collect();
+    sqlx::query(
+        "INSERT INTO sync_errors (connection_id, stage, object, record_id, category, reason, change_id, payload) \
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::jsonb[]) \
+         ON CONFLICT (connection_id, object, record_id, category) WHERE status = 'open' DO UPDATE SET \
+            occurrences = sync_errors.occurrences + 1, last_seen_at = now(), reason = EXCLUDED.reason, \
+            stage = EXCLUDED.stage, change_id = EXCLUDED.change_id, payload = EXCLUDED.payload",
+    )
+    .bind(connection_id)
+    .bind(stages)
+    .bind(objects)
+    .bind(ids)
+    .bind(cats)
+    .bind(reasons)
+    .bind(changes)
+    .bind(payloads)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// Resolves the open errors a stage raised for records that have now synced.
+pub async fn resolve<'e>(e: impl PgExecutor<'e>, connection_id: &str, stage: &str, records: &[(String, String)]) -> Result<u64, sqlx::Error> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let objects: Vec<&str> = records.iter().map(|r| r.0.as_str()).collect();
+    let ids: Vec<&str> = records.iter().map(|r| r.1.as_str()).collect();
+    let done = sqlx::query(
+        "UPDATE sync_errors SET status = 'resolved', closed_at = now() \
+         WHERE connection_id = $1 AND stage = $2 AND status = 'open' \
+           AND (object, record_id) IN (SELECT * FROM unnest($3::text[], $4::text[]))",
+    )
+    .bind(connection_id)
+    .bind(stage)
+    .bind(objects)
+    .bind(ids)
+    .execute(e)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Open errors per category.
+pub async fn open_counts<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT category, count(*) FROM sync_errors WHERE connection_id = $1 AND status = 'open' GROUP BY category ORDER BY 2 DESC, 1")
+        .bind(connection_id)
+        .fetch_all(e)
+        .await
+}
+
+/// An open error as listed for an operator.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SyncErrorRow {
+    pub id: i64,
+    pub stage: String,
+    pub object: String,
+    pub record_id: String,
+    pub category: String,
+    pub reason: String,
+    pub occurrences: i32,
+}
+
+pub async fn list_open<'e>(e: impl PgExecutor<'e>, connection_id: &str, limit: i64) -> Result<Vec<SyncErrorRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, stage, object, record_id, category, reason, occurrences FROM sync_errors \
+         WHERE connection_id = $1 AND status = 'open' ORDER BY category, object, record_id LIMIT $2",
+    )
+    .bind(connection_id)
+    .bind(limit)
+    .fetch_all(e)
+    .await
+}
+
+/// The records (object, id) that have an open error.
+pub async fn open_records<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT DISTINCT object, record_id FROM sync_errors WHERE connection_id = $1 AND status = 'open'")
+        .bind(connection_id)
+        .fetch_all(e)
+        .await
+}
