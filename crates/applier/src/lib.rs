@@ -33,7 +33,14 @@ pub struct ApplyStage {
 #[async_trait]
 impl Handler for ApplyStage {
     async fn handle(&self, delivery: &Delivery) -> Result<(), StageError> {
-        let batch: ApplyBatch = messages::decode(&delivery.data).map_err(|e| StageError::Poison(e.to_string()))?;
+        let batch: ApplyBatch = match messages::decode(&delivery.data) {
+            Ok(b) => b,
+            Err(e) => {
+                let (connection_id, message_id) = crmsync_infra::amqp::origin(&delivery.properties);
+                crmsync_store::sync_errors::park_unreadable(&self.applier.pool, &connection_id, "apply", &message_id, &e.to_string()).await;
+                return Err(StageError::Poison(e.to_string()));
+            }
+        };
         self.applier.process(&batch).await
     }
 }

@@ -112,6 +112,10 @@ pub trait MaApi: Send + Sync + Debug {
     /// stamp order, at most `limit`. Never skips a change that commits late.
     async fn prospect_changes(&self, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<ProspectRecord>, ConnectorError>;
 
+    /// Whether any prospect change was committed after `cursor`, including
+    /// ones a change query cannot return yet (for lag and idleness).
+    async fn prospect_changes_pending(&self, cursor: Option<&Cursor>) -> Result<bool, ConnectorError>;
+
     async fn prospects_by_id(&self, ids: &[i64]) -> Result<Vec<ProspectRecord>, ConnectorError>;
 
     /// Live (not deleted) prospects whose email is one of `emails`, compared
@@ -129,6 +133,9 @@ pub trait CrmApi: Send + Sync + Debug {
 
     /// Leads or contacts changed after `cursor`, in stamp order, at most `limit`.
     async fn person_changes(&self, object: CrmObject, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<CrmPersonRecord>, ConnectorError>;
+
+    /// Whether any change of `object` was committed after `cursor`.
+    async fn person_changes_pending(&self, object: CrmObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError>;
 
     /// Leads and contacts by id (any mix); missing ids are simply absent.
     async fn people_by_id(&self, ids: &[CrmId]) -> Result<Vec<CrmPersonRecord>, ConnectorError>;

@@ -271,3 +271,11 @@ pub fn delivery_count(props: &BasicProperties) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The connection a delivery names in its headers ("default" if none) and its
+/// message id, for naming a message that cannot be read.
+pub fn origin(props: &BasicProperties) -> (String, String) {
+    let connection = header(props, "x-connection-id").unwrap_or("default").to_owned();
+    let message = props.message_id().as_ref().map_or_else(|| "unknown".to_owned(), |m| m.to_string());
+    (connection, message)
+}

@@ -15,15 +15,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crmsync_domain::Lane;
 use crmsync_domain::messages::{self, ApplyBatch, ChangeBatch, MESSAGE_VERSION};
-use crmsync_domain::{SyncErrorCategory, SyncIssue};
-use crmsync_infra::amqp::{self, Outgoing, Publisher, Stage, Topology};
+use crmsync_infra::amqp::{Outgoing, Publisher, Stage, Topology};
 use crmsync_infra::services::Services;
 use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
 use crmsync_infra::{CancellationToken, Config};
 use crmsync_sandbox::SandboxFactory;
 use crmsync_store::{audit, sync_errors};
 use lapin::message::Delivery;
-use tracing::warn;
 use uuid::Uuid;
 
 pub use process::{Matcher, Output};
@@ -36,29 +34,6 @@ pub struct MatchStage {
 }
 
 impl MatchStage {
-    /// A message that cannot be read is parked as a sync error (when it names
-    /// a known connection) before it is dead-lettered.
-    async fn park_unreadable(&self, delivery: &Delivery, error: &messages::DecodeError) {
-        let connection_id = amqp::header(&delivery.properties, "x-connection-id").unwrap_or("default");
-        let record_id = delivery.properties.message_id().as_ref().map_or_else(|| "unknown".to_owned(), |m| m.to_string());
-        let parked = sync_errors::record_many(
-            &self.matcher.pool,
-            connection_id,
-            &[sync_errors::NewSyncError {
-                stage: "match",
-                object: "message".into(),
-                record_id,
-                issue: SyncIssue::new(SyncErrorCategory::MalformedMessage, error.to_string()),
-                change_id: None,
-                payload: None,
-            }],
-        )
-        .await;
-        if let Err(e) = parked {
-            warn!(error = %e, "could not park an unreadable message as a sync error");
-        }
-    }
-
     /// Stores what matching produced and hands the commands on.
     async fn finish(&self, batch: &ChangeBatch, out: Output) -> Result<(), StageError> {
         let conn = batch.connection_id.as_str();
@@ -95,7 +70,8 @@ impl Handler for MatchStage {
         let batch: ChangeBatch = match messages::decode(&delivery.data) {
             Ok(b) => b,
             Err(e) => {
-                self.park_unreadable(delivery, &e).await;
+                let (connection_id, message_id) = crmsync_infra::amqp::origin(&delivery.properties);
+                crmsync_store::sync_errors::park_unreadable(&self.matcher.pool, &connection_id, "match", &message_id, &e.to_string()).await;
                 return Err(StageError::Poison(e.to_string()));
             }
         };

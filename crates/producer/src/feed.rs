@@ -32,6 +32,15 @@ impl Feed {
         }
     }
 
+    /// Whether changes were committed after `cursor` (pageable yet or not).
+    pub async fn pending(self, systems: &Systems, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
+        match self {
+            Feed::Prospects => systems.ma.prospect_changes_pending(cursor).await,
+            Feed::Leads => systems.crm.person_changes_pending(CrmObject::Lead, cursor).await,
+            Feed::Contacts => systems.crm.person_changes_pending(CrmObject::Contact, cursor).await,
+        }
+    }
+
     /// One page of changes after `cursor`.
     pub async fn page(self, systems: &Systems, cursor: Option<&Cursor>, limit: usize) -> Result<(Vec<SourceRecord>, Cursor, bool), ConnectorError> {
         Ok(match self {

@@ -155,6 +155,10 @@ impl CrmApi for SandboxCrm {
         Ok(ChangePage { records, next, has_more })
     }
 
+    async fn person_changes_pending(&self, object: CrmObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
+        store::changes_pending(&self.pool, def_of(object)?, &self.tenant, cursor).await
+    }
+
     async fn people_by_id(&self, ids: &[CrmId]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
         let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
         self.people_where("t.id = ANY($2)", &ids).await

@@ -22,11 +22,16 @@ pub use ma::SandboxMa;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
-/// Applies the sandbox's own migrations (tracked in `sandbox._sqlx_migrations`,
-/// apart from the engine's).
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+/// The sandbox's own migrations, tracked in `sandbox._sqlx_migrations`,
+/// apart from the engine's.
+pub fn migrator() -> Migrator {
     let mut migrator: Migrator = sqlx::migrate!("./migrations");
     migrator.create_schema("sandbox");
     migrator.dangerous_set_table_name("sandbox._sqlx_migrations");
-    migrator.run(pool).await
+    migrator
+}
+
+/// Applies the sandbox's migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    migrator().run(pool).await
 }

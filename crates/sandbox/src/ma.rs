@@ -127,6 +127,10 @@ impl MaApi for SandboxMa {
         Ok(ChangePage { records: self.records(rows).await?, next, has_more })
     }
 
+    async fn prospect_changes_pending(&self, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
+        store::changes_pending(&self.pool, &PROSPECT, &self.tenant, cursor).await
+    }
+
     async fn prospects_by_id(&self, ids: &[i64]) -> Result<Vec<ProspectRecord>, ConnectorError> {
         let rows: Vec<Value> = sqlx::query_scalar("SELECT to_jsonb(t) FROM ma.prospects t WHERE tenant = $1 AND id = ANY($2)")
             .bind(&self.tenant)

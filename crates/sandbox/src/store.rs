@@ -36,6 +36,26 @@ fn is_attribute(api: &str) -> bool {
     )
 }
 
+fn start_of(def: &ObjectDef, cursor: Option<&Cursor>) -> Result<XidCursor, ConnectorError> {
+    match cursor {
+        Some(c) => serde_json::from_value::<XidCursor>(c.0.clone())
+            .map_err(|e| ConnectorError::Fatal(format!("unreadable sandbox cursor {}: {e}", c.0))),
+        None => Ok(XidCursor { xid: "0".into(), id: if def.numeric_id { "0".into() } else { String::new() } }),
+    }
+}
+
+/// Whether rows were committed after `cursor`, pageable yet or not (a row
+/// behind a still-running older transaction is committed but not yet paged).
+pub(crate) async fn changes_pending(pool: &PgPool, def: &ObjectDef, tenant: &str, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
+    let start = start_of(def, cursor)?;
+    let id_type = if def.numeric_id { "bigint" } else { "text" };
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {table} t WHERE t.tenant = $1 AND (t.mod_xid, t.id) > ($2::text::xid8, $3::text::{id_type}))",
+        table = def.table
+    );
+    sqlx::query_scalar(AssertSqlSafe(sql)).bind(tenant).bind(&start.xid).bind(&start.id).fetch_one(pool).await.map_err(db_error)
+}
+
 /// A page of rows changed after `cursor`, oldest transaction first.
 ///
 /// Only rows written by transactions older than every transaction still in
@@ -48,11 +68,7 @@ pub(crate) async fn changes(
     cursor: Option<&Cursor>,
     limit: usize,
 ) -> Result<(Vec<Value>, Cursor, bool), ConnectorError> {
-    let start = match cursor {
-        Some(c) => serde_json::from_value::<XidCursor>(c.0.clone())
-            .map_err(|e| ConnectorError::Fatal(format!("unreadable sandbox cursor {}: {e}", c.0)))?,
-        None => XidCursor { xid: "0".into(), id: if def.numeric_id { "0".into() } else { String::new() } },
-    };
+    let start = start_of(def, cursor)?;
     let id_type = if def.numeric_id { "bigint" } else { "text" };
     let sql = format!(
         "SELECT to_jsonb(t) AS row, t.mod_xid::text AS xid, t.id::text AS id FROM {table} t \

@@ -113,3 +113,30 @@ pub async fn open_records<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Re
         .fetch_all(e)
         .await
 }
+
+/// Parks a message that could not be read at all (I6) as a sync error under
+/// the connection its headers name. A message naming no known connection is
+/// only dead-lettered by the caller; a database failure here is logged, not
+/// raised: the message goes to the dead-letter queue either way.
+pub async fn park_unreadable(pool: &sqlx::PgPool, connection_id: &str, stage: &'static str, message_id: &str, reason: &str) {
+    let parked = async {
+        let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM connections WHERE id = $1").bind(connection_id).fetch_optional(pool).await?;
+        if known.is_none() {
+            return Ok(false);
+        }
+        let error = NewSyncError {
+            stage,
+            object: "message".into(),
+            record_id: message_id.to_owned(),
+            issue: SyncIssue::new(crmsync_domain::SyncErrorCategory::MalformedMessage, reason),
+            change_id: None,
+            payload: None,
+        };
+        record_many(pool, connection_id, &[error]).await.map(|()| true)
+    };
+    match parked.await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(connection_id, stage, "unreadable message names no known connection; dead-lettered only"),
+        Err(e) => tracing::warn!(error = %e, stage, "could not park an unreadable message as a sync error"),
+    }
+}

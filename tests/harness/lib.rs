@@ -1,0 +1,290 @@
+//! `TestApp`: the real tiers against real RabbitMQ, Redis and PostgreSQL, one
+//! isolated world per test.
+//!
+//! Each test gets its own database (copied from a migrated template, so it
+//! takes milliseconds), its own broker prefix (queues expire after the test)
+//! and its own Redis key prefix. Tier replicas run in the test's process, each
+//! with connections of its own, exactly as `crmsync producer|matcher|applier`
+//! runs them. Tests wait for the pipeline to be idle (see
+//! `crmsync_cli::progress`) instead of sleeping.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use crmsync_cli::progress::{Probe, Progress};
+use crmsync_domain::messages::{self, ChangeBatch};
+use crmsync_infra::amqp::{self, Outgoing, Publisher, Stage, Topology};
+use crmsync_infra::{CancellationToken, Config, db};
+use crmsync_sandbox::ops::{Sandbox, System};
+use crmsync_sandbox::schema::{self, ObjectDef};
+use crmsync_store::sync_errors::{self, SyncErrorRow};
+use crmsync_store::{connections, feeds};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, PgPool};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub use crmsync_domain::Lane;
+
+/// A tier to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Producer,
+    Matcher,
+    Applier,
+}
+
+/// One running replica.
+#[derive(Debug)]
+struct Replica {
+    tier: Tier,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// An isolated crmsync for one test.
+#[derive(Debug)]
+pub struct TestApp {
+    pub config: Config,
+    pub pool: PgPool,
+    pub sandbox: Sandbox,
+    pub db_name: String,
+    replicas: Vec<Replica>,
+    probe: Probe,
+    publisher: Publisher,
+    _amqp: lapin::Connection,
+}
+
+fn base_config() -> Config {
+    let mut config = Config::load(None).expect("configuration");
+    // Tests poll often and hand feeds over quickly.
+    config.producer.poll_interval_ms = 100;
+    config.producer.lease_ttl_ms = 3_000;
+    config.amqp.queue_expires_ms = Some(120_000);
+    config.database.max_connections = 4;
+    config
+}
+
+/// The template every test database is copied from, named after the
+/// migrations it holds so a changed migration makes a new one.
+async fn template(admin: &PgPool, base_url: &str) -> anyhow::Result<String> {
+    let mut sum: i64 = 0;
+    for m in db::MIGRATOR.iter().chain(crmsync_sandbox::migrator().iter()) {
+        for b in m.checksum.iter() {
+            sum = sum.wrapping_mul(31).wrapping_add(i64::from(*b));
+        }
+        sum = sum.wrapping_add(m.version);
+    }
+    let name = format!("crmsync_test_tpl_{:x}", sum as u64);
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1").bind(&name).fetch_optional(admin).await?;
+    if exists.is_none() {
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(admin).await?;
+        let url = crmsync_cli::demo::with_database(base_url, &name)?;
+        let pool = db::connect_url(&url, 1, Duration::from_secs(10)).await?;
+        crmsync_cli::migrate(&pool).await?;
+        pool.close().await;
+    }
+    Ok(name)
+}
+
+/// Creates a fresh, migrated database for one test.
+async fn fresh_database(base_url: &str) -> anyhow::Result<String> {
+    let admin = db::connect_url(base_url, 1, Duration::from_secs(10)).await.context("PostgreSQL (run scripts/services.sh)")?;
+    // One test process at a time makes the template and copies it (a copy
+    // needs the template to be idle).
+    sqlx::query("SELECT pg_advisory_lock(4242)").execute(&admin).await?;
+    let result = async {
+        let tpl = template(&admin, base_url).await?;
+        let name = format!("crmsync_test_{}", Uuid::new_v4().simple());
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {tpl}"))).execute(&admin).await?;
+        anyhow::Ok(name)
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(4242)").execute(&admin).await;
+    admin.close().await;
+    result
+}
+
+impl TestApp {
+    /// A fresh world with no tiers running.
+    pub async fn spawn() -> TestApp {
+        Self::try_spawn().await.expect("test app")
+    }
+
+    async fn try_spawn() -> anyhow::Result<TestApp> {
+        let mut config = base_config();
+        crmsync_infra::telemetry::init(&config.telemetry, "crmsync-test");
+        let base_url = config.database.url.expose_secret().to_owned();
+        let db_name = fresh_database(&base_url).await?;
+        config.database.url = crmsync_cli::demo::with_database(&base_url, &db_name)?.into();
+        let tag = &db_name["crmsync_test_".len().."crmsync_test_".len() + 12];
+        config.amqp.prefix = format!("t{tag}");
+        config.redis.prefix = format!("t{tag}");
+        let pool = db::connect(&config.database).await?;
+        let probe = Probe::new(&config, &pool).await?;
+        let amqp = amqp::connect(&config.amqp, "crmsync-test").await?;
+        let publisher = Publisher::new(&amqp, &Topology::new(&config.amqp)).await?;
+        let sandbox = Sandbox::new(pool.clone(), "default");
+        Ok(TestApp { config, pool, sandbox, db_name, replicas: Vec::new(), probe, publisher, _amqp: amqp })
+    }
+
+    /// Starts one replica of `tier` in this process, with its own connections.
+    pub fn start(&mut self, tier: Tier) {
+        let stop = CancellationToken::new();
+        let config = self.config.clone();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            match tier {
+                Tier::Producer => crmsync_producer::run(config, token).await,
+                Tier::Matcher => crmsync_matcher::run(config, token).await,
+                Tier::Applier => crmsync_applier::run(config, token).await,
+            }
+        });
+        self.replicas.push(Replica { tier, stop, task });
+    }
+
+    /// Starts a producer and the given numbers of matchers and appliers.
+    pub fn start_pipeline(&mut self, matchers: usize, appliers: usize) {
+        self.start(Tier::Producer);
+        for _ in 0..matchers {
+            self.start(Tier::Matcher);
+        }
+        for _ in 0..appliers {
+            self.start(Tier::Applier);
+        }
+    }
+
+    /// Stops every replica of `tier` (drain, then exit) and checks they ended
+    /// cleanly.
+    pub async fn stop(&mut self, tier: Tier) {
+        let (stopping, keep): (Vec<Replica>, Vec<Replica>) = self.replicas.drain(..).partition(|r| r.tier == tier);
+        self.replicas = keep;
+        for r in &stopping {
+            r.stop.cancel();
+        }
+        for r in stopping {
+            r.task.await.expect("replica task").expect("replica ended cleanly");
+        }
+    }
+
+    /// Waits until the pipeline is idle: every published change finished,
+    /// queues empty, no unread changes. Fails the test after 60 s.
+    pub async fn settle(&self) -> Progress {
+        let ids = [String::from("default")];
+        for r in &self.replicas {
+            assert!(!r.task.is_finished(), "a {:?} replica died", r.tier);
+        }
+        self.probe.wait_idle(&ids, Duration::from_secs(60), |_| {}).await.expect("pipeline settles")
+    }
+
+    /// Changes a connection setting as `crmsync connection set` does.
+    pub async fn set(&self, key: &str, value: &str) {
+        let mut s = connections::load(&self.pool, "default").await.unwrap();
+        s.set(key, value, chrono::Utc::now()).unwrap();
+        connections::save(&self.pool, "default", &s).await.unwrap();
+    }
+
+    /// A sales user in both systems: (MA user id, CRM user id).
+    pub async fn sales_user(&self, name: &str) -> (i64, String) {
+        let email = format!("{}@sales.example", name.to_lowercase());
+        let crm = self.sandbox.create_crm_user(name, &email, true, true).await.unwrap();
+        let ma = self.sandbox.create_ma_user(&email, name, "Sales", Some(&crm)).await.unwrap();
+        (ma, crm)
+    }
+
+    fn pairs(values: &[(&str, &str)]) -> Vec<(String, String)> {
+        values.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    pub async fn create(&self, def: &ObjectDef, values: &[(&str, &str)]) -> String {
+        self.sandbox.create(def, &Self::pairs(values), None).await.unwrap()
+    }
+
+    pub async fn update(&self, def: &ObjectDef, id: &str, values: &[(&str, &str)]) {
+        self.sandbox.update(def, id, &Self::pairs(values), None).await.unwrap();
+    }
+
+    pub async fn create_prospect(&self, values: &[(&str, &str)]) -> i64 {
+        self.create(&schema::PROSPECT, values).await.parse().unwrap()
+    }
+
+    pub async fn create_lead(&self, values: &[(&str, &str)]) -> String {
+        self.create(&schema::LEAD, values).await
+    }
+
+    pub async fn show(&self, def: &ObjectDef, id: &str) -> Value {
+        self.sandbox.show(def, id).await.unwrap()
+    }
+
+    pub async fn prospect(&self, id: i64) -> Value {
+        self.show(&schema::PROSPECT, &id.to_string()).await
+    }
+
+    /// Rows of `table` whose email is `email` (any case, any spaces).
+    pub async fn with_email(&self, table: &str, email: &str) -> Vec<Value> {
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT to_jsonb(t) FROM {table} t WHERE lower(btrim(email)) = lower(btrim($1)) ORDER BY id")))
+            .bind(email)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn sync_errors(&self) -> Vec<SyncErrorRow> {
+        sync_errors::list_open(&self.pool, "default", 1000).await.unwrap()
+    }
+
+    /// Changes published by the producer so far, per feed name.
+    pub async fn published(&self) -> Vec<(String, i64, i64)> {
+        feeds::all(&self.pool, "default").await.unwrap().into_iter().map(|f| (f.feed, f.published, f.suppressed)).collect()
+    }
+
+    pub async fn identity_status(&self, prospect_id: i64) -> Option<String> {
+        sqlx::query_scalar("SELECT status FROM identities WHERE prospect_id = $1").bind(prospect_id).fetch_optional(&self.pool).await.unwrap()
+    }
+
+    /// Publishes raw bytes to a stage's queue, as a misbehaving producer would.
+    pub async fn publish_raw(&self, stage: Stage, lane: Lane, body: Vec<u8>) {
+        self.publisher
+            .publish_confirmed(vec![Outgoing {
+                routing_key: Topology::routing_key(stage, lane),
+                body,
+                message_id: Uuid::new_v4().to_string(),
+                headers: vec![("x-connection-id".into(), "default".into())],
+            }])
+            .await
+            .unwrap();
+    }
+
+    /// Messages in a stage's dead-letter queue.
+    pub async fn dead_letters(&self, stage: Stage) -> u32 {
+        let ch = self._amqp.create_channel().await.unwrap();
+        let topology = Topology::new(&self.config.amqp);
+        topology.depth(&ch, &topology.dead_queue(stage)).await.unwrap()
+    }
+
+    /// Publishes a change batch to the matcher.
+    pub async fn publish_changes(&self, batch: &ChangeBatch) {
+        self.publish_raw(Stage::Match, batch.lane, messages::encode(batch)).await;
+    }
+
+    /// The MA admin's and the CRM admin's user ids.
+    pub async fn admins(&self) -> (String, String) {
+        (self.sandbox.admin(System::Ma).await.unwrap(), self.sandbox.admin(System::Crm).await.unwrap())
+    }
+
+    /// Stops everything and drops the test's database and queues.
+    pub async fn cleanup(mut self) {
+        for tier in [Tier::Producer, Tier::Matcher, Tier::Applier] {
+            self.stop(tier).await;
+        }
+        self.pool.close().await;
+        if let Ok(ch) = self._amqp.create_channel().await {
+            let _ = Topology::new(&self.config.amqp).delete_all(&ch).await;
+        }
+        let base = base_config();
+        if let Ok(admin) = db::connect_url(base.database.url.expose_secret(), 1, Duration::from_secs(10)).await {
+            let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name))).execute(&admin).await;
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Replicas racing on one identity, redelivered and reordered messages:
+//! exactly one counterpart per person (I2), no older value over a newer one
+//! (I3).
+
+use chrono::Utc;
+use crmsync_connector::MaApi;
+use crmsync_domain::Lane;
+use crmsync_domain::messages::{Change, ChangeBatch, MESSAGE_VERSION};
+use crmsync_domain::records::SourceRecord;
+use crmsync_sandbox::SandboxMa;
+use crmsync_sandbox::schema::{LEAD, PROSPECT};
+use crmsync_tests::TestApp;
+use uuid::Uuid;
+
+/// A change batch carrying the prospect as it is now, as the producer
+/// would have detected it.
+async fn detected(app: &TestApp, prospect: i64) -> ChangeBatch {
+    let ma = SandboxMa::connect(app.pool.clone(), "default").await.unwrap();
+    let record = ma.prospects_by_id(&[prospect]).await.unwrap().remove(0);
+    ChangeBatch {
+        v: MESSAGE_VERSION,
+        batch_id: Uuid::now_v7(),
+        connection_id: "default".into(),
+        lane: Lane::Immediate,
+        detected_at: Utc::now(),
+        changes: vec![Change { change_id: Uuid::now_v7(), record: SourceRecord::Prospect(record) }],
+    }
+}
+
+/// A copy with fresh ids: a second detection of the same state.
+fn again(b: &ChangeBatch) -> ChangeBatch {
+    let mut b = b.clone();
+    b.batch_id = Uuid::now_v7();
+    for c in &mut b.changes {
+        c.change_id = Uuid::now_v7();
+    }
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_matchers_and_two_appliers_racing_on_one_new_identity_create_exactly_one_counterpart() {
+    let mut app = TestApp::spawn().await;
+    let (ma_user, crm_user) = app.sales_user("Chika").await;
+    let p = app.create_prospect(&[("email", "race@one.example"), ("lastName", "Race"), ("company", "One")]).await;
+    app.sandbox.assign(p, Some(ma_user)).await.unwrap();
+    // The same person created on both sides at once, for a cross-side race.
+    let lead = app.create_lead(&[("LastName", "Both"), ("Company", "Two"), ("Email", "both@two.example")]).await;
+    let q = app.create_prospect(&[("email", "both@two.example"), ("lastName", "Both")]).await;
+    let batch = detected(&app, p).await;
+    app.start_pipeline(2, 2);
+    // Eight more detections of the new prospect, all in the queue at once.
+    for _ in 0..8 {
+        app.publish_changes(&again(&batch)).await;
+    }
+    app.settle().await;
+
+    let leads = app.with_email("crm.leads", "race@one.example").await;
+    assert_eq!(leads.len(), 1, "one lead for one person: {leads:?}");
+    assert_eq!(leads[0]["owner_id"], crm_user.as_str());
+    let identities: Vec<(i64, Option<String>, String)> =
+        sqlx::query_as("SELECT prospect_id, crm_id, status FROM identities ORDER BY prospect_id").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(identities.len(), 2, "{identities:?}");
+    assert_eq!(identities[0], (p, leads[0]["id"].as_str().map(str::to_owned), "linked".to_owned()));
+    assert_eq!(identities[1], (q, Some(lead), "linked".to_owned()));
+    assert!(app.with_email("ma.prospects", "both@two.example").await.len() == 1);
+    assert!(app.sync_errors().await.is_empty(), "{:?}", app.sync_errors().await);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_or_reordered_change_changes_nothing() {
+    let mut app = TestApp::spawn().await;
+    let lead = app.create_lead(&[("LastName", "Order"), ("Company", "Co"), ("Email", "order@co.example")]).await;
+    let p = app.create_prospect(&[("email", "order@co.example"), ("crmLeadFid", &lead), ("jobTitle", "Old")]).await;
+    app.start_pipeline(1, 1);
+    app.settle().await;
+    let old = detected(&app, p).await;
+
+    app.update(&PROSPECT, &p.to_string(), &[("jobTitle", "New")]).await;
+    app.settle().await;
+    assert_eq!(app.show(&LEAD, &lead).await["title"], "New");
+    let new = detected(&app, p).await;
+    let stamp = app.show(&LEAD, &lead).await["modstamp"].clone();
+
+    // The older detection arrives late, then the newer one twice more.
+    app.publish_changes(&again(&old)).await;
+    app.publish_changes(&again(&new)).await;
+    app.publish_changes(&again(&new)).await;
+    app.settle().await;
+    assert_eq!(app.show(&LEAD, &lead).await["title"], "New", "an older change never overwrites a newer one");
+    assert_eq!(app.prospect(p).await["job_title"], "New");
+    assert_eq!(app.show(&LEAD, &lead).await["modstamp"], stamp, "nothing was written again");
+    app.cleanup().await;
+}
