@@ -65,10 +65,11 @@ async fn ids_in_any_form_and_emails_in_any_case_match_the_same_record() {
     let by_email = app.create_prospect(&[("email", "  LEE@Globex.Example ")]).await;
     app.start_pipeline(1, 1);
     app.settle().await;
-    let linked: Vec<(i64, String)> = sqlx::query_as("SELECT prospect_id, crm_id FROM identities WHERE status = 'linked' ORDER BY prospect_id")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let linked: Vec<(i64, String)> =
+        sqlx::query_as("SELECT prospect_id, crm_id FROM identities WHERE status = 'linked' ORDER BY prospect_id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(linked, vec![(by_id, lead.clone()), (by_email, contact.clone())]);
     assert!(app.sync_errors().await.is_empty(), "{:?}", app.sync_errors().await);
     app.cleanup().await;

@@ -223,11 +223,13 @@ impl TestApp {
 
     /// Rows of `table` whose email is `email` (any case, any spaces).
     pub async fn with_email(&self, table: &str, email: &str) -> Vec<Value> {
-        sqlx::query_scalar(AssertSqlSafe(format!("SELECT to_jsonb(t) FROM {table} t WHERE lower(btrim(email)) = lower(btrim($1)) ORDER BY id")))
-            .bind(email)
-            .fetch_all(&self.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT to_jsonb(t) FROM {table} t WHERE lower(btrim(email)) = lower(btrim($1)) ORDER BY id"
+        )))
+        .bind(email)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
     }
 
     pub async fn sync_errors(&self) -> Vec<SyncErrorRow> {
@@ -240,7 +242,11 @@ impl TestApp {
     }
 
     pub async fn identity_status(&self, prospect_id: i64) -> Option<String> {
-        sqlx::query_scalar("SELECT status FROM identities WHERE prospect_id = $1").bind(prospect_id).fetch_optional(&self.pool).await.unwrap()
+        sqlx::query_scalar("SELECT status FROM identities WHERE prospect_id = $1")
+            .bind(prospect_id)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
     }
 
     /// Publishes raw bytes to a stage's queue, as a misbehaving producer would.

@@ -21,6 +21,7 @@ use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
 use crmsync_infra::{CancellationToken, Config};
 use crmsync_sandbox::SandboxFactory;
 use lapin::message::Delivery;
+use tracing::Instrument;
 
 pub use process::Applier;
 
@@ -41,7 +42,14 @@ impl Handler for ApplyStage {
                 return Err(StageError::Poison(e.to_string()));
             }
         };
-        self.applier.process(&batch).await
+        let span = tracing::info_span!(
+            "apply",
+            connection_id = %batch.connection_id,
+            lane = batch.lane.as_str(),
+            batch_id = %batch.batch_id,
+            commands = batch.commands.len(),
+        );
+        self.applier.process(&batch).instrument(span).await
     }
 }
 
@@ -50,7 +58,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let services = Services::connect(&config, "crmsync-applier").await?;
     let factory = Arc::new(SandboxFactory::from_config(&config, &services.pool).await?);
     let stage = Arc::new(ApplyStage {
-        applier: Applier { pool: services.pool.clone(), locks: services.locks.clone(), factory, lock_timeout: config.locks.acquire_timeout() },
+        applier: Applier {
+            pool: services.pool.clone(),
+            locks: services.locks.clone(),
+            factory,
+            lock_timeout: config.locks.acquire_timeout(),
+        },
     });
     let loops = [Lane::Immediate, Lane::Batch].map(|lane| {
         let opts = ConsumeOptions {

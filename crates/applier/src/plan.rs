@@ -74,7 +74,13 @@ pub fn crm_write(state: &State, map: &FieldMap) -> Option<CrmPlan> {
     match (state.status, &state.crm) {
         (IdentityStatus::Linked | IdentityStatus::CreatingMa, Some((object, id))) => {
             let fields = fields_for(*object);
-            (!fields.is_empty()).then(|| CrmPlan { object: *object, target: CrmTarget::Id(id.clone()), fields, owner: None, creates: false })
+            (!fields.is_empty()).then(|| CrmPlan {
+                object: *object,
+                target: CrmTarget::Id(id.clone()),
+                fields,
+                owner: None,
+                creates: false,
+            })
         }
         (IdentityStatus::CreatingCrm, None) => Some(CrmPlan {
             object: CrmObject::Lead,
@@ -97,12 +103,8 @@ pub enum MaPlanError {
 /// The MA write this identity needs, if any, once the CRM side is settled
 /// (`state.crm` may have just been set by a create).
 pub fn ma_write(state: &State, map: &FieldMap) -> Result<Option<MaPlan>, MaPlanError> {
-    let fields: Vec<FieldWrite> = state
-        .fields
-        .plan(map.iter(), Side::Ma)
-        .into_iter()
-        .map(|(key, value)| FieldWrite { api: key.clone(), key, value })
-        .collect();
+    let fields: Vec<FieldWrite> =
+        state.fields.plan(map.iter(), Side::Ma).into_iter().map(|(key, value)| FieldWrite { api: key.clone(), key, value }).collect();
     let link = if state.ma_link_written { None } else { state.crm.clone() };
     match (state.status, state.prospect_id) {
         (IdentityStatus::CreatingMa, None) => {

@@ -74,9 +74,8 @@ fn state_of(row: identities::IdentityRow) -> State {
 impl Applier {
     /// Applies every command of a batch.
     pub async fn process(&self, batch: &ApplyBatch) -> Result<(), StageError> {
-        let settings = crmsync_store::connections::load(&self.pool, &batch.connection_id)
-            .await
-            .map_err(|e| StageError::Retry(e.to_string()))?;
+        let settings =
+            crmsync_store::connections::load(&self.pool, &batch.connection_id).await.map_err(|e| StageError::Retry(e.to_string()))?;
         let systems = self.factory.systems(&settings).await?;
         // Commands per identity, in arrival order.
         let mut by_identity: Vec<(Uuid, Vec<&ApplyCommand>)> = Vec::new();
@@ -168,10 +167,9 @@ impl Applier {
             let Some(s) = &w.state else { continue };
             match plan::ma_write(s, map) {
                 Ok(p) => w.ma = p,
-                Err(plan::MaPlanError::NoEmail) => w.issue(
-                    SyncErrorCategory::InvalidEmail,
-                    format!("identity {} has no valid email to create its prospect with", s.id),
-                ),
+                Err(plan::MaPlanError::NoEmail) => {
+                    w.issue(SyncErrorCategory::InvalidEmail, format!("identity {} has no valid email to create its prospect with", s.id))
+                }
             }
         }
         self.write_ma(systems, &mut work).await?;
@@ -181,7 +179,8 @@ impl Applier {
 
     async fn write_crm(&self, systems: &Systems, work: &mut [Work<'_>]) -> Result<(), StageError> {
         for object in [CrmObject::Lead, CrmObject::Contact] {
-            let idx: Vec<usize> = work.iter().enumerate().filter(|(_, w)| w.crm.as_ref().is_some_and(|p| p.object == object)).map(|(i, _)| i).collect();
+            let idx: Vec<usize> =
+                work.iter().enumerate().filter(|(_, w)| w.crm.as_ref().is_some_and(|p| p.object == object)).map(|(i, _)| i).collect();
             for chunk in idx.chunks(MAX_WRITES_PER_CALL) {
                 let writes: Vec<CrmWrite> = chunk
                     .iter()

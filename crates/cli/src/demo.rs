@@ -122,13 +122,14 @@ async fn settle(probe: &Probe, tiers: &mut [Tier], logs: &Path, timeout: Duratio
     let ids = [CONNECTION.to_owned()];
     let result = loop {
         check_alive(tiers, logs)?;
-        let p = probe.wait_idle(&ids, Duration::from_secs(2), |p| {
-            bar.set_length(p.published.max(0) as u64);
-            bar.set_position(p.finished.max(0).min(p.published.max(0)) as u64);
-            let rate = p.finished as f64 / start.elapsed().as_secs_f64().max(0.001);
-            bar.set_message(format!("{rate:.0}/s, {} queued", p.queued));
-        })
-        .await;
+        let p = probe
+            .wait_idle(&ids, Duration::from_secs(2), |p| {
+                bar.set_length(p.published.max(0) as u64);
+                bar.set_position(p.finished.max(0).min(p.published.max(0)) as u64);
+                let rate = p.finished as f64 / start.elapsed().as_secs_f64().max(0.001);
+                bar.set_message(format!("{rate:.0}/s, {} queued", p.queued));
+            })
+            .await;
         match p {
             Ok(p) => break p,
             Err(_) if start.elapsed() < timeout => continue,
@@ -167,8 +168,13 @@ async fn live_changes(pool: &PgPool, sb: &Sandbox) -> anyhow::Result<Vec<String>
     .fetch_all(pool)
     .await?;
     for (p, lead) in &pairs {
-        sb.update(&schema::PROSPECT, &p.to_string(), &[("jobTitle".into(), "Head of Demo (MA)".into()), ("company".into(), "Edited In MA".into())], None)
-            .await?;
+        sb.update(
+            &schema::PROSPECT,
+            &p.to_string(),
+            &[("jobTitle".into(), "Head of Demo (MA)".into()), ("company".into(), "Edited In MA".into())],
+            None,
+        )
+        .await?;
         sb.update(&schema::LEAD, lead, &[("Title".into(), "Head of Demo (CRM)".into())], None).await?;
     }
     done.push(format!(
@@ -192,7 +198,10 @@ async fn live_changes(pool: &PgPool, sb: &Sandbox) -> anyhow::Result<Vec<String>
         )
         .await?;
     }
-    done.push("turned auto_create_prospects on and created 15 CRM leads (each creates one prospect; older CRM-only leads stay as they were)".into());
+    done.push(
+        "turned auto_create_prospects on and created 15 CRM leads (each creates one prospect; older CRM-only leads stay as they were)"
+            .into(),
+    );
     Ok(done)
 }
 
@@ -226,7 +235,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         "   MA: {} prospects ({} with their CRM id, {} of them 15-character; {} sharing only an email; {} new and assigned; {} unassigned; {} malformed; {} ambiguous)",
         s.prospects, s.linked_by_id, s.ids_15_char, s.linked_by_email, s.to_create, s.unassigned, s.malformed, s.ambiguous
     );
-    println!("   CRM: {} leads, {} contacts, {} accounts; {} pairs edited on both sides since they last agreed", s.leads, s.contacts, s.accounts, s.conflicting_edits);
+    println!(
+        "   CRM: {} leads, {} contacts, {} accounts; {} pairs edited on both sides since they last agreed",
+        s.leads, s.contacts, s.accounts, s.conflicting_edits
+    );
 
     let logs = args.work_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -254,7 +266,12 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.timeout_secs);
     let t = Instant::now();
     let p = settle(&probe, &mut tiers, &logs, timeout).await?;
-    println!("   initial sync: {} changes in {:.1} s ({:.0} changes/s)", p.finished, t.elapsed().as_secs_f64(), p.finished as f64 / t.elapsed().as_secs_f64());
+    println!(
+        "   initial sync: {} changes in {:.1} s ({:.0} changes/s)",
+        p.finished,
+        t.elapsed().as_secs_f64(),
+        p.finished as f64 / t.elapsed().as_secs_f64()
+    );
 
     println!("3. Live changes");
     for line in live_changes(&pool, &sb).await? {

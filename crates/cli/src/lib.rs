@@ -35,13 +35,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             migrate(&pool).await?;
             println!("migrations applied");
         }
-        Command::Status(c) => status::print(&config, &connect(&config).await?, c.connection.as_deref()).await?,
+        Command::Status(c) => status::print(&config, &connect_migrated(&config).await?, c.connection.as_deref()).await?,
         Command::Report(c) => {
-            let pool = connect(&config).await?;
+            let pool = connect_migrated(&config).await?;
             let ok = report::print_all(&config, &pool, c.connection.as_deref()).await?;
             return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Command::Errors { connection, limit } => status::print_errors(&connect(&config).await?, connection.connection.as_deref(), limit).await?,
+        Command::Errors { connection, limit } => {
+            status::print_errors(&connect(&config).await?, connection.connection.as_deref(), limit).await?
+        }
         Command::Connection(cmd) => connection(&connect(&config).await?, cmd).await?,
         Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Demo(args) => return demo::run(&config, args).await,
@@ -51,6 +53,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     db::connect(&config.database).await.context("connecting to PostgreSQL (is it running? scripts/services.sh starts it)")
+}
+
+async fn connect_migrated(config: &Config) -> anyhow::Result<PgPool> {
+    let pool = connect(config).await?;
+    db::ensure_migrated(&pool).await?;
+    Ok(pool)
 }
 
 /// Applies the engine's and the sandbox's migrations.
@@ -77,7 +85,10 @@ async fn connection(pool: &PgPool, cmd: ConnectionCmd) -> anyhow::Result<()> {
         ConnectionCmd::List => {
             for id in connections::ids(pool).await? {
                 let s = connections::load(pool, &id).await?;
-                println!("{id}\tauto_create_prospects={}\tbatch_threshold={}\tbatch_budget_per_hour={}", s.auto_create_prospects, s.batch_threshold, s.batch_budget_per_hour);
+                println!(
+                    "{id}\tauto_create_prospects={}\tbatch_threshold={}\tbatch_budget_per_hour={}",
+                    s.auto_create_prospects, s.batch_threshold, s.batch_budget_per_hour
+                );
             }
         }
         ConnectionCmd::Show { id } => {

@@ -141,7 +141,9 @@ pub async fn build(pool: &PgPool, factory: &SandboxFactory, connection_id: &str)
             r.missing.push(l.id);
             continue;
         };
-        if erring.contains(&("prospect".to_owned(), l.prospect_id.to_string())) || erring.contains(&(l.crm_object.clone(), l.crm_id.clone())) {
+        if erring.contains(&("prospect".to_owned(), l.prospect_id.to_string()))
+            || erring.contains(&(l.crm_object.clone(), l.crm_id.clone()))
+        {
             r.pairs_waiting_on_errors += 1;
             continue;
         }
@@ -177,7 +179,10 @@ pub fn print(r: &Report) {
     let (rejects, actions): (Vec<_>, Vec<_>) = actions.into_iter().partition(|(a, _)| a.starts_with("rejected"));
     println!("  Changes       {}", join(&actions));
     if !skips.is_empty() {
-        println!("  Not synced    {}", join(&skips.iter().map(|(a, n)| (a.trim_start_matches("skipped:").to_owned(), *n)).collect::<Vec<_>>()));
+        println!(
+            "  Not synced    {}",
+            join(&skips.iter().map(|(a, n)| (a.trim_start_matches("skipped:").to_owned(), *n)).collect::<Vec<_>>())
+        );
     }
     if !rejects.is_empty() {
         println!("  Rejected      {}", rejects.iter().map(|(_, n)| n).sum::<i64>());

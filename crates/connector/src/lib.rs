@@ -132,7 +132,12 @@ pub trait CrmApi: Send + Sync + Debug {
     fn integration_user(&self) -> &str;
 
     /// Leads or contacts changed after `cursor`, in stamp order, at most `limit`.
-    async fn person_changes(&self, object: CrmObject, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<CrmPersonRecord>, ConnectorError>;
+    async fn person_changes(
+        &self,
+        object: CrmObject,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<ChangePage<CrmPersonRecord>, ConnectorError>;
 
     /// Whether any change of `object` was committed after `cursor`.
     async fn person_changes_pending(&self, object: CrmObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError>;

@@ -67,10 +67,7 @@ mod tests {
 
     #[test]
     fn an_assigned_user_without_a_crm_user_is_named() {
-        assert_eq!(
-            Assignment::of(&prospect(Some(AssignedUser { id: 3, crm_user_id: None }))),
-            Assignment::NoCrmUser { ma_user_id: 3 }
-        );
+        assert_eq!(Assignment::of(&prospect(Some(AssignedUser { id: 3, crm_user_id: None }))), Assignment::NoCrmUser { ma_user_id: 3 });
         assert!(matches!(
             Assignment::of(&prospect(Some(AssignedUser { id: 3, crm_user_id: Some("005bad".into()) }))),
             Assignment::InvalidCrmUser { ma_user_id: 3, .. }

@@ -178,11 +178,7 @@ impl From<CrmId> for String {
 fn case_suffix(s15: &[u8]) -> String {
     s15.chunks(5)
         .map(|chunk| {
-            let mask = chunk
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.is_ascii_uppercase())
-                .fold(0usize, |m, (i, _)| m | (1 << i));
+            let mask = chunk.iter().enumerate().filter(|(_, b)| b.is_ascii_uppercase()).fold(0usize, |m, (i, _)| m | (1 << i));
             SUFFIX_ALPHABET[mask] as char
         })
         .collect()

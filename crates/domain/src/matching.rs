@@ -178,10 +178,9 @@ fn create_or_wait(assignment: &Assignment) -> (IdentityPatch, Option<SyncIssue>)
                 format!("assigned MA user {ma_user_id} has no CRM user to own the lead; link the user or reassign the prospect"),
             )),
         ),
-        Assignment::InvalidCrmUser { ma_user_id, error } => (
-            pending,
-            Some(SyncIssue::new(SyncErrorCategory::InvalidCrmId, format!("assigned MA user {ma_user_id}: {error}"))),
-        ),
+        Assignment::InvalidCrmUser { ma_user_id, error } => {
+            (pending, Some(SyncIssue::new(SyncErrorCategory::InvalidCrmId, format!("assigned MA user {ma_user_id}: {error}"))))
+        }
     }
 }
 
@@ -233,10 +232,9 @@ pub fn decide_prospect(f: &ProspectFacts<'_>) -> Decision {
             ));
         }
         return match f.crm_by_id {
-            Some(c) if !c.is_converted => Decision::New {
-                patch: IdentityPatch { prospect_id: Some(f.prospect_id), ..IdentityPatch::link_crm(c) },
-                issue: None,
-            },
+            Some(c) if !c.is_converted => {
+                Decision::New { patch: IdentityPatch { prospect_id: Some(f.prospect_id), ..IdentityPatch::link_crm(c) }, issue: None }
+            }
             Some(c) => Decision::Reject(SyncIssue::new(
                 SyncErrorCategory::CrmRecordNotFound,
                 format!("{prospect} points at {} {crm_id}, which was converted", c.object),
@@ -337,7 +335,11 @@ pub fn decide_crm(f: &CrmFacts<'_>) -> Decision {
     match f.prospects_by_email {
         [p] => Decision::New { patch: IdentityPatch { prospect_id: Some(*p), ..IdentityPatch::link_crm(&me) }, issue: None },
         [] if f.may_auto_create => Decision::New {
-            patch: IdentityPatch { status: Some(IdentityStatus::CreatingMa), crm: Some((f.crm_id.clone(), f.object)), ..Default::default() },
+            patch: IdentityPatch {
+                status: Some(IdentityStatus::CreatingMa),
+                crm: Some((f.crm_id.clone(), f.object)),
+                ..Default::default()
+            },
             issue: None,
         },
         [] => Decision::Skip(SkipReason::AutoCreateOff),

@@ -219,11 +219,7 @@ impl FieldState {
             if mapping.blank_overwrites {
                 w.last.as_ref().or(o.last.as_ref()).map(|v| v.value.clone())
             } else {
-                w.last_filled()
-                    .or(o.last_filled())
-                    .or(w.last.as_ref())
-                    .or(o.last.as_ref())
-                    .map(|v| v.value.clone())
+                w.last_filled().or(o.last_filled()).or(w.last.as_ref()).or(o.last.as_ref()).map(|v| v.value.clone())
             }
         };
         let both = |v: Option<Value>| Desired { ma: v.clone(), crm: v };
@@ -292,11 +288,7 @@ impl IdentityFields {
     /// Merges user edits. Edits on a side the field does not accept edits from
     /// (read-only fields) and edits of unmapped fields are ignored. Returns the
     /// number of edits that were news.
-    pub fn observe_all<'a>(
-        &mut self,
-        map: &crate::mapping::FieldMap,
-        observations: impl IntoIterator<Item = &'a Observation>,
-    ) -> usize {
+    pub fn observe_all<'a>(&mut self, map: &crate::mapping::FieldMap, observations: impl IntoIterator<Item = &'a Observation>) -> usize {
         let mut news = 0;
         for o in observations {
             let Some(mapping) = map.by_ma_field(&o.field) else { continue };
@@ -314,11 +306,7 @@ impl IdentityFields {
     /// The writes `side` needs: MA field name → value, in mapping order.
     /// `fields` limits the plan to the fields that exist on that side (a CRM
     /// contact has no `company`).
-    pub fn plan<'m>(
-        &self,
-        mappings: impl IntoIterator<Item = &'m FieldMapping>,
-        side: Side,
-    ) -> Vec<(String, Value)> {
+    pub fn plan<'m>(&self, mappings: impl IntoIterator<Item = &'m FieldMapping>, side: Side) -> Vec<(String, Value)> {
         mappings
             .into_iter()
             .filter_map(|m| {

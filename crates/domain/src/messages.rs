@@ -116,7 +116,13 @@ mod tests {
     use super::*;
 
     fn batch() -> ApplyBatch {
-        ApplyBatch { v: MESSAGE_VERSION, batch_id: Uuid::new_v4(), connection_id: "default".into(), lane: Lane::Immediate, commands: vec![] }
+        ApplyBatch {
+            v: MESSAGE_VERSION,
+            batch_id: Uuid::new_v4(),
+            connection_id: "default".into(),
+            lane: Lane::Immediate,
+            commands: vec![],
+        }
     }
 
     #[test]

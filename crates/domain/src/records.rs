@@ -73,10 +73,7 @@ impl ProspectRecord {
     /// The CRM id the prospect points at: a contact wins over a lead, as in the
     /// MA itself (a converted lead's prospect shows its contact).
     pub fn crm_fid(&self) -> Option<&str> {
-        self.crm_contact_fid
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-            .or(self.crm_lead_fid.as_deref().filter(|s| !s.trim().is_empty()))
+        self.crm_contact_fid.as_deref().filter(|s| !s.trim().is_empty()).or(self.crm_lead_fid.as_deref().filter(|s| !s.trim().is_empty()))
     }
 }
 
@@ -164,16 +161,10 @@ impl SourceRecord {
             Some(Observation { field: ma.to_owned(), side, at: f.at.unwrap_or(stamp), value: f.value.clone() })
         };
         match self {
-            SourceRecord::Prospect(_) => map
-                .iter()
-                .filter(|m| m.accepts_edits_from(side))
-                .filter_map(|m| named(&m.ma, &m.ma))
-                .collect(),
-            SourceRecord::Crm(r) => map
-                .for_object(r.object)
-                .filter(|(m, _)| m.accepts_edits_from(side))
-                .filter_map(|(m, api)| named(&m.ma, api))
-                .collect(),
+            SourceRecord::Prospect(_) => map.iter().filter(|m| m.accepts_edits_from(side)).filter_map(|m| named(&m.ma, &m.ma)).collect(),
+            SourceRecord::Crm(r) => {
+                map.for_object(r.object).filter(|(m, _)| m.accepts_edits_from(side)).filter_map(|(m, api)| named(&m.ma, api)).collect()
+            }
         }
     }
 }

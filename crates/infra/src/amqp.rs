@@ -131,7 +131,13 @@ impl Topology {
             let dead = self.dead_queue(stage);
             channel.queue_declare(dead.clone().into(), qopts, self.queue_args(None)).await?;
             channel
-                .queue_bind(dead.into(), self.dead_exchange().into(), stage.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+                .queue_bind(
+                    dead.into(),
+                    self.dead_exchange().into(),
+                    stage.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await?;
             for lane in [Lane::Immediate, Lane::Batch] {
                 let q = self.queue(stage, lane);
@@ -162,9 +168,8 @@ impl Topology {
 
     /// Messages ready in a queue (not counting ones delivered and unacked).
     pub async fn depth(&self, channel: &Channel, queue: &str) -> Result<u32, AmqpError> {
-        let q = channel
-            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-            .await?;
+        let q =
+            channel.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await?;
         Ok(q.message_count())
     }
 }

@@ -12,6 +12,8 @@ use crate::locks::{self, Locks};
 pub enum StartError {
     #[error("PostgreSQL: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("PostgreSQL: {0}")]
+    Schema(#[from] db::SchemaError),
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] AmqpError),
     #[error("Redis: {0}")]
@@ -32,6 +34,7 @@ impl Services {
     /// Connects to everything and declares the broker topology (idempotent).
     pub async fn connect(config: &Config, name: &str) -> Result<Services, StartError> {
         let pool = db::connect(&config.database).await?;
+        db::ensure_migrated(&pool).await?;
         let amqp = amqp::connect(&config.amqp, name).await?;
         let topology = Topology::new(&config.amqp);
         let channel = amqp.create_channel().await.map_err(AmqpError::from)?;

@@ -22,6 +22,7 @@ use crmsync_infra::{CancellationToken, Config};
 use crmsync_sandbox::SandboxFactory;
 use crmsync_store::{audit, sync_errors};
 use lapin::message::Delivery;
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub use process::{Matcher, Output};
@@ -75,8 +76,22 @@ impl Handler for MatchStage {
                 return Err(StageError::Poison(e.to_string()));
             }
         };
-        let out = self.matcher.process(&batch).await?;
-        self.finish(&batch, out).await
+        let span = tracing::info_span!(
+            "match",
+            connection_id = %batch.connection_id,
+            lane = batch.lane.as_str(),
+            batch_id = %batch.batch_id,
+            records = batch.changes.len(),
+            commands = tracing::field::Empty,
+            errors = tracing::field::Empty,
+        );
+        async {
+            let out = self.matcher.process(&batch).await?;
+            tracing::Span::current().record("commands", out.commands.len()).record("errors", out.errors.len());
+            self.finish(&batch, out).await
+        }
+        .instrument(span)
+        .await
     }
 }
 

@@ -47,14 +47,14 @@ pub fn parse(change: &Change) -> Result<Candidate<'_>, Refusal> {
             if p.is_deleted {
                 return Err(Refusal::Skip(SkipReason::Deleted));
             }
-            let email = Email::parse(p.email.as_deref().unwrap_or("")).map_err(|e| {
-                Refusal::Issue(SyncIssue::new(SyncErrorCategory::InvalidEmail, format!("prospect {}: {e}", p.id)))
-            })?;
+            let email = Email::parse(p.email.as_deref().unwrap_or(""))
+                .map_err(|e| Refusal::Issue(SyncIssue::new(SyncErrorCategory::InvalidEmail, format!("prospect {}: {e}", p.id))))?;
             let crm_id = match p.crm_fid() {
                 None => None,
-                Some(raw) => Some(CrmId::parse(raw).map_err(|e| {
-                    Refusal::Issue(SyncIssue::new(SyncErrorCategory::InvalidCrmId, format!("prospect {}: {e}", p.id)))
-                })?),
+                Some(raw) => Some(
+                    CrmId::parse(raw)
+                        .map_err(|e| Refusal::Issue(SyncIssue::new(SyncErrorCategory::InvalidCrmId, format!("prospect {}: {e}", p.id))))?,
+                ),
             };
             Ok(Candidate::Prospect { change, p, email, crm_id, assignment: Assignment::of(p) })
         }

@@ -195,9 +195,8 @@ impl Matcher {
 
     /// Matches every record of a batch. Returns what to store and publish.
     pub async fn process(&self, batch: &ChangeBatch) -> Result<Output, StageError> {
-        let settings = crmsync_store::connections::load(&self.pool, &batch.connection_id)
-            .await
-            .map_err(|e| StageError::Retry(e.to_string()))?;
+        let settings =
+            crmsync_store::connections::load(&self.pool, &batch.connection_id).await.map_err(|e| StageError::Retry(e.to_string()))?;
         let systems = self.factory.systems(&settings).await?;
         let lane = batch.lane.as_str();
         let mut out = Output::default();
@@ -350,7 +349,14 @@ impl Matcher {
     /// The edits a command carries: the record's own, plus, when this
     /// decision links it to a record on the other side for the first time,
     /// that record's current values.
-    fn observations(&self, systems: &Systems, settings: &ConnectionSettings, c: &Candidate<'_>, patch: &IdentityPatch, found: &Found) -> Vec<Observation> {
+    fn observations(
+        &self,
+        systems: &Systems,
+        settings: &ConnectionSettings,
+        c: &Candidate<'_>,
+        patch: &IdentityPatch,
+        found: &Found,
+    ) -> Vec<Observation> {
         let map = &settings.field_map;
         let mut obs = match c {
             Candidate::Prospect { change, .. } => change.record.observations(map, Some(systems.ma.integration_user())),
@@ -498,6 +504,10 @@ fn command(batch: &ChangeBatch, change: &Change, identity_id: Uuid, observations
 fn conflict_issue(record: &SourceRecord) -> SyncIssue {
     SyncIssue::new(
         SyncErrorCategory::DuplicateRecord,
-        format!("{} {} would give a person a second identity (another record already holds its email or id)", record.object(), record.record_id()),
+        format!(
+            "{} {} would give a person a second identity (another record already holds its email or id)",
+            record.object(),
+            record.record_id()
+        ),
     )
 }

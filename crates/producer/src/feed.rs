@@ -42,7 +42,12 @@ impl Feed {
     }
 
     /// One page of changes after `cursor`.
-    pub async fn page(self, systems: &Systems, cursor: Option<&Cursor>, limit: usize) -> Result<(Vec<SourceRecord>, Cursor, bool), ConnectorError> {
+    pub async fn page(
+        self,
+        systems: &Systems,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<(Vec<SourceRecord>, Cursor, bool), ConnectorError> {
         Ok(match self {
             Feed::Prospects => {
                 let p = systems.ma.prospect_changes(cursor, limit).await?;

@@ -131,17 +131,9 @@ pub async fn run_pass(
         // Confirmed by the broker before the cursor moves: a crash in between
         // publishes the page again, never skips it.
         ctx.publisher.publish_confirmed(out).await?;
-        let advanced = feeds::advance(
-            ctx.pool,
-            connection_id,
-            feed.name(),
-            ctx.owner,
-            lease.token,
-            &next.0,
-            keep.len() as i64,
-            dropped.len() as i64,
-        )
-        .await?;
+        let advanced =
+            feeds::advance(ctx.pool, connection_id, feed.name(), ctx.owner, lease.token, &next.0, keep.len() as i64, dropped.len() as i64)
+                .await?;
         if !advanced {
             // Another replica took the feed while we worked; it starts from
             // the old cursor, so nothing is lost (at worst published twice).

@@ -148,7 +148,12 @@ impl CrmApi for SandboxCrm {
         &self.integration_user
     }
 
-    async fn person_changes(&self, object: CrmObject, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<CrmPersonRecord>, ConnectorError> {
+    async fn person_changes(
+        &self,
+        object: CrmObject,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<ChangePage<CrmPersonRecord>, ConnectorError> {
         let def = def_of(object)?;
         let (rows, next, has_more) = store::changes(&self.pool, def, &self.tenant, cursor, limit).await?;
         let records = rows.iter().map(|r| record(object, r)).collect::<Result<_, _>>()?;

@@ -50,7 +50,8 @@ impl SandboxFactory {
         use secrecy::ExposeSecret;
         let pool = match &config.sandbox.database_url {
             Some(url) => {
-                crmsync_infra::db::connect_url(url.expose_secret(), config.database.max_connections, std::time::Duration::from_secs(10)).await?
+                crmsync_infra::db::connect_url(url.expose_secret(), config.database.max_connections, std::time::Duration::from_secs(10))
+                    .await?
             }
             None => engine.clone(),
         };

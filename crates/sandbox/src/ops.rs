@@ -60,10 +60,11 @@ impl Sandbox {
         self.init().await?;
         Ok(match system {
             System::Ma => {
-                let id: i64 = sqlx::query_scalar("SELECT id FROM ma.users WHERE tenant = $1 AND lower(email) = 'admin@' || $1 || '.ma.invalid'")
-                    .bind(&self.tenant)
-                    .fetch_one(&self.pool)
-                    .await?;
+                let id: i64 =
+                    sqlx::query_scalar("SELECT id FROM ma.users WHERE tenant = $1 AND lower(email) = 'admin@' || $1 || '.ma.invalid'")
+                        .bind(&self.tenant)
+                        .fetch_one(&self.pool)
+                        .await?;
                 id.to_string()
             }
             System::Crm => {
@@ -102,12 +103,8 @@ impl Sandbox {
     /// Creates a record; returns its id.
     pub async fn create(&self, def: &ObjectDef, values: &[(String, String)], actor: Option<&str>) -> Result<String, OpsError> {
         let doc = Self::document(def, values)?;
-        let missing: Vec<&str> = def
-            .required
-            .iter()
-            .copied()
-            .filter(|f| def.by_api(f).is_none_or(|c| doc.get(c.column).is_none_or(Value::is_null)))
-            .collect();
+        let missing: Vec<&str> =
+            def.required.iter().copied().filter(|f| def.by_api(f).is_none_or(|c| doc.get(c.column).is_none_or(Value::is_null))).collect();
         if !missing.is_empty() {
             return Err(OpsError::Invalid(format!("a {} needs {}", def.name, missing.join(", "))));
         }

@@ -66,22 +66,76 @@ pub struct SeedSummary {
 }
 
 const FIRST: &[&str] = &[
-    "Haruto", "Yui", "Sota", "Aoi", "Ren", "Hina", "Yuto", "Mei", "Kaito", "Sakura", "Emma", "Liam", "Olivia", "Noah", "Ava",
-    "Lucas", "Mia", "Leo", "Chloe", "Arjun", "Priya", "Wei", "Li", "Mateo", "Sofia", "Jonas", "Lena", "Omar", "Amara", "Ines",
+    "Haruto", "Yui", "Sota", "Aoi", "Ren", "Hina", "Yuto", "Mei", "Kaito", "Sakura", "Emma", "Liam", "Olivia", "Noah", "Ava", "Lucas",
+    "Mia", "Leo", "Chloe", "Arjun", "Priya", "Wei", "Li", "Mateo", "Sofia", "Jonas", "Lena", "Omar", "Amara", "Ines",
 ];
 const LAST: &[&str] = &[
-    "Sato", "Suzuki", "Takahashi", "Tanaka", "Watanabe", "Ito", "Yamamoto", "Nakamura", "Kobayashi", "Kato", "Smith", "Johnson",
-    "Brown", "Garcia", "Miller", "Davis", "Martin", "Muller", "Schmidt", "Rossi", "Dubois", "Silva", "Kim", "Patel", "Chen",
-    "Nguyen", "Okafor", "Haddad", "Kowalski", "Jansen",
+    "Sato",
+    "Suzuki",
+    "Takahashi",
+    "Tanaka",
+    "Watanabe",
+    "Ito",
+    "Yamamoto",
+    "Nakamura",
+    "Kobayashi",
+    "Kato",
+    "Smith",
+    "Johnson",
+    "Brown",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Martin",
+    "Muller",
+    "Schmidt",
+    "Rossi",
+    "Dubois",
+    "Silva",
+    "Kim",
+    "Patel",
+    "Chen",
+    "Nguyen",
+    "Okafor",
+    "Haddad",
+    "Kowalski",
+    "Jansen",
 ];
 const COMPANIES: &[&str] = &[
-    "Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark", "Wayne", "Tyrell", "Cyberdyne", "Soylent", "Aperture", "Vandelay",
-    "Sakura Systems", "Fuji Logistics", "Kansai Foods", "Nihon Retail", "Tokai Energy", "Hokuto Labs", "Minato Capital",
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Stark",
+    "Wayne",
+    "Tyrell",
+    "Cyberdyne",
+    "Soylent",
+    "Aperture",
+    "Vandelay",
+    "Sakura Systems",
+    "Fuji Logistics",
+    "Kansai Foods",
+    "Nihon Retail",
+    "Tokai Energy",
+    "Hokuto Labs",
+    "Minato Capital",
     "Shibuya Digital",
 ];
 const TITLES: &[&str] = &[
-    "CEO", "CTO", "CFO", "VP Sales", "VP Marketing", "Head of IT", "Marketing Manager", "Sales Manager", "Engineer", "Analyst",
-    "Procurement Lead", "Operations Director",
+    "CEO",
+    "CTO",
+    "CFO",
+    "VP Sales",
+    "VP Marketing",
+    "Head of IT",
+    "Marketing Manager",
+    "Sales Manager",
+    "Engineer",
+    "Analyst",
+    "Procurement Lead",
+    "Operations Director",
 ];
 const CITIES: &[(&str, &str)] = &[
     ("Tokyo", "Japan"),
@@ -166,11 +220,8 @@ async fn insert_many(pool: &PgPool, table: &str, rows: &[Value]) -> Result<Vec<(
 async fn update_many(pool: &PgPool, table: &str, numeric_id: bool, actor: &str, edits: &[Value]) -> Result<(), OpsError> {
     let cast = if numeric_id { "bigint" } else { "text" };
     // Only the columns the patches touch are set; the rest keep their values.
-    let mut cols: Vec<String> = edits
-        .iter()
-        .filter_map(|e| e.get("patch").and_then(Value::as_object))
-        .flat_map(|p| p.keys().cloned())
-        .collect();
+    let mut cols: Vec<String> =
+        edits.iter().filter_map(|e| e.get("patch").and_then(Value::as_object)).flat_map(|p| p.keys().cloned()).collect();
     cols.sort();
     cols.dedup();
     if cols.is_empty() {
@@ -419,7 +470,9 @@ pub async fn seed(sandbox: &Sandbox, opts: &SeedOptions) -> Result<SeedSummary, 
                 sum.conflicting_edits += 1;
             }
             3 => {
-                ma_edits.push(json!({"id": inserted[*idx].0, "patch": {"job_title": TITLES.choose(&mut rng), "last_name": LAST.choose(&mut rng)}}));
+                ma_edits.push(
+                    json!({"id": inserted[*idx].0, "patch": {"job_title": TITLES.choose(&mut rng), "last_name": LAST.choose(&mut rng)}}),
+                );
                 late_crm.push((crm_id.clone(), json!({"title": TITLES.choose(&mut rng), "last_name": LAST.choose(&mut rng)}), table));
                 sum.conflicting_edits += 1;
             }

@@ -136,7 +136,8 @@ pub(crate) fn time(row: &Value, column: &str) -> Result<DateTime<Utc>, Connector
 pub(crate) fn patch(def: &ObjectDef, values: impl IntoIterator<Item = (String, Value)>) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
     for (api, v) in values {
-        let col = def.by_api(&api).or_else(|| def.by_name(&api)).ok_or_else(|| format!("No such column '{api}' on entity '{}'", def.name))?;
+        let col =
+            def.by_api(&api).or_else(|| def.by_name(&api)).ok_or_else(|| format!("No such column '{api}' on entity '{}'", def.name))?;
         // A blank checkbox is an unchecked one.
         let v = if col.kind == crate::schema::Kind::Bool && v.is_null() { Value::Bool(false) } else { v };
         out.insert(col.column.to_owned(), v);
@@ -204,11 +205,7 @@ pub(crate) async fn insert(
     fence: Option<i64>,
 ) -> Result<RowWrite, sqlx::Error> {
     // Only columns the object declares (or its external id) reach the SQL text.
-    let named: Vec<&str> = doc
-        .keys()
-        .map(String::as_str)
-        .filter(|k| def.by_column(k).is_some() || *k == "crmsync_id")
-        .collect();
+    let named: Vec<&str> = doc.keys().map(String::as_str).filter(|k| def.by_column(k).is_some() || *k == "crmsync_id").collect();
     let cols: String = named.iter().map(|c| format!("{c}, ")).collect();
     let rcols: String = named.iter().map(|c| format!("r.{c}, ")).collect();
     let sql = format!(
@@ -217,13 +214,8 @@ pub(crate) async fn insert(
          RETURNING id::text AS id, modstamp",
         table = def.table,
     );
-    let r = sqlx::query(AssertSqlSafe(sql))
-        .bind(tenant)
-        .bind(Value::Object(doc.clone()))
-        .bind(actor)
-        .bind(fence)
-        .fetch_one(&mut *conn)
-        .await?;
+    let r =
+        sqlx::query(AssertSqlSafe(sql)).bind(tenant).bind(Value::Object(doc.clone())).bind(actor).bind(fence).fetch_one(&mut *conn).await?;
     Ok(RowWrite::Written { id: r.get("id"), created: true, at: r.get("modstamp") })
 }
 

@@ -29,9 +29,8 @@ impl Rejection {
 /// Checks a create (`creating`) or an update of `values` on `def`.
 pub fn check(def: &ObjectDef, values: &FieldValues, creating: bool) -> Result<(), Rejection> {
     for (api, v) in values {
-        let col = def
-            .by_api(api)
-            .ok_or_else(|| Rejection::new("INVALID_FIELD", format!("No such column '{api}' on entity '{}'", def.name)))?;
+        let col =
+            def.by_api(api).ok_or_else(|| Rejection::new("INVALID_FIELD", format!("No such column '{api}' on entity '{}'", def.name)))?;
         if is_blank(v) {
             continue;
         }
@@ -110,6 +109,9 @@ mod tests {
     #[test]
     fn unknown_fields_and_wrong_types_are_refused() {
         assert_eq!(check(&LEAD, &vals(&[("Colour", json!("red"))]), false).unwrap_err().code, "INVALID_FIELD");
-        assert_eq!(check(&LEAD, &vals(&[("HasOptedOutOfEmail", json!("yes"))]), false).unwrap_err().code, "INVALID_TYPE_ON_FIELD_IN_RECORD");
+        assert_eq!(
+            check(&LEAD, &vals(&[("HasOptedOutOfEmail", json!("yes"))]), false).unwrap_err().code,
+            "INVALID_TYPE_ON_FIELD_IN_RECORD"
+        );
     }
 }

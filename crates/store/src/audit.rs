@@ -54,10 +54,7 @@ pub async fn insert_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, entrie
 
 /// How many detected changes have been finished by some stage.
 pub async fn finished_changes<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(DISTINCT change_id) FROM audit_log WHERE connection_id = $1")
-        .bind(connection_id)
-        .fetch_one(e)
-        .await
+    sqlx::query_scalar("SELECT count(DISTINCT change_id) FROM audit_log WHERE connection_id = $1").bind(connection_id).fetch_one(e).await
 }
 
 /// Counts per action.

@@ -76,10 +76,7 @@ pub async fn advance(
 /// Gives up `owner`'s leases (on shutdown), so another replica takes over at
 /// once instead of after the lease expires.
 pub async fn release_all(pool: &PgPool, owner: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE feeds SET lease_until = now() - interval '1 second' WHERE lease_owner = $1")
-        .bind(owner)
-        .execute(pool)
-        .await?;
+    sqlx::query("UPDATE feeds SET lease_until = now() - interval '1 second' WHERE lease_owner = $1").bind(owner).execute(pool).await?;
     Ok(())
 }
 
@@ -95,8 +92,10 @@ pub struct FeedState {
 }
 
 pub async fn all(pool: &PgPool, connection_id: &str) -> Result<Vec<FeedState>, sqlx::Error> {
-    sqlx::query_as("SELECT connection_id, feed, cursor, lease_owner, published, suppressed FROM feeds WHERE connection_id = $1 ORDER BY feed")
-        .bind(connection_id)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(
+        "SELECT connection_id, feed, cursor, lease_owner, published, suppressed FROM feeds WHERE connection_id = $1 ORDER BY feed",
+    )
+    .bind(connection_id)
+    .fetch_all(pool)
+    .await
 }

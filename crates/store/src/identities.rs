@@ -59,7 +59,12 @@ pub struct Keys {
 /// Identities matching any of the keys. `with_fields` loads the per-field
 /// state too (the applier and the producer's echo filter need it; the
 /// matcher does not).
-pub async fn find<'e>(e: impl PgExecutor<'e>, connection_id: &str, keys: &Keys, with_fields: bool) -> Result<Vec<IdentityRow>, sqlx::Error> {
+pub async fn find<'e>(
+    e: impl PgExecutor<'e>,
+    connection_id: &str,
+    keys: &Keys,
+    with_fields: bool,
+) -> Result<Vec<IdentityRow>, sqlx::Error> {
     let sql = if with_fields {
         "SELECT id, status, prospect_id, crm_object, crm_id, email, owner_id, fields, ma_link_written FROM identities \
          WHERE connection_id = $1 AND (id = ANY($2) OR prospect_id = ANY($3) OR crm_id = ANY($4) OR email = ANY($5))"

@@ -55,7 +55,12 @@ pub async fn record_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, errors
 }
 
 /// Resolves the open errors a stage raised for records that have now synced.
-pub async fn resolve<'e>(e: impl PgExecutor<'e>, connection_id: &str, stage: &str, records: &[(String, String)]) -> Result<u64, sqlx::Error> {
+pub async fn resolve<'e>(
+    e: impl PgExecutor<'e>,
+    connection_id: &str,
+    stage: &str,
+    records: &[(String, String)],
+) -> Result<u64, sqlx::Error> {
     if records.is_empty() {
         return Ok(0);
     }
@@ -77,10 +82,12 @@ pub async fn resolve<'e>(e: impl PgExecutor<'e>, connection_id: &str, stage: &st
 
 /// Open errors per category.
 pub async fn open_counts<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT category, count(*) FROM sync_errors WHERE connection_id = $1 AND status = 'open' GROUP BY category ORDER BY 2 DESC, 1")
-        .bind(connection_id)
-        .fetch_all(e)
-        .await
+    sqlx::query_as(
+        "SELECT category, count(*) FROM sync_errors WHERE connection_id = $1 AND status = 'open' GROUP BY category ORDER BY 2 DESC, 1",
+    )
+    .bind(connection_id)
+    .fetch_all(e)
+    .await
 }
 
 /// An open error as listed for an operator.
@@ -120,7 +127,8 @@ pub async fn open_records<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Re
 /// raised: the message goes to the dead-letter queue either way.
 pub async fn park_unreadable(pool: &sqlx::PgPool, connection_id: &str, stage: &'static str, message_id: &str, reason: &str) {
     let parked = async {
-        let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM connections WHERE id = $1").bind(connection_id).fetch_optional(pool).await?;
+        let known: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM connections WHERE id = $1").bind(connection_id).fetch_optional(pool).await?;
         if known.is_none() {
             return Ok(false);
         }

@@ -58,7 +58,10 @@ fn most_recent_is_judged_per_field_not_per_record() {
     .unwrap();
     let mut fields = IdentityFields::default();
     let obs = |field: &str, side, at, v: &str| Observation { field: field.into(), side, at: t(at), value: json!(v) };
-    fields.observe_all(&map, &[obs("f1", Side::Ma, 1, "ma1"), obs("f2", Side::Ma, 4, "ma2"), obs("f1", Side::Crm, 3, "crm1"), obs("f2", Side::Crm, 2, "crm2")]);
+    fields.observe_all(
+        &map,
+        &[obs("f1", Side::Ma, 1, "ma1"), obs("f2", Side::Ma, 4, "ma2"), obs("f1", Side::Crm, 3, "crm1"), obs("f2", Side::Crm, 2, "crm2")],
+    );
     assert_eq!(fields.get("f1").unwrap().desired(&m1).ma, Some(json!("crm1")));
     assert_eq!(fields.get("f2").unwrap().desired(&m2).crm, Some(json!("ma2")));
 }
@@ -109,10 +112,7 @@ fn ma_wins_mirrors_crm_wins() {
 #[test]
 fn read_only_flows_one_way_and_ignores_the_other_side() {
     let m = mapping(SyncBehaviour::ReadOnly, false); // source: CRM
-    let map = crate::mapping::FieldMap::new(vec![
-        FieldMapping { ma: "email".into(), ..m },
-    ])
-    .unwrap();
+    let map = crate::mapping::FieldMap::new(vec![FieldMapping { ma: "email".into(), ..m }]).unwrap();
     let m = map.by_ma_field("email").unwrap();
     let mut fields = IdentityFields::default();
     let obs = |side, at, v: &str| Observation { field: "email".into(), side, at: t(at), value: json!(v) };

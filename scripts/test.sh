@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: start the services (installing
+# them when missing), check formatting and lints, run every test. Extra
+# arguments go to `cargo nextest run` (a filter, for instance).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/services.sh
+
+# Databases left behind by interrupted runs (each test drops its own).
+export PGPASSWORD=${CRMSYNC_PG_PASSWORD:-crmsync}
+psql -h 127.0.0.1 -U "${CRMSYNC_PG_USER:-crmsync}" -d "${CRMSYNC_PG_DB:-crmsync}" -qtAX -c \
+  "SELECT datname FROM pg_database WHERE datname LIKE 'crmsync\_test\_%' AND datname NOT LIKE 'crmsync\_test\_tpl\_%'" |
+  while read -r db; do
+    [ -n "$db" ] && psql -h 127.0.0.1 -U "${CRMSYNC_PG_USER:-crmsync}" -d "${CRMSYNC_PG_DB:-crmsync}" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+  done
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast "$@"
+else
+  echo "[test] cargo-nextest not found; using cargo test" >&2
+  cargo test --workspace --locked --no-fail-fast "$@"
+fi
