@@ -168,7 +168,7 @@ impl Applier {
             match plan::ma_write(s, map) {
                 Ok(p) => w.ma = p,
                 Err(plan::MaPlanError::NoEmail) => {
-                    w.issue(SyncErrorCategory::InvalidEmail, format!("identity {} has no valid email to create its prospect with", s.id))
+                    w.issue(SyncErrorCategory::InvalidEmail, format!("identity {} has no valid email to create its prospect with", s.id));
                 }
             }
         }

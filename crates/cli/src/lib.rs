@@ -42,7 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         Command::Errors { connection, limit } => {
-            status::print_errors(&connect(&config).await?, connection.connection.as_deref(), limit).await?
+            status::print_errors(&connect(&config).await?, connection.connection.as_deref(), limit).await?;
         }
         Command::Connection(cmd) => connection(&connect(&config).await?, cmd).await?,
         Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,

@@ -227,6 +227,8 @@ mod tests {
     }
 
     #[test]
+    // figment's test jail returns its own (large) error type.
+    #[allow(clippy::result_large_err)]
     fn file_then_environment_and_unknown_keys_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[amqp]\nprefix = \"from-file\"\nprefetch = 3\n")?;
