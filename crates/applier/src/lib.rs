@@ -6,6 +6,7 @@
 //! One consume loop per lane. Any number of replicas may run: identities are
 //! serialised by Redis locks, and writes fenced by the locks' tokens.
 
+mod mirrors;
 mod plan;
 mod process;
 
@@ -75,7 +76,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         };
         consume(&services.amqp, opts, stage.clone(), shutdown.clone())
     });
+    let sweeper = tokio::spawn(sweep(stage.clone(), shutdown.clone()));
     futures::future::try_join_all(loops).await?;
+    let _ = sweeper.await;
     let _ = services.amqp.close(200, "shutdown".into()).await;
     Ok(())
+}
+
+/// Picks up mirror reconciliations another replica left behind.
+async fn sweep(stage: Arc<ApplyStage>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        match stage.applier.sweep_outbox(Duration::from_secs(5)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(reconciled = n, "left-over mirror reconciliations done"),
+            Err(e) => tracing::warn!(error = %e, "mirror outbox sweep failed; retrying"),
+        }
+    }
 }

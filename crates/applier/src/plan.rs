@@ -29,6 +29,9 @@ pub struct State {
     pub owner: Option<CrmId>,
     pub fields: IdentityFields,
     pub ma_link_written: bool,
+    /// The engine has put the prospect in the MA recycle bin.
+    pub ma_recycled: bool,
+    pub crm_account_id: Option<String>,
 }
 
 /// One field to write: its MA name (the state's key), the target system's
@@ -55,6 +58,8 @@ pub struct MaPlan {
     pub fields: Vec<FieldWrite>,
     pub link: Option<(CrmObject, CrmId)>,
     pub creates: bool,
+    /// Move the prospect to the recycle bin (`true`) or out of it (R8).
+    pub recycle: Option<bool>,
 }
 
 /// The CRM write this identity needs, if any.
@@ -106,13 +111,22 @@ pub fn ma_write(state: &State, map: &FieldMap) -> Result<Option<MaPlan>, MaPlanE
     let fields: Vec<FieldWrite> =
         state.fields.plan(map.iter(), Side::Ma).into_iter().map(|(key, value)| FieldWrite { api: key.clone(), key, value }).collect();
     let link = if state.ma_link_written { None } else { state.crm.clone() };
+    let recycle = match (state.status, state.ma_recycled) {
+        (IdentityStatus::Recycled, false) => Some(true),
+        (IdentityStatus::Linked, true) => Some(false),
+        _ => None,
+    };
     match (state.status, state.prospect_id) {
         (IdentityStatus::CreatingMa, None) => {
             let email = state.email.as_deref().and_then(|e| Email::parse(e).ok()).ok_or(MaPlanError::NoEmail)?;
-            Ok(Some(MaPlan { target: ProspectTarget::UpsertByEmail(email), fields, link, creates: true }))
+            Ok(Some(MaPlan { target: ProspectTarget::UpsertByEmail(email), fields, link, creates: true, recycle: None }))
         }
-        (IdentityStatus::Linked, Some(id)) if !fields.is_empty() || link.is_some() => {
-            Ok(Some(MaPlan { target: ProspectTarget::Id(id), fields, link, creates: false }))
+        // In the recycle bin nothing is synced; only the move itself is written.
+        (IdentityStatus::Recycled, Some(id)) => {
+            Ok(recycle.map(|r| MaPlan { target: ProspectTarget::Id(id), fields: vec![], link: None, creates: false, recycle: Some(r) }))
+        }
+        (IdentityStatus::Linked, Some(id)) if !fields.is_empty() || link.is_some() || recycle.is_some() => {
+            Ok(Some(MaPlan { target: ProspectTarget::Id(id), fields, link, creates: false, recycle }))
         }
         _ => Ok(None),
     }
@@ -136,6 +150,8 @@ mod tests {
             owner: Some(CrmId::parse("0055g00000OwNeR").unwrap()),
             fields: IdentityFields::default(),
             ma_link_written: false,
+            ma_recycled: false,
+            crm_account_id: None,
         }
     }
 
@@ -202,5 +218,46 @@ mod tests {
         assert!(matches!(plan.target, ProspectTarget::UpsertByEmail(_)));
         s.email = None;
         assert_eq!(ma_write(&s, &FieldMap::default()), Err(MaPlanError::NoEmail));
+    }
+}
+
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+
+    fn linked() -> State {
+        State {
+            id: Uuid::new_v4(),
+            status: IdentityStatus::Linked,
+            prospect_id: Some(7),
+            crm: Some((CrmObject::Lead, CrmId::parse("00Q5g00000AbCdE").unwrap())),
+            email: None,
+            owner: None,
+            fields: IdentityFields::default(),
+            ma_link_written: true,
+            ma_recycled: false,
+            crm_account_id: None,
+        }
+    }
+
+    #[test]
+    fn a_recycled_identity_moves_its_prospect_to_the_recycle_bin_and_syncs_nothing_else() {
+        let mut s = linked();
+        s.status = IdentityStatus::Recycled;
+        let map = FieldMap::default();
+        assert_eq!(crm_write(&s, &map), None);
+        let plan = ma_write(&s, &map).unwrap().unwrap();
+        assert_eq!(plan.recycle, Some(true));
+        assert!(plan.fields.is_empty());
+        s.ma_recycled = true;
+        assert_eq!(ma_write(&s, &map), Ok(None), "already in the recycle bin");
+    }
+
+    #[test]
+    fn a_restored_identity_brings_its_prospect_back() {
+        let mut s = linked();
+        s.ma_recycled = true;
+        let plan = ma_write(&s, &FieldMap::default()).unwrap().unwrap();
+        assert_eq!(plan.recycle, Some(false));
     }
 }

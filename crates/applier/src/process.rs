@@ -1,32 +1,40 @@
 //! The applier's unit of work: one [`ApplyBatch`] in; field behaviours
-//! applied, targets written in batches, state, audit and errors stored.
+//! applied, targets written in batches, state, audit and errors stored,
+//! mirrors reconciled.
 //!
 //! Per identity, under its Redis lock: merge the commands' edits into the
 //! stored per-field versions (I3), plan the writes, write the CRM first (a
 //! created lead's id is needed on the prospect), then the MA, each write fenced
 //! with the lock's token so a paused applier that lost its lock cannot write
-//! over a newer one. State is saved fenced with the same token. Identities
-//! whose lock is busy, or whose write was fenced, wait for the next round.
+//! over a newer one. State is saved fenced with the same token, together with
+//! the mirrors the change affects (an outbox, reconciled right after).
+//! Identities whose lock is busy, or whose write was fenced, wait for the next
+//! round.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crmsync_connector::{ConnectorFactory, CrmWrite, MAX_WRITES_PER_CALL, ProspectWrite, Systems, WriteOutcome};
+use crmsync_domain::mapping::EMAIL_FIELD;
 use crmsync_domain::matching::IdentityStatus;
 use crmsync_domain::merge::Side;
 use crmsync_domain::messages::{ApplyBatch, ApplyCommand};
+use crmsync_domain::mirror::MirrorKey;
 use crmsync_domain::settings::ConnectionSettings;
-use crmsync_domain::{CrmId, CrmObject, SyncErrorCategory, SyncIssue};
+use crmsync_domain::{CrmId, CrmObject, Email, SyncErrorCategory, SyncIssue};
 use crmsync_infra::locks::{LockGuard, LockKind, Locks};
 use crmsync_infra::worker::StageError;
 use crmsync_store::audit::{self, AuditEntry};
 use crmsync_store::identities::{self, Applied, Keys, Written};
+use crmsync_store::mirror_outbox;
 use crmsync_store::sync_errors::{self, NewSyncError};
 use serde_json::json;
 use sqlx::PgPool;
+use tracing::warn;
 use uuid::Uuid;
 
+use crate::mirrors::Reconciler;
 use crate::plan::{self, CrmPlan, MaPlan, State};
 
 /// The applier's dependencies.
@@ -38,18 +46,36 @@ pub struct Applier {
     pub lock_timeout: Duration,
 }
 
+/// How an identity looks to the mirrors: linked or not, to which record.
+type MirrorView = (bool, Option<CrmId>);
+
+fn mirror_view(s: &State) -> MirrorView {
+    (s.status == IdentityStatus::Linked, s.crm.as_ref().map(|(_, c)| c.clone()))
+}
+
 /// One identity being applied, with the commands that concern it.
 struct Work<'a> {
     commands: Vec<&'a ApplyCommand>,
     token: i64,
     state: Option<State>,
+    before: Option<(MirrorView, Option<String>)>,
     crm: Option<CrmPlan>,
     ma: Option<MaPlan>,
     written: BTreeMap<&'static str, Vec<String>>,
     created: Option<&'static str>,
     /// Sync errors, reported against the record whose change led here.
     issues: Vec<SyncIssue>,
+    /// The contact moved to another account.
+    account_moved: bool,
+    /// The normalised email the identity should be keyed by from now on.
+    email_move: Option<String>,
+    email_guard: Option<LockGuard>,
+    /// The CRM refused a write to a converted lead: follow it to its contact.
+    converted_lead: bool,
+    /// Try again in the next round (without saving).
     retry: bool,
+    /// Save, then go round once more (the CRM side changed under us).
+    again: bool,
 }
 
 impl Work<'_> {
@@ -67,12 +93,30 @@ fn state_of(row: identities::IdentityRow) -> State {
         email: row.email.clone(),
         owner: row.owner_id.as_deref().and_then(|o| CrmId::parse(o).ok()),
         ma_link_written: row.ma_link_written,
+        ma_recycled: row.ma_recycled,
+        crm_account_id: row.crm_account_id.clone(),
         fields: row.fields.0,
     }
 }
 
+/// The email the identity should be keyed by, from its merged state.
+fn desired_email(s: &State, settings: &ConnectionSettings) -> Option<String> {
+    let mapping = settings.field_map.by_ma_field(EMAIL_FIELD)?;
+    let d = s.fields.get(EMAIL_FIELD)?.desired(mapping);
+    let v = d.ma.or(d.crm)?;
+    Email::parse(v.as_str()?).ok().map(|e| e.to_string())
+}
+
+/// What a group of identities left to do after it was saved.
+#[derive(Debug, Default)]
+struct GroupResult {
+    retry: Vec<usize>,
+    mirrors: Vec<String>,
+}
+
 impl Applier {
-    /// Applies every command of a batch.
+    /// Applies every command of a batch, then reconciles the mirrors the
+    /// batch asks for and the ones its identity changes affect.
     pub async fn process(&self, batch: &ApplyBatch) -> Result<(), StageError> {
         let settings =
             crmsync_store::connections::load(&self.pool, &batch.connection_id).await.map_err(|e| StageError::Retry(e.to_string()))?;
@@ -85,6 +129,7 @@ impl Applier {
                 None => by_identity.push((c.identity_id, vec![c])),
             }
         }
+        let mut outbox: Vec<String> = Vec::new();
         let mut pending: Vec<usize> = (0..by_identity.len()).collect();
         let deadline = Instant::now() + self.lock_timeout;
         while !pending.is_empty() {
@@ -105,8 +150,10 @@ impl Applier {
                 let result = self.apply_group(batch, &settings, &systems, &by_identity, &held).await;
                 let guards: Vec<LockGuard> = held.iter().map(|(_, g)| g.clone()).collect();
                 let released = self.locks.release(&guards).await;
-                missed.extend(result?);
+                let group = result?;
                 released?;
+                missed.extend(group.retry);
+                outbox.extend(group.mirrors);
             }
             pending = missed;
             if !pending.is_empty() {
@@ -117,10 +164,51 @@ impl Applier {
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
         }
+        let reconciler = Reconciler {
+            pool: &self.pool,
+            locks: &self.locks,
+            systems: &systems,
+            settings: &settings,
+            connection_id: &batch.connection_id,
+            lock_timeout: self.lock_timeout,
+        };
+        // Identity changes: their mirrors are queued durably; a failure here
+        // leaves them to the outbox sweeper instead of failing the message.
+        if !outbox.is_empty() {
+            let entries = mirror_outbox::entries(&self.pool, &batch.connection_id, &outbox).await?;
+            let keys: Vec<MirrorKey> = entries.iter().filter_map(|e| MirrorKey::parse(&e.key)).collect();
+            match reconciler.run(&keys).await {
+                Ok(_) => mirror_outbox::done(&self.pool, &entries).await?,
+                Err(e) => warn!(error = %e, "mirror reconciliation deferred to the outbox sweeper"),
+            }
+        }
+        // Mirror commands from the CRM's changes: the message carries them.
+        if !batch.mirrors.is_empty() {
+            let keys: Vec<MirrorKey> = batch.mirrors.iter().map(|m| m.key.clone()).collect();
+            let outcomes: HashMap<MirrorKey, &'static str> =
+                reconciler.run(&keys).await?.into_iter().map(|(k, o)| (k, o.as_str())).collect();
+            let audits: Vec<AuditEntry> = batch
+                .mirrors
+                .iter()
+                .map(|m| AuditEntry {
+                    change_id: m.command_id,
+                    stage: "apply",
+                    identity_id: None,
+                    source_side: m.source.side.as_str(),
+                    source_object: m.source.object.clone(),
+                    source_id: m.source.id.clone(),
+                    action: outcomes.get(&m.key).copied().unwrap_or("mirrored").to_owned(),
+                    writes: json!({}),
+                    detail: Some(m.key.text()),
+                    lane: batch.lane.as_str(),
+                })
+                .collect();
+            audit::insert_many(&self.pool, &batch.connection_id, &audits).await?;
+        }
         Ok(())
     }
 
-    /// Applies the identities whose locks are held; returns the ones to retry.
+    /// Applies the identities whose locks are held.
     async fn apply_group(
         &self,
         batch: &ApplyBatch,
@@ -128,7 +216,7 @@ impl Applier {
         systems: &Systems,
         by_identity: &[(Uuid, Vec<&ApplyCommand>)],
         held: &[(usize, LockGuard)],
-    ) -> Result<Vec<usize>, StageError> {
+    ) -> Result<GroupResult, StageError> {
         let conn = batch.connection_id.as_str();
         let map = &settings.field_map;
         let ids: Vec<Uuid> = held.iter().map(|(i, _)| by_identity[*i].0).collect();
@@ -139,19 +227,37 @@ impl Applier {
             .map(|(i, g)| {
                 let (id, commands) = &by_identity[*i];
                 let mut state = rows.remove(id).map(state_of);
+                let before = state.as_ref().map(|s| (mirror_view(s), s.email.clone()));
+                let mut account_moved = false;
+                let mut email_move = None;
                 if let Some(s) = &mut state {
                     s.fields.observe_all(map, commands.iter().flat_map(|c| c.observations.iter()));
+                    // A contact's account, as its latest change says (R4).
+                    let own = s.crm.as_ref().map(|(_, c)| c.to_string());
+                    for c in commands.iter().filter(|c| c.source.object == "contact" && Some(&c.source.id) == own.as_ref()) {
+                        if c.account_id != s.crm_account_id {
+                            s.crm_account_id.clone_from(&c.account_id);
+                            account_moved = true;
+                        }
+                    }
+                    email_move = desired_email(s, settings).filter(|e| s.email.as_deref() != Some(e.as_str()));
                 }
                 Work {
                     commands: commands.clone(),
                     token: g.token,
                     state,
+                    before,
                     crm: None,
                     ma: None,
                     written: BTreeMap::new(),
                     created: None,
                     issues: Vec::new(),
+                    account_moved,
+                    email_move,
+                    email_guard: None,
+                    converted_lead: false,
                     retry: false,
+                    again: false,
                 }
             })
             .collect();
@@ -163,6 +269,7 @@ impl Applier {
             }
         }
         self.write_crm(systems, &mut work).await?;
+        self.follow_conversions(systems, &mut work).await?;
         for w in work.iter_mut().filter(|w| !w.retry) {
             let Some(s) = &w.state else { continue };
             match plan::ma_write(s, map) {
@@ -173,8 +280,13 @@ impl Applier {
             }
         }
         self.write_ma(systems, &mut work).await?;
-        self.save(batch, &mut work).await?;
-        Ok(held.iter().zip(&work).filter(|(_, w)| w.retry).map(|((i, _), _)| *i).collect())
+        self.lock_email_moves(conn, &mut work).await?;
+        let saved = self.save(batch, &mut work).await;
+        let guards: Vec<LockGuard> = work.iter_mut().filter_map(|w| w.email_guard.take()).collect();
+        self.locks.release(&guards).await?;
+        let mirrors = saved?;
+        let retry = held.iter().zip(&work).filter(|(_, w)| w.retry || w.again).map(|((i, _), _)| *i).collect();
+        Ok(GroupResult { retry, mirrors })
     }
 
     async fn write_crm(&self, systems: &Systems, work: &mut [Work<'_>]) -> Result<(), StageError> {
@@ -222,6 +334,9 @@ impl Applier {
                                 }
                             }
                         }
+                        // Converted since the identity was read: never write
+                        // to it; follow the conversion instead (R8).
+                        WriteOutcome::Rejected { code, .. } if code == "CANNOT_UPDATE_CONVERTED_LEAD" => w.converted_lead = true,
                         WriteOutcome::Rejected { code, message } => {
                             w.issue(SyncErrorCategory::TargetRejected, format!("CRM refused writing {what}: {code}: {message}"));
                         }
@@ -236,6 +351,36 @@ impl Applier {
         Ok(())
     }
 
+    /// Re-links identities whose lead turned out to be converted to the
+    /// contact it became; their CRM writes are redone there next round.
+    async fn follow_conversions(&self, systems: &Systems, work: &mut [Work<'_>]) -> Result<(), StageError> {
+        let leads: Vec<CrmId> =
+            work.iter().filter(|w| w.converted_lead).filter_map(|w| w.state.as_ref()?.crm.as_ref().map(|(_, c)| c.clone())).collect();
+        if leads.is_empty() {
+            return Ok(());
+        }
+        let found = systems.crm.people_by_id(&leads).await?;
+        for w in work.iter_mut().filter(|w| w.converted_lead) {
+            let s = w.state.as_mut().expect("converted leads come from planned identities");
+            let lead = s.crm.as_ref().map(|(_, c)| c.to_string());
+            let contact = found
+                .iter()
+                .find(|r| Some(&r.id) == lead.as_ref())
+                .and_then(|r| r.converted_contact_id.as_deref())
+                .and_then(|c| CrmId::parse(c).ok());
+            match contact {
+                Some(c) => {
+                    s.crm = Some((CrmObject::Contact, c));
+                    s.fields.forget_known(Side::Crm);
+                    s.ma_link_written = false;
+                    w.again = true;
+                }
+                None => w.retry = true,
+            }
+        }
+        Ok(())
+    }
+
     async fn write_ma(&self, systems: &Systems, work: &mut [Work<'_>]) -> Result<(), StageError> {
         let idx: Vec<usize> = work.iter().enumerate().filter(|(_, w)| w.ma.is_some() && !w.retry).map(|(i, _)| i).collect();
         for chunk in idx.chunks(MAX_WRITES_PER_CALL) {
@@ -243,12 +388,11 @@ impl Applier {
                 .iter()
                 .map(|&i| {
                     let p = work[i].ma.as_ref().expect("filtered on plans");
-                    ProspectWrite {
-                        target: p.target.clone(),
-                        fields: p.fields.iter().map(|f| (f.api.clone(), f.value.clone())).collect(),
-                        crm_link: p.link.clone(),
-                        fence: Some(work[i].token),
+                    let mut fields: crmsync_connector::FieldValues = p.fields.iter().map(|f| (f.api.clone(), f.value.clone())).collect();
+                    if let Some(r) = p.recycle {
+                        fields.insert("isDeleted".into(), r.into());
                     }
+                    ProspectWrite { target: p.target.clone(), fields, crm_link: p.link.clone(), fence: Some(work[i].token) }
                 })
                 .collect();
             let outcomes = systems.ma.write_prospects(&writes).await?;
@@ -267,6 +411,10 @@ impl Applier {
                         }
                         if p.link.is_some() {
                             s.ma_link_written = true;
+                        }
+                        if let Some(r) = p.recycle {
+                            s.ma_recycled = r;
+                            w.created = Some(if r { "recycled" } else { "restored" });
                         }
                         if p.creates {
                             s.prospect_id = id.parse().ok();
@@ -289,28 +437,72 @@ impl Applier {
         Ok(())
     }
 
-    /// Saves state, audit and errors of the identities that are done, in one
-    /// transaction. An identity fenced at this point is retried.
-    async fn save(&self, batch: &ApplyBatch, work: &mut [Work<'_>]) -> Result<(), StageError> {
+    /// An identity whose email changed (R8) is re-keyed under the locks of
+    /// both its old and its new email, so no matcher decides on either
+    /// meanwhile. Busy locks send the identity round again.
+    async fn lock_email_moves(&self, conn: &str, work: &mut [Work<'_>]) -> Result<(), StageError> {
+        let idx: Vec<usize> = work.iter().enumerate().filter(|(_, w)| !w.retry && w.email_move.is_some()).map(|(i, _)| i).collect();
+        if idx.is_empty() {
+            return Ok(());
+        }
+        let sets: Vec<Vec<String>> = idx
+            .iter()
+            .map(|&i| {
+                let w = &work[i];
+                let old = w.state.as_ref().and_then(|s| s.email.clone());
+                old.iter().chain(w.email_move.iter()).map(|e| self.locks.key(conn, LockKind::Email, e)).collect()
+            })
+            .collect();
+        for (&i, guard) in idx.iter().zip(self.locks.try_acquire(&sets).await?) {
+            match guard {
+                Some(g) => work[i].email_guard = Some(g),
+                None => work[i].retry = true,
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves state, audit, errors and queued mirrors of the identities that
+    /// are done, in one transaction; returns the mirror keys queued.
+    async fn save(&self, batch: &ApplyBatch, work: &mut [Work<'_>]) -> Result<Vec<String>, StageError> {
         let conn = batch.connection_id.as_str();
         let lane = batch.lane.as_str();
         let mut tx = self.pool.begin().await?;
         let mut audits = Vec::new();
         let mut errors = Vec::new();
         let mut resolved = Vec::new();
+        let mut mirrors: Vec<String> = Vec::new();
         for w in work.iter_mut().filter(|w| !w.retry) {
-            let action = match &w.state {
+            let action = match &mut w.state {
                 None => "identity_missing".to_owned(),
                 Some(s) => {
-                    let applied = Applied {
+                    let old_email = s.email.clone();
+                    if let Some(e) = &w.email_move {
+                        s.email = Some(e.clone());
+                    }
+                    let applied = |s: &State| Applied {
                         id: s.id,
                         status: s.status,
                         prospect_id: s.prospect_id,
                         crm: s.crm.clone(),
                         fields: s.fields.clone(),
                         ma_link_written: s.ma_link_written,
+                        ma_recycled: s.ma_recycled,
+                        email: s.email.clone(),
+                        crm_account_id: s.crm_account_id.clone(),
                     };
-                    match identities::save_applied(&mut *tx, conn, &applied, w.token).await? {
+                    let mut written = identities::save_applied(&mut *tx, conn, &applied(s), w.token).await?;
+                    if written == Written::Conflict && w.email_move.is_some() {
+                        // The new email already keys another identity: keep
+                        // the old key and say so; never merge two people.
+                        w.issues.push(SyncIssue::new(
+                            SyncErrorCategory::DuplicateRecord,
+                            format!("identity {}: its new email already belongs to another synced person; the old one still keys it", s.id),
+                        ));
+                        s.email = old_email;
+                        written = identities::save_applied(&mut *tx, conn, &applied(s), w.token).await?;
+                    }
+                    match written {
                         Written::Done => {}
                         Written::Fenced => {
                             w.retry = true;
@@ -321,6 +513,18 @@ impl Applier {
                                 SyncErrorCategory::DuplicateRecord,
                                 format!("identity {} would share its prospect or CRM record with another identity", s.id),
                             ));
+                        }
+                    }
+                    // Mirrors follow a changed link (R4-R6).
+                    let after = mirror_view(s);
+                    if let Some((before, _)) = &w.before
+                        && (*before != after || w.account_moved)
+                    {
+                        for id in before.1.iter().chain(after.1.iter()) {
+                            let key = MirrorKey::Person { id: id.clone() }.text();
+                            if !mirrors.contains(&key) {
+                                mirrors.push(key);
+                            }
                         }
                     }
                     if !w.issues.is_empty() {
@@ -368,7 +572,39 @@ impl Applier {
         sync_errors::resolve(&mut *tx, conn, "apply", &resolved).await?;
         sync_errors::record_many(&mut *tx, conn, &errors).await?;
         audit::insert_many(&mut *tx, conn, &audits).await?;
+        mirror_outbox::enqueue(&mut *tx, conn, &mirrors).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(mirrors)
+    }
+}
+
+impl Applier {
+    /// Reconciles outbox entries left behind (a replica died, or its
+    /// reconciliation failed). Returns how many were done.
+    pub async fn sweep_outbox(&self, older_than: Duration) -> Result<usize, StageError> {
+        let entries = mirror_outbox::stale(&self.pool, older_than.as_millis() as i64, 200).await?;
+        let mut by_connection: BTreeMap<String, Vec<mirror_outbox::Queued>> = BTreeMap::new();
+        for e in entries {
+            by_connection.entry(e.connection_id.clone()).or_default().push(e);
+        }
+        let mut done = 0;
+        for (connection_id, entries) in by_connection {
+            let settings =
+                crmsync_store::connections::load(&self.pool, &connection_id).await.map_err(|e| StageError::Retry(e.to_string()))?;
+            let systems = self.factory.systems(&settings).await?;
+            let reconciler = Reconciler {
+                pool: &self.pool,
+                locks: &self.locks,
+                systems: &systems,
+                settings: &settings,
+                connection_id: &connection_id,
+                lock_timeout: self.lock_timeout,
+            };
+            let keys: Vec<MirrorKey> = entries.iter().filter_map(|e| MirrorKey::parse(&e.key)).collect();
+            reconciler.run(&keys).await?;
+            mirror_outbox::done(&self.pool, &entries).await?;
+            done += entries.len();
+        }
+        Ok(done)
     }
 }

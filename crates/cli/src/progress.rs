@@ -33,12 +33,14 @@ pub struct Progress {
     /// Messages waiting in the work queues (all connections).
     pub queued: u64,
     /// Feeds with changes not yet read.
-    pub unread_feeds: Vec<&'static str>,
+    pub unread_feeds: Vec<String>,
+    /// Mirror reconciliations queued by identity changes, not yet done.
+    pub mirrors_waiting: i64,
 }
 
 impl Progress {
     pub fn idle(&self) -> bool {
-        self.finished >= self.published && self.queued == 0 && self.unread_feeds.is_empty()
+        self.finished >= self.published && self.queued == 0 && self.unread_feeds.is_empty() && self.mirrors_waiting == 0
     }
 }
 
@@ -73,13 +75,14 @@ impl Probe {
         let settings = connections::load(&self.pool, connection_id).await?;
         let systems = self.factory.systems(&settings).await?;
         let mut unread_feeds = Vec::new();
-        for feed in Feed::ALL {
+        for feed in Feed::for_connection(&settings) {
             let cursor = feeds.iter().find(|f| f.feed == feed.name()).and_then(|f| f.cursor.clone()).map(Cursor);
             if feed.pending(&systems, cursor.as_ref()).await? {
                 unread_feeds.push(feed.name());
             }
         }
-        Ok(Progress { published, finished, queued, unread_feeds })
+        let mirrors_waiting = crmsync_store::mirror_outbox::count(&self.pool, connection_id).await?;
+        Ok(Progress { published, finished, queued, unread_feeds, mirrors_waiting })
     }
 
     /// Waits until every connection in `ids` is idle, calling `tick` with the

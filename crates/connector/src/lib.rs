@@ -15,6 +15,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use crmsync_domain::mirror::{CrmObjectRecord, MirrorKind, MirrorObject, MirrorPlan};
 use crmsync_domain::records::{CrmPersonRecord, ProspectRecord};
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, CrmObject, Email, Timestamp};
@@ -101,6 +102,23 @@ pub struct CrmWrite {
     pub fence: Option<i64>,
 }
 
+/// A mirror write: make the MA's mirror of a CRM record what `plan` says
+/// (present with these values and seen by exactly these prospects, or absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorWrite {
+    pub kind: MirrorKind,
+    pub crm_id: CrmId,
+    pub plan: MirrorPlan,
+    pub fence: Option<i64>,
+}
+
+/// A mirror as the MA holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorState {
+    pub fields: BTreeMap<String, Value>,
+    pub prospects: std::collections::BTreeSet<i64>,
+}
+
 /// The marketing-automation system (Account Engagement).
 #[async_trait]
 pub trait MaApi: Send + Sync + Debug {
@@ -124,6 +142,16 @@ pub trait MaApi: Send + Sync + Debug {
 
     /// One outcome per write, in order.
     async fn write_prospects(&self, writes: &[ProspectWrite]) -> Result<Vec<WriteOutcome>, ConnectorError>;
+
+    /// Creates, updates or removes read-only mirrors (connector privilege:
+    /// MA users cannot do this for opportunities). One outcome per write.
+    async fn write_mirrors(&self, writes: &[MirrorWrite]) -> Result<Vec<WriteOutcome>, ConnectorError>;
+
+    /// A mirror as the MA holds it now.
+    async fn mirror(&self, kind: &MirrorKind, crm_id: &CrmId) -> Result<Option<MirrorState>, ConnectorError>;
+
+    /// The CRM account whose prospect account each prospect shows.
+    async fn prospect_accounts_of(&self, prospect_ids: &[i64]) -> Result<Vec<(i64, CrmId)>, ConnectorError>;
 }
 
 /// The CRM (Sales Cloud): leads and contacts.
@@ -151,6 +179,25 @@ pub trait CrmApi: Send + Sync + Debug {
     /// One outcome per write, in order. At most 200 writes per call, as with
     /// sObject Collections; callers chunk.
     async fn write_people(&self, object: CrmObject, writes: &[CrmWrite]) -> Result<Vec<WriteOutcome>, ConnectorError>;
+
+    /// Live leads or contacts whose `field` holds one of `values` (SOQL
+    /// `WHERE field IN (...)`), e.g. contacts by `AccountId`.
+    async fn people_where(&self, object: CrmObject, field: &str, values: &[String]) -> Result<Vec<CrmPersonRecord>, ConnectorError>;
+
+    /// Changes of a mirrored object (accounts, opportunities, contact roles,
+    /// custom objects), deleted records included, like `queryAll`.
+    async fn object_changes(
+        &self,
+        object: &MirrorObject,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<ChangePage<CrmObjectRecord>, ConnectorError>;
+
+    async fn object_changes_pending(&self, object: &MirrorObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError>;
+
+    /// Records of `object` whose `field` holds one of `values`; `Id` looks up
+    /// by id. Deleted records are included (their `is_deleted` says so).
+    async fn objects_where(&self, object: &MirrorObject, field: &str, values: &[String]) -> Result<Vec<CrmObjectRecord>, ConnectorError>;
 }
 
 /// The largest batch [`CrmApi::write_people`] takes.

@@ -11,6 +11,8 @@
 //!   may be created at all (R1, R3).
 //! - [`records`] and [`messages`]: the records connectors return and the
 //!   versioned messages the tiers exchange.
+//! - [`mirror`]: read-only mirrors of accounts, opportunities and custom
+//!   objects, and who sees them (R4-R6).
 //! - [`settings`], [`lane`], [`sync_error`]: per-connection settings, lane choice
 //!   (R7) and the named sync-error categories (I6).
 
@@ -22,6 +24,7 @@ pub mod mapping;
 pub mod matching;
 pub mod merge;
 pub mod messages;
+pub mod mirror;
 pub mod records;
 pub mod settings;
 pub mod sync_error;

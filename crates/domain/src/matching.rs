@@ -30,6 +30,9 @@ pub enum IdentityStatus {
     CreatingCrm,
     /// A prospect is being created for the CRM record (idempotent by email).
     CreatingMa,
+    /// The CRM record was deleted: the prospect is in the MA recycle bin and
+    /// is not synced until the CRM record is restored (R8).
+    Recycled,
 }
 
 impl IdentityStatus {
@@ -39,6 +42,7 @@ impl IdentityStatus {
             IdentityStatus::PendingAssignment => "pending_assignment",
             IdentityStatus::CreatingCrm => "creating_crm",
             IdentityStatus::CreatingMa => "creating_ma",
+            IdentityStatus::Recycled => "recycled",
         }
     }
 
@@ -48,6 +52,7 @@ impl IdentityStatus {
             "pending_assignment" => IdentityStatus::PendingAssignment,
             "creating_crm" => IdentityStatus::CreatingCrm,
             "creating_ma" => IdentityStatus::CreatingMa,
+            "recycled" => IdentityStatus::Recycled,
             _ => return None,
         })
     }
@@ -77,6 +82,9 @@ pub struct IdentityPatch {
     pub prospect_id: Option<i64>,
     pub crm: Option<(CrmId, CrmObject)>,
     pub owner: Option<CrmId>,
+    /// The CRM side is now another record (a converted lead's contact): what
+    /// the engine knew the old record held says nothing about the new one.
+    pub reset_crm_known: bool,
 }
 
 impl IdentityPatch {
@@ -86,6 +94,16 @@ impl IdentityPatch {
 
     fn link_crm(c: &CrmCandidate) -> Self {
         IdentityPatch { status: Some(IdentityStatus::Linked), crm: Some((c.id.clone(), c.object)), ..Default::default() }
+    }
+
+    /// Re-links an identity from a converted lead to its contact (R8).
+    fn follow_conversion(contact: &CrmId) -> Self {
+        IdentityPatch {
+            status: Some(IdentityStatus::Linked),
+            crm: Some((contact.clone(), CrmObject::Contact)),
+            reset_crm_known: true,
+            ..Default::default()
+        }
     }
 }
 
@@ -281,6 +299,12 @@ pub struct CrmFacts<'a> {
     pub object: CrmObject,
     pub email: Option<&'a Email>,
     pub is_converted: bool,
+    /// For a converted lead: the contact it became.
+    pub converted_contact: Option<&'a CrmId>,
+    pub is_deleted: bool,
+    /// When the identity holding the record's email is linked to a lead that
+    /// was converted: the contact that lead became.
+    pub by_email_converted_to: Option<&'a CrmId>,
     /// The identity named by the record's crmsync external id (records the
     /// engine created itself).
     pub by_external_id: Option<&'a IdentityRef>,
@@ -294,15 +318,38 @@ pub struct CrmFacts<'a> {
     pub may_auto_create: bool,
 }
 
-/// R1 + R3 for a changed CRM lead or contact.
+/// R1, R3 and R8 for a changed CRM lead or contact.
 pub fn decide_crm(f: &CrmFacts<'_>) -> Decision {
     let me = CrmCandidate { id: f.crm_id.clone(), object: f.object, is_converted: f.is_converted };
     let record = format!("{} {}", f.object, f.crm_id);
+    let keep = |i: &IdentityRef| Decision::Existing { id: i.id, patch: IdentityPatch::default(), issue: None };
+    // A converted lead: its person lives on in the contact; the lead itself
+    // is never synced (or written) again.
     if f.is_converted {
-        return Decision::Skip(SkipReason::ConvertedLead);
+        return match (f.by_crm_id, f.converted_contact) {
+            (Some(i), Some(contact)) => Decision::Existing { id: i.id, patch: IdentityPatch::follow_conversion(contact), issue: None },
+            _ => Decision::Skip(SkipReason::ConvertedLead),
+        };
+    }
+    // Deleted in the CRM: its prospect goes to the recycle bin.
+    if f.is_deleted {
+        return match f.by_crm_id {
+            Some(i) if i.status != IdentityStatus::Recycled => Decision::Existing {
+                id: i.id,
+                patch: IdentityPatch { status: Some(IdentityStatus::Recycled), ..Default::default() },
+                issue: None,
+            },
+            Some(i) => keep(i),
+            None => Decision::Skip(SkipReason::Deleted),
+        };
     }
     if let Some(i) = f.by_crm_id {
-        return Decision::Existing { id: i.id, patch: IdentityPatch::default(), issue: None };
+        // Restored in the CRM: the prospect comes back, with its link.
+        if i.status == IdentityStatus::Recycled {
+            let patch = IdentityPatch { status: Some(IdentityStatus::Linked), ..Default::default() };
+            return Decision::Existing { id: i.id, patch, issue: None };
+        }
+        return keep(i);
     }
     if let Some(i) = f.by_external_id.filter(|i| i.crm_id.is_none()) {
         return Decision::Existing { id: i.id, patch: IdentityPatch::link_crm(&me), issue: None };
@@ -315,6 +362,11 @@ pub fn decide_crm(f: &CrmFacts<'_>) -> Decision {
             None => {
                 let status = if i.prospect_id.is_some() { IdentityStatus::Linked } else { i.status };
                 Decision::Existing { id: i.id, patch: IdentityPatch { status: Some(status), ..IdentityPatch::link_crm(&me) }, issue: None }
+            }
+            // The contact a synced lead was converted into, seen before the
+            // lead's conversion itself: follow it.
+            Some(_) if f.object == CrmObject::Contact && f.by_email_converted_to == Some(f.crm_id) => {
+                Decision::Existing { id: i.id, patch: IdentityPatch::follow_conversion(f.crm_id), issue: None }
             }
             Some(other) => Decision::Reject(SyncIssue::new(
                 SyncErrorCategory::DuplicateRecord,

@@ -320,6 +320,18 @@ impl IdentityFields {
         self.0.entry(field.to_owned()).or_default().wrote(side, at, value);
     }
 
+    /// Forgets what the engine believed `side` holds (the side is another
+    /// record now, e.g. a converted lead's contact), so every desired value is
+    /// written there again. Edits seen stay: they still decide the values.
+    pub fn forget_known(&mut self, side: Side) {
+        for state in self.0.values_mut() {
+            match side {
+                Side::Ma => state.ma.known = None,
+                Side::Crm => state.crm.known = None,
+            }
+        }
+    }
+
     pub fn get(&self, field: &str) -> Option<&FieldState> {
         self.0.get(field)
     }

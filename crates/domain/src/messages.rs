@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::Timestamp;
 use crate::lane::Lane;
 use crate::merge::{Observation, Side};
+use crate::mirror::MirrorKey;
 use crate::records::SourceRecord;
 
 /// The message schema version this build writes and reads.
@@ -50,6 +51,20 @@ pub struct ApplyBatch {
     pub connection_id: String,
     pub lane: Lane,
     pub commands: Vec<ApplyCommand>,
+    /// Mirrors to reconcile from the CRM (R4-R6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorCommand>,
+}
+
+/// Reconcile one mirror (or a person's related mirrors) from the CRM's
+/// current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MirrorCommand {
+    /// The change id of the detection this command comes from.
+    pub command_id: Uuid,
+    pub key: MirrorKey,
+    pub source: RecordRef,
+    pub detected_at: Timestamp,
 }
 
 /// Apply these edits to one identity. What to do with them (update, create the
@@ -64,6 +79,10 @@ pub struct ApplyCommand {
     pub source: RecordRef,
     pub detected_at: Timestamp,
     pub observations: Vec<Observation>,
+    /// For a contact's change: the account it belongs to (its prospect
+    /// account follows it, R4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
 }
 
 /// A record in one of the systems, for audit and error reporting.
@@ -122,6 +141,7 @@ mod tests {
             connection_id: "default".into(),
             lane: Lane::Immediate,
             commands: vec![],
+            mirrors: vec![],
         }
     }
 

@@ -14,6 +14,7 @@ use crate::Timestamp;
 use crate::ids::CrmObject;
 use crate::mapping::FieldMap;
 use crate::merge::{Observation, Side};
+use crate::mirror::CrmObjectRecord;
 
 /// A field as a record holds it, with when and by whom it last changed when the
 /// system can tell (the sandbox tracks both per field; an API that only has a
@@ -109,21 +110,25 @@ pub struct CrmPersonRecord {
 pub enum SourceRecord {
     Prospect(ProspectRecord),
     Crm(CrmPersonRecord),
+    /// An account, opportunity, contact role or custom object record, which
+    /// the MA mirrors read-only.
+    Mirror(CrmObjectRecord),
 }
 
 impl SourceRecord {
     pub fn side(&self) -> Side {
         match self {
             SourceRecord::Prospect(_) => Side::Ma,
-            SourceRecord::Crm(_) => Side::Crm,
+            SourceRecord::Crm(_) | SourceRecord::Mirror(_) => Side::Crm,
         }
     }
 
     /// The object name used in sync errors and the audit log.
-    pub fn object(&self) -> &'static str {
+    pub fn object(&self) -> &str {
         match self {
             SourceRecord::Prospect(_) => "prospect",
             SourceRecord::Crm(r) => r.object.as_str(),
+            SourceRecord::Mirror(r) => r.object.name(),
         }
     }
 
@@ -132,6 +137,7 @@ impl SourceRecord {
         match self {
             SourceRecord::Prospect(p) => p.id.to_string(),
             SourceRecord::Crm(r) => r.id.clone(),
+            SourceRecord::Mirror(r) => r.id.clone(),
         }
     }
 
@@ -139,6 +145,7 @@ impl SourceRecord {
         match self {
             SourceRecord::Prospect(p) => (&p.fields, p.updated_at),
             SourceRecord::Crm(r) => (&r.fields, r.system_modstamp),
+            SourceRecord::Mirror(r) => (&r.fields, r.system_modstamp),
         }
     }
 
@@ -165,6 +172,8 @@ impl SourceRecord {
             SourceRecord::Crm(r) => {
                 map.for_object(r.object).filter(|(m, _)| m.accepts_edits_from(side)).filter_map(|(m, api)| named(&m.ma, api)).collect()
             }
+            // Mirrors are reconciled from the CRM, not merged field by field.
+            SourceRecord::Mirror(_) => Vec::new(),
         }
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
 use crate::mapping::FieldMap;
+use crate::mirror::{CustomObject, CustomObjectError};
 
 /// The default lane threshold (R7): more changes than this in one pass go to
 /// the batch lane.
@@ -51,6 +52,9 @@ pub struct ConnectionSettings {
     pub batch_threshold: usize,
     pub batch_budget_per_hour: u32,
     pub field_map: FieldMap,
+    /// CRM custom objects mirrored read-only into the MA (R6).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub custom_objects: Vec<CustomObject>,
     pub ma: SystemEndpoint,
     pub crm: SystemEndpoint,
 }
@@ -63,6 +67,7 @@ impl Default for ConnectionSettings {
             batch_threshold: DEFAULT_BATCH_THRESHOLD,
             batch_budget_per_hour: DEFAULT_BATCH_BUDGET_PER_HOUR,
             field_map: FieldMap::default(),
+            custom_objects: Vec::new(),
             ma: SystemEndpoint::default(),
             crm: SystemEndpoint::default(),
         }
@@ -105,6 +110,18 @@ impl ConnectionSettings {
             _ => return Err(SettingError::Unknown(key.to_owned())),
         }
         Ok(())
+    }
+
+    /// Declares (or redeclares) a custom object to mirror.
+    pub fn declare_custom_object(&mut self, declaration: CustomObject) -> Result<(), CustomObjectError> {
+        declaration.validate()?;
+        self.custom_objects.retain(|c| c.name != declaration.name);
+        self.custom_objects.push(declaration);
+        Ok(())
+    }
+
+    pub fn custom_object(&self, name: &str) -> Option<&CustomObject> {
+        self.custom_objects.iter().find(|c| c.name == name)
     }
 
     /// Whether a CRM record created at `created_at` may create a prospect (R3).

@@ -118,6 +118,7 @@ impl Locks {
             LockKind::CrmId => format!("{}:{connection_id}:lock:crm:{value}", self.prefix),
             LockKind::Prospect => format!("{}:{connection_id}:lock:prospect:{value}", self.prefix),
             LockKind::Identity => format!("{}:{connection_id}:lock:identity:{value}", self.prefix),
+            LockKind::Mirror => format!("{}:{connection_id}:lock:mirror:{value}", self.prefix),
         }
     }
 
@@ -190,6 +191,8 @@ pub enum LockKind {
     CrmId,
     Prospect,
     Identity,
+    /// A read-only mirror (or the person whose mirrors are reconciled).
+    Mirror,
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ impl MatchStage {
         sync_errors::record_many(&mut *tx, conn, &out.errors).await?;
         audit::insert_many(&mut *tx, conn, &out.audits).await?;
         tx.commit().await?;
-        if out.commands.is_empty() {
+        if out.commands.is_empty() && out.mirrors.is_empty() {
             return Ok(());
         }
         let apply = ApplyBatch {
@@ -52,6 +52,7 @@ impl MatchStage {
             connection_id: batch.connection_id.clone(),
             lane: batch.lane,
             commands: out.commands,
+            mirrors: out.mirrors,
         };
         self.publisher
             .publish_confirmed(vec![Outgoing {

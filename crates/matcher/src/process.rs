@@ -18,7 +18,7 @@ use crmsync_domain::matching::{
     CrmCandidate, CrmFacts, Decision, IdentityPatch, ProspectFacts, SkipReason, decide_crm, decide_prospect, prospect_needs_crm_lookup,
 };
 use crmsync_domain::merge::{IdentityFields, Observation};
-use crmsync_domain::messages::{ApplyCommand, Change, ChangeBatch, RecordRef};
+use crmsync_domain::messages::{ApplyCommand, Change, ChangeBatch, MirrorCommand, RecordRef};
 use crmsync_domain::records::{CrmPersonRecord, ProspectRecord, SourceRecord};
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, Email, SyncErrorCategory, SyncIssue};
@@ -31,12 +31,14 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::parse::{Candidate, Refusal, parse};
+use crate::parse::{Candidate, Refusal, mirror_key, parse};
 
 /// What one message produced, to be stored and published.
 #[derive(Debug, Default)]
 pub struct Output {
     pub commands: Vec<ApplyCommand>,
+    /// Mirrors to reconcile (R4-R6).
+    pub mirrors: Vec<MirrorCommand>,
     pub errors: Vec<NewSyncError>,
     pub audits: Vec<AuditEntry>,
     /// Records matched cleanly: their open match-stage errors are resolved.
@@ -202,6 +204,22 @@ impl Matcher {
         let mut out = Output::default();
         let mut candidates = Vec::with_capacity(batch.changes.len());
         for change in &batch.changes {
+            // Mirrors need no identity decision: the applier reconciles them.
+            if let SourceRecord::Mirror(r) = &change.record {
+                match mirror_key(r) {
+                    Ok(key) => {
+                        out.mirrors.push(MirrorCommand {
+                            command_id: change.change_id,
+                            key,
+                            source: RecordRef { side: change.record.side(), object: change.record.object().to_owned(), id: r.id.clone() },
+                            detected_at: batch.detected_at,
+                        });
+                        out.resolved.push((change.record.object().to_owned(), r.id.clone()));
+                    }
+                    Err(issue) => out.reject(&change.record, change.change_id, issue, lane),
+                }
+                continue;
+            }
             match parse(change) {
                 Ok(c) => candidates.push(c),
                 Err(Refusal::Issue(issue)) => out.reject(&change.record, change.change_id, issue, lane),
@@ -236,6 +254,7 @@ impl Matcher {
                     missed.push(i);
                 }
                 out.commands.extend(round.out.commands);
+                out.mirrors.extend(round.out.mirrors);
                 out.errors.extend(round.out.errors);
                 out.audits.extend(round.out.audits);
                 out.resolved.extend(round.out.resolved);
@@ -271,6 +290,13 @@ impl Matcher {
                         ma_emails.push(e.clone());
                         // Other CRM records with this email make it ambiguous.
                         crm_emails.push(e.clone());
+                    }
+                    // The identity holding this email is linked to another
+                    // record: was it a lead converted into this contact?
+                    if let Some(other) = c.email().filter(|_| ix.crm(id).is_none()).and_then(|e| ix.email(e)).and_then(IdentityRow::crm_id)
+                        && other != *id
+                    {
+                        crm_ids.push(other);
                     }
                 }
             }
@@ -318,9 +344,17 @@ impl Matcher {
                     crm_by_email: found.crm_by_email.get(email).unwrap_or(&no_candidates),
                 })
             }
-            Candidate::Crm { r, id, email, external, .. } => {
+            Candidate::Crm { r, id, email, external, converted_contact, .. } => {
                 let by_external = ix.get(external.as_ref()).map(IdentityRow::as_ref);
                 let valid_email = email.as_ref().ok().and_then(Option::as_ref);
+                let by_email = valid_email.and_then(|e| ix.email(e));
+                // The lead that identity is linked to, if it became this contact.
+                let by_email_converted_to = by_email
+                    .and_then(IdentityRow::crm_id)
+                    .and_then(|lead| found.crm_by_id.get(&lead))
+                    .filter(|(_, rec)| rec.is_converted)
+                    .and_then(|(_, rec)| rec.converted_contact_id.as_deref())
+                    .and_then(|c| CrmId::parse(c).ok());
                 let prospects: Vec<i64> = valid_email.and_then(|e| found.ma_by_email.get(e)).cloned().unwrap_or_default();
                 let same_email: Vec<CrmCandidate> = valid_email.and_then(|e| found.crm_by_email.get(e)).cloned().unwrap_or_default();
                 let decision = decide_crm(&CrmFacts {
@@ -328,9 +362,12 @@ impl Matcher {
                     object: r.object,
                     email: valid_email,
                     is_converted: r.is_converted,
+                    converted_contact: converted_contact.as_ref(),
+                    is_deleted: r.is_deleted,
+                    by_email_converted_to: by_email_converted_to.as_ref(),
                     by_external_id: by_external.as_ref(),
                     by_crm_id: ix.crm(id).map(IdentityRow::as_ref).as_ref(),
-                    by_email: valid_email.and_then(|e| ix.email(e)).map(IdentityRow::as_ref).as_ref(),
+                    by_email: by_email.map(IdentityRow::as_ref).as_ref(),
                     crm_with_email: &same_email,
                     prospects_by_email: &prospects,
                     may_auto_create: settings.may_auto_create(r.created_at),
@@ -492,12 +529,19 @@ impl Matcher {
 /// The apply command for one matched change.
 fn command(batch: &ChangeBatch, change: &Change, identity_id: Uuid, observations: Vec<Observation>) -> ApplyCommand {
     let r = &change.record;
+    let account_id = match r {
+        SourceRecord::Crm(c) if c.object == crmsync_domain::CrmObject::Contact => {
+            c.fields.get("AccountId").and_then(|f| f.value.as_str()).map(str::to_owned)
+        }
+        _ => None,
+    };
     ApplyCommand {
         command_id: change.change_id,
         identity_id,
         source: RecordRef { side: r.side(), object: r.object().to_owned(), id: r.record_id() },
         detected_at: batch.detected_at,
         observations,
+        account_id,
     }
 }
 

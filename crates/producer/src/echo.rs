@@ -16,6 +16,10 @@ use crmsync_store::identities::IdentityRow;
 
 /// Whether a detected record carries news worth publishing.
 pub fn worth_publishing(record: &SourceRecord, identity: Option<&IdentityRow>, map: &FieldMap, integration_user: &str) -> bool {
+    // The engine never writes the CRM objects it mirrors: no echo possible.
+    if matches!(record, SourceRecord::Mirror(_)) {
+        return true;
+    }
     let Some(i) = identity else {
         // Unknown to the engine: the matcher decides, unless the engine itself
         // made the record (a lead or prospect it created) and nobody touched it since.
@@ -30,14 +34,26 @@ pub fn worth_publishing(record: &SourceRecord, identity: Option<&IdentityRow>, m
         // Waiting for an assigned user: an assignment is news too, though it
         // changes no mapped field.
         IdentityStatus::PendingAssignment => news || last_modifier(record) != Some(integration_user),
-        IdentityStatus::Linked | IdentityStatus::CreatingCrm | IdentityStatus::CreatingMa => news,
+        IdentityStatus::Linked | IdentityStatus::CreatingCrm | IdentityStatus::CreatingMa | IdentityStatus::Recycled => {
+            news || lifecycle_news(record, i)
+        }
     }
+}
+
+/// Changes that are not field edits but still matter (R4, R8): a CRM record
+/// deleted or restored, a lead converted, a contact moved to another account.
+fn lifecycle_news(record: &SourceRecord, i: &IdentityRow) -> bool {
+    let SourceRecord::Crm(c) = record else { return false };
+    let recycled = i.status() == IdentityStatus::Recycled;
+    let account = c.fields.get("AccountId").and_then(|f| f.value.as_str());
+    c.is_deleted != recycled || c.is_converted || (c.object == crmsync_domain::CrmObject::Contact && account != i.crm_account_id.as_deref())
 }
 
 fn last_modifier(record: &SourceRecord) -> Option<&str> {
     match record {
         SourceRecord::Prospect(p) => p.last_modified_by.as_deref(),
         SourceRecord::Crm(c) => c.last_modified_by.as_deref(),
+        SourceRecord::Mirror(_) => None,
     }
 }
 
@@ -45,6 +61,7 @@ fn entirely_ours(record: &SourceRecord, me: &str) -> bool {
     let fields = match record {
         SourceRecord::Prospect(p) => &p.fields,
         SourceRecord::Crm(c) => &c.fields,
+        SourceRecord::Mirror(_) => return false,
     };
     last_modifier(record) == Some(me) && fields.values().all(|f| f.by.as_deref().is_none_or(|by| by == me))
 }
@@ -95,6 +112,8 @@ mod tests {
             owner_id: None,
             fields: Json(f),
             ma_link_written: true,
+            ma_recycled: false,
+            crm_account_id: None,
         }
     }
 

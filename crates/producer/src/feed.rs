@@ -1,49 +1,78 @@
-//! The change feeds of a connection: one per source object.
+//! The change feeds of a connection: one per source object. People (leads,
+//! contacts, prospects) are synced both ways; accounts, opportunities,
+//! contact roles and declared custom objects feed the MA's read-only mirrors.
 
 use crmsync_connector::{ConnectorError, Cursor, Systems};
 use crmsync_domain::CrmObject;
+use crmsync_domain::mirror::MirrorObject;
 use crmsync_domain::records::SourceRecord;
+use crmsync_domain::settings::ConnectionSettings;
 
 /// A source object whose changes are detected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Feed {
     Prospects,
     Leads,
     Contacts,
+    /// A CRM object the MA mirrors (R4-R6).
+    Mirror(MirrorObject),
 }
 
 impl Feed {
-    pub const ALL: [Feed; 3] = [Feed::Prospects, Feed::Leads, Feed::Contacts];
+    /// The feeds of a connection: people, the standard mirrored objects, and
+    /// each declared custom object.
+    pub fn for_connection(settings: &ConnectionSettings) -> Vec<Feed> {
+        let mut feeds = vec![
+            Feed::Prospects,
+            Feed::Leads,
+            Feed::Contacts,
+            Feed::Mirror(MirrorObject::Account),
+            Feed::Mirror(MirrorObject::Opportunity),
+            Feed::Mirror(MirrorObject::ContactRole),
+        ];
+        feeds.extend(settings.custom_objects.iter().map(|c| Feed::Mirror(MirrorObject::Custom(c.name.clone()))));
+        feeds
+    }
 
     /// The feed's name in the `feeds` table and in logs.
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> String {
         match self {
-            Feed::Prospects => "ma.prospect",
-            Feed::Leads => "crm.lead",
-            Feed::Contacts => "crm.contact",
+            Feed::Prospects => "ma.prospect".into(),
+            Feed::Leads => "crm.lead".into(),
+            Feed::Contacts => "crm.contact".into(),
+            Feed::Mirror(MirrorObject::Custom(name)) => format!("crm.custom.{name}"),
+            Feed::Mirror(o) => format!("crm.{}", o.name()),
         }
     }
 
     /// The user the engine writes as in this feed's system.
-    pub fn integration_user(self, systems: &Systems) -> &str {
+    pub fn integration_user<'s>(&self, systems: &'s Systems) -> &'s str {
         match self {
             Feed::Prospects => systems.ma.integration_user(),
-            Feed::Leads | Feed::Contacts => systems.crm.integration_user(),
+            _ => systems.crm.integration_user(),
+        }
+    }
+
+    fn person(&self) -> Option<CrmObject> {
+        match self {
+            Feed::Leads => Some(CrmObject::Lead),
+            Feed::Contacts => Some(CrmObject::Contact),
+            _ => None,
         }
     }
 
     /// Whether changes were committed after `cursor` (pageable yet or not).
-    pub async fn pending(self, systems: &Systems, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
+    pub async fn pending(&self, systems: &Systems, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
         match self {
             Feed::Prospects => systems.ma.prospect_changes_pending(cursor).await,
-            Feed::Leads => systems.crm.person_changes_pending(CrmObject::Lead, cursor).await,
-            Feed::Contacts => systems.crm.person_changes_pending(CrmObject::Contact, cursor).await,
+            Feed::Mirror(o) => systems.crm.object_changes_pending(o, cursor).await,
+            _ => systems.crm.person_changes_pending(self.person().expect("a person feed"), cursor).await,
         }
     }
 
     /// One page of changes after `cursor`.
     pub async fn page(
-        self,
+        &self,
         systems: &Systems,
         cursor: Option<&Cursor>,
         limit: usize,
@@ -53,9 +82,12 @@ impl Feed {
                 let p = systems.ma.prospect_changes(cursor, limit).await?;
                 (p.records.into_iter().map(SourceRecord::Prospect).collect(), p.next, p.has_more)
             }
-            Feed::Leads | Feed::Contacts => {
-                let object = if self == Feed::Leads { CrmObject::Lead } else { CrmObject::Contact };
-                let p = systems.crm.person_changes(object, cursor, limit).await?;
+            Feed::Mirror(o) => {
+                let p = systems.crm.object_changes(o, cursor, limit).await?;
+                (p.records.into_iter().map(SourceRecord::Mirror).collect(), p.next, p.has_more)
+            }
+            _ => {
+                let p = systems.crm.person_changes(self.person().expect("a person feed"), cursor, limit).await?;
                 (p.records.into_iter().map(SourceRecord::Crm).collect(), p.next, p.has_more)
             }
         })

@@ -112,11 +112,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 async fn poll_connection(ctx: &PassContext<'_>, factory: &SandboxFactory, connection_id: &str) -> anyhow::Result<()> {
     let settings = connections::load(ctx.pool, connection_id).await?;
     let systems = factory.systems(&settings).await?;
-    for feed in Feed::ALL {
-        if let Some(stats) = run_pass(ctx, connection_id, &settings, &systems, feed).await?
+    for feed in Feed::for_connection(&settings) {
+        if let Some(stats) = run_pass(ctx, connection_id, &settings, &systems, &feed).await?
             && stats.published > 0
         {
-            info!(connection_id, feed = feed.name(), published = stats.published, suppressed = stats.suppressed, "changes published");
+            info!(connection_id, feed = %feed.name(), published = stats.published, suppressed = stats.suppressed, "changes published");
         }
     }
     Ok(())

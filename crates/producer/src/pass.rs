@@ -54,6 +54,7 @@ async fn identities_of(pool: &PgPool, connection_id: &str, records: &[SourceReco
                     keys.crm_ids.push(id.to_string());
                 }
             }
+            SourceRecord::Mirror(_) => {}
         }
     }
     let rows = identities::find(pool, connection_id, &keys, true).await?;
@@ -73,6 +74,7 @@ fn key_of(r: &SourceRecord) -> String {
     match r {
         SourceRecord::Prospect(p) => format!("p:{}", p.id),
         SourceRecord::Crm(c) => format!("c:{}", CrmId::parse(&c.id).map(|i| i.to_string()).unwrap_or_else(|_| c.id.clone())),
+        SourceRecord::Mirror(m) => format!("m:{}", m.id),
     }
 }
 
@@ -83,9 +85,10 @@ pub async fn run_pass(
     connection_id: &str,
     settings: &ConnectionSettings,
     systems: &Systems,
-    feed: Feed,
+    feed: &Feed,
 ) -> Result<Option<PassStats>, StageError> {
-    let Some(mut lease) = feeds::lease(ctx.pool, connection_id, feed.name(), ctx.owner, ctx.lease_ttl).await? else {
+    let name = feed.name();
+    let Some(mut lease) = feeds::lease(ctx.pool, connection_id, &name, ctx.owner, ctx.lease_ttl).await? else {
         return Ok(None);
     };
     let mut stats = PassStats::default();
@@ -132,12 +135,12 @@ pub async fn run_pass(
         // publishes the page again, never skips it.
         ctx.publisher.publish_confirmed(out).await?;
         let advanced =
-            feeds::advance(ctx.pool, connection_id, feed.name(), ctx.owner, lease.token, &next.0, keep.len() as i64, dropped.len() as i64)
+            feeds::advance(ctx.pool, connection_id, &name, ctx.owner, lease.token, &next.0, keep.len() as i64, dropped.len() as i64)
                 .await?;
         if !advanced {
             // Another replica took the feed while we worked; it starts from
             // the old cursor, so nothing is lost (at worst published twice).
-            info!(connection_id, feed = feed.name(), "feed lease lost during a pass; stopping");
+            info!(connection_id, feed = %name, "feed lease lost during a pass; stopping");
             break;
         }
         stats.published += keep.len();
@@ -147,13 +150,13 @@ pub async fn run_pass(
             break;
         }
         // Long passes keep their lease alive.
-        match feeds::lease(ctx.pool, connection_id, feed.name(), ctx.owner, ctx.lease_ttl).await? {
+        match feeds::lease(ctx.pool, connection_id, &name, ctx.owner, ctx.lease_ttl).await? {
             Some(l) if l.token == lease.token => lease = l,
             _ => break,
         }
     }
     if stats.detected > 0 {
-        debug!(connection_id, feed = feed.name(), ?stats, "pass done");
+        debug!(connection_id, feed = %name, ?stats, "pass done");
     }
     Ok(Some(stats))
 }

@@ -4,11 +4,13 @@
 
 use async_trait::async_trait;
 use crmsync_connector::{ChangePage, ConnectorError, CrmApi, CrmTarget, CrmWrite, Cursor, WriteOutcome};
+use crmsync_domain::mirror::{CrmObjectRecord, MirrorObject};
 use crmsync_domain::records::CrmPersonRecord;
 use crmsync_domain::{CrmId, CrmObject, Email};
 use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 
+use crate::objects;
 use crate::schema::{CONTACT, LEAD, ObjectDef};
 use crate::store::{self, db_error};
 use crate::validate;
@@ -155,13 +157,13 @@ impl CrmApi for SandboxCrm {
         limit: usize,
     ) -> Result<ChangePage<CrmPersonRecord>, ConnectorError> {
         let def = def_of(object)?;
-        let (rows, next, has_more) = store::changes(&self.pool, def, &self.tenant, cursor, limit).await?;
+        let (rows, next, has_more) = store::changes(&self.pool, def, &self.tenant, None, cursor, limit).await?;
         let records = rows.iter().map(|r| record(object, r)).collect::<Result<_, _>>()?;
         Ok(ChangePage { records, next, has_more })
     }
 
     async fn person_changes_pending(&self, object: CrmObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
-        store::changes_pending(&self.pool, def_of(object)?, &self.tenant, cursor).await
+        store::changes_pending(&self.pool, def_of(object)?, &self.tenant, None, cursor).await
     }
 
     async fn people_by_id(&self, ids: &[CrmId]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
@@ -172,6 +174,37 @@ impl CrmApi for SandboxCrm {
     async fn people_by_email(&self, emails: &[Email]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
         let emails: Vec<String> = emails.iter().map(|e| e.to_string()).collect();
         self.people_where("lower(btrim(t.email)) = ANY($2) AND NOT t.is_deleted", &emails).await
+    }
+
+    async fn people_where(&self, object: CrmObject, field: &str, values: &[String]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
+        let col = objects::column(def_of(object)?, false, field)?;
+        let table = def_of(object)?.table;
+        let rows: Vec<Value> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT to_jsonb(t) FROM {table} t WHERE t.tenant = $1 AND {col} = ANY($2) AND NOT t.is_deleted"
+        )))
+        .bind(&self.tenant)
+        .bind(values)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(|r| record(object, r)).collect()
+    }
+
+    async fn object_changes(
+        &self,
+        object: &MirrorObject,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<ChangePage<CrmObjectRecord>, ConnectorError> {
+        objects::changes(&self.pool, &self.tenant, object, cursor, limit).await
+    }
+
+    async fn object_changes_pending(&self, object: &MirrorObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
+        objects::changes_pending(&self.pool, &self.tenant, object, cursor).await
+    }
+
+    async fn objects_where(&self, object: &MirrorObject, field: &str, values: &[String]) -> Result<Vec<CrmObjectRecord>, ConnectorError> {
+        objects::objects_where(&self.pool, &self.tenant, object, field, values).await
     }
 
     async fn write_people(&self, object: CrmObject, writes: &[CrmWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {

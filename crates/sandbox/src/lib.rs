@@ -9,6 +9,8 @@
 pub mod crm;
 pub mod factory;
 pub mod ma;
+mod mirrors;
+mod objects;
 pub mod ops;
 pub mod schema;
 pub mod seed;

@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use crmsync_connector::{ChangePage, ConnectorError, Cursor, MaApi, ProspectTarget, ProspectWrite, WriteOutcome};
+use crmsync_connector::{ChangePage, ConnectorError, Cursor, MaApi, MirrorState, MirrorWrite, ProspectTarget, ProspectWrite, WriteOutcome};
+use crmsync_domain::mirror::MirrorKind;
 use crmsync_domain::records::{AssignedUser, ProspectRecord};
-use crmsync_domain::{CrmObject, Email};
+use crmsync_domain::{CrmId, CrmObject, Email};
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool, Row};
 
+use crate::mirrors;
 use crate::schema::PROSPECT;
 use crate::store::{self, RowWrite, db_error};
 use crate::validate;
@@ -123,12 +125,12 @@ impl MaApi for SandboxMa {
     }
 
     async fn prospect_changes(&self, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<ProspectRecord>, ConnectorError> {
-        let (rows, next, has_more) = store::changes(&self.pool, &PROSPECT, &self.tenant, cursor, limit).await?;
+        let (rows, next, has_more) = store::changes(&self.pool, &PROSPECT, &self.tenant, None, cursor, limit).await?;
         Ok(ChangePage { records: self.records(rows).await?, next, has_more })
     }
 
     async fn prospect_changes_pending(&self, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
-        store::changes_pending(&self.pool, &PROSPECT, &self.tenant, cursor).await
+        store::changes_pending(&self.pool, &PROSPECT, &self.tenant, None, cursor).await
     }
 
     async fn prospects_by_id(&self, ids: &[i64]) -> Result<Vec<ProspectRecord>, ConnectorError> {
@@ -152,6 +154,36 @@ impl MaApi for SandboxMa {
         .await
         .map_err(db_error)?;
         self.records(rows).await
+    }
+
+    async fn write_mirrors(&self, writes: &[MirrorWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            store::savepoint(&mut tx).await?;
+            let result = mirrors::write(&mut tx, &self.tenant, &self.integration_user, w).await;
+            out.push(store::settle(&mut tx, result).await?);
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(out)
+    }
+
+    async fn mirror(&self, kind: &MirrorKind, crm_id: &CrmId) -> Result<Option<MirrorState>, ConnectorError> {
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        mirrors::read(&mut conn, &self.tenant, kind, crm_id).await.map_err(db_error)
+    }
+
+    async fn prospect_accounts_of(&self, prospect_ids: &[i64]) -> Result<Vec<(i64, CrmId)>, ConnectorError> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT p.id, a.crm_account_id FROM ma.prospects p JOIN ma.prospect_accounts a ON a.id = p.prospect_account_id \
+             WHERE p.tenant = $1 AND p.id = ANY($2)",
+        )
+        .bind(&self.tenant)
+        .bind(prospect_ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows.into_iter().filter_map(|(p, a)| CrmId::parse(&a).ok().map(|a| (p, a))).collect())
     }
 
     async fn write_prospects(&self, writes: &[ProspectWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {

@@ -100,8 +100,20 @@ impl Sandbox {
         }
     }
 
+    fn writable(def: &ObjectDef) -> Result<(), OpsError> {
+        if def.user_writable {
+            Ok(())
+        } else {
+            Err(OpsError::Invalid(format!(
+                "{} records are read-only in the MA: they are created and updated from the CRM only (R5)",
+                def.name
+            )))
+        }
+    }
+
     /// Creates a record; returns its id.
     pub async fn create(&self, def: &ObjectDef, values: &[(String, String)], actor: Option<&str>) -> Result<String, OpsError> {
+        Self::writable(def)?;
         let doc = Self::document(def, values)?;
         let missing: Vec<&str> =
             def.required.iter().copied().filter(|f| def.by_api(f).is_none_or(|c| doc.get(c.column).is_none_or(Value::is_null))).collect();
@@ -118,6 +130,7 @@ impl Sandbox {
 
     /// Changes fields of a record.
     pub async fn update(&self, def: &ObjectDef, id: &str, values: &[(String, String)], actor: Option<&str>) -> Result<(), OpsError> {
+        Self::writable(def)?;
         let doc = Self::document(def, values)?;
         let actor = self.actor(def, actor).await?;
         let mut conn = self.pool.acquire().await?;
@@ -196,5 +209,184 @@ impl Sandbox {
             System::Crm => "SELECT to_jsonb(u) FROM crm.users u WHERE tenant = $1 ORDER BY created_at, id",
         };
         Ok(sqlx::query_scalar(sql).bind(&self.tenant).fetch_all(&self.pool).await?)
+    }
+}
+
+/// What converting a lead made.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Conversion {
+    pub contact_id: String,
+    pub account_id: String,
+    pub opportunity_id: Option<String>,
+}
+
+/// A custom field value typed from command-line text: JSON literals (numbers,
+/// true/false) as such, anything else as text.
+fn custom_value(raw: &str) -> Value {
+    match serde_json::from_str::<Value>(raw) {
+        Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
+        _ if raw.is_empty() => Value::Null,
+        _ => Value::String(raw.to_owned()),
+    }
+}
+
+impl Sandbox {
+    /// Moves a record to its system's recycle bin, or restores it.
+    pub async fn set_deleted(&self, def: &ObjectDef, id: &str, deleted: bool) -> Result<(), OpsError> {
+        let col = def.by_name("is_deleted").ok_or_else(|| OpsError::Invalid(format!("{} records cannot be deleted", def.name)))?;
+        self.update(def, id, &[(col.api.to_owned(), deleted.to_string())], None).await
+    }
+
+    /// Converts a lead as the CRM does: a contact (in the given account, or a
+    /// new one named after the lead's company) and, optionally, an
+    /// opportunity with the contact in a primary contact role. The lead is
+    /// read-only from then on.
+    pub async fn convert_lead(&self, lead_id: &str, account_id: Option<&str>, opportunity: Option<&str>) -> Result<Conversion, OpsError> {
+        let me = self.admin(System::Crm).await?;
+        let mut tx = self.pool.begin().await?;
+        let lead: Option<Value> = sqlx::query_scalar("SELECT to_jsonb(t) FROM crm.leads t WHERE tenant = $1 AND id = $2 FOR UPDATE")
+            .bind(&self.tenant)
+            .bind(lead_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let lead = lead.ok_or_else(|| OpsError::NotFound { object: "lead", id: lead_id.to_owned(), tenant: self.tenant.clone() })?;
+        if lead["is_converted"] == Value::Bool(true) || lead["is_deleted"] == Value::Bool(true) {
+            return Err(OpsError::Invalid(format!("lead {lead_id} is already converted or deleted")));
+        }
+        let account: String = match account_id {
+            Some(a) => a.to_owned(),
+            None => {
+                let name = lead["company"]
+                    .as_str()
+                    .filter(|c| !c.is_empty())
+                    .map_or_else(|| format!("{} Account", lead["last_name"].as_str().unwrap_or("Converted")), str::to_owned);
+                sqlx::query_scalar(
+                    "INSERT INTO crm.accounts (tenant, name, owner_id, last_modified_by) VALUES ($1, $2, $3, $4) RETURNING id",
+                )
+                .bind(&self.tenant)
+                .bind(name)
+                .bind(lead["owner_id"].as_str())
+                .bind(&me)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        let contact: String = sqlx::query_scalar(
+            "INSERT INTO crm.contacts (tenant, account_id, first_name, last_name, email, title, phone, mailing_city, mailing_country, \
+                has_opted_out_of_email, pi_score, pi_grade, owner_id, last_modified_by) \
+             SELECT tenant, $3, first_name, last_name, email, title, phone, city, country, has_opted_out_of_email, pi_score, pi_grade, \
+                owner_id, $4 FROM crm.leads WHERE tenant = $1 AND id = $2 RETURNING id",
+        )
+        .bind(&self.tenant)
+        .bind(lead_id)
+        .bind(&account)
+        .bind(&me)
+        .fetch_one(&mut *tx)
+        .await?;
+        let opportunity_id: Option<String> = match opportunity {
+            None => None,
+            Some(name) => {
+                let id: String = sqlx::query_scalar(
+                    "INSERT INTO crm.opportunities (tenant, name, account_id, stage_name, close_date, owner_id, last_modified_by) \
+                     VALUES ($1, $2, $3, 'Prospecting', current_date + 30, $4, $5) RETURNING id",
+                )
+                .bind(&self.tenant)
+                .bind(name)
+                .bind(&account)
+                .bind(lead["owner_id"].as_str())
+                .bind(&me)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO crm.opportunity_contact_roles (tenant, opportunity_id, contact_id, role, is_primary, last_modified_by) \
+                     VALUES ($1, $2, $3, 'Decision Maker', true, $4)",
+                )
+                .bind(&self.tenant)
+                .bind(&id)
+                .bind(&contact)
+                .bind(&me)
+                .execute(&mut *tx)
+                .await?;
+                Some(id)
+            }
+        };
+        sqlx::query(
+            "UPDATE crm.leads SET is_converted = true, converted_contact_id = $3, converted_account_id = $4, \
+                converted_opportunity_id = $5, status = 'Closed - Converted', last_modified_by = $6 WHERE tenant = $1 AND id = $2",
+        )
+        .bind(&self.tenant)
+        .bind(lead_id)
+        .bind(&contact)
+        .bind(&account)
+        .bind(&opportunity_id)
+        .bind(&me)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Conversion { contact_id: contact, account_id: account, opportunity_id })
+    }
+
+    /// Creates a custom object record (`Subscription__c` and the like).
+    pub async fn create_custom(&self, object_type: &str, values: &[(String, String)]) -> Result<String, OpsError> {
+        let me = self.admin(System::Crm).await?;
+        let doc: serde_json::Map<String, Value> = values.iter().map(|(k, v)| (k.clone(), custom_value(v))).collect();
+        Ok(sqlx::query_scalar(
+            "INSERT INTO crm.custom_records (tenant, object_type, fields, last_modified_by) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(&self.tenant)
+        .bind(object_type)
+        .bind(Value::Object(doc))
+        .bind(&me)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Changes fields of a custom object record.
+    pub async fn update_custom(&self, id: &str, values: &[(String, String)]) -> Result<(), OpsError> {
+        let me = self.admin(System::Crm).await?;
+        let patch: serde_json::Map<String, Value> = values.iter().map(|(k, v)| (k.clone(), custom_value(v))).collect();
+        let done = sqlx::query("UPDATE crm.custom_records SET fields = fields || $3, last_modified_by = $4 WHERE tenant = $1 AND id = $2")
+            .bind(&self.tenant)
+            .bind(id)
+            .bind(Value::Object(patch))
+            .bind(&me)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(OpsError::NotFound { object: "custom record", id: id.to_owned(), tenant: self.tenant.clone() });
+        }
+        Ok(())
+    }
+
+    /// A prospect as an MA user sees it: its fields, its prospect account,
+    /// and the opportunities and custom object records shown on it.
+    pub async fn prospect_view(&self, id: i64) -> Result<Value, OpsError> {
+        let mut view = self.show(&schema::PROSPECT, &id.to_string()).await?;
+        let account: Option<Value> = sqlx::query_scalar(
+            "SELECT jsonb_build_object('crm_account_id', a.crm_account_id, 'name', a.name, 'industry', a.industry, 'city', a.city, 'country', a.country) \
+             FROM ma.prospects p JOIN ma.prospect_accounts a ON a.id = p.prospect_account_id WHERE p.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let opportunities: Vec<Value> = sqlx::query_scalar(
+            "SELECT jsonb_build_object('crm_opportunity_id', o.crm_opportunity_id, 'name', o.name, 'stage', o.stage, 'amount', o.amount, \
+                'close_date', o.close_date, 'is_closed', o.is_closed, 'is_won', o.is_won) \
+             FROM ma.opportunity_prospects l JOIN ma.opportunities o ON o.id = l.opportunity_id WHERE l.prospect_id = $1 ORDER BY o.crm_opportunity_id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let custom: Vec<Value> = sqlx::query_scalar(
+            "SELECT jsonb_build_object('object', r.object_type, 'crm_id', r.crm_id, 'fields', r.fields) \
+             FROM ma.custom_object_prospects l JOIN ma.custom_object_records r ON r.id = l.record_id WHERE l.prospect_id = $1 ORDER BY r.crm_id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        view["prospect_account"] = account.unwrap_or(Value::Null);
+        view["opportunities"] = Value::Array(opportunities);
+        view["custom_objects"] = Value::Array(custom);
+        Ok(view)
     }
 }

@@ -44,6 +44,9 @@ pub struct ObjectDef {
     pub columns: &'static [Column],
     /// API names of fields a create must set.
     pub required: &'static [&'static str],
+    /// Whether users of the system may create and edit records by hand. The
+    /// MA's opportunities (and other mirrors) are written by the connector only.
+    pub user_writable: bool,
 }
 
 impl ObjectDef {
@@ -87,6 +90,7 @@ pub static PROSPECT: ObjectDef = ObjectDef {
         typed("isDeleted", "is_deleted", Kind::Bool),
     ],
     required: &["email"],
+    user_writable: true,
 };
 
 pub static LEAD: ObjectDef = ObjectDef {
@@ -112,6 +116,7 @@ pub static LEAD: ObjectDef = ObjectDef {
         typed("IsDeleted", "is_deleted", Kind::Bool),
     ],
     required: &["LastName", "Company"],
+    user_writable: true,
 };
 
 pub static CONTACT: ObjectDef = ObjectDef {
@@ -134,6 +139,7 @@ pub static CONTACT: ObjectDef = ObjectDef {
         typed("IsDeleted", "is_deleted", Kind::Bool),
     ],
     required: &["LastName"],
+    user_writable: true,
 };
 
 pub static ACCOUNT: ObjectDef = ObjectDef {
@@ -150,6 +156,7 @@ pub static ACCOUNT: ObjectDef = ObjectDef {
         typed("IsDeleted", "is_deleted", Kind::Bool),
     ],
     required: &["Name"],
+    user_writable: true,
 };
 
 pub static OPPORTUNITY: ObjectDef = ObjectDef {
@@ -168,6 +175,7 @@ pub static OPPORTUNITY: ObjectDef = ObjectDef {
         typed("IsDeleted", "is_deleted", Kind::Bool),
     ],
     required: &["Name", "StageName", "CloseDate"],
+    user_writable: true,
 };
 
 pub static CONTACT_ROLE: ObjectDef = ObjectDef {
@@ -182,10 +190,57 @@ pub static CONTACT_ROLE: ObjectDef = ObjectDef {
         typed("IsDeleted", "is_deleted", Kind::Bool),
     ],
     required: &["OpportunityId", "ContactId"],
+    user_writable: true,
+};
+
+/// The MA's mirror of a CRM account (R4): MA users may edit it; the next CRM
+/// change to the account overwrites their edit.
+pub static PROSPECT_ACCOUNT: ObjectDef = ObjectDef {
+    name: "prospect-account",
+    table: "ma.prospect_accounts",
+    numeric_id: true,
+    columns: &[
+        text("name", "name", 255),
+        text("industry", "industry", 40),
+        text("website", "website", 255),
+        text("city", "city", 40),
+        text("country", "country", 80),
+    ],
+    required: &["name"],
+    user_writable: true,
+};
+
+/// The MA's mirror of a CRM opportunity (R5): read-only in the MA.
+pub static MA_OPPORTUNITY: ObjectDef = ObjectDef {
+    name: "ma-opportunity",
+    table: "ma.opportunities",
+    numeric_id: true,
+    columns: &[
+        text("name", "name", 120),
+        text("stage", "stage", 255),
+        typed("amount", "amount", Kind::Decimal),
+        typed("closeDate", "close_date", Kind::Date),
+        typed("isClosed", "is_closed", Kind::Bool),
+        typed("isWon", "is_won", Kind::Bool),
+    ],
+    required: &[],
+    user_writable: false,
+};
+
+/// CRM custom object records, every type in one table with its fields in
+/// JSON; the type is chosen per call (`custom:Subscription__c` on the command line).
+pub static CUSTOM: ObjectDef = ObjectDef {
+    name: "custom",
+    table: "crm.custom_records",
+    numeric_id: false,
+    columns: &[typed("IsDeleted", "is_deleted", Kind::Bool)],
+    required: &[],
+    user_writable: true,
 };
 
 /// Every object, for look-up by name.
-pub static OBJECTS: [&ObjectDef; 6] = [&PROSPECT, &LEAD, &CONTACT, &ACCOUNT, &OPPORTUNITY, &CONTACT_ROLE];
+pub static OBJECTS: [&ObjectDef; 8] =
+    [&PROSPECT, &LEAD, &CONTACT, &ACCOUNT, &OPPORTUNITY, &CONTACT_ROLE, &PROSPECT_ACCOUNT, &MA_OPPORTUNITY];
 
 pub fn object(name: &str) -> Option<&'static ObjectDef> {
     OBJECTS.iter().copied().find(|o| o.name == name)

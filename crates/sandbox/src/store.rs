@@ -36,6 +36,15 @@ fn is_attribute(api: &str) -> bool {
     )
 }
 
+/// The condition on a custom record's type, as parameter `$n` (a no-op on
+/// tables that hold one object only).
+fn type_filter(object_type: Option<&str>, n: usize) -> String {
+    match object_type {
+        Some(_) => format!("AND t.object_type = ${n}"),
+        None => format!("AND ${n}::text IS NULL"),
+    }
+}
+
 fn start_of(def: &ObjectDef, cursor: Option<&Cursor>) -> Result<XidCursor, ConnectorError> {
     match cursor {
         Some(c) => serde_json::from_value::<XidCursor>(c.0.clone())
@@ -46,14 +55,28 @@ fn start_of(def: &ObjectDef, cursor: Option<&Cursor>) -> Result<XidCursor, Conne
 
 /// Whether rows were committed after `cursor`, pageable yet or not (a row
 /// behind a still-running older transaction is committed but not yet paged).
-pub(crate) async fn changes_pending(pool: &PgPool, def: &ObjectDef, tenant: &str, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
+pub(crate) async fn changes_pending(
+    pool: &PgPool,
+    def: &ObjectDef,
+    tenant: &str,
+    object_type: Option<&str>,
+    cursor: Option<&Cursor>,
+) -> Result<bool, ConnectorError> {
     let start = start_of(def, cursor)?;
     let id_type = if def.numeric_id { "bigint" } else { "text" };
     let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {table} t WHERE t.tenant = $1 AND (t.mod_xid, t.id) > ($2::text::xid8, $3::text::{id_type}))",
-        table = def.table
+        "SELECT EXISTS (SELECT 1 FROM {table} t WHERE t.tenant = $1 AND (t.mod_xid, t.id) > ($2::text::xid8, $3::text::{id_type}) {filter})",
+        table = def.table,
+        filter = type_filter(object_type, 4),
     );
-    sqlx::query_scalar(AssertSqlSafe(sql)).bind(tenant).bind(&start.xid).bind(&start.id).fetch_one(pool).await.map_err(db_error)
+    sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(&start.xid)
+        .bind(&start.id)
+        .bind(object_type)
+        .fetch_one(pool)
+        .await
+        .map_err(db_error)
 }
 
 /// A page of rows changed after `cursor`, oldest transaction first.
@@ -65,6 +88,7 @@ pub(crate) async fn changes(
     pool: &PgPool,
     def: &ObjectDef,
     tenant: &str,
+    object_type: Option<&str>,
     cursor: Option<&Cursor>,
     limit: usize,
 ) -> Result<(Vec<Value>, Cursor, bool), ConnectorError> {
@@ -73,15 +97,17 @@ pub(crate) async fn changes(
     let sql = format!(
         "SELECT to_jsonb(t) AS row, t.mod_xid::text AS xid, t.id::text AS id FROM {table} t \
          WHERE t.tenant = $1 AND (t.mod_xid, t.id) > ($2::text::xid8, $3::text::{id_type}) \
-           AND t.mod_xid < pg_snapshot_xmin(pg_current_snapshot()) \
+           AND t.mod_xid < pg_snapshot_xmin(pg_current_snapshot()) {filter} \
          ORDER BY t.mod_xid, t.id LIMIT $4",
-        table = def.table
+        table = def.table,
+        filter = type_filter(object_type, 5),
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(tenant)
         .bind(&start.xid)
         .bind(&start.id)
         .bind((limit + 1) as i64)
+        .bind(object_type)
         .fetch_all(pool)
         .await
         .map_err(db_error)?;

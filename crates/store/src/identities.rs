@@ -26,6 +26,8 @@ pub struct IdentityRow {
     pub owner_id: Option<String>,
     pub fields: Json<IdentityFields>,
     pub ma_link_written: bool,
+    pub ma_recycled: bool,
+    pub crm_account_id: Option<String>,
 }
 
 impl IdentityRow {
@@ -66,10 +68,11 @@ pub async fn find<'e>(
     with_fields: bool,
 ) -> Result<Vec<IdentityRow>, sqlx::Error> {
     let sql = if with_fields {
-        "SELECT id, status, prospect_id, crm_object, crm_id, email, owner_id, fields, ma_link_written FROM identities \
+        "SELECT id, status, prospect_id, crm_object, crm_id, email, owner_id, fields, ma_link_written, ma_recycled, crm_account_id FROM identities \
          WHERE connection_id = $1 AND (id = ANY($2) OR prospect_id = ANY($3) OR crm_id = ANY($4) OR email = ANY($5))"
     } else {
-        "SELECT id, status, prospect_id, crm_object, crm_id, email, owner_id, '{}'::jsonb AS fields, ma_link_written FROM identities \
+        "SELECT id, status, prospect_id, crm_object, crm_id, email, owner_id, '{}'::jsonb AS fields, ma_link_written, ma_recycled, crm_account_id \
+         FROM identities \
          WHERE connection_id = $1 AND (id = ANY($2) OR prospect_id = ANY($3) OR crm_id = ANY($4) OR email = ANY($5))"
     };
     sqlx::query_as(sql)
@@ -140,6 +143,9 @@ pub async fn patch(pool: &PgPool, connection_id: &str, id: Uuid, patch: &Identit
         "UPDATE identities SET \
             status = coalesce($3, status), prospect_id = coalesce($4, prospect_id), \
             crm_object = coalesce($5, crm_object), crm_id = coalesce($6, crm_id), owner_id = coalesce($7, owner_id), \
+            fields = CASE WHEN $9 THEN (SELECT coalesce(jsonb_object_agg(k, v #- '{crm,known}'), '{}') FROM jsonb_each(fields) AS e(k, v)) \
+                          ELSE fields END, \
+            ma_link_written = CASE WHEN $6 IS NOT NULL AND $6 IS DISTINCT FROM crm_id THEN false ELSE ma_link_written END, \
             fence = $8, updated_at = now(), \
             linked_at = CASE WHEN $3 = 'linked' AND linked_at IS NULL THEN now() ELSE linked_at END \
          WHERE connection_id = $1 AND id = $2 AND fence < $8",
@@ -152,6 +158,7 @@ pub async fn patch(pool: &PgPool, connection_id: &str, id: Uuid, patch: &Identit
     .bind(patch.crm.as_ref().map(|(c, _)| c.as_str()))
     .bind(patch.owner.as_ref().map(CrmId::as_str))
     .bind(fence)
+    .bind(patch.reset_crm_known)
     .execute(pool)
     .await;
     settle(result)
@@ -166,6 +173,9 @@ pub struct Applied {
     pub crm: Option<(CrmObject, CrmId)>,
     pub fields: IdentityFields,
     pub ma_link_written: bool,
+    pub ma_recycled: bool,
+    pub email: Option<String>,
+    pub crm_account_id: Option<String>,
 }
 
 /// Stores what the applier did to an identity.
@@ -173,7 +183,7 @@ pub async fn save_applied<'e>(e: impl PgExecutor<'e>, connection_id: &str, a: &A
     let result = sqlx::query(
         "UPDATE identities SET \
             status = $3, prospect_id = $4, crm_object = $5, crm_id = $6, fields = $7, ma_link_written = $8, \
-            fence = $9, updated_at = now(), \
+            ma_recycled = $10, email = $11, crm_account_id = $12, fence = $9, updated_at = now(), \
             linked_at = CASE WHEN $3 = 'linked' AND linked_at IS NULL THEN now() ELSE linked_at END \
          WHERE connection_id = $1 AND id = $2 AND fence < $9",
     )
@@ -186,6 +196,9 @@ pub async fn save_applied<'e>(e: impl PgExecutor<'e>, connection_id: &str, a: &A
     .bind(Json(&a.fields))
     .bind(a.ma_link_written)
     .bind(fence)
+    .bind(a.ma_recycled)
+    .bind(&a.email)
+    .bind(&a.crm_account_id)
     .execute(e)
     .await;
     settle(result)
@@ -217,5 +230,18 @@ pub async fn linked<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<V
     )
     .bind(connection_id)
     .fetch_all(e)
+    .await
+}
+
+/// The prospects of the linked identities of these CRM records: who sees a
+/// mirror tied to them.
+pub async fn prospects_of_crm(pool: &PgPool, connection_id: &str, crm_ids: &[String]) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT crm_id, prospect_id FROM identities \
+         WHERE connection_id = $1 AND crm_id = ANY($2) AND status = 'linked' AND prospect_id IS NOT NULL",
+    )
+    .bind(connection_id)
+    .bind(crm_ids)
+    .fetch_all(pool)
     .await
 }

@@ -8,4 +8,5 @@ pub mod audit;
 pub mod connections;
 pub mod feeds;
 pub mod identities;
+pub mod mirror_outbox;
 pub mod sync_errors;

@@ -190,6 +190,9 @@ fn crm_facts<'a>(crm_id: &'a CrmId, email: Option<&'a Email>) -> CrmFacts<'a> {
         object: CrmObject::Lead,
         email,
         is_converted: false,
+        converted_contact: None,
+        is_deleted: false,
+        by_email_converted_to: None,
         by_external_id: None,
         by_crm_id: None,
         by_email: None,
@@ -273,11 +276,62 @@ fn several_prospects_with_the_crm_records_email_is_ambiguous() {
 }
 
 #[test]
-fn a_converted_lead_is_skipped() {
+fn a_converted_lead_nobody_synced_is_skipped() {
     let cid = id(LEAD);
-    let i = ident(IdentityStatus::Linked, Some(7), Some(LEAD));
-    let d = decide_crm(&CrmFacts { is_converted: true, by_crm_id: Some(&i), ..crm_facts(&cid, None) });
+    let contact = id(CONTACT);
+    let d = decide_crm(&CrmFacts { is_converted: true, converted_contact: Some(&contact), ..crm_facts(&cid, None) });
     assert_eq!(d, Decision::Skip(SkipReason::ConvertedLead));
+}
+
+#[test]
+fn a_converted_lead_relinks_its_prospect_to_the_contact() {
+    let cid = id(LEAD);
+    let contact = id(CONTACT);
+    let i = ident(IdentityStatus::Linked, Some(7), Some(LEAD));
+    let d = decide_crm(&CrmFacts { is_converted: true, converted_contact: Some(&contact), by_crm_id: Some(&i), ..crm_facts(&cid, None) });
+    let Decision::Existing { id: got, patch, .. } = d else { panic!("{d:?}") };
+    assert_eq!(got, i.id, "the same person, not a second identity");
+    assert_eq!(patch.crm, Some((contact, CrmObject::Contact)));
+    assert!(patch.reset_crm_known);
+}
+
+#[test]
+fn the_contact_of_a_conversion_seen_first_relinks_the_identity_too() {
+    let contact = id(CONTACT);
+    let e = Email::parse("a@example.com").unwrap();
+    let i = ident(IdentityStatus::Linked, Some(7), Some(LEAD));
+    let d = decide_crm(&CrmFacts {
+        object: CrmObject::Contact,
+        by_email: Some(&i),
+        by_email_converted_to: Some(&contact),
+        ..crm_facts(&contact, Some(&e))
+    });
+    let Decision::Existing { patch, .. } = d else { panic!("{d:?}") };
+    assert_eq!(patch.crm, Some((contact.clone(), CrmObject::Contact)));
+    // Another contact with that email is still a duplicate.
+    let other = id("0035g00000OtHeR");
+    let d = decide_crm(&CrmFacts {
+        object: CrmObject::Contact,
+        by_email: Some(&i),
+        by_email_converted_to: Some(&contact),
+        ..crm_facts(&other, Some(&e))
+    });
+    assert!(matches!(d, Decision::Reject(SyncIssue { category: SyncErrorCategory::DuplicateRecord, .. })), "{d:?}");
+}
+
+#[test]
+fn a_deleted_crm_record_recycles_its_prospect_and_a_restore_brings_it_back() {
+    let cid = id(LEAD);
+    let linked = ident(IdentityStatus::Linked, Some(7), Some(LEAD));
+    let d = decide_crm(&CrmFacts { is_deleted: true, by_crm_id: Some(&linked), ..crm_facts(&cid, None) });
+    let Decision::Existing { patch, .. } = d else { panic!("{d:?}") };
+    assert_eq!(patch.status, Some(IdentityStatus::Recycled));
+    let recycled = ident(IdentityStatus::Recycled, Some(7), Some(LEAD));
+    let d = decide_crm(&CrmFacts { by_crm_id: Some(&recycled), ..crm_facts(&cid, None) });
+    let Decision::Existing { patch, .. } = d else { panic!("{d:?}") };
+    assert_eq!(patch.status, Some(IdentityStatus::Linked));
+    // A deleted record nobody synced is simply not synced.
+    assert_eq!(decide_crm(&CrmFacts { is_deleted: true, ..crm_facts(&cid, None) }), Decision::Skip(SkipReason::Deleted));
 }
 
 #[test]
