@@ -102,7 +102,7 @@ impl Reconciler<'_> {
         let (kind, id, plan, more) = match key {
             MirrorKey::Account { id } => {
                 let account = one(crm.objects_where(&MirrorObject::Account, "Id", &[id.to_string()]).await?);
-                let plan = mirror::account_plan(account.as_ref(), self.prospects_of_accounts(&[id.clone()]).await?);
+                let plan = mirror::account_plan(account.as_ref(), self.prospects_of_accounts(std::slice::from_ref(id)).await?);
                 // Custom records tied to the account are seen by its prospects.
                 let mut more = Vec::new();
                 for c in self.settings.custom_objects.iter().filter(|c| c.lookup_object == CrmObject::Account) {
