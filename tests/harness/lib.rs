@@ -262,6 +262,36 @@ impl TestApp {
             .unwrap();
     }
 
+    /// Declares a custom object to mirror (R6).
+    pub async fn declare_custom(&self, name: &str, fields: &[&str], lookup_field: &str, lookup_object: crmsync_domain::CrmObject) {
+        let mut s = connections::load(&self.pool, "default").await.unwrap();
+        s.declare_custom_object(crmsync_domain::mirror::CustomObject {
+            name: name.into(),
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            lookup_field: lookup_field.into(),
+            lookup_object,
+        })
+        .unwrap();
+        connections::save(&self.pool, "default", &s).await.unwrap();
+    }
+
+    /// A prospect as an MA user sees it: fields, prospect account,
+    /// opportunities, custom objects.
+    pub async fn view(&self, prospect: i64) -> Value {
+        self.sandbox.prospect_view(prospect).await.unwrap()
+    }
+
+    /// The CRM ids of the opportunities a prospect sees.
+    pub async fn opportunities_seen(&self, prospect: i64) -> Vec<String> {
+        let v = self.view(prospect).await;
+        v["opportunities"].as_array().unwrap().iter().map(|o| o["crm_opportunity_id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    /// How many mirrors of a kind the MA holds.
+    pub async fn mirror_count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(&self.pool).await.unwrap()
+    }
+
     /// Messages in a stage's dead-letter queue.
     pub async fn dead_letters(&self, stage: Stage) -> u32 {
         let ch = self._amqp.create_channel().await.unwrap();

@@ -16,13 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crmsync_connector::{ConnectorFactory, CrmWrite, MAX_WRITES_PER_CALL, ProspectWrite, Systems, WriteOutcome};
-use crmsync_domain::mapping::EMAIL_FIELD;
 use crmsync_domain::matching::IdentityStatus;
 use crmsync_domain::merge::Side;
 use crmsync_domain::messages::{ApplyBatch, ApplyCommand};
 use crmsync_domain::mirror::MirrorKey;
 use crmsync_domain::settings::ConnectionSettings;
-use crmsync_domain::{CrmId, CrmObject, Email, SyncErrorCategory, SyncIssue};
+use crmsync_domain::{CrmId, CrmObject, SyncErrorCategory, SyncIssue};
 use crmsync_infra::locks::{LockGuard, LockKind, Locks};
 use crmsync_infra::worker::StageError;
 use crmsync_store::audit::{self, AuditEntry};
@@ -97,14 +96,6 @@ fn state_of(row: identities::IdentityRow) -> State {
         crm_account_id: row.crm_account_id.clone(),
         fields: row.fields.0,
     }
-}
-
-/// The email the identity should be keyed by, from its merged state.
-fn desired_email(s: &State, settings: &ConnectionSettings) -> Option<String> {
-    let mapping = settings.field_map.by_ma_field(EMAIL_FIELD)?;
-    let d = s.fields.get(EMAIL_FIELD)?.desired(mapping);
-    let v = d.ma.or(d.crm)?;
-    Email::parse(v.as_str()?).ok().map(|e| e.to_string())
 }
 
 /// What a group of identities left to do after it was saved.
@@ -240,7 +231,7 @@ impl Applier {
                             account_moved = true;
                         }
                     }
-                    email_move = desired_email(s, settings).filter(|e| s.email.as_deref() != Some(e.as_str()));
+                    email_move = s.fields.desired_email(map).map(|e| e.to_string()).filter(|e| s.email.as_deref() != Some(e.as_str()));
                 }
                 Work {
                     commands: commands.clone(),
@@ -491,7 +482,13 @@ impl Applier {
                         email: s.email.clone(),
                         crm_account_id: s.crm_account_id.clone(),
                     };
+                    // A refused save must not abort the others in this
+                    // transaction: each identity saves under a savepoint.
+                    sqlx::query("SAVEPOINT identity").execute(&mut *tx).await?;
                     let mut written = identities::save_applied(&mut *tx, conn, &applied(s), w.token).await?;
+                    if written == Written::Conflict {
+                        sqlx::query("ROLLBACK TO SAVEPOINT identity").execute(&mut *tx).await?;
+                    }
                     if written == Written::Conflict && w.email_move.is_some() {
                         // The new email already keys another identity: keep
                         // the old key and say so; never merge two people.
@@ -501,7 +498,11 @@ impl Applier {
                         ));
                         s.email = old_email;
                         written = identities::save_applied(&mut *tx, conn, &applied(s), w.token).await?;
+                        if written == Written::Conflict {
+                            sqlx::query("ROLLBACK TO SAVEPOINT identity").execute(&mut *tx).await?;
+                        }
                     }
+                    sqlx::query("RELEASE SAVEPOINT identity").execute(&mut *tx).await?;
                     match written {
                         Written::Done => {}
                         Written::Fenced => {

@@ -70,6 +70,22 @@ pub enum ConnectionCmd {
     },
     /// Change a setting: auto_create_prospects, batch_threshold, batch_budget_per_hour.
     Set { id: String, key: String, value: String },
+    /// Mirror a CRM custom object read-only into the MA (R6).
+    AddCustomObject {
+        id: String,
+        /// API name, e.g. Subscription__c.
+        #[arg(long)]
+        name: String,
+        /// Fields to mirror, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        fields: Vec<String>,
+        /// The lookup field tying a record to a lead, contact or account.
+        #[arg(long)]
+        lookup_field: String,
+        /// lead, contact or account.
+        #[arg(long)]
+        lookup_object: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -106,7 +122,8 @@ pub enum SandboxCmd {
         #[arg(long, default_value = "default")]
         tenant: String,
     },
-    /// Create a record: prospect, lead, contact, account, opportunity, contact-role.
+    /// Create a record: prospect, lead, contact, account, opportunity,
+    /// contact-role, prospect-account, or `custom:<Name__c>` for a custom object.
     Create {
         object: String,
         /// Field values, by API or column name: `--set LastName=Doe`.
@@ -134,7 +151,34 @@ pub enum SandboxCmd {
         #[arg(long, default_value = "default")]
         tenant: String,
     },
-    /// Show one record with its change tracking.
+    /// Move a record to its system's recycle bin.
+    Delete {
+        object: String,
+        id: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Restore a record from its system's recycle bin.
+    Undelete {
+        object: String,
+        id: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Convert a lead as the CRM does: a contact, its account, optionally an opportunity.
+    ConvertLead {
+        lead: String,
+        /// Put the contact in this existing account (a new one otherwise).
+        #[arg(long)]
+        account: Option<String>,
+        /// Also create an opportunity with this name, the contact in a primary role.
+        #[arg(long)]
+        opportunity: Option<String>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Show one record with its change tracking (a prospect with its account,
+    /// opportunities and custom objects, as the MA shows it).
     Show {
         object: String,
         id: String,

@@ -106,6 +106,14 @@ async fn connection(pool: &PgPool, cmd: ConnectionCmd) -> anyhow::Result<()> {
             connections::save(pool, &id, &settings).await?;
             println!("connection {id} created");
         }
+        ConnectionCmd::AddCustomObject { id, name, fields, lookup_field, lookup_object } => {
+            let lookup_object = crmsync_domain::CrmObject::parse(&lookup_object)
+                .ok_or_else(|| anyhow::anyhow!("--lookup-object must be lead, contact or account, not {lookup_object:?}"))?;
+            let mut s = connections::load(pool, &id).await?;
+            s.declare_custom_object(crmsync_domain::mirror::CustomObject { name: name.clone(), fields, lookup_field, lookup_object })?;
+            connections::save(pool, &id, &s).await?;
+            println!("{id}: custom object {name} is mirrored into the MA");
+        }
         ConnectionCmd::Set { id, key, value } => {
             let mut s = connections::load(pool, &id).await?;
             s.set(&key, &value, chrono::Utc::now())?;

@@ -46,12 +46,32 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: SandboxCmd) -> anyhow::Res
             println!("tenant {tenant} emptied");
         }
         SandboxCmd::Create { object: o, set, tenant } => {
-            let id = sb(&tenant).create(object(&o)?, &pairs(set), None).await?;
+            let id = match o.strip_prefix("custom:") {
+                Some(kind) => sb(&tenant).create_custom(kind, &pairs(set)).await?,
+                None if o == "custom" => bail!("name the custom object: custom:<Name__c>"),
+                None => sb(&tenant).create(object(&o)?, &pairs(set), None).await?,
+            };
             println!("{id}");
         }
         SandboxCmd::Update { object: o, id, set, tenant } => {
-            sb(&tenant).update(object(&o)?, &id, &pairs(set), None).await?;
+            if o == "custom" || o.starts_with("custom:") {
+                sb(&tenant).update_custom(&id, &pairs(set)).await?;
+            } else {
+                sb(&tenant).update(object(&o)?, &id, &pairs(set), None).await?;
+            }
             println!("{o} {id} updated");
+        }
+        SandboxCmd::Delete { object: o, id, tenant } => {
+            sb(&tenant).set_deleted(object(o.split(':').next().unwrap_or(&o))?, &id, true).await?;
+            println!("{o} {id} moved to the recycle bin");
+        }
+        SandboxCmd::Undelete { object: o, id, tenant } => {
+            sb(&tenant).set_deleted(object(o.split(':').next().unwrap_or(&o))?, &id, false).await?;
+            println!("{o} {id} restored");
+        }
+        SandboxCmd::ConvertLead { lead, account, opportunity, tenant } => {
+            let c = sb(&tenant).convert_lead(&lead, account.as_deref(), opportunity.as_deref()).await?;
+            println!("{}", serde_json::to_string_pretty(&c)?);
         }
         SandboxCmd::Assign { prospect, user, unassign: _, tenant } => {
             sb(&tenant).assign(prospect, user).await?;
@@ -61,7 +81,11 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: SandboxCmd) -> anyhow::Res
             }
         }
         SandboxCmd::Show { object: o, id, tenant } => {
-            println!("{}", serde_json::to_string_pretty(&sb(&tenant).show(object(&o)?, &id).await?)?);
+            let shown = match o.as_str() {
+                "prospect" => sb(&tenant).prospect_view(id.parse().context("a prospect id is a number")?).await?,
+                _ => sb(&tenant).show(object(o.split(':').next().unwrap_or(&o))?, &id).await?,
+            };
+            println!("{}", serde_json::to_string_pretty(&shown)?);
         }
         SandboxCmd::List { object: o, limit, tenant } => {
             for row in sb(&tenant).list(object(&o)?, limit).await? {

@@ -85,6 +85,8 @@ pub struct IdentityPatch {
     /// The CRM side is now another record (a converted lead's contact): what
     /// the engine knew the old record held says nothing about the new one.
     pub reset_crm_known: bool,
+    /// Re-key the identity by this (normalised) email (R8).
+    pub email: Option<String>,
 }
 
 impl IdentityPatch {

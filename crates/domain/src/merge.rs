@@ -335,6 +335,14 @@ impl IdentityFields {
     pub fn get(&self, field: &str) -> Option<&FieldState> {
         self.0.get(field)
     }
+
+    /// The email this identity should be keyed by: the value its email field
+    /// resolves to by its behaviour (R8: an email change moves the key).
+    pub fn desired_email(&self, map: &crate::mapping::FieldMap) -> Option<crate::email::Email> {
+        let field = crate::mapping::EMAIL_FIELD;
+        let d = self.get(field)?.desired(map.by_ma_field(field)?);
+        crate::email::Email::parse(d.ma.or(d.crm)?.as_str()?).ok()
+    }
 }
 
 #[cfg(test)]

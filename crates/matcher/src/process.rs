@@ -439,7 +439,7 @@ impl Matcher {
             }
             keys.emails.extend(c.email().map(|e| e.to_string()));
         }
-        let ix = Index::new(identities::find(&self.pool, conn, &keys, false).await?);
+        let ix = Index::new(identities::find(&self.pool, conn, &keys, true).await?);
         let found = self.gather(systems, items, &ix).await?;
         let mut result = RoundResult { out: Output::default(), retry: Vec::new() };
         let out = &mut result.out;
@@ -451,9 +451,18 @@ impl Matcher {
             let record = &change.record;
             let command = |identity_id: Uuid, obs: Vec<Observation>| command(batch, change, identity_id, obs);
             match self.decide(settings, c, &ix, &found) {
-                Decision::Existing { id, patch, issue } => {
+                Decision::Existing { id, mut patch, issue } => {
                     if let Some(issue) = issue {
                         out.note(record, change.change_id, issue);
+                    }
+                    // An email change moves the identity's key now, under the
+                    // new email's lock, so that a record arriving with that
+                    // email next finds this person (R8).
+                    if let Some(row) = ix.by_id.get(&id) {
+                        let mut fields = row.fields.0.clone();
+                        fields.observe_all(&settings.field_map, &self.observations(systems, settings, c, &patch, &found));
+                        patch.email =
+                            fields.desired_email(&settings.field_map).map(|e| e.to_string()).filter(|e| row.email.as_ref() != Some(e));
                     }
                     if patch.is_empty() {
                         out.commands.push(command(id, self.observations(systems, settings, c, &patch, &found)));
@@ -491,8 +500,22 @@ impl Matcher {
             }
         }
         if !patches.is_empty() {
-            let sets: Vec<Vec<String>> =
-                patches.iter().map(|(_, id, _)| vec![self.locks.key(conn, LockKind::Identity, &id.to_string())]).collect();
+            // The identity's lock, and the locks of the emails it is re-keyed
+            // from and to (unless this record's own lock already covers one).
+            let sets: Vec<Vec<String>> = patches
+                .iter()
+                .map(|(pos, id, patch)| {
+                    let held = items[*pos].candidate.email().map(|e| e.to_string());
+                    let old = ix.by_id.get(id).and_then(|r| r.email.clone());
+                    let mut set = vec![self.locks.key(conn, LockKind::Identity, &id.to_string())];
+                    if patch.email.is_some() {
+                        for e in old.iter().chain(patch.email.iter()).filter(|e| Some(*e) != held.as_ref()) {
+                            set.push(self.locks.key(conn, LockKind::Email, e));
+                        }
+                    }
+                    set
+                })
+                .collect();
             let guards = self.locks.try_acquire(&sets).await?;
             let mut taken = Vec::new();
             for ((pos, id, patch), guard) in patches.into_iter().zip(guards) {
@@ -500,13 +523,34 @@ impl Matcher {
                     result.retry.push(pos);
                     continue;
                 };
-                let written = identities::patch(&self.pool, conn, id, &patch, guard.token).await;
+                let token = guard.token;
                 taken.push(guard);
                 let c = items[pos].candidate;
                 let change = c.change();
+                let mut written = identities::patch(&self.pool, conn, id, &patch, token).await;
+                let mut applied = patch.clone();
+                if matches!(written, Ok(Written::Conflict)) && patch.email.is_some() {
+                    // The new email keys another person: sync the change under
+                    // the old key and name the clash; never merge two people.
+                    result.out.note(
+                        &change.record,
+                        change.change_id,
+                        SyncIssue::new(
+                            SyncErrorCategory::DuplicateRecord,
+                            format!(
+                                "{} {}: its new email already belongs to another synced person",
+                                change.record.object(),
+                                change.record.record_id()
+                            ),
+                        ),
+                    );
+                    applied.email = None;
+                    written =
+                        if applied.is_empty() { Ok(Written::Done) } else { identities::patch(&self.pool, conn, id, &applied, token).await };
+                }
                 match written {
                     Ok(Written::Done) => {
-                        let obs = self.observations(systems, settings, c, &patch, &found);
+                        let obs = self.observations(systems, settings, c, &applied, &found);
                         result.out.commands.push(command(batch, change, id, obs));
                         result.out.resolved.push((change.record.object().to_owned(), change.record.record_id()));
                     }

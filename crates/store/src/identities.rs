@@ -143,6 +143,7 @@ pub async fn patch(pool: &PgPool, connection_id: &str, id: Uuid, patch: &Identit
         "UPDATE identities SET \
             status = coalesce($3, status), prospect_id = coalesce($4, prospect_id), \
             crm_object = coalesce($5, crm_object), crm_id = coalesce($6, crm_id), owner_id = coalesce($7, owner_id), \
+            email = coalesce($10, email), \
             fields = CASE WHEN $9 THEN (SELECT coalesce(jsonb_object_agg(k, v #- '{crm,known}'), '{}') FROM jsonb_each(fields) AS e(k, v)) \
                           ELSE fields END, \
             ma_link_written = CASE WHEN $6 IS NOT NULL AND $6 IS DISTINCT FROM crm_id THEN false ELSE ma_link_written END, \
@@ -159,6 +160,7 @@ pub async fn patch(pool: &PgPool, connection_id: &str, id: Uuid, patch: &Identit
     .bind(patch.owner.as_ref().map(CrmId::as_str))
     .bind(fence)
     .bind(patch.reset_crm_known)
+    .bind(&patch.email)
     .execute(pool)
     .await;
     settle(result)
