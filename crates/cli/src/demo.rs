@@ -202,6 +202,79 @@ async fn live_changes(pool: &PgPool, sb: &Sandbox) -> anyhow::Result<Vec<String>
         "turned auto_create_prospects on and created 15 CRM leads (each creates one prospect; older CRM-only leads stay as they were)"
             .into(),
     );
+    done.extend(lifecycle_changes(pool, sb).await?);
+    Ok(done)
+}
+
+/// Lifecycle and mirror changes (R4-R6, R8).
+async fn lifecycle_changes(pool: &PgPool, sb: &Sandbox) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    let linked_leads: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT prospect_id, crm_id FROM identities WHERE connection_id = $1 AND status = 'linked' AND crm_object = 'lead' \
+         ORDER BY prospect_id DESC LIMIT 16",
+    )
+    .bind(CONNECTION)
+    .fetch_all(pool)
+    .await?;
+    let (convert, rest) = linked_leads.split_at(linked_leads.len().min(5));
+    for (_, lead) in convert {
+        sb.convert_lead(lead, None, Some("Demo conversion")).await?;
+    }
+    done.push(format!(
+        "converted {} linked leads into contacts, accounts and opportunities (their prospects follow the contacts)",
+        convert.len()
+    ));
+    let (delete, rest) = rest.split_at(rest.len().min(6));
+    for (_, lead) in delete {
+        sb.set_deleted(&schema::LEAD, lead, true).await?;
+    }
+    for (_, lead) in delete.iter().take(3) {
+        sb.set_deleted(&schema::LEAD, lead, false).await?;
+    }
+    done.push(format!(
+        "deleted {} linked leads in the CRM (their prospects go to the recycle bin) and restored {} of them",
+        delete.len(),
+        delete.len().min(3)
+    ));
+    for (p, _) in rest.iter().take(5) {
+        sb.update(&schema::PROSPECT, &p.to_string(), &[("email".into(), format!("moved.{p}@newdomain.example"))], None).await?;
+    }
+    done.push(format!("changed the email of {} linked prospects (the leads follow; no second record)", rest.len().min(5)));
+    // R4: an MA edit of a prospect account is overwritten by the next CRM change.
+    let accounts: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, crm_account_id FROM ma.prospect_accounts WHERE tenant = 'default' ORDER BY id LIMIT 3")
+            .fetch_all(pool)
+            .await?;
+    for (id, crm) in &accounts {
+        sb.update(&schema::PROSPECT_ACCOUNT, &id.to_string(), &[("name".into(), "Edited in the MA".into())], None).await?;
+        sb.update(&schema::ACCOUNT, crm, &[("Industry".into(), "Manufacturing".into())], None).await?;
+    }
+    done.push(format!("edited {} prospect accounts in the MA, then their accounts in the CRM (the CRM's values win back)", accounts.len()));
+    // R5: a role makes an opportunity visible; removing one hides it.
+    let roleless: Option<String> = sqlx::query_scalar(
+        "SELECT o.id FROM crm.opportunities o WHERE o.tenant = 'default' AND NOT EXISTS \
+         (SELECT 1 FROM crm.opportunity_contact_roles r WHERE r.opportunity_id = o.id) ORDER BY o.id LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let synced_contact: Option<String> = sqlx::query_scalar(
+        "SELECT crm_id FROM identities WHERE connection_id = $1 AND status = 'linked' AND crm_object = 'contact' ORDER BY prospect_id LIMIT 1",
+    )
+    .bind(CONNECTION)
+    .fetch_optional(pool)
+    .await?;
+    if let (Some(o), Some(c)) = (roleless, synced_contact) {
+        sb.create(&schema::CONTACT_ROLE, &[("OpportunityId".into(), o.clone()), ("ContactId".into(), c)], None).await?;
+        done.push(format!("gave opportunity {o} its first contact role, on a synced contact (it appears on that prospect)"));
+    }
+    let role: Option<String> =
+        sqlx::query_scalar("SELECT id FROM crm.opportunity_contact_roles WHERE tenant = 'default' AND NOT is_deleted ORDER BY id LIMIT 1")
+            .fetch_optional(pool)
+            .await?;
+    if let Some(r) = role {
+        sb.set_deleted(&schema::CONTACT_ROLE, &r, true).await?;
+        done.push(format!("removed contact role {r} (its opportunity leaves that contact's prospect)"));
+    }
     Ok(done)
 }
 
@@ -231,6 +304,15 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("1. Seeding the sandbox (scale {})", args.scale);
     let sb = Sandbox::new(pool.clone(), "default");
     let s = seed::seed(&sb, &seed::SeedOptions { scale: args.scale, seed: 42 }).await?;
+    // R6: the seeded custom object is mirrored read-only.
+    let mut settings = connections::load(&pool, CONNECTION).await?;
+    settings.declare_custom_object(crmsync_domain::mirror::CustomObject {
+        name: seed::SUBSCRIPTION.into(),
+        fields: vec!["Plan__c".into(), "Seats__c".into()],
+        lookup_field: "Contact__c".into(),
+        lookup_object: crmsync_domain::CrmObject::Contact,
+    })?;
+    connections::save(&pool, CONNECTION, &settings).await?;
     println!(
         "   MA: {} prospects ({} with their CRM id, {} of them 15-character; {} sharing only an email; {} new and assigned; {} unassigned; {} malformed; {} ambiguous)",
         s.prospects, s.linked_by_id, s.ids_15_char, s.linked_by_email, s.to_create, s.unassigned, s.malformed, s.ambiguous

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod demo;
+mod mirror_check;
 pub mod progress;
 pub mod report;
 mod sandbox_cmd;

@@ -20,6 +20,8 @@ use crmsync_infra::Config;
 use crmsync_sandbox::SandboxFactory;
 use crmsync_store::sync_errors::{self, SyncErrorRow};
 use crmsync_store::{audit, connections, identities};
+
+use crate::mirror_check::MirrorCounts;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -46,12 +48,17 @@ pub struct Report {
     pub missing: Vec<Uuid>,
     pub created_leads_checked: usize,
     pub wrong_owners: Vec<String>,
+    /// The read-only mirrors, checked against the CRM (R4-R6).
+    pub mirrors: Vec<MirrorCounts>,
 }
 
 impl Report {
     /// Both sides agree and every created lead has the right owner.
     pub fn ok(&self) -> bool {
-        self.mismatches.is_empty() && self.missing.is_empty() && self.wrong_owners.is_empty()
+        self.mismatches.is_empty()
+            && self.missing.is_empty()
+            && self.wrong_owners.is_empty()
+            && self.mirrors.iter().all(|m| m.wrong.is_empty())
     }
 
     pub fn count(&self, action: &str) -> i64 {
@@ -161,6 +168,7 @@ pub async fn build(pool: &PgPool, factory: &SandboxFactory, connection_id: &str)
             }
         }
     }
+    r.mirrors = crate::mirror_check::check(pool, connection_id, &settings, &systems).await?;
     Ok(r)
 }
 
@@ -202,6 +210,19 @@ pub fn print(r: &Report) {
         println!("                ✗ prospect {} / {}: {} differs", m.prospect_id, m.crm_id, m.field);
     }
     println!("                {} lead(s) created by the engine checked for owner: {} wrong", r.created_leads_checked, r.wrong_owners.len());
+    for m in &r.mirrors {
+        println!(
+            "                {}: {} in the CRM, {} mirrored in the MA ({} prospect link(s)), {} wrong",
+            m.kind,
+            m.sources,
+            m.expected,
+            m.links,
+            m.wrong.len()
+        );
+        for id in m.wrong.iter().take(5) {
+            println!("                ✗ {} {id}: the MA's mirror differs from what the rules say", m.kind);
+        }
+    }
     println!("  Result        {}", if r.ok() { "OK: both sides agree" } else { "FAILED" });
 }
 

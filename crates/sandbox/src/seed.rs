@@ -63,7 +63,16 @@ pub struct SeedSummary {
     pub crm_only: usize,
     /// Linked pairs edited on both sides since they last agreed.
     pub conflicting_edits: usize,
+    pub opportunities: usize,
+    /// Opportunities with at least one contact role.
+    pub opportunities_with_roles: usize,
+    pub contact_roles: usize,
+    /// `Subscription__c` custom object records, tied to contacts.
+    pub subscriptions: usize,
 }
+
+/// The custom object the seed fills and the demo declares (R6).
+pub const SUBSCRIPTION: &str = "Subscription__c";
 
 const FIRST: &[&str] = &[
     "Haruto", "Yui", "Sota", "Aoi", "Ren", "Hina", "Yuto", "Mei", "Kaito", "Sakura", "Emma", "Liam", "Olivia", "Noah", "Ava", "Lucas",
@@ -452,6 +461,46 @@ pub async fn seed(sandbox: &Sandbox, opts: &SeedOptions) -> Result<SeedSummary, 
     let inserted = insert_many(pool, "ma.prospects", &prospects).await?;
     sum.prospects = inserted.len();
 
+    // Opportunities on the accounts: most with contact roles (on synced
+    // contacts or not), some with none at all.
+    let contact_ids: Vec<&String> = contacts.iter().map(|(id, _)| id).collect();
+    let stages = ["Prospecting", "Qualification", "Proposal", "Negotiation", "Closed Won", "Closed Lost"];
+    let opportunities: Vec<Value> = (0..scaled(250, s))
+        .map(|i| {
+            let stage = stages[i % stages.len()];
+            let close = format!("2027-0{}-15", 1 + i % 9);
+            json!({"tenant": tenant, "name": format!("Deal {}", i + 1), "account_id": account_ids.choose(&mut rng),
+                   "stage_name": stage, "amount": rng.random_range(1..500) * 1000, "close_date": close,
+                   "is_closed": stage.starts_with("Closed"), "is_won": stage == "Closed Won",
+                   "owner_id": crm_sales.choose(&mut rng), "last_modified_by": crm_admin})
+        })
+        .collect();
+    let opportunity_ids: Vec<String> =
+        insert_many(pool, "crm.opportunities", &opportunities).await?.into_iter().map(|(id, _)| id).collect();
+    sum.opportunities = opportunity_ids.len();
+    let mut roles: Vec<Value> = Vec::new();
+    for (i, opp) in opportunity_ids.iter().enumerate() {
+        if i % 5 == 4 {
+            continue; // no contact role: not visible in the MA at all
+        }
+        sum.opportunities_with_roles += 1;
+        for (k, role) in ["Decision Maker", "Evaluator", "Influencer"].iter().take(1 + i % 3).enumerate() {
+            roles.push(json!({"tenant": tenant, "opportunity_id": opp, "contact_id": contact_ids.choose(&mut rng),
+                              "role": role, "is_primary": k == 0, "last_modified_by": crm_admin}));
+        }
+    }
+    sum.contact_roles = insert_many(pool, "crm.opportunity_contact_roles", &roles).await?.len();
+    let plans = ["Bronze", "Silver", "Gold", "Platinum"];
+    let subscriptions: Vec<Value> = (0..scaled(150, s))
+        .map(|i| {
+            let plan = plans[i % plans.len()];
+            json!({"tenant": tenant, "object_type": SUBSCRIPTION, "last_modified_by": crm_admin,
+                   "fields": {"Plan__c": plan, "Seats__c": rng.random_range(1..200), "Contact__c": contact_ids.choose(&mut rng),
+                              "Internal_Notes__c": "not mirrored"}})
+        })
+        .collect();
+    sum.subscriptions = insert_many(pool, "crm.custom_records", &subscriptions).await?.len();
+
     // Conflicting edits, after the pairs last agreed: a CRM round, an MA
     // round, another CRM round, over overlapping thirds of the linked pairs.
     let mut crm_edits: Vec<(String, Value, &str)> = Vec::new();
@@ -495,7 +544,18 @@ pub async fn seed(sandbox: &Sandbox, opts: &SeedOptions) -> Result<SeedSummary, 
 /// Deletes every record of the tenant (users stay).
 pub async fn reset(sandbox: &Sandbox) -> Result<(), OpsError> {
     let pool = sandbox.pool();
-    for table in ["crm.opportunity_contact_roles", "crm.opportunities", "ma.prospects", "crm.leads", "crm.contacts", "crm.accounts"] {
+    for table in [
+        "ma.opportunities",
+        "ma.custom_object_records",
+        "crm.custom_records",
+        "crm.opportunity_contact_roles",
+        "crm.opportunities",
+        "ma.prospects",
+        "ma.prospect_accounts",
+        "crm.leads",
+        "crm.contacts",
+        "crm.accounts",
+    ] {
         sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE tenant = $1"))).bind(sandbox.tenant()).execute(pool).await?;
     }
     Ok(())
