@@ -15,7 +15,7 @@ use crmsync_connector::{MirrorWrite, Systems, WriteOutcome};
 use crmsync_domain::mirror::{self, CrmObjectRecord, MirrorKey, MirrorKind, MirrorObject, MirrorPlan};
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, CrmObject};
-use crmsync_infra::locks::{LockKind, Locks};
+use crmsync_infra::locks::{LockKind, Locks, pause_before_retry};
 use crmsync_infra::worker::StageError;
 use crmsync_store::identities;
 use sqlx::PgPool;
@@ -87,10 +87,9 @@ impl Reconciler<'_> {
             if let Some(g) = self.locks.try_acquire(std::slice::from_ref(&vec![lock_key.clone()])).await?.pop().flatten() {
                 break g;
             }
-            if Instant::now() > deadline {
+            if pause_before_retry(deadline).await.is_err() {
                 return Err(StageError::Retry(format!("mirror {} stayed locked", key.text())));
             }
-            tokio::time::sleep(Duration::from_millis(rand::random_range(5..25))).await;
         };
         let result = self.reconcile(key, guard.token).await;
         self.locks.release(&[guard]).await?;

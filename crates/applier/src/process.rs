@@ -22,7 +22,7 @@ use crmsync_domain::messages::{ApplyBatch, ApplyCommand};
 use crmsync_domain::mirror::MirrorKey;
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, CrmObject, SyncErrorCategory, SyncIssue};
-use crmsync_infra::locks::{LockGuard, LockKind, Locks};
+use crmsync_infra::locks::{LockGuard, LockKind, Locks, pause_before_retry};
 use crmsync_infra::worker::StageError;
 use crmsync_store::audit::{self, AuditEntry};
 use crmsync_store::identities::{self, Applied, Keys, Written};
@@ -128,15 +128,7 @@ impl Applier {
                 .iter()
                 .map(|&i| vec![self.locks.key(&batch.connection_id, LockKind::Identity, &by_identity[i].0.to_string())])
                 .collect();
-            let guards = self.locks.try_acquire(&sets).await?;
-            let mut held: Vec<(usize, LockGuard)> = Vec::new();
-            let mut missed = Vec::new();
-            for (i, g) in pending.iter().copied().zip(guards) {
-                match g {
-                    Some(g) => held.push((i, g)),
-                    None => missed.push(i),
-                }
-            }
+            let (held, mut missed) = self.locks.partition(&pending, &sets).await?;
             if !held.is_empty() {
                 let result = self.apply_group(batch, &settings, &systems, &by_identity, &held).await;
                 let guards: Vec<LockGuard> = held.iter().map(|(_, g)| g.clone()).collect();
@@ -147,12 +139,8 @@ impl Applier {
                 outbox.extend(group.mirrors);
             }
             pending = missed;
-            if !pending.is_empty() {
-                if Instant::now() > deadline {
-                    return Err(StageError::Retry(format!("{} identities stayed locked or fenced", pending.len())));
-                }
-                let pause: u64 = rand::random_range(5..25);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
+            if !pending.is_empty() && pause_before_retry(deadline).await.is_err() {
+                return Err(StageError::Retry(format!("{} identities stayed locked or fenced", pending.len())));
             }
         }
         let reconciler = Reconciler {

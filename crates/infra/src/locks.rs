@@ -166,6 +166,21 @@ impl Locks {
             .collect())
     }
 
+    /// Tries the lock sets of `pending` items (one set each, in order) and
+    /// splits them into the items whose locks are now held and those whose
+    /// locks are busy.
+    pub async fn partition(&self, pending: &[usize], sets: &[Vec<String>]) -> Result<(Vec<(usize, LockGuard)>, Vec<usize>), LockError> {
+        let mut held = Vec::new();
+        let mut busy = Vec::new();
+        for (i, g) in pending.iter().copied().zip(self.try_acquire(sets).await?) {
+            match g {
+                Some(g) => held.push((i, g)),
+                None => busy.push(i),
+            }
+        }
+        Ok((held, busy))
+    }
+
     /// Releases locks still held by these guards (an expired lock that someone
     /// else took since is left alone).
     pub async fn release(&self, guards: &[LockGuard]) -> Result<(), LockError> {
@@ -205,4 +220,15 @@ mod tests {
         assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
     }
+}
+
+/// Waits a moment before another round on busy locks, or says how long it
+/// has been once `deadline` has passed.
+pub async fn pause_before_retry(deadline: std::time::Instant) -> Result<(), Duration> {
+    if std::time::Instant::now() > deadline {
+        return Err(Duration::ZERO);
+    }
+    let pause: u64 = rand::random_range(5..25);
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+    Ok(())
 }

@@ -22,7 +22,7 @@ use crmsync_domain::messages::{ApplyCommand, Change, ChangeBatch, MirrorCommand,
 use crmsync_domain::records::{CrmPersonRecord, ProspectRecord, SourceRecord};
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, Email, SyncErrorCategory, SyncIssue};
-use crmsync_infra::locks::{LockGuard, LockKind, Locks};
+use crmsync_infra::locks::{LockGuard, LockKind, Locks, pause_before_retry};
 use crmsync_infra::worker::StageError;
 use crmsync_store::audit::AuditEntry;
 use crmsync_store::identities::{self, IdentityRow, Keys, Written};
@@ -48,14 +48,7 @@ pub struct Output {
 impl Output {
     fn reject(&mut self, record: &SourceRecord, change_id: Uuid, issue: SyncIssue, lane: &'static str) {
         self.audits.push(audit(record, change_id, None, format!("rejected:{}", issue.category), lane));
-        self.errors.push(NewSyncError {
-            stage: "match",
-            object: record.object().to_owned(),
-            record_id: record.record_id(),
-            issue,
-            change_id: Some(change_id),
-            payload: serde_json::to_value(record).ok(),
-        });
+        self.note(record, change_id, issue);
     }
 
     fn skip(&mut self, record: &SourceRecord, change_id: Uuid, reason: SkipReason, lane: &'static str) {
@@ -231,15 +224,7 @@ impl Matcher {
         let deadline = Instant::now() + self.lock_timeout;
         while !pending.is_empty() {
             let sets: Vec<Vec<String>> = pending.iter().map(|&i| self.lock_keys(&batch.connection_id, &candidates[i])).collect();
-            let guards = self.locks.try_acquire(&sets).await?;
-            let mut held: Vec<(usize, LockGuard)> = Vec::new();
-            let mut missed = Vec::new();
-            for (i, g) in pending.iter().copied().zip(guards) {
-                match g {
-                    Some(g) => held.push((i, g)),
-                    None => missed.push(i),
-                }
-            }
+            let (held, mut missed) = self.locks.partition(&pending, &sets).await?;
             if !held.is_empty() {
                 let items: Vec<Item<'_>> = held.iter().map(|(i, g)| Item { candidate: &candidates[*i], token: g.token }).collect();
                 let result = self.match_group(batch, &settings, &systems, &items, &conflicts).await;
@@ -260,12 +245,8 @@ impl Matcher {
                 out.resolved.extend(round.out.resolved);
             }
             pending = missed;
-            if !pending.is_empty() {
-                if Instant::now() > deadline {
-                    return Err(StageError::Retry(format!("{} records' identity locks stayed busy", pending.len())));
-                }
-                let pause: u64 = rand::random_range(5..25);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
+            if !pending.is_empty() && pause_before_retry(deadline).await.is_err() {
+                return Err(StageError::Retry(format!("{} records' identity locks stayed busy", pending.len())));
             }
         }
         Ok(out)
