@@ -210,6 +210,17 @@ pub enum LockKind {
     Mirror,
 }
 
+/// Waits a moment before another round on busy locks, or says how long it
+/// has been once `deadline` has passed.
+pub async fn pause_before_retry(deadline: std::time::Instant) -> Result<(), Duration> {
+    if std::time::Instant::now() > deadline {
+        return Err(Duration::ZERO);
+    }
+    let pause: u64 = rand::random_range(5..25);
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,15 +231,4 @@ mod tests {
         assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
     }
-}
-
-/// Waits a moment before another round on busy locks, or says how long it
-/// has been once `deadline` has passed.
-pub async fn pause_before_retry(deadline: std::time::Instant) -> Result<(), Duration> {
-    if std::time::Instant::now() > deadline {
-        return Err(Duration::ZERO);
-    }
-    let pause: u64 = rand::random_range(5..25);
-    tokio::time::sleep(Duration::from_millis(pause)).await;
-    Ok(())
 }
