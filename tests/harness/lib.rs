@@ -43,6 +43,37 @@ struct Replica {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// The path of the `crmsync` binary built for the tests. Cargo only hands it
+/// to integration-test targets, hence a macro expanded there.
+#[macro_export]
+macro_rules! crmsync_exe {
+    () => {
+        env!("CARGO_BIN_EXE_crmsync-under-test")
+    };
+}
+
+/// A tier running as a separate process (the `crmsync` binary).
+#[derive(Debug)]
+pub struct TierProcess {
+    pub tier: Tier,
+    child: tokio::process::Child,
+}
+
+impl TierProcess {
+    /// Kills the process outright (SIGKILL): no drain, no acks.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits; true if it exited 0.
+    pub async fn terminate(mut self) -> bool {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        matches!(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await, Ok(Ok(s)) if s.success())
+    }
+}
+
 /// An isolated crmsync for one test.
 #[derive(Debug)]
 pub struct TestApp {
@@ -142,6 +173,31 @@ impl TestApp {
             }
         });
         self.replicas.push(Replica { tier, stop, task });
+    }
+
+    /// Starts one replica of `tier` as a separate process, configured like
+    /// this test's in-process tiers (through `CRMSYNC_*` variables).
+    pub fn spawn_process(&self, exe: &str, tier: Tier) -> TierProcess {
+        let name = match tier {
+            Tier::Producer => "producer",
+            Tier::Matcher => "matcher",
+            Tier::Applier => "applier",
+        };
+        let c = &self.config;
+        let child = tokio::process::Command::new(exe)
+            .arg(name)
+            .env("CRMSYNC_DATABASE__URL", c.database.url.expose_secret())
+            .env("CRMSYNC_DATABASE__MAX_CONNECTIONS", c.database.max_connections.to_string())
+            .env("CRMSYNC_AMQP__PREFIX", &c.amqp.prefix)
+            .env("CRMSYNC_AMQP__QUEUE_EXPIRES_MS", c.amqp.queue_expires_ms.unwrap_or(120_000).to_string())
+            .env("CRMSYNC_REDIS__PREFIX", &c.redis.prefix)
+            .env("CRMSYNC_PRODUCER__POLL_INTERVAL_MS", c.producer.poll_interval_ms.to_string())
+            .env("CRMSYNC_PRODUCER__LEASE_TTL_MS", c.producer.lease_ttl_ms.to_string())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a tier process");
+        TierProcess { tier, child }
     }
 
     /// Starts a producer and the given numbers of matchers and appliers.
@@ -253,7 +309,7 @@ impl TestApp {
     pub async fn publish_raw(&self, stage: Stage, lane: Lane, body: Vec<u8>) {
         self.publisher
             .publish_confirmed(vec![Outgoing {
-                routing_key: Topology::routing_key(stage, lane),
+                routing_key: Topology::routing_key(stage, lane, "default"),
                 body,
                 message_id: Uuid::new_v4().to_string(),
                 headers: vec![("x-connection-id".into(), "default".into())],
@@ -314,9 +370,10 @@ impl TestApp {
         for tier in [Tier::Producer, Tier::Matcher, Tier::Applier] {
             self.stop(tier).await;
         }
+        let connections = crmsync_store::connections::ids(&self.pool).await.unwrap_or_default();
         self.pool.close().await;
         if let Ok(ch) = self._amqp.create_channel().await {
-            let _ = Topology::new(&self.config.amqp).delete_all(&ch).await;
+            let _ = Topology::new(&self.config.amqp).delete_all(&ch, &connections).await;
         }
         let base = base_config();
         if let Ok(admin) = db::connect_url(base.database.url.expose_secret(), 1, Duration::from_secs(10)).await {

@@ -1,15 +1,19 @@
 //! The applier tier: applies each identity's merged edits to the MA and the
 //! CRM by the field behaviours (R2), never letting an older change overwrite a
-//! newer one (I3), creating missing counterparts idempotently (R3), and
-//! recording state, audit and sync errors in PostgreSQL.
+//! newer one (I3), creating missing counterparts idempotently (R3), recording
+//! state, audit and sync errors in PostgreSQL, and reconciling mirrors (R4-R6).
 //!
-//! One consume loop per lane. Any number of replicas may run: identities are
-//! serialised by Redis locks, and writes fenced by the locks' tokens.
+//! One consume loop for the immediate lane, and one per connection for the
+//! batch lane, paced by that connection's budget (R7, I4). Any number of
+//! replicas may run: identities are serialised by Redis locks, writes fenced by
+//! the locks' tokens, and the budget is shared through Redis.
 
+mod batch;
 mod mirrors;
 mod plan;
 mod process;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,19 +21,23 @@ use async_trait::async_trait;
 use crmsync_domain::Lane;
 use crmsync_domain::messages::{self, ApplyBatch};
 use crmsync_infra::amqp::Stage;
+use crmsync_infra::budget::BatchBudget;
 use crmsync_infra::services::Services;
 use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
 use crmsync_infra::{CancellationToken, Config};
 use crmsync_sandbox::SandboxFactory;
 use lapin::message::Delivery;
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
+pub use batch::{BatchFigures, batch_figures};
 pub use process::Applier;
 
-/// The apply stage: decode, apply, ack.
+/// The apply stage: decode, apply (paced in the batch lane), ack.
 #[derive(Debug)]
 pub struct ApplyStage {
     pub applier: Applier,
+    pub budget: BatchBudget,
 }
 
 #[async_trait]
@@ -50,13 +58,27 @@ impl Handler for ApplyStage {
             batch_id = %batch.batch_id,
             commands = batch.commands.len(),
         );
-        self.applier.process(&batch).instrument(span).await
+        match batch.lane {
+            Lane::Immediate => self.applier.process(&batch).instrument(span).await,
+            Lane::Batch => batch::process_paced(&self.applier, &self.budget, &batch).instrument(span).await,
+        }
+    }
+}
+
+fn options(config: &Config, queue: String, concurrency: usize) -> ConsumeOptions {
+    ConsumeOptions {
+        queue,
+        concurrency,
+        backoff: Duration::from_millis(config.applier.retry_backoff_ms),
+        max_backoff: Duration::from_secs(10),
+        tag: String::new(),
     }
 }
 
 /// Runs the applier until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let services = Services::connect(&config, "crmsync-applier").await?;
+    crmsync_infra::metrics::install(config.telemetry.metrics_listen.as_deref())?;
     let factory = Arc::new(SandboxFactory::from_config(&config, &services.pool).await?);
     let stage = Arc::new(ApplyStage {
         applier: Applier {
@@ -65,20 +87,49 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             factory,
             lock_timeout: config.locks.acquire_timeout(),
         },
+        budget: BatchBudget::new(services.redis.clone(), &config.redis.prefix),
     });
-    let loops = [Lane::Immediate, Lane::Batch].map(|lane| {
-        let opts = ConsumeOptions {
-            queue: services.topology.queue(Stage::Apply, lane),
-            concurrency: config.applier.concurrency,
-            backoff: Duration::from_millis(config.applier.retry_backoff_ms),
-            max_backoff: Duration::from_secs(10),
-            tag: String::new(),
-        };
-        consume(&services.amqp, opts, stage.clone(), shutdown.clone())
-    });
+    let mut loops = JoinSet::new();
+    let immediate = options(&config, services.topology.queue(Stage::Apply, Lane::Immediate, ""), config.applier.concurrency);
+    let (amqp, s, stop) = (services.amqp.clone(), stage.clone(), shutdown.clone());
+    loops.spawn(async move { consume(&amqp, immediate, s, stop).await });
     let sweeper = tokio::spawn(sweep(stage.clone(), shutdown.clone()));
-    futures::future::try_join_all(loops).await?;
+    let figures = tokio::spawn(batch::export_figures(services.pool.clone(), shutdown.clone()));
+    // One paced consumer per connection, started as connections appear.
+    let mut started: HashSet<String> = HashSet::new();
+    loop {
+        match crmsync_store::connections::ids(&services.pool).await {
+            Ok(ids) => {
+                let new: Vec<String> = ids.into_iter().filter(|id| !started.contains(id)).collect();
+                for id in new {
+                    let channel = services.amqp.create_channel().await?;
+                    services.topology.declare_connection(&channel, &id).await?;
+                    let _ = channel.close(200, "declared".into()).await;
+                    // One message at a time: it is paced, and holding more would
+                    // only keep them from the other replicas.
+                    let opts = options(&config, services.topology.queue(Stage::Apply, Lane::Batch, &id), 1);
+                    let (amqp, s, stop) = (services.amqp.clone(), stage.clone(), shutdown.clone());
+                    loops.spawn(async move { consume(&amqp, opts, s, stop).await });
+                    started.insert(id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list connections; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            Some(done) = loops.join_next() => {
+                // A consume loop ended before shutdown: the broker is gone.
+                done??;
+                anyhow::bail!("a consume loop ended unexpectedly");
+            }
+        }
+    }
+    while let Some(done) = loops.join_next().await {
+        done??;
+    }
     let _ = sweeper.await;
+    let _ = figures.await;
     let _ = services.amqp.close(200, "shutdown".into()).await;
     Ok(())
 }

@@ -17,6 +17,26 @@ use crmsync_infra::{Config, db, shutdown, telemetry};
 use crmsync_store::connections;
 use sqlx::PgPool;
 
+/// The `crmsync` binary: parses the command line and runs it.
+pub fn main() -> ExitCode {
+    use clap::Parser;
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("crmsync: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("crmsync: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs one command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;

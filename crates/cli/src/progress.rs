@@ -69,7 +69,8 @@ impl Probe {
         let published = feeds.iter().map(|f| f.published).sum();
         let finished = audit::finished_changes(&self.pool, connection_id).await?;
         let mut queued = 0u64;
-        for (_, _, q) in self.topology.work_queues() {
+        self.topology.declare_connection(&self.channel, connection_id).await?;
+        for (_, _, q) in self.topology.work_queues(&[connection_id.to_owned()]) {
             queued += u64::from(self.topology.depth(&self.channel, &q).await?);
         }
         let settings = connections::load(&self.pool, connection_id).await?;

@@ -25,6 +25,15 @@ pub async fn print(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow
                 f.lease_owner.as_deref().unwrap_or("-")
             );
         }
+        let batch = crmsync_applier::batch_figures(pool, &id).await?;
+        println!(
+            "  batch lane           backlog {} · budget {}/hour · used {} in the last hour ({:.0}%) · done in {}",
+            batch.backlog,
+            batch.budget_per_hour,
+            batch.used_last_hour,
+            batch.used_share() * 100.0,
+            human(batch.eta)
+        );
         let errors = sync_errors::open_counts(pool, &id).await?;
         if errors.is_empty() {
             println!("  sync errors          none");
@@ -37,18 +46,35 @@ pub async fn print(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow
             let channel = conn.create_channel().await?;
             let topology = Topology::new(&config.amqp);
             topology.declare(&channel).await?;
-            println!("Queued (broker, all connections)");
-            for (stage, lane, q) in topology.work_queues() {
-                println!("  {:<6} {:<10} {:>8}", stage.as_str(), lane.as_str(), topology.depth(&channel, &q).await?);
+            println!("Queued messages (broker)");
+            let connections = crate::connection_ids(pool, only).await?;
+            for c in &connections {
+                topology.declare_connection(&channel, c).await?;
+            }
+            for (stage, lane, q) in topology.work_queues(&connections) {
+                println!("  {:<45} {:>8}", q, topology.depth(&channel, &q).await?);
+                let _ = (stage, lane);
             }
             for stage in [amqp::Stage::Match, amqp::Stage::Apply] {
-                println!("  {:<6} {:<10} {:>8}", stage.as_str(), "dead", topology.depth(&channel, &topology.dead_queue(stage)).await?);
+                let q = topology.dead_queue(stage);
+                println!("  {:<45} {:>8}", q, topology.depth(&channel, &q).await?);
             }
             let _ = conn.close(200, "done".into()).await;
         }
         Err(e) => println!("Queued: broker unreachable ({e})"),
     }
     Ok(())
+}
+
+/// A duration for people: "2 h 05 min", "3 min 20 s", "40 s", "now".
+pub fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "now".into(),
+        1..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {:02} s", s / 60, s % 60),
+        _ => format!("{} h {:02} min", s / 3600, (s % 3600) / 60),
+    }
 }
 
 /// Prints open sync errors with their full reasons.

@@ -17,6 +17,9 @@ use crate::mirror::{CustomObject, CustomObjectError};
 pub const DEFAULT_BATCH_THRESHOLD: usize = 400;
 /// The default batch budget (R7): 12,000 records per hour per connection.
 pub const DEFAULT_BATCH_BUDGET_PER_HOUR: u32 = 12_000;
+/// The default burst of the batch lane: a handful of records, never an
+/// hour's worth (1.5 s of the default budget).
+pub const DEFAULT_BATCH_BURST: u32 = 5;
 
 /// Where one system of a connection lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +54,9 @@ pub struct ConnectionSettings {
     pub auto_create_prospects_since: Option<Timestamp>,
     pub batch_threshold: usize,
     pub batch_budget_per_hour: u32,
+    /// Batch-lane records that may be processed at once before pacing
+    /// applies: the budget's only burst.
+    pub batch_burst: u32,
     pub field_map: FieldMap,
     /// CRM custom objects mirrored read-only into the MA (R6).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -66,6 +72,7 @@ impl Default for ConnectionSettings {
             auto_create_prospects_since: None,
             batch_threshold: DEFAULT_BATCH_THRESHOLD,
             batch_budget_per_hour: DEFAULT_BATCH_BUDGET_PER_HOUR,
+            batch_burst: DEFAULT_BATCH_BURST,
             field_map: FieldMap::default(),
             custom_objects: Vec::new(),
             ma: SystemEndpoint::default(),
@@ -84,7 +91,7 @@ pub enum SettingError {
 }
 
 /// The settings `crmsync connection set` can change.
-pub const SETTABLE: &str = "auto_create_prospects, batch_threshold, batch_budget_per_hour";
+pub const SETTABLE: &str = "auto_create_prospects, batch_threshold, batch_budget_per_hour, batch_burst";
 
 impl ConnectionSettings {
     /// Changes one setting from its textual form. Turning
@@ -106,6 +113,9 @@ impl ConnectionSettings {
             "batch_threshold" => self.batch_threshold = value.parse().map_err(|_| invalid("a whole number"))?,
             "batch_budget_per_hour" => {
                 self.batch_budget_per_hour = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| invalid("a positive whole number"))?;
+            }
+            "batch_burst" => {
+                self.batch_burst = value.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| invalid("a whole number from 1 to 1000"))?;
             }
             _ => return Err(SettingError::Unknown(key.to_owned())),
         }

@@ -3,17 +3,19 @@
 //! Topology (all durable, declared idempotently by every tier at start):
 //!
 //! ```text
-//! {prefix}.work  (direct) ── match.immediate ──▶ {prefix}.match.immediate ─▶ matcher
-//!                         ── match.batch     ──▶ {prefix}.match.batch     ─▶ matcher
-//!                         ── apply.immediate ──▶ {prefix}.apply.immediate ─▶ applier
-//!                         ── apply.batch     ──▶ {prefix}.apply.batch     ─▶ applier
-//! {prefix}.dead  (direct) ── match / apply   ──▶ {prefix}.match.dead, {prefix}.apply.dead
+//! {prefix}.work  (direct) ── match.immediate ──────▶ {prefix}.match.immediate ──────▶ matcher
+//!                         ── match.batch ──────────▶ {prefix}.match.batch ──────────▶ matcher
+//!                         ── apply.immediate ──────▶ {prefix}.apply.immediate ──────▶ applier
+//!                         ── apply.batch.{conn} ───▶ {prefix}.apply.batch.{conn} ───▶ applier (paced)
+//! {prefix}.dead  (direct) ── match / apply ────────▶ {prefix}.match.dead, {prefix}.apply.dead
 //! ```
 //!
 //! Work queues are quorum queues with a delivery limit: a message that keeps
 //! failing (or keeps crashing its consumer) is dead-lettered after a bounded
 //! number of deliveries instead of cycling forever. Lanes have queues of their
-//! own so the immediate lane never waits behind a batch backlog.
+//! own so the immediate lane never waits behind a batch backlog, and each
+//! connection's batch lane has its own queue, so one connection's exhausted
+//! budget never holds back another's records (no head-of-line blocking).
 
 use std::fmt;
 
@@ -85,25 +87,36 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
-    pub fn routing_key(stage: Stage, lane: Lane) -> String {
-        format!("{}.{}", stage.as_str(), lane.as_str())
+    /// The routing key of a stage and lane; the applier's batch lane has one
+    /// per connection.
+    pub fn routing_key(stage: Stage, lane: Lane, connection_id: &str) -> String {
+        match (stage, lane) {
+            (Stage::Apply, Lane::Batch) => format!("apply.batch.{connection_id}"),
+            _ => format!("{}.{}", stage.as_str(), lane.as_str()),
+        }
     }
 
-    pub fn queue(&self, stage: Stage, lane: Lane) -> String {
-        format!("{}.{}", self.prefix, Self::routing_key(stage, lane))
+    pub fn queue(&self, stage: Stage, lane: Lane, connection_id: &str) -> String {
+        format!("{}.{}", self.prefix, Self::routing_key(stage, lane, connection_id))
     }
 
     pub fn dead_queue(&self, stage: Stage) -> String {
         format!("{}.{}.dead", self.prefix, stage.as_str())
     }
 
-    /// Every work queue, for status and clean-up.
-    pub fn work_queues(&self) -> Vec<(Stage, Lane, String)> {
-        [Stage::Match, Stage::Apply]
+    /// The queues shared by all connections.
+    pub fn shared_queues(&self) -> Vec<(Stage, Lane, String)> {
+        [(Stage::Match, Lane::Immediate), (Stage::Match, Lane::Batch), (Stage::Apply, Lane::Immediate)]
             .into_iter()
-            .flat_map(|s| [Lane::Immediate, Lane::Batch].into_iter().map(move |l| (s, l)))
-            .map(|(s, l)| (s, l, self.queue(s, l)))
+            .map(|(s, l)| (s, l, self.queue(s, l, "")))
             .collect()
+    }
+
+    /// Every work queue of these connections, for status and clean-up.
+    pub fn work_queues(&self, connections: &[String]) -> Vec<(Stage, Lane, String)> {
+        let mut all = self.shared_queues();
+        all.extend(connections.iter().map(|c| (Stage::Apply, Lane::Batch, self.queue(Stage::Apply, Lane::Batch, c))));
+        all
     }
 
     fn queue_args(&self, dead_letter_key: Option<&str>) -> FieldTable {
@@ -131,34 +144,40 @@ impl Topology {
             let dead = self.dead_queue(stage);
             channel.queue_declare(dead.clone().into(), qopts, self.queue_args(None)).await?;
             channel
-                .queue_bind(
-                    dead.into(),
-                    self.dead_exchange().into(),
-                    stage.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
+                .queue_bind(dead.into(), self.dead_exchange().into(), stage.as_str().into(), QueueBindOptions::default(), FieldTable::default())
                 .await?;
-            for lane in [Lane::Immediate, Lane::Batch] {
-                let q = self.queue(stage, lane);
-                channel.queue_declare(q.clone().into(), qopts, self.queue_args(Some(stage.as_str()))).await?;
-                channel
-                    .queue_bind(
-                        q.into(),
-                        self.work_exchange().into(),
-                        Self::routing_key(stage, lane).into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
+        }
+        for (stage, lane, _) in self.shared_queues() {
+            self.declare_queue(channel, stage, lane, "").await?;
         }
         Ok(())
     }
 
-    /// Deletes every queue of this prefix (tests clean up after themselves).
-    pub async fn delete_all(&self, channel: &Channel) -> Result<(), AmqpError> {
-        let mut names: Vec<String> = self.work_queues().into_iter().map(|(_, _, q)| q).collect();
+    /// Declares a connection's batch-lane queue (idempotent).
+    pub async fn declare_connection(&self, channel: &Channel, connection_id: &str) -> Result<(), AmqpError> {
+        self.declare_queue(channel, Stage::Apply, Lane::Batch, connection_id).await
+    }
+
+    async fn declare_queue(&self, channel: &Channel, stage: Stage, lane: Lane, connection_id: &str) -> Result<(), AmqpError> {
+        let q = self.queue(stage, lane, connection_id);
+        let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel.queue_declare(q.clone().into(), qopts, self.queue_args(Some(stage.as_str()))).await?;
+        channel
+            .queue_bind(
+                q.into(),
+                self.work_exchange().into(),
+                Self::routing_key(stage, lane, connection_id).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes every queue of this prefix and these connections (tests and
+    /// the demo clean up after themselves).
+    pub async fn delete_all(&self, channel: &Channel, connections: &[String]) -> Result<(), AmqpError> {
+        let mut names: Vec<String> = self.work_queues(connections).into_iter().map(|(_, _, q)| q).collect();
         names.extend([self.dead_queue(Stage::Match), self.dead_queue(Stage::Apply)]);
         for q in names {
             channel.queue_delete(q.into(), QueueDeleteOptions::default()).await?;

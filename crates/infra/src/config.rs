@@ -176,11 +176,13 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
     pub log_filter: String,
+    /// Serve Prometheus metrics at this address (`/metrics`), e.g. `0.0.0.0:9464`.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { log_format: LogFormat::Text, log_filter: "info,sqlx=warn,lapin=warn".into() }
+        TelemetryConfig { log_format: LogFormat::Text, log_filter: "info,sqlx=warn,lapin=warn".into(), metrics_listen: None }
     }
 }
 

@@ -2,9 +2,11 @@
 //! Redis locks, telemetry and shutdown. No sync rules live here.
 
 pub mod amqp;
+pub mod budget;
 pub mod config;
 pub mod db;
 pub mod locks;
+pub mod metrics;
 pub mod services;
 pub mod shutdown;
 pub mod telemetry;

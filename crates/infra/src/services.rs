@@ -24,10 +24,11 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Services {
     pub pool: PgPool,
-    pub amqp: Connection,
+    pub amqp: std::sync::Arc<Connection>,
     pub topology: Topology,
     pub publisher: Publisher,
     pub locks: Locks,
+    pub redis: redis::aio::ConnectionManager,
 }
 
 impl Services {
@@ -42,7 +43,7 @@ impl Services {
         let _ = channel.close(200, "declared".into()).await;
         let publisher = Publisher::new(&amqp, &topology).await?;
         let redis = locks::connect(&config.redis).await?;
-        let locks = Locks::new(redis, &config.redis, &config.locks);
-        Ok(Services { pool, amqp, topology, publisher, locks })
+        let locks = Locks::new(redis.clone(), &config.redis, &config.locks);
+        Ok(Services { pool, amqp: std::sync::Arc::new(amqp), topology, publisher, locks, redis })
     }
 }

@@ -32,6 +32,10 @@ pub use process::{Matcher, Output};
 pub struct MatchStage {
     pub matcher: Matcher,
     pub publisher: Publisher,
+    pub topology: Topology,
+    pub amqp: std::sync::Arc<lapin::Connection>,
+    /// Connections whose batch-lane queue this replica has declared.
+    pub declared: tokio::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl MatchStage {
@@ -46,6 +50,17 @@ impl MatchStage {
         if out.commands.is_empty() && out.mirrors.is_empty() {
             return Ok(());
         }
+        if batch.lane == Lane::Batch {
+            // Each connection's batch lane has its own queue; make sure it
+            // exists before the first message is routed to it.
+            let mut declared = self.declared.lock().await;
+            if !declared.contains(&batch.connection_id) {
+                let channel = self.amqp.create_channel().await.map_err(crmsync_infra::amqp::AmqpError::from)?;
+                self.topology.declare_connection(&channel, &batch.connection_id).await?;
+                let _ = channel.close(200, "declared".into()).await;
+                declared.insert(batch.connection_id.clone());
+            }
+        }
         let apply = ApplyBatch {
             v: MESSAGE_VERSION,
             batch_id: Uuid::now_v7(),
@@ -56,7 +71,7 @@ impl MatchStage {
         };
         self.publisher
             .publish_confirmed(vec![Outgoing {
-                routing_key: Topology::routing_key(Stage::Apply, batch.lane),
+                routing_key: Topology::routing_key(Stage::Apply, batch.lane, &batch.connection_id),
                 body: messages::encode(&apply),
                 message_id: apply.batch_id.to_string(),
                 headers: vec![("x-connection-id".into(), batch.connection_id.clone()), ("x-lane".into(), batch.lane.as_str().into())],
@@ -108,10 +123,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             lock_timeout: config.locks.acquire_timeout(),
         },
         publisher: services.publisher.clone(),
+        topology: services.topology.clone(),
+        amqp: services.amqp.clone(),
+        declared: tokio::sync::Mutex::default(),
     });
     let loops = [Lane::Immediate, Lane::Batch].map(|lane| {
         let opts = ConsumeOptions {
-            queue: services.topology.queue(Stage::Match, lane),
+            queue: services.topology.queue(Stage::Match, lane, ""),
             concurrency: config.matcher.concurrency,
             backoff: Duration::from_millis(config.matcher.retry_backoff_ms),
             max_backoff: Duration::from_secs(10),

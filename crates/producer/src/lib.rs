@@ -112,12 +112,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 async fn poll_connection(ctx: &PassContext<'_>, factory: &SandboxFactory, connection_id: &str) -> anyhow::Result<()> {
     let settings = connections::load(ctx.pool, connection_id).await?;
     let systems = factory.systems(&settings).await?;
-    for feed in Feed::for_connection(&settings) {
-        if let Some(stats) = run_pass(ctx, connection_id, &settings, &systems, &feed).await?
-            && stats.published > 0
-        {
-            info!(connection_id, feed = %feed.name(), published = stats.published, suppressed = stats.suppressed, "changes published");
-        }
+    let stats = run_pass(ctx, connection_id, &settings, &systems).await?;
+    if stats.published > 0 {
+        info!(
+            connection_id,
+            lane = stats.lane.map_or("-", |l| l.as_str()),
+            published = stats.published,
+            suppressed = stats.suppressed,
+            "changes published"
+        );
     }
     Ok(())
 }

@@ -1,7 +1,14 @@
-//! One detection pass over one feed: read pages from the cursor until caught
-//! up, drop echoes, publish the rest with confirms, and only then move the
-//! cursor (I1). The lane is chosen once per pass (R7): a pass that finds more
-//! changes than the connection's threshold sends all of them to the batch lane.
+//! One detection pass over a connection: read each feed from its cursor
+//! until caught up, drop echoes, publish the rest with confirms, and only then
+//! move the cursor (I1).
+//!
+//! The lane is chosen once per pass, for the connection as a whole (R7): the
+//! first page of every feed that holds real changes is read before anything
+//! is published, and if together they hold more than the connection's
+//! threshold (400 by default), the whole pass goes to the batch lane. A first
+//! page reads at least threshold + 1 records, so a burst on one feed is always
+//! counted in full. Pages that hold only echoes of the engine's own writes are
+//! passed over (and their cursor moved) without counting.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,7 +21,7 @@ use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, Lane};
 use crmsync_infra::amqp::{Outgoing, Publisher, Stage, Topology};
 use crmsync_infra::worker::StageError;
-use crmsync_store::feeds;
+use crmsync_store::feeds::{self, Lease};
 use crmsync_store::identities::{self, IdentityRow, Keys};
 use sqlx::PgPool;
 use tracing::{debug, info};
@@ -30,6 +37,7 @@ pub struct PassStats {
     pub published: usize,
     pub suppressed: usize,
     pub messages: usize,
+    pub lane: Option<Lane>,
 }
 
 /// What a pass needs from its tier.
@@ -57,6 +65,9 @@ async fn identities_of(pool: &PgPool, connection_id: &str, records: &[SourceReco
             SourceRecord::Mirror(_) => {}
         }
     }
+    if keys.prospect_ids.is_empty() && keys.crm_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
     let rows = identities::find(pool, connection_id, &keys, true).await?;
     let mut out = HashMap::new();
     for row in rows {
@@ -78,85 +89,132 @@ fn key_of(r: &SourceRecord) -> String {
     }
 }
 
-/// Runs one pass over `feed` of one connection. Returns `None` when another
-/// replica holds the feed's lease.
-pub async fn run_pass(
-    ctx: &PassContext<'_>,
-    connection_id: &str,
-    settings: &ConnectionSettings,
-    systems: &Systems,
-    feed: &Feed,
-) -> Result<Option<PassStats>, StageError> {
-    let name = feed.name();
-    let Some(mut lease) = feeds::lease(ctx.pool, connection_id, &name, ctx.owner, ctx.lease_ttl).await? else {
-        return Ok(None);
-    };
-    let mut stats = PassStats::default();
-    let mut cursor: Option<Cursor> = lease.cursor.clone().map(Cursor);
-    let me = feed.integration_user(systems).to_owned();
-    // The first page reads one past the threshold, which is enough to tell
-    // whether this pass is a batch.
-    let first_limit = ctx.page_size.max(settings.batch_threshold + 1);
-    let mut lane: Option<Lane> = None;
-    loop {
-        let limit = if lane.is_none() { first_limit } else { ctx.page_size };
-        let (records, next, has_more) = feed.page(systems, cursor.as_ref(), limit).await?;
-        if records.is_empty() {
-            break;
-        }
-        let lane = *lane.get_or_insert_with(|| {
-            let seen = if has_more { settings.batch_threshold + 1 } else { records.len() };
-            Lane::for_pass(seen, settings.batch_threshold)
+/// A page read and filtered, not yet published.
+#[derive(Debug)]
+struct Page {
+    keep: Vec<SourceRecord>,
+    dropped: usize,
+    next: Cursor,
+    has_more: bool,
+}
+
+/// A feed this replica holds the lease of, during a pass.
+#[derive(Debug)]
+struct Held {
+    feed: Feed,
+    name: String,
+    lease: Lease,
+    cursor: Option<Cursor>,
+    me: String,
+    /// Still reading (the lease holds and changes remain).
+    open: bool,
+}
+
+async fn read(ctx: &PassContext<'_>, connection_id: &str, settings: &ConnectionSettings, systems: &Systems, h: &Held, limit: usize) -> Result<Page, StageError> {
+    let (records, next, has_more) = h.feed.page(systems, h.cursor.as_ref(), limit).await?;
+    let known = identities_of(ctx.pool, connection_id, &records).await?;
+    let total = records.len();
+    let keep: Vec<SourceRecord> = records.into_iter().filter(|r| worth_publishing(r, known.get(&key_of(r)), &settings.field_map, &h.me)).collect();
+    Ok(Page { dropped: total - keep.len(), keep, next, has_more })
+}
+
+/// Publishes a page in `lane`, confirmed, then moves the feed's cursor.
+/// False if the lease was lost meanwhile (another replica took the feed; it
+/// starts from the old cursor, so nothing is lost, at worst sent twice).
+async fn publish(ctx: &PassContext<'_>, connection_id: &str, h: &mut Held, page: Page, lane: Lane, stats: &mut PassStats) -> Result<bool, StageError> {
+    let detected_at = Utc::now();
+    let mut out = Vec::new();
+    for chunk in page.keep.chunks(ctx.records_per_message.max(1)) {
+        let batch = ChangeBatch {
+            v: MESSAGE_VERSION,
+            batch_id: Uuid::now_v7(),
+            connection_id: connection_id.to_owned(),
+            lane,
+            detected_at,
+            changes: chunk.iter().map(|r| Change { change_id: Uuid::now_v7(), record: r.clone() }).collect(),
+        };
+        out.push(Outgoing {
+            routing_key: Topology::routing_key(Stage::Match, lane, connection_id),
+            body: messages::encode(&batch),
+            message_id: batch.batch_id.to_string(),
+            headers: vec![("x-connection-id".into(), connection_id.to_owned()), ("x-lane".into(), lane.as_str().into())],
         });
-        stats.detected += records.len();
-        let known = identities_of(ctx.pool, connection_id, &records).await?;
-        let (keep, dropped): (Vec<SourceRecord>, Vec<SourceRecord>) =
-            records.into_iter().partition(|r| worth_publishing(r, known.get(&key_of(r)), &settings.field_map, &me));
-        let detected_at = Utc::now();
-        let mut out = Vec::new();
-        for chunk in keep.chunks(ctx.records_per_message.max(1)) {
-            let batch = ChangeBatch {
-                v: MESSAGE_VERSION,
-                batch_id: Uuid::now_v7(),
-                connection_id: connection_id.to_owned(),
-                lane,
-                detected_at,
-                changes: chunk.iter().map(|r| Change { change_id: Uuid::now_v7(), record: r.clone() }).collect(),
-            };
-            out.push(Outgoing {
-                routing_key: Topology::routing_key(Stage::Match, lane),
-                body: messages::encode(&batch),
-                message_id: batch.batch_id.to_string(),
-                headers: vec![("x-connection-id".into(), connection_id.to_owned()), ("x-lane".into(), lane.as_str().into())],
-            });
+    }
+    stats.messages += out.len();
+    // Confirmed by the broker before the cursor moves: a crash in between
+    // publishes the page again, never skips it.
+    ctx.publisher.publish_confirmed(out).await?;
+    let counts = feeds::Counts { published: page.keep.len() as i64, suppressed: page.dropped as i64, batch: lane == Lane::Batch };
+    if !feeds::advance(ctx.pool, connection_id, &h.name, ctx.owner, h.lease.token, &page.next.0, counts).await? {
+        info!(connection_id, feed = %h.name, "feed lease lost during a pass; stopping it");
+        h.open = false;
+        return Ok(false);
+    }
+    stats.published += page.keep.len();
+    stats.suppressed += page.dropped;
+    h.cursor = Some(page.next);
+    h.open = page.has_more;
+    Ok(true)
+}
+
+/// Runs one pass over every feed of a connection this replica can lease.
+pub async fn run_pass(ctx: &PassContext<'_>, connection_id: &str, settings: &ConnectionSettings, systems: &Systems) -> Result<PassStats, StageError> {
+    let mut held = Vec::new();
+    for feed in Feed::for_connection(settings) {
+        let name = feed.name();
+        if let Some(lease) = feeds::lease(ctx.pool, connection_id, &name, ctx.owner, ctx.lease_ttl).await? {
+            let me = feed.integration_user(systems).to_owned();
+            held.push(Held { cursor: lease.cursor.clone().map(Cursor), feed, name, lease, me, open: true });
         }
-        stats.messages += out.len();
-        // Confirmed by the broker before the cursor moves: a crash in between
-        // publishes the page again, never skips it.
-        ctx.publisher.publish_confirmed(out).await?;
-        let advanced =
-            feeds::advance(ctx.pool, connection_id, &name, ctx.owner, lease.token, &next.0, keep.len() as i64, dropped.len() as i64)
-                .await?;
-        if !advanced {
-            // Another replica took the feed while we worked; it starts from
-            // the old cursor, so nothing is lost (at worst published twice).
-            info!(connection_id, feed = %name, "feed lease lost during a pass; stopping");
-            break;
+    }
+    let mut stats = PassStats::default();
+    // First pages with real changes, to choose the lane.
+    let first_limit = ctx.page_size.max(settings.batch_threshold + 1);
+    let mut first: Vec<Option<Page>> = Vec::with_capacity(held.len());
+    for h in held.iter_mut() {
+        let mut found = None;
+        while h.open {
+            let page = read(ctx, connection_id, settings, systems, h, first_limit).await?;
+            stats.detected += page.keep.len() + page.dropped;
+            if !page.keep.is_empty() {
+                found = Some(page);
+                break;
+            }
+            // Only echoes (or nothing): pass them over at once.
+            if page.dropped == 0 {
+                h.open = false;
+                break;
+            }
+            publish(ctx, connection_id, h, page, Lane::Immediate, &mut stats).await?;
         }
-        stats.published += keep.len();
-        stats.suppressed += dropped.len();
-        cursor = Some(next);
-        if !has_more {
-            break;
+        first.push(found);
+    }
+    let changes: usize = first.iter().flatten().map(|p| p.keep.len()).sum();
+    let lane = Lane::for_pass(changes, settings.batch_threshold);
+    if changes > 0 {
+        stats.lane = Some(lane);
+    }
+    for (h, page) in held.iter_mut().zip(first) {
+        if let Some(page) = page {
+            publish(ctx, connection_id, h, page, lane, &mut stats).await?;
         }
-        // Long passes keep their lease alive.
-        match feeds::lease(ctx.pool, connection_id, &name, ctx.owner, ctx.lease_ttl).await? {
-            Some(l) if l.token == lease.token => lease = l,
-            _ => break,
+        // The rest of the pass follows the lane chosen.
+        while h.open {
+            let page = read(ctx, connection_id, settings, systems, h, ctx.page_size).await?;
+            stats.detected += page.keep.len() + page.dropped;
+            if page.keep.is_empty() && page.dropped == 0 {
+                break;
+            }
+            publish(ctx, connection_id, h, page, lane, &mut stats).await?;
+            // Long passes keep their leases alive.
+            match feeds::lease(ctx.pool, connection_id, &h.name, ctx.owner, ctx.lease_ttl).await? {
+                Some(l) if l.token == h.lease.token => h.lease = l,
+                _ => h.open = false,
+            }
         }
     }
     if stats.detected > 0 {
-        debug!(connection_id, feed = %name, ?stats, "pass done");
+        debug!(connection_id, ?stats, "pass done");
     }
-    Ok(Some(stats))
+    Ok(stats)
 }

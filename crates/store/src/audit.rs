@@ -64,3 +64,14 @@ pub async fn action_counts<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> R
         .fetch_all(e)
         .await
 }
+
+/// Which of these changes a stage has already finished (a redelivered
+/// message's records, say).
+pub async fn finished<'e>(e: impl PgExecutor<'e>, connection_id: &str, stage: &str, change_ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT change_id FROM audit_log WHERE connection_id = $1 AND stage = $2 AND change_id = ANY($3)")
+        .bind(connection_id)
+        .bind(stage)
+        .bind(change_ids)
+        .fetch_all(e)
+        .await
+}

@@ -43,22 +43,25 @@ pub async fn lease(pool: &PgPool, connection_id: &str, feed: &str, owner: &str, 
     Ok(row.map(|r| Lease { token: r.get("lease_token"), cursor: r.get("cursor") }))
 }
 
+/// What a confirmed page held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Changes published.
+    pub published: i64,
+    /// Echoes of the engine's own writes, dropped.
+    pub suppressed: i64,
+    /// The page went to the batch lane.
+    pub batch: bool,
+}
+
 /// Moves the cursor after a page was confirmed by the broker, counting what
-/// was published and what was suppressed as the engine's own writes. Returns
-/// false if the lease was lost meanwhile (nothing is changed then).
-#[allow(clippy::too_many_arguments)]
-pub async fn advance(
-    pool: &PgPool,
-    connection_id: &str,
-    feed: &str,
-    owner: &str,
-    token: i64,
-    cursor: &Value,
-    published: i64,
-    suppressed: i64,
-) -> Result<bool, sqlx::Error> {
+/// was published (and to which lane) and what was dropped as the engine's
+/// own writes. Returns false if the lease was lost meanwhile (nothing is
+/// changed then).
+pub async fn advance(pool: &PgPool, connection_id: &str, feed: &str, owner: &str, token: i64, cursor: &Value, counts: Counts) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE feeds SET cursor = $5, published = published + $6, suppressed = suppressed + $7, polled_at = now() \
+        "UPDATE feeds SET cursor = $5, published = published + $6, suppressed = suppressed + $7, \
+            published_batch = published_batch + CASE WHEN $8 THEN $6 ELSE 0 END, polled_at = now() \
          WHERE connection_id = $1 AND feed = $2 AND lease_owner = $3 AND lease_token = $4",
     )
     .bind(connection_id)
@@ -66,8 +69,9 @@ pub async fn advance(
     .bind(owner)
     .bind(token)
     .bind(cursor)
-    .bind(published)
-    .bind(suppressed)
+    .bind(counts.published)
+    .bind(counts.suppressed)
+    .bind(counts.batch)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

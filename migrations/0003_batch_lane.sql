@@ -1,0 +1,4 @@
+-- The batch lane (R7): what each feed sent to it, and a fast count of what
+-- the lane processed in the last hour.
+ALTER TABLE feeds ADD COLUMN published_batch bigint NOT NULL DEFAULT 0;
+CREATE INDEX audit_log_lane ON audit_log (connection_id, lane, at);

@@ -1,0 +1,6 @@
+//! The `crmsync` command, built inside the test package so that tests can
+//! start tiers as separate processes.
+
+fn main() -> std::process::ExitCode {
+    crmsync_cli::main()
+}

@@ -1,0 +1,155 @@
+//! The two lanes and the batch budget (R7, I4), through the real tiers.
+//!
+//! Rates are worked out from the audit log (one row per record, stamped when
+//! its write committed) and compared with the budget as ratios over the
+//! run, so a slow or busy machine makes a run longer, not a test fail.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
+use crmsync_sandbox::ops::{Sandbox, System};
+use crmsync_store::connections;
+use crmsync_tests::{TestApp, Tier};
+
+/// Commits `n` new prospects in one transaction, so that one detection pass
+/// finds them all.
+async fn burst(app: &TestApp, tenant: &str, n: i64, tag: &str) {
+    let sb = Sandbox::new(app.pool.clone(), tenant);
+    let admin = sb.admin(System::Ma).await.unwrap();
+    sqlx::query(
+        "INSERT INTO ma.prospects (tenant, email, last_name, last_modified_by) \
+         SELECT $1, $2 || '.' || g || '@burst.example', 'Burst', $3 FROM generate_series(1, $4) g",
+    )
+    .bind(tenant)
+    .bind(tag)
+    .bind(&admin)
+    .bind(n)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+/// Records applied per lane.
+async fn per_lane(app: &TestApp, connection: &str) -> BTreeMap<String, i64> {
+    sqlx::query_as("SELECT lane, count(*) FROM audit_log WHERE connection_id = $1 AND stage = 'apply' GROUP BY lane")
+        .bind(connection)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// When each batch-lane record of a connection was applied, in seconds.
+async fn batch_times(app: &TestApp, connection: &str) -> Vec<f64> {
+    sqlx::query_scalar(
+        "SELECT extract(epoch FROM at)::float8 FROM audit_log WHERE connection_id = $1 AND stage = 'apply' AND lane = 'batch' ORDER BY at",
+    )
+    .bind(connection)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+/// How a run used its budget.
+#[derive(Debug)]
+struct Usage {
+    records: usize,
+    seconds: f64,
+    /// Records over what the budget allowed in the run (burst included).
+    over: f64,
+    /// Records processed / records the budget allowed while the backlog lasted.
+    used: f64,
+}
+
+fn usage(times: &[f64], per_second: f64, burst: f64) -> Usage {
+    let seconds = times.last().unwrap() - times.first().unwrap();
+    let allowed = per_second * seconds;
+    let records = times.len();
+    Usage { records, seconds, over: records as f64 - (allowed + burst), used: (records as f64 - burst) / allowed }
+}
+
+async fn pace(app: &TestApp, connection: &str, per_hour: u32, burst: u32, threshold: usize) {
+    let mut s = connections::load(&app.pool, connection).await.unwrap();
+    s.batch_budget_per_hour = per_hour;
+    s.batch_burst = burst;
+    s.batch_threshold = threshold;
+    connections::save(&app.pool, connection, &s).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_the_threshold_goes_to_the_batch_lane_and_up_to_it_to_the_immediate_lane() {
+    let mut app = TestApp::spawn().await;
+    // The default threshold, and a budget fast enough for a test.
+    pace(&app, "default", 3_600_000, 50, 400).await;
+    app.start_pipeline(1, 1);
+    burst(&app, "default", 400, "four-hundred").await;
+    app.settle().await;
+    assert_eq!(per_lane(&app, "default").await, BTreeMap::from([("immediate".into(), 400)]));
+    burst(&app, "default", 401, "four-hundred-one").await;
+    app.settle().await;
+    assert_eq!(per_lane(&app, "default").await, BTreeMap::from([("immediate".into(), 400), ("batch".into(), 401)]));
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_applier_processes_keep_to_one_budget_and_use_it_even_when_one_is_killed() {
+    let mut app = TestApp::spawn().await;
+    // 50 records a second, bursts of 5.
+    pace(&app, "default", 180_000, 5, 10).await;
+    app.start(Tier::Producer);
+    app.start(Tier::Matcher);
+    let mut appliers: Vec<_> = (0..3).map(|_| app.spawn_process(crmsync_tests::crmsync_exe!(), Tier::Applier)).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    burst(&app, "default", 600, "budget").await;
+    // Mid-run, one replica dies without a word.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    appliers[0].kill().await;
+    app.settle().await;
+    let times = batch_times(&app, "default").await;
+    let u = usage(&times, 50.0, 5.0);
+    assert_eq!(u.records, 600, "every record processed once: {u:?}");
+    assert!(u.over <= 1.0, "the three replicas together stay within the budget: {u:?}");
+    assert!(u.used >= 0.95, "and use at least 95% of it while the backlog lasts: {u:?}");
+    for a in appliers.drain(1..) {
+        assert!(a.terminate().await, "a surviving replica drains and exits 0");
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connections_with_different_budgets_each_get_their_own_rate() {
+    let mut app = TestApp::spawn().await;
+    let second = ConnectionSettings {
+        ma: SystemEndpoint::Sandbox { tenant: "second".into() },
+        crm: SystemEndpoint::Sandbox { tenant: "second".into() },
+        ..ConnectionSettings::default()
+    };
+    connections::save(&app.pool, "second", &second).await.unwrap();
+    pace(&app, "default", 144_000, 4, 10).await; // 40 a second
+    pace(&app, "second", 36_000, 2, 10).await; // 10 a second
+    app.start_pipeline(1, 2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    burst(&app, "default", 240, "fast").await;
+    burst(&app, "second", 60, "slow").await;
+    let started = std::time::Instant::now();
+    // The slow connection's first records are not held behind the fast one's.
+    loop {
+        if !batch_times(&app, "second").await.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the second connection waited behind the first");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.settle().await;
+    let fast = usage(&batch_times(&app, "default").await, 40.0, 4.0);
+    let slow = usage(&batch_times(&app, "second").await, 10.0, 2.0);
+    assert_eq!((fast.records, slow.records), (240, 60));
+    for (name, u) in [("default", &fast), ("second", &slow)] {
+        assert!(u.over <= 1.0 && u.used >= 0.9, "{name} keeps to its own budget: {u:?}");
+    }
+    let ratio = (fast.records as f64 / fast.seconds) / (slow.records as f64 / slow.seconds);
+    assert!((3.5..4.5).contains(&ratio), "each at its own pace, 40/s and 10/s: {ratio:.2} ({fast:?} {slow:?})");
+    app.cleanup().await;
+}
