@@ -153,3 +153,79 @@ async fn two_connections_with_different_budgets_each_get_their_own_rate() {
     assert!((3.5..4.5).contains(&ratio), "each at its own pace, 40/s and 10/s: {ratio:.2} ({fast:?} {slow:?})");
     app.cleanup().await;
 }
+
+/// Reads a metrics endpoint (plain HTTP).
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return String::new() };
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_its_eta_and_the_budgets_use_are_shown_and_exported_as_metrics() {
+    let mut app = TestApp::spawn().await;
+    pace(&app, "default", 36_000, 2, 10).await; // 10 a second
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    app.config.telemetry.metrics_listen = Some(addr.clone());
+    app.start_pipeline(1, 1);
+    burst(&app, "default", 80, "shown").await;
+    let started = std::time::Instant::now();
+    let figures = loop {
+        let f = crmsync_applier::batch_figures(&app.pool, "default").await.unwrap();
+        if f.backlog >= 40 {
+            break f;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no backlog appeared: {f:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(figures.budget_per_hour, 36_000);
+    let per_record = figures.eta.as_secs_f64() / figures.backlog as f64;
+    assert!((per_record - 0.1).abs() < 1e-6, "the ETA is the backlog at the budget's pace: {figures:?}");
+    let metrics = loop {
+        let body = scrape(&addr).await;
+        if body.contains("crmsync_batch_backlog_records{connection=\"default\"}") {
+            break body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no batch metrics exported");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for name in ["crmsync_batch_budget_records_per_hour", "crmsync_batch_used_last_hour_records", "crmsync_batch_eta_seconds"] {
+        assert!(metrics.contains(&format!("{name}{{connection=\"default\"}}")), "{name} missing from\n{metrics}");
+    }
+    app.settle().await;
+    let done = crmsync_applier::batch_figures(&app.pool, "default").await.unwrap();
+    assert_eq!((done.backlog, done.used_last_hour), (0, 80), "{done:?}");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_immediate_lane_is_never_stuck_behind_the_batch_lane() {
+    let mut app = TestApp::spawn().await;
+    let lead = app.create_lead(&[("LastName", "Quick"), ("Company", "Co"), ("Email", "quick@lane.example")]).await;
+    let p = app.create_prospect(&[("email", "quick@lane.example"), ("crmLeadFid", &lead)]).await;
+    app.start_pipeline(1, 1);
+    app.settle().await;
+    pace(&app, "default", 36_000, 2, 10).await; // 10 a second
+    burst(&app, "default", 150, "slow-backlog").await;
+    let started = std::time::Instant::now();
+    while crmsync_applier::batch_figures(&app.pool, "default").await.unwrap().backlog < 100 {
+        assert!(started.elapsed() < Duration::from_secs(20), "no backlog appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One small change while the batch lane has a backlog of many seconds.
+    app.update(&crmsync_sandbox::schema::PROSPECT, &p.to_string(), &[("jobTitle", "Jumped the queue")]).await;
+    loop {
+        if app.show(&crmsync_sandbox::schema::LEAD, &lead).await["title"] == "Jumped the queue" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let backlog = crmsync_applier::batch_figures(&app.pool, "default").await.unwrap().backlog;
+    assert!(backlog > 0, "the immediate change landed while the batch lane still had {backlog} to do");
+    app.settle().await;
+    app.cleanup().await;
+}

@@ -16,8 +16,8 @@ use crmsync_infra::worker::StageError;
 use std::collections::HashSet;
 
 use crmsync_store::{audit, connections};
-use uuid::Uuid;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::process::Applier;
 
@@ -117,8 +117,8 @@ pub async fn export_figures(pool: PgPool, shutdown: CancellationToken) {
 mod tests {
     use chrono::Utc;
     use crmsync_domain::Lane;
-    use crmsync_domain::messages::{ApplyCommand, MESSAGE_VERSION, RecordRef};
     use crmsync_domain::merge::Side;
+    use crmsync_domain::messages::{ApplyCommand, MESSAGE_VERSION, RecordRef};
     use uuid::Uuid;
 
     use super::*;

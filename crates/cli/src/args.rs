@@ -45,6 +45,25 @@ pub enum Command {
     Sandbox(SandboxCmd),
     /// Run the demo: fresh database, seeded sandbox, all tiers, a report.
     Demo(DemoArgs),
+    /// Benchmarks that print figures (nothing is asserted).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// The batch budget with 1, 2 and 3 applier replicas: budget used, worst
+    /// one-second overshoot, ETA error.
+    Budget {
+        #[arg(long, default_value_t = 600)]
+        records: i64,
+        /// The budget in records a second (the default 12,000/hour is 3.3/s).
+        #[arg(long, default_value_t = 50)]
+        per_second: u32,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

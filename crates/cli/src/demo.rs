@@ -29,6 +29,12 @@ use crate::report;
 
 /// The connection the demo syncs.
 const CONNECTION: &str = "default";
+/// The batch budget during the demo's initial load (records an hour).
+const INITIAL_LOAD_BUDGET: u32 = 3_600_000;
+/// The batch budget while the demo shows a burst draining (10 a second).
+const BURST_BUDGET: u32 = 36_000;
+/// Where the first applier serves its metrics during the demo.
+const METRICS_ADDR: &str = "127.0.0.1:9464";
 
 /// `url` with its database name replaced by `name`.
 pub fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
@@ -278,6 +284,85 @@ async fn lifecycle_changes(pool: &PgPool, sb: &Sandbox) -> anyhow::Result<Vec<St
     Ok(done)
 }
 
+/// Records in the demo's burst (more than the 400 threshold).
+const BURST_SIZE: i64 = 450;
+
+/// Reads the first applier's metrics (plain HTTP, loopback).
+async fn scrape(prefix: &str) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(METRICS_ADDR).await else { return vec![] };
+    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await;
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body).await;
+    body.lines().filter(|l| l.starts_with(prefix)).map(str::to_owned).collect()
+}
+
+/// R7 on show: a burst over the threshold goes to the batch lane and drains
+/// at the budget's pace, with its backlog and ETA as an operator sees them.
+async fn burst(pool: &PgPool, probe: &Probe, tiers: &mut [Tier], logs: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let mut settings = connections::load(pool, CONNECTION).await?;
+    settings.batch_budget_per_hour = BURST_BUDGET;
+    connections::save(pool, CONNECTION, &settings).await?;
+    let admin: String = sqlx::query_scalar("SELECT id::text FROM ma.users WHERE tenant = 'default' AND email = 'admin@default.ma.invalid'")
+        .fetch_one(pool)
+        .await?;
+    let edited = sqlx::query(
+        "UPDATE ma.prospects p SET job_title = 'Burst ' || p.id, last_modified_by = $1 \
+         FROM (SELECT prospect_id FROM identities WHERE connection_id = $2 AND status = 'linked' ORDER BY prospect_id LIMIT $3) i \
+         WHERE p.id = i.prospect_id",
+    )
+    .bind(&admin)
+    .bind(CONNECTION)
+    .bind(BURST_SIZE)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    let bar = ProgressBar::new(edited);
+    bar.set_style(
+        ProgressStyle::with_template("  {spinner} [{elapsed_precise}] {bar:40.yellow/blue} {pos}/{len} batch-lane records  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let started = Instant::now();
+    let mut first_eta = None;
+    let mut shown_metrics = false;
+    loop {
+        check_alive(tiers, logs)?;
+        let f = crmsync_applier::batch_figures(pool, CONNECTION).await?;
+        if f.backlog > 0 && first_eta.is_none() {
+            first_eta = Some((f.backlog, f.eta));
+        }
+        bar.set_position(edited.saturating_sub(f.backlog as u64));
+        bar.set_message(format!("backlog {} · {}/hour · done in {}", f.backlog, f.budget_per_hour, crate::status::human(f.eta)));
+        if f.backlog > 50 && !shown_metrics && started.elapsed() > Duration::from_secs(6) {
+            shown_metrics = true;
+            bar.suspend(|| {
+                println!("   the same figures as Prometheus metrics (http://{METRICS_ADDR}/metrics):");
+            });
+            for line in scrape("crmsync_batch_").await {
+                bar.suspend(|| println!("     {line}"));
+            }
+        }
+        if first_eta.is_some() && probe.measure(CONNECTION).await?.idle() {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < timeout, "the burst did not drain within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bar.finish_and_clear();
+    let drained = started.elapsed();
+    if let Some((backlog, eta)) = first_eta {
+        println!(
+            "   backlog of {backlog} drained in {:.1} s; the first ETA said {:.1} s ({:+.0}%)",
+            drained.as_secs_f64(),
+            eta.as_secs_f64(),
+            100.0 * (eta.as_secs_f64() - drained.as_secs_f64()) / drained.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let base_url = config.database.url.expose_secret().to_owned();
@@ -312,6 +397,9 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         lookup_field: "Contact__c".into(),
         lookup_object: crmsync_domain::CrmObject::Contact,
     })?;
+    // The first load goes to the batch lane (it is far over 400 changes); an
+    // admin lifts the budget for it, as one would for an initial sync.
+    settings.batch_budget_per_hour = INITIAL_LOAD_BUDGET;
     connections::save(&pool, CONNECTION, &settings).await?;
     println!(
         "   MA: {} prospects ({} with their CRM id, {} of them 15-character; {} sharing only an email; {} new and assigned; {} unassigned; {} malformed; {} ambiguous)",
@@ -334,6 +422,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut tiers = Vec::new();
     for (tier, n) in [("producer", args.producers), ("matcher", args.matchers), ("applier", args.appliers)] {
         for i in 1..=n.max(1) {
+            let mut env = env.clone();
+            if tier == "applier" && i == 1 {
+                env.push(("CRMSYNC_TELEMETRY__METRICS_LISTEN", METRICS_ADDR.into()));
+            }
             tiers.push(spawn(&exe, tier, i, &env, &logs)?);
         }
     }
@@ -364,12 +456,15 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let p = settle(&probe, &mut tiers, &logs, timeout).await?;
     println!("   all {} changes synced {:.1} s after the first edit", p.finished - before, t.elapsed().as_secs_f64());
 
-    println!("4. Stopping the tiers (SIGTERM: drain, then exit)");
+    println!("4. A burst: {BURST_SIZE} prospect edits in one transaction go to the batch lane, paced at {BURST_BUDGET} records/hour");
+    burst(&pool, &probe, &mut tiers, &logs, timeout).await?;
+
+    println!("5. Stopping the tiers (SIGTERM: drain, then exit)");
     for (name, status) in stop(&mut tiers).await? {
         println!("   {name}: {status}");
     }
 
-    println!("5. Report");
+    println!("6. Report");
     let factory = SandboxFactory::new(pool.clone());
     let r = report::build(&pool, &factory, CONNECTION).await?;
     report::print(&r);

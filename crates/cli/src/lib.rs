@@ -2,6 +2,7 @@
 //! themselves live in their own crates and are only started from here.
 
 pub mod args;
+mod bench;
 pub mod demo;
 mod mirror_check;
 pub mod progress;
@@ -68,6 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Connection(cmd) => connection(&connect(&config).await?, cmd).await?,
         Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Demo(args) => return demo::run(&config, args).await,
+        Command::Bench(args::BenchCmd::Budget { records, per_second, out }) => bench::budget(&config, records, per_second, out).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

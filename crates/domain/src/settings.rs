@@ -115,7 +115,8 @@ impl ConnectionSettings {
                 self.batch_budget_per_hour = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| invalid("a positive whole number"))?;
             }
             "batch_burst" => {
-                self.batch_burst = value.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| invalid("a whole number from 1 to 1000"))?;
+                self.batch_burst =
+                    value.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| invalid("a whole number from 1 to 1000"))?;
             }
             _ => return Err(SettingError::Unknown(key.to_owned())),
         }

@@ -144,7 +144,13 @@ impl Topology {
             let dead = self.dead_queue(stage);
             channel.queue_declare(dead.clone().into(), qopts, self.queue_args(None)).await?;
             channel
-                .queue_bind(dead.into(), self.dead_exchange().into(), stage.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+                .queue_bind(
+                    dead.into(),
+                    self.dead_exchange().into(),
+                    stage.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await?;
         }
         for (stage, lane, _) in self.shared_queues() {

@@ -71,13 +71,16 @@ impl Pace {
 #[error("batch budget unavailable (redis: {0}); the batch lane waits")]
 pub struct BudgetError(#[from] redis::RedisError);
 
+/// This replica's limiter of one connection, with the pace it was built for.
+type Local = (Pace, Arc<DefaultDirectRateLimiter>);
+
 /// The budgets of every connection, as one replica sees them.
 #[derive(Clone)]
 pub struct BatchBudget {
     redis: ConnectionManager,
     prefix: String,
     gcra: Script,
-    local: Arc<Mutex<HashMap<String, (Pace, Arc<DefaultDirectRateLimiter>)>>>,
+    local: Arc<Mutex<HashMap<String, Local>>>,
 }
 
 impl std::fmt::Debug for BatchBudget {
@@ -115,14 +118,8 @@ impl BatchBudget {
         let interval = pace.interval().as_micros() as u64;
         loop {
             let mut conn = self.redis.clone();
-            let wait_us: u64 = self
-                .gcra
-                .key(self.key(connection_id))
-                .arg(interval)
-                .arg(pace.burst.max(1))
-                .arg(n)
-                .invoke_async(&mut conn)
-                .await?;
+            let wait_us: u64 =
+                self.gcra.key(self.key(connection_id)).arg(interval).arg(pace.burst.max(1)).arg(n).invoke_async(&mut conn).await?;
             if wait_us == 0 {
                 break;
             }

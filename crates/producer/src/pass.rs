@@ -110,18 +110,33 @@ struct Held {
     open: bool,
 }
 
-async fn read(ctx: &PassContext<'_>, connection_id: &str, settings: &ConnectionSettings, systems: &Systems, h: &Held, limit: usize) -> Result<Page, StageError> {
+async fn read(
+    ctx: &PassContext<'_>,
+    connection_id: &str,
+    settings: &ConnectionSettings,
+    systems: &Systems,
+    h: &Held,
+    limit: usize,
+) -> Result<Page, StageError> {
     let (records, next, has_more) = h.feed.page(systems, h.cursor.as_ref(), limit).await?;
     let known = identities_of(ctx.pool, connection_id, &records).await?;
     let total = records.len();
-    let keep: Vec<SourceRecord> = records.into_iter().filter(|r| worth_publishing(r, known.get(&key_of(r)), &settings.field_map, &h.me)).collect();
+    let keep: Vec<SourceRecord> =
+        records.into_iter().filter(|r| worth_publishing(r, known.get(&key_of(r)), &settings.field_map, &h.me)).collect();
     Ok(Page { dropped: total - keep.len(), keep, next, has_more })
 }
 
 /// Publishes a page in `lane`, confirmed, then moves the feed's cursor.
 /// False if the lease was lost meanwhile (another replica took the feed; it
 /// starts from the old cursor, so nothing is lost, at worst sent twice).
-async fn publish(ctx: &PassContext<'_>, connection_id: &str, h: &mut Held, page: Page, lane: Lane, stats: &mut PassStats) -> Result<bool, StageError> {
+async fn publish(
+    ctx: &PassContext<'_>,
+    connection_id: &str,
+    h: &mut Held,
+    page: Page,
+    lane: Lane,
+    stats: &mut PassStats,
+) -> Result<bool, StageError> {
     let detected_at = Utc::now();
     let mut out = Vec::new();
     for chunk in page.keep.chunks(ctx.records_per_message.max(1)) {
@@ -158,7 +173,12 @@ async fn publish(ctx: &PassContext<'_>, connection_id: &str, h: &mut Held, page:
 }
 
 /// Runs one pass over every feed of a connection this replica can lease.
-pub async fn run_pass(ctx: &PassContext<'_>, connection_id: &str, settings: &ConnectionSettings, systems: &Systems) -> Result<PassStats, StageError> {
+pub async fn run_pass(
+    ctx: &PassContext<'_>,
+    connection_id: &str,
+    settings: &ConnectionSettings,
+    systems: &Systems,
+) -> Result<PassStats, StageError> {
     let mut held = Vec::new();
     for feed in Feed::for_connection(settings) {
         let name = feed.name();

@@ -58,7 +58,15 @@ pub struct Counts {
 /// was published (and to which lane) and what was dropped as the engine's
 /// own writes. Returns false if the lease was lost meanwhile (nothing is
 /// changed then).
-pub async fn advance(pool: &PgPool, connection_id: &str, feed: &str, owner: &str, token: i64, cursor: &Value, counts: Counts) -> Result<bool, sqlx::Error> {
+pub async fn advance(
+    pool: &PgPool,
+    connection_id: &str,
+    feed: &str,
+    owner: &str,
+    token: i64,
+    cursor: &Value,
+    counts: Counts,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE feeds SET cursor = $5, published = published + $6, suppressed = suppressed + $7, \
             published_batch = published_batch + CASE WHEN $8 THEN $6 ELSE 0 END, polled_at = now() \

@@ -1,0 +1,198 @@
+//! `crmsync bench budget`: how well the batch lane keeps to its budget with
+//! 1, 2 and 3 applier replicas (separate processes): the share of the budget
+//! used while a backlog lasts, the worst overshoot in any one-second window,
+//! and the error of the ETA predicted at the start against the real drain
+//! time. Figures are printed, and written as JSON when asked; nothing is
+//! asserted: the machine's load moves them, ratios are what to compare.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crmsync_infra::{Config, db};
+use crmsync_sandbox::ops::{Sandbox, System};
+use crmsync_store::connections;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::process::Command;
+
+use crate::demo::{recreate_database, with_database};
+use crate::progress::Probe;
+
+/// One run's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetRun {
+    pub appliers: usize,
+    pub records: usize,
+    pub budget_per_second: f64,
+    pub burst: u32,
+    /// Records processed / records the budget allowed while the backlog lasted.
+    pub budget_used_percent: f64,
+    /// The most records in any one-second window, over the budget's second.
+    pub worst_second_records: usize,
+    pub worst_second_overshoot_records: f64,
+    pub predicted_drain_seconds: f64,
+    pub real_drain_seconds: f64,
+    pub eta_error_percent: f64,
+}
+
+fn worst_window(times: &[f64], window: f64) -> usize {
+    let mut worst = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] >= window {
+            start += 1;
+        }
+        worst = worst.max(end - start + 1);
+    }
+    worst
+}
+
+async fn batch_times(pool: &PgPool) -> anyhow::Result<Vec<f64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT extract(epoch FROM at)::float8 FROM audit_log WHERE connection_id = 'default' AND stage = 'apply' AND lane = 'batch' ORDER BY at",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+async fn one_run(
+    config: &Config,
+    base_url: &str,
+    appliers: usize,
+    records: i64,
+    per_second: u32,
+    logs: &Path,
+) -> anyhow::Result<BudgetRun> {
+    let name = "crmsync_bench";
+    recreate_database(base_url, name).await?;
+    let url = with_database(base_url, name)?;
+    let prefix = format!("crmsync-bench-{appliers}");
+    let mut config = config.clone();
+    config.database.url = url.clone().into();
+    config.amqp.prefix = prefix.clone();
+    config.redis.prefix = prefix.clone();
+    let pool = db::connect(&config.database).await?;
+    crate::migrate(&pool).await?;
+    let burst = 5;
+    let mut s = connections::load(&pool, "default").await?;
+    s.batch_budget_per_hour = per_second * 3600;
+    s.batch_burst = burst;
+    s.batch_threshold = 10;
+    connections::save(&pool, "default", &s).await?;
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for (tier, n) in [("producer", 1), ("matcher", 1), ("applier", appliers)] {
+        for i in 0..n {
+            let log = std::fs::File::create(logs.join(format!("budget-{appliers}-{tier}-{i}.log")))?;
+            children.push(
+                Command::new(&exe)
+                    .arg(tier)
+                    .env("CRMSYNC_DATABASE__URL", &url)
+                    .env("CRMSYNC_AMQP__PREFIX", &prefix)
+                    .env("CRMSYNC_REDIS__PREFIX", &prefix)
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()?,
+            );
+        }
+    }
+    let probe = Probe::new(&config, &pool).await?;
+    let ids = ["default".to_owned()];
+    probe.wait_idle(&ids, Duration::from_secs(60), |_| {}).await?;
+    let sb = Sandbox::new(pool.clone(), "default");
+    let admin = sb.admin(System::Ma).await?;
+    sqlx::query(
+        "INSERT INTO ma.prospects (email, last_name, last_modified_by) \
+         SELECT 'bench.' || g || '@budget.example', 'Bench', $1 FROM generate_series(1, $2) g",
+    )
+    .bind(&admin)
+    .bind(records)
+    .execute(&pool)
+    .await?;
+    // The ETA as an operator would read it once the backlog is known.
+    let started = Instant::now();
+    let predicted = loop {
+        let f = crmsync_applier::batch_figures(&pool, "default").await?;
+        if f.backlog as i64 >= records {
+            break f.eta.as_secs_f64();
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the burst never reached the batch lane");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let from = Instant::now();
+    probe.wait_idle(&ids, Duration::from_secs(600), |_| {}).await?;
+    let real = from.elapsed().as_secs_f64();
+    for c in &mut children {
+        let _ = c.kill().await;
+    }
+    let times = batch_times(&pool).await?;
+    pool.close().await;
+    let seconds = times.last().copied().unwrap_or(0.0) - times.first().copied().unwrap_or(0.0);
+    let allowed = f64::from(per_second) * seconds;
+    let worst = worst_window(&times, 1.0);
+    Ok(BudgetRun {
+        appliers,
+        records: times.len(),
+        budget_per_second: f64::from(per_second),
+        burst,
+        budget_used_percent: 100.0 * (times.len() as f64 - f64::from(burst)) / allowed.max(1.0),
+        worst_second_records: worst,
+        worst_second_overshoot_records: worst as f64 - f64::from(per_second),
+        predicted_drain_seconds: predicted,
+        real_drain_seconds: real,
+        eta_error_percent: 100.0 * (predicted - real) / real,
+    })
+}
+
+/// Runs the budget benchmark and prints (and optionally writes) its figures.
+pub async fn budget(config: &Config, records: i64, per_second: u32, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let base_url = config.database.url.expose_secret().to_owned();
+    let logs = PathBuf::from(".bench/logs");
+    std::fs::create_dir_all(&logs)?;
+    println!("batch budget: {records} records at {per_second}/s (burst 5), applier replicas as separate processes");
+    println!("| appliers | records | budget used | worst 1 s window | overshoot | ETA predicted | drained in | ETA error |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut runs = Vec::new();
+    for appliers in 1..=3 {
+        let r = one_run(config, &base_url, appliers, records, per_second, &logs)
+            .await
+            .with_context(|| format!("run with {appliers} appliers"))?;
+        println!(
+            "| {} | {} | {:.1}% | {} | {:+.0} | {:.1} s | {:.1} s | {:+.1}% |",
+            r.appliers,
+            r.records,
+            r.budget_used_percent,
+            r.worst_second_records,
+            r.worst_second_overshoot_records,
+            r.predicted_drain_seconds,
+            r.real_drain_seconds,
+            r.eta_error_percent
+        );
+        runs.push(r);
+    }
+    if let Some(path) = out {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&runs)?)?;
+        println!("written to {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worst_window;
+
+    #[test]
+    fn the_worst_window_counts_the_busiest_second() {
+        assert_eq!(worst_window(&[0.0, 0.1, 0.2, 1.5, 1.6], 1.0), 3);
+        assert_eq!(worst_window(&[0.0, 1.0, 2.0], 1.0), 1);
+        assert_eq!(worst_window(&[], 1.0), 0);
+    }
+}
