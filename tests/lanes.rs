@@ -209,11 +209,12 @@ async fn the_immediate_lane_is_never_stuck_behind_the_batch_lane() {
     let p = app.create_prospect(&[("email", "quick@lane.example"), ("crmLeadFid", &lead)]).await;
     app.start_pipeline(1, 1);
     app.settle().await;
-    pace(&app, "default", 36_000, 2, 10).await; // 10 a second
-    burst(&app, "default", 150, "slow-backlog").await;
+    // Two a second: 40 records keep the batch lane busy for 20 s.
+    pace(&app, "default", 7_200, 1, 10).await;
+    burst(&app, "default", 40, "slow-backlog").await;
     let started = std::time::Instant::now();
-    while crmsync_applier::batch_figures(&app.pool, "default").await.unwrap().backlog < 100 {
-        assert!(started.elapsed() < Duration::from_secs(20), "no backlog appeared");
+    while crmsync_applier::batch_figures(&app.pool, "default").await.unwrap().backlog == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no backlog appeared");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // One small change while the batch lane has a backlog of many seconds.

@@ -45,11 +45,9 @@ pub struct Applier {
     pub lock_timeout: Duration,
 }
 
-/// How an identity looks to the mirrors: linked or not, to which record.
-type MirrorView = (bool, Option<CrmId>);
-
-fn mirror_view(s: &State) -> MirrorView {
-    (s.status == IdentityStatus::Linked, s.crm.as_ref().map(|(_, c)| c.clone()))
+/// The CRM record the mirrors should show this identity linked to, if any.
+fn mirror_view(s: &State) -> Option<String> {
+    (s.status == IdentityStatus::Linked).then(|| s.crm.as_ref().map(|(_, c)| c.to_string())).flatten()
 }
 
 /// One identity being applied, with the commands that concern it.
@@ -57,7 +55,8 @@ struct Work<'a> {
     commands: Vec<&'a ApplyCommand>,
     token: i64,
     state: Option<State>,
-    before: Option<(MirrorView, Option<String>)>,
+    /// What the mirrors showed this identity linked to when last reconciled.
+    mirrored: Option<String>,
     crm: Option<CrmPlan>,
     ma: Option<MaPlan>,
     written: BTreeMap<&'static str, Vec<String>>,
@@ -205,8 +204,9 @@ impl Applier {
             .iter()
             .map(|(i, g)| {
                 let (id, commands) = &by_identity[*i];
-                let mut state = rows.remove(id).map(state_of);
-                let before = state.as_ref().map(|s| (mirror_view(s), s.email.clone()));
+                let row = rows.remove(id);
+                let mirrored = row.as_ref().and_then(|r| r.mirror_crm_id.clone());
+                let mut state = row.map(state_of);
                 let mut account_moved = false;
                 let mut email_move = None;
                 if let Some(s) = &mut state {
@@ -225,7 +225,7 @@ impl Applier {
                     commands: commands.clone(),
                     token: g.token,
                     state,
-                    before,
+                    mirrored,
                     crm: None,
                     ma: None,
                     written: BTreeMap::new(),
@@ -469,6 +469,7 @@ impl Applier {
                         ma_recycled: s.ma_recycled,
                         email: s.email.clone(),
                         crm_account_id: s.crm_account_id.clone(),
+                        mirror_crm_id: mirror_view(s),
                     };
                     // A refused save must not abort the others in this
                     // transaction: each identity saves under a savepoint.
@@ -504,13 +505,11 @@ impl Applier {
                             ));
                         }
                     }
-                    // Mirrors follow a changed link (R4-R6).
-                    let after = mirror_view(s);
-                    if let Some((before, _)) = &w.before
-                        && (*before != after || w.account_moved)
-                    {
-                        for id in before.1.iter().chain(after.1.iter()) {
-                            let key = MirrorKey::Person { id: id.clone() }.text();
+                    // Mirrors follow a changed link (R4-R6), whoever changed it.
+                    let now = mirror_view(s);
+                    if now != w.mirrored || w.account_moved {
+                        for id in w.mirrored.iter().chain(now.iter()).filter_map(|c| CrmId::parse(c).ok()) {
+                            let key = MirrorKey::Person { id }.text();
                             if !mirrors.contains(&key) {
                                 mirrors.push(key);
                             }

@@ -114,6 +114,7 @@ mod tests {
             ma_link_written: true,
             ma_recycled: false,
             crm_account_id: None,
+            mirror_crm_id: None,
         }
     }
 

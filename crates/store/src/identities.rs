@@ -28,6 +28,7 @@ pub struct IdentityRow {
     pub ma_link_written: bool,
     pub ma_recycled: bool,
     pub crm_account_id: Option<String>,
+    pub mirror_crm_id: Option<String>,
 }
 
 impl IdentityRow {
@@ -68,10 +69,10 @@ pub async fn find<'e>(
     with_fields: bool,
 ) -> Result<Vec<IdentityRow>, sqlx::Error> {
     let sql = if with_fields {
-        "SELECT id, status, prospect_id, crm_object, crm_id, email, owner_id, fields, ma_link_written, ma_recycled, crm_account_id FROM identities \
+        "SELECT id, status, prospect_id, crm_object, crm_id, email, owner_id, fields, ma_link_written, ma_recycled, crm_account_id, mirror_crm_id FROM identities \
          WHERE connection_id = $1 AND (id = ANY($2) OR prospect_id = ANY($3) OR crm_id = ANY($4) OR email = ANY($5))"
     } else {
-        "SELECT id, status, prospect_id, crm_object, crm_id, email, owner_id, '{}'::jsonb AS fields, ma_link_written, ma_recycled, crm_account_id \
+        "SELECT id, status, prospect_id, crm_object, crm_id, email, owner_id, '{}'::jsonb AS fields, ma_link_written, ma_recycled, crm_account_id, mirror_crm_id \
          FROM identities \
          WHERE connection_id = $1 AND (id = ANY($2) OR prospect_id = ANY($3) OR crm_id = ANY($4) OR email = ANY($5))"
     };
@@ -178,6 +179,7 @@ pub struct Applied {
     pub ma_recycled: bool,
     pub email: Option<String>,
     pub crm_account_id: Option<String>,
+    pub mirror_crm_id: Option<String>,
 }
 
 /// Stores what the applier did to an identity.
@@ -185,7 +187,7 @@ pub async fn save_applied<'e>(e: impl PgExecutor<'e>, connection_id: &str, a: &A
     let result = sqlx::query(
         "UPDATE identities SET \
             status = $3, prospect_id = $4, crm_object = $5, crm_id = $6, fields = $7, ma_link_written = $8, \
-            ma_recycled = $10, email = $11, crm_account_id = $12, fence = $9, updated_at = now(), \
+            ma_recycled = $10, email = $11, crm_account_id = $12, mirror_crm_id = $13, fence = $9, updated_at = now(), \
             linked_at = CASE WHEN $3 = 'linked' AND linked_at IS NULL THEN now() ELSE linked_at END \
          WHERE connection_id = $1 AND id = $2 AND fence < $9",
     )
@@ -201,6 +203,7 @@ pub async fn save_applied<'e>(e: impl PgExecutor<'e>, connection_id: &str, a: &A
     .bind(a.ma_recycled)
     .bind(&a.email)
     .bind(&a.crm_account_id)
+    .bind(&a.mirror_crm_id)
     .execute(e)
     .await;
     settle(result)
