@@ -21,13 +21,19 @@ use uuid::Uuid;
 
 use crate::process::Applier;
 
-/// Splits a batch into chunks of at most `size` commands or mirrors each.
+/// Splits a batch into chunks of at most `size` commands, mirrors or CSQLs each.
 fn chunks(batch: &ApplyBatch, size: usize) -> Vec<ApplyBatch> {
     let size = size.max(1);
-    let empty = ApplyBatch { commands: Vec::new(), mirrors: Vec::new(), ..batch.clone() };
+    let empty = ApplyBatch { commands: Vec::new(), mirrors: Vec::new(), csqls: Vec::new(), ..batch.clone() };
     let mut out: Vec<ApplyBatch> = batch.commands.chunks(size).map(|c| ApplyBatch { commands: c.to_vec(), ..empty.clone() }).collect();
     out.extend(batch.mirrors.chunks(size).map(|m| ApplyBatch { mirrors: m.to_vec(), ..empty.clone() }));
+    out.extend(batch.csqls.chunks(size).map(|q| ApplyBatch { csqls: q.to_vec(), ..empty.clone() }));
     out
+}
+
+/// How many records a batch holds, as the budget counts them.
+fn records(batch: &ApplyBatch) -> usize {
+    batch.commands.len() + batch.mirrors.len() + batch.csqls.len()
 }
 
 /// Applies a batch-lane message at its connection's budget. Records already
@@ -36,15 +42,22 @@ fn chunks(batch: &ApplyBatch, size: usize) -> Vec<ApplyBatch> {
 pub async fn process_paced(applier: &Applier, budget: &BatchBudget, batch: &ApplyBatch) -> Result<(), StageError> {
     let settings = connections::load(&applier.pool, &batch.connection_id).await.map_err(|e| StageError::Retry(e.to_string()))?;
     let pace = Pace { per_hour: settings.batch_budget_per_hour, burst: settings.batch_burst };
-    let ids: Vec<Uuid> = batch.commands.iter().map(|c| c.command_id).chain(batch.mirrors.iter().map(|m| m.command_id)).collect();
+    let ids: Vec<Uuid> = batch
+        .commands
+        .iter()
+        .map(|c| c.command_id)
+        .chain(batch.mirrors.iter().map(|m| m.command_id))
+        .chain(batch.csqls.iter().map(|q| q.command_id))
+        .collect();
     let done: HashSet<Uuid> = audit::finished(&applier.pool, &batch.connection_id, "apply", &ids).await?.into_iter().collect();
     let todo = ApplyBatch {
         commands: batch.commands.iter().filter(|c| !done.contains(&c.command_id)).cloned().collect(),
         mirrors: batch.mirrors.iter().filter(|m| !done.contains(&m.command_id)).cloned().collect(),
+        csqls: batch.csqls.iter().filter(|q| !done.contains(&q.command_id)).cloned().collect(),
         ..batch.clone()
     };
     for chunk in chunks(&todo, pace.burst as usize) {
-        let n = (chunk.commands.len() + chunk.mirrors.len()) as u32;
+        let n = records(&chunk) as u32;
         budget.take(&batch.connection_id, pace, n).await.map_err(|e| StageError::Retry(e.to_string()))?;
         applier.process(&chunk).await?;
     }
@@ -140,6 +153,7 @@ mod tests {
             lane: Lane::Batch,
             commands: (0..12).map(|_| command()).collect(),
             mirrors: vec![],
+            csqls: vec![],
         };
         let sizes: Vec<usize> = chunks(&batch, 5).iter().map(|c| c.commands.len()).collect();
         assert_eq!(sizes, [5, 5, 2]);

@@ -9,6 +9,7 @@
 //! the locks' tokens, and the budget is shared through Redis.
 
 mod batch;
+mod csql;
 mod mirrors;
 mod plan;
 mod process;
@@ -57,6 +58,8 @@ impl Handler for ApplyStage {
             lane = batch.lane.as_str(),
             batch_id = %batch.batch_id,
             commands = batch.commands.len(),
+            mirrors = batch.mirrors.len(),
+            csqls = batch.csqls.len(),
         );
         match batch.lane {
             Lane::Immediate => self.applier.process(&batch).instrument(span).await,

@@ -9,13 +9,13 @@
 //! any order. A person key expands into the mirrors tied to that person.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crmsync_connector::{MirrorWrite, Systems, WriteOutcome};
 use crmsync_domain::mirror::{self, CrmObjectRecord, MirrorKey, MirrorKind, MirrorObject, MirrorPlan};
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, CrmObject};
-use crmsync_infra::locks::{LockKind, Locks, pause_before_retry};
+use crmsync_infra::locks::{LockKind, Locks};
 use crmsync_infra::worker::StageError;
 use crmsync_store::identities;
 use sqlx::PgPool;
@@ -82,14 +82,8 @@ impl Reconciler<'_> {
     /// Reconciles one mirror key under its lock.
     async fn locked(&self, key: &MirrorKey) -> Result<(Reconciled, Vec<MirrorKey>), StageError> {
         let lock_key = self.locks.key(self.connection_id, LockKind::Mirror, &key.text());
-        let deadline = Instant::now() + self.lock_timeout;
-        let guard = loop {
-            if let Some(g) = self.locks.try_acquire(std::slice::from_ref(&vec![lock_key.clone()])).await?.pop().flatten() {
-                break g;
-            }
-            if pause_before_retry(deadline).await.is_err() {
-                return Err(StageError::Retry(format!("mirror {} stayed locked", key.text())));
-            }
+        let Some(guard) = self.locks.acquire_within(&lock_key, self.lock_timeout).await? else {
+            return Err(StageError::Retry(format!("mirror {} stayed locked", key.text())));
         };
         let result = self.reconcile(key, guard.token).await;
         self.locks.release(&[guard]).await?;

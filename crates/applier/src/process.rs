@@ -1,6 +1,6 @@
 //! The applier's unit of work: one [`ApplyBatch`] in; field behaviours
 //! applied, targets written in batches, state, audit and errors stored,
-//! mirrors reconciled.
+//! mirrors reconciled, CSQLs written (see `csql`).
 //!
 //! Per identity, under its Redis lock: merge the commands' edits into the
 //! stored per-field versions (I3), plan the writes, write the CRM first (a
@@ -183,7 +183,8 @@ impl Applier {
                 .collect();
             audit::insert_many(&self.pool, &batch.connection_id, &audits).await?;
         }
-        Ok(())
+        // CSQLs to the CRM (R9).
+        self.apply_csqls(batch, &systems).await
     }
 
     /// Applies the identities whose locks are held.
@@ -281,6 +282,7 @@ impl Applier {
                             target: p.target.clone(),
                             fields: p.fields.iter().map(|f| (f.api.clone(), f.value.clone())).collect(),
                             owner_id: p.owner.clone(),
+                            act_as: None,
                             fence: Some(work[i].token),
                         }
                     })

@@ -15,6 +15,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use crmsync_domain::csql::{CsqlRecord, CsqlRecordType};
 use crmsync_domain::mirror::{CrmObjectRecord, MirrorKind, MirrorObject, MirrorPlan};
 use crmsync_domain::records::{CrmPersonRecord, ProspectRecord};
 use crmsync_domain::settings::ConnectionSettings;
@@ -99,6 +100,9 @@ pub struct CrmWrite {
     pub target: CrmTarget,
     pub fields: FieldValues,
     pub owner_id: Option<CrmId>,
+    /// Write as this CRM user (a CSM's "logged-in" sync) instead of the
+    /// integration user; refused if that user may not use the API.
+    pub act_as: Option<CrmId>,
     pub fence: Option<i64>,
 }
 
@@ -176,8 +180,9 @@ pub trait CrmApi: Send + Sync + Debug {
     /// Live leads and contacts whose email is one of `emails`.
     async fn people_by_email(&self, emails: &[Email]) -> Result<Vec<CrmPersonRecord>, ConnectorError>;
 
-    /// One outcome per write, in order. At most 200 writes per call, as with
-    /// sObject Collections; callers chunk.
+    /// Writes leads, contacts or opportunities; one outcome per write, in
+    /// order. At most 200 writes per call, as with sObject Collections;
+    /// callers chunk.
     async fn write_people(&self, object: CrmObject, writes: &[CrmWrite]) -> Result<Vec<WriteOutcome>, ConnectorError>;
 
     /// Live leads or contacts whose `field` holds one of `values` (SOQL
@@ -200,6 +205,57 @@ pub trait CrmApi: Send + Sync + Debug {
     async fn objects_where(&self, object: &MirrorObject, field: &str, values: &[String]) -> Result<Vec<CrmObjectRecord>, ConnectorError>;
 }
 
+/// What a CSQL's sync did, reported on the CSQL for its CSM to see.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsqlStatus {
+    pub id: i64,
+    /// `synced` or `rejected`.
+    pub status: &'static str,
+    pub crm_id: Option<String>,
+    pub error: Option<String>,
+    pub fence: Option<i64>,
+}
+
+/// The customer-success platform (Gainsight): CSQLs (R9).
+#[async_trait]
+pub trait CsApi: Send + Sync + Debug {
+    /// The CS user the engine reports sync outcomes as.
+    fn integration_user(&self) -> &str;
+
+    /// The CRM user the CS platform writes CSQLs as under the `integration`
+    /// sync user: the platform's own connected user in the CRM org (not
+    /// crmsync's), so the MA sync sees those records as ordinary changes.
+    fn crm_integration_user(&self) -> &str;
+
+    /// CSQLs of the object for `kind` changed after `cursor`, with their
+    /// owner, creator and last saver (and those users' CRM users).
+    async fn csql_changes(
+        &self,
+        kind: CsqlRecordType,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<ChangePage<CsqlRecord>, ConnectorError>;
+
+    async fn csql_changes_pending(&self, kind: CsqlRecordType, cursor: Option<&Cursor>) -> Result<bool, ConnectorError>;
+
+    async fn csqls_by_id(&self, kind: CsqlRecordType, ids: &[i64]) -> Result<Vec<CsqlRecord>, ConnectorError>;
+
+    /// Live records in the object for `kind` (the guard on switching the target).
+    async fn csql_count(&self, kind: CsqlRecordType) -> Result<i64, ConnectorError>;
+
+    /// Reports sync outcomes on the CSQLs, as the integration user.
+    async fn write_csql_status(&self, kind: CsqlRecordType, statuses: &[CsqlStatus]) -> Result<Vec<WriteOutcome>, ConnectorError>;
+
+    /// Whether a renewal center is configured (its settings are then shared
+    /// with CSQLs synced as opportunities).
+    async fn renewal_center_configured(&self) -> Result<bool, ConnectorError>;
+
+    /// Applies a record-type switch to the CS configuration: with
+    /// opportunities and a renewal center, their stage and view settings
+    /// become one.
+    async fn switch_csql_record_type(&self, kind: CsqlRecordType) -> Result<(), ConnectorError>;
+}
+
 /// The largest batch [`CrmApi::write_people`] takes.
 pub const MAX_WRITES_PER_CALL: usize = 200;
 
@@ -208,6 +264,8 @@ pub const MAX_WRITES_PER_CALL: usize = 200;
 pub struct Systems {
     pub ma: Arc<dyn MaApi>,
     pub crm: Arc<dyn CrmApi>,
+    /// The CS platform, if the connection has one.
+    pub cs: Option<Arc<dyn CsApi>>,
 }
 
 /// Builds the systems a connection's settings point at.

@@ -13,10 +13,13 @@
 //!   versioned messages the tiers exchange.
 //! - [`mirror`]: read-only mirrors of accounts, opportunities and custom
 //!   objects, and who sees them (R4-R6).
+//! - [`csql`]: customer-success-qualified leads synced to the CRM, with the
+//!   sync options and their guards (R9).
 //! - [`settings`], [`lane`], [`sync_error`]: per-connection settings, lane choice
 //!   (R7) and the named sync-error categories (I6).
 
 pub mod creation;
+pub mod csql;
 pub mod email;
 pub mod ids;
 pub mod lane;

@@ -122,6 +122,9 @@ pub enum SkipReason {
     ConvertedLead,
     /// A prospect in the recycle bin (or a deleted CRM record) is not synced.
     Deleted,
+    /// CSQLs stay in the CS platform (`csql.target` is `cs`, or the CSQL is
+    /// of the record type not synced).
+    CsqlStaysInCs,
 }
 
 impl SkipReason {
@@ -131,6 +134,7 @@ impl SkipReason {
             SkipReason::NoEmail => "no_email",
             SkipReason::ConvertedLead => "converted_lead",
             SkipReason::Deleted => "deleted",
+            SkipReason::CsqlStaysInCs => "csql_stays_in_cs",
         }
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::Timestamp;
+use crate::csql::CsqlRecord;
 use crate::lane::Lane;
 use crate::merge::{Observation, Side};
 use crate::mirror::MirrorKey;
@@ -54,6 +55,34 @@ pub struct ApplyBatch {
     /// Mirrors to reconcile from the CRM (R4-R6).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorCommand>,
+    /// CSQLs to write to the CRM, or to report as refused (R9).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub csqls: Vec<CsqlCommand>,
+}
+
+/// Write a CSQL to the CRM as decided, or report its refusal on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CsqlCommand {
+    pub command_id: Uuid,
+    pub detected_at: Timestamp,
+    pub record: CsqlRecord,
+    pub decision: CsqlOutcome,
+}
+
+/// The matcher's decision on a CSQL, as carried to the applier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CsqlOutcome {
+    Sync {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        act_as: Option<crate::CrmId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<crate::CrmId>,
+        created_by: String,
+    },
+    Refuse {
+        issue: crate::SyncIssue,
+    },
 }
 
 /// Reconcile one mirror (or a person's related mirrors) from the CRM's
@@ -142,6 +171,7 @@ mod tests {
             lane: Lane::Immediate,
             commands: vec![],
             mirrors: vec![],
+            csqls: vec![],
         }
     }
 

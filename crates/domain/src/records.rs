@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Timestamp;
+use crate::csql::CsqlRecord;
 use crate::ids::CrmObject;
 use crate::mapping::FieldMap;
 use crate::merge::{Observation, Side};
@@ -113,6 +114,8 @@ pub enum SourceRecord {
     /// An account, opportunity, contact role or custom object record, which
     /// the MA mirrors read-only.
     Mirror(CrmObjectRecord),
+    /// A CSQL saved in the CS platform (R9).
+    Csql(CsqlRecord),
 }
 
 impl SourceRecord {
@@ -120,6 +123,17 @@ impl SourceRecord {
         match self {
             SourceRecord::Prospect(_) => Side::Ma,
             SourceRecord::Crm(_) | SourceRecord::Mirror(_) => Side::Crm,
+            // A CSQL is not a person of either side; it merges nothing, so
+            // the side only matters where a record is named (see `system`).
+            SourceRecord::Csql(_) => Side::Ma,
+        }
+    }
+
+    /// The system the record comes from, as the audit log names it.
+    pub fn system(&self) -> &'static str {
+        match self {
+            SourceRecord::Csql(_) => "cs",
+            other => other.side().as_str(),
         }
     }
 
@@ -129,6 +143,10 @@ impl SourceRecord {
             SourceRecord::Prospect(_) => "prospect",
             SourceRecord::Crm(r) => r.object.as_str(),
             SourceRecord::Mirror(r) => r.object.name(),
+            SourceRecord::Csql(r) => match r.record_type {
+                crate::csql::CsqlRecordType::Lead => "csql_lead",
+                crate::csql::CsqlRecordType::Opportunity => "csql_opportunity",
+            },
         }
     }
 
@@ -138,6 +156,7 @@ impl SourceRecord {
             SourceRecord::Prospect(p) => p.id.to_string(),
             SourceRecord::Crm(r) => r.id.clone(),
             SourceRecord::Mirror(r) => r.id.clone(),
+            SourceRecord::Csql(r) => r.id.to_string(),
         }
     }
 
@@ -146,6 +165,7 @@ impl SourceRecord {
             SourceRecord::Prospect(p) => (&p.fields, p.updated_at),
             SourceRecord::Crm(r) => (&r.fields, r.system_modstamp),
             SourceRecord::Mirror(r) => (&r.fields, r.system_modstamp),
+            SourceRecord::Csql(r) => (&r.fields, r.modstamp),
         }
     }
 
@@ -172,8 +192,9 @@ impl SourceRecord {
             SourceRecord::Crm(r) => {
                 map.for_object(r.object).filter(|(m, _)| m.accepts_edits_from(side)).filter_map(|(m, api)| named(&m.ma, api)).collect()
             }
-            // Mirrors are reconciled from the CRM, not merged field by field.
-            SourceRecord::Mirror(_) => Vec::new(),
+            // Mirrors are reconciled from the CRM, and CSQLs written to it
+            // whole: neither is merged field by field.
+            SourceRecord::Mirror(_) | SourceRecord::Csql(_) => Vec::new(),
         }
     }
 }

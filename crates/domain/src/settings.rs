@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
+use crate::csql::{CsqlRecordType, CsqlSettings, CsqlSyncUser, CsqlTarget};
 use crate::mapping::FieldMap;
 use crate::mirror::{CustomObject, CustomObjectError};
 
@@ -58,6 +59,11 @@ pub struct ConnectionSettings {
     /// applies: the budget's only burst.
     pub batch_burst: u32,
     pub field_map: FieldMap,
+    /// The customer-success platform, if the connection has one (R9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cs: Option<SystemEndpoint>,
+    /// How CSQLs sync (R9).
+    pub csql: CsqlSettings,
     /// CRM custom objects mirrored read-only into the MA (R6).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub custom_objects: Vec<CustomObject>,
@@ -75,6 +81,8 @@ impl Default for ConnectionSettings {
             batch_burst: DEFAULT_BATCH_BURST,
             field_map: FieldMap::default(),
             custom_objects: Vec::new(),
+            cs: None,
+            csql: CsqlSettings::default(),
             ma: SystemEndpoint::default(),
             crm: SystemEndpoint::default(),
         }
@@ -91,7 +99,8 @@ pub enum SettingError {
 }
 
 /// The settings `crmsync connection set` can change.
-pub const SETTABLE: &str = "auto_create_prospects, batch_threshold, batch_budget_per_hour, batch_burst";
+pub const SETTABLE: &str = "auto_create_prospects, batch_threshold, batch_budget_per_hour, batch_burst, cs (a sandbox CS tenant, or none), \
+     csql.target, csql.record_type, csql.sync_user";
 
 impl ConnectionSettings {
     /// Changes one setting from its textual form. Turning
@@ -113,6 +122,17 @@ impl ConnectionSettings {
             "batch_threshold" => self.batch_threshold = value.parse().map_err(|_| invalid("a whole number"))?,
             "batch_budget_per_hour" => {
                 self.batch_budget_per_hour = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| invalid("a positive whole number"))?;
+            }
+            // The CSQL options' values; their guards need the CS platform and
+            // are checked by whoever changes them (`crmsync connection set`).
+            "csql.target" => self.csql.target = CsqlTarget::parse(value).ok_or_else(|| invalid("cs or crm"))?,
+            "csql.record_type" => self.csql.record_type = CsqlRecordType::parse(value).ok_or_else(|| invalid("lead or opportunity"))?,
+            "csql.sync_user" => self.csql.sync_user = CsqlSyncUser::parse(value).ok_or_else(|| invalid("logged_in or integration"))?,
+            "cs" => {
+                self.cs = match value {
+                    "" | "none" => None,
+                    tenant => Some(SystemEndpoint::Sandbox { tenant: tenant.to_owned() }),
+                }
             }
             "batch_burst" => {
                 self.batch_burst =

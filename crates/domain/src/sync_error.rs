@@ -27,6 +27,8 @@ pub enum SyncErrorCategory {
     TargetRejected,
     /// The message could not be read at all.
     MalformedMessage,
+    /// A CSQL's sync is not permitted for the user who saved it (R9).
+    CsqlNotPermitted,
 }
 
 impl SyncErrorCategory {
@@ -40,12 +42,23 @@ impl SyncErrorCategory {
             SyncErrorCategory::MissingOwner => "missing_owner",
             SyncErrorCategory::TargetRejected => "target_rejected",
             SyncErrorCategory::MalformedMessage => "malformed_message",
+            SyncErrorCategory::CsqlNotPermitted => "csql_not_permitted",
         }
     }
 
     pub fn all() -> &'static [SyncErrorCategory] {
         use SyncErrorCategory::*;
-        &[InvalidEmail, InvalidCrmId, AmbiguousMatch, DuplicateRecord, CrmRecordNotFound, MissingOwner, TargetRejected, MalformedMessage]
+        &[
+            InvalidEmail,
+            InvalidCrmId,
+            AmbiguousMatch,
+            DuplicateRecord,
+            CrmRecordNotFound,
+            MissingOwner,
+            TargetRejected,
+            MalformedMessage,
+            CsqlNotPermitted,
+        ]
     }
 }
 

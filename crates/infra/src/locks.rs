@@ -119,6 +119,7 @@ impl Locks {
             LockKind::Prospect => format!("{}:{connection_id}:lock:prospect:{value}", self.prefix),
             LockKind::Identity => format!("{}:{connection_id}:lock:identity:{value}", self.prefix),
             LockKind::Mirror => format!("{}:{connection_id}:lock:mirror:{value}", self.prefix),
+            LockKind::Csql => format!("{}:{connection_id}:lock:csql:{value}", self.prefix),
         }
     }
 
@@ -181,6 +182,21 @@ impl Locks {
         Ok((held, busy))
     }
 
+    /// Takes one lock key, trying again while it is busy until `timeout` has
+    /// passed; `None` if it stayed busy.
+    pub async fn acquire_within(&self, key: &str, timeout: Duration) -> Result<Option<LockGuard>, LockError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let set = [vec![key.to_owned()]];
+        loop {
+            if let Some(g) = self.try_acquire(&set).await?.pop().flatten() {
+                return Ok(Some(g));
+            }
+            if pause_before_retry(deadline).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Releases locks still held by these guards (an expired lock that someone
     /// else took since is left alone).
     pub async fn release(&self, guards: &[LockGuard]) -> Result<(), LockError> {
@@ -208,6 +224,8 @@ pub enum LockKind {
     Identity,
     /// A read-only mirror (or the person whose mirrors are reconciled).
     Mirror,
+    /// A CSQL being written to the CRM (R9).
+    Csql,
 }
 
 /// Waits a moment before another round on busy locks, or says how long it

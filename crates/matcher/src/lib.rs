@@ -47,7 +47,7 @@ impl MatchStage {
         sync_errors::record_many(&mut *tx, conn, &out.errors).await?;
         audit::insert_many(&mut *tx, conn, &out.audits).await?;
         tx.commit().await?;
-        if out.commands.is_empty() && out.mirrors.is_empty() {
+        if out.commands.is_empty() && out.mirrors.is_empty() && out.csqls.is_empty() {
             return Ok(());
         }
         if batch.lane == Lane::Batch {
@@ -68,6 +68,7 @@ impl MatchStage {
             lane: batch.lane,
             commands: out.commands,
             mirrors: out.mirrors,
+            csqls: out.csqls,
         };
         self.publisher
             .publish_confirmed(vec![Outgoing {

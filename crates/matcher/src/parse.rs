@@ -85,7 +85,7 @@ pub fn parse(change: &Change) -> Result<Candidate<'_>, Refusal> {
             let converted_contact = r.converted_contact_id.as_deref().and_then(|c| CrmId::parse(c).ok());
             Ok(Candidate::Crm { change, r, id, email, external, converted_contact })
         }
-        SourceRecord::Mirror(_) => Err(Refusal::Skip(SkipReason::Deleted)),
+        SourceRecord::Mirror(_) | SourceRecord::Csql(_) => Err(Refusal::Skip(SkipReason::Deleted)),
     }
 }
 

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crmsync_connector::{ConnectorFactory, Systems};
+use crmsync_domain::csql::{CsqlDecision, decide_csql};
 use crmsync_domain::matching::{
     CrmCandidate, CrmFacts, Decision, IdentityPatch, ProspectFacts, SkipReason, decide_crm, decide_prospect, prospect_needs_crm_lookup,
 };
 use crmsync_domain::merge::{IdentityFields, Observation};
-use crmsync_domain::messages::{ApplyCommand, Change, ChangeBatch, MirrorCommand, RecordRef};
+use crmsync_domain::messages::{ApplyCommand, Change, ChangeBatch, CsqlCommand, CsqlOutcome, MirrorCommand, RecordRef};
 use crmsync_domain::records::{CrmPersonRecord, ProspectRecord, SourceRecord};
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, Email, SyncErrorCategory, SyncIssue};
@@ -39,6 +40,8 @@ pub struct Output {
     pub commands: Vec<ApplyCommand>,
     /// Mirrors to reconcile (R4-R6).
     pub mirrors: Vec<MirrorCommand>,
+    /// CSQLs to write to the CRM or report as refused (R9).
+    pub csqls: Vec<CsqlCommand>,
     pub errors: Vec<NewSyncError>,
     pub audits: Vec<AuditEntry>,
     /// Records matched cleanly: their open match-stage errors are resolved.
@@ -72,7 +75,7 @@ fn audit(record: &SourceRecord, change_id: Uuid, identity: Option<Uuid>, action:
         change_id,
         stage: "match",
         identity_id: identity,
-        source_side: record.side().as_str(),
+        source_side: record.system(),
         source_object: record.object().to_owned(),
         source_id: record.record_id(),
         action,
@@ -211,6 +214,19 @@ impl Matcher {
                     }
                     Err(issue) => out.reject(&change.record, change.change_id, issue, lane),
                 }
+                continue;
+            }
+            // A CSQL's sync options decide it (R9); the applier writes it.
+            if let SourceRecord::Csql(r) = &change.record {
+                let decision = match decide_csql(&settings.csql, r) {
+                    CsqlDecision::Stay => {
+                        out.skip(&change.record, change.change_id, SkipReason::CsqlStaysInCs, lane);
+                        continue;
+                    }
+                    CsqlDecision::Sync(w) => CsqlOutcome::Sync { act_as: w.act_as, owner: w.owner, created_by: w.created_by },
+                    CsqlDecision::Refuse(issue) => CsqlOutcome::Refuse { issue },
+                };
+                out.csqls.push(CsqlCommand { command_id: change.change_id, detected_at: batch.detected_at, record: r.clone(), decision });
                 continue;
             }
             match parse(change) {

@@ -17,7 +17,8 @@ use crmsync_store::identities::IdentityRow;
 /// Whether a detected record carries news worth publishing.
 pub fn worth_publishing(record: &SourceRecord, identity: Option<&IdentityRow>, map: &FieldMap, integration_user: &str) -> bool {
     // The engine never writes the CRM objects it mirrors: no echo possible.
-    if matches!(record, SourceRecord::Mirror(_)) {
+    // (CSQLs are filtered against their links, not identities.)
+    if matches!(record, SourceRecord::Mirror(_) | SourceRecord::Csql(_)) {
         return true;
     }
     let Some(i) = identity else {
@@ -53,7 +54,7 @@ fn last_modifier(record: &SourceRecord) -> Option<&str> {
     match record {
         SourceRecord::Prospect(p) => p.last_modified_by.as_deref(),
         SourceRecord::Crm(c) => c.last_modified_by.as_deref(),
-        SourceRecord::Mirror(_) => None,
+        SourceRecord::Mirror(_) | SourceRecord::Csql(_) => None,
     }
 }
 
@@ -61,7 +62,7 @@ fn entirely_ours(record: &SourceRecord, me: &str) -> bool {
     let fields = match record {
         SourceRecord::Prospect(p) => &p.fields,
         SourceRecord::Crm(c) => &c.fields,
-        SourceRecord::Mirror(_) => return false,
+        SourceRecord::Mirror(_) | SourceRecord::Csql(_) => return false,
     };
     last_modifier(record) == Some(me) && fields.values().all(|f| f.by.as_deref().is_none_or(|by| by == me))
 }

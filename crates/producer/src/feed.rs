@@ -4,6 +4,7 @@
 
 use crmsync_connector::{ConnectorError, Cursor, Systems};
 use crmsync_domain::CrmObject;
+use crmsync_domain::csql::{CsqlRecordType, CsqlTarget};
 use crmsync_domain::mirror::MirrorObject;
 use crmsync_domain::records::SourceRecord;
 use crmsync_domain::settings::ConnectionSettings;
@@ -16,6 +17,8 @@ pub enum Feed {
     Contacts,
     /// A CRM object the MA mirrors (R4-R6).
     Mirror(MirrorObject),
+    /// CSQLs of the CS object in use, while they sync to the CRM (R9).
+    Csql(CsqlRecordType),
 }
 
 impl Feed {
@@ -31,6 +34,9 @@ impl Feed {
             Feed::Mirror(MirrorObject::ContactRole),
         ];
         feeds.extend(settings.custom_objects.iter().map(|c| Feed::Mirror(MirrorObject::Custom(c.name.clone()))));
+        if settings.csql.target == CsqlTarget::Crm && settings.cs.is_some() {
+            feeds.push(Feed::Csql(settings.csql.record_type));
+        }
         feeds
     }
 
@@ -42,15 +48,21 @@ impl Feed {
             Feed::Contacts => "crm.contact".into(),
             Feed::Mirror(MirrorObject::Custom(name)) => format!("crm.custom.{name}"),
             Feed::Mirror(o) => format!("crm.{}", o.name()),
+            Feed::Csql(kind) => format!("cs.csql_{}", kind.as_str()),
         }
     }
 
     /// The user the engine writes as in this feed's system.
     pub fn integration_user<'s>(&self, systems: &'s Systems) -> &'s str {
-        match self {
-            Feed::Prospects => systems.ma.integration_user(),
+        match (self, &systems.cs) {
+            (Feed::Prospects, _) => systems.ma.integration_user(),
+            (Feed::Csql(_), Some(cs)) => cs.integration_user(),
             _ => systems.crm.integration_user(),
         }
+    }
+
+    fn cs(systems: &Systems) -> Result<&dyn crmsync_connector::CsApi, ConnectorError> {
+        systems.cs.as_deref().ok_or_else(|| ConnectorError::Fatal("CSQLs sync to the CRM but the connection has no CS platform".into()))
     }
 
     fn person(&self) -> Option<CrmObject> {
@@ -66,6 +78,7 @@ impl Feed {
         match self {
             Feed::Prospects => systems.ma.prospect_changes_pending(cursor).await,
             Feed::Mirror(o) => systems.crm.object_changes_pending(o, cursor).await,
+            Feed::Csql(kind) => Self::cs(systems)?.csql_changes_pending(*kind, cursor).await,
             _ => systems.crm.person_changes_pending(self.person().expect("a person feed"), cursor).await,
         }
     }
@@ -85,6 +98,10 @@ impl Feed {
             Feed::Mirror(o) => {
                 let p = systems.crm.object_changes(o, cursor, limit).await?;
                 (p.records.into_iter().map(SourceRecord::Mirror).collect(), p.next, p.has_more)
+            }
+            Feed::Csql(kind) => {
+                let p = Self::cs(systems)?.csql_changes(*kind, cursor, limit).await?;
+                (p.records.into_iter().map(SourceRecord::Csql).collect(), p.next, p.has_more)
             }
             _ => {
                 let p = systems.crm.person_changes(self.person().expect("a person feed"), cursor, limit).await?;

@@ -62,7 +62,7 @@ async fn identities_of(pool: &PgPool, connection_id: &str, records: &[SourceReco
                     keys.crm_ids.push(id.to_string());
                 }
             }
-            SourceRecord::Mirror(_) => {}
+            SourceRecord::Mirror(_) | SourceRecord::Csql(_) => {}
         }
     }
     if keys.prospect_ids.is_empty() && keys.crm_ids.is_empty() {
@@ -86,7 +86,42 @@ fn key_of(r: &SourceRecord) -> String {
         SourceRecord::Prospect(p) => format!("p:{}", p.id),
         SourceRecord::Crm(c) => format!("c:{}", CrmId::parse(&c.id).map(|i| i.to_string()).unwrap_or_else(|_| c.id.clone())),
         SourceRecord::Mirror(m) => format!("m:{}", m.id),
+        SourceRecord::Csql(c) => format!("q:{}", c.id),
     }
+}
+
+/// CSQLs with an edit the sync has not seen yet (the engine's own status
+/// write-backs on them are not edits).
+async fn csqls_worth_publishing(
+    pool: &PgPool,
+    connection_id: &str,
+    records: Vec<SourceRecord>,
+    me: &str,
+) -> Result<(Vec<SourceRecord>, usize), sqlx::Error> {
+    let csqls: Vec<(String, i64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            SourceRecord::Csql(c) => Some((c.record_type.as_str().to_owned(), c.id)),
+            _ => None,
+        })
+        .collect();
+    let Some((kind, _)) = csqls.first() else { return Ok((records, 0)) };
+    let ids: Vec<i64> = csqls.iter().map(|(_, id)| *id).collect();
+    let seen: HashMap<i64, Option<chrono::DateTime<Utc>>> =
+        crmsync_store::csql_links::find(pool, connection_id, kind, &ids).await?.into_iter().map(|l| (l.cs_id, l.seen_edit_at)).collect();
+    let total = records.len();
+    let keep: Vec<SourceRecord> = records
+        .into_iter()
+        .filter(|r| match r {
+            SourceRecord::Csql(c) => match seen.get(&c.id) {
+                None => true,
+                Some(seen) => c.last_user_edit(me) > *seen,
+            },
+            _ => true,
+        })
+        .collect();
+    let dropped = total - keep.len();
+    Ok((keep, dropped))
 }
 
 /// A page read and filtered, not yet published.
@@ -119,6 +154,10 @@ async fn read(
     limit: usize,
 ) -> Result<Page, StageError> {
     let (records, next, has_more) = h.feed.page(systems, h.cursor.as_ref(), limit).await?;
+    if matches!(h.feed, Feed::Csql(_)) {
+        let (keep, dropped) = csqls_worth_publishing(ctx.pool, connection_id, records, &h.me).await?;
+        return Ok(Page { keep, dropped, next, has_more });
+    }
     let known = identities_of(ctx.pool, connection_id, &records).await?;
     let total = records.len();
     let keep: Vec<SourceRecord> =

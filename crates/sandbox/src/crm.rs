@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 
 use crate::objects;
-use crate::schema::{CONTACT, LEAD, ObjectDef};
+use crate::schema::{CONTACT, LEAD, OPPORTUNITY, ObjectDef};
 use crate::store::{self, db_error};
 use crate::validate;
 
@@ -28,6 +28,14 @@ fn def_of(object: CrmObject) -> Result<&'static ObjectDef, ConnectorError> {
         CrmObject::Lead => Ok(&LEAD),
         CrmObject::Contact => Ok(&CONTACT),
         other => Err(ConnectorError::Fatal(format!("{other} is not a person object"))),
+    }
+}
+
+/// The objects the engine writes: people, and opportunities made from CSQLs.
+fn writable(object: CrmObject) -> Result<&'static ObjectDef, ConnectorError> {
+    match object {
+        CrmObject::Opportunity => Ok(&OPPORTUNITY),
+        other => def_of(other),
     }
 }
 
@@ -82,6 +90,21 @@ impl SandboxCrm {
             .collect()
     }
 
+    /// Why `user` cannot write through the API, if it cannot.
+    async fn api_problem(&self, conn: &mut PgConnection, user: &CrmId) -> Result<Option<WriteOutcome>, sqlx::Error> {
+        let flags: Option<(bool, bool)> = sqlx::query_as("SELECT is_active, api_enabled FROM crm.users WHERE tenant = $1 AND id = $2")
+            .bind(&self.tenant)
+            .bind(user.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(match flags {
+            None => Some(rejected("INVALID_CROSS_REFERENCE_KEY", "no such user to act as")),
+            Some((false, _)) => Some(rejected("INACTIVE_OWNER_OR_USER", "operation performed with inactive user")),
+            Some((true, false)) => Some(rejected("API_DISABLED_FOR_USER", "The user does not have the API Enabled permission")),
+            Some((true, true)) => None,
+        })
+    }
+
     /// Why `owner` cannot own a record, if it cannot.
     async fn owner_problem(&self, conn: &mut PgConnection, owner: &CrmId) -> Result<Option<WriteOutcome>, sqlx::Error> {
         let active: Option<bool> = sqlx::query_scalar("SELECT is_active FROM crm.users WHERE tenant = $1 AND id = $2")
@@ -102,6 +125,12 @@ impl SandboxCrm {
         {
             return Ok(problem);
         }
+        if let Some(user) = &w.act_as
+            && let Some(problem) = self.api_problem(conn, user).await?
+        {
+            return Ok(problem);
+        }
+        let actor = w.act_as.as_ref().map_or(self.integration_user.as_str(), CrmId::as_str);
         // Which row, and whether it may be written at all.
         let (column, key) = match &w.target {
             CrmTarget::Id(id) => ("id", id.to_string()),
@@ -131,13 +160,13 @@ impl SandboxCrm {
             doc.insert("owner_id".into(), Value::String(owner.to_string()));
         }
         let written = match existing {
-            Some(r) => store::update(conn, def, &self.tenant, r.get::<&str, _>("id"), &doc, &self.integration_user, w.fence).await?,
+            Some(r) => store::update(conn, def, &self.tenant, r.get::<&str, _>("id"), &doc, actor, w.fence).await?,
             None => {
                 let CrmTarget::ExternalId(ext) = &w.target else { unreachable!("ids were handled above") };
                 doc.insert("crmsync_id".into(), Value::String(ext.clone()));
                 // The creating user owns a record created without an owner.
-                doc.entry("owner_id").or_insert_with(|| Value::String(self.integration_user.clone()));
-                store::insert(conn, def, &self.tenant, &doc, &self.integration_user, w.fence).await?
+                doc.entry("owner_id").or_insert_with(|| Value::String(actor.to_owned()));
+                store::insert(conn, def, &self.tenant, &doc, actor, w.fence).await?
             }
         };
         Ok(written.outcome())
@@ -208,7 +237,7 @@ impl CrmApi for SandboxCrm {
     }
 
     async fn write_people(&self, object: CrmObject, writes: &[CrmWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
-        let def = def_of(object)?;
+        let def = writable(object)?;
         if writes.len() > crmsync_connector::MAX_WRITES_PER_CALL {
             return Err(ConnectorError::Fatal(format!(
                 "{} records in one call; the limit is {}",

@@ -10,13 +10,17 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 
 use crate::crm::SandboxCrm;
+use crate::cs::SandboxCs;
 use crate::ma::SandboxMa;
+
+/// The sandbox tenants a connection uses: MA, CRM and (if any) CS.
+type Tenants = (String, String, Option<String>);
 
 /// Connects connections to the sandbox systems in one PostgreSQL database.
 #[derive(Debug)]
 pub struct SandboxFactory {
     pool: PgPool,
-    cache: Mutex<HashMap<(String, String), Systems>>,
+    cache: Mutex<HashMap<Tenants, Systems>>,
 }
 
 impl SandboxFactory {
@@ -30,7 +34,8 @@ impl ConnectorFactory for SandboxFactory {
     async fn systems(&self, settings: &ConnectionSettings) -> Result<Systems, ConnectorError> {
         let SystemEndpoint::Sandbox { tenant: ma } = &settings.ma;
         let SystemEndpoint::Sandbox { tenant: crm } = &settings.crm;
-        let key = (ma.clone(), crm.clone());
+        let cs = settings.cs.as_ref().map(|SystemEndpoint::Sandbox { tenant }| tenant.clone());
+        let key = (ma.clone(), crm.clone(), cs.clone());
         let mut cache = self.cache.lock().await;
         if let Some(s) = cache.get(&key) {
             return Ok(s.clone());
@@ -38,6 +43,10 @@ impl ConnectorFactory for SandboxFactory {
         let systems = Systems {
             ma: Arc::new(SandboxMa::connect(self.pool.clone(), ma).await?),
             crm: Arc::new(SandboxCrm::connect(self.pool.clone(), crm).await?),
+            cs: match &cs {
+                Some(t) => Some(Arc::new(SandboxCs::connect(self.pool.clone(), t, crm).await?)),
+                None => None,
+            },
         };
         cache.insert(key, systems.clone());
         Ok(systems)

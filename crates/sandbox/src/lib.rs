@@ -1,4 +1,4 @@
-//! The sandbox systems: an MA, a CRM and (later) a CS platform as PostgreSQL
+//! The sandbox systems: an MA, a CRM and a CS platform as PostgreSQL
 //! schemas of their own (`ma`, `crm`, `cs`), reached by the engine only
 //! through the connector traits, like the real APIs.
 //!
@@ -7,6 +7,7 @@
 //! the command line does) and [`seed`] fills it with a realistic data set.
 
 pub mod crm;
+pub mod cs;
 pub mod factory;
 pub mod ma;
 mod mirrors;
@@ -18,6 +19,7 @@ mod store;
 pub mod validate;
 
 pub use crm::SandboxCrm;
+pub use cs::SandboxCs;
 pub use factory::SandboxFactory;
 pub use ma::SandboxMa;
 

@@ -10,6 +10,8 @@ use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::schema::{self, ObjectDef};
+
+mod cs;
 use crate::store::{self, RowWrite};
 
 #[derive(Debug, thiserror::Error)]

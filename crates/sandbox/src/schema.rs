@@ -111,6 +111,7 @@ pub static LEAD: ObjectDef = ObjectDef {
         text("pi__grade__c", "pi_grade", 2),
         text("Status", "status", 40),
         text("OwnerId", "owner_id", 18),
+        text("CSQL_Created_By__c", "csql_created_by", 255),
         typed("IsConverted", "is_converted", Kind::Bool),
         text("ConvertedContactId", "converted_contact_id", 18),
         typed("IsDeleted", "is_deleted", Kind::Bool),
@@ -172,6 +173,7 @@ pub static OPPORTUNITY: ObjectDef = ObjectDef {
         typed("IsClosed", "is_closed", Kind::Bool),
         typed("IsWon", "is_won", Kind::Bool),
         text("OwnerId", "owner_id", 18),
+        text("CSQL_Created_By__c", "csql_created_by", 255),
         typed("IsDeleted", "is_deleted", Kind::Bool),
     ],
     required: &["Name", "StageName", "CloseDate"],
@@ -235,6 +237,46 @@ pub static CUSTOM: ObjectDef = ObjectDef {
     numeric_id: false,
     columns: &[typed("IsDeleted", "is_deleted", Kind::Bool)],
     required: &[],
+    user_writable: true,
+};
+
+/// CSQLs kept in the CS lead object (R9).
+pub static CSQL_LEAD: ObjectDef = ObjectDef {
+    name: "csql-lead",
+    table: "cs.lead_records",
+    numeric_id: true,
+    columns: &[
+        text("FirstName", "first_name", 40),
+        text("LastName", "last_name", 80),
+        text("Email", "email", 80),
+        text("Company", "company", 255),
+        text("Title", "title", 128),
+        text("Phone", "phone", 40),
+        text("Status", "status", 40),
+        // Not `OwnerId`: a CSQL's owner is a CS user, and a change of owner
+        // is an edit the sync must see.
+        typed("Owner", "owner_id", Kind::Int),
+        typed("IsDeleted", "is_deleted", Kind::Bool),
+    ],
+    required: &["LastName", "Company"],
+    user_writable: true,
+};
+
+/// CSQLs kept in the CS opportunity object (R9).
+pub static CSQL_OPPORTUNITY: ObjectDef = ObjectDef {
+    name: "csql-opportunity",
+    table: "cs.opportunity_records",
+    numeric_id: true,
+    columns: &[
+        text("Name", "name", 120),
+        text("Company", "company", 255),
+        typed("Amount", "amount", Kind::Decimal),
+        text("Stage", "stage", 255),
+        typed("CloseDate", "close_date", Kind::Date),
+        typed("Owner", "owner_id", Kind::Int),
+        typed("IsDeleted", "is_deleted", Kind::Bool),
+    ],
+    required: &["Name", "CloseDate"],
     user_writable: true,
 };
 

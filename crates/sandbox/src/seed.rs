@@ -545,6 +545,8 @@ pub async fn seed(sandbox: &Sandbox, opts: &SeedOptions) -> Result<SeedSummary, 
 pub async fn reset(sandbox: &Sandbox) -> Result<(), OpsError> {
     let pool = sandbox.pool();
     for table in [
+        "cs.lead_records",
+        "cs.opportunity_records",
         "ma.opportunities",
         "ma.custom_object_records",
         "crm.custom_records",

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod connections;
+pub mod csql_links;
 pub mod feeds;
 pub mod identities;
 pub mod mirror_outbox;
