@@ -87,8 +87,19 @@ pub enum ConnectionCmd {
         #[arg(long, default_value = "default")]
         crm_tenant: String,
     },
-    /// Change a setting: auto_create_prospects, batch_threshold, batch_budget_per_hour.
-    Set { id: String, key: String, value: String },
+    /// Change a setting: auto_create_prospects, batch_threshold,
+    /// batch_budget_per_hour, batch_burst, cs (the CS tenant, or none),
+    /// csql.target (cs|crm), csql.record_type (lead|opportunity),
+    /// csql.sync_user (logged_in|integration).
+    Set {
+        id: String,
+        key: String,
+        value: String,
+        /// Confirm a change that needs it (csql.record_type), after reading
+        /// what changes with it.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Mirror a CRM custom object read-only into the MA (R6).
     AddCustomObject {
         id: String,
@@ -111,6 +122,116 @@ pub enum ConnectionCmd {
 pub enum SystemArg {
     Ma,
     Crm,
+    Cs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CsqlTypeArg {
+    Lead,
+    Opportunity,
+}
+
+impl From<CsqlTypeArg> for crmsync_domain::csql::CsqlRecordType {
+    fn from(t: CsqlTypeArg) -> Self {
+        match t {
+            CsqlTypeArg::Lead => Self::Lead,
+            CsqlTypeArg::Opportunity => Self::Opportunity,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CsAreaArg {
+    Lead,
+    Opportunity,
+    Renewal,
+}
+
+impl CsAreaArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CsAreaArg::Lead => "lead",
+            CsAreaArg::Opportunity => "opportunity",
+            CsAreaArg::Renewal => "renewal",
+        }
+    }
+}
+
+/// The sandbox CS platform (R9): CSQLs and the admin's configuration.
+#[derive(Debug, Subcommand)]
+pub enum CsCmd {
+    /// A CSM saves a new CSQL in the CS lead or opportunity object.
+    Create {
+        record_type: CsqlTypeArg,
+        /// The CS user saving it.
+        #[arg(long = "as")]
+        as_user: i64,
+        /// The CS user owning it (the saver when omitted).
+        #[arg(long)]
+        owner: Option<i64>,
+        /// Field values: `--set LastName=Doe --set Company=Acme`.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<KeyValue>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// A CSM edits and saves a CSQL.
+    Update {
+        record_type: CsqlTypeArg,
+        id: i64,
+        #[arg(long = "as")]
+        as_user: i64,
+        #[arg(long = "set", value_name = "NAME=VALUE", required = true)]
+        set: Vec<KeyValue>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Show a CSQL with its sync status.
+    Show {
+        record_type: CsqlTypeArg,
+        id: i64,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// List the most recently changed CSQLs.
+    List {
+        record_type: CsqlTypeArg,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Delete every record of the CS lead object (as an admin) or the CS
+    /// opportunity object (only with the support privilege).
+    DeleteAll {
+        record_type: CsqlTypeArg,
+        #[arg(long = "as")]
+        as_user: i64,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Show the lead admin's configuration of an area (stages, views,
+    /// email notifications), or the renewal center's.
+    Config {
+        area: CsAreaArg,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Change an area's stages.
+    SetStages {
+        area: CsAreaArg,
+        #[arg(required = true)]
+        stages: Vec<String>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Configure a renewal center with these stages.
+    RenewalCenter {
+        #[arg(required = true)]
+        stages: Vec<String>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
 }
 
 /// `name=value`, as given to `--set`.
@@ -212,13 +333,16 @@ pub enum SandboxCmd {
         #[arg(long, default_value = "default")]
         tenant: String,
     },
+    /// The CS platform: CSQLs and the admin's configuration.
+    #[command(subcommand)]
+    Cs(CsCmd),
     /// List the users of a system.
     Users {
         system: SystemArg,
         #[arg(long, default_value = "default")]
         tenant: String,
     },
-    /// Add an MA user (`--crm-user` ties it to a CRM user) or a CRM user.
+    /// Add an MA or CS user (`--crm-user` ties it to a CRM user) or a CRM user.
     AddUser {
         system: SystemArg,
         #[arg(long)]
@@ -230,6 +354,15 @@ pub enum SandboxCmd {
         /// CRM user without the API Enabled permission.
         #[arg(long)]
         no_api: bool,
+        /// CS user: an internal collaborator (a free user type, typically from sales).
+        #[arg(long)]
+        internal_collaborator: bool,
+        /// CS user: an admin (may bulk-delete CS lead records).
+        #[arg(long)]
+        admin: bool,
+        /// CS user: holds the elevated support privilege (may delete CS opportunity records).
+        #[arg(long)]
+        support_privilege: bool,
         #[arg(long, default_value = "default")]
         tenant: String,
     },

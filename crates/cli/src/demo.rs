@@ -6,8 +6,13 @@
 //!    by default) and shows progress until the pipeline is idle,
 //! 4. makes live changes a user would make: assigns pending prospects, edits
 //!    linked pairs on both sides, turns on auto-creation and adds CRM leads,
-//! 5. stops the tiers with SIGTERM (they drain and exit 0),
-//! 6. prints a report that checks both sides against each other.
+//!    converts, deletes and restores leads, changes emails and mirrors,
+//! 5. saves CSQLs in the CS platform under each sync option (see `csql`),
+//! 6. sends a burst over the threshold to the batch lane and shows it drain,
+//! 7. stops the tiers with SIGTERM (they drain and exit 0),
+//! 8. prints a report that checks both sides against each other.
+
+mod csql;
 
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
@@ -317,6 +322,16 @@ async fn burst(pool: &PgPool, probe: &Probe, tiers: &mut [Tier], logs: &Path, ti
     .execute(pool)
     .await?
     .rows_affected();
+    if edited <= settings.batch_threshold as u64 {
+        // A small --scale has too few synced prospects for a burst.
+        println!(
+            "   only {edited} synced prospects at this scale: not over the batch threshold of {}, so they go to the immediate lane \
+             (run the demo at --scale 0.3 or more to see the batch lane)",
+            settings.batch_threshold
+        );
+        settle(probe, tiers, logs, timeout).await?;
+        return Ok(());
+    }
     let bar = ProgressBar::new(edited);
     bar.set_style(
         ProgressStyle::with_template("  {spinner} [{elapsed_precise}] {bar:40.yellow/blue} {pos}/{len} batch-lane records  {msg}")
@@ -456,15 +471,20 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let p = settle(&probe, &mut tiers, &logs, timeout).await?;
     println!("   all {} changes synced {:.1} s after the first edit", p.finished - before, t.elapsed().as_secs_f64());
 
-    println!("4. A burst: {BURST_SIZE} prospect edits in one transaction go to the batch lane, paced at {BURST_BUDGET} records/hour");
+    println!("4. CSQLs: customer-success records synced to the CRM under each option (R9)");
+    let t = Instant::now();
+    csql::run(&config, &pool, &sb, async || settle(&probe, &mut tiers, &logs, timeout).await).await?;
+    println!("   CSQL section done in {:.1} s", t.elapsed().as_secs_f64());
+
+    println!("5. A burst: {BURST_SIZE} prospect edits in one transaction go to the batch lane, paced at {BURST_BUDGET} records/hour");
     burst(&pool, &probe, &mut tiers, &logs, timeout).await?;
 
-    println!("5. Stopping the tiers (SIGTERM: drain, then exit)");
+    println!("6. Stopping the tiers (SIGTERM: drain, then exit)");
     for (name, status) in stop(&mut tiers).await? {
         println!("   {name}: {status}");
     }
 
-    println!("6. Report");
+    println!("7. Report");
     let factory = SandboxFactory::new(pool.clone());
     let r = report::build(&pool, &factory, CONNECTION).await?;
     report::print(&r);

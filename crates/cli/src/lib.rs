@@ -3,6 +3,7 @@
 
 pub mod args;
 mod bench;
+pub mod connection_cmd;
 pub mod demo;
 mod mirror_check;
 pub mod progress;
@@ -13,7 +14,7 @@ mod status;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use args::{Cli, Command, ConnectionCmd};
+use args::{Cli, Command};
 use crmsync_infra::{Config, db, shutdown, telemetry};
 use crmsync_store::connections;
 use sqlx::PgPool;
@@ -66,7 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Errors { connection, limit } => {
             status::print_errors(&connect(&config).await?, connection.connection.as_deref(), limit).await?;
         }
-        Command::Connection(cmd) => connection(&connect(&config).await?, cmd).await?,
+        Command::Connection(cmd) => connection_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Demo(args) => return demo::run(&config, args).await,
         Command::Bench(args::BenchCmd::Budget { records, per_second, out }) => bench::budget(&config, records, per_second, out).await?,
@@ -100,49 +101,4 @@ pub async fn connection_ids(pool: &PgPool, only: Option<&str>) -> anyhow::Result
         }
         None => connections::ids(pool).await?,
     })
-}
-
-async fn connection(pool: &PgPool, cmd: ConnectionCmd) -> anyhow::Result<()> {
-    use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
-    match cmd {
-        ConnectionCmd::List => {
-            for id in connections::ids(pool).await? {
-                let s = connections::load(pool, &id).await?;
-                println!(
-                    "{id}\tauto_create_prospects={}\tbatch_threshold={}\tbatch_budget_per_hour={}",
-                    s.auto_create_prospects, s.batch_threshold, s.batch_budget_per_hour
-                );
-            }
-        }
-        ConnectionCmd::Show { id } => {
-            println!("{}", serde_json::to_string_pretty(&connections::load(pool, &id).await?)?);
-        }
-        ConnectionCmd::Create { id, ma_tenant, crm_tenant } => {
-            if connections::ids(pool).await?.contains(&id) {
-                anyhow::bail!("connection {id:?} already exists");
-            }
-            let settings = ConnectionSettings {
-                ma: SystemEndpoint::Sandbox { tenant: ma_tenant },
-                crm: SystemEndpoint::Sandbox { tenant: crm_tenant },
-                ..ConnectionSettings::default()
-            };
-            connections::save(pool, &id, &settings).await?;
-            println!("connection {id} created");
-        }
-        ConnectionCmd::AddCustomObject { id, name, fields, lookup_field, lookup_object } => {
-            let lookup_object = crmsync_domain::CrmObject::parse(&lookup_object)
-                .ok_or_else(|| anyhow::anyhow!("--lookup-object must be lead, contact or account, not {lookup_object:?}"))?;
-            let mut s = connections::load(pool, &id).await?;
-            s.declare_custom_object(crmsync_domain::mirror::CustomObject { name: name.clone(), fields, lookup_field, lookup_object })?;
-            connections::save(pool, &id, &s).await?;
-            println!("{id}: custom object {name} is mirrored into the MA");
-        }
-        ConnectionCmd::Set { id, key, value } => {
-            let mut s = connections::load(pool, &id).await?;
-            s.set(&key, &value, chrono::Utc::now())?;
-            connections::save(pool, &id, &s).await?;
-            println!("{id}: {key} = {value}");
-        }
-    }
-    Ok(())
 }

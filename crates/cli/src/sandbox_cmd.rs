@@ -7,7 +7,9 @@ use crmsync_sandbox::ops::{Sandbox, System};
 use crmsync_sandbox::{schema, seed};
 use sqlx::PgPool;
 
-use crate::args::{KeyValue, SandboxCmd, SystemArg};
+use crmsync_domain::csql::{CsUserType, CsqlRecordType};
+
+use crate::args::{CsCmd, KeyValue, SandboxCmd, SystemArg};
 
 fn object(name: &str) -> anyhow::Result<&'static schema::ObjectDef> {
     schema::object(name).with_context(|| {
@@ -20,10 +22,12 @@ fn pairs(set: Vec<KeyValue>) -> Vec<(String, String)> {
     set.into_iter().map(|KeyValue(k, v)| (k, v)).collect()
 }
 
-fn system(s: SystemArg) -> System {
+/// The MA or the CRM; the CS platform's users are handled apart.
+fn system(s: SystemArg) -> Option<System> {
     match s {
-        SystemArg::Ma => System::Ma,
-        SystemArg::Crm => System::Crm,
+        SystemArg::Ma => Some(System::Ma),
+        SystemArg::Crm => Some(System::Crm),
+        SystemArg::Cs => None,
     }
 }
 
@@ -93,20 +97,73 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: SandboxCmd) -> anyhow::Res
             }
         }
         SandboxCmd::Users { system: s, tenant } => {
-            for row in sb(&tenant).users(system(s)).await? {
+            let rows = match system(s) {
+                Some(s) => sb(&tenant).users(s).await?,
+                None => sb(&tenant).cs_users().await?,
+            };
+            for row in rows {
                 println!("{row}");
             }
         }
-        SandboxCmd::AddUser { system: s, email, name, crm_user, no_api, tenant } => {
+        SandboxCmd::AddUser { system: s, email, name, crm_user, no_api, internal_collaborator, admin, support_privilege, tenant } => {
             let sandbox = sb(&tenant);
             sandbox.init().await?;
+            if (internal_collaborator || admin || support_privilege) && !matches!(s, SystemArg::Cs) {
+                bail!("--internal-collaborator, --admin and --support-privilege are for CS users");
+            }
             match system(s) {
-                System::Ma => {
+                Some(System::Ma) => {
                     let (first, last) = name.split_once(' ').unwrap_or((name.as_str(), ""));
                     println!("{}", sandbox.create_ma_user(&email, first, last, crm_user.as_deref()).await?);
                 }
-                System::Crm => println!("{}", sandbox.create_crm_user(&name, &email, true, !no_api).await?),
+                Some(System::Crm) => println!("{}", sandbox.create_crm_user(&name, &email, true, !no_api).await?),
+                None => {
+                    let kind = if internal_collaborator { CsUserType::InternalCollaborator } else { CsUserType::Csm };
+                    let id = sandbox.create_cs_user(&name, &email, kind, crm_user.as_deref(), admin, support_privilege).await?;
+                    println!("{id}");
+                }
             }
+        }
+        SandboxCmd::Cs(cmd) => cs(&pool, cmd).await?,
+    }
+    Ok(())
+}
+
+/// `crmsync sandbox cs ...`: CSQLs as CSMs save them, and the CS admin's side.
+async fn cs(pool: &PgPool, cmd: CsCmd) -> anyhow::Result<()> {
+    let sb = |tenant: &str| Sandbox::new(pool.clone(), tenant);
+    match cmd {
+        CsCmd::Create { record_type, as_user, owner, set, tenant } => {
+            println!("{}", sb(&tenant).create_csql(record_type.into(), as_user, owner, &pairs(set)).await?);
+        }
+        CsCmd::Update { record_type, id, as_user, set, tenant } => {
+            sb(&tenant).update_csql(record_type.into(), id, as_user, &pairs(set)).await?;
+            println!("CSQL {id} saved");
+        }
+        CsCmd::Show { record_type, id, tenant } => {
+            let def = crmsync_sandbox::cs::def_of(record_type.into());
+            println!("{}", serde_json::to_string_pretty(&sb(&tenant).show(def, &id.to_string()).await?)?);
+        }
+        CsCmd::List { record_type, limit, tenant } => {
+            for row in sb(&tenant).list(crmsync_sandbox::cs::def_of(record_type.into()), limit).await? {
+                println!("{row}");
+            }
+        }
+        CsCmd::DeleteAll { record_type, as_user, tenant } => {
+            let kind: CsqlRecordType = record_type.into();
+            let n = sb(&tenant).delete_all_csqls(kind, as_user).await?;
+            println!("{n} record(s) deleted from the {}", kind.cs_object());
+        }
+        CsCmd::Config { area, tenant } => {
+            println!("{}", serde_json::to_string_pretty(&sb(&tenant).cs_config(area.as_str()).await?)?);
+        }
+        CsCmd::SetStages { area, stages, tenant } => {
+            sb(&tenant).set_cs_stages(area.as_str(), &stages).await?;
+            println!("{} stages: {}", area.as_str(), stages.join(", "));
+        }
+        CsCmd::RenewalCenter { stages, tenant } => {
+            sb(&tenant).configure_renewal_center(&stages).await?;
+            println!("renewal center configured; stages: {}", stages.join(", "));
         }
     }
     Ok(())
