@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use crmsync_cli::progress::{Probe, Progress};
+use crmsync_domain::csql::{CsUserType, CsqlRecordType};
 use crmsync_domain::messages::{self, ChangeBatch};
 use crmsync_infra::amqp::{self, Outgoing, Publisher, Stage, Topology};
 use crmsync_infra::{CancellationToken, Config, db};
@@ -363,6 +364,61 @@ impl TestApp {
     /// The MA admin's and the CRM admin's user ids.
     pub async fn admins(&self) -> (String, String) {
         (self.sandbox.admin(System::Ma).await.unwrap(), self.sandbox.admin(System::Crm).await.unwrap())
+    }
+
+    /// A CS user, tied to a new CRM user (with or without API access) when
+    /// `crm_api` says so: (CS user id, CRM user id).
+    pub async fn cs_user(&self, name: &str, user_type: CsUserType, crm_api: Option<bool>) -> (i64, Option<String>) {
+        let email = format!("{}@cs.example", name.to_lowercase().replace(' ', "."));
+        let crm = match crm_api {
+            Some(api) => Some(self.sandbox.create_crm_user(name, &email, true, api).await.unwrap()),
+            None => None,
+        };
+        let cs = self.sandbox.create_cs_user(name, &email, user_type, crm.as_deref(), false, false).await.unwrap();
+        (cs, crm)
+    }
+
+    /// A CSM saves a new CSQL.
+    pub async fn create_csql(&self, kind: CsqlRecordType, as_user: i64, owner: Option<i64>, values: &[(&str, &str)]) -> i64 {
+        self.sandbox.create_csql(kind, as_user, owner, &Self::pairs(values)).await.unwrap()
+    }
+
+    /// A CSQL as the CS platform shows it, with its sync status.
+    pub async fn csql(&self, kind: CsqlRecordType, id: i64) -> Value {
+        self.show(crmsync_sandbox::cs::def_of(kind), &id.to_string()).await
+    }
+
+    /// The CRM records made from CSQL `id` (by crmsync's external id).
+    pub async fn crm_records_of_csql(&self, kind: CsqlRecordType, id: i64) -> Vec<Value> {
+        let table = match kind {
+            CsqlRecordType::Lead => "crm.leads",
+            CsqlRecordType::Opportunity => "crm.opportunities",
+        };
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT to_jsonb(t) FROM {table} t WHERE crmsync_id = $1")))
+            .bind(format!("csql:{}:{id}", kind.as_str()))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Changes a connection setting through its guard, as `crmsync
+    /// connection set` does; returns what it printed as changing with it.
+    pub async fn set_guarded(&self, key: &str, value: &str, confirmed: bool) -> anyhow::Result<Vec<String>> {
+        crmsync_cli::connection_cmd::set(&self.config, &self.pool, "default", key, value, confirmed).await
+    }
+
+    /// Runs `crmsync` (the binary) against this test's database: (exit
+    /// success, stdout, stderr).
+    pub async fn run_cli(&self, exe: &str, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::process::Command::new(exe)
+            .args(args)
+            .env("CRMSYNC_DATABASE__URL", self.config.database.url.expose_secret())
+            .env("CRMSYNC_AMQP__PREFIX", &self.config.amqp.prefix)
+            .env("CRMSYNC_REDIS__PREFIX", &self.config.redis.prefix)
+            .output()
+            .await
+            .expect("run crmsync");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
     /// Stops everything and drops the test's database and queues.
