@@ -6,8 +6,9 @@ use crmsync_store::{feeds, identities, sync_errors};
 use sqlx::PgPool;
 
 /// Prints, per connection: identities by status (in sync, pending
-/// assignment, being created), feeds, open sync errors by reason; and what is
-/// queued per stage on the broker.
+/// assignment, being created), feeds, the batch lane, CSQL options and
+/// outcomes, open sync errors by reason; and what is queued per stage on the
+/// broker.
 pub async fn print(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow::Result<()> {
     for id in crate::connection_ids(pool, only).await? {
         let statuses = identities::status_counts(pool, &id).await?;
@@ -18,7 +19,7 @@ pub async fn print(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow
         println!("  being created        {}", count("creating_crm") + count("creating_ma"));
         for f in feeds::all(pool, &id).await? {
             println!(
-                "  feed {:<15} published {:>8}  echoes dropped {:>8}  leased by {}",
+                "  feed {:<30} published {:>8}  echoes dropped {:>8}  leased by {}",
                 f.feed,
                 f.published,
                 f.suppressed,
@@ -33,6 +34,16 @@ pub async fn print(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow
             batch.used_last_hour,
             batch.used_share() * 100.0,
             human(batch.eta)
+        );
+        let settings = crmsync_store::connections::load(pool, &id).await?;
+        let csqls = crmsync_store::csql_links::outcome_counts(pool, &id).await?;
+        println!(
+            "  CSQLs                target {} · record type {} · sync user {}{}{}",
+            settings.csql.target,
+            settings.csql.record_type,
+            settings.csql.sync_user,
+            if settings.cs.is_none() { " · no CS platform" } else { "" },
+            csqls.iter().map(|(o, n)| format!(" · {o} {n}")).collect::<String>()
         );
         let errors = sync_errors::open_counts(pool, &id).await?;
         if errors.is_empty() {
