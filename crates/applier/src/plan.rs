@@ -156,7 +156,7 @@ mod tests {
     }
 
     fn observe(s: &mut State, side: Side, field: &str, v: Value) {
-        s.fields.observe_all(&FieldMap::default(), &[Observation { field: field.into(), side, at: Utc::now(), value: v }]);
+        s.fields.observe_all(&FieldMap::default(), &[Observation { field: field.into(), side, at: Utc::now(), value: v, coarse: false }]);
     }
 
     #[test]

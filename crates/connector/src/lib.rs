@@ -10,6 +10,8 @@
 //! connectors for Salesforce and Account Engagement come later behind the same
 //! traits.
 
+pub mod stamp_cursor;
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;

@@ -277,6 +277,25 @@ pub struct Observation {
     pub at: Timestamp,
     #[serde(rename = "v")]
     pub value: Value,
+    /// The source only told when the *record* last changed, not this field
+    /// (real APIs: `SystemModstamp`, `updatedAt`), and not by whom. Such a
+    /// value is an edit only if it differs from what the engine knows the
+    /// side holds and is not older than that knowledge: an unchanged field, or
+    /// a stale re-read of a record the engine has written since, is no edit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub coarse: bool,
+}
+
+impl Observation {
+    /// Whether this observation tells the engine something it does not know,
+    /// given what it knows `side` holds.
+    pub fn is_news(&self, known: Option<&Versioned>) -> bool {
+        match known {
+            None => true,
+            Some(k) if self.coarse => self.at >= k.at && !same_value(&k.value, &self.value),
+            Some(k) => !same_value(&k.value, &self.value),
+        }
+    }
 }
 
 /// The per-field state of one identity, keyed by MA field name.
@@ -295,8 +314,12 @@ impl IdentityFields {
             if !mapping.accepts_edits_from(o.side) {
                 continue;
             }
+            let state = self.0.entry(o.field.clone()).or_default();
+            if o.coarse && !o.is_news(state.side(o.side).known.as_ref()) {
+                continue;
+            }
             let edit = Versioned::new(o.at, o.value.clone());
-            if self.0.entry(o.field.clone()).or_default().observe(o.side, &edit) {
+            if state.observe(o.side, &edit) {
                 news += 1;
             }
         }

@@ -137,6 +137,12 @@ impl SourceRecord {
         }
     }
 
+    /// Whether the source stamps each field with when and by whom it last
+    /// changed (the sandbox does; the real APIs only stamp the record).
+    pub fn has_field_stamps(&self) -> bool {
+        self.fields_and_stamp().0.values().any(|f| f.at.is_some())
+    }
+
     /// The object name used in sync errors and the audit log.
     pub fn object(&self) -> &str {
         match self {
@@ -172,7 +178,10 @@ impl SourceRecord {
     /// The user edits this record carries, as observations keyed by MA field
     /// name. Fields last changed by `integration_user` (the engine's own
     /// writes) are not edits and are left out (I7); so are fields the mapping
-    /// does not accept edits of from this side (read-only fields).
+    /// does not accept edits of from this side (read-only fields). A field
+    /// without its own stamp (an API with record-level stamps only) is
+    /// stamped with the record's and marked `coarse`: who changed it is
+    /// unknown, so it is judged by its value instead.
     pub fn observations(&self, map: &FieldMap, integration_user: Option<&str>) -> Vec<Observation> {
         let side = self.side();
         let (fields, stamp) = self.fields_and_stamp();
@@ -185,7 +194,7 @@ impl SourceRecord {
             if by_integration(f) {
                 return None;
             }
-            Some(Observation { field: ma.to_owned(), side, at: f.at.unwrap_or(stamp), value: f.value.clone() })
+            Some(Observation { field: ma.to_owned(), side, at: f.at.unwrap_or(stamp), value: f.value.clone(), coarse: f.at.is_none() })
         };
         match self {
             SourceRecord::Prospect(_) => map.iter().filter(|m| m.accepts_edits_from(side)).filter_map(|m| named(&m.ma, &m.ma)).collect(),

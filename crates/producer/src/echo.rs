@@ -6,11 +6,12 @@
 //! fields were last changed by the integration user, or hold exactly the
 //! value the engine wrote: both are dropped here, so a sync never echoes.
 //! (The applier would find nothing to do with an echo anyway; dropping it
-//! here keeps it off the broker.)
+//! here keeps it off the broker.) From an API that stamps only whole records
+//! (the real ones), a field is judged by its value and the record's stamp
+//! against what the engine knows (see `Observation::coarse`).
 
 use crmsync_domain::mapping::FieldMap;
 use crmsync_domain::matching::IdentityStatus;
-use crmsync_domain::merge::same_value;
 use crmsync_domain::records::SourceRecord;
 use crmsync_store::identities::IdentityRow;
 
@@ -29,7 +30,7 @@ pub fn worth_publishing(record: &SourceRecord, identity: Option<&IdentityRow>, m
     let fields = &i.fields.0;
     let news = record.observations(map, Some(integration_user)).iter().any(|o| {
         let known = fields.get(&o.field).and_then(|f| f.side(o.side).known.as_ref());
-        known.is_none_or(|k| !same_value(&k.value, &o.value))
+        o.is_news(known)
     });
     match i.status() {
         // Waiting for an assigned user: an assignment is news too, though it
@@ -64,7 +65,10 @@ fn entirely_ours(record: &SourceRecord, me: &str) -> bool {
         SourceRecord::Crm(c) => &c.fields,
         SourceRecord::Mirror(_) | SourceRecord::Csql(_) => return false,
     };
-    last_modifier(record) == Some(me) && fields.values().all(|f| f.by.as_deref().is_none_or(|by| by == me))
+    // Without per-field stamps (a real API) a record last saved by the engine
+    // may still hold a user's earlier edit of another field: only per-field
+    // stamps can prove a record entirely the engine's.
+    record.has_field_stamps() && last_modifier(record) == Some(me) && fields.values().all(|f| f.by.as_deref().is_none_or(|by| by == me))
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ fn most_recent_is_judged_per_field_not_per_record() {
     ])
     .unwrap();
     let mut fields = IdentityFields::default();
-    let obs = |field: &str, side, at, v: &str| Observation { field: field.into(), side, at: t(at), value: json!(v) };
+    let obs = |field: &str, side, at, v: &str| Observation { field: field.into(), side, at: t(at), value: json!(v), coarse: false };
     fields.observe_all(
         &map,
         &[obs("f1", Side::Ma, 1, "ma1"), obs("f2", Side::Ma, 4, "ma2"), obs("f1", Side::Crm, 3, "crm1"), obs("f2", Side::Crm, 2, "crm2")],
@@ -115,7 +115,7 @@ fn read_only_flows_one_way_and_ignores_the_other_side() {
     let map = crate::mapping::FieldMap::new(vec![FieldMapping { ma: "email".into(), ..m }]).unwrap();
     let m = map.by_ma_field("email").unwrap();
     let mut fields = IdentityFields::default();
-    let obs = |side, at, v: &str| Observation { field: "email".into(), side, at: t(at), value: json!(v) };
+    let obs = |side, at, v: &str| Observation { field: "email".into(), side, at: t(at), value: json!(v), coarse: false };
     fields.observe_all(&map, &[obs(Side::Crm, 1, "crm"), obs(Side::Ma, 2, "ma edit")]);
     let s = fields.get("email").unwrap();
     assert_eq!(s.desired(m), Desired { ma: Some(json!("crm")), crm: None });
@@ -150,6 +150,59 @@ fn the_engines_writes_are_not_edits() {
     // The CRM still has no user edit of its own, so a later MA edit still flows.
     s.observe(Side::Ma, &Versioned::new(t(3), json!("b")));
     assert_eq!(s.needed_write(&m, Side::Crm), Some(json!("b")));
+}
+
+/// A record-level stamp only (a real API): `coarse` observations of one
+/// mapped field `f`, most recent wins.
+fn coarse_world() -> (crate::mapping::FieldMap, IdentityFields) {
+    let map = crate::mapping::FieldMap::new(vec![
+        FieldMapping { ma: "f".into(), ..mapping(SyncBehaviour::MostRecent, false) },
+        FieldMapping { ma: "email".into(), lead: Some("Email".into()), contact: None, ..mapping(SyncBehaviour::MostRecent, false) },
+    ])
+    .unwrap();
+    (map, IdentityFields::default())
+}
+
+fn coarse(side: Side, at: i64, v: &str) -> Observation {
+    Observation { field: "f".into(), side, at: t(at), value: json!(v), coarse: true }
+}
+
+#[test]
+fn a_coarse_field_that_did_not_change_is_no_edit_even_with_a_newer_record_stamp() {
+    let (map, mut fields) = coarse_world();
+    // The MA user edits f at 5; the engine writes it to the CRM at 6.
+    fields.observe_all(&map, &[Observation { coarse: false, ..coarse(Side::Ma, 5, "ma edit") }]);
+    fields.wrote(Side::Crm, "f", t(6), json!("ma edit"));
+    // A CRM user edits another field at 9: the record's stamp moves, f does not.
+    assert_eq!(fields.observe_all(&map, &[coarse(Side::Crm, 9, "ma edit")]), 0);
+    let m = map.by_ma_field("f").unwrap();
+    assert_eq!(fields.get("f").unwrap().desired(m).crm, Some(json!("ma edit")));
+    assert!(fields.get("f").unwrap().crm.last.is_none(), "no CRM edit of f was recorded");
+}
+
+#[test]
+fn a_stale_coarse_re_read_older_than_the_engines_write_is_no_edit() {
+    let (map, mut fields) = coarse_world();
+    fields.observe_all(&map, &[coarse(Side::Ma, 5, "v2")]);
+    fields.wrote(Side::Crm, "f", t(8), json!("v2"));
+    // A snapshot of the CRM record taken at 7, before the write, read late.
+    assert_eq!(fields.observe_all(&map, &[coarse(Side::Crm, 7, "v1")]), 0);
+    assert_eq!(fields.get("f").unwrap().desired(map.by_ma_field("f").unwrap()).ma, Some(json!("v2")));
+}
+
+#[test]
+fn a_coarse_change_newer_than_what_the_engine_knows_is_an_edit() {
+    let (map, mut fields) = coarse_world();
+    fields.observe_all(&map, &[coarse(Side::Ma, 5, "ma")]);
+    fields.wrote(Side::Crm, "f", t(6), json!("ma"));
+    // The engine's write at 6 came back with a CRM user's edit of f at 10
+    // (the record was last saved by the engine, but f changed since).
+    assert_eq!(fields.observe_all(&map, &[coarse(Side::Crm, 10, "crm")]), 1);
+    let m = map.by_ma_field("f").unwrap();
+    assert_eq!(fields.get("f").unwrap().desired(m).ma, Some(json!("crm")));
+    // Unknown sides take any value as an edit.
+    let (map, mut fresh) = coarse_world();
+    assert_eq!(fresh.observe_all(&map, &[coarse(Side::Crm, 1, "first")]), 1);
 }
 
 #[test]
