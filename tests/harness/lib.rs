@@ -28,6 +28,11 @@ use uuid::Uuid;
 
 pub use crmsync_domain::Lane;
 
+/// The connected app of [`TestApp::serve_sandbox`].
+pub const SANDBOX_CLIENT_ID: &str = "crmsync-test-app";
+pub const SANDBOX_CLIENT_SECRET: &str = "test-secret-not-for-production";
+pub const SANDBOX_BUSINESS_UNIT: &str = "0Uv000000000042AAA";
+
 /// A tier to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -422,6 +427,26 @@ impl TestApp {
     }
 
     /// Stops everything and drops the test's database and queues.
+    /// Serves this test's sandbox over HTTP (`crmsync sandbox serve`) on a
+    /// free loopback port; returns its URL. Stops when `stop` is cancelled.
+    pub async fn serve_sandbox(&self, limits: crmsync_sandbox_server::Limits, stop: CancellationToken) -> String {
+        let config = crmsync_sandbox_server::ServerConfig {
+            public_url: String::new(),
+            crm_tenant: "default".into(),
+            ma_tenant: "default".into(),
+            client_id: SANDBOX_CLIENT_ID.into(),
+            client_secret: SANDBOX_CLIENT_SECRET.into(),
+            jwt_public_key_pem: None,
+            business_unit_id: SANDBOX_BUSINESS_UNIT.into(),
+            limits,
+        };
+        let server =
+            crmsync_sandbox_server::Server::bind(config, "127.0.0.1:0".parse().unwrap(), self.pool.clone()).await.expect("sandbox server");
+        let url = server.url().to_owned();
+        tokio::spawn(server.serve(stop));
+        url
+    }
+
     pub async fn cleanup(mut self) {
         for tier in [Tier::Producer, Tier::Matcher, Tier::Applier] {
             self.stop(tier).await;

@@ -247,6 +247,9 @@ impl std::str::FromStr for KeyValue {
 
 #[derive(Debug, Subcommand)]
 pub enum SandboxCmd {
+    /// Serve the sandbox over HTTP as Salesforce (OAuth 2.0, REST query,
+    /// sObject Collections, Bulk API 2.0) and Account Engagement API v5.
+    Serve(ServeArgs),
     /// Fill a tenant with the realistic data set.
     Seed {
         #[arg(long, default_value = "default")]
@@ -388,4 +391,44 @@ pub struct DemoArgs {
     /// Give up waiting for the sync after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Where to listen. Loopback by default: `/sandbox-admin` has no login.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub bind: std::net::SocketAddr,
+    /// The URL clients reach the server at, when not the bound address
+    /// (behind a proxy or in a container).
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// The sandbox CRM org served as Salesforce.
+    #[arg(long, default_value = "default")]
+    pub crm_tenant: String,
+    /// The sandbox MA business unit served as Account Engagement.
+    #[arg(long, default_value = "default")]
+    pub ma_tenant: String,
+    /// The connected app's consumer key.
+    #[arg(long, default_value = "crmsync-sandbox")]
+    pub client_id: String,
+    /// The file holding the connected app's consumer secret (client
+    /// credentials flow).
+    #[arg(long, env = "CRMSYNC_SANDBOX_CLIENT_SECRET_FILE")]
+    pub client_secret_file: std::path::PathBuf,
+    /// The connected app's certificate as a PEM public key, enabling the
+    /// JWT bearer flow.
+    #[arg(long)]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+    /// The business unit id clients must send (`Pardot-Business-Unit-Id`).
+    #[arg(long, default_value = "0Uv000000000001AAA")]
+    pub business_unit_id: String,
+    /// Salesforce API requests allowed per day.
+    #[arg(long, default_value_t = 15_000)]
+    pub salesforce_daily_limit: u64,
+    /// Account Engagement API calls allowed per day.
+    #[arg(long, default_value_t = 25_000)]
+    pub pardot_daily_limit: u64,
+    /// How long an access token lives.
+    #[arg(long, default_value_t = 7_200)]
+    pub token_ttl_secs: u64,
 }

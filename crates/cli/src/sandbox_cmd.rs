@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 use crmsync_domain::csql::{CsUserType, CsqlRecordType};
 
-use crate::args::{CsCmd, KeyValue, SandboxCmd, SystemArg};
+use crate::args::{CsCmd, KeyValue, SandboxCmd, ServeArgs, SystemArg};
 
 fn object(name: &str) -> anyhow::Result<&'static schema::ObjectDef> {
     schema::object(name).with_context(|| {
@@ -38,6 +38,7 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: SandboxCmd) -> anyhow::Res
     crmsync_sandbox::migrate(&pool).await.context("sandbox migrations")?;
     let sb = |tenant: &str| Sandbox::new(pool.clone(), tenant);
     match cmd {
+        SandboxCmd::Serve(args) => serve(pool, args).await?,
         SandboxCmd::Seed { tenant, scale, seed } => {
             if !(scale > 0.0 && scale <= 100.0) {
                 bail!("--scale must be above 0 and at most 100");
@@ -166,5 +167,37 @@ async fn cs(pool: &PgPool, cmd: CsCmd) -> anyhow::Result<()> {
             println!("renewal center configured; stages: {}", stages.join(", "));
         }
     }
+    Ok(())
+}
+
+/// `crmsync sandbox serve`: until SIGINT or SIGTERM.
+async fn serve(pool: PgPool, args: ServeArgs) -> anyhow::Result<()> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read_to_string(path).with_context(|| format!("reading the {what} from {}", path.display()))
+    };
+    let client_secret = read(&args.client_secret_file, "client secret")?.trim().to_owned();
+    if client_secret.is_empty() {
+        bail!("the client secret file {} is empty", args.client_secret_file.display());
+    }
+    let jwt_public_key_pem = args.jwt_public_key.as_deref().map(|p| read(p, "JWT certificate")).transpose()?;
+    let config = crmsync_sandbox_server::ServerConfig {
+        public_url: args.public_url.unwrap_or_default(),
+        crm_tenant: args.crm_tenant,
+        ma_tenant: args.ma_tenant,
+        client_id: args.client_id,
+        client_secret,
+        jwt_public_key_pem,
+        business_unit_id: args.business_unit_id,
+        limits: crmsync_sandbox_server::Limits {
+            salesforce_daily: args.salesforce_daily_limit,
+            pardot_daily: args.pardot_daily_limit,
+            token_ttl_secs: args.token_ttl_secs,
+            ..Default::default()
+        },
+    };
+    let server = crmsync_sandbox_server::Server::bind(config, args.bind, pool).await?;
+    // The line scripts and tests wait for.
+    println!("sandbox serving at {}", server.url());
+    server.serve(crmsync_infra::shutdown::on_signals()).await?;
     Ok(())
 }

@@ -76,6 +76,9 @@ pub enum ProspectTarget {
     /// Create, or update the most recently updated prospect with this email
     /// (Account Engagement's "upsert latest by email"): idempotent creates.
     UpsertByEmail(Email),
+    /// A plain create: a retry makes another prospect. Only for clients
+    /// other than the engine (the sandbox's HTTP API).
+    New,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +98,9 @@ pub enum CrmTarget {
     /// Upsert by crmsync's external id field: a retried create finds the
     /// record the first attempt made instead of making a second one.
     ExternalId(String),
+    /// A plain create, without an external id: a retry makes another record.
+    /// Only for clients other than the engine (the sandbox's HTTP API).
+    New,
 }
 
 #[derive(Debug, Clone, PartialEq)]

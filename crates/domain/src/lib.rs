@@ -15,12 +15,14 @@
 //!   objects, and who sees them (R4-R6).
 //! - [`csql`]: customer-success-qualified leads synced to the CRM, with the
 //!   sync options and their guards (R9).
-//! - [`settings`], [`lane`], [`sync_error`]: per-connection settings, lane choice
-//!   (R7) and the named sync-error categories (I6).
+//! - [`settings`], [`endpoint`], [`lane`], [`sync_error`]: per-connection
+//!   settings and the systems they point at, lane choice (R7) and the named
+//!   sync-error categories (I6).
 
 pub mod creation;
 pub mod csql;
 pub mod email;
+pub mod endpoint;
 pub mod ids;
 pub mod lane;
 pub mod mapping;

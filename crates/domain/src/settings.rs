@@ -22,27 +22,7 @@ pub const DEFAULT_BATCH_BUDGET_PER_HOUR: u32 = 12_000;
 /// hour's worth (1.5 s of the default budget).
 pub const DEFAULT_BATCH_BURST: u32 = 5;
 
-/// Where one system of a connection lives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
-pub enum SystemEndpoint {
-    /// The embedded sandbox in PostgreSQL; `tenant` is the MA business unit or
-    /// CRM org inside it.
-    Sandbox {
-        #[serde(default = "default_tenant")]
-        tenant: String,
-    },
-}
-
-fn default_tenant() -> String {
-    "default".to_owned()
-}
-
-impl Default for SystemEndpoint {
-    fn default() -> Self {
-        SystemEndpoint::Sandbox { tenant: default_tenant() }
-    }
-}
+pub use crate::endpoint::SystemEndpoint;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -96,11 +76,13 @@ pub enum SettingError {
     Unknown(String),
     #[error("setting {key:?} needs {expected}, got {value:?}")]
     Invalid { key: String, value: String, expected: &'static str },
+    #[error("setting {key:?}: not an endpoint: {reason}")]
+    Endpoint { key: String, reason: String },
 }
 
 /// The settings `crmsync connection set` can change.
 pub const SETTABLE: &str = "auto_create_prospects, batch_threshold, batch_budget_per_hour, batch_burst, cs (a sandbox CS tenant, or none), \
-     csql.target, csql.record_type, csql.sync_user";
+     csql.target, csql.record_type, csql.sync_user, ma and crm (a sandbox tenant, or an endpoint as JSON)";
 
 impl ConnectionSettings {
     /// Changes one setting from its textual form. Turning
@@ -132,6 +114,27 @@ impl ConnectionSettings {
                 self.cs = match value {
                     "" | "none" => None,
                     tenant => Some(SystemEndpoint::Sandbox { tenant: tenant.to_owned() }),
+                }
+            }
+            // A system's endpoint: a sandbox tenant's name, or the endpoint
+            // as JSON (`{"kind": "salesforce", ...}`).
+            "ma" | "crm" => {
+                let endpoint = if value.trim_start().starts_with('{') {
+                    serde_json::from_str(value).map_err(|e| SettingError::Endpoint { key: key.to_owned(), reason: e.to_string() })?
+                } else {
+                    SystemEndpoint::Sandbox { tenant: value.to_owned() }
+                };
+                let expected = if key == "ma" { "sandbox or account_engagement" } else { "sandbox or salesforce" };
+                match (&endpoint, key) {
+                    (SystemEndpoint::Sandbox { .. }, _)
+                    | (SystemEndpoint::AccountEngagement(_), "ma")
+                    | (SystemEndpoint::Salesforce(_), "crm") => {}
+                    _ => return Err(invalid(expected)),
+                }
+                if key == "ma" {
+                    self.ma = endpoint;
+                } else {
+                    self.crm = endpoint;
                 }
             }
             "batch_burst" => {

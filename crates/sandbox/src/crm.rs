@@ -132,12 +132,18 @@ impl SandboxCrm {
         }
         let actor = w.act_as.as_ref().map_or(self.integration_user.as_str(), CrmId::as_str);
         // Which row, and whether it may be written at all.
-        let (column, key) = match &w.target {
-            CrmTarget::Id(id) => ("id", id.to_string()),
-            CrmTarget::ExternalId(ext) => ("crmsync_id", ext.clone()),
+        let existing = match &w.target {
+            CrmTarget::New => None,
+            CrmTarget::Id(_) | CrmTarget::ExternalId(_) => {
+                let (column, key) = match &w.target {
+                    CrmTarget::Id(id) => ("id", id.to_string()),
+                    CrmTarget::ExternalId(ext) => ("crmsync_id", ext.clone()),
+                    CrmTarget::New => unreachable!("matched above"),
+                };
+                let lookup = format!("SELECT id, to_jsonb(t) AS row FROM {} t WHERE tenant = $1 AND {column} = $2 FOR UPDATE", def.table);
+                sqlx::query(AssertSqlSafe(lookup)).bind(&self.tenant).bind(&key).fetch_optional(&mut *conn).await?
+            }
         };
-        let lookup = format!("SELECT id, to_jsonb(t) AS row FROM {} t WHERE tenant = $1 AND {column} = $2 FOR UPDATE", def.table);
-        let existing = sqlx::query(AssertSqlSafe(lookup)).bind(&self.tenant).bind(&key).fetch_optional(&mut *conn).await?;
         if let Some(r) = &existing {
             let row: Value = r.get("row");
             if store::flag(&row, "is_deleted") {
@@ -162,8 +168,9 @@ impl SandboxCrm {
         let written = match existing {
             Some(r) => store::update(conn, def, &self.tenant, r.get::<&str, _>("id"), &doc, actor, w.fence).await?,
             None => {
-                let CrmTarget::ExternalId(ext) = &w.target else { unreachable!("ids were handled above") };
-                doc.insert("crmsync_id".into(), Value::String(ext.clone()));
+                if let CrmTarget::ExternalId(ext) = &w.target {
+                    doc.insert("crmsync_id".into(), Value::String(ext.clone()));
+                }
                 // The creating user owns a record created without an owner.
                 doc.entry("owner_id").or_insert_with(|| Value::String(actor.to_owned()));
                 store::insert(conn, def, &self.tenant, &doc, actor, w.fence).await?

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use crmsync_connector::{ConnectorError, ConnectorFactory, Systems};
-use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
+use crmsync_connector::{ConnectorError, ConnectorFactory, CsApi, Systems};
+use crmsync_domain::settings::ConnectionSettings;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
@@ -13,43 +13,71 @@ use crate::crm::SandboxCrm;
 use crate::cs::SandboxCs;
 use crate::ma::SandboxMa;
 
-/// The sandbox tenants a connection uses: MA, CRM and (if any) CS.
-type Tenants = (String, String, Option<String>);
-
-/// Connects connections to the sandbox systems in one PostgreSQL database.
+/// Connects connections to the sandbox systems in one PostgreSQL database,
+/// each tenant once.
 #[derive(Debug)]
 pub struct SandboxFactory {
     pool: PgPool,
-    cache: Mutex<HashMap<Tenants, Systems>>,
+    ma: Mutex<HashMap<String, Arc<SandboxMa>>>,
+    crm: Mutex<HashMap<String, Arc<SandboxCrm>>>,
+    cs: Mutex<HashMap<(String, String), Arc<SandboxCs>>>,
 }
 
 impl SandboxFactory {
     pub fn new(pool: PgPool) -> Self {
-        SandboxFactory { pool, cache: Mutex::new(HashMap::new()) }
+        SandboxFactory { pool, ma: Mutex::default(), crm: Mutex::default(), cs: Mutex::default() }
     }
+
+    /// The sandbox MA of `tenant`.
+    pub async fn ma(&self, tenant: &str) -> Result<Arc<SandboxMa>, ConnectorError> {
+        let mut cache = self.ma.lock().await;
+        if let Some(m) = cache.get(tenant) {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(SandboxMa::connect(self.pool.clone(), tenant).await?);
+        cache.insert(tenant.to_owned(), m.clone());
+        Ok(m)
+    }
+
+    /// The sandbox CRM of `tenant`.
+    pub async fn crm(&self, tenant: &str) -> Result<Arc<SandboxCrm>, ConnectorError> {
+        let mut cache = self.crm.lock().await;
+        if let Some(c) = cache.get(tenant) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(SandboxCrm::connect(self.pool.clone(), tenant).await?);
+        cache.insert(tenant.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// The sandbox CS platform of `tenant`, tied to the CRM org `crm_tenant`.
+    pub async fn cs(&self, tenant: &str, crm_tenant: &str) -> Result<Arc<SandboxCs>, ConnectorError> {
+        let key = (tenant.to_owned(), crm_tenant.to_owned());
+        let mut cache = self.cs.lock().await;
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(SandboxCs::connect(self.pool.clone(), tenant, crm_tenant).await?);
+        cache.insert(key, c.clone());
+        Ok(c)
+    }
+}
+
+fn not_sandbox(system: &str) -> ConnectorError {
+    ConnectorError::Fatal(format!("the {system} is not a sandbox tenant; connect it with the systems factory"))
 }
 
 #[async_trait]
 impl ConnectorFactory for SandboxFactory {
+    /// A connection whose systems are all sandbox tenants.
     async fn systems(&self, settings: &ConnectionSettings) -> Result<Systems, ConnectorError> {
-        let SystemEndpoint::Sandbox { tenant: ma } = &settings.ma;
-        let SystemEndpoint::Sandbox { tenant: crm } = &settings.crm;
-        let cs = settings.cs.as_ref().map(|SystemEndpoint::Sandbox { tenant }| tenant.clone());
-        let key = (ma.clone(), crm.clone(), cs.clone());
-        let mut cache = self.cache.lock().await;
-        if let Some(s) = cache.get(&key) {
-            return Ok(s.clone());
-        }
-        let systems = Systems {
-            ma: Arc::new(SandboxMa::connect(self.pool.clone(), ma).await?),
-            crm: Arc::new(SandboxCrm::connect(self.pool.clone(), crm).await?),
-            cs: match &cs {
-                Some(t) => Some(Arc::new(SandboxCs::connect(self.pool.clone(), t, crm).await?)),
-                None => None,
-            },
+        let ma = settings.ma.sandbox_tenant().ok_or_else(|| not_sandbox("MA"))?;
+        let crm = settings.crm.sandbox_tenant().ok_or_else(|| not_sandbox("CRM"))?;
+        let cs = match &settings.cs {
+            None => None,
+            Some(e) => Some(self.cs(e.sandbox_tenant().ok_or_else(|| not_sandbox("CS platform"))?, crm).await? as Arc<dyn CsApi>),
         };
-        cache.insert(key, systems.clone());
-        Ok(systems)
+        Ok(Systems { ma: self.ma(ma).await?, crm: self.crm(crm).await?, cs })
     }
 }
 

@@ -76,7 +76,7 @@ impl SandboxMa {
     async fn write_one(&self, conn: &mut PgConnection, w: &ProspectWrite) -> Result<WriteOutcome, sqlx::Error> {
         let creating_email = match &w.target {
             ProspectTarget::UpsertByEmail(e) => Some(e),
-            ProspectTarget::Id(_) => None,
+            ProspectTarget::Id(_) | ProspectTarget::New => None,
         };
         let existing: Option<i64> = match (&w.target, creating_email) {
             (ProspectTarget::Id(id), _) => Some(*id),

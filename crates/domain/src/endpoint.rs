@@ -1,0 +1,188 @@
+//! Where a connection's systems live: the embedded sandbox, or the real
+//! APIs (Salesforce REST and Account Engagement v5) with their OAuth
+//! credentials.
+//!
+//! Settings are stored in PostgreSQL and shown by `crmsync connection
+//! show`, so a credential is never stored itself, only where to read it: an
+//! environment variable or a file (a Kubernetes or Docker secret).
+
+use serde::{Deserialize, Serialize};
+
+/// Where a credential is read from when the connector starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SecretSource {
+    /// An environment variable of the tier's process.
+    Env(String),
+    /// A file whose content (trimmed) is the secret.
+    File(String),
+}
+
+/// How crmsync authenticates to Salesforce (and to Account Engagement, which
+/// takes Salesforce tokens).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "flow", rename_all = "snake_case")]
+pub enum OAuthFlow {
+    /// OAuth 2.0 client credentials: the connected app runs as its
+    /// configured integration user.
+    ClientCredentials { client_id: String, client_secret: SecretSource },
+    /// OAuth 2.0 JWT bearer: a JWT signed with the connected app's private
+    /// key (RS256) for `username`. Needed to write as another user (a
+    /// CSQL's logged-in sync).
+    JwtBearer { client_id: String, username: String, private_key: SecretSource },
+}
+
+/// The token endpoint and the flow. (Unknown keys are refused by the flow:
+/// serde cannot refuse them on a flattened struct.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuth {
+    /// `https://login.salesforce.com`, `https://test.salesforce.com` or the
+    /// org's My Domain; the token endpoint is `{login_url}/services/oauth2/token`.
+    pub login_url: String,
+    #[serde(flatten)]
+    pub flow: OAuthFlow,
+}
+
+fn default_api_version() -> String {
+    "v60.0".to_owned()
+}
+fn default_api_share() -> f64 {
+    0.5
+}
+fn default_overlap_secs() -> u64 {
+    60
+}
+fn default_bulk_threshold() -> usize {
+    2_000
+}
+fn default_timeout_secs() -> u64 {
+    30
+}
+fn default_concurrency() -> usize {
+    5
+}
+
+/// A Salesforce org reached through its REST APIs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalesforceEndpoint {
+    pub oauth: OAuth,
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    /// The share of the org's daily API requests crmsync may use (read from
+    /// `Sforce-Limit-Info`); past it, calls wait.
+    #[serde(default = "default_api_share")]
+    pub api_share: f64,
+    /// Change queries look back this far for late commits.
+    #[serde(default = "default_overlap_secs")]
+    pub overlap_secs: u64,
+    /// Writes of at least this many records go through a Bulk API 2.0 job.
+    #[serde(default = "default_bulk_threshold")]
+    pub bulk_threshold: usize,
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// Who keeps the MA's read-only mirrors of CRM accounts, opportunities and
+/// custom objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MirrorKeeper {
+    /// crmsync reconciles them (the sandbox's mirror extension).
+    #[default]
+    Engine,
+    /// The MA's own CRM connector does (a real business unit): crmsync
+    /// leaves them alone.
+    Ma,
+}
+
+/// An Account Engagement business unit reached through API v5.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountEngagementEndpoint {
+    /// `https://pi.pardot.com` (or the demo domain).
+    pub base_url: String,
+    /// The 18-character business unit id (`0Uv...`).
+    pub business_unit_id: String,
+    pub oauth: OAuth,
+    /// Requests in flight at once, across all replicas (the API allows 5).
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// API calls crmsync may make per day (its share of the business unit's
+    /// quota); none: only the API's own limit applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_quota: Option<u64>,
+    #[serde(default = "default_overlap_secs")]
+    pub overlap_secs: u64,
+    #[serde(default)]
+    pub mirrors: MirrorKeeper,
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// Where one system of a connection lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum SystemEndpoint {
+    /// The embedded sandbox in PostgreSQL; `tenant` is the MA business unit or
+    /// CRM org inside it.
+    Sandbox {
+        #[serde(default = "default_tenant")]
+        tenant: String,
+    },
+    /// A Salesforce org (the CRM).
+    Salesforce(SalesforceEndpoint),
+    /// An Account Engagement business unit (the MA).
+    AccountEngagement(AccountEngagementEndpoint),
+}
+
+fn default_tenant() -> String {
+    "default".to_owned()
+}
+
+impl Default for SystemEndpoint {
+    fn default() -> Self {
+        SystemEndpoint::Sandbox { tenant: default_tenant() }
+    }
+}
+
+impl SystemEndpoint {
+    /// The sandbox tenant, if the system is the embedded sandbox.
+    pub fn sandbox_tenant(&self) -> Option<&str> {
+        match self {
+            SystemEndpoint::Sandbox { tenant } => Some(tenant),
+            _ => None,
+        }
+    }
+
+    /// Whether crmsync keeps the MA's mirrors (when this is the MA).
+    pub fn engine_keeps_mirrors(&self) -> bool {
+        !matches!(self, SystemEndpoint::AccountEngagement(a) if a.mirrors == MirrorKeeper::Ma)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_reads_from_json_with_defaults_and_refuses_unknown_keys() {
+        let e: SystemEndpoint = serde_json::from_value(serde_json::json!({
+            "kind": "salesforce",
+            "oauth": {"login_url": "https://login.salesforce.com", "flow": "client_credentials",
+                      "client_id": "3MVG9", "client_secret": {"env": "SF_SECRET"}}
+        }))
+        .unwrap();
+        let SystemEndpoint::Salesforce(sf) = e else { panic!() };
+        assert_eq!((sf.api_version.as_str(), sf.api_share, sf.overlap_secs), ("v60.0", 0.5, 60));
+        assert_eq!(
+            sf.oauth.flow,
+            OAuthFlow::ClientCredentials { client_id: "3MVG9".into(), client_secret: SecretSource::Env("SF_SECRET".into()) }
+        );
+        let unknown =
+            serde_json::from_value::<SystemEndpoint>(serde_json::json!({"kind": "sandbox", "tenant": "x", "password": "hunter2"}));
+        assert!(unknown.is_err());
+        let sandbox: SystemEndpoint = serde_json::from_value(serde_json::json!({"kind": "sandbox"})).unwrap();
+        assert_eq!(sandbox.sandbox_tenant(), Some("default"));
+    }
+}

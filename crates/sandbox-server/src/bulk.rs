@@ -1,0 +1,221 @@
+//! Bulk API 2.0 ingest jobs: create a job, upload CSV, mark it
+//! `UploadComplete`, poll it while it runs, read its successful and failed
+//! results as CSV. The records go through the same writes as sObject
+//! Collections, 200 at a time, each row with its own result.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use crmsync_connector::CrmApi;
+use crmsync_sandbox::schema::Kind;
+use crmsync_wire::salesforce::{
+    self, BULK_CREATED_COLUMN, BULK_ERROR_COLUMN, BULK_ID_COLUMN, BULK_NULL, BulkOperation, CreateJob, EXTERNAL_ID_FIELD, FENCE_FIELD,
+    JobInfo, JobState, SaveResult, UpdateJob, codes,
+};
+use serde_json::{Map, Value};
+use tokio::sync::Mutex;
+
+use crate::errors::SfError;
+use crate::rest::{self, Mode};
+use crate::soql_sql::Table;
+use crate::state::{AppState, Session};
+
+/// One ingest job and what it produced.
+#[derive(Debug)]
+pub struct Job {
+    pub info: JobInfo,
+    data: Vec<u8>,
+    session: Session,
+    header: Vec<String>,
+    successful: Vec<Vec<String>>,
+    failed: Vec<Vec<String>>,
+}
+
+pub async fn create(
+    State(st): State<Arc<AppState>>,
+    Extension(session): Extension<Session>,
+    Json(req): Json<CreateJob>,
+) -> Result<(StatusCode, Json<JobInfo>), SfError> {
+    Table::resolve(&req.object)?;
+    if req.operation == BulkOperation::Upsert && req.external_id_field_name.as_deref() != Some(EXTERNAL_ID_FIELD) {
+        return Err(SfError::bad_request(codes::INVALID_FIELD, format!("upsert jobs take externalIdFieldName {EXTERNAL_ID_FIELD}")));
+    }
+    if req.content_type != "CSV" {
+        return Err(SfError::bad_request("INVALIDJOB", "contentType must be CSV"));
+    }
+    let info = JobInfo {
+        id: format!("750{}", uuid::Uuid::new_v4().simple()),
+        object: req.object.clone(),
+        operation: req.operation,
+        state: JobState::Open,
+        number_records_processed: 0,
+        number_records_failed: 0,
+        error_message: None,
+    };
+    let job = Job { info: info.clone(), data: Vec::new(), session, header: Vec::new(), successful: Vec::new(), failed: Vec::new() };
+    st.jobs.lock().await.insert(info.id.clone(), Arc::new(Mutex::new(job)));
+    Ok((StatusCode::OK, Json(info)))
+}
+
+async fn job(st: &AppState, id: &str) -> Result<Arc<Mutex<Job>>, SfError> {
+    st.jobs
+        .lock()
+        .await
+        .get(id)
+        .cloned()
+        .ok_or_else(|| SfError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "The requested resource does not exist"))
+}
+
+pub async fn upload(State(st): State<Arc<AppState>>, Path((_v, id)): Path<(String, String)>, body: Bytes) -> Result<StatusCode, SfError> {
+    let job = job(&st, &id).await?;
+    let mut job = job.lock().await;
+    if job.info.state != JobState::Open {
+        return Err(SfError::new(StatusCode::CONFLICT, "INVALIDJOBSTATE", "data can only be uploaded to an Open job"));
+    }
+    job.data.extend_from_slice(&body);
+    Ok(StatusCode::CREATED)
+}
+
+pub async fn update(
+    State(st): State<Arc<AppState>>,
+    Path((_v, id)): Path<(String, String)>,
+    Json(req): Json<UpdateJob>,
+) -> Result<Json<JobInfo>, SfError> {
+    let handle = job(&st, &id).await?;
+    let mut job = handle.lock().await;
+    match (job.info.state, req.state) {
+        (JobState::Open, JobState::UploadComplete) => {
+            job.info.state = JobState::UploadComplete;
+            let (st, handle) = (st.clone(), handle.clone());
+            tokio::spawn(async move { run(&st, &handle).await });
+        }
+        (JobState::Open | JobState::UploadComplete, JobState::Aborted) => job.info.state = JobState::Aborted,
+        (from, to) => {
+            return Err(SfError::bad_request("INVALIDJOBSTATE", format!("a job cannot go from {from:?} to {to:?}")));
+        }
+    }
+    Ok(Json(job.info.clone()))
+}
+
+pub async fn status(State(st): State<Arc<AppState>>, Path((_v, id)): Path<(String, String)>) -> Result<Json<JobInfo>, SfError> {
+    Ok(Json(job(&st, &id).await?.lock().await.info.clone()))
+}
+
+fn csv_response(header: Vec<String>, rows: &[Vec<String>]) -> Response {
+    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    let _ = w.write_record(&header);
+    for r in rows {
+        let _ = w.write_record(r);
+    }
+    let body = w.into_inner().unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/csv")], body).into_response()
+}
+
+pub async fn successful(State(st): State<Arc<AppState>>, Path((_v, id)): Path<(String, String)>) -> Result<Response, SfError> {
+    let job = job(&st, &id).await?;
+    let job = job.lock().await;
+    let header = [BULK_ID_COLUMN.to_owned(), BULK_CREATED_COLUMN.to_owned()].into_iter().chain(job.header.iter().cloned()).collect();
+    Ok(csv_response(header, &job.successful))
+}
+
+pub async fn failed(State(st): State<Arc<AppState>>, Path((_v, id)): Path<(String, String)>) -> Result<Response, SfError> {
+    let job = job(&st, &id).await?;
+    let job = job.lock().await;
+    let header = [BULK_ID_COLUMN.to_owned(), BULK_ERROR_COLUMN.to_owned()].into_iter().chain(job.header.iter().cloned()).collect();
+    Ok(csv_response(header, &job.failed))
+}
+
+/// A CSV cell as the field's JSON value; `None` leaves the field alone.
+fn cell(kind: Option<Kind>, column: &str, text: &str) -> Option<Value> {
+    if text.is_empty() {
+        return None;
+    }
+    if text == BULK_NULL {
+        return Some(Value::Null);
+    }
+    if column == FENCE_FIELD {
+        return Some(text.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(text.to_owned())));
+    }
+    Some(match kind {
+        Some(Kind::Bool) => Value::Bool(text.eq_ignore_ascii_case("true")),
+        Some(Kind::Int) => text.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(text.to_owned())),
+        Some(Kind::Decimal) => text.parse::<f64>().map(Value::from).unwrap_or_else(|_| Value::String(text.to_owned())),
+        _ => Value::String(text.to_owned()),
+    })
+}
+
+/// Runs an uploaded job to its end.
+async fn run(st: &AppState, handle: &Arc<Mutex<Job>>) {
+    let (object, operation, data, session) = {
+        let mut job = handle.lock().await;
+        job.info.state = JobState::InProgress;
+        (job.info.object.clone(), job.info.operation, std::mem::take(&mut job.data), job.session.clone())
+    };
+    let outcome = process(st, &object, operation, &data, &session).await;
+    let mut job = handle.lock().await;
+    match outcome {
+        Ok((header, successful, failed)) => {
+            job.info.number_records_processed = (successful.len() + failed.len()) as u64;
+            job.info.number_records_failed = failed.len() as u64;
+            job.header = header;
+            job.successful = successful;
+            job.failed = failed;
+            job.info.state = JobState::JobComplete;
+        }
+        Err(message) => {
+            job.info.state = JobState::Failed;
+            job.info.error_message = Some(message);
+        }
+    }
+}
+
+type Results = (Vec<String>, Vec<Vec<String>>, Vec<Vec<String>>);
+
+async fn process(st: &AppState, object: &str, operation: BulkOperation, data: &[u8], session: &Session) -> Result<Results, String> {
+    let (header, rows) = salesforce::read_csv(data).map_err(|e| format!("InvalidBatch : the CSV cannot be read: {e}"))?;
+    let def = match Table::resolve(object).map_err(|_| format!("InvalidJob : unknown object {object}"))? {
+        Table::Standard { def, .. } => Some(def),
+        _ => None,
+    };
+    let mode = match operation {
+        BulkOperation::Insert => Mode::Create,
+        BulkOperation::Update => Mode::Update,
+        BulkOperation::Upsert => Mode::Upsert,
+    };
+    let integration = st.crm.integration_user().to_owned();
+    let mut successful = Vec::new();
+    let mut failed = Vec::new();
+    for chunk in rows.chunks(salesforce::MAX_COLLECTION_RECORDS) {
+        let records: Vec<Map<String, Value>> = chunk
+            .iter()
+            .map(|row| {
+                let mut r = Map::new();
+                r.insert("attributes".into(), serde_json::json!({"type": object}));
+                for (column, text) in header.iter().zip(row) {
+                    let kind = def.and_then(|d| d.by_api(column)).map(|c| c.kind);
+                    if let Some(v) = cell(kind, column, text) {
+                        r.insert(column.clone(), v);
+                    }
+                }
+                r
+            })
+            .collect();
+        let prepared = records.iter().map(|r| rest::prepare(mode, session, &integration, r)).collect();
+        let results: Vec<SaveResult> = rest::write(st, mode, prepared).await.map_err(|e| format!("{:?}", e.errors))?;
+        for (row, result) in chunk.iter().zip(results) {
+            let id = result.id.clone().unwrap_or_default();
+            if result.success {
+                let created = result.created.unwrap_or(mode == Mode::Create);
+                successful.push([id, created.to_string()].into_iter().chain(row.iter().cloned()).collect());
+            } else {
+                let why = result.errors.iter().map(|e| format!("{}:{}", e.status_code, e.message)).collect::<Vec<_>>().join("; ");
+                failed.push([id, why].into_iter().chain(row.iter().cloned()).collect());
+            }
+        }
+    }
+    Ok((header, successful, failed))
+}

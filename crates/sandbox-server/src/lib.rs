@@ -1,0 +1,186 @@
+//! The sandbox systems over HTTP (`crmsync sandbox serve`).
+//!
+//! Serves one sandbox CRM org and one MA business unit through the same
+//! paths, payloads, status codes and error bodies as Salesforce (OAuth 2.0,
+//! REST query and sObject Collections, Bulk API 2.0 ingest) and Account
+//! Engagement API v5 (prospects), with their limits: 200 records per
+//! collection call, the `Sforce-Limit-Info` header, daily quotas that answer
+//! with the real limit errors, five Account Engagement requests in flight.
+//! The HTTP connectors are tested against it, and ordinary Salesforce
+//! clients can talk to it.
+//!
+//! `/sandbox-admin` changes the limits at run time and expires sessions, so
+//! tests can hit a quota or a token expiry on purpose; it is open to anyone
+//! who can reach the port, so the server binds to loopback by default.
+
+mod admin;
+mod bulk;
+mod errors;
+mod oauth;
+mod pardot;
+mod rest;
+mod soql_sql;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use axum::Router;
+use axum::middleware;
+use axum::routing::{get, post};
+use crmsync_connector::ConnectorError;
+use crmsync_sandbox::{SandboxCrm, SandboxMa};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use state::Limits;
+
+/// What the server serves, and to whom.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The URL clients reach the server at (the `instance_url` handed out
+    /// with tokens); the bound address when empty.
+    pub public_url: String,
+    /// The sandbox CRM org served as Salesforce.
+    pub crm_tenant: String,
+    /// The sandbox MA business unit served as Account Engagement.
+    pub ma_tenant: String,
+    /// The connected app's consumer key.
+    pub client_id: String,
+    /// The connected app's consumer secret (client credentials flow).
+    pub client_secret: String,
+    /// The certificate of the connected app (PEM public key) for the JWT
+    /// bearer flow; without it that flow is refused.
+    pub jwt_public_key_pem: Option<String>,
+    /// The business unit id clients must send in `Pardot-Business-Unit-Id`.
+    pub business_unit_id: String,
+    pub limits: Limits,
+}
+
+// The secret stays out of logs and panics.
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("public_url", &self.public_url)
+            .field("crm_tenant", &self.crm_tenant)
+            .field("ma_tenant", &self.ma_tenant)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("jwt", &self.jwt_public_key_pem.is_some())
+            .field("business_unit_id", &self.business_unit_id)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // A Developer Edition org's allowance.
+            salesforce_daily: 15_000,
+            salesforce_used: 0,
+            // Account Engagement Growth edition.
+            pardot_daily: 25_000,
+            pardot_used: 0,
+            pardot_concurrency: crmsync_wire::pardot::MAX_CONCURRENT_REQUESTS,
+            token_ttl_secs: 2 * 60 * 60,
+        }
+    }
+}
+
+/// A bound server, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<state::AppState>,
+}
+
+impl Server {
+    /// Binds `addr` and connects to the sandbox tenants the configuration
+    /// names (both must exist: `crmsync sandbox init`).
+    pub async fn bind(mut config: ServerConfig, addr: SocketAddr, pool: PgPool) -> anyhow::Result<Server> {
+        let listener = TcpListener::bind(addr).await?;
+        if config.public_url.is_empty() {
+            config.public_url = format!("http://{}", listener.local_addr()?);
+        }
+        let fatal = |e: ConnectorError| anyhow::anyhow!("{e}");
+        let crm = Arc::new(SandboxCrm::connect(pool.clone(), &config.crm_tenant).await.map_err(fatal)?);
+        let ma = Arc::new(SandboxMa::connect(pool.clone(), &config.ma_tenant).await.map_err(fatal)?);
+        let org_id: String = sqlx::query_scalar("SELECT '00D' || substr(md5($1), 1, 15)").bind(&config.crm_tenant).fetch_one(&pool).await?;
+        let limits = config.limits.clone();
+        let state = Arc::new(state::AppState {
+            config,
+            pool,
+            crm,
+            ma,
+            sessions: Default::default(),
+            limits: tokio::sync::Mutex::new(limits),
+            day: tokio::sync::Mutex::new(chrono::Utc::now().date_naive()),
+            locators: Default::default(),
+            jobs: Default::default(),
+            pardot_in_flight: AtomicUsize::new(0),
+            org_id,
+        });
+        Ok(Server { listener, state })
+    }
+
+    /// The address clients reach the server at.
+    pub fn url(&self) -> &str {
+        &self.state.config.public_url
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes the requests in
+    /// flight.
+    pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let app = router(self.state);
+        axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    }
+}
+
+fn router(st: Arc<state::AppState>) -> Router {
+    use axum::routing::{delete, patch, put};
+    let salesforce = Router::new()
+        .route("/services/data/{v}/query", get(rest::query))
+        .route("/services/data/{v}/queryAll", get(rest::query_all))
+        .route("/services/data/{v}/query/{locator}", get(rest::query_more))
+        .route("/services/data/{v}/queryAll/{locator}", get(rest::query_more))
+        .route("/services/data/{v}/composite/sobjects", post(rest::create).patch(rest::update).delete(rest::delete))
+        .route("/services/data/{v}/composite/sobjects/{object}/{field}", patch(rest::upsert))
+        .route("/services/data/{v}/jobs/ingest", post(bulk::create))
+        .route("/services/data/{v}/jobs/ingest/{id}", get(bulk::status).patch(bulk::update))
+        .route("/services/data/{v}/jobs/ingest/{id}/batches", put(bulk::upload))
+        .route("/services/data/{v}/jobs/ingest/{id}/successfulResults", get(bulk::successful))
+        .route("/services/data/{v}/jobs/ingest/{id}/successfulResults/", get(bulk::successful))
+        .route("/services/data/{v}/jobs/ingest/{id}/failedResults", get(bulk::failed))
+        .route("/services/data/{v}/jobs/ingest/{id}/failedResults/", get(bulk::failed))
+        .route_layer(middleware::from_fn_with_state(st.clone(), oauth::salesforce_gate));
+    let pardot = pardot::routes().route_layer(middleware::from_fn_with_state(st.clone(), oauth::pardot_gate));
+    let admin = Router::new()
+        .route("/sandbox-admin/limits", get(admin::limits).put(admin::set_limits))
+        .route("/sandbox-admin/expire-sessions", post(admin::expire_sessions))
+        .route("/sandbox-admin/sessions", delete(admin::expire_sessions));
+    Router::new()
+        .route("/services/oauth2/token", post(oauth::token))
+        .route("/services/data", get(rest::versions))
+        .merge(salesforce)
+        .merge(pardot)
+        .merge(admin)
+        .layer(middleware::from_fn(trace))
+        .with_state(st)
+}
+
+/// One span per request, with its method and path (never its headers: they
+/// carry tokens).
+async fn trace(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!("sandbox_http", method = %req.method(), path = %req.uri().path(), status = tracing::field::Empty);
+    async move {
+        let resp = next.run(req).await;
+        tracing::Span::current().record("status", resp.status().as_u16());
+        resp
+    }
+    .instrument(span)
+    .await
+}
