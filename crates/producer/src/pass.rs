@@ -211,6 +211,20 @@ async fn publish(
     Ok(true)
 }
 
+/// A page with nothing in it can still move the cursor (a stamp cursor
+/// arming its look back over the overlap window): keeps that, or the look
+/// back would never happen and a late commit would be missed.
+async fn keep_cursor(ctx: &PassContext<'_>, connection_id: &str, h: &mut Held, page: Page) -> Result<(), StageError> {
+    if h.cursor.as_ref() == Some(&page.next) {
+        return Ok(());
+    }
+    let counts = feeds::Counts { published: 0, suppressed: 0, batch: false };
+    if feeds::advance(ctx.pool, connection_id, &h.name, ctx.owner, h.lease.token, &page.next.0, counts).await? {
+        h.cursor = Some(page.next);
+    }
+    Ok(())
+}
+
 /// Runs one pass over every feed of a connection this replica can lease.
 pub async fn run_pass(
     ctx: &PassContext<'_>,
@@ -241,6 +255,7 @@ pub async fn run_pass(
             }
             // Only echoes (or nothing): pass them over at once.
             if page.dropped == 0 {
+                keep_cursor(ctx, connection_id, h, page).await?;
                 h.open = false;
                 break;
             }
@@ -262,6 +277,7 @@ pub async fn run_pass(
             let page = read(ctx, connection_id, settings, systems, h, ctx.page_size).await?;
             stats.detected += page.keep.len() + page.dropped;
             if page.keep.is_empty() && page.dropped == 0 {
+                keep_cursor(ctx, connection_id, h, page).await?;
                 break;
             }
             publish(ctx, connection_id, h, page, lane, &mut stats).await?;
