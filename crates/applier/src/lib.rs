@@ -26,7 +26,7 @@ use crmsync_infra::budget::BatchBudget;
 use crmsync_infra::services::Services;
 use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
 use crmsync_infra::{CancellationToken, Config};
-use crmsync_sandbox::SandboxFactory;
+use crmsync_systems::SystemsFactory;
 use lapin::message::Delivery;
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -82,7 +82,7 @@ fn options(config: &Config, queue: String, concurrency: usize) -> ConsumeOptions
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let services = Services::connect(&config, "crmsync-applier").await?;
     crmsync_infra::metrics::install(config.telemetry.metrics_listen.as_deref())?;
-    let factory = Arc::new(SandboxFactory::from_config(&config, &services.pool).await?);
+    let factory = Arc::new(SystemsFactory::from_config(&config, &services.pool).await?);
     let stage = Arc::new(ApplyStage {
         applier: Applier {
             pool: services.pool.clone(),

@@ -9,8 +9,8 @@ use crmsync_connector::ConnectorFactory;
 use crmsync_domain::csql::{self, CsqlSwitchError};
 use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
 use crmsync_infra::Config;
-use crmsync_sandbox::SandboxFactory;
 use crmsync_store::connections;
+use crmsync_systems::SystemsFactory;
 use sqlx::PgPool;
 
 use crate::args::ConnectionCmd;
@@ -68,7 +68,7 @@ pub async fn set(config: &Config, pool: &PgPool, id: &str, key: &str, value: &st
     let mut notes = Vec::new();
     let mut switch_cs_config = None;
     if key.starts_with("csql.") {
-        let factory = SandboxFactory::from_config(config, pool).await?;
+        let factory = SystemsFactory::from_config(config, pool).await?;
         let cs = match &before.cs {
             Some(_) => factory.systems(&before).await?.cs,
             None => None,

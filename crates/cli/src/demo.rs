@@ -485,7 +485,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     println!("7. Report");
-    let factory = SandboxFactory::new(pool.clone());
+    let factory = crmsync_systems::SystemsFactory::new(SandboxFactory::new(pool.clone()));
     let r = report::build(&pool, &factory, CONNECTION).await?;
     report::print(&r);
     println!("Demo finished in {:.0} s.", started.elapsed().as_secs_f64());

@@ -19,8 +19,8 @@ use crmsync_connector::{ConnectorFactory, Cursor};
 use crmsync_infra::Config;
 use crmsync_infra::amqp::{self, Topology};
 use crmsync_producer::Feed;
-use crmsync_sandbox::SandboxFactory;
 use crmsync_store::{audit, connections, feeds};
+use crmsync_systems::SystemsFactory;
 use sqlx::PgPool;
 
 /// A snapshot of one connection's progress.
@@ -48,7 +48,7 @@ impl Progress {
 #[derive(Debug)]
 pub struct Probe {
     pool: PgPool,
-    factory: SandboxFactory,
+    factory: SystemsFactory,
     channel: lapin::Channel,
     topology: Topology,
     _conn: lapin::Connection,
@@ -60,7 +60,7 @@ impl Probe {
         let channel = conn.create_channel().await?;
         let topology = Topology::new(&config.amqp);
         topology.declare(&channel).await?;
-        let factory = SandboxFactory::from_config(config, pool).await?;
+        let factory = SystemsFactory::from_config(config, pool).await?;
         Ok(Probe { pool: pool.clone(), factory, channel, topology, _conn: conn })
     }
 

@@ -17,9 +17,9 @@ use crmsync_domain::records::{CrmPersonRecord, ProspectRecord};
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, CrmObject};
 use crmsync_infra::Config;
-use crmsync_sandbox::SandboxFactory;
 use crmsync_store::sync_errors::{self, SyncErrorRow};
 use crmsync_store::{audit, connections, identities};
+use crmsync_systems::SystemsFactory;
 
 use crate::mirror_check::MirrorCounts;
 use sqlx::PgPool;
@@ -113,7 +113,7 @@ fn compare(settings: &ConnectionSettings, p: &ProspectRecord, c: &CrmPersonRecor
 }
 
 /// Builds the report of one connection.
-pub async fn build(pool: &PgPool, factory: &SandboxFactory, connection_id: &str) -> anyhow::Result<Report> {
+pub async fn build(pool: &PgPool, factory: &SystemsFactory, connection_id: &str) -> anyhow::Result<Report> {
     let settings = connections::load(pool, connection_id).await?;
     let systems = factory.systems(&settings).await?;
     let mut r = Report {
@@ -228,7 +228,7 @@ pub fn print(r: &Report) {
 
 /// Builds and prints the report of each connection; true if all are OK.
 pub async fn print_all(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow::Result<bool> {
-    let factory = SandboxFactory::from_config(config, pool).await?;
+    let factory = SystemsFactory::from_config(config, pool).await?;
     let mut ok = true;
     for id in crate::connection_ids(pool, only).await? {
         let r = build(pool, &factory, &id).await?;

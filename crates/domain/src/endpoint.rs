@@ -58,6 +58,9 @@ fn default_bulk_threshold() -> usize {
 fn default_timeout_secs() -> u64 {
     30
 }
+fn default_usage_probe_secs() -> u64 {
+    300
+}
 fn default_concurrency() -> usize {
     5
 }
@@ -73,6 +76,10 @@ pub struct SalesforceEndpoint {
     /// `Sforce-Limit-Info`); past it, calls wait.
     #[serde(default = "default_api_share")]
     pub api_share: f64,
+    /// Past the share, one call goes through this often to learn whether
+    /// usage has fallen (the limit is a rolling 24 hours).
+    #[serde(default = "default_usage_probe_secs")]
+    pub usage_probe_secs: u64,
     /// Change queries look back this far for late commits.
     #[serde(default = "default_overlap_secs")]
     pub overlap_secs: u64,

@@ -19,8 +19,8 @@ use crmsync_infra::amqp::{Outgoing, Publisher, Stage, Topology};
 use crmsync_infra::services::Services;
 use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
 use crmsync_infra::{CancellationToken, Config};
-use crmsync_sandbox::SandboxFactory;
 use crmsync_store::{audit, sync_errors};
+use crmsync_systems::SystemsFactory;
 use lapin::message::Delivery;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -115,7 +115,7 @@ impl Handler for MatchStage {
 /// Runs the matcher until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let services = Services::connect(&config, "crmsync-matcher").await?;
-    let factory = Arc::new(SandboxFactory::from_config(&config, &services.pool).await?);
+    let factory = Arc::new(SystemsFactory::from_config(&config, &services.pool).await?);
     let stage = Arc::new(MatchStage {
         matcher: Matcher {
             pool: services.pool.clone(),

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use crmsync_connector::ConnectorFactory;
 use crmsync_infra::{CancellationToken, Config, services::Services};
-use crmsync_sandbox::SandboxFactory;
 use crmsync_store::{connections, feeds};
+use crmsync_systems::SystemsFactory;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
@@ -73,7 +73,7 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
 /// Runs the producer until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let services = Services::connect(&config, "crmsync-producer").await?;
-    let factory = SandboxFactory::from_config(&config, &services.pool).await?;
+    let factory = SystemsFactory::from_config(&config, &services.pool).await?;
     let owner = replica_id(&config);
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(factory.pool().clone(), wake.clone(), shutdown.clone()));
@@ -109,7 +109,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-async fn poll_connection(ctx: &PassContext<'_>, factory: &SandboxFactory, connection_id: &str) -> anyhow::Result<()> {
+async fn poll_connection(ctx: &PassContext<'_>, factory: &SystemsFactory, connection_id: &str) -> anyhow::Result<()> {
     let settings = connections::load(ctx.pool, connection_id).await?;
     let systems = factory.systems(&settings).await?;
     let stats = run_pass(ctx, connection_id, &settings, &systems).await?;

@@ -135,6 +135,12 @@ fn bind(args: &mut PgArguments, value: &Literal) -> Result<(), SfError> {
     r.map_err(|e| SfError::internal(e.to_string()))
 }
 
+/// Whether SOQL compares this field's text ignoring case: text fields do,
+/// ids (case-sensitive in their 15-character form) don't.
+fn case_insensitive(field: &str) -> bool {
+    !(field.eq_ignore_ascii_case("Id") || field.ends_with("Id") || field == EXTERNAL_ID_FIELD)
+}
+
 /// Builds the SQL of a condition, binding its values after the ones already
 /// in `args`.
 fn condition(table: &Table, c: &Cond, args: &mut PgArguments, n: &mut usize) -> Result<String, SfError> {
@@ -159,15 +165,21 @@ fn condition(table: &Table, c: &Cond, args: &mut PgArguments, n: &mut usize) -> 
                 (FieldSource::Json(_), Literal::Num(_) | Literal::Bool(_)) => format!("${n}::text"),
                 _ => format!("${n}"),
             };
-            format!("({expr} {} {param})", op.as_str())
+            if let (true, Literal::Str(_)) = (case_insensitive(field), value) {
+                format!("(lower({expr}) {} lower({param}))", op.as_str())
+            } else {
+                format!("({expr} {} {param})", op.as_str())
+            }
         }
         Cond::In { field, values, negated } => {
             let (expr, _) = table.field(field)?;
+            let lower = case_insensitive(field) && values.iter().all(|v| matches!(v, Literal::Str(_)));
+            let expr = if lower { format!("lower({expr})") } else { expr };
             let mut params = Vec::new();
             for v in values {
                 bind(args, v)?;
                 *n += 1;
-                params.push(format!("${n}"));
+                params.push(if lower { format!("lower(${n})") } else { format!("${n}") });
             }
             format!("({expr} {}IN ({}))", if *negated { "NOT " } else { "" }, params.join(", "))
         }

@@ -1,0 +1,260 @@
+//! The CRM connector for Salesforce Sales Cloud over HTTP: [`SalesforceCrm`]
+//! implements [`CrmApi`] on the Salesforce REST API, returning the same
+//! records as the sandbox, built from what the API returns.
+//!
+//! - `auth`: OAuth 2.0 credentials (client credentials, JWT bearer) and tokens;
+//! - `http`: the client, with TLS, re-authentication, retries and tracing;
+//! - `pacing`: backoff and the org's API usage against crmsync's share;
+//! - `errors`: which failures are transient, which fatal;
+//! - `fields`: which fields are read per object;
+//! - `query`: SOQL text, `IN` chunks and paging;
+//! - `feed`: change feeds with the stamp cursor;
+//! - `records`: rows turned into domain records;
+//! - `write`: sObject Collections writes; `bulk`: Bulk API 2.0 jobs.
+
+mod auth;
+mod bulk;
+mod errors;
+mod feed;
+mod fields;
+mod http;
+mod pacing;
+mod query;
+mod records;
+mod write;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crmsync_connector::stamp_cursor::Overlap;
+use crmsync_connector::{ChangePage, ConnectorError, CrmApi, CrmWrite, Cursor, WriteOutcome};
+use crmsync_domain::endpoint::SalesforceEndpoint;
+use crmsync_domain::mirror::{CrmObjectRecord, MirrorObject};
+use crmsync_domain::records::CrmPersonRecord;
+use crmsync_domain::settings::ConnectionSettings;
+use crmsync_domain::{CrmId, CrmObject, Email};
+pub use crmsync_wire::salesforce::ApiUsage;
+
+use crate::feed::Feed;
+pub use crate::fields::ReadSet;
+use crate::http::Http;
+pub use crate::pacing::Pacing;
+
+/// A Salesforce org behind [`CrmApi`].
+#[derive(Debug)]
+pub struct SalesforceCrm {
+    http: Http,
+    reads: ReadSet,
+    integration_user: String,
+    overlap: Overlap,
+    bulk_threshold: usize,
+}
+
+/// A field name as SOQL takes it: the connector prints field names into
+/// queries, so only API-name characters are let through.
+fn check_field(field: &str) -> Result<(), ConnectorError> {
+    let ok = !field.is_empty() && field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    if ok { Ok(()) } else { Err(ConnectorError::Fatal(format!("{field:?} is not a Salesforce field name"))) }
+}
+
+/// `v60.0`: the version is part of every path.
+fn check_version(v: &str) -> Result<(), ConnectorError> {
+    let ok = v.strip_prefix('v').and_then(|n| n.split_once('.')).is_some_and(|(major, minor)| {
+        !major.is_empty() && !minor.is_empty() && major.bytes().all(|b| b.is_ascii_digit()) && minor.bytes().all(|b| b.is_ascii_digit())
+    });
+    if ok { Ok(()) } else { Err(ConnectorError::Fatal(format!("{v:?} is not a Salesforce API version (like v60.0)"))) }
+}
+
+impl SalesforceCrm {
+    /// Logs in to the org `endpoint` names, reading the fields `reads` says.
+    pub async fn connect(endpoint: &SalesforceEndpoint, reads: ReadSet) -> Result<Self, ConnectorError> {
+        Self::connect_with(endpoint, reads, Pacing::default()).await
+    }
+
+    /// Like [`SalesforceCrm::connect`], reading a connection's field mapping
+    /// and custom objects from its settings.
+    pub async fn from_settings(endpoint: &SalesforceEndpoint, settings: &ConnectionSettings) -> Result<Self, ConnectorError> {
+        let pacing = Pacing { budget_probe: Duration::from_secs(endpoint.usage_probe_secs.max(1)), ..Pacing::default() };
+        Self::connect_with(endpoint, ReadSet::new(&settings.field_map, &settings.custom_objects), pacing).await
+    }
+
+    /// [`SalesforceCrm::connect`] with other timings (tests shorten them).
+    pub async fn connect_with(endpoint: &SalesforceEndpoint, reads: ReadSet, pacing: Pacing) -> Result<Self, ConnectorError> {
+        check_version(&endpoint.api_version)?;
+        if endpoint.api_share.is_nan() || endpoint.api_share <= 0.0 {
+            return Err(ConnectorError::Fatal(format!("api_share {} must be above 0", endpoint.api_share)));
+        }
+        let creds = auth::Credentials::load(&endpoint.oauth.flow)?;
+        let timeout = Duration::from_secs(endpoint.timeout_secs.max(1));
+        let http = Http::new(&endpoint.oauth.login_url, creds, endpoint.api_share, &endpoint.api_version, timeout, pacing)?;
+        // One login now: bad credentials fail here, and the token names
+        // the integration user whose changes are the engine's own.
+        let token = http.token(None).await?;
+        let integration_user = CrmId::parse(&token.user_id).map_or_else(|_| token.user_id.clone(), |id| id.to_string());
+        tracing::info!(user = %integration_user, "logged in to Salesforce");
+        Ok(SalesforceCrm {
+            http,
+            reads,
+            integration_user,
+            overlap: Overlap::new(Duration::from_secs(endpoint.overlap_secs)),
+            bulk_threshold: endpoint.bulk_threshold,
+        })
+    }
+
+    /// The org's API usage as the last answer reported it
+    /// (`Sforce-Limit-Info`), if any answer has yet.
+    pub fn api_usage(&self) -> Option<ApiUsage> {
+        self.http.usage().current()
+    }
+
+    /// Whether that usage is at or over crmsync's share, so calls wait.
+    pub fn over_api_share(&self) -> bool {
+        self.http.usage().over()
+    }
+
+    async fn people_in(
+        &self,
+        object: CrmObject,
+        field: &str,
+        values: &[String],
+        all: bool,
+    ) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
+        let sel = self.reads.person(object)?;
+        let rows = query::all_rows_of(&self.http, &query::in_queries(&sel.select, &sel.sobject, field, values, None), all).await?;
+        rows.iter().map(|r| records::person(object, &sel.data, r)).collect()
+    }
+}
+
+#[async_trait]
+impl CrmApi for SalesforceCrm {
+    fn integration_user(&self) -> &str {
+        &self.integration_user
+    }
+
+    async fn person_changes(
+        &self,
+        object: CrmObject,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<ChangePage<CrmPersonRecord>, ConnectorError> {
+        let sel = self.reads.person(object)?;
+        let convert = |row: &records::Row| records::person(object, &sel.data, row);
+        let feed = Feed { sobject: &sel.sobject, select: &sel.select, convert: &convert };
+        feed::changes(&self.http, &feed, cursor, limit, self.overlap).await
+    }
+
+    async fn person_changes_pending(&self, object: CrmObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
+        feed::pending(&self.http, fields::person_sobject(object)?, cursor).await
+    }
+
+    async fn people_by_id(&self, ids: &[CrmId]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
+        let mut out = Vec::new();
+        for object in [CrmObject::Lead, CrmObject::Contact] {
+            let of_object: Vec<String> = ids.iter().filter(|id| id.object() == Some(object)).map(|id| id.to_string()).collect();
+            if !of_object.is_empty() {
+                // Deleted records included, as a look-up by id finds them.
+                out.extend(self.people_in(object, fields::ID, &of_object, true).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn people_by_email(&self, emails: &[Email]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
+        let wanted: Vec<String> = emails.iter().map(|e| e.as_str().to_owned()).collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let set: HashSet<&str> = wanted.iter().map(String::as_str).collect();
+        let mut out = Vec::new();
+        for object in [CrmObject::Lead, CrmObject::Contact] {
+            // `query` (not `queryAll`): live records only.
+            for r in self.people_in(object, fields::EMAIL, &wanted, false).await? {
+                // SOQL compares emails without regard to case; keep exactly
+                // the records whose normalised email was asked for.
+                if r.email.as_deref().is_some_and(|e| set.contains(e.trim().to_lowercase().as_str())) {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn write_people(&self, object: CrmObject, writes: &[CrmWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        write::write_people(&self.http, object, writes, self.bulk_threshold).await
+    }
+
+    async fn people_where(&self, object: CrmObject, field: &str, values: &[String]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
+        check_field(field)?;
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<String> =
+            if field.ends_with("Id") { values.iter().map(|v| query::normalise_id(v)).collect() } else { values.to_vec() };
+        self.people_in(object, field, &values, false).await
+    }
+
+    async fn object_changes(
+        &self,
+        object: &MirrorObject,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<ChangePage<CrmObjectRecord>, ConnectorError> {
+        let sel = self.reads.object(object)?;
+        let convert = |row: &records::Row| records::object(object, &sel.data, row);
+        let feed = Feed { sobject: &sel.sobject, select: &sel.select, convert: &convert };
+        feed::changes(&self.http, &feed, cursor, limit, self.overlap).await
+    }
+
+    async fn object_changes_pending(&self, object: &MirrorObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
+        let sel = self.reads.object(object)?;
+        feed::pending(&self.http, &sel.sobject, cursor).await
+    }
+
+    async fn objects_where(&self, object: &MirrorObject, field: &str, values: &[String]) -> Result<Vec<CrmObjectRecord>, ConnectorError> {
+        check_field(field)?;
+        let sel = self.reads.object(object)?;
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<String> =
+            if self.reads.is_id_field(object, field) { values.iter().map(|v| query::normalise_id(v)).collect() } else { values.to_vec() };
+        // `queryAll`: deleted records included, flagged `is_deleted`.
+        let rows = query::all_rows_of(&self.http, &query::in_queries(&sel.select, &sel.sobject, field, &values, None), true).await?;
+        let mut out = rows.iter().map(|r| records::object(object, &sel.data, r)).collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_and_versions_are_checked_before_they_reach_a_query() {
+        assert!(check_field("AccountId").is_ok());
+        assert!(check_field("Subscription__c").is_ok());
+        for bad in ["", "Email) OR (Id", "Name'", "a b"] {
+            assert!(check_field(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_version("v60.0").is_ok());
+        for bad in ["60.0", "v60", "v60.x", "v../x.0"] {
+            assert!(check_version(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_http_to_another_host_is_refused_before_any_login() {
+        let endpoint: SalesforceEndpoint = serde_json::from_value(serde_json::json!({
+            "oauth": {"login_url": "http://login.example.com", "flow": "client_credentials",
+                      "client_id": "app", "client_secret": {"env": "PATH"}}
+        }))
+        .unwrap();
+        let err = SalesforceCrm::connect(&endpoint, ReadSet::default()).await.unwrap_err();
+        assert!(matches!(&err, ConnectorError::Fatal(m) if m.contains("plain http")), "{err}");
+    }
+}

@@ -1,0 +1,103 @@
+//! Connects a connection to the systems its settings name, per system: the
+//! embedded sandbox tenants in PostgreSQL, or a Salesforce org over HTTP.
+//!
+//! Connectors are kept between calls (a Salesforce connector holds its
+//! token and its view of the org's API usage), one per endpoint, and made
+//! anew when the settings they were made from change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use crmsync_connector::{ConnectorError, ConnectorFactory, CrmApi, CsApi, MaApi, Systems};
+use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
+use crmsync_salesforce::SalesforceCrm;
+use crmsync_sandbox::SandboxFactory;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+
+/// A Salesforce connector and the settings it was made from.
+type Cached = (String, Arc<SalesforceCrm>);
+
+/// Builds the systems of any connection.
+#[derive(Debug)]
+pub struct SystemsFactory {
+    sandbox: SandboxFactory,
+    salesforce: Mutex<HashMap<String, Cached>>,
+}
+
+impl SystemsFactory {
+    pub fn new(sandbox: SandboxFactory) -> Self {
+        SystemsFactory { sandbox, salesforce: Mutex::default() }
+    }
+
+    /// The factory the configuration names (the sandbox's own database, or
+    /// the engine's).
+    pub async fn from_config(config: &crmsync_infra::Config, engine: &PgPool) -> Result<Self, sqlx::Error> {
+        Ok(Self::new(SandboxFactory::from_config(config, engine).await?))
+    }
+
+    /// The sandbox's database (change notifications come from it).
+    pub fn pool(&self) -> &PgPool {
+        self.sandbox.pool()
+    }
+
+    pub fn sandbox(&self) -> &SandboxFactory {
+        &self.sandbox
+    }
+
+    async fn crm(&self, settings: &ConnectionSettings) -> Result<Arc<dyn CrmApi>, ConnectorError> {
+        match &settings.crm {
+            SystemEndpoint::Sandbox { tenant } => Ok(self.sandbox.crm(tenant).await?),
+            SystemEndpoint::Salesforce(endpoint) => {
+                let key = serde_json::to_string(endpoint).map_err(|e| ConnectorError::Fatal(e.to_string()))?;
+                // What the connector reads depends on the field map and the
+                // custom objects, so other settings make another connector.
+                let made_from = serde_json::to_string(settings).map_err(|e| ConnectorError::Fatal(e.to_string()))?;
+                let mut cache = self.salesforce.lock().await;
+                if let Some((from, crm)) = cache.get(&key)
+                    && *from == made_from
+                {
+                    return Ok(crm.clone());
+                }
+                let crm = Arc::new(SalesforceCrm::from_settings(endpoint, settings).await?);
+                tracing::info!(url = %endpoint.oauth.login_url, "connected to Salesforce");
+                cache.insert(key, (made_from, crm.clone()));
+                Ok(crm)
+            }
+            SystemEndpoint::AccountEngagement(_) => {
+                Err(ConnectorError::Fatal("the CRM endpoint is an Account Engagement business unit".into()))
+            }
+        }
+    }
+
+    async fn ma(&self, settings: &ConnectionSettings) -> Result<Arc<dyn MaApi>, ConnectorError> {
+        match &settings.ma {
+            SystemEndpoint::Sandbox { tenant } => Ok(self.sandbox.ma(tenant).await?),
+            SystemEndpoint::AccountEngagement(_) => Err(ConnectorError::Fatal(
+                "this build reaches Account Engagement only through the sandbox; set `ma` to a sandbox tenant".into(),
+            )),
+            SystemEndpoint::Salesforce(_) => Err(ConnectorError::Fatal("the MA endpoint is a Salesforce org".into())),
+        }
+    }
+}
+
+#[async_trait]
+impl ConnectorFactory for SystemsFactory {
+    async fn systems(&self, settings: &ConnectionSettings) -> Result<Systems, ConnectorError> {
+        let crm = self.crm(settings).await?;
+        let ma = self.ma(settings).await?;
+        let cs = match &settings.cs {
+            None => None,
+            Some(SystemEndpoint::Sandbox { tenant }) => {
+                // The sandbox CS platform writes CSQLs into a sandbox CRM org.
+                let crm_tenant = settings.crm.sandbox_tenant().ok_or_else(|| {
+                    ConnectorError::Fatal("the sandbox CS platform writes CSQLs into a sandbox CRM org; the CRM is not one".into())
+                })?;
+                Some(self.sandbox.cs(tenant, crm_tenant).await? as Arc<dyn CsApi>)
+            }
+            Some(_) => return Err(ConnectorError::Fatal("the CS platform must be a sandbox tenant".into())),
+        };
+        Ok(Systems { ma, crm, cs })
+    }
+}
