@@ -9,22 +9,8 @@ use std::time::Duration;
 use crmsync_infra::CancellationToken;
 use crmsync_sandbox::schema::LEAD;
 use crmsync_sandbox_server::Limits;
-use crmsync_tests::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TestApp};
+use crmsync_tests::TestApp;
 use serde_json::{Value, json};
-
-/// Points the connection's CRM at the server, the secret in a file.
-async fn use_salesforce(app: &TestApp, url: &str) -> std::path::PathBuf {
-    let secret = std::env::temp_dir().join(format!("{}.secret", app.db_name));
-    std::fs::write(&secret, format!("{SANDBOX_CLIENT_SECRET}\n")).unwrap();
-    let endpoint = json!({
-        "kind": "salesforce",
-        "oauth": {"login_url": url, "flow": "client_credentials", "client_id": SANDBOX_CLIENT_ID, "client_secret": {"file": secret}},
-        "overlap_secs": 3,
-        "usage_probe_secs": 1,
-    });
-    app.set("crm", &endpoint.to_string()).await;
-    secret
-}
 
 /// `n` leads and, for each, a prospect with the same email and no title.
 async fn pairs(app: &TestApp, n: i64) {
@@ -87,7 +73,7 @@ async fn the_pipeline_syncs_through_the_salesforce_api() {
     let mut app = TestApp::spawn().await;
     let stop = CancellationToken::new();
     let url = app.serve_sandbox(Limits::default(), stop.clone()).await;
-    let secret = use_salesforce(&app, &url).await;
+    app.use_salesforce(&url, json!({})).await;
     // Small pages: the lead feed takes many change queries and follows
     // nextRecordsUrl.
     app.config.producer.page_size = 60;
@@ -169,7 +155,6 @@ async fn the_pipeline_syncs_through_the_salesforce_api() {
     app.settle().await;
 
     stop.cancel();
-    let _ = std::fs::remove_file(secret);
     app.cleanup().await;
 }
 

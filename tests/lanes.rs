@@ -122,8 +122,8 @@ async fn three_applier_processes_keep_to_one_budget_and_use_it_even_when_one_is_
 async fn two_connections_with_different_budgets_each_get_their_own_rate() {
     let mut app = TestApp::spawn().await;
     let second = ConnectionSettings {
-        ma: SystemEndpoint::Sandbox { tenant: "second".into() },
-        crm: SystemEndpoint::Sandbox { tenant: "second".into() },
+        ma: SystemEndpoint::sandbox("second"),
+        crm: SystemEndpoint::sandbox("second"),
         ..ConnectionSettings::default()
     };
     connections::save(&app.pool, "second", &second).await.unwrap();

@@ -430,7 +430,13 @@ impl TestApp {
     /// Serves this test's sandbox over HTTP (`crmsync sandbox serve`) on a
     /// free loopback port; returns its URL. Stops when `stop` is cancelled.
     pub async fn serve_sandbox(&self, limits: crmsync_sandbox_server::Limits, stop: CancellationToken) -> String {
-        let config = crmsync_sandbox_server::ServerConfig {
+        self.serve_sandbox_with(Self::sandbox_server_config(limits), stop).await
+    }
+
+    /// The configuration [`TestApp::serve_sandbox`] serves with: the test
+    /// app's credentials, no JWT certificate.
+    pub fn sandbox_server_config(limits: crmsync_sandbox_server::Limits) -> crmsync_sandbox_server::ServerConfig {
+        crmsync_sandbox_server::ServerConfig {
             public_url: String::new(),
             crm_tenant: "default".into(),
             ma_tenant: "default".into(),
@@ -439,7 +445,39 @@ impl TestApp {
             jwt_public_key_pem: None,
             business_unit_id: SANDBOX_BUSINESS_UNIT.into(),
             limits,
-        };
+        }
+    }
+
+    /// Writes a secret into a file of this test's own (removed by
+    /// [`TestApp::cleanup`] with the rest of the test's temporary files);
+    /// returns its path, as an endpoint's `{"file": ...}` takes it.
+    pub fn secret_file(&self, name: &str, content: &str) -> String {
+        let path = std::env::temp_dir().join(format!("{}.{name}", self.db_name));
+        std::fs::write(&path, content).expect("write a secret file");
+        path.to_string_lossy().into_owned()
+    }
+
+    /// Points the connection's CRM at the sandbox server at `url` as a
+    /// Salesforce org, logging in with client credentials (the secret in a
+    /// file); `extra` keys are added to the endpoint (`bulk_threshold`...).
+    pub async fn use_salesforce(&self, url: &str, extra: Value) {
+        let secret = self.secret_file("client-secret", &format!("{SANDBOX_CLIENT_SECRET}\n"));
+        let oauth = serde_json::json!({"login_url": url, "flow": "client_credentials", "client_id": SANDBOX_CLIENT_ID,
+                                       "client_secret": {"file": secret}});
+        self.use_salesforce_with(oauth, extra).await;
+    }
+
+    /// Points the connection's CRM at a Salesforce endpoint with `oauth`.
+    pub async fn use_salesforce_with(&self, oauth: Value, extra: Value) {
+        let mut endpoint = serde_json::json!({"kind": "salesforce", "oauth": oauth, "overlap_secs": 3, "usage_probe_secs": 1});
+        if let (Some(e), Some(x)) = (endpoint.as_object_mut(), extra.as_object()) {
+            e.extend(x.clone());
+        }
+        self.set("crm", &endpoint.to_string()).await;
+    }
+
+    /// Serves this test's sandbox with `config`; returns its URL.
+    pub async fn serve_sandbox_with(&self, config: crmsync_sandbox_server::ServerConfig, stop: CancellationToken) -> String {
         let server =
             crmsync_sandbox_server::Server::bind(config, "127.0.0.1:0".parse().unwrap(), self.pool.clone()).await.expect("sandbox server");
         let url = server.url().to_owned();
@@ -459,6 +497,15 @@ impl TestApp {
         let base = base_config();
         if let Ok(admin) = db::connect_url(base.database.url.expose_secret(), 1, Duration::from_secs(10)).await {
             let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name))).execute(&admin).await;
+        }
+        // The test's secret files.
+        let prefix = format!("{}.", self.db_name);
+        if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+            for entry in dir.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
         }
     }
 }

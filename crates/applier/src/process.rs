@@ -21,7 +21,7 @@ use crmsync_domain::merge::Side;
 use crmsync_domain::messages::{ApplyBatch, ApplyCommand};
 use crmsync_domain::mirror::MirrorKey;
 use crmsync_domain::settings::ConnectionSettings;
-use crmsync_domain::{CrmId, CrmObject, SyncErrorCategory, SyncIssue};
+use crmsync_domain::{CrmId, CrmObject, Lane, SyncErrorCategory, SyncIssue};
 use crmsync_infra::locks::{LockGuard, LockKind, Locks, pause_before_retry};
 use crmsync_infra::worker::StageError;
 use crmsync_store::audit::{self, AuditEntry};
@@ -248,7 +248,7 @@ impl Applier {
                 w.crm = plan::crm_write(s, map);
             }
         }
-        self.write_crm(systems, &mut work).await?;
+        self.write_crm(systems, batch.lane, &mut work).await?;
         self.follow_conversions(systems, &mut work).await?;
         for w in work.iter_mut().filter(|w| !w.retry) {
             let Some(s) = &w.state else { continue };
@@ -269,11 +269,16 @@ impl Applier {
         Ok(GroupResult { retry, mirrors })
     }
 
-    async fn write_crm(&self, systems: &Systems, work: &mut [Work<'_>]) -> Result<(), StageError> {
+    /// Writes the planned CRM records. The batch lane hands its whole chunk
+    /// (already paced by the budget) to the connector in one call, so a
+    /// large one can become a Bulk job; the immediate lane writes calls of
+    /// at most 200.
+    async fn write_crm(&self, systems: &Systems, lane: Lane, work: &mut [Work<'_>]) -> Result<(), StageError> {
         for object in [CrmObject::Lead, CrmObject::Contact] {
             let idx: Vec<usize> =
                 work.iter().enumerate().filter(|(_, w)| w.crm.as_ref().is_some_and(|p| p.object == object)).map(|(i, _)| i).collect();
-            for chunk in idx.chunks(MAX_WRITES_PER_CALL) {
+            let per_call = if lane == Lane::Batch { idx.len().max(1) } else { MAX_WRITES_PER_CALL };
+            for chunk in idx.chunks(per_call) {
                 let writes: Vec<CrmWrite> = chunk
                     .iter()
                     .map(|&i| {
@@ -287,7 +292,10 @@ impl Applier {
                         }
                     })
                     .collect();
-                let outcomes = systems.crm.write_people(object, &writes).await?;
+                let outcomes = match lane {
+                    Lane::Batch => systems.crm.write_people_in_bulk(object, &writes).await?,
+                    Lane::Immediate => systems.crm.write_people(object, &writes).await?,
+                };
                 for (&i, outcome) in chunk.iter().zip(outcomes) {
                     let w = &mut work[i];
                     let p = w.crm.take().expect("filtered on plans");

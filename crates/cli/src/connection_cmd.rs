@@ -34,8 +34,8 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: ConnectionCmd) -> anyhow::
                 bail!("connection {id:?} already exists");
             }
             let settings = ConnectionSettings {
-                ma: SystemEndpoint::Sandbox { tenant: ma_tenant },
-                crm: SystemEndpoint::Sandbox { tenant: crm_tenant },
+                ma: SystemEndpoint::sandbox(&ma_tenant),
+                crm: SystemEndpoint::sandbox(&crm_tenant),
                 ..ConnectionSettings::default()
             };
             connections::save(pool, &id, &settings).await?;

@@ -6,9 +6,9 @@
 //! email in batches, and writes are batches that return one outcome per record
 //! (sObject Collections with `allOrNone=false`), so partial success is normal.
 //!
-//! Implementations: the sandbox in PostgreSQL (`crmsync-sandbox`); the HTTP
-//! connectors for Salesforce and Account Engagement come later behind the same
-//! traits.
+//! Implementations: the sandbox in PostgreSQL (`crmsync-sandbox`), and the
+//! HTTP connectors for Salesforce (`crmsync-salesforce`) and Account
+//! Engagement behind the same traits.
 
 pub mod stamp_cursor;
 
@@ -192,6 +192,19 @@ pub trait CrmApi: Send + Sync + Debug {
     /// order. At most 200 writes per call, as with sObject Collections;
     /// callers chunk.
     async fn write_people(&self, object: CrmObject, writes: &[CrmWrite]) -> Result<Vec<WriteOutcome>, ConnectorError>;
+
+    /// Writes a batch-lane chunk of any size; one outcome per write, in
+    /// order. There latency matters less than API calls, so a connector may
+    /// use a bulk job (Salesforce Bulk API 2.0) when the chunk is large; the
+    /// immediate lane never waits for one. By default: calls of
+    /// [`MAX_WRITES_PER_CALL`] through [`CrmApi::write_people`].
+    async fn write_people_in_bulk(&self, object: CrmObject, writes: &[CrmWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        let mut out = Vec::with_capacity(writes.len());
+        for chunk in writes.chunks(MAX_WRITES_PER_CALL) {
+            out.extend(self.write_people(object, chunk).await?);
+        }
+        Ok(out)
+    }
 
     /// Live leads or contacts whose `field` holds one of `values` (SOQL
     /// `WHERE field IN (...)`), e.g. contacts by `AccountId`.

@@ -83,7 +83,12 @@ pub struct SalesforceEndpoint {
     /// Change queries look back this far for late commits.
     #[serde(default = "default_overlap_secs")]
     pub overlap_secs: u64,
-    /// Writes of at least this many records go through a Bulk API 2.0 job.
+    /// Batch-lane writes of at least this many records go through a Bulk
+    /// API 2.0 job (a job costs about six calls whatever its size, a
+    /// collection call one per 200 records, so Bulk pays from about 1,200).
+    /// A batch-lane chunk is at most the connection's `batch_burst` records
+    /// and one message's worth (`producer.records_per_message`): both must
+    /// reach this for a job to be used. The immediate lane never uses Bulk.
     #[serde(default = "default_bulk_threshold")]
     pub bulk_threshold: usize,
     #[serde(default = "default_timeout_secs")]
@@ -136,6 +141,12 @@ pub enum SystemEndpoint {
     Sandbox {
         #[serde(default = "default_tenant")]
         tenant: String,
+        /// For the sandbox CS platform only: the sandbox CRM org it writes
+        /// CSQLs into and reads its users' CRM permissions from, when the
+        /// connection reaches that org over HTTP (`crmsync sandbox serve`);
+        /// by default the connection's own sandbox CRM tenant.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        crm_org: Option<String>,
     },
     /// A Salesforce org (the CRM).
     Salesforce(SalesforceEndpoint),
@@ -149,15 +160,20 @@ fn default_tenant() -> String {
 
 impl Default for SystemEndpoint {
     fn default() -> Self {
-        SystemEndpoint::Sandbox { tenant: default_tenant() }
+        SystemEndpoint::sandbox(&default_tenant())
     }
 }
 
 impl SystemEndpoint {
+    /// A sandbox tenant.
+    pub fn sandbox(tenant: &str) -> Self {
+        SystemEndpoint::Sandbox { tenant: tenant.to_owned(), crm_org: None }
+    }
+
     /// The sandbox tenant, if the system is the embedded sandbox.
     pub fn sandbox_tenant(&self) -> Option<&str> {
         match self {
-            SystemEndpoint::Sandbox { tenant } => Some(tenant),
+            SystemEndpoint::Sandbox { tenant, .. } => Some(tenant),
             _ => None,
         }
     }

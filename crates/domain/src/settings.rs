@@ -110,10 +110,20 @@ impl ConnectionSettings {
             "csql.target" => self.csql.target = CsqlTarget::parse(value).ok_or_else(|| invalid("cs or crm"))?,
             "csql.record_type" => self.csql.record_type = CsqlRecordType::parse(value).ok_or_else(|| invalid("lead or opportunity"))?,
             "csql.sync_user" => self.csql.sync_user = CsqlSyncUser::parse(value).ok_or_else(|| invalid("logged_in or integration"))?,
+            // The CS platform: a sandbox tenant's name, or its endpoint as
+            // JSON (`{"kind": "sandbox", "tenant": ..., "crm_org": ...}`).
             "cs" => {
-                self.cs = match value {
+                self.cs = match value.trim() {
                     "" | "none" => None,
-                    tenant => Some(SystemEndpoint::Sandbox { tenant: tenant.to_owned() }),
+                    json if json.starts_with('{') => {
+                        let endpoint = serde_json::from_str(json)
+                            .map_err(|e| SettingError::Endpoint { key: key.to_owned(), reason: e.to_string() })?;
+                        if !matches!(endpoint, SystemEndpoint::Sandbox { .. }) {
+                            return Err(invalid("a sandbox tenant"));
+                        }
+                        Some(endpoint)
+                    }
+                    tenant => Some(SystemEndpoint::sandbox(tenant)),
                 }
             }
             // A system's endpoint: a sandbox tenant's name, or the endpoint
@@ -122,7 +132,7 @@ impl ConnectionSettings {
                 let endpoint = if value.trim_start().starts_with('{') {
                     serde_json::from_str(value).map_err(|e| SettingError::Endpoint { key: key.to_owned(), reason: e.to_string() })?
                 } else {
-                    SystemEndpoint::Sandbox { tenant: value.to_owned() }
+                    SystemEndpoint::sandbox(value)
                 };
                 let expected = if key == "ma" { "sandbox or account_engagement" } else { "sandbox or salesforce" };
                 match (&endpoint, key) {
@@ -139,7 +149,7 @@ impl ConnectionSettings {
             }
             "batch_burst" => {
                 self.batch_burst =
-                    value.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| invalid("a whole number from 1 to 1000"))?;
+                    value.parse().ok().filter(|n| (1..=10_000).contains(n)).ok_or_else(|| invalid("a whole number from 1 to 10000"))?;
             }
             _ => return Err(SettingError::Unknown(key.to_owned())),
         }

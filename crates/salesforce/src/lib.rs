@@ -184,6 +184,15 @@ impl CrmApi for SalesforceCrm {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
+        // The immediate lane: collections only, a Bulk job's polling is
+        // latency it must not pay.
+        write::write_people(&self.http, object, writes, usize::MAX).await
+    }
+
+    async fn write_people_in_bulk(&self, object: CrmObject, writes: &[CrmWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
         write::write_people(&self.http, object, writes, self.bulk_threshold).await
     }
 

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use crmsync_connector::CrmApi;
 use crmsync_sandbox::schema::Kind;
 use crmsync_wire::salesforce::{
-    self, BULK_CREATED_COLUMN, BULK_ERROR_COLUMN, BULK_ID_COLUMN, BULK_NULL, BulkOperation, CreateJob, EXTERNAL_ID_FIELD, FENCE_FIELD,
-    JobInfo, JobState, SaveResult, UpdateJob, codes,
+    self, AllJobs, BULK_CREATED_COLUMN, BULK_ERROR_COLUMN, BULK_ID_COLUMN, BULK_NULL, BulkOperation, CreateJob, EXTERNAL_ID_FIELD,
+    FENCE_FIELD, JobInfo, JobState, SaveResult, UpdateJob, codes,
 };
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
@@ -33,6 +33,7 @@ pub struct Job {
     header: Vec<String>,
     successful: Vec<Vec<String>>,
     failed: Vec<Vec<String>>,
+    created: std::time::Instant,
 }
 
 pub async fn create(
@@ -56,9 +57,29 @@ pub async fn create(
         number_records_failed: 0,
         error_message: None,
     };
-    let job = Job { info: info.clone(), data: Vec::new(), session, header: Vec::new(), successful: Vec::new(), failed: Vec::new() };
+    let job = Job {
+        info: info.clone(),
+        data: Vec::new(),
+        session,
+        header: Vec::new(),
+        successful: Vec::new(),
+        failed: Vec::new(),
+        created: std::time::Instant::now(),
+    };
     st.jobs.lock().await.insert(info.id.clone(), Arc::new(Mutex::new(job)));
     Ok((StatusCode::OK, Json(info)))
+}
+
+/// `GET /jobs/ingest`: every job, oldest first.
+pub async fn list(State(st): State<Arc<AppState>>) -> Json<AllJobs> {
+    let handles: Vec<Arc<Mutex<Job>>> = st.jobs.lock().await.values().cloned().collect();
+    let mut records = Vec::with_capacity(handles.len());
+    for h in handles {
+        let job = h.lock().await;
+        records.push((job.created, job.info.clone()));
+    }
+    records.sort_by_key(|(created, _)| *created);
+    Json(AllJobs { done: true, records: records.into_iter().map(|(_, info)| info).collect(), next_records_url: None })
 }
 
 async fn job(st: &AppState, id: &str) -> Result<Arc<Mutex<Job>>, SfError> {

@@ -148,7 +148,7 @@ fn router(st: Arc<state::AppState>) -> Router {
         .route("/services/data/{v}/queryAll/{locator}", get(rest::query_more))
         .route("/services/data/{v}/composite/sobjects", post(rest::create).patch(rest::update).delete(rest::delete))
         .route("/services/data/{v}/composite/sobjects/{object}/{field}", patch(rest::upsert))
-        .route("/services/data/{v}/jobs/ingest", post(bulk::create))
+        .route("/services/data/{v}/jobs/ingest", post(bulk::create).get(bulk::list))
         .route("/services/data/{v}/jobs/ingest/{id}", get(bulk::status).patch(bulk::update))
         .route("/services/data/{v}/jobs/ingest/{id}/batches", put(bulk::upload))
         .route("/services/data/{v}/jobs/ingest/{id}/successfulResults", get(bulk::successful))

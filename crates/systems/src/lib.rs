@@ -48,7 +48,7 @@ impl SystemsFactory {
 
     async fn crm(&self, settings: &ConnectionSettings) -> Result<Arc<dyn CrmApi>, ConnectorError> {
         match &settings.crm {
-            SystemEndpoint::Sandbox { tenant } => Ok(self.sandbox.crm(tenant).await?),
+            SystemEndpoint::Sandbox { tenant, .. } => Ok(self.sandbox.crm(tenant).await?),
             SystemEndpoint::Salesforce(endpoint) => {
                 let key = serde_json::to_string(endpoint).map_err(|e| ConnectorError::Fatal(e.to_string()))?;
                 // What the connector reads depends on the field map and the
@@ -73,7 +73,7 @@ impl SystemsFactory {
 
     async fn ma(&self, settings: &ConnectionSettings) -> Result<Arc<dyn MaApi>, ConnectorError> {
         match &settings.ma {
-            SystemEndpoint::Sandbox { tenant } => Ok(self.sandbox.ma(tenant).await?),
+            SystemEndpoint::Sandbox { tenant, .. } => Ok(self.sandbox.ma(tenant).await?),
             SystemEndpoint::AccountEngagement(_) => Err(ConnectorError::Fatal(
                 "this build reaches Account Engagement only through the sandbox; set `ma` to a sandbox tenant".into(),
             )),
@@ -89,10 +89,16 @@ impl ConnectorFactory for SystemsFactory {
         let ma = self.ma(settings).await?;
         let cs = match &settings.cs {
             None => None,
-            Some(SystemEndpoint::Sandbox { tenant }) => {
-                // The sandbox CS platform writes CSQLs into a sandbox CRM org.
-                let crm_tenant = settings.crm.sandbox_tenant().ok_or_else(|| {
-                    ConnectorError::Fatal("the sandbox CS platform writes CSQLs into a sandbox CRM org; the CRM is not one".into())
+            Some(SystemEndpoint::Sandbox { tenant, crm_org }) => {
+                // The sandbox CS platform writes CSQLs into a sandbox CRM org:
+                // the connection's, or the one it names when the engine
+                // reaches that org over HTTP.
+                let crm_tenant = crm_org.as_deref().or(settings.crm.sandbox_tenant()).ok_or_else(|| {
+                    ConnectorError::Fatal(
+                        "the sandbox CS platform writes CSQLs into a sandbox CRM org: the CRM is not a sandbox tenant, so name the org \
+                         the CS endpoint's `crm_org` (cs = {\"kind\": \"sandbox\", \"tenant\": ..., \"crm_org\": ...})"
+                            .into(),
+                    )
                 })?;
                 Some(self.sandbox.cs(tenant, crm_tenant).await? as Arc<dyn CsApi>)
             }

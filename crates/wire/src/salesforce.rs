@@ -225,6 +225,17 @@ pub struct JobInfo {
     pub error_message: Option<String>,
 }
 
+/// Bulk API 2.0: `GET /jobs/ingest`, every ingest job of the org (one page:
+/// the sandbox keeps few).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllJobs {
+    pub done: bool,
+    pub records: Vec<JobInfo>,
+    #[serde(default)]
+    pub next_records_url: Option<String>,
+}
+
 /// Bulk API 2.0: `PATCH /jobs/ingest/{id}` (`UploadComplete` or `Aborted`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateJob {
