@@ -391,6 +391,11 @@ pub struct DemoArgs {
     /// Give up waiting for the sync after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+    /// Reach the sandbox over HTTP: start `crmsync sandbox serve` and sync
+    /// through the Salesforce connector (OAuth, REST query, sObject
+    /// Collections, Bulk API 2.0) instead of the embedded sandbox.
+    #[arg(long)]
+    pub http: bool,
 }
 
 #[derive(Debug, clap::Args)]

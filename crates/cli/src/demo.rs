@@ -11,8 +11,12 @@
 //! 6. sends a burst over the threshold to the batch lane and shows it drain,
 //! 7. stops the tiers with SIGTERM (they drain and exit 0),
 //! 8. prints a report that checks both sides against each other.
+//!
+//! With `--http` the engine reaches the sandbox through `crmsync sandbox
+//! serve` and the real connectors instead (see `http`).
 
 mod csql;
+mod http;
 
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
@@ -434,6 +438,22 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         ("CRMSYNC_REDIS__PREFIX", prefix.clone()),
         ("CRMSYNC_TELEMETRY__LOG_FORMAT", "json".into()),
     ];
+    let server = if args.http {
+        let server = http::SandboxServer::start(&exe, &env, &args.work_dir, &logs).await?;
+        let mut settings = connections::load(&pool, CONNECTION).await?;
+        let integration: String =
+            sqlx::query_scalar("SELECT email FROM crm.users WHERE tenant = 'default' AND is_integration").fetch_one(&pool).await?;
+        settings.set("crm", &server.crm_endpoint(&integration).to_string(), chrono::Utc::now())?;
+        connections::save(&pool, CONNECTION, &settings).await?;
+        println!(
+            "   --http: the CRM is reached as a Salesforce org at {} (OAuth JWT bearer, REST query, sObject Collections)",
+            server.url()
+        );
+        Some(server)
+    } else {
+        None
+    };
+    let cs = if args.http { http::SandboxServer::cs_endpoint().to_string() } else { "default".to_owned() };
     let mut tiers = Vec::new();
     for (tier, n) in [("producer", args.producers), ("matcher", args.matchers), ("applier", args.appliers)] {
         for i in 1..=n.max(1) {
@@ -473,7 +493,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     println!("4. CSQLs: customer-success records synced to the CRM under each option (R9)");
     let t = Instant::now();
-    csql::run(&config, &pool, &sb, async || settle(&probe, &mut tiers, &logs, timeout).await).await?;
+    csql::run(&config, &pool, &sb, &cs, async || settle(&probe, &mut tiers, &logs, timeout).await).await?;
     println!("   CSQL section done in {:.1} s", t.elapsed().as_secs_f64());
 
     println!("5. A burst: {BURST_SIZE} prospect edits in one transaction go to the batch lane, paced at {BURST_BUDGET} records/hour");
@@ -488,6 +508,16 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let factory = crmsync_systems::SystemsFactory::new(SandboxFactory::new(pool.clone()));
     let r = report::build(&pool, &factory, CONNECTION).await?;
     report::print(&r);
+    if let Some(server) = server {
+        let used = server.usage().await?;
+        println!(
+            "Over HTTP: {} Salesforce API requests of the org's {} a day ({:.1}%)",
+            used.salesforce_used,
+            used.salesforce_daily,
+            100.0 * used.salesforce_used as f64 / used.salesforce_daily.max(1) as f64
+        );
+        server.stop().await;
+    }
     println!("Demo finished in {:.0} s.", started.elapsed().as_secs_f64());
     Ok(if r.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

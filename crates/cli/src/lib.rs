@@ -23,6 +23,9 @@ use sqlx::PgPool;
 pub fn main() -> ExitCode {
     use clap::Parser;
     let cli = Cli::parse();
+    // reqwest is built without a TLS crypto provider: ring is chosen once
+    // here, for every HTTP client the process makes.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -48,7 +51,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Applier => "crmsync-applier",
         _ => "crmsync",
     };
-    telemetry::init(&config.telemetry, service);
+    if matches!(cli.command, Command::Demo(_)) {
+        // The demo prints its own story; its tiers log to files. Its own
+        // process logs warnings only (RUST_LOG still overrides).
+        let mut quiet = config.telemetry.clone();
+        quiet.log_filter = "warn".into();
+        telemetry::init(&quiet, service);
+    } else {
+        telemetry::init(&config.telemetry, service);
+    }
     match cli.command {
         Command::Producer => crmsync_producer::run(config, shutdown::on_signals()).await?,
         Command::Matcher => crmsync_matcher::run(config, shutdown::on_signals()).await?,

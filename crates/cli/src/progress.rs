@@ -73,17 +73,22 @@ impl Probe {
         for (_, _, q) in self.topology.work_queues(&[connection_id.to_owned()]) {
             queued += u64::from(self.topology.depth(&self.channel, &q).await?);
         }
+        let mirrors_waiting = crmsync_store::mirror_outbox::count(&self.pool, connection_id).await?;
+        let mut progress = Progress { published, finished, queued, unread_feeds: Vec::new(), mirrors_waiting };
+        if !progress.idle() {
+            // Busy already: asking the sources (an API call per feed over
+            // HTTP) would tell nothing more.
+            return Ok(progress);
+        }
         let settings = connections::load(&self.pool, connection_id).await?;
         let systems = self.factory.systems(&settings).await?;
-        let mut unread_feeds = Vec::new();
         for feed in Feed::for_connection(&settings) {
             let cursor = feeds.iter().find(|f| f.feed == feed.name()).and_then(|f| f.cursor.clone()).map(Cursor);
             if feed.pending(&systems, cursor.as_ref()).await? {
-                unread_feeds.push(feed.name());
+                progress.unread_feeds.push(feed.name());
             }
         }
-        let mirrors_waiting = crmsync_store::mirror_outbox::count(&self.pool, connection_id).await?;
-        Ok(Progress { published, finished, queued, unread_feeds, mirrors_waiting })
+        Ok(progress)
     }
 
     /// Waits until every connection in `ids` is idle, calling `tick` with the

@@ -10,6 +10,8 @@
 //! from the cursor's position, and what it already delivered is passed over
 //! by the cursor. The same happens when a locator has expired.
 
+use std::time::Instant;
+
 use crmsync_connector::stamp_cursor::{Overlap, StampCursor};
 use crmsync_connector::{ChangePage, ConnectorError, Cursor};
 use crmsync_wire::salesforce::codes;
@@ -18,6 +20,7 @@ use crmsync_wire::soql::Query;
 use crate::errors::CallError;
 use crate::fields::{ID, SYSTEM_MODSTAMP};
 use crate::http::Http;
+use crate::poll::PollGate;
 use crate::query::{self, Page};
 use crate::records::{self, Positioned, Row};
 
@@ -80,9 +83,14 @@ pub(crate) async fn changes<T>(
     cursor: Option<&Cursor>,
     limit: usize,
     overlap: Overlap,
+    gate: &PollGate,
 ) -> Result<ChangePage<T>, ConnectorError> {
     let limit = limit.max(1);
     let mut state = StampCursor::load(cursor)?;
+    if state.locator().is_none() && !gate.may_poll(feed.sobject, Instant::now()) {
+        // Caught up a moment ago: not worth an API call yet.
+        return Ok(ChangePage { records: Vec::new(), next: state.save(), has_more: false });
+    }
     let mut out = Vec::new();
     let mut has_more = false;
     for _ in 0..MAX_PAGES_PER_CALL {
@@ -105,6 +113,7 @@ pub(crate) async fn changes<T>(
             break;
         }
     }
+    gate.polled(feed.sobject, has_more, Instant::now());
     Ok(ChangePage { records: out, next: state.save(), has_more })
 }
 

@@ -8,7 +8,7 @@
 //! - `errors`: which failures are transient, which fatal;
 //! - `fields`: which fields are read per object;
 //! - `query`: SOQL text, `IN` chunks and paging;
-//! - `feed`: change feeds with the stamp cursor;
+//! - `feed`: change feeds with the stamp cursor; `poll`: how often they query;
 //! - `records`: rows turned into domain records;
 //! - `write`: sObject Collections writes; `bulk`: Bulk API 2.0 jobs.
 
@@ -19,6 +19,7 @@ mod feed;
 mod fields;
 mod http;
 mod pacing;
+mod poll;
 mod query;
 mod records;
 mod write;
@@ -40,6 +41,7 @@ use crate::feed::Feed;
 pub use crate::fields::ReadSet;
 use crate::http::Http;
 pub use crate::pacing::Pacing;
+use crate::poll::PollGate;
 
 /// A Salesforce org behind [`CrmApi`].
 #[derive(Debug)]
@@ -48,6 +50,7 @@ pub struct SalesforceCrm {
     reads: ReadSet,
     integration_user: String,
     overlap: Overlap,
+    polls: PollGate,
     bulk_threshold: usize,
 }
 
@@ -98,6 +101,7 @@ impl SalesforceCrm {
             reads,
             integration_user,
             overlap: Overlap::new(Duration::from_secs(endpoint.overlap_secs)),
+            polls: PollGate::new(Duration::from_secs(endpoint.poll_interval_secs)),
             bulk_threshold: endpoint.bulk_threshold,
         })
     }
@@ -141,7 +145,7 @@ impl CrmApi for SalesforceCrm {
         let sel = self.reads.person(object)?;
         let convert = |row: &records::Row| records::person(object, &sel.data, row);
         let feed = Feed { sobject: &sel.sobject, select: &sel.select, convert: &convert };
-        feed::changes(&self.http, &feed, cursor, limit, self.overlap).await
+        feed::changes(&self.http, &feed, cursor, limit, self.overlap, &self.polls).await
     }
 
     async fn person_changes_pending(&self, object: CrmObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
@@ -215,7 +219,7 @@ impl CrmApi for SalesforceCrm {
         let sel = self.reads.object(object)?;
         let convert = |row: &records::Row| records::object(object, &sel.data, row);
         let feed = Feed { sobject: &sel.sobject, select: &sel.select, convert: &convert };
-        feed::changes(&self.http, &feed, cursor, limit, self.overlap).await
+        feed::changes(&self.http, &feed, cursor, limit, self.overlap, &self.polls).await
     }
 
     async fn object_changes_pending(&self, object: &MirrorObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {

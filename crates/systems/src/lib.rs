@@ -61,7 +61,7 @@ impl SystemsFactory {
                     return Ok(crm.clone());
                 }
                 let crm = Arc::new(SalesforceCrm::from_settings(endpoint, settings).await?);
-                tracing::info!(url = %endpoint.oauth.login_url, "connected to Salesforce");
+                tracing::debug!(url = %endpoint.oauth.login_url, "connected to Salesforce");
                 cache.insert(key, (made_from, crm.clone()));
                 Ok(crm)
             }

@@ -98,15 +98,17 @@ async fn set(config: &Config, pool: &PgPool, key: &str, value: &str, confirmed: 
     connection_cmd::set(config, pool, CONNECTION, key, value, confirmed).await
 }
 
-/// Runs the CSQL section; `settle` waits until the tiers are idle.
+/// Runs the CSQL section with the CS platform `cs` (a `cs` setting's
+/// value); `settle` waits until the tiers are idle.
 pub async fn run(
     config: &Config,
     pool: &PgPool,
     sb: &Sandbox,
+    cs: &str,
     mut settle: impl AsyncFnMut() -> anyhow::Result<Progress>,
 ) -> anyhow::Result<()> {
     let p = people(sb).await?;
-    set(config, pool, "cs", "default", false).await?;
+    set(config, pool, "cs", cs, false).await?;
     println!("   CS users: Cleo (CSM, CRM user with API access), Noah (CSM, CRM user without), Sam (internal collaborator from sales)");
 
     // Target `cs` (the default): nothing leaves the CS platform.
