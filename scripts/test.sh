@@ -16,6 +16,9 @@ psql -h 127.0.0.1 -U "${CRMSYNC_PG_USER:-crmsync}" -d "${CRMSYNC_PG_DB:-crmsync}
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The deployment files (Dockerfile, compose, Kubernetes, KEDA, Prometheus,
+# Grafana), offline; installs its pinned tools into .ci-tools/ on first use.
+bash scripts/validate-deploy.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"
 else
