@@ -155,13 +155,18 @@ async fn two_connections_with_different_budgets_each_get_their_own_rate() {
 }
 
 /// Reads a metrics endpoint (plain HTTP).
-async fn scrape(addr: &str) -> String {
+/// A whole HTTP/1.0 answer (status line, headers, body) for `path`.
+async fn get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return String::new() };
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
     let mut body = String::new();
     let _ = s.read_to_string(&mut body).await;
     body
+}
+
+async fn scrape(addr: &str) -> String {
+    get(addr, "/metrics").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +175,7 @@ async fn the_backlog_its_eta_and_the_budgets_use_are_shown_and_exported_as_metri
     pace(&app, "default", 36_000, 2, 10).await; // 10 a second
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
-    app.config.telemetry.metrics_listen = Some(addr.clone());
+    app.config.telemetry.http_listen = Some(addr.clone());
     app.start_pipeline(1, 1);
     burst(&app, "default", 80, "shown").await;
     let started = std::time::Instant::now();
@@ -196,7 +201,19 @@ async fn the_backlog_its_eta_and_the_budgets_use_are_shown_and_exported_as_metri
     for name in ["crmsync_batch_budget_records_per_hour", "crmsync_batch_used_last_hour_records", "crmsync_batch_eta_seconds"] {
         assert!(metrics.contains(&format!("{name}{{connection=\"default\"}}")), "{name} missing from\n{metrics}");
     }
+    let (live, ready) = (get(&addr, "/livez").await, get(&addr, "/readyz").await);
+    assert!(live.starts_with("HTTP/1.0 200") || live.starts_with("HTTP/1.1 200"), "{live}");
+    assert!(ready.contains(" 200 ") && ready.ends_with("ready\n"), "connected and consuming: {ready}");
     app.settle().await;
+    let metrics = scrape(&addr).await;
+    for line in [
+        "crmsync_records_total{tier=\"applier\",stage=\"apply\",outcome=\"pending\"} 80",
+        "crmsync_stage_duration_seconds_count{tier=\"applier\",stage=\"apply\"}",
+        "crmsync_sync_lag_seconds_count{connection=\"default\"}",
+        "crmsync_ready{tier=\"applier\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
     let done = crmsync_applier::batch_figures(&app.pool, "default").await.unwrap();
     assert_eq!((done.backlog, done.used_last_hour), (0, 80), "{done:?}");
     app.cleanup().await;

@@ -169,7 +169,13 @@ impl TestApp {
     /// Starts one replica of `tier` in this process, with its own connections.
     pub fn start(&mut self, tier: Tier) {
         let stop = CancellationToken::new();
-        let config = self.config.clone();
+        let mut config = self.config.clone();
+        // One process, one port: the first applier serves health and
+        // metrics (the recorder is the process's, so it has every tier's).
+        let serves = tier == Tier::Applier && !self.replicas.iter().any(|r| r.tier == Tier::Applier);
+        if !serves {
+            config.telemetry.http_listen = None;
+        }
         let token = stop.clone();
         let task = tokio::spawn(async move {
             match tier {

@@ -23,6 +23,7 @@ use crmsync_domain::Lane;
 use crmsync_domain::messages::{self, ApplyBatch};
 use crmsync_infra::amqp::Stage;
 use crmsync_infra::budget::BatchBudget;
+use crmsync_infra::health::{self, Health};
 use crmsync_infra::services::Services;
 use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
 use crmsync_infra::{CancellationToken, Config};
@@ -81,7 +82,9 @@ fn options(config: &Config, queue: String, concurrency: usize) -> ConsumeOptions
 /// Runs the applier until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let services = Services::connect(&config, "crmsync-applier").await?;
-    crmsync_infra::metrics::install(config.telemetry.metrics_listen.as_deref())?;
+    let health = Health::new("applier", &services);
+    health.drain_on(shutdown.clone());
+    let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
     let factory = Arc::new(SystemsFactory::from_config(&config, &services.pool).await?);
     let stage = Arc::new(ApplyStage {
         applier: Applier {
@@ -96,6 +99,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let immediate = options(&config, services.topology.queue(Stage::Apply, Lane::Immediate, ""), config.applier.concurrency);
     let (amqp, s, stop) = (services.amqp.clone(), stage.clone(), shutdown.clone());
     loops.spawn(async move { consume(&amqp, immediate, s, stop).await });
+    health.working();
     let sweeper = tokio::spawn(sweep(stage.clone(), shutdown.clone()));
     let figures = tokio::spawn(batch::export_figures(services.pool.clone(), shutdown.clone()));
     // One paced consumer per connection, started as connections appear.
@@ -134,6 +138,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = sweeper.await;
     let _ = figures.await;
     let _ = services.amqp.close(200, "shutdown".into()).await;
+    if let Some(server) = server {
+        server.abort();
+    }
     Ok(())
 }
 

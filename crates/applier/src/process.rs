@@ -184,7 +184,13 @@ impl Applier {
             audit::insert_many(&self.pool, &batch.connection_id, &audits).await?;
         }
         // CSQLs to the CRM (R9).
-        self.apply_csqls(batch, &systems).await
+        self.apply_csqls(batch, &systems).await?;
+        let now = chrono::Utc::now();
+        for detected in batch.commands.iter().map(|c| c.detected_at).chain(batch.csqls.iter().map(|q| q.detected_at)) {
+            let lag = (now - detected).to_std().unwrap_or_default().as_secs_f64();
+            metrics::histogram!(crmsync_infra::metrics::SYNC_LAG, "connection" => batch.connection_id.clone()).record(lag);
+        }
+        Ok(())
     }
 
     /// Applies the identities whose locks are held.

@@ -459,7 +459,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         for i in 1..=n.max(1) {
             let mut env = env.clone();
             if tier == "applier" && i == 1 {
-                env.push(("CRMSYNC_TELEMETRY__METRICS_LISTEN", METRICS_ADDR.into()));
+                env.push(("CRMSYNC_TELEMETRY__HTTP_LISTEN", METRICS_ADDR.into()));
             }
             tiers.push(spawn(&exe, tier, i, &env, &logs)?);
         }

@@ -42,6 +42,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Runs a tier until it returns, giving it `grace` to drain once `stop` is
+/// cancelled. Past it the tier is abandoned: its unacked messages go back
+/// to the queue when the process exits, so nothing is lost, only redone.
+async fn within_grace(
+    tier: impl std::future::Future<Output = anyhow::Result<()>>,
+    stop: &crmsync_infra::CancellationToken,
+    grace: std::time::Duration,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        done = tier => done,
+        _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+            anyhow::bail!("the tier did not drain within the {grace:?} grace period; its unacked work returns to the queue")
+        }
+    }
+}
+
 /// Runs one command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
@@ -61,9 +77,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         telemetry::init(&config.telemetry, service);
     }
     match cli.command {
-        Command::Producer => crmsync_producer::run(config, shutdown::on_signals()).await?,
-        Command::Matcher => crmsync_matcher::run(config, shutdown::on_signals()).await?,
-        Command::Applier => crmsync_applier::run(config, shutdown::on_signals()).await?,
+        Command::Producer => {
+            let stop = shutdown::on_signals();
+            within_grace(crmsync_producer::run(config.clone(), stop.clone()), &stop, config.shutdown.grace()).await?;
+        }
+        Command::Matcher => {
+            let stop = shutdown::on_signals();
+            within_grace(crmsync_matcher::run(config.clone(), stop.clone()), &stop, config.shutdown.grace()).await?;
+        }
+        Command::Applier => {
+            let stop = shutdown::on_signals();
+            within_grace(crmsync_applier::run(config.clone(), stop.clone()), &stop, config.shutdown.grace()).await?;
+        }
         Command::Migrate => {
             let pool = connect(&config).await?;
             migrate(&pool).await?;

@@ -32,6 +32,7 @@ pub struct Config {
     pub matcher: WorkerConfig,
     pub applier: WorkerConfig,
     pub telemetry: TelemetryConfig,
+    pub shutdown: ShutdownConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,13 +177,37 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
     pub log_filter: String,
-    /// Serve Prometheus metrics at this address (`/metrics`), e.g. `0.0.0.0:9464`.
-    pub metrics_listen: Option<String>,
+    /// Serve `/livez`, `/readyz` and Prometheus `/metrics` at this address,
+    /// e.g. `0.0.0.0:9464` (`metrics_listen`, its former name, still works).
+    #[serde(alias = "metrics_listen")]
+    pub http_listen: Option<String>,
+}
+
+/// How a tier stops on SIGTERM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long a tier may take to finish and ack its in-flight work after
+    /// SIGTERM before it gives up (what is unacked returns to the queue).
+    /// Keep the orchestrator's grace period longer.
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace_secs: 30 }
+    }
+}
+
+impl ShutdownConfig {
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.grace_secs)
+    }
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { log_format: LogFormat::Text, log_filter: "info,sqlx=warn,lapin=warn".into(), metrics_listen: None }
+        TelemetryConfig { log_format: LogFormat::Text, log_filter: "info,sqlx=warn,lapin=warn".into(), http_listen: None }
     }
 }
 

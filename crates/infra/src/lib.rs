@@ -5,6 +5,7 @@ pub mod amqp;
 pub mod budget;
 pub mod config;
 pub mod db;
+pub mod health;
 pub mod locks;
 pub mod metrics;
 pub mod services;

@@ -179,6 +179,9 @@ impl Locks {
                 None => busy.push(i),
             }
         }
+        if !busy.is_empty() {
+            metrics::counter!(crate::metrics::LOCK_CONTENTION, "kind" => "identity").increment(busy.len() as u64);
+        }
         Ok((held, busy))
     }
 

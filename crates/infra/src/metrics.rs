@@ -1,30 +1,53 @@
-//! Prometheus metrics: one recorder per process, served over HTTP at
-//! `telemetry.metrics_listen` (`/metrics`) when that is set.
+//! Prometheus metrics: one recorder per process, rendered at `/metrics` by
+//! the tier's HTTP server (see `health`).
+//!
+//! The names every tier uses are the constants below, so the Grafana
+//! dashboard and the KEDA triggers in `deploy/` have one place to match.
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-static INSTALLED: OnceLock<()> = OnceLock::new();
+/// Records through a stage, by tier, stage and outcome (counter).
+pub const RECORDS: &str = "crmsync_records_total";
+/// Time to handle one message, by tier and stage (histogram, seconds).
+pub const STAGE_DURATION: &str = "crmsync_stage_duration_seconds";
+/// From a change's detection to its write in the target (histogram, seconds).
+pub const SYNC_LAG: &str = "crmsync_sync_lag_seconds";
+/// Messages ready in a work queue (gauge).
+pub const QUEUE_DEPTH: &str = "crmsync_queue_depth";
+/// Identity locks found held by another writer (counter).
+pub const LOCK_CONTENTION: &str = "crmsync_lock_contention_total";
+/// Sync errors recorded, by category (counter).
+pub const SYNC_ERRORS: &str = "crmsync_sync_errors_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("metrics_listen {0:?} is not an address like 0.0.0.0:9464")]
+    #[error("telemetry.http_listen {0:?} is not an address like 0.0.0.0:9464")]
     Address(String),
-    #[error("cannot serve metrics: {0}")]
+    #[error("cannot serve health and metrics: {0}")]
     Install(String),
 }
 
-/// Installs the recorder and its HTTP listener, once per process; later
-/// calls (more tiers in one process, as in tests) do nothing.
-pub fn install(listen: Option<&str>) -> Result<(), MetricsError> {
-    let Some(listen) = listen else { return Ok(()) };
-    if INSTALLED.get().is_some() {
-        return Ok(());
-    }
-    let addr: SocketAddr = listen.parse().map_err(|_| MetricsError::Address(listen.to_owned()))?;
-    PrometheusBuilder::new().with_http_listener(addr).install().map_err(|e| MetricsError::Install(e.to_string()))?;
-    let _ = INSTALLED.set(());
-    Ok(())
+/// Installs the recorder once per process; later calls (more tiers in one
+/// process, as in tests) do nothing. Histograms get buckets from 1 ms to
+/// a minute, the range a record's stages and lag fall in.
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+            .expect("non-empty buckets");
+        match builder.install_recorder() {
+            Ok(handle) => handle,
+            // Another recorder is installed (a test's): render an empty page.
+            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        }
+    });
+}
+
+/// The Prometheus text exposition of every metric recorded so far.
+pub fn render() -> String {
+    HANDLE.get().map(PrometheusHandle::render).unwrap_or_default()
 }

@@ -134,6 +134,16 @@ pub async fn consume<H: Handler>(
     Ok(())
 }
 
+/// The tier and stage a work queue (`{prefix}.{stage}.{lane}...`) feeds,
+/// as metric labels.
+fn tier_and_stage(queue: &str) -> (&'static str, &'static str) {
+    match queue.split('.').nth(1) {
+        Some("match") => ("matcher", "match"),
+        Some("apply") => ("applier", "apply"),
+        _ => ("unknown", "unknown"),
+    }
+}
+
 async fn settle<H: Handler>(handler: Arc<H>, delivery: Delivery, opts: &ConsumeOptions, shutdown: &CancellationToken) {
     let mut backoff = opts.backoff;
     let delivery = Arc::new(delivery);
@@ -141,11 +151,20 @@ async fn settle<H: Handler>(handler: Arc<H>, delivery: Delivery, opts: &ConsumeO
         // A panic in the handler is contained to this delivery.
         let h = handler.clone();
         let d = delivery.clone();
+        let started = std::time::Instant::now();
         let result = tokio::spawn(async move { h.handle(&d).await }).await;
         let outcome = match result {
             Ok(r) => r,
             Err(e) => Err(StageError::Poison(format!("handler panicked: {e}"))),
         };
+        let (tier, stage) = tier_and_stage(&opts.queue);
+        metrics::histogram!(crate::metrics::STAGE_DURATION, "tier" => tier, "stage" => stage).record(started.elapsed().as_secs_f64());
+        let settled = match &outcome {
+            Ok(()) => "ok",
+            Err(StageError::Retry(_)) => "retry",
+            Err(StageError::Poison(_)) => "dead_lettered",
+        };
+        metrics::counter!("crmsync_messages_total", "tier" => tier, "stage" => stage, "outcome" => settled).increment(1);
         match outcome {
             Ok(()) => {
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use crmsync_domain::Lane;
 use crmsync_domain::messages::{self, ApplyBatch, ChangeBatch, MESSAGE_VERSION};
 use crmsync_infra::amqp::{Outgoing, Publisher, Stage, Topology};
+use crmsync_infra::health::{self, Health};
 use crmsync_infra::services::Services;
 use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
 use crmsync_infra::{CancellationToken, Config};
@@ -115,6 +116,9 @@ impl Handler for MatchStage {
 /// Runs the matcher until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let services = Services::connect(&config, "crmsync-matcher").await?;
+    let health = Health::new("matcher", &services);
+    health.drain_on(shutdown.clone());
+    let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
     let factory = Arc::new(SystemsFactory::from_config(&config, &services.pool).await?);
     let stage = Arc::new(MatchStage {
         matcher: Matcher {
@@ -138,7 +142,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         };
         consume(&services.amqp, opts, stage.clone(), shutdown.clone())
     });
+    health.working();
     futures::future::try_join_all(loops).await?;
     let _ = services.amqp.close(200, "shutdown".into()).await;
+    if let Some(server) = server {
+        server.abort();
+    }
     Ok(())
 }

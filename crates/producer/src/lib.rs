@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crmsync_connector::ConnectorFactory;
+use crmsync_infra::health::{self, Health};
 use crmsync_infra::{CancellationToken, Config, services::Services};
 use crmsync_store::{connections, feeds};
 use crmsync_systems::SystemsFactory;
@@ -73,6 +74,9 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
 /// Runs the producer until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let services = Services::connect(&config, "crmsync-producer").await?;
+    let health = Health::new("producer", &services);
+    health.drain_on(shutdown.clone());
+    let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
     let factory = SystemsFactory::from_config(&config, &services.pool).await?;
     let owner = replica_id(&config);
     let wake = Arc::new(Notify::new());
@@ -86,6 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         records_per_message: config.producer.records_per_message,
     };
     info!(replica = %owner, "producer started");
+    health.working();
     let mut backoff = config.producer.poll_interval();
     loop {
         let mut failed = false;
@@ -105,6 +110,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let _ = feeds::release_all(&services.pool, &owner).await;
     listener.abort();
+    if let Some(server) = server {
+        server.abort();
+    }
     info!("producer stopped");
     Ok(())
 }

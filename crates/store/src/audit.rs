@@ -26,6 +26,14 @@ pub async fn insert_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, entrie
     if entries.is_empty() {
         return Ok(());
     }
+    for a in entries {
+        let tier = match a.stage {
+            "apply" => "applier",
+            "match" => "matcher",
+            _ => "producer",
+        };
+        metrics::counter!("crmsync_records_total", "tier" => tier, "stage" => a.stage, "outcome" => a.action.clone()).increment(1);
+    }
     let col = |f: fn(&AuditEntry) -> String| entries.iter().map(f).collect::<Vec<String>>();
     let change_ids: Vec<Uuid> = entries.iter().map(|a| a.change_id).collect();
     let identity_ids: Vec<Option<Uuid>> = entries.iter().map(|a| a.identity_id).collect();

@@ -27,6 +27,9 @@ pub async fn record_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, errors
     let mut seen = std::collections::HashSet::new();
     let errors: Vec<&NewSyncError> =
         errors.iter().rev().filter(|x| seen.insert((x.object.clone(), x.record_id.clone(), x.issue.category))).collect();
+    for x in &errors {
+        metrics::counter!("crmsync_sync_errors_total", "category" => x.issue.category.as_str()).increment(1);
+    }
     let stages: Vec<&str> = errors.iter().map(|x| x.stage).collect();
     let objects: Vec<&str> = errors.iter().map(|x| x.object.as_str()).collect();
     let ids: Vec<&str> = errors.iter().map(|x| x.record_id.as_str()).collect();

@@ -1,0 +1,122 @@
+//! Liveness, readiness and metrics over HTTP: every tier serves `/livez`,
+//! `/readyz` and `/metrics` on `telemetry.http_listen` (e.g. `0.0.0.0:9464`)
+//! for its orchestrator's probes and Prometheus.
+//!
+//! Live: the process answers. Ready: PostgreSQL, Redis and RabbitMQ answer
+//! now (each checked on the request, with a short timeout, so a lost
+//! service shows at once) and the tier is taking work; not while it drains
+//! after SIGTERM, so no new traffic is routed to a replica on its way out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use lapin::Connection;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{self, MetricsError};
+use crate::services::Services;
+
+/// How long one service may take to answer a readiness check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a tier's readiness is made of.
+#[derive(Debug)]
+pub struct Health {
+    tier: &'static str,
+    pool: PgPool,
+    redis: redis::aio::ConnectionManager,
+    amqp: Arc<Connection>,
+    working: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    pub fn new(tier: &'static str, services: &Services) -> Arc<Health> {
+        Arc::new(Health {
+            tier,
+            pool: services.pool.clone(),
+            redis: services.redis.clone(),
+            amqp: services.amqp.clone(),
+            working: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The tier has started taking work (its consumers or its poll loop).
+    pub fn working(&self) {
+        self.working.store(true, Ordering::SeqCst);
+    }
+
+    /// Marks the tier draining as soon as `shutdown` is cancelled.
+    pub fn drain_on(self: &Arc<Self>, shutdown: CancellationToken) {
+        let health = self.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            health.draining.store(true, Ordering::SeqCst);
+            ::metrics::gauge!("crmsync_ready", "tier" => health.tier).set(0.0);
+        });
+    }
+
+    /// Ready, or what is not.
+    pub async fn check(&self) -> Result<(), Vec<String>> {
+        let mut not = Vec::new();
+        if self.draining.load(Ordering::SeqCst) {
+            not.push("draining".to_owned());
+        } else if !self.working.load(Ordering::SeqCst) {
+            not.push("not taking work yet".to_owned());
+        }
+        if !self.amqp.status().connected() {
+            not.push("RabbitMQ: not connected".to_owned());
+        }
+        let pg = tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
+        if !matches!(pg, Ok(Ok(_))) {
+            not.push("PostgreSQL: no answer".to_owned());
+        }
+        let mut redis = self.redis.clone();
+        let ping = tokio::time::timeout(CHECK_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut redis)).await;
+        if !matches!(ping, Ok(Ok(_))) {
+            not.push("Redis: no answer".to_owned());
+        }
+        ::metrics::gauge!("crmsync_ready", "tier" => self.tier).set(if not.is_empty() { 1.0 } else { 0.0 });
+        if not.is_empty() { Ok(()) } else { Err(not) }
+    }
+}
+
+async fn livez() -> &'static str {
+    "live\n"
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
+    match health.check().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(not) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", not.join("; "))),
+    }
+}
+
+async fn render() -> String {
+    metrics::render()
+}
+
+/// Installs the metrics recorder and serves the three endpoints at
+/// `listen` (when configured) until the task is aborted; the tier aborts it
+/// after it has drained, so probes answer "draining" meanwhile.
+pub async fn serve(listen: Option<&str>, health: Arc<Health>) -> Result<Option<JoinHandle<()>>, MetricsError> {
+    metrics::install();
+    let Some(listen) = listen else { return Ok(None) };
+    let addr: SocketAddr = listen.parse().map_err(|_| MetricsError::Address(listen.to_owned()))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| MetricsError::Install(format!("{listen}: {e}")))?;
+    let app = Router::new().route("/livez", get(livez)).route("/readyz", get(readyz)).route("/metrics", get(render)).with_state(health);
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the health and metrics server stopped");
+        }
+    })))
+}
