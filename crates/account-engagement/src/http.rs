@@ -61,7 +61,6 @@ impl Call {
 /// A successful answer.
 #[derive(Debug)]
 pub(crate) struct Answer {
-    pub status: u16,
     pub body: Vec<u8>,
     /// A server time no later than when the request was handled.
     pub server_time: DateTime<Utc>,
@@ -224,7 +223,7 @@ impl Http {
             }
         };
         if (200..300).contains(&status) {
-            return Attempt::Done(Answer { status, body, server_time: server_time(&headers, started.elapsed()) });
+            return Attempt::Done(Answer { body, server_time: server_time(&headers, started.elapsed()) });
         }
         let failure = AeFailure::from_body(status, &body);
         let d = disposition(&failure);

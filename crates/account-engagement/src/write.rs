@@ -2,8 +2,10 @@
 //! `PATCH /prospects/{id}` by id, `POST .../do/upsertLatestByEmail` for the
 //! engine's creates (a retried create updates the prospect the first
 //! attempt made instead of making a second), a plain `POST` for `New`.
-//! They run concurrently up to the connector's limit, and each gets its
-//! outcome, in order; a refusal is that write's outcome, the others go on.
+//! They run concurrently up to the connector's limit, except that writes to
+//! the same prospect run one after the other in batch order (as the
+//! sandbox applies a batch), and each gets its outcome, in order; a refusal
+//! is that write's outcome, the others go on.
 //!
 //! The fencing token travels in [`FENCE_FIELD`], the CRM link in
 //! `salesforceLeadId`/`salesforceContactId`. Moving a prospect to or from
@@ -15,7 +17,7 @@
 use crmsync_connector::{ConnectorError, ProspectTarget, ProspectWrite, WriteOutcome};
 use crmsync_domain::CrmObject;
 use crmsync_wire::pardot::{FENCE_FIELD, PROSPECTS_PATH, UpsertLatestByEmail};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use reqwest::Method;
 use serde_json::{Map, Value};
 
@@ -46,13 +48,44 @@ fn recycle(w: &ProspectWrite) -> Option<bool> {
     w.fields.get(IS_DELETED).and_then(Value::as_bool)
 }
 
-/// A written prospect as the answer shows it. An upsert answers 200 either
-/// way; a prospect whose creation is its last save was created by it.
-pub(crate) fn written(answer: &Answer, created_status: bool) -> Result<WriteOutcome, ConnectorError> {
+/// A written prospect as the answer shows it. `created` when the request
+/// says; otherwise (an upsert answers 200 either way) a prospect whose
+/// creation is its last save was created by it.
+pub(crate) fn written(answer: &Answer, created: Option<bool>) -> Result<WriteOutcome, ConnectorError> {
     let row: Row = answer.json()?;
     let (id, at) = id_and_stamp(&row)?;
-    let created = created_status || stamp(&row, CREATED_AT) == Some(at);
+    let created = created.unwrap_or_else(|| stamp(&row, CREATED_AT) == Some(at));
     Ok(WriteOutcome::Written { id: id.to_string(), created, at })
+}
+
+/// Which prospect a write goes to, for keeping writes to one in order
+/// (`None`: a plain create, which goes to a prospect of its own).
+fn target_key(w: &ProspectWrite) -> Option<String> {
+    match &w.target {
+        ProspectTarget::Id(id) => Some(format!("id:{id}")),
+        ProspectTarget::UpsertByEmail(e) => Some(format!("email:{}", e.as_str())),
+        ProspectTarget::New => None,
+    }
+}
+
+/// The writes in groups that must run in order: one group per prospect,
+/// in the order each prospect first appears; writes as indices.
+pub(crate) fn groups(writes: &[ProspectWrite]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut by_key: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, w) in writes.iter().enumerate() {
+        match target_key(w) {
+            Some(k) => match by_key.get(&k) {
+                Some(&g) => out[g].push(i),
+                None => {
+                    by_key.insert(k, out.len());
+                    out.push(vec![i]);
+                }
+            },
+            None => out.push(vec![i]),
+        }
+    }
+    out
 }
 
 /// A refusal on the merits is the write's outcome; anything else fails the call.
@@ -76,12 +109,12 @@ async fn by_id(http: &Http, id: i64, w: &ProspectWrite) -> Result<WriteOutcome, 
     }
     let answer = http.send(&Call::new(Method::PATCH, &path).query("fields", fields_param()).json(Value::Object(body(w)))).await?;
     if recycle != Some(true) {
-        return Ok(written(&answer, false)?);
+        return Ok(written(&answer, Some(false))?);
     }
     http.send(&Call::new(Method::DELETE, &path)).await?;
     // A delete answers 204 without a body: its stamp is read back.
     let back = http.send(&Call::get(&path).query("fields", fields_param())).await?;
-    Ok(written(&back, false)?)
+    Ok(written(&back, Some(false))?)
 }
 
 async fn one(http: &Http, w: &ProspectWrite) -> Result<WriteOutcome, ConnectorError> {
@@ -95,17 +128,13 @@ async fn one(http: &Http, w: &ProspectWrite) -> Result<WriteOutcome, ConnectorEr
             };
             let req = serde_json::to_value(&req).map_err(|e| ConnectorError::Fatal(format!("cannot encode the prospect: {e}")))?;
             let call = Call::new(Method::POST, format!("{PROSPECTS_PATH}/do/upsertLatestByEmail")).json(req);
-            async { Ok(written(&http.send(&call).await?, false)?) }.await
+            async { Ok(written(&http.send(&call).await?, None)?) }.await
         }
         ProspectTarget::New => {
             // A plain create: only resent if it certainly was not processed.
             let call =
                 Call::new(Method::POST, PROSPECTS_PATH).query("fields", fields_param()).json(Value::Object(body(w))).not_idempotent();
-            async {
-                let answer = http.send(&call).await?;
-                Ok(written(&answer, answer.status == 201)?)
-            }
-            .await
+            async { Ok(written(&http.send(&call).await?, Some(true))?) }.await
         }
     };
     settle(result)
@@ -119,8 +148,25 @@ pub(crate) async fn write_prospects(http: &Http, writes: &[ProspectWrite]) -> Re
     }
     // The futures are made first: a stream of borrowing closures trips the
     // `Send` check of the trait's boxed future.
-    let each: Vec<_> = writes.iter().map(|w| one(http, w)).collect();
-    futures::stream::iter(each).buffered(http.max_concurrency()).collect::<Vec<_>>().await.into_iter().collect()
+    let each: Vec<_> = groups(writes)
+        .into_iter()
+        .map(|group| async move {
+            let mut done = Vec::with_capacity(group.len());
+            for i in group {
+                done.push((i, one(http, &writes[i]).await?));
+            }
+            Ok::<_, ConnectorError>(done)
+        })
+        .collect();
+    let done: Vec<Vec<(usize, WriteOutcome)>> = futures::stream::iter(each).buffer_unordered(http.max_concurrency()).try_collect().await?;
+    let mut out: Vec<Option<WriteOutcome>> = vec![None; writes.len()];
+    for (i, o) in done.into_iter().flatten() {
+        out[i] = Some(o);
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, o)| o.ok_or_else(|| ConnectorError::Fatal(format!("write {i} of the batch got no outcome"))))
+        .collect()
 }
 
 #[cfg(test)]
@@ -158,18 +204,33 @@ mod tests {
         assert_eq!(recycle(&contact), None);
     }
 
-    fn answer(body: Value, status: u16) -> Answer {
-        Answer { status, body: serde_json::to_vec(&body).unwrap(), server_time: chrono::Utc::now() }
+    fn answer(body: Value) -> Answer {
+        Answer { body: serde_json::to_vec(&body).unwrap(), server_time: chrono::Utc::now() }
     }
 
     #[test]
     fn an_answer_says_whether_the_write_created_the_prospect() {
-        let updated = answer(json!({"id": 5, "createdAt": "2024-05-01T10:00:00.000Z", "updatedAt": "2024-05-01T10:20:30.123Z"}), 200);
-        assert!(matches!(written(&updated, false).unwrap(), WriteOutcome::Written { id, created: false, .. } if id == "5"));
-        let made = answer(json!({"id": 6, "createdAt": "2024-05-01T10:20:30.123Z", "updatedAt": "2024-05-01T10:20:30.123Z"}), 200);
-        assert!(matches!(written(&made, false).unwrap(), WriteOutcome::Written { created: true, .. }));
-        assert!(matches!(written(&updated, true).unwrap(), WriteOutcome::Written { created: true, .. }), "a 201");
-        assert!(written(&answer(json!({"id": 6}), 200), false).is_err());
+        let updated = answer(json!({"id": 5, "createdAt": "2024-05-01T10:00:00.000Z", "updatedAt": "2024-05-01T10:20:30.123Z"}));
+        assert!(matches!(written(&updated, None).unwrap(), WriteOutcome::Written { id, created: false, .. } if id == "5"));
+        let made = answer(json!({"id": 6, "createdAt": "2024-05-01T10:20:30.123Z", "updatedAt": "2024-05-01T10:20:30.123Z"}));
+        assert!(matches!(written(&made, None).unwrap(), WriteOutcome::Written { created: true, .. }), "an upsert that created");
+        assert!(matches!(written(&made, Some(false)).unwrap(), WriteOutcome::Written { created: false, .. }), "a write by id");
+        assert!(written(&answer(json!({"id": 6})), None).is_err());
+    }
+
+    #[test]
+    fn writes_to_one_prospect_keep_their_order_and_others_run_alongside() {
+        let email = |e: &str| write(ProspectTarget::UpsertByEmail(crmsync_domain::Email::parse(e).unwrap()));
+        let writes = [
+            write(ProspectTarget::Id(1)),
+            write(ProspectTarget::Id(2)),
+            write(ProspectTarget::New),
+            email("a@example.com"),
+            write(ProspectTarget::Id(1)),
+            email("A@Example.com "),
+            write(ProspectTarget::New),
+        ];
+        assert_eq!(groups(&writes), [vec![0, 4], vec![1], vec![2], vec![3, 5], vec![6]]);
     }
 
     #[test]
