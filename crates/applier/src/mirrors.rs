@@ -29,6 +29,8 @@ pub enum Reconciled {
     Absent,
     /// A person key, expanded into the mirrors tied to it.
     Expanded,
+    /// Nothing done: the MA keeps its own mirrors (`mirrors: ma`).
+    LeftToMa,
 }
 
 impl Reconciled {
@@ -37,6 +39,7 @@ impl Reconciled {
             Reconciled::Mirrored => "mirrored",
             Reconciled::Absent => "not_mirrored",
             Reconciled::Expanded => "mirrors_checked",
+            Reconciled::LeftToMa => "left_to_ma",
         }
     }
 }
@@ -60,6 +63,11 @@ impl Reconciler<'_> {
     /// Reconciles `keys` and every key they lead to; returns the outcome per
     /// key asked for.
     pub async fn run(&self, keys: &[MirrorKey]) -> Result<Vec<(MirrorKey, Reconciled)>, StageError> {
+        if !self.settings.ma.engine_keeps_mirrors() {
+            // A business unit's own CRM connector keeps them: the engine
+            // neither reads nor writes them (nor asks the CRM about them).
+            return Ok(keys.iter().map(|k| (k.clone(), Reconciled::LeftToMa)).collect());
+        }
         let mut queue: VecDeque<MirrorKey> = keys.iter().cloned().collect();
         let mut seen: HashSet<MirrorKey> = HashSet::new();
         let mut outcomes = Vec::new();

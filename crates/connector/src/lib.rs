@@ -6,9 +6,9 @@
 //! email in batches, and writes are batches that return one outcome per record
 //! (sObject Collections with `allOrNone=false`), so partial success is normal.
 //!
-//! Implementations: the sandbox in PostgreSQL (`crmsync-sandbox`), and the
-//! HTTP connectors for Salesforce (`crmsync-salesforce`) and Account
-//! Engagement behind the same traits.
+//! Implementations: the sandbox in PostgreSQL (`crmsync-sandbox`), and over
+//! HTTP Salesforce (`crmsync-salesforce`) and Account Engagement
+//! (`crmsync-account-engagement`).
 
 pub mod stamp_cursor;
 

@@ -134,6 +134,10 @@ pub struct AccountEngagementEndpoint {
     pub daily_quota: Option<u64>,
     #[serde(default = "default_overlap_secs")]
     pub overlap_secs: u64,
+    /// Once the API says its daily limit is met (code 122), one call goes
+    /// through this often to learn whether it was lifted; the others wait.
+    #[serde(default = "default_usage_probe_secs")]
+    pub limit_probe_secs: u64,
     #[serde(default)]
     pub mirrors: MirrorKeeper,
     #[serde(default = "default_timeout_secs")]

@@ -22,18 +22,19 @@ pub enum Feed {
 }
 
 impl Feed {
-    /// The feeds of a connection: people, the standard mirrored objects, and
-    /// each declared custom object.
+    /// The feeds of a connection: people, and, when the engine keeps the
+    /// MA's mirrors (a business unit with `mirrors: ma` keeps its own), the
+    /// standard mirrored objects and each declared custom object.
     pub fn for_connection(settings: &ConnectionSettings) -> Vec<Feed> {
-        let mut feeds = vec![
-            Feed::Prospects,
-            Feed::Leads,
-            Feed::Contacts,
-            Feed::Mirror(MirrorObject::Account),
-            Feed::Mirror(MirrorObject::Opportunity),
-            Feed::Mirror(MirrorObject::ContactRole),
-        ];
-        feeds.extend(settings.custom_objects.iter().map(|c| Feed::Mirror(MirrorObject::Custom(c.name.clone()))));
+        let mut feeds = vec![Feed::Prospects, Feed::Leads, Feed::Contacts];
+        if settings.ma.engine_keeps_mirrors() {
+            feeds.extend([
+                Feed::Mirror(MirrorObject::Account),
+                Feed::Mirror(MirrorObject::Opportunity),
+                Feed::Mirror(MirrorObject::ContactRole),
+            ]);
+            feeds.extend(settings.custom_objects.iter().map(|c| Feed::Mirror(MirrorObject::Custom(c.name.clone()))));
+        }
         if settings.csql.target == CsqlTarget::Crm && settings.cs.is_some() {
             feeds.push(Feed::Csql(settings.csql.record_type));
         }
@@ -108,5 +109,31 @@ impl Feed {
                 (p.records.into_iter().map(SourceRecord::Crm).collect(), p.next, p.has_more)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crmsync_domain::settings::SystemEndpoint;
+
+    use super::*;
+
+    #[test]
+    fn mirror_feeds_only_when_the_engine_keeps_the_mirrors() {
+        let mut settings = ConnectionSettings::default();
+        assert_eq!(Feed::for_connection(&settings).len(), 6);
+        let ae = |keeper: &str| -> SystemEndpoint {
+            serde_json::from_value(serde_json::json!({
+                "kind": "account_engagement", "base_url": "https://pi.pardot.com", "business_unit_id": "0Uv000000000042AAA",
+                "oauth": {"login_url": "https://login.salesforce.com", "flow": "client_credentials",
+                          "client_id": "app", "client_secret": {"env": "SECRET"}},
+                "mirrors": keeper
+            }))
+            .unwrap()
+        };
+        settings.ma = ae("engine");
+        assert_eq!(Feed::for_connection(&settings).len(), 6);
+        settings.ma = ae("ma");
+        assert_eq!(Feed::for_connection(&settings), [Feed::Prospects, Feed::Leads, Feed::Contacts]);
     }
 }

@@ -111,14 +111,32 @@ pub(crate) fn token_form(
     }
 }
 
-/// A token and what it is good for.
+/// A token and what it is good for. Its `Debug` shows the access token
+/// redacted.
 #[derive(Debug)]
-pub(crate) struct Token {
-    pub access: SecretString,
+pub struct Token {
+    pub(crate) access: SecretString,
     /// Where this org's REST API lives.
-    pub instance_url: String,
+    pub(crate) instance_url: String,
     /// The user the token acts as.
-    pub user_id: String,
+    pub(crate) user_id: String,
+}
+
+impl Token {
+    /// The bearer token, for an `Authorization` header and nothing else.
+    pub fn access(&self) -> &SecretString {
+        &self.access
+    }
+
+    /// Where the org's REST API lives (`instance_url`).
+    pub fn instance_url(&self) -> &str {
+        &self.instance_url
+    }
+
+    /// The Salesforce user the token acts as, as the token answer names it.
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
 }
 
 /// Tokens by user: `None` for the integration user, `Some(username)` for

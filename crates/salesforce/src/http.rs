@@ -1,34 +1,39 @@
-//! The HTTP client: TLS set-up, which URLs may be spoken to, logins and the
-//! token cache, and one place where every REST call is sent, traced,
-//! counted against the org's API usage, re-authenticated once on an expired
-//! session and retried with backoff on transient failures.
+//! The HTTP client: TLS set-up, which URLs may be spoken to, and one place
+//! where every REST call is sent, traced, counted against the org's API
+//! usage, re-authenticated once on an expired session (through the
+//! [`Login`]) and retried with backoff on transient failures.
+//!
+//! The URL check, the client set-up and the reading of transport failures
+//! and `Date` headers are public: the Account Engagement connector speaks
+//! to its API the same way.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use crmsync_connector::ConnectorError;
-use crmsync_wire::salesforce::{ApiUsage, LIMIT_INFO_HEADER, OAuthError, TokenResponse};
+use crmsync_wire::salesforce::{ApiUsage, LIMIT_INFO_HEADER};
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, DATE, HeaderMap};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use tracing::Instrument;
 
-use crate::auth::{self, Credentials, Token, TokenCache};
+use crate::auth::Token;
 use crate::errors::{ApiFailure, CallError, Disposition, disposition};
+use crate::login::Login;
 use crate::pacing::{Pacing, UsageGate};
 
 /// Installs rustls's crypto provider once per process. reqwest is built
 /// without one (`rustls-no-provider`), so ring is chosen here; another
 /// component may have installed one first, which is fine.
-pub(crate) fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Checks a base URL the connector will send credentials or tokens to:
 /// HTTPS (verified against the platform's roots) anywhere, plain HTTP only
 /// to this machine (the sandbox server). Returns it without a trailing slash.
-pub(crate) fn check_base_url(url: &str) -> Result<String, ConnectorError> {
+pub fn check_base_url(url: &str) -> Result<String, ConnectorError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| ConnectorError::Fatal(format!("{url:?} is not a URL: {e}")))?;
     let host = parsed.host_str().ok_or_else(|| ConnectorError::Fatal(format!("{url} names no host")))?;
     match parsed.scheme() {
@@ -51,6 +56,21 @@ fn is_loopback(host: &str) -> bool {
         Ok(ip) => ip.is_loopback(),
         Err(_) => bare.eq_ignore_ascii_case("localhost"),
     }
+}
+
+/// An HTTP client for an API that is handed tokens: TLS verified against
+/// the platform's roots (rustls with ring), no redirects, the timeouts given.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, ConnectorError> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        // The APIs never redirect; following one could leave https or
+        // send a token elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("crmsync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ConnectorError::Fatal(format!("cannot build the HTTP client: {e}")))
 }
 
 /// A request body.
@@ -138,9 +158,7 @@ impl Answer {
 #[derive(Debug)]
 pub(crate) struct Http {
     client: reqwest::Client,
-    login_url: String,
-    creds: Credentials,
-    tokens: TokenCache,
+    login: Login,
     usage: UsageGate,
     pacing: Pacing,
     api_version: String,
@@ -157,34 +175,8 @@ enum Attempt {
 }
 
 impl Http {
-    pub fn new(
-        login_url: &str,
-        creds: Credentials,
-        api_share: f64,
-        api_version: &str,
-        timeout: Duration,
-        pacing: Pacing,
-    ) -> Result<Self, ConnectorError> {
-        install_crypto_provider();
-        let login_url = check_base_url(login_url)?;
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            // The API never redirects; following one could leave https or
-            // send a token elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("crmsync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ConnectorError::Fatal(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Http {
-            client,
-            login_url,
-            creds,
-            tokens: TokenCache::default(),
-            usage: UsageGate::new(api_share),
-            pacing,
-            api_version: api_version.to_owned(),
-        })
+    pub fn new(login: Login, api_share: f64, api_version: &str, timeout: Duration, pacing: Pacing) -> Result<Self, ConnectorError> {
+        Ok(Http { client: client(timeout)?, login, usage: UsageGate::new(api_share), pacing, api_version: api_version.to_owned() })
     }
 
     pub fn pacing(&self) -> &Pacing {
@@ -196,7 +188,7 @@ impl Http {
     }
 
     pub fn can_act_as(&self) -> bool {
-        self.creds.can_act_as()
+        self.login.can_act_as()
     }
 
     /// `/services/data/{version}/{rest}`.
@@ -207,58 +199,7 @@ impl Http {
     /// The token for `user` (the integration user when `None`), logging in
     /// if there is none yet.
     pub async fn token(&self, user: Option<&str>) -> Result<Arc<Token>, CallError> {
-        if let Some(t) = self.tokens.get(user).await {
-            return Ok(t);
-        }
-        let token = Arc::new(self.login(user).await?);
-        self.tokens.put(user, token.clone()).await;
-        Ok(token)
-    }
-
-    /// Logs in, retrying transport failures and server errors.
-    async fn login(&self, user: Option<&str>) -> Result<Token, CallError> {
-        let url = format!("{}/services/oauth2/token", self.login_url);
-        let mut attempt = 0;
-        loop {
-            let form = auth::token_form(&self.creds, &self.login_url, user, Utc::now().timestamp())?;
-            let exposed: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.expose_secret())).collect();
-            let span =
-                tracing::info_span!("salesforce_http", method = "POST", path = "/services/oauth2/token", status = tracing::field::Empty);
-            let sent = self.client.post(&url).header(ACCEPT, "application/json").form(&exposed).send().instrument(span.clone()).await;
-            let failure = match sent {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    span.record("status", status);
-                    let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-                    if (200..300).contains(&status) {
-                        let t: TokenResponse = serde_json::from_slice(&body)
-                            .map_err(|e| ConnectorError::Fatal(format!("the Salesforce token answer cannot be read: {e}")))?;
-                        let instance_url = check_base_url(&t.instance_url)?;
-                        let user_id = t
-                            .user_id()
-                            .ok_or_else(|| ConnectorError::Fatal("the Salesforce token answer names no user".into()))?
-                            .to_owned();
-                        return Ok(Token { access: SecretString::from(t.access_token), instance_url, user_id });
-                    }
-                    if status < 500
-                        && let Ok(o) = serde_json::from_slice::<OAuthError>(&body)
-                    {
-                        return Err(CallError::Login(o));
-                    }
-                    if status < 500 && status != 429 {
-                        let f = ApiFailure::from_body(status, &body);
-                        return Err(CallError::Connector(ConnectorError::Fatal(format!("Salesforce login failed: {}", f.summary()))));
-                    }
-                    format!("the token endpoint answered {status}")
-                }
-                Err(e) => transport_text(&e),
-            };
-            if attempt >= self.pacing.retries {
-                return Err(CallError::Connector(ConnectorError::Transient(format!("Salesforce login: {failure}"))));
-            }
-            tokio::time::sleep(self.pacing.backoff_now(attempt)).await;
-            attempt += 1;
-        }
+        self.login.token_for(user).await
     }
 
     /// Sends a call and returns its successful answer. Transient failures
@@ -275,7 +216,7 @@ impl Http {
                 Attempt::Done(answer) => return Ok(answer),
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Reauth(e) => {
-                    self.tokens.forget(user, &token).await;
+                    self.login.forget_for(user, &token).await;
                     if reauthenticated {
                         // A brand-new token refused too: not worth a loop.
                         return Err(CallError::Connector(ConnectorError::Transient(format!(
@@ -368,7 +309,7 @@ impl Http {
 
 /// A transport failure as text (never the URL's query, which reqwest
 /// includes in its `Display`).
-fn transport_text(e: &reqwest::Error) -> String {
+pub fn transport_text(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -387,8 +328,10 @@ fn transport_text(e: &reqwest::Error) -> String {
     if detail.is_empty() { kind.to_owned() } else { format!("{kind}: {detail}") }
 }
 
-/// The server's time when it handled the request, at the latest.
-fn server_time(headers: &HeaderMap, round_trip: Duration) -> DateTime<Utc> {
+/// The server's time when it handled the request, at the latest: the
+/// answer's `Date` (whole seconds, rounded down) less the round trip, or
+/// the local clock if there is no `Date`.
+pub fn server_time(headers: &HeaderMap, round_trip: Duration) -> DateTime<Utc> {
     let rtt = chrono::Duration::from_std(round_trip).unwrap_or_default();
     let date =
         headers.get(DATE).and_then(|v| v.to_str().ok()).and_then(|s| DateTime::parse_from_rfc2822(s).ok()).map(|d| d.with_timezone(&Utc));

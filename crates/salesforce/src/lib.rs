@@ -3,6 +3,8 @@
 //! records as the sandbox, built from what the API returns.
 //!
 //! - `auth`: OAuth 2.0 credentials (client credentials, JWT bearer) and tokens;
+//! - `login`: the token endpoint and the token cache, public because the
+//!   Account Engagement connector logs in with Salesforce tokens too;
 //! - `http`: the client, with TLS, re-authentication, retries and tracing;
 //! - `pacing`: backoff and the org's API usage against crmsync's share;
 //! - `errors`: which failures are transient, which fatal;
@@ -18,6 +20,7 @@ mod errors;
 mod feed;
 mod fields;
 mod http;
+mod login;
 mod pacing;
 mod poll;
 mod query;
@@ -37,9 +40,12 @@ use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, CrmObject, Email};
 pub use crmsync_wire::salesforce::ApiUsage;
 
+pub use crate::auth::Token;
 use crate::feed::Feed;
 pub use crate::fields::ReadSet;
 use crate::http::Http;
+pub use crate::http::{check_base_url, client, server_time, transport_text};
+pub use crate::login::Login;
 pub use crate::pacing::Pacing;
 use crate::poll::PollGate;
 
@@ -88,9 +94,9 @@ impl SalesforceCrm {
         if endpoint.api_share.is_nan() || endpoint.api_share <= 0.0 {
             return Err(ConnectorError::Fatal(format!("api_share {} must be above 0", endpoint.api_share)));
         }
-        let creds = auth::Credentials::load(&endpoint.oauth.flow)?;
         let timeout = Duration::from_secs(endpoint.timeout_secs.max(1));
-        let http = Http::new(&endpoint.oauth.login_url, creds, endpoint.api_share, &endpoint.api_version, timeout, pacing)?;
+        let login = Login::new(&endpoint.oauth, timeout, pacing.clone())?;
+        let http = Http::new(login, endpoint.api_share, &endpoint.api_version, timeout, pacing)?;
         // One login now: bad credentials fail here, and the token names
         // the integration user whose changes are the engine's own.
         let token = http.token(None).await?;

@@ -1,6 +1,7 @@
 //! `/sandbox-admin`: what a test or a demo changes at run time: the limits
 //! (to hit a quota on purpose, then lift it) and the sessions (to expire
-//! every token mid-run). Not part of any real API.
+//! every token mid-run); and what the server saw (`stats`). Not part of any
+//! real API.
 
 use std::sync::Arc;
 
@@ -8,10 +9,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 
-use crate::state::{AppState, Limits};
+use crate::state::{AppState, Limits, Stats};
 
 pub async fn limits(State(st): State<Arc<AppState>>) -> Json<Limits> {
     Json(st.limits.lock().await.clone())
+}
+
+pub async fn stats(State(st): State<Arc<AppState>>) -> Json<Stats> {
+    Json(st.stats())
 }
 
 pub async fn set_limits(State(st): State<Arc<AppState>>, Json(new): Json<Limits>) -> Json<Limits> {

@@ -3,19 +3,22 @@
 //! Serves one sandbox CRM org and one MA business unit through the same
 //! paths, payloads, status codes and error bodies as Salesforce (OAuth 2.0,
 //! REST query and sObject Collections, Bulk API 2.0 ingest) and Account
-//! Engagement API v5 (prospects), with their limits: 200 records per
+//! Engagement API v5 (prospects and users, and the sandbox's own extension
+//! for the MA's read-only mirrors), with their limits: 200 records per
 //! collection call, the `Sforce-Limit-Info` header, daily quotas that answer
 //! with the real limit errors, five Account Engagement requests in flight.
 //! The HTTP connectors are tested against it, and ordinary Salesforce
 //! clients can talk to it.
 //!
 //! `/sandbox-admin` changes the limits at run time and expires sessions, so
-//! tests can hit a quota or a token expiry on purpose; it is open to anyone
+//! tests can hit a quota or a token expiry on purpose, and reports what the
+//! server saw (the most AE requests in flight at once); it is open to anyone
 //! who can reach the port, so the server binds to loopback by default.
 
 mod admin;
 mod bulk;
 mod errors;
+mod mirrors;
 mod oauth;
 mod pardot;
 mod rest;
@@ -35,7 +38,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use state::Limits;
+pub use state::{Limits, Stats};
 
 /// What the server serves, and to whom.
 #[derive(Clone)]
@@ -121,6 +124,8 @@ impl Server {
             locators: Default::default(),
             jobs: Default::default(),
             pardot_in_flight: AtomicUsize::new(0),
+            pardot_in_flight_high: AtomicUsize::new(0),
+            pardot_concurrency_refused: Default::default(),
             org_id,
         });
         Ok(Server { listener, state })
@@ -156,10 +161,11 @@ fn router(st: Arc<state::AppState>) -> Router {
         .route("/services/data/{v}/jobs/ingest/{id}/failedResults", get(bulk::failed))
         .route("/services/data/{v}/jobs/ingest/{id}/failedResults/", get(bulk::failed))
         .route_layer(middleware::from_fn_with_state(st.clone(), oauth::salesforce_gate));
-    let pardot = pardot::routes().route_layer(middleware::from_fn_with_state(st.clone(), oauth::pardot_gate));
+    let pardot = pardot::routes().merge(mirrors::routes()).route_layer(middleware::from_fn_with_state(st.clone(), oauth::pardot_gate));
     let admin = Router::new()
         .route("/sandbox-admin/limits", get(admin::limits).put(admin::set_limits))
         .route("/sandbox-admin/expire-sessions", post(admin::expire_sessions))
+        .route("/sandbox-admin/stats", get(admin::stats))
         .route("/sandbox-admin/sessions", delete(admin::expire_sessions));
     Router::new()
         .route("/services/oauth2/token", post(oauth::token))

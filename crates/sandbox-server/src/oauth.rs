@@ -20,7 +20,7 @@ use crmsync_wire::salesforce::{self, ApiUsage, JWT_BEARER_GRANT, JwtClaims, Toke
 use serde::Deserialize;
 
 use crate::errors::{AeError, OAuthFailure, SfError};
-use crate::state::{AppState, InFlight, Session};
+use crate::state::{AppState, InFlight, MaUser, Session};
 
 #[derive(Debug, Deserialize)]
 pub struct TokenRequest {
@@ -172,12 +172,40 @@ pub async fn salesforce_gate(State(st): State<Arc<AppState>>, mut req: Request, 
     with_usage(next.run(req).await, usage)
 }
 
-/// In front of `/api/v5`: a valid session, the business unit header, the
-/// daily quota (counted) and at most the allowed requests in flight.
+/// The MA user tied to a Salesforce user (15- or 18-character ids), the
+/// integration user first should both integration users share it.
+async fn ma_user(st: &AppState, crm_user: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM ma.users WHERE tenant = $1 AND (crm_user_id = $2 OR crm_user_id = left($2, 15)) \
+         ORDER BY is_integration DESC, id LIMIT 1",
+    )
+    .bind(&st.config.ma_tenant)
+    .bind(crm_user)
+    .fetch_optional(&st.pool)
+    .await
+}
+
+/// In front of `/api/v5`: a valid session of a Salesforce user who has an
+/// MA user, the business unit header, the daily quota (counted) and at most
+/// the allowed requests in flight.
 pub async fn pardot_gate(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     st.roll_day(Utc::now()).await;
     let Some(session) = session(&st, bearer(&req)).await else {
         return AeError::new(StatusCode::UNAUTHORIZED, ae::INVALID_TOKEN, "Invalid or expired access token").into_response();
+    };
+    // As in Account Engagement, a Salesforce user not synced to the business
+    // unit cannot use its API: the token is refused like an invalid one.
+    let user = match ma_user(&st, &session.user_id).await {
+        Ok(Some(id)) => MaUser(id),
+        Ok(None) => {
+            return AeError::new(
+                StatusCode::UNAUTHORIZED,
+                ae::INVALID_TOKEN,
+                "access_token is invalid for this business unit: its Salesforce user has no Account Engagement user",
+            )
+            .into_response();
+        }
+        Err(e) => return AeError::from(e).into_response(),
     };
     let bu = req.headers().get(pardot::BUSINESS_UNIT_HEADER).and_then(|v| v.to_str().ok());
     if bu != Some(st.config.business_unit_id.as_str()) {
@@ -197,8 +225,10 @@ pub async fn pardot_gate(State(st): State<Arc<AppState>>, mut req: Request, next
         l.pardot_concurrency
     };
     let guard = InFlight(&st.pardot_in_flight);
-    if st.pardot_in_flight.fetch_add(1, Ordering::SeqCst) >= concurrency {
+    let before = st.pardot_in_flight.fetch_add(1, Ordering::SeqCst);
+    if before >= concurrency {
         drop(guard);
+        st.pardot_concurrency_refused.fetch_add(1, Ordering::SeqCst);
         return AeError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ae::CONCURRENT_REQUEST_LIMIT,
@@ -206,7 +236,9 @@ pub async fn pardot_gate(State(st): State<Arc<AppState>>, mut req: Request, next
         )
         .into_response();
     }
+    st.pardot_in_flight_high.fetch_max(before + 1, Ordering::SeqCst);
     req.extensions_mut().insert(session);
+    req.extensions_mut().insert(user);
     let resp = next.run(req).await;
     drop(guard);
     resp

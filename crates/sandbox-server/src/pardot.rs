@@ -5,17 +5,20 @@
 //!
 //! Field names are v5's (`salesforceLeadId`, `updatedAt`...), translated to
 //! the sandbox's columns here. Writes go through the sandbox MA's writes, so
-//! the same validation, stamps and fencing apply as for the engine.
+//! the same validation, stamps and fencing apply as for the engine, and are
+//! made as the MA user of the session's Salesforce user (`updatedById`), as
+//! Account Engagement attributes them.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use crmsync_connector::{FieldValues, MaApi, ProspectTarget, ProspectWrite, WriteOutcome};
 use crmsync_domain::{CrmId, CrmObject, Email};
+use crmsync_sandbox::SandboxMa;
 use crmsync_sandbox::schema::PROSPECT;
 use crmsync_wire::pardot::{self, FENCE_FIELD, QueryPage, UpsertLatestByEmail, codes};
 use crmsync_wire::time;
@@ -23,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::errors::AeError;
-use crate::state::AppState;
+use crate::state::{AppState, MaUser};
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -271,10 +274,20 @@ fn write_of(target: ProspectTarget, body: &Map<String, Value>) -> Result<Prospec
     Ok(ProspectWrite { target, fields, crm_link, fence })
 }
 
-/// Writes one prospect and answers with it, or with the v5 error.
-async fn write_and_read(st: &AppState, w: ProspectWrite, fields: Option<&str>) -> Result<(StatusCode, Json<Map<String, Value>>), AeError> {
+/// The business unit as the request's MA user writes to it.
+fn writer(st: &AppState, user: MaUser) -> SandboxMa {
+    st.ma.acting_as(user.0)
+}
+
+/// Writes one prospect as `user` and answers with it, or with the v5 error.
+async fn write_and_read(
+    st: &AppState,
+    user: MaUser,
+    w: ProspectWrite,
+    fields: Option<&str>,
+) -> Result<(StatusCode, Json<Map<String, Value>>), AeError> {
     let fields = requested(fields.or(Some("id,email,updatedAt")))?;
-    let outcome = st.ma.write_prospects(std::slice::from_ref(&w)).await?.pop().ok_or_else(|| AeError::internal("no outcome"))?;
+    let outcome = writer(st, user).write_prospects(std::slice::from_ref(&w)).await?.pop().ok_or_else(|| AeError::internal("no outcome"))?;
     match outcome {
         WriteOutcome::Written { id, created, .. } => {
             let id: i64 = id.parse().map_err(AeError::internal)?;
@@ -294,56 +307,63 @@ async fn write_and_read(st: &AppState, w: ProspectWrite, fields: Option<&str>) -
 
 pub async fn create(
     State(st): State<Arc<AppState>>,
+    Extension(user): Extension<MaUser>,
     Query(f): Query<Fields>,
     Json(body): Json<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<Map<String, Value>>), AeError> {
-    write_and_read(&st, write_of(ProspectTarget::New, &body)?, f.fields.as_deref()).await
+    write_and_read(&st, user, write_of(ProspectTarget::New, &body)?, f.fields.as_deref()).await
 }
 
 pub async fn update(
     State(st): State<Arc<AppState>>,
+    Extension(user): Extension<MaUser>,
     Path(id): Path<i64>,
     Query(f): Query<Fields>,
     Json(body): Json<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<Map<String, Value>>), AeError> {
-    let (_, body) = write_and_read(&st, write_of(ProspectTarget::Id(id), &body)?, f.fields.as_deref()).await?;
+    let (_, body) = write_and_read(&st, user, write_of(ProspectTarget::Id(id), &body)?, f.fields.as_deref()).await?;
     Ok((StatusCode::OK, body))
 }
 
 pub async fn upsert_latest_by_email(
     State(st): State<Arc<AppState>>,
+    Extension(user): Extension<MaUser>,
     Json(req): Json<UpsertLatestByEmail>,
 ) -> Result<(StatusCode, Json<Map<String, Value>>), AeError> {
     let email = Email::parse(&req.match_email).map_err(|e| AeError::new(StatusCode::BAD_REQUEST, codes::INVALID_EMAIL, e.to_string()))?;
     let w = write_of(ProspectTarget::UpsertByEmail(email), &req.prospect)?;
     let fields = req.fields.join(",");
-    let (_, body) = write_and_read(&st, w, Some(&fields)).await?;
+    let (_, body) = write_and_read(&st, user, w, Some(&fields)).await?;
     // v5 answers 200 for both an update and a create here.
     Ok((StatusCode::OK, body))
 }
 
-async fn set_deleted(st: &AppState, id: i64, deleted: bool) -> Result<(), AeError> {
-    row(st, id).await?;
-    let sandbox = crmsync_sandbox::ops::Sandbox::new(st.pool.clone(), st.config.ma_tenant.clone());
-    sandbox
-        .set_deleted(&PROSPECT, &id.to_string(), deleted)
-        .await
-        .map_err(|e| AeError::new(StatusCode::BAD_REQUEST, codes::INVALID_PROSPECT_ID, e.to_string()))
+/// Moves a prospect in or out of the recycle bin, as `user`.
+async fn set_deleted(st: &AppState, user: MaUser, id: i64, deleted: bool) -> Result<(), AeError> {
+    let mut fields = FieldValues::new();
+    fields.insert("isDeleted".into(), Value::Bool(deleted));
+    let w = ProspectWrite { target: ProspectTarget::Id(id), fields, crm_link: None, fence: None };
+    write_and_read(st, user, w, Some("id")).await.map(drop)
 }
 
 /// Moves a prospect to the recycle bin.
-pub async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<i64>) -> Result<StatusCode, AeError> {
-    set_deleted(&st, id, true).await?;
+pub async fn delete(
+    State(st): State<Arc<AppState>>,
+    Extension(user): Extension<MaUser>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, AeError> {
+    set_deleted(&st, user, id, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Restores a prospect from the recycle bin.
 pub async fn undelete(
     State(st): State<Arc<AppState>>,
+    Extension(user): Extension<MaUser>,
     Path(id): Path<i64>,
     Query(f): Query<Fields>,
 ) -> Result<Json<Map<String, Value>>, AeError> {
-    set_deleted(&st, id, false).await?;
+    set_deleted(&st, user, id, false).await?;
     let fields = requested(f.fields.as_deref().or(Some("id,email,isDeleted,updatedAt")))?;
     Ok(Json(prospect(&row(&st, id).await?, &fields)))
 }

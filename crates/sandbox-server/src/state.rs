@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -21,6 +21,22 @@ use crate::bulk::Job;
 pub struct Session {
     pub user_id: String,
     pub expires: Instant,
+}
+
+/// The MA user an Account Engagement request acts as: the one tied to the
+/// session's Salesforce user (`salesforceId`). Its writes carry this user.
+#[derive(Debug, Clone, Copy)]
+pub struct MaUser(pub i64);
+
+/// What the server saw, for tests and demos (`/sandbox-admin/stats`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    /// Account Engagement requests in flight now.
+    pub pardot_in_flight: usize,
+    /// The most Account Engagement requests ever admitted in flight at once.
+    pub pardot_in_flight_high: usize,
+    /// Account Engagement requests refused for too many in flight (code 66).
+    pub pardot_concurrency_refused: u64,
 }
 
 /// The limits, changeable at run time through `/sandbox-admin/limits`.
@@ -67,6 +83,9 @@ pub struct AppState {
     pub jobs: Mutex<HashMap<String, Arc<Mutex<Job>>>>,
     /// Account Engagement requests in flight.
     pub pardot_in_flight: AtomicUsize,
+    /// Their high-water mark, and how many were refused for concurrency.
+    pub pardot_in_flight_high: AtomicUsize,
+    pub pardot_concurrency_refused: AtomicU64,
     pub org_id: String,
 }
 
@@ -84,6 +103,14 @@ impl AppState {
 
     pub fn base_url(&self) -> &str {
         &self.config.public_url
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            pardot_in_flight: self.pardot_in_flight.load(Ordering::SeqCst),
+            pardot_in_flight_high: self.pardot_in_flight_high.load(Ordering::SeqCst),
+            pardot_concurrency_refused: self.pardot_concurrency_refused.load(Ordering::SeqCst),
+        }
     }
 }
 

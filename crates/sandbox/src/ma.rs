@@ -36,6 +36,14 @@ impl SandboxMa {
         Ok(SandboxMa { pool, tenant: tenant.to_owned(), integration_user: id.to_string() })
     }
 
+    /// The same business unit, writing as MA user `user` instead of the
+    /// integration user: the sandbox server's writes are those of the MA
+    /// user its session's Salesforce user is tied to, as in Account
+    /// Engagement.
+    pub fn acting_as(&self, user: i64) -> SandboxMa {
+        SandboxMa { integration_user: user.to_string(), ..self.clone() }
+    }
+
     /// The CRM user of each MA user the rows are assigned to.
     async fn assigned_users(&self, rows: &[Value]) -> Result<HashMap<i64, Option<String>>, ConnectorError> {
         let mut ids: Vec<i64> = rows.iter().filter_map(|r| r.get("assigned_user_id").and_then(Value::as_i64)).collect();

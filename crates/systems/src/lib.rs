@@ -1,14 +1,17 @@
 //! Connects a connection to the systems its settings name, per system: the
-//! embedded sandbox tenants in PostgreSQL, or a Salesforce org over HTTP.
+//! embedded sandbox tenants in PostgreSQL, a Salesforce org or an Account
+//! Engagement business unit over HTTP.
 //!
-//! Connectors are kept between calls (a Salesforce connector holds its
-//! token and its view of the org's API usage), one per endpoint, and made
-//! anew when the settings they were made from change.
+//! Connectors are kept between calls (an HTTP connector holds its token,
+//! its view of the API's limits, its requests in flight and, for Account
+//! Engagement, its users), one per endpoint, and made anew when the
+//! settings they were made from change.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use crmsync_account_engagement::AccountEngagementMa;
 use crmsync_connector::{ConnectorError, ConnectorFactory, CrmApi, CsApi, MaApi, Systems};
 use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
 use crmsync_salesforce::SalesforceCrm;
@@ -16,19 +19,28 @@ use crmsync_sandbox::SandboxFactory;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
-/// A Salesforce connector and the settings it was made from.
-type Cached = (String, Arc<SalesforceCrm>);
+/// Connectors by endpoint, each with the settings it was made from.
+type Cache<T> = Mutex<HashMap<String, (String, Arc<T>)>>;
 
 /// Builds the systems of any connection.
 #[derive(Debug)]
 pub struct SystemsFactory {
     sandbox: SandboxFactory,
-    salesforce: Mutex<HashMap<String, Cached>>,
+    salesforce: Cache<SalesforceCrm>,
+    account_engagement: Cache<AccountEngagementMa>,
+}
+
+/// The cache key of an endpoint, and what a connector is made from: what it
+/// reads depends on the field map (and the custom objects), so other
+/// settings make another connector.
+fn keys(endpoint: &impl serde::Serialize, settings: &ConnectionSettings) -> Result<(String, String), ConnectorError> {
+    let text = |r: serde_json::Result<String>| r.map_err(|e| ConnectorError::Fatal(e.to_string()));
+    Ok((text(serde_json::to_string(endpoint))?, text(serde_json::to_string(settings))?))
 }
 
 impl SystemsFactory {
     pub fn new(sandbox: SandboxFactory) -> Self {
-        SystemsFactory { sandbox, salesforce: Mutex::default() }
+        SystemsFactory { sandbox, salesforce: Mutex::default(), account_engagement: Mutex::default() }
     }
 
     /// The factory the configuration names (the sandbox's own database, or
@@ -50,10 +62,7 @@ impl SystemsFactory {
         match &settings.crm {
             SystemEndpoint::Sandbox { tenant, .. } => Ok(self.sandbox.crm(tenant).await?),
             SystemEndpoint::Salesforce(endpoint) => {
-                let key = serde_json::to_string(endpoint).map_err(|e| ConnectorError::Fatal(e.to_string()))?;
-                // What the connector reads depends on the field map and the
-                // custom objects, so other settings make another connector.
-                let made_from = serde_json::to_string(settings).map_err(|e| ConnectorError::Fatal(e.to_string()))?;
+                let (key, made_from) = keys(endpoint, settings)?;
                 let mut cache = self.salesforce.lock().await;
                 if let Some((from, crm)) = cache.get(&key)
                     && *from == made_from
@@ -74,9 +83,19 @@ impl SystemsFactory {
     async fn ma(&self, settings: &ConnectionSettings) -> Result<Arc<dyn MaApi>, ConnectorError> {
         match &settings.ma {
             SystemEndpoint::Sandbox { tenant, .. } => Ok(self.sandbox.ma(tenant).await?),
-            SystemEndpoint::AccountEngagement(_) => Err(ConnectorError::Fatal(
-                "this build reaches Account Engagement only through the sandbox; set `ma` to a sandbox tenant".into(),
-            )),
+            SystemEndpoint::AccountEngagement(endpoint) => {
+                let (key, made_from) = keys(endpoint, settings)?;
+                let mut cache = self.account_engagement.lock().await;
+                if let Some((from, ma)) = cache.get(&key)
+                    && *from == made_from
+                {
+                    return Ok(ma.clone());
+                }
+                let ma = Arc::new(AccountEngagementMa::from_settings(endpoint, settings).await?);
+                tracing::debug!(url = %endpoint.base_url, business_unit = %endpoint.business_unit_id, "connected to Account Engagement");
+                cache.insert(key, (made_from, ma.clone()));
+                Ok(ma)
+            }
             SystemEndpoint::Salesforce(_) => Err(ConnectorError::Fatal("the MA endpoint is a Salesforce org".into())),
         }
     }

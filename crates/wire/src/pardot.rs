@@ -82,13 +82,19 @@ pub struct UpsertLatestByEmail {
 pub mod mirrors {
     use super::*;
 
+    /// `POST` a list of [`Write`]s; answered with one [`Outcome`] each, in order.
     pub const WRITE_PATH: &str = "/crmsync-sandbox/v1/mirrors";
-    /// `GET {STATE_PATH}/{kind}/{crm id}`.
+    /// `GET {STATE_PATH}/{kind}/{crm id}`: the [`State`], or `null` when the
+    /// MA holds no such mirror.
     pub const STATE_PATH: &str = "/crmsync-sandbox/v1/mirrors";
     pub const ACCOUNTS_OF_PATH: &str = "/crmsync-sandbox/v1/prospect-accounts-of";
 
     /// `prospect_account`, `opportunity` or `custom:<Name__c>`.
     pub type Kind = String;
+    pub const PROSPECT_ACCOUNT: &str = "prospect_account";
+    pub const OPPORTUNITY: &str = "opportunity";
+    /// Followed by the custom object's API name.
+    pub const CUSTOM_PREFIX: &str = "custom:";
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct Write {
@@ -115,8 +121,17 @@ pub mod mirrors {
         NotFound,
     }
 
+    /// `POST {ACCOUNTS_OF_PATH}`: which CRM account each prospect's
+    /// prospect account mirrors; answered with a list of [`AccountOf`]
+    /// (prospects without a prospect account left out).
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct AccountsOf {
         pub prospect_ids: Vec<i64>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct AccountOf {
+        pub prospect_id: i64,
+        pub crm_account_id: String,
     }
 }
