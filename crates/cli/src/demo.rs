@@ -444,9 +444,11 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         let integration: String =
             sqlx::query_scalar("SELECT email FROM crm.users WHERE tenant = 'default' AND is_integration").fetch_one(&pool).await?;
         settings.set("crm", &server.crm_endpoint(&integration).to_string(), chrono::Utc::now())?;
+        settings.set("ma", &server.ma_endpoint(&integration).to_string(), chrono::Utc::now())?;
         connections::save(&pool, CONNECTION, &settings).await?;
         println!(
-            "   --http: the CRM is reached as a Salesforce org at {} (OAuth JWT bearer, REST query, sObject Collections)",
+            "   --http: the CRM is reached as a Salesforce org and the MA as an Account Engagement business unit at {} \
+             (OAuth JWT bearer, REST query, sObject Collections, API v5)",
             server.url()
         );
         Some(server)
@@ -510,11 +512,15 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     report::print(&r);
     if let Some(server) = server {
         let used = server.usage().await?;
+        let share = |used: u64, daily: u64| 100.0 * used as f64 / daily.max(1) as f64;
         println!(
-            "Over HTTP: {} Salesforce API requests of the org's {} a day ({:.1}%)",
+            "Over HTTP: {} Salesforce API requests of the org's {} a day ({:.1}%); {} Account Engagement calls of {} ({:.1}%)",
             used.salesforce_used,
             used.salesforce_daily,
-            100.0 * used.salesforce_used as f64 / used.salesforce_daily.max(1) as f64
+            share(used.salesforce_used, used.salesforce_daily),
+            used.pardot_used,
+            used.pardot_daily,
+            share(used.pardot_used, used.pardot_daily)
         );
         server.stop().await;
     }

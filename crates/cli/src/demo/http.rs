@@ -4,8 +4,8 @@
 //! app whose RSA key pair is made for the run by `openssl` (the private key
 //! in a file only this user can read); points the demo connection's CRM at
 //! it as a Salesforce org logging in with the JWT bearer flow (which can
-//! also write as a CSM, for logged-in CSQLs) and its CS platform at the org
-//! it serves; and reads the API usage the server counted, so the demo can
+//! also write as a CSM, for logged-in CSQLs), its MA at it as an Account
+//! Engagement business unit, and its CS platform at the org it serves; and reads the API usage the server counted, so the demo can
 //! say what the wire path cost.
 
 use std::path::{Path, PathBuf};
@@ -22,6 +22,10 @@ use tokio::process::{Child, Command};
 const CLIENT_ID: &str = "crmsync-demo";
 /// An Enterprise org's daily allowance (100,000 and 1,000 per licence).
 const SALESFORCE_DAILY: u64 = 100_000;
+/// An Advanced edition business unit's daily API calls.
+const PARDOT_DAILY: u64 = 100_000;
+/// The business unit the server answers as.
+const BUSINESS_UNIT: &str = "0Uv000000000001AAA";
 
 /// A running `crmsync sandbox serve`.
 pub struct SandboxServer {
@@ -77,6 +81,7 @@ impl SandboxServer {
         let mut cmd = Command::new(exe);
         cmd.args(["sandbox", "serve", "--bind", "127.0.0.1:0", "--client-id", CLIENT_ID, "--salesforce-daily-limit"])
             .arg(SALESFORCE_DAILY.to_string())
+            .args(["--pardot-daily-limit", &PARDOT_DAILY.to_string(), "--business-unit-id", BUSINESS_UNIT])
             .arg("--client-secret-file")
             .arg(&secret)
             .arg("--jwt-public-key")
@@ -120,6 +125,20 @@ impl SandboxServer {
             // in for a real org's change events; polls stay frequent so
             // the demo moves at a demo's pace.
             "poll_interval_secs": 2,
+        })
+    }
+
+    /// The connection's MA: the served business unit, through Account
+    /// Engagement API v5 with the same login; the engine keeps its mirrors
+    /// through the sandbox's mirror extension.
+    pub fn ma_endpoint(&self, username: &str) -> Value {
+        json!({
+            "kind": "account_engagement",
+            "base_url": self.url,
+            "business_unit_id": BUSINESS_UNIT,
+            "oauth": {"login_url": self.url, "flow": "jwt_bearer", "client_id": CLIENT_ID, "username": username,
+                      "private_key": {"file": self.files[1]}},
+            "overlap_secs": 5,
         })
     }
 
