@@ -151,7 +151,8 @@ impl TestApp {
 
     async fn try_spawn() -> anyhow::Result<TestApp> {
         let mut config = base_config();
-        crmsync_infra::telemetry::init(&config.telemetry, "crmsync-test");
+        // In-process tiers export nothing; the guard has nothing to flush.
+        let _ = crmsync_infra::telemetry::init(&config.telemetry, "crmsync-test");
         let base_url = config.database.url.expose_secret().to_owned();
         let db_name = fresh_database(&base_url).await?;
         config.database.url = crmsync_cli::demo::with_database(&base_url, &db_name)?.into();
