@@ -320,6 +320,7 @@ impl TestApp {
                 body,
                 message_id: Uuid::new_v4().to_string(),
                 headers: vec![("x-connection-id".into(), "default".into())],
+                links: vec![],
             }])
             .await
             .unwrap();

@@ -53,7 +53,7 @@ impl Handler for ApplyStage {
             }
         };
         let span = tracing::info_span!(
-            "apply",
+            "apply_batch",
             connection_id = %batch.connection_id,
             lane = batch.lane.as_str(),
             batch_id = %batch.batch_id,
@@ -61,6 +61,16 @@ impl Handler for ApplyStage {
             mirrors = batch.mirrors.len(),
             csqls = batch.csqls.len(),
         );
+        // The message's span links to the trace of each record it carries.
+        let traces = batch
+            .commands
+            .iter()
+            .map(|c| &c.trace)
+            .chain(batch.mirrors.iter().map(|m| &m.trace))
+            .chain(batch.csqls.iter().map(|q| &q.trace));
+        for trace in traces {
+            crmsync_infra::propagation::link(&span, trace.as_ref());
+        }
         match batch.lane {
             Lane::Immediate => self.applier.process(&batch).instrument(span).await,
             Lane::Batch => batch::process_paced(&self.applier, &self.budget, &batch).instrument(span).await,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod locks;
 pub mod metrics;
+pub mod propagation;
 pub mod services;
 pub mod shutdown;
 pub mod telemetry;

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use crmsync_domain::Lane;
 use crmsync_domain::messages::{self, ApplyBatch, ChangeBatch, MESSAGE_VERSION};
 use crmsync_infra::amqp::{Outgoing, Publisher, Stage, Topology};
+use crmsync_infra::propagation;
 use crmsync_infra::services::Services;
 use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
 use crmsync_infra::{CancellationToken, Config};
@@ -61,6 +62,14 @@ impl MatchStage {
                 declared.insert(batch.connection_id.clone());
             }
         }
+        let links = out
+            .commands
+            .iter()
+            .map(|c| &c.trace)
+            .chain(out.mirrors.iter().map(|m| &m.trace))
+            .chain(out.csqls.iter().map(|q| &q.trace))
+            .filter_map(Clone::clone)
+            .collect();
         let apply = ApplyBatch {
             v: MESSAGE_VERSION,
             batch_id: Uuid::now_v7(),
@@ -76,6 +85,7 @@ impl MatchStage {
                 body: messages::encode(&apply),
                 message_id: apply.batch_id.to_string(),
                 headers: vec![("x-connection-id".into(), batch.connection_id.clone()), ("x-lane".into(), batch.lane.as_str().into())],
+                links,
             }])
             .await?;
         Ok(())
@@ -94,7 +104,7 @@ impl Handler for MatchStage {
             }
         };
         let span = tracing::info_span!(
-            "match",
+            "match_batch",
             connection_id = %batch.connection_id,
             lane = batch.lane.as_str(),
             batch_id = %batch.batch_id,
@@ -102,6 +112,10 @@ impl Handler for MatchStage {
             commands = tracing::field::Empty,
             errors = tracing::field::Empty,
         );
+        // The message's span links to the trace of each record it carries.
+        for change in &batch.changes {
+            propagation::link(&span, change.trace.as_ref());
+        }
         async {
             let out = self.matcher.process(&batch).await?;
             tracing::Span::current().record("commands", out.commands.len()).record("errors", out.errors.len());
