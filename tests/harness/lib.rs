@@ -185,6 +185,12 @@ impl TestApp {
     /// Starts one replica of `tier` as a separate process, configured like
     /// this test's in-process tiers (through `CRMSYNC_*` variables).
     pub fn spawn_process(&self, exe: &str, tier: Tier) -> TierProcess {
+        self.spawn_process_with_env(exe, tier, &[])
+    }
+
+    /// As [`TestApp::spawn_process`], with extra environment variables (an
+    /// OTLP endpoint, say) for this process only.
+    pub fn spawn_process_with_env(&self, exe: &str, tier: Tier, env: &[(&str, &str)]) -> TierProcess {
         let name = match tier {
             Tier::Producer => "producer",
             Tier::Matcher => "matcher",
@@ -201,6 +207,7 @@ impl TestApp {
             .env("CRMSYNC_PRODUCER__POLL_INTERVAL_MS", c.producer.poll_interval_ms.to_string())
             .env("CRMSYNC_PRODUCER__LEASE_TTL_MS", c.producer.lease_ttl_ms.to_string())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .spawn()
             .expect("start a tier process");
