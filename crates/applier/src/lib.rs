@@ -157,7 +157,8 @@ async fn sweep(stage: Arc<ApplyStage>, shutdown: CancellationToken) {
         match stage.applier.sweep_outbox(Duration::from_secs(5)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(reconciled = n, "left-over mirror reconciliations done"),
-            Err(e) => tracing::warn!(error = %e, "mirror outbox sweep failed; retrying"),
+            // Connector errors can quote record values: no email in clear (I5).
+            Err(e) => tracing::warn!(error = %crmsync_infra::telemetry::redact(&e.to_string()), "mirror outbox sweep failed; retrying"),
         }
     }
 }

@@ -25,6 +25,7 @@ use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, CrmObject, Lane, SyncErrorCategory, SyncIssue};
 use crmsync_infra::locks::{LockGuard, LockKind, Locks, pause_before_retry};
 use crmsync_infra::propagation::{RecordSpans, RecordStage, record_span};
+use crmsync_infra::telemetry::redact;
 use crmsync_infra::worker::StageError;
 use crmsync_store::audit::{self, AuditEntry};
 use crmsync_store::identities::{self, Applied, Keys, Written};
@@ -183,7 +184,7 @@ impl Applier {
             let keys: Vec<MirrorKey> = entries.iter().filter_map(|e| MirrorKey::parse(&e.key)).collect();
             match reconciler.run(&keys).await {
                 Ok(_) => mirror_outbox::done(&self.pool, &entries).await?,
-                Err(e) => warn!(error = %e, "mirror reconciliation deferred to the outbox sweeper"),
+                Err(e) => warn!(error = %redact(&e.to_string()), "mirror reconciliation deferred to the outbox sweeper"),
             }
         }
         // Mirror commands from the CRM's changes: the message carries them.
