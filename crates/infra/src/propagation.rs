@@ -142,10 +142,6 @@ impl RecordSpans {
         self.spans.insert(id, span);
     }
 
-    pub fn get(&self, id: &Uuid) -> Option<&Span> {
-        self.spans.get(id)
-    }
-
     /// The context of a record's span, to carry to the next stage.
     pub fn context(&self, id: &Uuid) -> Option<TraceContext> {
         self.spans.get(id).and_then(context_of)
