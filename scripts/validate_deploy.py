@@ -214,7 +214,7 @@ def check_compose() -> None:
               f"{tier} must wait for migrate to complete")
         for s in SERVICES:
             check(deps.get(s, {}).get("condition") == "service_healthy", where, f"{tier} must wait for {s} to be healthy")
-    check(otel_ports == {"4317"}, where, f"tiers should export OTLP/gRPC on 4317, found {sorted(otel_ports)}")
+    check(otel_ports == {"4318"}, where, f"tiers should export OTLP/HTTP on 4318, found {sorted(otel_ports)}")
     check(services.get("migrate", {}).get("command") == ["migrate"], where, "migrate does not run `crmsync migrate`")
 
     # Prometheus scrapes every tier by compose DNS.
@@ -308,7 +308,7 @@ def check_kubernetes(kubectl: str) -> None:
         check_env_keys(config, f"{path} crmsync-config")
         grace = float(config.get("CRMSYNC_SHUTDOWN__GRACE_SECS", 30))
         prefix = config.get("CRMSYNC_AMQP__PREFIX", "crmsync")
-        check(config.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").endswith(":4317"), path, "OTEL_EXPORTER_OTLP_ENDPOINT should be OTLP/gRPC on 4317")
+        check(config.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").endswith(":4318"), path, "OTEL_EXPORTER_OTLP_ENDPOINT should be OTLP/HTTP on 4318")
 
         deployments = by_kind.get("Deployment", {})
         jobs = by_kind.get("Job", {})

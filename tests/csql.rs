@@ -295,6 +295,7 @@ async fn redelivered_csql_commands_leave_one_crm_record() {
             detected_at: chrono::Utc::now(),
             record,
             decision: CsqlOutcome::Sync { act_as: None, owner: None, created_by: "Redo CSM".into() },
+            trace: None,
         }],
     };
     let again = batch(record.clone());

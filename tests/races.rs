@@ -23,7 +23,7 @@ async fn detected(app: &TestApp, prospect: i64) -> ChangeBatch {
         connection_id: "default".into(),
         lane: Lane::Immediate,
         detected_at: Utc::now(),
-        changes: vec![Change { change_id: Uuid::now_v7(), record: SourceRecord::Prospect(record) }],
+        changes: vec![Change { change_id: Uuid::now_v7(), record: SourceRecord::Prospect(record), trace: None }],
     }
 }
 

@@ -151,7 +151,8 @@ impl TestApp {
 
     async fn try_spawn() -> anyhow::Result<TestApp> {
         let mut config = base_config();
-        crmsync_infra::telemetry::init(&config.telemetry, "crmsync-test");
+        // In-process tiers export nothing; the guard has nothing to flush.
+        let _ = crmsync_infra::telemetry::init(&config.telemetry, "crmsync-test");
         let base_url = config.database.url.expose_secret().to_owned();
         let db_name = fresh_database(&base_url).await?;
         config.database.url = crmsync_cli::demo::with_database(&base_url, &db_name)?.into();
@@ -190,6 +191,12 @@ impl TestApp {
     /// Starts one replica of `tier` as a separate process, configured like
     /// this test's in-process tiers (through `CRMSYNC_*` variables).
     pub fn spawn_process(&self, exe: &str, tier: Tier) -> TierProcess {
+        self.spawn_process_with_env(exe, tier, &[])
+    }
+
+    /// As [`TestApp::spawn_process`], with extra environment variables (an
+    /// OTLP endpoint, say) for this process only.
+    pub fn spawn_process_with_env(&self, exe: &str, tier: Tier, env: &[(&str, &str)]) -> TierProcess {
         let name = match tier {
             Tier::Producer => "producer",
             Tier::Matcher => "matcher",
@@ -206,6 +213,7 @@ impl TestApp {
             .env("CRMSYNC_PRODUCER__POLL_INTERVAL_MS", c.producer.poll_interval_ms.to_string())
             .env("CRMSYNC_PRODUCER__LEASE_TTL_MS", c.producer.lease_ttl_ms.to_string())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .spawn()
             .expect("start a tier process");
@@ -325,6 +333,7 @@ impl TestApp {
                 body,
                 message_id: Uuid::new_v4().to_string(),
                 headers: vec![("x-connection-id".into(), "default".into())],
+                links: vec![],
             }])
             .await
             .unwrap();

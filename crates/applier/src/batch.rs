@@ -145,6 +145,7 @@ mod tests {
             detected_at: Utc::now(),
             observations: vec![],
             account_id: None,
+            trace: None,
         };
         let batch = ApplyBatch {
             v: MESSAGE_VERSION,

@@ -23,6 +23,7 @@ use crmsync_domain::messages::{ApplyBatch, CsqlCommand, CsqlOutcome};
 use crmsync_domain::records::SourceRecord;
 use crmsync_domain::{CrmId, CrmObject, SyncErrorCategory, SyncIssue};
 use crmsync_infra::locks::LockKind;
+use crmsync_infra::propagation::RecordSpans;
 use crmsync_infra::worker::StageError;
 use crmsync_store::audit::{self, AuditEntry};
 use crmsync_store::csql_links::{self, Synced};
@@ -53,7 +54,7 @@ struct Applied {
 
 impl Applier {
     /// Applies a batch's CSQL commands in order, each under its lock.
-    pub(crate) async fn apply_csqls(&self, batch: &ApplyBatch, systems: &Systems) -> Result<(), StageError> {
+    pub(crate) async fn apply_csqls(&self, batch: &ApplyBatch, systems: &Systems, spans: &RecordSpans) -> Result<(), StageError> {
         if batch.csqls.is_empty() {
             return Ok(());
         }
@@ -69,7 +70,12 @@ impl Applier {
             };
             let result = self.apply_csql(batch, systems, cs, command, guard.token).await;
             self.locks.release(&[guard]).await?;
-            result?;
+            let action = result?;
+            spans.outcome(
+                &command.command_id,
+                action,
+                if matches!(action, "csql_refused" | "csql_rejected") { "rejected" } else { "applied" },
+            );
         }
         Ok(())
     }
@@ -81,7 +87,7 @@ impl Applier {
         cs: &dyn CsApi,
         command: &CsqlCommand,
         fence: i64,
-    ) -> Result<(), StageError> {
+    ) -> Result<&'static str, StageError> {
         let conn = batch.connection_id.as_str();
         let r = &command.record;
         let kind = r.record_type.as_str();
@@ -103,7 +109,7 @@ impl Applier {
             };
             cs.write_csql_status(r.record_type, &[status]).await?;
             audit::insert_many(&self.pool, conn, &[csql_audit(batch, command, "csql_unchanged", json!({}), None)]).await?;
-            return Ok(());
+            return Ok("csql_unchanged");
         }
         let applied = match &command.decision {
             CsqlOutcome::Refuse { issue } => {
@@ -205,7 +211,7 @@ impl Applier {
         };
         cs.write_csql_status(r.record_type, &[status]).await?;
         info!(csql = r.id, record_type = kind, outcome = applied.outcome, crm_id = applied.crm_id.as_deref(), "CSQL applied");
-        Ok(())
+        Ok(applied.action)
     }
 }
 

@@ -54,7 +54,7 @@ impl Handler for ApplyStage {
             }
         };
         let span = tracing::info_span!(
-            "apply",
+            "apply_batch",
             connection_id = %batch.connection_id,
             lane = batch.lane.as_str(),
             batch_id = %batch.batch_id,
@@ -62,6 +62,16 @@ impl Handler for ApplyStage {
             mirrors = batch.mirrors.len(),
             csqls = batch.csqls.len(),
         );
+        // The message's span links to the trace of each record it carries.
+        let traces = batch
+            .commands
+            .iter()
+            .map(|c| &c.trace)
+            .chain(batch.mirrors.iter().map(|m| &m.trace))
+            .chain(batch.csqls.iter().map(|q| &q.trace));
+        for trace in traces {
+            crmsync_infra::propagation::link(&span, trace.as_ref());
+        }
         match batch.lane {
             Lane::Immediate => self.applier.process(&batch).instrument(span).await,
             Lane::Batch => batch::process_paced(&self.applier, &self.budget, &batch).instrument(span).await,
@@ -154,7 +164,8 @@ async fn sweep(stage: Arc<ApplyStage>, shutdown: CancellationToken) {
         match stage.applier.sweep_outbox(Duration::from_secs(5)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(reconciled = n, "left-over mirror reconciliations done"),
-            Err(e) => tracing::warn!(error = %e, "mirror outbox sweep failed; retrying"),
+            // Connector errors can quote record values: no email in clear (I5).
+            Err(e) => tracing::warn!(error = %crmsync_infra::telemetry::redact(&e.to_string()), "mirror outbox sweep failed; retrying"),
         }
     }
 }

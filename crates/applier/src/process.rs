@@ -20,9 +20,12 @@ use crmsync_domain::matching::IdentityStatus;
 use crmsync_domain::merge::Side;
 use crmsync_domain::messages::{ApplyBatch, ApplyCommand};
 use crmsync_domain::mirror::MirrorKey;
+use crmsync_domain::records::SourceRecord;
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, CrmObject, Lane, SyncErrorCategory, SyncIssue};
 use crmsync_infra::locks::{LockGuard, LockKind, Locks, pause_before_retry};
+use crmsync_infra::propagation::{RecordSpans, RecordStage, record_span};
+use crmsync_infra::telemetry::redact;
 use crmsync_infra::worker::StageError;
 use crmsync_store::audit::{self, AuditEntry};
 use crmsync_store::identities::{self, Applied, Keys, Written};
@@ -106,8 +109,32 @@ struct GroupResult {
 
 impl Applier {
     /// Applies every command of a batch, then reconciles the mirrors the
-    /// batch asks for and the ones its identity changes affect.
+    /// batch asks for and the ones its identity changes affect. Each record
+    /// is applied under an `apply` span in its own trace (I5).
     pub async fn process(&self, batch: &ApplyBatch) -> Result<(), StageError> {
+        let mut spans = RecordSpans::default();
+        let conn = batch.connection_id.as_str();
+        for c in &batch.commands {
+            let span = record_span(RecordStage::Apply, conn, &c.source.object, &c.source.id, batch.lane, c.trace.as_ref());
+            spans.insert(c.command_id, span);
+        }
+        for m in &batch.mirrors {
+            let span = record_span(RecordStage::Apply, conn, &m.source.object, &m.source.id, batch.lane, m.trace.as_ref());
+            spans.insert(m.command_id, span);
+        }
+        for q in &batch.csqls {
+            let record = SourceRecord::Csql(q.record.clone());
+            let span = record_span(RecordStage::Apply, conn, record.object(), &record.record_id(), batch.lane, q.trace.as_ref());
+            spans.insert(q.command_id, span);
+        }
+        let result = self.apply_all(batch, &spans).await;
+        if result.is_err() {
+            spans.outcome_all("apply", "retry");
+        }
+        result
+    }
+
+    async fn apply_all(&self, batch: &ApplyBatch, spans: &RecordSpans) -> Result<(), StageError> {
         let settings =
             crmsync_store::connections::load(&self.pool, &batch.connection_id).await.map_err(|e| StageError::Retry(e.to_string()))?;
         let systems = self.factory.systems(&settings).await?;
@@ -129,7 +156,7 @@ impl Applier {
                 .collect();
             let (held, mut missed) = self.locks.partition(&pending, &sets).await?;
             if !held.is_empty() {
-                let result = self.apply_group(batch, &settings, &systems, &by_identity, &held).await;
+                let result = self.apply_group(batch, &settings, &systems, &by_identity, &held, spans).await;
                 let guards: Vec<LockGuard> = held.iter().map(|(_, g)| g.clone()).collect();
                 let released = self.locks.release(&guards).await;
                 let group = result?;
@@ -157,7 +184,7 @@ impl Applier {
             let keys: Vec<MirrorKey> = entries.iter().filter_map(|e| MirrorKey::parse(&e.key)).collect();
             match reconciler.run(&keys).await {
                 Ok(_) => mirror_outbox::done(&self.pool, &entries).await?,
-                Err(e) => warn!(error = %e, "mirror reconciliation deferred to the outbox sweeper"),
+                Err(e) => warn!(error = %redact(&e.to_string()), "mirror reconciliation deferred to the outbox sweeper"),
             }
         }
         // Mirror commands from the CRM's changes: the message carries them.
@@ -182,9 +209,10 @@ impl Applier {
                 })
                 .collect();
             audit::insert_many(&self.pool, &batch.connection_id, &audits).await?;
+            trace_outcomes(spans, &audits);
         }
         // CSQLs to the CRM (R9).
-        self.apply_csqls(batch, &systems).await?;
+        self.apply_csqls(batch, &systems, spans).await?;
         let now = chrono::Utc::now();
         for detected in batch.commands.iter().map(|c| c.detected_at).chain(batch.csqls.iter().map(|q| q.detected_at)) {
             let lag = (now - detected).to_std().unwrap_or_default().as_secs_f64();
@@ -201,6 +229,7 @@ impl Applier {
         systems: &Systems,
         by_identity: &[(Uuid, Vec<&ApplyCommand>)],
         held: &[(usize, LockGuard)],
+        spans: &RecordSpans,
     ) -> Result<GroupResult, StageError> {
         let conn = batch.connection_id.as_str();
         let map = &settings.field_map;
@@ -267,7 +296,7 @@ impl Applier {
         }
         self.write_ma(systems, &mut work).await?;
         self.lock_email_moves(conn, &mut work).await?;
-        let saved = self.save(batch, &mut work).await;
+        let saved = self.save(batch, &mut work, spans).await;
         let guards: Vec<LockGuard> = work.iter_mut().filter_map(|w| w.email_guard.take()).collect();
         self.locks.release(&guards).await?;
         let mirrors = saved?;
@@ -459,7 +488,7 @@ impl Applier {
 
     /// Saves state, audit, errors and queued mirrors of the identities that
     /// are done, in one transaction; returns the mirror keys queued.
-    async fn save(&self, batch: &ApplyBatch, work: &mut [Work<'_>]) -> Result<Vec<String>, StageError> {
+    async fn save(&self, batch: &ApplyBatch, work: &mut [Work<'_>], spans: &RecordSpans) -> Result<Vec<String>, StageError> {
         let conn = batch.connection_id.as_str();
         let lane = batch.lane.as_str();
         let mut tx = self.pool.begin().await?;
@@ -578,7 +607,19 @@ impl Applier {
         audit::insert_many(&mut *tx, conn, &audits).await?;
         mirror_outbox::enqueue(&mut *tx, conn, &mirrors).await?;
         tx.commit().await?;
+        trace_outcomes(spans, &audits);
         Ok(mirrors)
+    }
+}
+
+/// Records on each record's span what was done with it, as audited.
+pub(crate) fn trace_outcomes(spans: &RecordSpans, audits: &[AuditEntry]) {
+    for a in audits {
+        let outcome = match a.action.as_str() {
+            "rejected" | "identity_missing" | "csql_refused" | "csql_rejected" => "rejected",
+            _ => "applied",
+        };
+        spans.outcome(&a.change_id, &a.action, outcome);
     }
 }
 

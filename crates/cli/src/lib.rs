@@ -67,15 +67,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Applier => "crmsync-applier",
         _ => "crmsync",
     };
-    if matches!(cli.command, Command::Demo(_)) {
+    let telemetry = if matches!(cli.command, Command::Demo(_)) {
         // The demo prints its own story; its tiers log to files. Its own
         // process logs warnings only (RUST_LOG still overrides).
         let mut quiet = config.telemetry.clone();
         quiet.log_filter = "warn".into();
-        telemetry::init(&quiet, service);
+        telemetry::init(&quiet, service)
     } else {
-        telemetry::init(&config.telemetry, service);
-    }
+        telemetry::init(&config.telemetry, service)
+    };
+    let result = run_command(cli, config).await;
+    // Every exit path, error or not, flushes the spans still buffered: a
+    // tier stopped by SIGTERM exports the traces of its last records.
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Producer => {
             let stop = shutdown::on_signals();

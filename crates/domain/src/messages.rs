@@ -8,6 +8,11 @@
 //! records. Decoding checks size, UTF-8, JSON shape and version, and says which
 //! of those failed: a message that cannot be read is a named sync error, never
 //! a crashed worker (I6).
+//!
+//! Each record (a [`Change`], and the command it becomes) carries its own W3C
+//! trace context, because one message moves many records and each record is
+//! one trace from detection to its write (I5). The field is optional so that
+//! messages written without it still read.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -42,6 +47,18 @@ pub struct Change {
     /// Unique per detection; follows the record through every tier.
     pub change_id: Uuid,
     pub record: SourceRecord,
+    /// The record's trace: its `detect` span in the producer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
+}
+
+/// A W3C trace context (`traceparent`, `tracestate`) as carried in a message
+/// body, one per record. Plain strings: the domain knows nothing of tracing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    pub traceparent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// Identity-resolved work for the applier.
@@ -67,6 +84,9 @@ pub struct CsqlCommand {
     pub detected_at: Timestamp,
     pub record: CsqlRecord,
     pub decision: CsqlOutcome,
+    /// The record's trace: its `match` span in the matcher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// The matcher's decision on a CSQL, as carried to the applier.
@@ -94,6 +114,9 @@ pub struct MirrorCommand {
     pub key: MirrorKey,
     pub source: RecordRef,
     pub detected_at: Timestamp,
+    /// The record's trace: its `match` span in the matcher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// Apply these edits to one identity. What to do with them (update, create the
@@ -112,6 +135,9 @@ pub struct ApplyCommand {
     /// account follows it, R4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
+    /// The record's trace: its `match` span in the matcher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// A record in one of the systems, for audit and error reporting.

@@ -29,6 +29,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use secrecy::ExposeSecret;
 
 use crate::config::AmqpConfig;
+use crate::propagation::{self, TraceContext};
 
 /// A pipeline stage that consumes from the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,6 +213,9 @@ pub struct Outgoing {
     pub body: Vec<u8>,
     pub message_id: String,
     pub headers: Vec<(String, String)>,
+    /// The trace contexts of the records the message carries: its `publish`
+    /// span links to each (I5).
+    pub links: Vec<TraceContext>,
 }
 
 /// Publishes persistent messages and waits for the broker's confirms.
@@ -233,7 +237,21 @@ impl Publisher {
     /// (advance a cursor, ack the input): I1.
     pub async fn publish_confirmed(&self, messages: Vec<Outgoing>) -> Result<(), AmqpError> {
         let mut pending = Vec::with_capacity(messages.len());
-        for m in messages {
+        for mut m in messages {
+            // One span per message, open until the broker confirms it; its
+            // context goes in the headers for the consumer's span.
+            let span = tracing::info_span!(
+                "publish",
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.destination.name = %m.routing_key,
+                messaging.message.id = %m.message_id,
+                crmsync.records = m.links.len(),
+            );
+            for record in &m.links {
+                propagation::link(&span, Some(record));
+            }
+            propagation::inject_headers(&span, &mut m.headers);
             let mut headers = FieldTable::default();
             for (k, v) in m.headers {
                 headers.insert(ShortString::from(k), AMQPValue::LongString(LongString::from(v)));
@@ -253,9 +271,9 @@ impl Publisher {
                     props,
                 )
                 .await?;
-            pending.push((m.routing_key, confirm));
+            pending.push((m.routing_key, confirm, span));
         }
-        for (key, confirm) in pending {
+        for (key, confirm, _span) in pending {
             match confirm.await? {
                 Confirmation::Ack(None) => {}
                 Confirmation::Ack(Some(_)) => return Err(AmqpError::Unroutable(key)),

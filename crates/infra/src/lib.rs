@@ -8,6 +8,7 @@ pub mod db;
 pub mod health;
 pub mod locks;
 pub mod metrics;
+pub mod propagation;
 pub mod services;
 pub mod shutdown;
 pub mod telemetry;

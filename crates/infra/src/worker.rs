@@ -26,10 +26,12 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::amqp::{self, AmqpError};
 use crate::locks::LockError;
+use crate::propagation;
+use crate::telemetry::redact;
 
 /// Why a unit of work did not complete, which decides what happens to its
 /// message.
@@ -144,15 +146,34 @@ fn tier_and_stage(queue: &str) -> (&'static str, &'static str) {
     }
 }
 
+/// Handles and settles one delivery under a `consume` span, the child of
+/// the `publish` span whose context the message's headers carry (I5).
 async fn settle<H: Handler>(handler: Arc<H>, delivery: Delivery, opts: &ConsumeOptions, shutdown: &CancellationToken) {
+    let span = tracing::info_span!(
+        parent: None,
+        "consume",
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.source.name = %opts.queue,
+        messaging.message.id = delivery.properties.message_id().as_ref().map(|m| m.as_str()).unwrap_or(""),
+        crmsync.attempts = tracing::field::Empty,
+    );
+    propagation::set_parent(&span, propagation::from_headers(&delivery.properties).as_ref());
+    settle_in_span(handler, delivery, opts, shutdown).instrument(span).await;
+}
+
+async fn settle_in_span<H: Handler>(handler: Arc<H>, delivery: Delivery, opts: &ConsumeOptions, shutdown: &CancellationToken) {
     let mut backoff = opts.backoff;
+    let mut attempts: u64 = 0;
     let delivery = Arc::new(delivery);
     loop {
         // A panic in the handler is contained to this delivery.
         let h = handler.clone();
         let d = delivery.clone();
         let started = std::time::Instant::now();
-        let result = tokio::spawn(async move { h.handle(&d).await }).await;
+        attempts += 1;
+        tracing::Span::current().record("crmsync.attempts", attempts);
+        let result = tokio::spawn(async move { h.handle(&d).await }.in_current_span()).await;
         let outcome = match result {
             Ok(r) => r,
             Err(e) => Err(StageError::Poison(format!("handler panicked: {e}"))),
@@ -174,11 +195,14 @@ async fn settle<H: Handler>(handler: Arc<H>, delivery: Delivery, opts: &ConsumeO
                 return;
             }
             Err(StageError::Poison(reason)) => {
+                // Reasons quote systems and payloads: no email in clear (I5).
+                let reason = redact(&reason);
                 error!(queue = %opts.queue, %reason, "dead-lettering a message that cannot succeed");
                 let _ = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await;
                 return;
             }
             Err(StageError::Retry(reason)) => {
+                let reason = redact(&reason);
                 warn!(queue = %opts.queue, %reason, backoff_ms = backoff.as_millis() as u64, "retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => {

@@ -17,6 +17,7 @@ use crmsync_domain::Lane;
 use crmsync_domain::messages::{self, ApplyBatch, ChangeBatch, MESSAGE_VERSION};
 use crmsync_infra::amqp::{Outgoing, Publisher, Stage, Topology};
 use crmsync_infra::health::{self, Health};
+use crmsync_infra::propagation;
 use crmsync_infra::services::Services;
 use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
 use crmsync_infra::{CancellationToken, Config};
@@ -62,6 +63,14 @@ impl MatchStage {
                 declared.insert(batch.connection_id.clone());
             }
         }
+        let links = out
+            .commands
+            .iter()
+            .map(|c| &c.trace)
+            .chain(out.mirrors.iter().map(|m| &m.trace))
+            .chain(out.csqls.iter().map(|q| &q.trace))
+            .filter_map(Clone::clone)
+            .collect();
         let apply = ApplyBatch {
             v: MESSAGE_VERSION,
             batch_id: Uuid::now_v7(),
@@ -77,6 +86,7 @@ impl MatchStage {
                 body: messages::encode(&apply),
                 message_id: apply.batch_id.to_string(),
                 headers: vec![("x-connection-id".into(), batch.connection_id.clone()), ("x-lane".into(), batch.lane.as_str().into())],
+                links,
             }])
             .await?;
         Ok(())
@@ -95,7 +105,7 @@ impl Handler for MatchStage {
             }
         };
         let span = tracing::info_span!(
-            "match",
+            "match_batch",
             connection_id = %batch.connection_id,
             lane = batch.lane.as_str(),
             batch_id = %batch.batch_id,
@@ -103,6 +113,10 @@ impl Handler for MatchStage {
             commands = tracing::field::Empty,
             errors = tracing::field::Empty,
         );
+        // The message's span links to the trace of each record it carries.
+        for change in &batch.changes {
+            propagation::link(&span, change.trace.as_ref());
+        }
         async {
             let out = self.matcher.process(&batch).await?;
             tracing::Span::current().record("commands", out.commands.len()).record("errors", out.errors.len());

@@ -24,6 +24,7 @@ use crmsync_domain::records::{CrmPersonRecord, ProspectRecord, SourceRecord};
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, Email, SyncErrorCategory, SyncIssue};
 use crmsync_infra::locks::{LockGuard, LockKind, Locks, pause_before_retry};
+use crmsync_infra::propagation::{RecordSpans, RecordStage, record_span};
 use crmsync_infra::worker::StageError;
 use crmsync_store::audit::AuditEntry;
 use crmsync_store::identities::{self, IdentityRow, Keys, Written};
@@ -192,7 +193,24 @@ impl Matcher {
     }
 
     /// Matches every record of a batch. Returns what to store and publish.
+    /// Each record is matched under a `match` span in its own trace (I5),
+    /// whose context its command carries on to the applier.
     pub async fn process(&self, batch: &ChangeBatch) -> Result<Output, StageError> {
+        let mut spans = RecordSpans::default();
+        for change in &batch.changes {
+            let r = &change.record;
+            let span = record_span(RecordStage::Match, &batch.connection_id, r.object(), &r.record_id(), batch.lane, change.trace.as_ref());
+            spans.insert(change.change_id, span);
+        }
+        let mut result = self.match_all(batch).await;
+        match &mut result {
+            Ok(out) => trace_outcomes(&spans, out),
+            Err(_) => spans.outcome_all("match", "retry"),
+        }
+        result
+    }
+
+    async fn match_all(&self, batch: &ChangeBatch) -> Result<Output, StageError> {
         let settings =
             crmsync_store::connections::load(&self.pool, &batch.connection_id).await.map_err(|e| StageError::Retry(e.to_string()))?;
         let systems = self.factory.systems(&settings).await?;
@@ -209,6 +227,7 @@ impl Matcher {
                             key,
                             source: RecordRef { side: change.record.side(), object: change.record.object().to_owned(), id: r.id.clone() },
                             detected_at: batch.detected_at,
+                            trace: None,
                         });
                         out.resolved.push((change.record.object().to_owned(), r.id.clone()));
                     }
@@ -226,7 +245,13 @@ impl Matcher {
                     CsqlDecision::Sync(w) => CsqlOutcome::Sync { act_as: w.act_as, owner: w.owner, created_by: w.created_by },
                     CsqlDecision::Refuse(issue) => CsqlOutcome::Refuse { issue },
                 };
-                out.csqls.push(CsqlCommand { command_id: change.change_id, detected_at: batch.detected_at, record: r.clone(), decision });
+                out.csqls.push(CsqlCommand {
+                    command_id: change.change_id,
+                    detected_at: batch.detected_at,
+                    record: r.clone(),
+                    decision,
+                    trace: None,
+                });
                 continue;
             }
             match parse(change) {
@@ -567,6 +592,31 @@ impl Matcher {
     }
 }
 
+/// Records each record's outcome on its span, and hands the span's context
+/// on with the record's command.
+fn trace_outcomes(spans: &RecordSpans, out: &mut Output) {
+    for c in &mut out.commands {
+        spans.outcome(&c.command_id, "command", "matched");
+        c.trace = spans.context(&c.command_id);
+    }
+    for m in &mut out.mirrors {
+        spans.outcome(&m.command_id, "mirror", "matched");
+        m.trace = spans.context(&m.command_id);
+    }
+    for q in &mut out.csqls {
+        let outcome = match q.decision {
+            CsqlOutcome::Sync { .. } => "matched",
+            CsqlOutcome::Refuse { .. } => "refused",
+        };
+        spans.outcome(&q.command_id, "csql", outcome);
+        q.trace = spans.context(&q.command_id);
+    }
+    for a in &out.audits {
+        let outcome = a.action.split(':').next().unwrap_or("");
+        spans.outcome(&a.change_id, &a.action, outcome);
+    }
+}
+
 /// The apply command for one matched change.
 fn command(batch: &ChangeBatch, change: &Change, identity_id: Uuid, observations: Vec<Observation>) -> ApplyCommand {
     let r = &change.record;
@@ -583,6 +633,8 @@ fn command(batch: &ChangeBatch, change: &Change, identity_id: Uuid, observations
         detected_at: batch.detected_at,
         observations,
         account_id,
+        // Filled from the record's `match` span once matching is done.
+        trace: None,
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crmsync_connector::ConnectorFactory;
 use crmsync_infra::health::{self, Health};
-use crmsync_infra::{CancellationToken, Config, services::Services};
+use crmsync_infra::{CancellationToken, Config, services::Services, telemetry};
 use crmsync_store::{connections, feeds};
 use crmsync_systems::SystemsFactory;
 use sqlx::PgPool;
@@ -96,7 +96,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let mut failed = false;
         for connection_id in connections::ids(&services.pool).await.unwrap_or_default() {
             if let Err(e) = poll_connection(&ctx, &factory, &connection_id).await {
-                warn!(connection_id, error = %e, "detection failed; retrying");
+                // Connector errors can quote record values: no email in clear (I5).
+                warn!(connection_id, error = %telemetry::redact(&e.to_string()), "detection failed; retrying");
                 failed = true;
             }
         }

@@ -20,6 +20,7 @@ use crmsync_domain::records::SourceRecord;
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, Lane};
 use crmsync_infra::amqp::{Outgoing, Publisher, Stage, Topology};
+use crmsync_infra::propagation::{RecordSpans, RecordStage, context_of, record_span};
 use crmsync_infra::worker::StageError;
 use crmsync_store::feeds::{self, Lease};
 use crmsync_store::identities::{self, IdentityRow, Keys};
@@ -178,26 +179,44 @@ async fn publish(
 ) -> Result<bool, StageError> {
     let detected_at = Utc::now();
     let mut out = Vec::new();
+    // Each record starts its own trace here (I5); the span ends once the
+    // record is confirmed published, or the page failed.
+    let mut spans = RecordSpans::default();
     for chunk in page.keep.chunks(ctx.records_per_message.max(1)) {
+        let changes: Vec<Change> = chunk
+            .iter()
+            .map(|r| {
+                let change_id = Uuid::now_v7();
+                let span = record_span(RecordStage::Detect, connection_id, r.object(), &r.record_id(), lane, None);
+                let trace = context_of(&span);
+                spans.insert(change_id, span);
+                Change { change_id, record: r.clone(), trace }
+            })
+            .collect();
         let batch = ChangeBatch {
             v: MESSAGE_VERSION,
             batch_id: Uuid::now_v7(),
             connection_id: connection_id.to_owned(),
             lane,
             detected_at,
-            changes: chunk.iter().map(|r| Change { change_id: Uuid::now_v7(), record: r.clone() }).collect(),
+            changes,
         };
         out.push(Outgoing {
             routing_key: Topology::routing_key(Stage::Match, lane, connection_id),
             body: messages::encode(&batch),
             message_id: batch.batch_id.to_string(),
             headers: vec![("x-connection-id".into(), connection_id.to_owned()), ("x-lane".into(), lane.as_str().into())],
+            links: batch.changes.iter().filter_map(|c| c.trace.clone()).collect(),
         });
     }
     stats.messages += out.len();
     // Confirmed by the broker before the cursor moves: a crash in between
     // publishes the page again, never skips it.
-    ctx.publisher.publish_confirmed(out).await?;
+    let published = ctx.publisher.publish_confirmed(out).await;
+    let outcome = if published.is_ok() { "published" } else { "retry" };
+    spans.outcome_all("detected", outcome);
+    drop(spans);
+    published?;
     let counts = feeds::Counts { published: page.keep.len() as i64, suppressed: page.dropped as i64, batch: lane == Lane::Batch };
     if !feeds::advance(ctx.pool, connection_id, &h.name, ctx.owner, h.lease.token, &page.next.0, counts).await? {
         info!(connection_id, feed = %h.name, "feed lease lost during a pass; stopping it");
