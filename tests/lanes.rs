@@ -211,6 +211,7 @@ async fn the_backlog_its_eta_and_the_budgets_use_are_shown_and_exported_as_metri
         "crmsync_stage_duration_seconds_count{tier=\"applier\",stage=\"apply\"}",
         "crmsync_sync_lag_seconds_count{connection=\"default\"}",
         "crmsync_ready{tier=\"applier\"} 1",
+        "crmsync_queue_depth{queue=\"",
     ] {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }

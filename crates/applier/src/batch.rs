@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crmsync_domain::messages::ApplyBatch;
 use crmsync_infra::CancellationToken;
+use crmsync_infra::amqp::Topology;
 use crmsync_infra::budget::{BatchBudget, Pace};
 use crmsync_infra::worker::StageError;
 use std::collections::HashSet;
@@ -106,9 +107,18 @@ pub async fn batch_figures(pool: &PgPool, connection_id: &str) -> Result<BatchFi
 }
 
 /// Exports every connection's batch-lane figures as metrics, every few seconds.
-pub async fn export_figures(pool: PgPool, shutdown: CancellationToken) {
+pub async fn export_figures(pool: PgPool, queues: Option<(lapin::Channel, Topology)>, shutdown: CancellationToken) {
     loop {
         if let Ok(ids) = connections::ids(&pool).await {
+            // Messages ready in each work queue (the broker's own count;
+            // KEDA reads unacked ones too, from the management API).
+            if let Some((channel, topology)) = &queues {
+                for (_, _, q) in topology.work_queues(&ids) {
+                    if let Ok(depth) = topology.depth(channel, &q).await {
+                        metrics::gauge!(crmsync_infra::metrics::QUEUE_DEPTH, "queue" => q).set(f64::from(depth));
+                    }
+                }
+            }
             for id in ids {
                 if let Ok(f) = batch_figures(&pool, &id).await {
                     let labels = [("connection", id.clone())];

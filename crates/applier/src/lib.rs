@@ -111,7 +111,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     loops.spawn(async move { consume(&amqp, immediate, s, stop).await });
     health.working();
     let sweeper = tokio::spawn(sweep(stage.clone(), shutdown.clone()));
-    let figures = tokio::spawn(batch::export_figures(services.pool.clone(), shutdown.clone()));
+    let depth_channel = services.amqp.create_channel().await.ok().map(|c| (c, services.topology.clone()));
+    let figures = tokio::spawn(batch::export_figures(services.pool.clone(), depth_channel, shutdown.clone()));
     // One paced consumer per connection, started as connections appear.
     let mut started: HashSet<String> = HashSet::new();
     loop {

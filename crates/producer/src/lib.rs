@@ -122,6 +122,11 @@ async fn poll_connection(ctx: &PassContext<'_>, factory: &SystemsFactory, connec
     let settings = connections::load(ctx.pool, connection_id).await?;
     let systems = factory.systems(&settings).await?;
     let stats = run_pass(ctx, connection_id, &settings, &systems).await?;
+    let detected = [("published", stats.published), ("suppressed_echo", stats.suppressed)];
+    for (outcome, n) in detected.into_iter().filter(|(_, n)| *n > 0) {
+        metrics::counter!(crmsync_infra::metrics::RECORDS, "tier" => "producer", "stage" => "detect", "outcome" => outcome)
+            .increment(n as u64);
+    }
     if stats.published > 0 {
         info!(
             connection_id,
