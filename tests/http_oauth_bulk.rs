@@ -108,19 +108,7 @@ async fn pairs_titled_in_the_ma(app: &TestApp, n: i64) {
 
 /// The org's ingest jobs, as any Bulk API client lists them.
 async fn ingest_jobs(url: &str) -> AllJobs {
-    let token: Value = reqwest::Client::new()
-        .post(format!("{url}/services/oauth2/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", SANDBOX_CLIENT_ID),
-            ("client_secret", crmsync_tests::SANDBOX_CLIENT_SECRET),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = TestApp::sandbox_token(url).await;
     reqwest::Client::new()
         .get(format!("{url}/services/data/v60.0/jobs/ingest"))
         .bearer_auth(token["access_token"].as_str().unwrap())

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crmsync_infra::CancellationToken;
 use crmsync_sandbox::schema;
 use crmsync_sandbox_server::Limits;
-use crmsync_tests::{SANDBOX_BUSINESS_UNIT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TestApp};
+use crmsync_tests::{SANDBOX_BUSINESS_UNIT, SANDBOX_CLIENT_ID, TestApp};
 use crmsync_wire::pardot;
 use crmsync_wire::salesforce::{self, API_VERSION};
 use reqwest::StatusCode;
@@ -28,14 +28,7 @@ fn http() -> reqwest::Client {
 
 async fn login(url: &str) -> Client {
     let http = http();
-    let resp = http
-        .post(format!("{url}/services/oauth2/token"))
-        .form(&[("grant_type", "client_credentials"), ("client_id", SANDBOX_CLIENT_ID), ("client_secret", SANDBOX_CLIENT_SECRET)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let token: Value = resp.json().await.unwrap();
+    let token = TestApp::sandbox_token(url).await;
     assert_eq!(token["instance_url"], url);
     Client { http, url: url.to_owned(), token: token["access_token"].as_str().unwrap().to_owned() }
 }

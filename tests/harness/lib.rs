@@ -463,6 +463,21 @@ impl TestApp {
         }
     }
 
+    /// Logs in to a sandbox server with the test app's client credentials,
+    /// as any OAuth client would; returns the token answer (`access_token`,
+    /// `instance_url`...).
+    pub async fn sandbox_token(url: &str) -> Value {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/services/oauth2/token"))
+            .form(&[("grant_type", "client_credentials"), ("client_id", SANDBOX_CLIENT_ID), ("client_secret", SANDBOX_CLIENT_SECRET)])
+            .send()
+            .await
+            .expect("reach the sandbox server");
+        assert!(resp.status().is_success(), "login refused: {}", resp.status());
+        resp.json().await.expect("a token answer")
+    }
+
     /// Writes a secret into a file of this test's own (removed by
     /// [`TestApp::cleanup`] with the rest of the test's temporary files);
     /// returns its path, as an endpoint's `{"file": ...}` takes it.

@@ -159,14 +159,7 @@ pub(crate) async fn write_prospects(http: &Http, writes: &[ProspectWrite]) -> Re
         })
         .collect();
     let done: Vec<Vec<(usize, WriteOutcome)>> = futures::stream::iter(each).buffer_unordered(http.max_concurrency()).try_collect().await?;
-    let mut out: Vec<Option<WriteOutcome>> = vec![None; writes.len()];
-    for (i, o) in done.into_iter().flatten() {
-        out[i] = Some(o);
-    }
-    out.into_iter()
-        .enumerate()
-        .map(|(i, o)| o.ok_or_else(|| ConnectorError::Fatal(format!("write {i} of the batch got no outcome"))))
-        .collect()
+    crmsync_connector::outcomes_in_order(writes.len(), done.into_iter().flatten())
 }
 
 #[cfg(test)]

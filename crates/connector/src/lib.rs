@@ -66,6 +66,22 @@ pub enum WriteOutcome {
     NotFound,
 }
 
+/// Puts outcomes gathered out of order (`(index of the write, outcome)`)
+/// back in the order of the `n` writes; a write left without one is a
+/// connector bug, reported rather than guessed.
+pub fn outcomes_in_order(n: usize, gathered: impl IntoIterator<Item = (usize, WriteOutcome)>) -> Result<Vec<WriteOutcome>, ConnectorError> {
+    let mut out: Vec<Option<WriteOutcome>> = vec![None; n];
+    for (i, o) in gathered {
+        if let Some(slot) = out.get_mut(i) {
+            *slot = Some(o);
+        }
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, o)| o.ok_or_else(|| ConnectorError::Fatal(format!("write {i} of the batch got no outcome"))))
+        .collect()
+}
+
 /// Field name (as the system's API spells it) → value.
 pub type FieldValues = BTreeMap<String, Value>;
 

@@ -279,9 +279,8 @@ pub(crate) async fn write_people(
         })
         .collect();
     let stamps = stamps(http, sobject, &written).await?;
-    let mut out: Vec<Option<WriteOutcome>> = vec![None; writes.len()];
-    for (i, s) in done {
-        out[i] = Some(match s {
+    let gathered = done.into_iter().map(|(i, s)| {
+        let outcome = match s {
             Saved::Written { id, created } => {
                 let at = stamps.get(&query::normalise_id(&id)).copied().unwrap_or_else(|| {
                     tracing::warn!(object = sobject, "a written record's stamp could not be read back; using the local clock");
@@ -290,12 +289,10 @@ pub(crate) async fn write_people(
                 WriteOutcome::Written { id, created, at }
             }
             Saved::Failed(outcome) => outcome,
-        });
-    }
-    out.into_iter()
-        .enumerate()
-        .map(|(i, o)| o.ok_or_else(|| ConnectorError::Fatal(format!("write {i} of the batch got no outcome"))))
-        .collect()
+        };
+        (i, outcome)
+    });
+    crmsync_connector::outcomes_in_order(writes.len(), gathered)
 }
 
 #[cfg(test)]
