@@ -14,7 +14,8 @@ use anyhow::Context;
 use crmsync_cli::progress::{Probe, Progress};
 use crmsync_domain::csql::{CsUserType, CsqlRecordType};
 use crmsync_domain::messages::{self, ChangeBatch};
-use crmsync_infra::amqp::{self, Outgoing, Publisher, Stage, Topology};
+use crmsync_infra::amqp::{self, Outgoing, Stage, Topology};
+use crmsync_infra::broker::Broker;
 use crmsync_infra::{CancellationToken, Config, db};
 use crmsync_sandbox::ops::{Sandbox, System};
 use crmsync_sandbox::schema::{self, ObjectDef};
@@ -89,8 +90,8 @@ pub struct TestApp {
     pub db_name: String,
     replicas: Vec<Replica>,
     probe: Probe,
-    publisher: Publisher,
-    _amqp: lapin::Connection,
+    /// The test's own broker handle; reconnects after a broker restart.
+    pub broker: std::sync::Arc<Broker>,
 }
 
 fn base_config() -> Config {
@@ -161,10 +162,10 @@ impl TestApp {
         config.redis.prefix = format!("t{tag}");
         let pool = db::connect(&config.database).await?;
         let probe = Probe::new(&config, &pool).await?;
-        let amqp = amqp::connect(&config.amqp, "crmsync-test").await?;
-        let publisher = Publisher::new(&amqp, &Topology::new(&config.amqp)).await?;
+        let broker = Broker::new(&config.amqp, "crmsync-test");
+        broker.live().await?;
         let sandbox = Sandbox::new(pool.clone(), "default");
-        Ok(TestApp { config, pool, sandbox, db_name, replicas: Vec::new(), probe, publisher, _amqp: amqp })
+        Ok(TestApp { config, pool, sandbox, db_name, replicas: Vec::new(), probe, broker })
     }
 
     /// Starts one replica of `tier` in this process, with its own connections.
@@ -327,7 +328,7 @@ impl TestApp {
 
     /// Publishes raw bytes to a stage's queue, as a misbehaving producer would.
     pub async fn publish_raw(&self, stage: Stage, lane: Lane, body: Vec<u8>) {
-        self.publisher
+        self.broker
             .publish_confirmed(vec![Outgoing {
                 routing_key: Topology::routing_key(stage, lane, "default"),
                 body,
@@ -371,9 +372,7 @@ impl TestApp {
 
     /// Messages in a stage's dead-letter queue.
     pub async fn dead_letters(&self, stage: Stage) -> u32 {
-        let ch = self._amqp.create_channel().await.unwrap();
-        let topology = Topology::new(&self.config.amqp);
-        topology.depth(&ch, &topology.dead_queue(stage)).await.unwrap()
+        self.broker.depth(&self.broker.topology().dead_queue(stage)).await.unwrap()
     }
 
     /// Publishes a change batch to the matcher.
@@ -522,7 +521,7 @@ impl TestApp {
         }
         let connections = crmsync_store::connections::ids(&self.pool).await.unwrap_or_default();
         self.pool.close().await;
-        if let Ok(ch) = self._amqp.create_channel().await {
+        if let Ok(ch) = async { self.broker.live().await?.conn.create_channel().await.map_err(amqp::AmqpError::from) }.await {
             let _ = Topology::new(&self.config.amqp).delete_all(&ch, &connections).await;
         }
         let base = base_config();

@@ -7,11 +7,12 @@
 //! targets evenly, one budget interval apart, whatever the number of
 //! replicas.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crmsync_domain::messages::ApplyBatch;
 use crmsync_infra::CancellationToken;
-use crmsync_infra::amqp::Topology;
+use crmsync_infra::broker::Broker;
 use crmsync_infra::budget::{BatchBudget, Pace};
 use crmsync_infra::worker::StageError;
 use std::collections::HashSet;
@@ -107,16 +108,14 @@ pub async fn batch_figures(pool: &PgPool, connection_id: &str) -> Result<BatchFi
 }
 
 /// Exports every connection's batch-lane figures as metrics, every few seconds.
-pub async fn export_figures(pool: PgPool, queues: Option<(lapin::Channel, Topology)>, shutdown: CancellationToken) {
+pub async fn export_figures(pool: PgPool, broker: Arc<Broker>, shutdown: CancellationToken) {
     loop {
         if let Ok(ids) = connections::ids(&pool).await {
             // Messages ready in each work queue (the broker's own count;
             // KEDA reads unacked ones too, from the management API).
-            if let Some((channel, topology)) = &queues {
-                for (_, _, q) in topology.work_queues(&ids) {
-                    if let Ok(depth) = topology.depth(channel, &q).await {
-                        metrics::gauge!(crmsync_infra::metrics::QUEUE_DEPTH, "queue" => q).set(f64::from(depth));
-                    }
+            for (_, _, q) in broker.topology().work_queues(&ids) {
+                if let Ok(depth) = broker.depth(&q).await {
+                    metrics::gauge!(crmsync_infra::metrics::QUEUE_DEPTH, "queue" => q).set(f64::from(depth));
                 }
             }
             for id in ids {

@@ -91,7 +91,7 @@ fn options(config: &Config, queue: String, concurrency: usize) -> ConsumeOptions
 
 /// Runs the applier until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let services = Services::connect(&config, "crmsync-applier").await?;
+    let services = Services::connect_patiently(&config, "crmsync-applier", &shutdown).await?;
     let health = Health::new("applier", &services);
     health.drain_on(shutdown.clone());
     let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
@@ -107,12 +107,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     let mut loops = JoinSet::new();
     let immediate = options(&config, services.topology.queue(Stage::Apply, Lane::Immediate, ""), config.applier.concurrency);
-    let (amqp, s, stop) = (services.amqp.clone(), stage.clone(), shutdown.clone());
-    loops.spawn(async move { consume(&amqp, immediate, s, stop).await });
+    let (broker, s, stop) = (services.broker.clone(), stage.clone(), shutdown.clone());
+    loops.spawn(async move { consume(&broker, immediate, s, stop).await });
     health.working();
     let sweeper = tokio::spawn(sweep(stage.clone(), shutdown.clone()));
-    let depth_channel = services.amqp.create_channel().await.ok().map(|c| (c, services.topology.clone()));
-    let figures = tokio::spawn(batch::export_figures(services.pool.clone(), depth_channel, shutdown.clone()));
+    let figures = tokio::spawn(batch::export_figures(services.pool.clone(), services.broker.clone(), shutdown.clone()));
     // One paced consumer per connection, started as connections appear.
     let mut started: HashSet<String> = HashSet::new();
     loop {
@@ -120,14 +119,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             Ok(ids) => {
                 let new: Vec<String> = ids.into_iter().filter(|id| !started.contains(id)).collect();
                 for id in new {
-                    let channel = services.amqp.create_channel().await?;
-                    services.topology.declare_connection(&channel, &id).await?;
-                    let _ = channel.close(200, "declared".into()).await;
+                    if let Err(e) = services.broker.declare_connection(&id).await {
+                        // The consume loop would wait for the broker anyway;
+                        // declaring again on the next round is enough.
+                        tracing::warn!(connection_id = %id, error = %e, "cannot declare the batch-lane queue yet; retrying");
+                        continue;
+                    }
                     // One message at a time: it is paced, and holding more would
                     // only keep them from the other replicas.
                     let opts = options(&config, services.topology.queue(Stage::Apply, Lane::Batch, &id), 1);
-                    let (amqp, s, stop) = (services.amqp.clone(), stage.clone(), shutdown.clone());
-                    loops.spawn(async move { consume(&amqp, opts, s, stop).await });
+                    let (broker, s, stop) = (services.broker.clone(), stage.clone(), shutdown.clone());
+                    loops.spawn(async move { consume(&broker, opts, s, stop).await });
                     started.insert(id);
                 }
             }
@@ -137,7 +139,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             Some(done) = loops.join_next() => {
-                // A consume loop ended before shutdown: the broker is gone.
+                // Consume loops outlive a lost broker; one that ends before
+                // shutdown has failed for good.
                 done??;
                 anyhow::bail!("a consume loop ended unexpectedly");
             }
@@ -148,7 +151,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let _ = sweeper.await;
     let _ = figures.await;
-    let _ = services.amqp.close(200, "shutdown".into()).await;
+    services.broker.close().await;
     if let Some(server) = server {
         server.abort();
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crmsync_connector::{ConnectorFactory, Cursor};
 use crmsync_infra::Config;
-use crmsync_infra::amqp::{self, Topology};
+use crmsync_infra::broker::Broker;
 use crmsync_producer::Feed;
 use crmsync_store::{audit, connections, feeds};
 use crmsync_systems::SystemsFactory;
@@ -49,19 +49,16 @@ impl Progress {
 pub struct Probe {
     pool: PgPool,
     factory: SystemsFactory,
-    channel: lapin::Channel,
-    topology: Topology,
-    _conn: lapin::Connection,
+    /// Survives a broker restart: the fault suite measures through one.
+    broker: std::sync::Arc<Broker>,
 }
 
 impl Probe {
     pub async fn new(config: &Config, pool: &PgPool) -> anyhow::Result<Probe> {
-        let conn = amqp::connect(&config.amqp, "crmsync-probe").await.context("connecting to RabbitMQ")?;
-        let channel = conn.create_channel().await?;
-        let topology = Topology::new(&config.amqp);
-        topology.declare(&channel).await?;
+        let broker = Broker::new(&config.amqp, "crmsync-probe");
+        broker.live().await.context("connecting to RabbitMQ")?;
         let factory = SystemsFactory::from_config(config, pool).await?;
-        Ok(Probe { pool: pool.clone(), factory, channel, topology, _conn: conn })
+        Ok(Probe { pool: pool.clone(), factory, broker })
     }
 
     pub async fn measure(&self, connection_id: &str) -> anyhow::Result<Progress> {
@@ -69,9 +66,9 @@ impl Probe {
         let published = feeds.iter().map(|f| f.published).sum();
         let finished = audit::finished_changes(&self.pool, connection_id).await?;
         let mut queued = 0u64;
-        self.topology.declare_connection(&self.channel, connection_id).await?;
-        for (_, _, q) in self.topology.work_queues(&[connection_id.to_owned()]) {
-            queued += u64::from(self.topology.depth(&self.channel, &q).await?);
+        self.broker.declare_connection(connection_id).await?;
+        for (_, _, q) in self.broker.topology().work_queues(&[connection_id.to_owned()]) {
+            queued += u64::from(self.broker.depth(&q).await?);
         }
         let mirrors_waiting = crmsync_store::mirror_outbox::count(&self.pool, connection_id).await?;
         let mut progress = Progress { published, finished, queued, unread_feeds: Vec::new(), mirrors_waiting };
@@ -99,9 +96,19 @@ impl Probe {
             let mut all_idle = true;
             let mut first = None;
             for id in ids {
-                let p = self.measure(id).await?;
-                all_idle &= p.idle();
-                first.get_or_insert(p);
+                match self.measure(id).await {
+                    Ok(p) => {
+                        all_idle &= p.idle();
+                        first.get_or_insert(p);
+                    }
+                    // A service restarting is waited out like a busy
+                    // pipeline, up to the same deadline.
+                    Err(e) if start.elapsed() <= timeout => {
+                        tracing::debug!(error = %e, "progress unavailable for now");
+                        all_idle = false;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let first = first.unwrap_or_default();
             tick(&first);

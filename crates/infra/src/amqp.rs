@@ -65,6 +65,8 @@ pub enum AmqpError {
     Unroutable(String),
     #[error("publisher confirms are not enabled on this channel")]
     NoConfirms,
+    #[error("the broker did not answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// Names and declaration of the exchanges and queues.
@@ -230,6 +232,12 @@ impl Publisher {
         let channel = conn.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Publisher { channel, exchange: topology.work_exchange() })
+    }
+
+    /// Whether its channel is still open (it dies with its connection, or
+    /// when the broker closes it).
+    pub fn usable(&self) -> bool {
+        self.channel.status().connected()
     }
 
     /// Publishes all messages, then waits until the broker has confirmed every

@@ -16,11 +16,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use lapin::Connection;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::Broker;
 use crate::metrics::{self, MetricsError};
 use crate::services::Services;
 
@@ -33,7 +33,7 @@ pub struct Health {
     tier: &'static str,
     pool: PgPool,
     redis: redis::aio::ConnectionManager,
-    amqp: Arc<Connection>,
+    broker: Arc<Broker>,
     working: AtomicBool,
     draining: AtomicBool,
 }
@@ -44,7 +44,7 @@ impl Health {
             tier,
             pool: services.pool.clone(),
             redis: services.redis.clone(),
-            amqp: services.amqp.clone(),
+            broker: services.broker.clone(),
             working: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
@@ -73,7 +73,10 @@ impl Health {
         } else if !self.working.load(Ordering::SeqCst) {
             not.push("not taking work yet".to_owned());
         }
-        if !self.amqp.status().connected() {
+        // Asking for the live connection reconnects a tier that had no
+        // reason to since the broker came back (an idle producer).
+        let broker = tokio::time::timeout(CHECK_TIMEOUT, self.broker.live()).await;
+        if !matches!(broker, Ok(Ok(_))) {
             not.push("RabbitMQ: not connected".to_owned());
         }
         let pg = tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;

@@ -2,6 +2,7 @@
 //! Redis locks, telemetry and shutdown. No sync rules live here.
 
 pub mod amqp;
+pub mod broker;
 pub mod budget;
 pub mod config;
 pub mod db;

@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
@@ -99,10 +99,16 @@ impl std::fmt::Debug for Locks {
     }
 }
 
-/// Opens a self-reconnecting Redis connection.
+/// Opens a self-reconnecting Redis connection. Commands time out rather
+/// than hang on a server that stopped answering (a paused or partitioned
+/// Redis); a lost connection is replaced with backoff on the next command.
 pub async fn connect(cfg: &RedisConfig) -> Result<ConnectionManager, redis::RedisError> {
     let client = Client::open(cfg.url.expose_secret())?;
-    ConnectionManager::new(client).await
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_max_delay(Duration::from_secs(2));
+    ConnectionManager::new_with_config(client, config).await
 }
 
 impl Locks {

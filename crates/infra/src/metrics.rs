@@ -18,6 +18,8 @@ pub const SYNC_LAG: &str = "crmsync_sync_lag_seconds";
 pub const QUEUE_DEPTH: &str = "crmsync_queue_depth";
 /// Identity locks found held by another writer (counter).
 pub const LOCK_CONTENTION: &str = "crmsync_lock_contention_total";
+/// Connections to RabbitMQ made again after one was lost, by tier (counter).
+pub const BROKER_RECONNECTS: &str = "crmsync_broker_reconnects_total";
 /// Sync errors recorded, by category (counter).
 pub const SYNC_ERRORS: &str = "crmsync_sync_errors_total";
 

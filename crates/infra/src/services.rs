@@ -1,9 +1,26 @@
-//! The connections a tier holds, opened once at start.
+//! The services a tier holds: PostgreSQL, RabbitMQ and Redis, each able to
+//! come back after it went away.
+//!
+//! - PostgreSQL: the sqlx pool opens new connections as old ones fail (and
+//!   tests each one before handing it out), so a restarted server costs the
+//!   queries in flight, which are retried by their callers.
+//! - Redis: a `ConnectionManager` that reconnects with backoff on the next
+//!   command after a failure; commands time out instead of hanging.
+//! - RabbitMQ: the [`Broker`], which reconnects and redeclares the topology.
+//!
+//! At start a tier waits (with backoff, logging what it waits for) until all
+//! three answer, instead of exiting: an orchestrator that starts the tier
+//! before its services would otherwise see it crash-loop.
 
-use lapin::Connection;
+use std::sync::Arc;
+use std::time::Duration;
+
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
-use crate::amqp::{self, AmqpError, Publisher, Topology};
+use crate::amqp::{AmqpError, Topology};
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::db;
 use crate::locks::{self, Locks};
@@ -18,15 +35,23 @@ pub enum StartError {
     Amqp(#[from] AmqpError),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("stopped while waiting for the services")]
+    Stopped,
+}
+
+impl StartError {
+    /// Errors that waiting cannot fix: the schema is missing or behind.
+    fn permanent(&self) -> bool {
+        matches!(self, StartError::Schema(db::SchemaError::Empty | db::SchemaError::Behind { .. }))
+    }
 }
 
 /// PostgreSQL, RabbitMQ (with the topology declared) and Redis.
 #[derive(Debug)]
 pub struct Services {
     pub pool: PgPool,
-    pub amqp: std::sync::Arc<Connection>,
+    pub broker: Arc<Broker>,
     pub topology: Topology,
-    pub publisher: Publisher,
     pub locks: Locks,
     pub redis: redis::aio::ConnectionManager,
 }
@@ -36,14 +61,29 @@ impl Services {
     pub async fn connect(config: &Config, name: &str) -> Result<Services, StartError> {
         let pool = db::connect(&config.database).await?;
         db::ensure_migrated(&pool).await?;
-        let amqp = amqp::connect(&config.amqp, name).await?;
-        let topology = Topology::new(&config.amqp);
-        let channel = amqp.create_channel().await.map_err(AmqpError::from)?;
-        topology.declare(&channel).await?;
-        let _ = channel.close(200, "declared".into()).await;
-        let publisher = Publisher::new(&amqp, &topology).await?;
+        let broker = Broker::new(&config.amqp, name);
+        broker.live().await?;
         let redis = locks::connect(&config.redis).await?;
         let locks = Locks::new(redis.clone(), &config.redis, &config.locks);
-        Ok(Services { pool, amqp: std::sync::Arc::new(amqp), topology, publisher, locks, redis })
+        Ok(Services { pool, topology: broker.topology().clone(), broker, locks, redis })
+    }
+
+    /// As [`Services::connect`], trying again with backoff while a service
+    /// is away, until `shutdown`. A missing or old schema is not waited out:
+    /// it needs `crmsync migrate`.
+    pub async fn connect_patiently(config: &Config, name: &str, shutdown: &CancellationToken) -> Result<Services, StartError> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match Self::connect(config, name).await {
+                Ok(s) => return Ok(s),
+                Err(e) if e.permanent() => return Err(e),
+                Err(e) => warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "waiting for the services"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(StartError::Stopped),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 }

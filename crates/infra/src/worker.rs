@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crmsync_connector::ConnectorError;
 use futures::StreamExt;
-use lapin::Connection;
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use tokio::sync::Semaphore;
@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
 use crate::amqp::{self, AmqpError};
+use crate::broker::Broker;
 use crate::locks::LockError;
 use crate::propagation;
 use crate::telemetry::redact;
@@ -90,48 +91,84 @@ pub struct ConsumeOptions {
 
 /// Consumes `opts.queue` until `shutdown`, then stops taking deliveries, lets
 /// the ones in hand finish and settle, and returns.
+///
+/// Losing the broker does not end the loop: it waits for a new connection
+/// (with backoff, [`Broker::wait_live`]) and consumes again. Deliveries in
+/// hand when the channel died cannot be settled any more; the broker
+/// redelivers them to whoever consumes next.
 pub async fn consume<H: Handler>(
-    conn: &Connection,
+    broker: &Broker,
     opts: ConsumeOptions,
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<(), AmqpError> {
     let prefetch = u16::try_from(opts.concurrency.max(1)).unwrap_or(u16::MAX);
-    let (channel, mut consumer) = amqp::consume(conn, &opts.queue, prefetch, &opts.tag).await?;
     let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let mut tasks = JoinSet::new();
-    info!(queue = %opts.queue, concurrency = opts.concurrency, "consuming");
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
-        };
-        let delivery = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            d = consumer.next() => d,
-        };
-        let delivery = match delivery {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => return Err(e.into()),
-            None => {
-                warn!(queue = %opts.queue, "consumer stream ended");
-                break;
+    let mut backoff = opts.backoff;
+    while let Some(live) = broker.wait_live(&shutdown).await {
+        let (channel, mut consumer) = match amqp::consume(&live.conn, &opts.queue, prefetch, &opts.tag).await {
+            Ok(c) => c,
+            Err(e) => {
+                // The queue may be gone with a broker that lost its disk, or
+                // the connection died between the two calls: wait and redo.
+                warn!(queue = %opts.queue, error = %e, "cannot consume; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                }
+                backoff = (backoff * 2).min(opts.max_backoff);
+                continue;
             }
         };
-        let handler = handler.clone();
-        let shutdown = shutdown.clone();
-        let opts = opts.clone();
-        tasks.spawn(async move {
-            settle(handler, delivery, &opts, &shutdown).await;
-            drop(permit);
-        });
-        // Reap finished tasks so the set does not grow.
-        while tasks.try_join_next().is_some() {}
+        backoff = opts.backoff;
+        info!(queue = %opts.queue, concurrency = opts.concurrency, generation = live.generation, "consuming");
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
+            };
+            let delivery = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                d = consumer.next() => d,
+            };
+            let delivery = match delivery {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    warn!(queue = %opts.queue, error = %e, "the consumer lost its channel; consuming again after reconnecting");
+                    break;
+                }
+                None => {
+                    warn!(queue = %opts.queue, "consumer stream ended; consuming again after reconnecting");
+                    break;
+                }
+            };
+            let handler = handler.clone();
+            let shutdown = shutdown.clone();
+            let opts = opts.clone();
+            let channel = channel.clone();
+            tasks.spawn(async move {
+                settle(handler, delivery, &channel, &opts, &shutdown).await;
+                drop(permit);
+            });
+            // Reap finished tasks so the set does not grow.
+            while tasks.try_join_next().is_some() {}
+        }
+        if shutdown.is_cancelled() {
+            // Stop deliveries first, then drain what is in hand.
+            let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+            while tasks.join_next().await.is_some() {}
+            let _ = channel.close(200, "shutdown".into()).await;
+            break;
+        }
+        // Not shutting down: the channel died. A short pause keeps a broker
+        // that closes channels at once from being hammered.
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(jitter(opts.backoff)) => {}
+        }
     }
-    // Stop deliveries first, then drain what is in hand.
-    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
     while tasks.join_next().await.is_some() {}
-    let _ = channel.close(200, "shutdown".into()).await;
     info!(queue = %opts.queue, "stopped consuming");
     Ok(())
 }
@@ -148,7 +185,7 @@ fn tier_and_stage(queue: &str) -> (&'static str, &'static str) {
 
 /// Handles and settles one delivery under a `consume` span, the child of
 /// the `publish` span whose context the message's headers carry (I5).
-async fn settle<H: Handler>(handler: Arc<H>, delivery: Delivery, opts: &ConsumeOptions, shutdown: &CancellationToken) {
+async fn settle<H: Handler>(handler: Arc<H>, delivery: Delivery, channel: &Channel, opts: &ConsumeOptions, shutdown: &CancellationToken) {
     let span = tracing::info_span!(
         parent: None,
         "consume",
@@ -159,10 +196,16 @@ async fn settle<H: Handler>(handler: Arc<H>, delivery: Delivery, opts: &ConsumeO
         crmsync.attempts = tracing::field::Empty,
     );
     propagation::set_parent(&span, propagation::from_headers(&delivery.properties).as_ref());
-    settle_in_span(handler, delivery, opts, shutdown).instrument(span).await;
+    settle_in_span(handler, delivery, channel, opts, shutdown).instrument(span).await;
 }
 
-async fn settle_in_span<H: Handler>(handler: Arc<H>, delivery: Delivery, opts: &ConsumeOptions, shutdown: &CancellationToken) {
+async fn settle_in_span<H: Handler>(
+    handler: Arc<H>,
+    delivery: Delivery,
+    channel: &Channel,
+    opts: &ConsumeOptions,
+    shutdown: &CancellationToken,
+) {
     let mut backoff = opts.backoff;
     let mut attempts: u64 = 0;
     let delivery = Arc::new(delivery);
@@ -199,6 +242,13 @@ async fn settle_in_span<H: Handler>(handler: Arc<H>, delivery: Delivery, opts: &
                 let reason = redact(&reason);
                 error!(queue = %opts.queue, %reason, "dead-lettering a message that cannot succeed");
                 let _ = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await;
+                return;
+            }
+            Err(StageError::Retry(_)) if !channel.status().connected() => {
+                // The delivery died with its channel: the broker has given
+                // it back to the queue, and retrying here would only race
+                // the replica that takes it next.
+                warn!(queue = %opts.queue, "channel lost; leaving the delivery to its redelivery");
                 return;
             }
             Err(StageError::Retry(reason)) => {

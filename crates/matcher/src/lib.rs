@@ -15,7 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crmsync_domain::Lane;
 use crmsync_domain::messages::{self, ApplyBatch, ChangeBatch, MESSAGE_VERSION};
-use crmsync_infra::amqp::{Outgoing, Publisher, Stage, Topology};
+use crmsync_infra::amqp::{Outgoing, Stage, Topology};
+use crmsync_infra::broker::Broker;
 use crmsync_infra::health::{self, Health};
 use crmsync_infra::propagation;
 use crmsync_infra::services::Services;
@@ -33,11 +34,7 @@ pub use process::{Matcher, Output};
 #[derive(Debug)]
 pub struct MatchStage {
     pub matcher: Matcher,
-    pub publisher: Publisher,
-    pub topology: Topology,
-    pub amqp: std::sync::Arc<lapin::Connection>,
-    /// Connections whose batch-lane queue this replica has declared.
-    pub declared: tokio::sync::Mutex<std::collections::HashSet<String>>,
+    pub broker: Arc<Broker>,
 }
 
 impl MatchStage {
@@ -55,13 +52,7 @@ impl MatchStage {
         if batch.lane == Lane::Batch {
             // Each connection's batch lane has its own queue; make sure it
             // exists before the first message is routed to it.
-            let mut declared = self.declared.lock().await;
-            if !declared.contains(&batch.connection_id) {
-                let channel = self.amqp.create_channel().await.map_err(crmsync_infra::amqp::AmqpError::from)?;
-                self.topology.declare_connection(&channel, &batch.connection_id).await?;
-                let _ = channel.close(200, "declared".into()).await;
-                declared.insert(batch.connection_id.clone());
-            }
+            self.broker.declare_connection(&batch.connection_id).await?;
         }
         let links = out
             .commands
@@ -80,7 +71,7 @@ impl MatchStage {
             mirrors: out.mirrors,
             csqls: out.csqls,
         };
-        self.publisher
+        self.broker
             .publish_confirmed(vec![Outgoing {
                 routing_key: Topology::routing_key(Stage::Apply, batch.lane, &batch.connection_id),
                 body: messages::encode(&apply),
@@ -129,7 +120,7 @@ impl Handler for MatchStage {
 
 /// Runs the matcher until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let services = Services::connect(&config, "crmsync-matcher").await?;
+    let services = Services::connect_patiently(&config, "crmsync-matcher", &shutdown).await?;
     let health = Health::new("matcher", &services);
     health.drain_on(shutdown.clone());
     let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
@@ -141,10 +132,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             factory,
             lock_timeout: config.locks.acquire_timeout(),
         },
-        publisher: services.publisher.clone(),
-        topology: services.topology.clone(),
-        amqp: services.amqp.clone(),
-        declared: tokio::sync::Mutex::default(),
+        broker: services.broker.clone(),
     });
     let loops = [Lane::Immediate, Lane::Batch].map(|lane| {
         let opts = ConsumeOptions {
@@ -154,11 +142,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             max_backoff: Duration::from_secs(10),
             tag: String::new(),
         };
-        consume(&services.amqp, opts, stage.clone(), shutdown.clone())
+        consume(&services.broker, opts, stage.clone(), shutdown.clone())
     });
     health.working();
     futures::future::try_join_all(loops).await?;
-    let _ = services.amqp.close(200, "shutdown".into()).await;
+    services.broker.close().await;
     if let Some(server) = server {
         server.abort();
     }

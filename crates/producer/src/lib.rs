@@ -73,7 +73,7 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
 
 /// Runs the producer until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let services = Services::connect(&config, "crmsync-producer").await?;
+    let services = Services::connect_patiently(&config, "crmsync-producer", &shutdown).await?;
     let health = Health::new("producer", &services);
     health.drain_on(shutdown.clone());
     let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
@@ -83,7 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listener = tokio::spawn(listen(factory.pool().clone(), wake.clone(), shutdown.clone()));
     let ctx = PassContext {
         pool: &services.pool,
-        publisher: &services.publisher,
+        broker: &services.broker,
         owner: &owner,
         lease_ttl: config.producer.lease_ttl(),
         page_size: config.producer.page_size,
@@ -111,6 +111,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let _ = feeds::release_all(&services.pool, &owner).await;
     listener.abort();
+    services.broker.close().await;
     if let Some(server) = server {
         server.abort();
     }

@@ -19,7 +19,8 @@ use crmsync_domain::messages::{self, Change, ChangeBatch, MESSAGE_VERSION};
 use crmsync_domain::records::SourceRecord;
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, Lane};
-use crmsync_infra::amqp::{Outgoing, Publisher, Stage, Topology};
+use crmsync_infra::amqp::{Outgoing, Stage, Topology};
+use crmsync_infra::broker::Broker;
 use crmsync_infra::propagation::{RecordSpans, RecordStage, context_of, record_span};
 use crmsync_infra::worker::StageError;
 use crmsync_store::feeds::{self, Lease};
@@ -45,7 +46,7 @@ pub struct PassStats {
 #[derive(Debug)]
 pub struct PassContext<'a> {
     pub pool: &'a PgPool,
-    pub publisher: &'a Publisher,
+    pub broker: &'a Broker,
     pub owner: &'a str,
     pub lease_ttl: Duration,
     pub page_size: usize,
@@ -212,7 +213,7 @@ async fn publish(
     stats.messages += out.len();
     // Confirmed by the broker before the cursor moves: a crash in between
     // publishes the page again, never skips it.
-    let published = ctx.publisher.publish_confirmed(out).await;
+    let published = ctx.broker.publish_confirmed(out).await;
     let outcome = if published.is_ok() { "published" } else { "retry" };
     spans.outcome_all("detected", outcome);
     drop(spans);
