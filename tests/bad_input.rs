@@ -61,3 +61,64 @@ async fn an_unreadable_message_is_named_dead_lettered_and_the_queue_moves_on() {
     let _ = p;
     app.cleanup().await;
 }
+
+/// The CRM's refusals each become a sync error named for what the operator
+/// must do about them: a value too long for the target field, a validation
+/// rule, a duplicate rule, an inactive owner. The other records sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_target_refusal_is_a_named_sync_error() {
+    let mut app = TestApp::spawn().await;
+    let (ma_user, _) = app.sales_user("Rita").await;
+    let (gone_user, gone_crm) = app.sales_user("Gone").await;
+    sqlx::query("UPDATE crm.users SET is_active = false WHERE id = $1").bind(&gone_crm).execute(&app.pool).await.unwrap();
+    app.sandbox.add_validation_rule("lead", "Phone_10_digits", "phone", "^$|^[0-9]{10}$", "Phone must have 10 digits").await.unwrap();
+    app.sandbox.add_duplicate_rule("lead", "Same_company", "company").await.unwrap();
+    app.create_lead(&[("LastName", "First"), ("Company", "Taken Co"), ("Email", "first@taken.example")]).await;
+
+    // An AE country may hold 255 characters; a Sales Cloud one only 80.
+    let long_country = "Q".repeat(100);
+    let cases: [(&str, &[(&str, &str)], i64); 5] = [
+        ("long@refuse.example", &[("country", &long_country)], ma_user),
+        ("phone@refuse.example", &[("phone", "12345")], ma_user),
+        ("dup@refuse.example", &[("company", "taken co")], ma_user),
+        ("owner@refuse.example", &[], gone_user),
+        ("fine@refuse.example", &[("phone", "5551234567")], ma_user),
+    ];
+    let mut ids = Vec::new();
+    for (email, extra, user) in cases {
+        // Each its own company: the duplicate rule matches on it.
+        let company = format!("{email} Co");
+        let mut values = vec![("email", email), ("lastName", "Refused"), ("company", company.as_str())];
+        values.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+        values.extend_from_slice(extra);
+        let p = app.create_prospect(&values).await;
+        app.sandbox.assign(p, Some(user)).await.unwrap();
+        ids.push(p);
+    }
+    app.start_pipeline(1, 1);
+    app.settle().await;
+
+    let errors = app.sync_errors().await;
+    let of = |p: i64| errors.iter().find(|e| e.record_id == p.to_string()).unwrap_or_else(|| panic!("no error for {p} in {errors:?}"));
+    let expected = [
+        ("field_too_long", "STRING_TOO_LONG"),
+        ("validation_rule", "Phone must have 10 digits"),
+        ("duplicate_rule", "Same_company"),
+        ("missing_owner", "INACTIVE_OWNER_OR_USER"),
+    ];
+    for (p, (category, says)) in ids.iter().zip(expected) {
+        let e = of(*p);
+        assert_eq!(e.category, category, "{e:?}");
+        assert!(e.reason.contains(says), "{category}: {}", e.reason);
+    }
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert!(!errors.iter().any(|e| e.reason.contains('@')), "no email in a reason: {errors:?}");
+    assert_eq!(app.with_email("crm.leads", "fine@refuse.example").await.len(), 1, "the good record synced");
+
+    // Fixing the record in the source clears its error.
+    app.update(&crmsync_sandbox::schema::PROSPECT, &ids[1].to_string(), &[("phone", "5550001111")]).await;
+    app.settle().await;
+    assert_eq!(app.with_email("crm.leads", "phone@refuse.example").await.len(), 1);
+    assert!(app.sync_errors().await.iter().all(|e| e.category != "validation_rule"));
+    app.cleanup().await;
+}

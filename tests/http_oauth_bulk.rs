@@ -152,7 +152,7 @@ async fn a_large_batch_lane_chunk_is_written_as_a_bulk_job_and_its_failed_row_is
     assert!((1..=2).contains(&errors.len()), "{errors:?}");
     let lead_id = refused["id"].as_str().unwrap();
     assert!(
-        errors.iter().all(|e| e.category == "target_rejected" && e.reason.contains(lead_id) && e.reason.contains("STRING_TOO_LONG")),
+        errors.iter().all(|e| e.category == "field_too_long" && e.reason.contains(lead_id) && e.reason.contains("STRING_TOO_LONG")),
         "{errors:?}"
     );
 

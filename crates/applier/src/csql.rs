@@ -140,7 +140,7 @@ impl Applier {
                         action: "csql_rejected",
                         crm_id: None,
                         issue: Some(SyncIssue::new(
-                            SyncErrorCategory::TargetRejected,
+                            SyncErrorCategory::of_rejection(&code, &message),
                             format!(
                                 "the CRM refused the {object} for CSQL {}: {code}: {message}. The CSQL is kept in the CS platform; \
                                  saving it again retries.",

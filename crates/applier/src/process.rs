@@ -362,7 +362,8 @@ impl Applier {
                         // to it; follow the conversion instead (R8).
                         WriteOutcome::Rejected { code, .. } if code == "CANNOT_UPDATE_CONVERTED_LEAD" => w.converted_lead = true,
                         WriteOutcome::Rejected { code, message } => {
-                            w.issue(SyncErrorCategory::TargetRejected, format!("CRM refused writing {what}: {code}: {message}"));
+                            let category = SyncErrorCategory::of_rejection(&code, &message);
+                            w.issue(category, format!("CRM refused writing {what}: {code}: {message}"));
                         }
                         WriteOutcome::Fenced => w.retry = true,
                         WriteOutcome::NotFound => {
@@ -449,7 +450,8 @@ impl Applier {
                         }
                     }
                     WriteOutcome::Rejected { code, message } => {
-                        w.issue(SyncErrorCategory::TargetRejected, format!("MA refused writing prospect {record}: {code}: {message}"));
+                        let category = SyncErrorCategory::of_rejection(&code, &message);
+                        w.issue(category, format!("MA refused writing prospect {record}: {code}: {message}"));
                     }
                     WriteOutcome::Fenced => w.retry = true,
                     WriteOutcome::NotFound => {

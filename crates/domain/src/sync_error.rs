@@ -21,9 +21,19 @@ pub enum SyncErrorCategory {
     DuplicateRecord,
     /// The record points at a CRM record that does not exist.
     CrmRecordNotFound,
-    /// The prospect's assigned user has no CRM user to own the new lead.
+    /// The prospect's assigned user has no CRM user to own the new lead, or
+    /// the target refused the owner as inactive.
     MissingOwner,
-    /// The target system refused the write (validation rule, duplicate rule...).
+    /// A value is longer than the target field allows.
+    FieldTooLong,
+    /// A validation rule of the target refused the record.
+    ValidationRule,
+    /// A duplicate rule of the target blocked the record as a duplicate.
+    DuplicateRule,
+    /// The CRM refused a write to a converted lead and the conversion could
+    /// not be followed.
+    ConvertedLead,
+    /// The target system refused the write for another reason.
     TargetRejected,
     /// The message could not be read at all.
     MalformedMessage,
@@ -40,6 +50,10 @@ impl SyncErrorCategory {
             SyncErrorCategory::DuplicateRecord => "duplicate_record",
             SyncErrorCategory::CrmRecordNotFound => "crm_record_not_found",
             SyncErrorCategory::MissingOwner => "missing_owner",
+            SyncErrorCategory::FieldTooLong => "field_too_long",
+            SyncErrorCategory::ValidationRule => "validation_rule",
+            SyncErrorCategory::DuplicateRule => "duplicate_rule",
+            SyncErrorCategory::ConvertedLead => "converted_lead",
             SyncErrorCategory::TargetRejected => "target_rejected",
             SyncErrorCategory::MalformedMessage => "malformed_message",
             SyncErrorCategory::CsqlNotPermitted => "csql_not_permitted",
@@ -55,10 +69,35 @@ impl SyncErrorCategory {
             DuplicateRecord,
             CrmRecordNotFound,
             MissingOwner,
+            FieldTooLong,
+            ValidationRule,
+            DuplicateRule,
+            ConvertedLead,
             TargetRejected,
             MalformedMessage,
             CsqlNotPermitted,
         ]
+    }
+}
+
+impl SyncErrorCategory {
+    /// The category of a target's refusal, from its error code (Salesforce
+    /// `STATUS_CODE`s; Account Engagement's numeric codes) and message. The
+    /// operator's remedy differs per category (shorten a value, fix the
+    /// record against a rule, merge duplicates, reactivate a user), so a
+    /// refusal is named as precisely as its code allows.
+    pub fn of_rejection(code: &str, message: &str) -> SyncErrorCategory {
+        let lower = message.to_ascii_lowercase();
+        match code {
+            "STRING_TOO_LONG" => SyncErrorCategory::FieldTooLong,
+            "FIELD_CUSTOM_VALIDATION_EXCEPTION" => SyncErrorCategory::ValidationRule,
+            "DUPLICATES_DETECTED" | "DUPLICATE_VALUE" => SyncErrorCategory::DuplicateRule,
+            "INACTIVE_OWNER_OR_USER" => SyncErrorCategory::MissingOwner,
+            "CANNOT_UPDATE_CONVERTED_LEAD" => SyncErrorCategory::ConvertedLead,
+            // Account Engagement names no code for length: its message says.
+            _ if lower.contains("too long") || lower.contains("too large (max length") => SyncErrorCategory::FieldTooLong,
+            _ => SyncErrorCategory::TargetRejected,
+        }
     }
 }
 
@@ -85,5 +124,32 @@ impl SyncIssue {
 impl fmt::Display for SyncIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.category, self.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_named_by_their_code_or_message() {
+        let cases = [
+            ("STRING_TOO_LONG", "title: data value too large (max length=128)", SyncErrorCategory::FieldTooLong),
+            ("25", "jobTitle: data value too large (max length=128)", SyncErrorCategory::FieldTooLong),
+            ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Phone must have 10 digits", SyncErrorCategory::ValidationRule),
+            ("DUPLICATES_DETECTED", "You're creating a duplicate record", SyncErrorCategory::DuplicateRule),
+            ("INACTIVE_OWNER_OR_USER", "operation performed with inactive user", SyncErrorCategory::MissingOwner),
+            ("CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead", SyncErrorCategory::ConvertedLead),
+            ("REQUIRED_FIELD_MISSING", "Required fields are missing: [LastName]", SyncErrorCategory::TargetRejected),
+        ];
+        for (code, message, want) in cases {
+            assert_eq!(SyncErrorCategory::of_rejection(code, message), want, "{code}: {message}");
+        }
+    }
+
+    #[test]
+    fn every_category_has_a_distinct_name() {
+        let names: std::collections::HashSet<&str> = SyncErrorCategory::all().iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), SyncErrorCategory::all().len());
     }
 }

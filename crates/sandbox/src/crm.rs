@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 
 use crate::objects;
+use crate::rules;
 use crate::schema::{CONTACT, LEAD, OPPORTUNITY, ObjectDef};
 use crate::store::{self, db_error};
 use crate::validate;
@@ -164,6 +165,15 @@ impl SandboxCrm {
         };
         if let Some(owner) = &w.owner_id {
             doc.insert("owner_id".into(), Value::String(owner.to_string()));
+        }
+        let mut after = match &existing {
+            Some(r) => r.get::<Value, _>("row").as_object().cloned().unwrap_or_default(),
+            None => Map::new(),
+        };
+        after.extend(doc.clone());
+        let id = existing.as_ref().map(|r| r.get::<String, _>("id"));
+        if let Some((code, message)) = rules::refusal(conn, def, &self.tenant, id.as_deref(), &after, &doc).await? {
+            return Ok(rejected(code, message));
         }
         let written = match existing {
             Some(r) => store::update(conn, def, &self.tenant, r.get::<&str, _>("id"), &doc, actor, w.fence).await?,

@@ -142,6 +142,42 @@ impl Sandbox {
         }
     }
 
+    /// Adds (or replaces) a CRM validation rule: `object` ("lead" or
+    /// "contact") records whose column `field` does not match the POSIX
+    /// regular expression `must_match` are refused with `message`.
+    pub async fn add_validation_rule(&self, object: &str, name: &str, field: &str, must_match: &str, message: &str) -> Result<(), OpsError> {
+        sqlx::query(
+            "INSERT INTO crm.validation_rules (tenant, object, name, field, must_match, message) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (tenant, object, name) DO UPDATE SET field = EXCLUDED.field, must_match = EXCLUDED.must_match, \
+                message = EXCLUDED.message, active = true",
+        )
+        .bind(&self.tenant)
+        .bind(object)
+        .bind(name)
+        .bind(field)
+        .bind(must_match)
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds (or replaces) a CRM duplicate rule blocking a second live
+    /// `object` record with the same value in column `field`.
+    pub async fn add_duplicate_rule(&self, object: &str, name: &str, field: &str) -> Result<(), OpsError> {
+        sqlx::query(
+            "INSERT INTO crm.duplicate_rules (tenant, object, name, field) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant, object, name) DO UPDATE SET field = EXCLUDED.field, active = true",
+        )
+        .bind(&self.tenant)
+        .bind(object)
+        .bind(name)
+        .bind(field)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Assigns a prospect to an MA user (or unassigns it with `None`).
     pub async fn assign(&self, prospect_id: i64, ma_user_id: Option<i64>) -> Result<(), OpsError> {
         if let Some(u) = ma_user_id {
