@@ -73,6 +73,10 @@ async fn a_crm_lead_creates_a_prospect_only_with_auto_create_and_not_retroactive
     app.settle().await;
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM ma.prospects").fetch_one(&app.pool).await.unwrap();
     assert_eq!(count, 1);
+    // ... and the operator is told why.
+    let errors = app.sync_errors().await;
+    assert_eq!(errors.iter().map(|e| e.category.as_str()).collect::<Vec<_>>(), ["missing_email"], "{errors:?}");
+    assert!(errors[0].reason.contains("has no email"), "{}", errors[0].reason);
     app.cleanup().await;
 }
 

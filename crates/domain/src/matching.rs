@@ -361,7 +361,17 @@ pub fn decide_crm(f: &CrmFacts<'_>) -> Decision {
         return Decision::Existing { id: i.id, patch: IdentityPatch::link_crm(&me), issue: None };
     }
     if f.email.is_none() {
-        return Decision::Skip(SkipReason::NoEmail);
+        // Without auto-creation nobody expects a prospect from it; with it,
+        // the missing email is why one was not made, which the operator
+        // should see.
+        return if f.may_auto_create {
+            Decision::Reject(SyncIssue::new(
+                SyncErrorCategory::MissingEmail,
+                format!("{record} has no email, and a prospect needs one; add an email to create its prospect"),
+            ))
+        } else {
+            Decision::Skip(SkipReason::NoEmail)
+        };
     }
     if let Some(i) = f.by_email {
         return match &i.crm_id {

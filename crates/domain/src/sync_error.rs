@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub enum SyncErrorCategory {
     /// The email is present but not a valid address.
     InvalidEmail,
+    /// A record that should create its counterpart has no email.
+    MissingEmail,
     /// A CRM id on the record is malformed.
     InvalidCrmId,
     /// Several candidate records share the email and no CRM id says which.
@@ -45,6 +47,7 @@ impl SyncErrorCategory {
     pub fn as_str(self) -> &'static str {
         match self {
             SyncErrorCategory::InvalidEmail => "invalid_email",
+            SyncErrorCategory::MissingEmail => "missing_email",
             SyncErrorCategory::InvalidCrmId => "invalid_crm_id",
             SyncErrorCategory::AmbiguousMatch => "ambiguous_match",
             SyncErrorCategory::DuplicateRecord => "duplicate_record",
@@ -64,6 +67,7 @@ impl SyncErrorCategory {
         use SyncErrorCategory::*;
         &[
             InvalidEmail,
+            MissingEmail,
             InvalidCrmId,
             AmbiguousMatch,
             DuplicateRecord,

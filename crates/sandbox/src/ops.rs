@@ -145,7 +145,14 @@ impl Sandbox {
     /// Adds (or replaces) a CRM validation rule: `object` ("lead" or
     /// "contact") records whose column `field` does not match the POSIX
     /// regular expression `must_match` are refused with `message`.
-    pub async fn add_validation_rule(&self, object: &str, name: &str, field: &str, must_match: &str, message: &str) -> Result<(), OpsError> {
+    pub async fn add_validation_rule(
+        &self,
+        object: &str,
+        name: &str,
+        field: &str,
+        must_match: &str,
+        message: &str,
+    ) -> Result<(), OpsError> {
         sqlx::query(
             "INSERT INTO crm.validation_rules (tenant, object, name, field, must_match, message) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (tenant, object, name) DO UPDATE SET field = EXCLUDED.field, must_match = EXCLUDED.must_match, \

@@ -62,7 +62,9 @@ pub async fn refusal(
         if duplicate {
             return Ok(Some((
                 "DUPLICATES_DETECTED",
-                format!("You're creating a duplicate record (duplicate rule {name}, matching on {field}). Use one of these records instead."),
+                format!(
+                    "You're creating a duplicate record (duplicate rule {name}, matching on {field}). Use one of these records instead."
+                ),
             )));
         }
     }

@@ -221,7 +221,12 @@ fn a_new_crm_lead_creates_a_prospect_with_auto_create() {
 #[test]
 fn a_crm_record_without_email_never_creates_a_prospect() {
     let cid = id(LEAD);
+    // With auto-creation on, the missing email is named as the reason.
     let d = decide_crm(&CrmFacts { may_auto_create: true, ..crm_facts(&cid, None) });
+    let Decision::Reject(issue) = d else { panic!("{d:?}") };
+    assert_eq!(issue.category, SyncErrorCategory::MissingEmail);
+    // Without it, nothing was expected: a quiet skip.
+    let d = decide_crm(&CrmFacts { may_auto_create: false, ..crm_facts(&cid, None) });
     assert_eq!(d, Decision::Skip(SkipReason::NoEmail));
 }
 
