@@ -79,7 +79,7 @@ async fn each_kind_of_target_refusal_is_a_named_sync_error() {
     let long_country = "Q".repeat(100);
     // (email, fields set on the prospect, its assigned user)
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], i64);
-    let cases: [Case; 5] = [
+    let cases: [Case<'_>; 5] = [
         ("long@refuse.example", &[("country", &long_country)], ma_user),
         ("phone@refuse.example", &[("phone", "12345")], ma_user),
         ("dup@refuse.example", &[("company", "taken co")], ma_user),
