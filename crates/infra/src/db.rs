@@ -57,3 +57,83 @@ pub async fn ensure_migrated(pool: &PgPool) -> Result<(), SchemaError> {
         Some(_) => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Migrations run while the previous release's replicas are still up
+    //! (a rolling update), so each step must leave the old code working:
+    //! add tables, columns with defaults, indexes, wider constraints; never
+    //! drop, rename, retype or tighten in place. This check reads every
+    //! migration, the engine's and the sandbox's, and refuses the steps
+    //! that would break an old replica.
+
+    use std::path::Path;
+
+    /// The statements of a migration, upper-cased, comments removed.
+    fn statements(sql: &str) -> Vec<String> {
+        let code: String = sql.lines().map(|l| l.split("--").next().unwrap_or("")).collect::<Vec<_>>().join(" ");
+        code.split(';').map(|s| s.split_whitespace().collect::<Vec<_>>().join(" ").to_uppercase()).filter(|s| !s.is_empty()).collect()
+    }
+
+    /// Why a statement would break a replica of the previous release.
+    fn breaks_old_replicas(statement: &str, whole: &[String]) -> Option<&'static str> {
+        let has = |p: &str| statement.contains(p);
+        if has("DROP TABLE") || has("DROP COLUMN") {
+            return Some("drops what old replicas read");
+        }
+        if has(" RENAME ") {
+            return Some("renames what old replicas name");
+        }
+        if has("ALTER COLUMN") && (has(" TYPE ") || has("SET NOT NULL")) {
+            return Some("retypes or tightens a column in place");
+        }
+        if has("ADD COLUMN") && has("NOT NULL") && !has("DEFAULT") {
+            return Some("adds a NOT NULL column without a default: old replicas' inserts fail");
+        }
+        if let Some(rest) = statement.split("DROP CONSTRAINT ").nth(1) {
+            // Widening a CHECK is dropping it and adding it again, wider.
+            let name = rest.split_whitespace().next().unwrap_or_default();
+            if !whole.iter().any(|s| s.contains(&format!("ADD CONSTRAINT {name}"))) {
+                return Some("drops a constraint without adding it back");
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn every_migration_is_safe_while_old_replicas_run() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut checked = 0;
+        for dir in ["migrations", "crates/sandbox/migrations"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                let all = statements(&std::fs::read_to_string(&path).unwrap());
+                for s in &all {
+                    if let Some(why) = breaks_old_replicas(s, &all) {
+                        panic!("{}: {why}: {s}", path.display());
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 9, "found the migrations ({checked})");
+    }
+
+    #[test]
+    fn the_check_refuses_what_breaks_old_replicas() {
+        for bad in [
+            "ALTER TABLE feeds DROP COLUMN cursor",
+            "ALTER TABLE feeds RENAME COLUMN cursor TO position",
+            "ALTER TABLE feeds ALTER COLUMN cursor TYPE bytea",
+            "ALTER TABLE feeds ADD COLUMN owner text NOT NULL",
+            "ALTER TABLE feeds DROP CONSTRAINT feeds_check",
+        ] {
+            let all = statements(bad);
+            assert!(breaks_old_replicas(&all[0], &all).is_some(), "{bad}");
+        }
+        let widened = statements("ALTER TABLE t DROP CONSTRAINT c; ALTER TABLE t ADD CONSTRAINT c CHECK (x IN (1, 2))");
+        assert!(widened.iter().all(|s| breaks_old_replicas(s, &widened).is_none()));
+        let added = statements("ALTER TABLE t ADD COLUMN n bigint NOT NULL DEFAULT 0");
+        assert!(breaks_old_replicas(&added[0], &added).is_none());
+    }
+}
