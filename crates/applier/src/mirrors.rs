@@ -17,7 +17,9 @@ use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, CrmObject};
 use crmsync_infra::locks::{LockKind, Locks};
 use crmsync_infra::worker::StageError;
+use crmsync_domain::{SyncErrorCategory, SyncIssue};
 use crmsync_store::identities;
+use crmsync_store::sync_errors::{self, NewSyncError};
 use sqlx::PgPool;
 
 /// What reconciling a key did.
@@ -31,6 +33,10 @@ pub enum Reconciled {
     Expanded,
     /// Nothing done: the MA keeps its own mirrors (`mirrors: ma`).
     LeftToMa,
+    /// The MA refused the mirror: parked as a sync error, not retried in
+    /// place (a refusal does not pass with time, and retrying would hold
+    /// the whole message).
+    Refused,
 }
 
 impl Reconciled {
@@ -40,6 +46,7 @@ impl Reconciled {
             Reconciled::Absent => "not_mirrored",
             Reconciled::Expanded => "mirrors_checked",
             Reconciled::LeftToMa => "left_to_ma",
+            Reconciled::Refused => "rejected",
         }
     }
 }
@@ -152,11 +159,28 @@ impl Reconciler<'_> {
         };
         let absent = plan == MirrorPlan::Absent;
         let write = MirrorWrite { kind, crm_id: id.clone(), plan, fence: Some(fence) };
+        let record = [("mirror".to_owned(), key.text())];
         match self.systems.ma.write_mirrors(&[write]).await?.pop() {
-            Some(WriteOutcome::Written { .. }) => Ok((if absent { Reconciled::Absent } else { Reconciled::Mirrored }, more)),
+            Some(WriteOutcome::Written { .. }) => {
+                sync_errors::resolve(self.pool, self.connection_id, "apply", &record).await?;
+                Ok((if absent { Reconciled::Absent } else { Reconciled::Mirrored }, more))
+            }
             Some(WriteOutcome::Fenced) => Err(StageError::Retry(format!("mirror {} was written by a newer holder", key.text()))),
             Some(WriteOutcome::Rejected { code, message }) => {
-                Err(StageError::Retry(format!("the MA refused mirror {}: {code}: {message}", key.text())))
+                let [(object, record_id)] = record;
+                let error = NewSyncError {
+                    stage: "apply",
+                    object,
+                    record_id,
+                    issue: SyncIssue::new(
+                        SyncErrorCategory::of_rejection(&code, &message),
+                        format!("the MA refused mirror {}: {code}: {message}", key.text()),
+                    ),
+                    change_id: None,
+                    payload: None,
+                };
+                sync_errors::record_many(self.pool, self.connection_id, &[error]).await?;
+                Ok((Reconciled::Refused, more))
             }
             Some(WriteOutcome::NotFound) | None => Err(StageError::Retry(format!("the MA returned no outcome for mirror {}", key.text()))),
         }
