@@ -46,6 +46,11 @@ async fn an_unreadable_message_is_named_dead_lettered_and_the_queue_moves_on() {
     app.publish_raw(Stage::Match, Lane::Immediate, br#"{"v": 99, "changes": []}"#.to_vec()).await;
     app.publish_raw(Stage::Match, Lane::Immediate, vec![b'{', 0xff, 0xfe, b'}']).await;
     app.publish_raw(Stage::Apply, Lane::Immediate, b"[]".to_vec()).await;
+    // Over the 8 MiB limit: refused before it is parsed.
+    let mut huge = br#"{"v": 1, "pad": ""#.to_vec();
+    huge.resize(crmsync_domain::messages::MAX_MESSAGE_BYTES + 1024, b'x');
+    huge.extend_from_slice(br#""}"#);
+    app.publish_raw(Stage::Match, Lane::Immediate, huge).await;
     let lead = app.create_lead(&[("LastName", "After"), ("Company", "Co"), ("Email", "after@poison.example")]).await;
     let p = app.create_prospect(&[("email", "after@poison.example"), ("crmLeadFid", &lead), ("jobTitle", "Survivor")]).await;
     app.settle().await;
@@ -53,10 +58,11 @@ async fn an_unreadable_message_is_named_dead_lettered_and_the_queue_moves_on() {
     assert_eq!(app.show(&crmsync_sandbox::schema::LEAD, &lead).await["title"], "Survivor", "the change behind the poison synced");
     let errors = app.sync_errors().await;
     let malformed: Vec<_> = errors.iter().filter(|e| e.category == "malformed_message").collect();
-    assert_eq!(malformed.len(), 4, "{errors:?}");
+    assert_eq!(malformed.len(), 5, "{errors:?}");
+    assert!(malformed.iter().any(|e| e.reason.contains("over the 8388608-byte limit")), "{malformed:?}");
     assert!(malformed.iter().any(|e| e.reason.contains("version 99")), "{malformed:?}");
     assert!(malformed.iter().any(|e| e.reason.contains("UTF-8")), "{malformed:?}");
-    assert_eq!(app.dead_letters(Stage::Match).await, 3);
+    assert_eq!(app.dead_letters(Stage::Match).await, 4);
     assert_eq!(app.dead_letters(Stage::Apply).await, 1);
     let _ = p;
     app.cleanup().await;
