@@ -64,6 +64,21 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// RabbitMQ's own two-hop ceiling: persistent, confirmed messages through
+    /// two quorum queues with consumers that do no work.
+    Ceiling {
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        /// Bytes per message (a one-record change message is about 1 KB).
+        #[arg(long, default_value_t = 1024)]
+        bytes: usize,
+        /// Unacked messages per consumer.
+        #[arg(long, default_value_t = 64)]
+        prefetch: u16,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,8 @@
 //! time. Figures are printed, and written as JSON when asked; nothing is
 //! asserted: the machine's load moves them, ratios are what to compare.
 
+pub mod ceiling;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -150,6 +152,18 @@ async fn one_run(
 }
 
 /// Runs the budget benchmark and prints (and optionally writes) its figures.
+/// `crmsync bench ceiling`: prints (and writes) the broker's two-hop ceiling.
+pub async fn ceiling_cmd(config: &Config, messages: u64, bytes: usize, prefetch: u16, out: Option<PathBuf>) -> anyhow::Result<()> {
+    println!("RabbitMQ two-hop ceiling: {messages} persistent, confirmed messages of {bytes} B, prefetch {prefetch}");
+    let c = ceiling::measure(&config.amqp, messages, bytes, prefetch).await.context("measuring the broker's ceiling")?;
+    println!("  {:.1} s, {:.0} messages/s end to end", c.seconds, c.messages_per_second);
+    if let Some(path) = out {
+        std::fs::write(&path, serde_json::to_vec_pretty(&c)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("  written to {}", path.display());
+    }
+    Ok(())
+}
+
 pub async fn budget(config: &Config, records: i64, per_second: u32, out: Option<PathBuf>) -> anyhow::Result<()> {
     let base_url = config.database.url.expose_secret().to_owned();
     let logs = PathBuf::from(".bench/logs");
