@@ -151,7 +151,6 @@ async fn one_run(
     })
 }
 
-/// Runs the budget benchmark and prints (and optionally writes) its figures.
 /// `crmsync bench ceiling`: prints (and writes) the broker's two-hop ceiling.
 pub async fn ceiling_cmd(config: &Config, messages: u64, bytes: usize, prefetch: u16, out: Option<PathBuf>) -> anyhow::Result<()> {
     println!("RabbitMQ two-hop ceiling: {messages} persistent, confirmed messages of {bytes} B, prefetch {prefetch}");
@@ -164,6 +163,7 @@ pub async fn ceiling_cmd(config: &Config, messages: u64, bytes: usize, prefetch:
     Ok(())
 }
 
+/// Runs the budget benchmark and prints (and optionally writes) its figures.
 pub async fn budget(config: &Config, records: i64, per_second: u32, out: Option<PathBuf>) -> anyhow::Result<()> {
     let base_url = config.database.url.expose_secret().to_owned();
     let logs = PathBuf::from(".bench/logs");
