@@ -64,6 +64,22 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The immediate lane under a steady offered load: latency from the MA
+    /// commit to the CRM commit, p50/p95/p99/max, per rate.
+    Latency {
+        /// Offered edits a second; several runs when repeated.
+        #[arg(long = "rate", default_values_t = [100.0, 500.0])]
+        rates: Vec<f64>,
+        /// How long each rate is offered.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Linked pairs the edits go round.
+        #[arg(long, default_value_t = 2000)]
+        pairs: i64,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// RabbitMQ's own two-hop ceiling: persistent, confirmed messages through
     /// two quorum queues with consumers that do no work.
     Ceiling {

@@ -115,6 +115,9 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Demo(args) => return demo::run(&config, args).await,
         Command::Bench(args::BenchCmd::Budget { records, per_second, out }) => bench::budget(&config, records, per_second, out).await?,
+        Command::Bench(args::BenchCmd::Latency { rates, seconds, pairs, out }) => {
+            bench::latency_cmd(&config, &rates, seconds, pairs, out).await?;
+        }
         Command::Bench(args::BenchCmd::Ceiling { messages, bytes, prefetch, out }) => {
             bench::ceiling_cmd(&config, messages, bytes, prefetch, out).await?;
         }
