@@ -283,15 +283,28 @@ impl Applier {
                 w.crm = plan::crm_write(s, map);
             }
         }
+        if self.refresh(systems, map, &mut work, Side::Crm).await? > 0 {
+            for w in work.iter_mut() {
+                if let Some(s) = &w.state {
+                    w.crm = plan::crm_write(s, map);
+                }
+            }
+        }
         self.write_crm(systems, batch.lane, &mut work).await?;
         self.follow_conversions(systems, &mut work).await?;
-        for w in work.iter_mut().filter(|w| !w.retry) {
-            let Some(s) = &w.state else { continue };
-            match plan::ma_write(s, map) {
-                Ok(p) => w.ma = p,
-                Err(plan::MaPlanError::NoEmail) => {
-                    w.issue(SyncErrorCategory::InvalidEmail, format!("identity {} has no valid email to create its prospect with", s.id));
+        for pass in 0..2 {
+            for w in work.iter_mut().filter(|w| !w.retry) {
+                let Some(s) = &w.state else { continue };
+                match plan::ma_write(s, map) {
+                    Ok(p) => w.ma = p,
+                    Err(plan::MaPlanError::NoEmail) if pass == 0 => {
+                        w.issue(SyncErrorCategory::InvalidEmail, format!("identity {} has no valid email to create its prospect with", s.id));
+                    }
+                    Err(plan::MaPlanError::NoEmail) => {}
                 }
+            }
+            if pass > 0 || self.refresh(systems, map, &mut work, Side::Ma).await? == 0 {
+                break;
             }
         }
         self.write_ma(systems, &mut work).await?;
@@ -302,6 +315,67 @@ impl Applier {
         let mirrors = saved?;
         let retry = held.iter().zip(&work).filter(|(_, w)| w.retry || w.again).map(|((i, _), _)| *i).collect();
         Ok(GroupResult { retry, mirrors })
+    }
+
+    /// Reads again, just before writing, the records about to be updated on
+    /// `side`, and merges the user edits made there since the engine last
+    /// saw them (I3). Without this, an edit made on the target after the
+    /// change being applied was detected, but before its write, would be
+    /// overwritten by the older value, and then never synced at all: its
+    /// record now reads as last changed by the engine, so it is taken for an
+    /// echo. Under the identity's lock, so no other writer of the engine
+    /// moves the record meanwhile; a user edit landing between this read and
+    /// the write is the window left (milliseconds, against the seconds a
+    /// change spends between detection and write under load or an outage).
+    /// Returns how many identities learnt something, so the caller plans
+    /// again. Creates are not read: there is nothing there yet.
+    async fn refresh(&self, systems: &Systems, map: &crmsync_domain::mapping::FieldMap, work: &mut [Work<'_>], side: Side) -> Result<usize, StageError> {
+        let updates = |w: &Work<'_>| match side {
+            Side::Crm => w.crm.as_ref().is_some_and(|p| !p.creates),
+            Side::Ma => w.ma.as_ref().is_some_and(|p| !p.creates),
+        };
+        let idx: Vec<usize> = work.iter().enumerate().filter(|(_, w)| !w.retry && updates(w)).map(|(i, _)| i).collect();
+        if idx.is_empty() {
+            return Ok(0);
+        }
+        let mut fresh: HashMap<usize, SourceRecord> = HashMap::new();
+        match side {
+            Side::Crm => {
+                let ids: Vec<CrmId> = idx.iter().filter_map(|&i| work[i].state.as_ref()?.crm.as_ref().map(|(_, id)| id.clone())).collect();
+                let records = systems.crm.people_by_id(&ids).await?;
+                for &i in &idx {
+                    let Some((_, id)) = work[i].state.as_ref().and_then(|s| s.crm.as_ref()) else { continue };
+                    if let Some(r) = records.iter().find(|r| CrmId::parse(&r.id).is_ok_and(|r| r == *id)) {
+                        fresh.insert(i, SourceRecord::Crm(r.clone()));
+                    }
+                }
+            }
+            Side::Ma => {
+                let ids: Vec<i64> = idx.iter().filter_map(|&i| work[i].state.as_ref()?.prospect_id).collect();
+                let records = systems.ma.prospects_by_id(&ids).await?;
+                for &i in &idx {
+                    let Some(id) = work[i].state.as_ref().and_then(|s| s.prospect_id) else { continue };
+                    if let Some(r) = records.iter().find(|r| r.id == id) {
+                        fresh.insert(i, SourceRecord::Prospect(r.clone()));
+                    }
+                }
+            }
+        }
+        let me = match side {
+            Side::Crm => systems.crm.integration_user(),
+            Side::Ma => systems.ma.integration_user(),
+        };
+        let mut learnt = 0;
+        for (i, record) in fresh {
+            let Some(s) = work[i].state.as_mut() else { continue };
+            if s.fields.observe_all(map, &record.observations(map, Some(me))) > 0 {
+                learnt += 1;
+            }
+        }
+        if learnt > 0 {
+            tracing::debug!(side = ?side, identities = learnt, "edits made on the target since detection merged before writing");
+        }
+        Ok(learnt)
     }
 
     /// Writes the planned CRM records. The batch lane hands its whole chunk
