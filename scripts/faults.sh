@@ -17,8 +17,8 @@ cd "$(dirname "$0")/.."
 mode=both
 while [ $# -gt 0 ]; do
   case "$1" in
-    --seed) export CRMSYNC_FAULTS_SEED="$2"; shift 2 ;;
-    --duration) export CRMSYNC_FAULTS_SECS="$2"; shift 2 ;;
+    --seed) export FAULTS_SEED="$2"; shift 2 ;;
+    --duration) export FAULTS_SECS="$2"; shift 2 ;;
     --mode) mode="$2"; shift 2 ;;
     -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "faults.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -31,11 +31,11 @@ case "$mode" in
   *) echo "faults.sh: --mode is direct, http or both" >&2; exit 2 ;;
 esac
 
-echo "[faults] seed ${CRMSYNC_FAULTS_SEED:-20261124 (default)}, ${CRMSYNC_FAULTS_SECS:-75} s of faults per mode, mode $mode"
+echo "[faults] seed ${FAULTS_SEED:-20261124 (default)}, ${FAULTS_SECS:-75} s of faults per mode, mode $mode"
 # The suite restarts the Debian-packaged services, never a compose stack.
-export CRMSYNC_NO_DOCKER=1
-bash scripts/services.sh
-trap 'bash scripts/services.sh' EXIT
+# (Not exported: crmsync's configuration refuses unknown CRMSYNC_* keys.)
+CRMSYNC_NO_DOCKER=1 bash scripts/services.sh
+trap 'CRMSYNC_NO_DOCKER=1 bash scripts/services.sh' EXIT
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run -p crmsync-tests --test faults --run-ignored only --test-threads 1 --locked --no-capture "${filter[@]}"

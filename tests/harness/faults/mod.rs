@@ -5,7 +5,7 @@
 //! then the source systems are checked for I1, I2, I3 and stuck work.
 //!
 //! The same seed gives the same schedule and the same edits (timing aside).
-//! `CRMSYNC_FAULTS_SEED`, `CRMSYNC_FAULTS_SECS` and the others below tune a
+//! `FAULTS_SEED`, `FAULTS_SECS` and the others below tune a
 //! run; `scripts/faults.sh` runs it by hand. It restarts the machine's own
 //! services, so it never runs alongside other tests.
 
@@ -92,16 +92,18 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 impl Options {
     /// Defaults sized for CI (about 75 s of faults per mode), overridden by
-    /// `CRMSYNC_FAULTS_SEED`, `_SECS`, `_MAX`, `_PAIRS`, `_SCALE` and `_EDIT_MS`.
+    /// `FAULTS_SEED`, `_SECS`, `_MAX`, `_PAIRS`, `_SCALE` and `_EDIT_MS`. Not
+    /// `CRMSYNC_*`: the configuration refuses unknown keys under that prefix,
+    /// and the tier processes inherit this environment.
     pub fn from_env() -> Options {
-        let pairs: i64 = env_or("CRMSYNC_FAULTS_PAIRS", 400);
+        let pairs: i64 = env_or("FAULTS_PAIRS", 400);
         Options {
-            seed: env_or("CRMSYNC_FAULTS_SEED", 20_261_124),
-            duration: Duration::from_secs(env_or("CRMSYNC_FAULTS_SECS", 75)),
-            max_faults: env_or("CRMSYNC_FAULTS_MAX", 20),
+            seed: env_or("FAULTS_SEED", 20_261_124),
+            duration: Duration::from_secs(env_or("FAULTS_SECS", 75)),
+            max_faults: env_or("FAULTS_MAX", 20),
             sizes: Sizes { leads_by_id: pairs * 5 / 8, contacts_by_id: pairs / 4, leads_by_email: pairs / 8 },
-            background_scale: env_or("CRMSYNC_FAULTS_SCALE", 0.1),
-            pace: WriterPace { every: Duration::from_millis(env_or("CRMSYNC_FAULTS_EDIT_MS", 100)), create_share: 0.15, max_created: 300 },
+            background_scale: env_or("FAULTS_SCALE", 0.1),
+            pace: WriterPace { every: Duration::from_millis(env_or("FAULTS_EDIT_MS", 100)), create_share: 0.15, max_created: 300 },
             lock_ttl: Duration::from_millis(2_000),
             recovery_limit: Duration::from_secs(120),
             settle_limit: Duration::from_secs(240),
@@ -175,14 +177,25 @@ impl Report {
         let v = &self.verdict;
         let _ = writeln!(s, "faults injected            {}", self.injected.len());
         let _ = writeln!(s, "edits written              {} (+ {} prospects created and assigned)", self.edits, self.created);
-        let _ = writeln!(s, "records synced             {} ({} linked pairs, {} new leads; {} values compared)", v.records_synced(), v.pairs_synced, v.created_synced, v.values_checked);
+        let _ = writeln!(
+            s,
+            "records synced             {} ({} linked pairs, {} new leads; {} values compared)",
+            v.records_synced(),
+            v.pairs_synced,
+            v.created_synced,
+            v.values_checked
+        );
         let _ = writeln!(s, "records lost               {}", v.lost.len());
         let _ = writeln!(s, "duplicate counterparts     {}", v.duplicates.len());
         let _ = writeln!(s, "stale values               {}", v.stale.len());
         let _ = writeln!(s, "stuck                      {}", v.stuck.len());
         let _ = writeln!(s, "unplanned replica exits    {}", self.unplanned_exits.len());
         let _ = writeln!(s, "initial sync               {:.1} s", self.initial_sync.as_secs_f64());
-        let _ = writeln!(s, "final settle               {}", self.settle.map_or("did not settle".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())));
+        let _ = writeln!(
+            s,
+            "final settle               {}",
+            self.settle.map_or("did not settle".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
+        );
         let _ = writeln!(s, "total time                 {:.1} s", self.total.as_secs_f64());
         let _ = writeln!(s, "replica logs               {} (removed when the run passes)", self.log_dir);
         for (title, list) in [("lost", &v.lost), ("duplicates", &v.duplicates), ("stale", &v.stale), ("stuck", &v.stuck)] {
@@ -216,7 +229,14 @@ impl ServeProcess {
         let secret = app.secret_file("faults-client-secret", &format!("{SANDBOX_CLIENT_SECRET}\n"));
         let mut child = tokio::process::Command::new(exe)
             .args(["sandbox", "serve", "--bind", "127.0.0.1:0", "--client-id", SANDBOX_CLIENT_ID, "--client-secret-file", &secret])
-            .args(["--business-unit-id", SANDBOX_BUSINESS_UNIT, "--salesforce-daily-limit", "100000000", "--pardot-daily-limit", "100000000"])
+            .args([
+                "--business-unit-id",
+                SANDBOX_BUSINESS_UNIT,
+                "--salesforce-daily-limit",
+                "100000000",
+                "--pardot-daily-limit",
+                "100000000",
+            ])
             .env("CRMSYNC_DATABASE__URL", secrecy::ExposeSecret::expose_secret(&app.config.database.url))
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::piped())
@@ -250,12 +270,14 @@ async fn settle(app: &TestApp, fleet: &mut Fleet, limit: Duration) -> Option<Dur
             Err(e) => panic!("no progress probe: {e:#}"),
         }
     };
-    // Idle twice in a row, a poll apart: the producers have looked again.
+    // Idle for two seconds on end: the producers have looked again. The
+    // probe counts ready messages only; a message a replica still holds
+    // (unacknowledged) is asked of the broker itself.
     let mut idle_since: Option<Instant> = None;
     while started.elapsed() < limit {
         fleet.supervise(app);
         match probe.measure("default").await {
-            Ok(p) if p.idle() => {
+            Ok(p) if p.idle() && verify::queue_contents(&app.config.amqp.prefix).iter().all(|(_, r, u)| r + u == 0) => {
                 let since = *idle_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= Duration::from_secs(2) {
                     return Some(started.elapsed());
@@ -283,7 +305,7 @@ pub async fn run(mode: Mode, exe: &str) -> Report {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let opts = Options::from_env();
     // First, so that any failing run can be repeated.
-    println!("fault suite: {mode:?} mode, seed {} (CRMSYNC_FAULTS_SEED), {} s of faults", opts.seed, opts.duration.as_secs());
+    println!("fault suite: {mode:?} mode, seed {} (FAULTS_SEED), {} s of faults", opts.seed, opts.duration.as_secs());
     let started = Instant::now();
     services::start_all().await;
     let app = TestApp::spawn().await;
@@ -318,7 +340,8 @@ pub async fn run(mode: Mode, exe: &str) -> Report {
     println!("initial load synced in {:.1} s; faults begin", initial.as_secs_f64());
 
     let stop_writer = CancellationToken::new();
-    let writer = workload::spawn_writer(app.pool.clone(), w.pairs.clone(), w.actors.clone(), opts.pace, opts.seed ^ 0x5eed, stop_writer.clone());
+    let writer =
+        workload::spawn_writer(app.pool.clone(), w.pairs.clone(), w.actors.clone(), opts.pace, opts.seed ^ 0x5eed, stop_writer.clone());
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut plan = Fault::ALL.to_vec();
     plan.shuffle(&mut rng);
@@ -373,7 +396,12 @@ pub async fn run(mode: Mode, exe: &str) -> Report {
 
     stop_writer.cancel();
     let ledger = writer.await.expect("the writer");
-    println!("faults over after {:.1} s; {} edits, {} prospects created; settling", faults_start.elapsed().as_secs_f64(), ledger.edits, ledger.created.len());
+    println!(
+        "faults over after {:.1} s; {} edits, {} prospects created; settling",
+        faults_start.elapsed().as_secs_f64(),
+        ledger.edits,
+        ledger.created.len()
+    );
     let settled = settle(&app, &mut fleet, opts.settle_limit).await;
     let verdict = verify::verify(&app, &w, &ledger).await;
     let unplanned_exits = fleet.unplanned_exits.clone();

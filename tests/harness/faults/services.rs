@@ -85,12 +85,7 @@ pub async fn stop(service: Service) {
     // redis-cli reports the connection it lost as an error; the port decides.
     let started = Instant::now();
     while port_open(service.port()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{} did not stop: {}",
-            service.name(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(started.elapsed() < Duration::from_secs(60), "{} did not stop: {}", service.name(), String::from_utf8_lossy(&out.stderr));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

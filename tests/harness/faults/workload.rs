@@ -128,6 +128,8 @@ pub struct LastWrite {
     pub value: String,
     pub side: Side,
     pub seq: u64,
+    /// When the system stamped the edit (its field change time).
+    pub at: String,
 }
 
 /// A prospect created and assigned during the run.
@@ -263,18 +265,20 @@ where
     }
 }
 
-/// Writes `value` into one field of one record, as the side's admin.
-pub async fn write(pool: &PgPool, actors: &Actors, side: Side, kind: CrmKind, id: &str, field: Field, value: &str) -> u64 {
+/// Writes `value` into one field of one record, as the side's admin: the
+/// change time the system stamped on the field, and the retries it took.
+pub async fn write(pool: &PgPool, actors: &Actors, side: Side, kind: CrmKind, id: &str, field: Field, value: &str) -> (String, u64) {
     let table = table(side, kind);
     let column = field.column(side, kind);
     let cast = if side == Side::Ma { "::bigint" } else { "" };
-    let sql = format!("UPDATE {table} SET {column} = $1, last_modified_by = $2 WHERE id = $3{cast}");
-    let (rows, retries) = retrying("a workload edit", || {
-        sqlx::query(AssertSqlSafe(sql.clone())).bind(value).bind(actors.of(side)).bind(id).execute(pool)
+    let sql = format!(
+        "UPDATE {table} SET {column} = $1, last_modified_by = $2 WHERE id = $3{cast} \
+         RETURNING coalesce(field_stamps->'{column}'->>'at', '')"
+    );
+    retrying("a workload edit", || {
+        sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.clone())).bind(value).bind(actors.of(side)).bind(id).fetch_one(pool)
     })
-    .await;
-    assert_eq!(rows.rows_affected(), 1, "{table} {id} exists");
-    retries
+    .await
 }
 
 /// Reads one field of one record.
@@ -289,7 +293,9 @@ pub async fn read(pool: &PgPool, side: Side, kind: CrmKind, id: &str, field: Fie
 async fn create_assigned(pool: &PgPool, actors: &Actors, n: usize) -> (Created, u64) {
     let email = format!("new{n}{DOMAIN}");
     let (prospect, retries) = retrying("creating a prospect", || async {
-        if let Some(id) = sqlx::query_scalar::<_, i64>("SELECT id FROM ma.prospects WHERE email = $1").bind(&email).fetch_optional(pool).await? {
+        if let Some(id) =
+            sqlx::query_scalar::<_, i64>("SELECT id FROM ma.prospects WHERE email = $1").bind(&email).fetch_optional(pool).await?
+        {
             return Ok(id);
         }
         sqlx::query_scalar::<_, i64>(
@@ -319,7 +325,14 @@ pub struct WriterPace {
 }
 
 /// Starts the writer; it runs until `stop` and hands back what it did.
-pub fn spawn_writer(pool: PgPool, pairs: Vec<Pair>, actors: Actors, pace: WriterPace, seed: u64, stop: CancellationToken) -> JoinHandle<Ledger> {
+pub fn spawn_writer(
+    pool: PgPool,
+    pairs: Vec<Pair>,
+    actors: Actors,
+    pace: WriterPace,
+    seed: u64,
+    stop: CancellationToken,
+) -> JoinHandle<Ledger> {
     tokio::spawn(async move {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut ledger = Ledger::default();
@@ -337,8 +350,9 @@ pub fn spawn_writer(pool: PgPool, pairs: Vec<Pair>, actors: Actors, pace: Writer
                 let field = *Field::MOST_RECENT.choose(&mut rng).unwrap();
                 let value = field.value(seq);
                 let id = ledger.created[i].prospect.to_string();
-                ledger.retries += write(&pool, &actors, Side::Ma, CrmKind::Lead, &id, field, &value).await;
-                ledger.last.insert((Target::Created(i), field), LastWrite { value, side: Side::Ma, seq });
+                let (at, retries) = write(&pool, &actors, Side::Ma, CrmKind::Lead, &id, field, &value).await;
+                ledger.retries += retries;
+                ledger.last.insert((Target::Created(i), field), LastWrite { value, side: Side::Ma, seq, at });
                 ledger.edits += 1;
             } else {
                 let i = rng.random_range(0..pairs.len());
@@ -346,8 +360,9 @@ pub fn spawn_writer(pool: PgPool, pairs: Vec<Pair>, actors: Actors, pace: Writer
                 let side = if field == Field::Phone || rng.random_bool(0.5) { Side::Crm } else { Side::Ma };
                 let value = field.value(seq);
                 let pair = &pairs[i];
-                ledger.retries += write(&pool, &actors, side, pair.kind, &pair.id(side), field, &value).await;
-                ledger.last.insert((Target::Pair(i), field), LastWrite { value, side, seq });
+                let (at, retries) = write(&pool, &actors, side, pair.kind, &pair.id(side), field, &value).await;
+                ledger.retries += retries;
+                ledger.last.insert((Target::Pair(i), field), LastWrite { value, side, seq, at });
                 ledger.edits += 1;
             }
             tokio::select! {
@@ -364,7 +379,7 @@ pub fn spawn_writer(pool: PgPool, pairs: Vec<Pair>, actors: Actors, pace: Writer
 pub async fn probe(pool: &PgPool, w: &Workload, n: u32, from: Side, limit: Duration) -> Option<Duration> {
     let value = format!("Probe {n}");
     let p = &w.probe;
-    write(pool, &w.actors, from, p.kind, &p.id(from), Field::Title, &value).await;
+    let _ = write(pool, &w.actors, from, p.kind, &p.id(from), Field::Title, &value).await;
     let started = Instant::now();
     let to = from.other();
     while started.elapsed() < limit {
