@@ -135,6 +135,9 @@ pub struct Report {
     pub settle: Option<Duration>,
     pub unplanned_exits: Vec<(String, String)>,
     pub unclean_stops: Vec<String>,
+    /// Retries the replicas logged for an identity still locked or whose
+    /// write was fenced: the stale holders the pauses made, refused.
+    pub lock_retries: usize,
     pub total: Duration,
     pub log_dir: String,
 }
@@ -190,6 +193,7 @@ impl Report {
         let _ = writeln!(s, "stale values               {}", v.stale.len());
         let _ = writeln!(s, "stuck                      {}", v.stuck.len());
         let _ = writeln!(s, "unplanned replica exits    {}", self.unplanned_exits.len());
+        let _ = writeln!(s, "locked/fenced retries      {} (from the replicas' logs)", self.lock_retries);
         let _ = writeln!(s, "initial sync               {:.1} s", self.initial_sync.as_secs_f64());
         let _ = writeln!(
             s,
@@ -290,6 +294,12 @@ async fn settle(app: &TestApp, fleet: &mut Fleet, limit: Duration) -> Option<Dur
     None
 }
 
+/// Lines holding `needle` in the replicas' logs.
+fn count_in_logs(dir: &std::path::Path, needle: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).map(|t| t.lines().filter(|l| l.contains(needle)).count()).sum()
+}
+
 /// Sleeps `d` while watching the fleet.
 async fn watch(app: &TestApp, fleet: &mut Fleet, d: Duration) {
     let until = Instant::now() + d;
@@ -340,8 +350,22 @@ pub async fn run(mode: Mode, exe: &str) -> Report {
     println!("initial load synced in {:.1} s; faults begin", initial.as_secs_f64());
 
     let stop_writer = CancellationToken::new();
-    let writer =
-        workload::spawn_writer(app.pool.clone(), w.pairs.clone(), w.actors.clone(), opts.pace, opts.seed ^ 0x5eed, stop_writer.clone());
+    let burst = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let writer = workload::spawn_writer(
+        app.pool.clone(),
+        w.pairs.clone(),
+        w.actors.clone(),
+        opts.pace,
+        opts.seed ^ 0x5eed,
+        burst.clone(),
+        stop_writer.clone(),
+    );
+    // A replica about to be killed or paused should hold work: a burst of
+    // edits on the hot pairs first, then a moment for it to reach the tiers.
+    let busy = || async {
+        burst.store(40, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut plan = Fault::ALL.to_vec();
     plan.shuffle(&mut rng);
@@ -361,6 +385,7 @@ pub async fn run(mode: Mode, exe: &str) -> Report {
                 let slots = fleet.slots_of(&[Tier::Producer, Tier::Matcher, Tier::Applier]);
                 let slot = slots[rng.random_range(0..slots.len())];
                 let name = fleet.name(slot);
+                busy().await;
                 fleet.kill_and_replace(&app, slot).await;
                 format!("{name} killed and replaced")
             }
@@ -369,6 +394,7 @@ pub async fn run(mode: Mode, exe: &str) -> Report {
                 let slot = slots[rng.random_range(0..slots.len())];
                 let pause = opts.lock_ttl + Duration::from_millis(rng.random_range(500..3_000));
                 let pid = fleet.pid(slot);
+                busy().await;
                 fleet::signal(pid, "STOP");
                 tokio::time::sleep(pause).await;
                 fleet::signal(pid, "CONT");
@@ -423,6 +449,7 @@ pub async fn run(mode: Mode, exe: &str) -> Report {
         settle: settled,
         unplanned_exits,
         unclean_stops,
+        lock_retries: count_in_logs(&log_dir, "locked or fenced"),
         total: started.elapsed(),
         log_dir: log_dir.display().to_string(),
     };

@@ -10,6 +10,8 @@
 //! systems' admins (never the integration user, whose writes are echoes).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -324,27 +326,37 @@ pub struct WriterPace {
     pub max_created: usize,
 }
 
+/// Pairs edited far more often than the rest, as a busy account is by sales
+/// and marketing at once: edits of one field on both sides close together,
+/// the races most-recent-wins and the locks are there for.
+const HOT_PAIRS: usize = 16;
+
 /// Starts the writer; it runs until `stop` and hands back what it did.
+/// Setting `burst` to n makes it edit hot pairs n times without pausing
+/// (so a replica about to be paused or killed holds work).
 pub fn spawn_writer(
     pool: PgPool,
     pairs: Vec<Pair>,
     actors: Actors,
     pace: WriterPace,
     seed: u64,
+    burst: Arc<AtomicU32>,
     stop: CancellationToken,
 ) -> JoinHandle<Ledger> {
     tokio::spawn(async move {
         let mut rng = StdRng::seed_from_u64(seed);
+        let hot: Vec<usize> = rand::seq::index::sample(&mut rng, pairs.len(), HOT_PAIRS.min(pairs.len())).into_vec();
         let mut ledger = Ledger::default();
         let mut seq = 0u64;
         while !stop.is_cancelled() {
             seq += 1;
             let created = ledger.created.len();
-            if created < pace.max_created && rng.random_bool(pace.create_share) {
+            let bursting = burst.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            if !bursting && created < pace.max_created && rng.random_bool(pace.create_share) {
                 let (c, retries) = create_assigned(&pool, &actors, created + 1).await;
                 ledger.created.push(c);
                 ledger.retries += retries;
-            } else if !ledger.created.is_empty() && rng.random_bool(0.2) {
+            } else if !bursting && !ledger.created.is_empty() && rng.random_bool(0.2) {
                 // An edit of a prospect whose lead may still be in the making.
                 let i = rng.random_range(0..ledger.created.len());
                 let field = *Field::MOST_RECENT.choose(&mut rng).unwrap();
@@ -355,7 +367,7 @@ pub fn spawn_writer(
                 ledger.last.insert((Target::Created(i), field), LastWrite { value, side: Side::Ma, seq, at });
                 ledger.edits += 1;
             } else {
-                let i = rng.random_range(0..pairs.len());
+                let i = if bursting || rng.random_bool(0.25) { *hot.choose(&mut rng).unwrap() } else { rng.random_range(0..pairs.len()) };
                 let field = *Field::ALL.choose(&mut rng).unwrap();
                 let side = if field == Field::Phone || rng.random_bool(0.5) { Side::Crm } else { Side::Ma };
                 let value = field.value(seq);
@@ -364,6 +376,9 @@ pub fn spawn_writer(
                 ledger.retries += retries;
                 ledger.last.insert((Target::Pair(i), field), LastWrite { value, side, seq, at });
                 ledger.edits += 1;
+            }
+            if bursting {
+                continue;
             }
             tokio::select! {
                 _ = stop.cancelled() => {}
