@@ -412,7 +412,7 @@ pub async fn run(mode: Mode, exe: &str) -> Report {
             }
         };
         probes += 1;
-        let from = if probes % 2 == 0 { Side::Ma } else { Side::Crm };
+        let from = if probes.is_multiple_of(2) { Side::Ma } else { Side::Crm };
         let recovery = workload::probe(&app.pool, &w, probes, from, opts.recovery_limit).await;
         fleet.supervise(&app);
         let shown = recovery.map_or("NOT RECOVERED".to_owned(), |d| format!("recovered in {:.2} s", d.as_secs_f64()));
@@ -430,9 +430,13 @@ pub async fn run(mode: Mode, exe: &str) -> Report {
     );
     let settled = settle(&app, &mut fleet, opts.settle_limit).await;
     let verdict = verify::verify(&app, &w, &ledger).await;
-    let unplanned_exits = fleet.unplanned_exits.clone();
+    let mut unplanned_exits = fleet.unplanned_exits.clone();
     let unclean_stops = fleet.stop().await;
     if let Some(mut s) = server {
+        // The server lives through the faults too (its pool reconnects).
+        if let Ok(Some(status)) = s.child.try_wait() {
+            unplanned_exits.push(("sandbox-serve".into(), status.to_string()));
+        }
         if let Some(pid) = s.child.id() {
             fleet::signal(pid, "TERM");
         }
