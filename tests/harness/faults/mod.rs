@@ -75,6 +75,8 @@ pub struct Options {
     /// The sandbox seed data around the workload (1.0 is ~4,000 prospects).
     pub background_scale: f64,
     pub pace: WriterPace,
+    /// Edits of hot pairs made back to back before a kill or a pause.
+    pub burst: u32,
     /// The tiers' identity-lock TTL; a paused replica sleeps past it.
     pub lock_ttl: Duration,
     /// Longest wait for a probe edit to cross after a fault.
@@ -92,7 +94,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 impl Options {
     /// Defaults sized for CI (about 75 s of faults per mode), overridden by
-    /// `FAULTS_SEED`, `_SECS`, `_MAX`, `_PAIRS`, `_SCALE` and `_EDIT_MS`. Not
+    /// `FAULTS_SEED`, `_SECS`, `_MAX`, `_PAIRS`, `_SCALE`, `_EDIT_MS` and `_BURST`. Not
     /// `CRMSYNC_*`: the configuration refuses unknown keys under that prefix,
     /// and the tier processes inherit this environment.
     pub fn from_env() -> Options {
@@ -104,6 +106,7 @@ impl Options {
             sizes: Sizes { leads_by_id: pairs * 5 / 8, contacts_by_id: pairs / 4, leads_by_email: pairs / 8 },
             background_scale: env_or("FAULTS_SCALE", 0.1),
             pace: WriterPace { every: Duration::from_millis(env_or("FAULTS_EDIT_MS", 100)), create_share: 0.15, max_created: 300 },
+            burst: env_or("FAULTS_BURST", 40),
             lock_ttl: Duration::from_millis(2_000),
             recovery_limit: Duration::from_secs(120),
             settle_limit: Duration::from_secs(240),
@@ -363,7 +366,7 @@ pub async fn run(mode: Mode, exe: &str) -> Report {
     // A replica about to be killed or paused should hold work: a burst of
     // edits on the hot pairs first, then a moment for it to reach the tiers.
     let busy = || async {
-        burst.store(40, std::sync::atomic::Ordering::SeqCst);
+        burst.store(opts.burst, std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     let mut rng = StdRng::seed_from_u64(opts.seed);
@@ -374,7 +377,8 @@ pub async fn run(mode: Mode, exe: &str) -> Report {
     let mut probes = 0u32;
     while injected.len() < opts.max_faults.max(Fault::ALL.len()) {
         let pending = Fault::ALL.iter().any(|f| !injected.iter().any(|i: &Injected| i.fault == *f));
-        if faults_start.elapsed() >= opts.duration && !pending {
+        // Bounded in time even when faults take long to recover from.
+        if (faults_start.elapsed() >= opts.duration && !pending) || faults_start.elapsed() >= opts.duration * 3 {
             break;
         }
         let fault = plan.get(injected.len()).copied().unwrap_or_else(|| Fault::ALL[rng.random_range(0..Fault::ALL.len())]);
