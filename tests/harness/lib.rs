@@ -454,6 +454,9 @@ impl TestApp {
             .args(args)
             .env("CRMSYNC_DATABASE__URL", self.config.database.url.expose_secret())
             .env("CRMSYNC_AMQP__PREFIX", &self.config.amqp.prefix)
+            // Queues are declared with the test's arguments, or the broker
+            // refuses the declaration as inequivalent.
+            .env("CRMSYNC_AMQP__QUEUE_EXPIRES_MS", self.config.amqp.queue_expires_ms.unwrap_or(120_000).to_string())
             .env("CRMSYNC_REDIS__PREFIX", &self.config.redis.prefix)
             .output()
             .await

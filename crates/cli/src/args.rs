@@ -29,10 +29,13 @@ pub enum Command {
     Status(ConnectionArg),
     /// Check both sides of every linked identity against each other.
     Report(ConnectionArg),
-    /// List open sync errors.
+    /// Work the sync-error queue: list, show, retry, dismiss, export; inspect
+    /// and replay dead-lettered messages. Without a subcommand: list.
     Errors {
+        #[command(subcommand)]
+        cmd: Option<ErrorsCmd>,
         #[command(flatten)]
-        connection: ConnectionArg,
+        filter: ErrorFilter,
         /// Show at most this many.
         #[arg(long, default_value_t = 50)]
         limit: i64,
@@ -63,6 +66,142 @@ pub enum BenchCmd {
         /// Also write the figures as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// The immediate lane under a steady offered load: latency from the MA
+    /// commit to the CRM commit, p50/p95/p99/max, per rate.
+    Latency {
+        /// Offered edits a second; several runs when repeated.
+        #[arg(long = "rate", default_values_t = [100.0, 500.0])]
+        rates: Vec<f64>,
+        /// How long each rate is offered.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Linked pairs the edits go round.
+        #[arg(long, default_value_t = 2000)]
+        pairs: i64,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// RabbitMQ's own two-hop ceiling: persistent, confirmed messages through
+    /// two quorum queues with consumers that do no work.
+    Ceiling {
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        /// Bytes per message (a one-record change message is about 1 KB).
+        #[arg(long, default_value_t = 1024)]
+        bytes: usize,
+        /// Unacked messages per consumer.
+        #[arg(long, default_value_t = 64)]
+        prefetch: u16,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Which sync errors a command works on.
+#[derive(Debug, Clone, Args)]
+pub struct ErrorFilter {
+    /// Only this connection's.
+    #[arg(long, short = 'c')]
+    pub connection: Option<String>,
+    /// Only this category (`invalid_email`, `validation_rule`...).
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Only this object (`prospect`, `lead`, `contact`, `message`...).
+    #[arg(long)]
+    pub object: Option<String>,
+    /// Only this record (its id in its source).
+    #[arg(long)]
+    pub record: Option<String>,
+    /// Only errors in this state.
+    #[arg(long, value_enum, default_value_t = ErrorStatus::Open)]
+    pub status: ErrorStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ErrorStatus {
+    Open,
+    Retried,
+    Dismissed,
+    Resolved,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StageArg {
+    Match,
+    Apply,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ErrorsCmd {
+    /// List sync errors, with a count per category.
+    List {
+        #[command(flatten)]
+        filter: ErrorFilter,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything kept about one error: full reason, payload, times.
+    Show { id: i64 },
+    /// Send records through the pipeline again: their current state is read
+    /// from the source and published to the matcher. Give ids, or a category.
+    Retry {
+        ids: Vec<i64>,
+        #[arg(long, required_unless_present = "ids")]
+        category: Option<String>,
+        #[arg(long, short = 'c')]
+        connection: Option<String>,
+    },
+    /// Close errors without retrying them. Give ids, or a category.
+    Dismiss {
+        ids: Vec<i64>,
+        #[arg(long, required_unless_present = "ids")]
+        category: Option<String>,
+        #[arg(long, short = 'c')]
+        connection: Option<String>,
+    },
+    /// Write errors as CSV or JSON lines.
+    Export {
+        #[command(flatten)]
+        filter: ErrorFilter,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+        format: ExportFormat,
+        /// The file to write (standard output when omitted).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// List the messages in the dead-letter queues.
+    DeadLetters {
+        /// Only this stage's dead-letter queue.
+        #[arg(long, value_enum)]
+        stage: Option<StageArg>,
+        /// Show each message's body (emails redacted), not only a preview.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Put dead-lettered messages back on their work queue.
+    Replay {
+        #[arg(long, value_enum)]
+        stage: Option<StageArg>,
+        /// The message ids to replay.
+        #[arg(long = "message", required_unless_present = "all")]
+        messages: Vec<String>,
+        /// Every dead-lettered message.
+        #[arg(long)]
+        all: bool,
     },
 }
 

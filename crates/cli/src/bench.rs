@@ -5,6 +5,9 @@
 //! time. Figures are printed, and written as JSON when asked; nothing is
 //! asserted: the machine's load moves them, ratios are what to compare.
 
+pub mod ceiling;
+pub mod latency;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -58,6 +61,44 @@ async fn batch_times(pool: &PgPool) -> anyhow::Result<Vec<f64>> {
     .await?)
 }
 
+/// Tier processes started by a benchmark: this `crmsync` binary, against
+/// the benchmark's database and broker prefix, each logging to its own file.
+pub(crate) struct Tiers {
+    children: Vec<tokio::process::Child>,
+}
+
+impl Tiers {
+    pub(crate) fn spawn(url: &str, prefix: &str, counts: &[(&str, usize)], logs: &Path, run: &str) -> anyhow::Result<Tiers> {
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::new();
+        for &(tier, n) in counts {
+            for i in 0..n {
+                let log = std::fs::File::create(logs.join(format!("{run}-{tier}-{i}.log")))?;
+                children.push(
+                    Command::new(&exe)
+                        .arg(tier)
+                        .env("CRMSYNC_DATABASE__URL", url)
+                        .env("CRMSYNC_AMQP__PREFIX", prefix)
+                        .env("CRMSYNC_REDIS__PREFIX", prefix)
+                        .stdout(log.try_clone()?)
+                        .stderr(log)
+                        .stdin(Stdio::null())
+                        .kill_on_drop(true)
+                        .spawn()?,
+                );
+            }
+        }
+        Ok(Tiers { children })
+    }
+
+    /// Stops every tier (the figures are read from the database after).
+    pub(crate) async fn stop(mut self) {
+        for c in &mut self.children {
+            let _ = c.kill().await;
+        }
+    }
+}
+
 async fn one_run(
     config: &Config,
     base_url: &str,
@@ -82,25 +123,8 @@ async fn one_run(
     s.batch_burst = burst;
     s.batch_threshold = 10;
     connections::save(&pool, "default", &s).await?;
-    let exe = std::env::current_exe()?;
-    let mut children = Vec::new();
-    for (tier, n) in [("producer", 1), ("matcher", 1), ("applier", appliers)] {
-        for i in 0..n {
-            let log = std::fs::File::create(logs.join(format!("budget-{appliers}-{tier}-{i}.log")))?;
-            children.push(
-                Command::new(&exe)
-                    .arg(tier)
-                    .env("CRMSYNC_DATABASE__URL", &url)
-                    .env("CRMSYNC_AMQP__PREFIX", &prefix)
-                    .env("CRMSYNC_REDIS__PREFIX", &prefix)
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .stdin(Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()?,
-            );
-        }
-    }
+    let tiers =
+        Tiers::spawn(&url, &prefix, &[("producer", 1), ("matcher", 1), ("applier", appliers)], logs, &format!("budget-{appliers}"))?;
     let probe = Probe::new(&config, &pool).await?;
     let ids = ["default".to_owned()];
     probe.wait_idle(&ids, Duration::from_secs(60), |_| {}).await?;
@@ -127,9 +151,7 @@ async fn one_run(
     let from = Instant::now();
     probe.wait_idle(&ids, Duration::from_secs(600), |_| {}).await?;
     let real = from.elapsed().as_secs_f64();
-    for c in &mut children {
-        let _ = c.kill().await;
-    }
+    tiers.stop().await;
     let times = batch_times(&pool).await?;
     pool.close().await;
     let seconds = times.last().copied().unwrap_or(0.0) - times.first().copied().unwrap_or(0.0);
@@ -147,6 +169,42 @@ async fn one_run(
         real_drain_seconds: real,
         eta_error_percent: 100.0 * (predicted - real) / real,
     })
+}
+
+/// `crmsync bench latency`: one steady-load run per rate, as a table.
+pub async fn latency_cmd(config: &Config, rates: &[f64], seconds: f64, pairs: i64, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let base_url = config.database.url.expose_secret().to_owned();
+    let logs = PathBuf::from(".bench/logs");
+    std::fs::create_dir_all(&logs)?;
+    println!("immediate lane: MA edits round {pairs} linked pairs for {seconds} s per rate; latency from MA commit to CRM commit");
+    println!("| offered/s | achieved/s | edits | synced | merged | p50 | p95 | p99 | max |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut runs = Vec::new();
+    for &rate in rates {
+        let r = latency::run(config, &base_url, rate, seconds, pairs, &logs).await.with_context(|| format!("the run at {rate}/s"))?;
+        println!(
+            "| {:.0} | {:.0} | {} | {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
+            r.offered_per_second, r.achieved_per_second, r.edits, r.synced, r.merged, r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms
+        );
+        runs.push(r);
+    }
+    if let Some(path) = out {
+        std::fs::write(&path, serde_json::to_vec_pretty(&runs)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// `crmsync bench ceiling`: prints (and writes) the broker's two-hop ceiling.
+pub async fn ceiling_cmd(config: &Config, messages: u64, bytes: usize, prefetch: u16, out: Option<PathBuf>) -> anyhow::Result<()> {
+    println!("RabbitMQ two-hop ceiling: {messages} persistent, confirmed messages of {bytes} B, prefetch {prefetch}");
+    let c = ceiling::measure(&config.amqp, messages, bytes, prefetch).await.context("measuring the broker's ceiling")?;
+    println!("  {:.1} s, {:.0} messages/s end to end", c.seconds, c.messages_per_second);
+    if let Some(path) = out {
+        std::fs::write(&path, serde_json::to_vec_pretty(&c)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("  written to {}", path.display());
+    }
+    Ok(())
 }
 
 /// Runs the budget benchmark and prints (and optionally writes) its figures.

@@ -4,7 +4,9 @@
 pub mod args;
 mod bench;
 pub mod connection_cmd;
+mod dead_letters;
 pub mod demo;
+mod errors_cmd;
 mod mirror_check;
 pub mod progress;
 pub mod report;
@@ -108,13 +110,20 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             let ok = report::print_all(&config, &pool, c.connection.as_deref()).await?;
             return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Command::Errors { connection, limit } => {
-            status::print_errors(&connect(&config).await?, connection.connection.as_deref(), limit).await?;
+        Command::Errors { cmd, filter, limit } => {
+            let cmd = cmd.unwrap_or(args::ErrorsCmd::List { filter, limit, json: false });
+            return errors_cmd::run(&config, &connect(&config).await?, cmd).await;
         }
         Command::Connection(cmd) => connection_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Demo(args) => return demo::run(&config, args).await,
         Command::Bench(args::BenchCmd::Budget { records, per_second, out }) => bench::budget(&config, records, per_second, out).await?,
+        Command::Bench(args::BenchCmd::Latency { rates, seconds, pairs, out }) => {
+            bench::latency_cmd(&config, &rates, seconds, pairs, out).await?;
+        }
+        Command::Bench(args::BenchCmd::Ceiling { messages, bytes, prefetch, out }) => {
+            bench::ceiling_cmd(&config, messages, bytes, prefetch, out).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

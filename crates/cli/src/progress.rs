@@ -122,3 +122,14 @@ impl Probe {
         }
     }
 }
+
+/// A progress bar for a long operator command (`errors retry`, `errors
+/// replay`): drawn on standard error when it is a terminal, silent otherwise.
+pub fn bar(len: u64, what: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("  {spinner} [{elapsed_precise}] {bar:40.cyan/blue} {pos}/{len} {msg}") {
+        bar.set_style(style);
+    }
+    bar.set_message(what);
+    bar
+}

@@ -87,15 +87,3 @@ pub fn human(d: std::time::Duration) -> String {
         _ => format!("{} h {:02} min", s / 3600, (s % 3600) / 60),
     }
 }
-
-/// Prints open sync errors with their full reasons.
-pub async fn print_errors(pool: &PgPool, only: Option<&str>, limit: i64) -> anyhow::Result<()> {
-    for id in crate::connection_ids(pool, only).await? {
-        let rows = sync_errors::list_open(pool, &id, limit).await?;
-        println!("Connection {id}: {} open sync error(s) shown", rows.len());
-        for r in rows {
-            println!("  #{:<6} {:<22} {:<8} {:<20} x{:<3} {}", r.id, r.category, r.object, r.record_id, r.occurrences, r.reason);
-        }
-    }
-    Ok(())
-}

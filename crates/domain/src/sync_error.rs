@@ -62,26 +62,6 @@ impl SyncErrorCategory {
             SyncErrorCategory::CsqlNotPermitted => "csql_not_permitted",
         }
     }
-
-    pub fn all() -> &'static [SyncErrorCategory] {
-        use SyncErrorCategory::*;
-        &[
-            InvalidEmail,
-            MissingEmail,
-            InvalidCrmId,
-            AmbiguousMatch,
-            DuplicateRecord,
-            CrmRecordNotFound,
-            MissingOwner,
-            FieldTooLong,
-            ValidationRule,
-            DuplicateRule,
-            ConvertedLead,
-            TargetRejected,
-            MalformedMessage,
-            CsqlNotPermitted,
-        ]
-    }
 }
 
 impl SyncErrorCategory {
@@ -149,11 +129,5 @@ mod tests {
         for (code, message, want) in cases {
             assert_eq!(SyncErrorCategory::of_rejection(code, message), want, "{code}: {message}");
         }
-    }
-
-    #[test]
-    fn every_category_has_a_distinct_name() {
-        let names: std::collections::HashSet<&str> = SyncErrorCategory::all().iter().map(|c| c.as_str()).collect();
-        assert_eq!(names.len(), SyncErrorCategory::all().len());
     }
 }

@@ -11,6 +11,7 @@
 mod echo;
 mod feed;
 mod pass;
+mod redetect;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,8 @@ use tracing::{info, warn};
 
 pub use echo::worth_publishing;
 pub use feed::Feed;
-pub use pass::{PassContext, PassStats, run_pass};
+pub use pass::{PassContext, PassStats, change_messages, run_pass};
+pub use redetect::{RecordName, Redetected, redetect};
 
 /// The channel the sandbox notifies on when a tracked table changes.
 const SANDBOX_CHANNEL: &str = "crmsync_sandbox";

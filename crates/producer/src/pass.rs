@@ -167,23 +167,19 @@ async fn read(
     Ok(Page { dropped: total - keep.len(), keep, next, has_more })
 }
 
-/// Publishes a page in `lane`, confirmed, then moves the feed's cursor.
-/// False if the lease was lost meanwhile (another replica took the feed; it
-/// starts from the old cursor, so nothing is lost, at worst sent twice).
-async fn publish(
-    ctx: &PassContext<'_>,
+/// The messages that carry `records` to the matcher as changes detected
+/// now, `per_message` records each, each record with its own trace started
+/// in `spans`.
+pub fn change_messages(
     connection_id: &str,
-    h: &mut Held,
-    page: Page,
+    records: &[SourceRecord],
     lane: Lane,
-    stats: &mut PassStats,
-) -> Result<bool, StageError> {
+    per_message: usize,
+    spans: &mut RecordSpans,
+) -> Vec<Outgoing> {
     let detected_at = Utc::now();
     let mut out = Vec::new();
-    // Each record starts its own trace here (I5); the span ends once the
-    // record is confirmed published, or the page failed.
-    let mut spans = RecordSpans::default();
-    for chunk in page.keep.chunks(ctx.records_per_message.max(1)) {
+    for chunk in records.chunks(per_message.max(1)) {
         let changes: Vec<Change> = chunk
             .iter()
             .map(|r| {
@@ -210,6 +206,24 @@ async fn publish(
             links: batch.changes.iter().filter_map(|c| c.trace.clone()).collect(),
         });
     }
+    out
+}
+
+/// Publishes a page in `lane`, confirmed, then moves the feed's cursor.
+/// False if the lease was lost meanwhile (another replica took the feed; it
+/// starts from the old cursor, so nothing is lost, at worst sent twice).
+async fn publish(
+    ctx: &PassContext<'_>,
+    connection_id: &str,
+    h: &mut Held,
+    page: Page,
+    lane: Lane,
+    stats: &mut PassStats,
+) -> Result<bool, StageError> {
+    // Each record starts its own trace here (I5); the span ends once the
+    // record is confirmed published, or the page failed.
+    let mut spans = RecordSpans::default();
+    let out = change_messages(connection_id, &page.keep, lane, ctx.records_per_message, &mut spans);
     stats.messages += out.len();
     // Confirmed by the broker before the cursor moves: a crash in between
     // publishes the page again, never skips it.

@@ -151,3 +151,77 @@ pub async fn park_unreadable(pool: &sqlx::PgPool, connection_id: &str, stage: &'
         Err(e) => tracing::warn!(error = %e, stage, "could not park an unreadable message as a sync error"),
     }
 }
+
+/// Which sync errors an operator asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub connection_id: Option<String>,
+    pub category: Option<String>,
+    pub object: Option<String>,
+    pub record_id: Option<String>,
+    /// `None` for every status.
+    pub status: Option<String>,
+    pub ids: Vec<i64>,
+}
+
+/// A sync error with everything kept about it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct SyncErrorDetail {
+    pub id: i64,
+    pub connection_id: String,
+    pub stage: String,
+    pub object: String,
+    pub record_id: String,
+    pub category: String,
+    pub reason: String,
+    pub change_id: Option<Uuid>,
+    pub payload: Option<Value>,
+    pub status: String,
+    pub occurrences: i32,
+    pub first_seen_at: chrono::DateTime<chrono::Utc>,
+    pub last_seen_at: chrono::DateTime<chrono::Utc>,
+    pub closed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The errors matching `filter`, oldest first, at most `limit` (all when
+/// `None`).
+pub async fn find<'e>(e: impl PgExecutor<'e>, filter: &Filter, limit: Option<i64>) -> Result<Vec<SyncErrorDetail>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, connection_id, stage, object, record_id, category, reason, change_id, payload, status, occurrences, \
+                first_seen_at, last_seen_at, closed_at \
+         FROM sync_errors \
+         WHERE ($1::text IS NULL OR connection_id = $1) AND ($2::text IS NULL OR category = $2) \
+           AND ($3::text IS NULL OR object = $3) AND ($4::text IS NULL OR record_id = $4) \
+           AND ($5::text IS NULL OR status = $5) AND (cardinality($6::bigint[]) = 0 OR id = ANY($6)) \
+         ORDER BY id LIMIT $7",
+    )
+    .bind(&filter.connection_id)
+    .bind(&filter.category)
+    .bind(&filter.object)
+    .bind(&filter.record_id)
+    .bind(&filter.status)
+    .bind(&filter.ids)
+    .bind(limit.unwrap_or(i64::MAX))
+    .fetch_all(e)
+    .await
+}
+
+/// Closes open errors with `status` (`retried` or `dismissed`); returns how
+/// many were closed. Errors no longer open are left as they are, and so are
+/// errors seen again after `seen_before`: a retried record that already
+/// failed again keeps its error open.
+pub async fn close<'e>(
+    e: impl PgExecutor<'e>,
+    ids: &[i64],
+    status: &str,
+    seen_before: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, sqlx::Error> {
+    let done =
+        sqlx::query("UPDATE sync_errors SET status = $2, closed_at = now() WHERE id = ANY($1) AND status = 'open' AND last_seen_at <= $3")
+            .bind(ids)
+            .bind(status)
+            .bind(seen_before)
+            .execute(e)
+            .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,198 @@
+//! `crmsync bench latency`: the immediate lane under a steady offered load.
+//! Linked prospect ↔ lead pairs are edited in the MA at a fixed rate (each
+//! edit a unique job title) for a fixed time, with the tiers running as
+//! separate processes; the latency of each edit is the time from its commit
+//! in the MA to the commit of the same value in the CRM's lead, both read
+//! from row triggers the benchmark installs (`clock_timestamp()` in the
+//! writing transaction). Edits of one pair that the pipeline merged (a newer
+//! title overtook an older one before it was written) are counted apart,
+//! not as latencies.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crmsync_infra::{Config, db};
+use crmsync_sandbox::ops::{Sandbox, System};
+use crmsync_store::connections;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::Tiers;
+use crate::demo::{recreate_database, with_database};
+use crate::progress::Probe;
+
+/// The figures of one steady-load run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyRun {
+    pub offered_per_second: f64,
+    pub seconds: f64,
+    /// Edits committed in the MA, and the rate they were committed at.
+    pub edits: u64,
+    pub achieved_per_second: f64,
+    /// Edits whose value reached the CRM, and those a newer edit of the same
+    /// pair overtook before they were written.
+    pub synced: u64,
+    pub merged: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Records the commit time of every job-title (MA) and title (CRM) value.
+const TRIGGERS: &str = r"
+CREATE SCHEMA IF NOT EXISTS bench;
+CREATE TABLE bench.commits (side text NOT NULL, value text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE OR REPLACE FUNCTION bench.record_ma() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.job_title IS DISTINCT FROM OLD.job_title AND NEW.job_title LIKE 'lat-%' THEN
+    INSERT INTO bench.commits (side, value) VALUES ('ma', NEW.job_title);
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE OR REPLACE FUNCTION bench.record_crm() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.title IS DISTINCT FROM OLD.title AND NEW.title LIKE 'lat-%' THEN
+    INSERT INTO bench.commits (side, value) VALUES ('crm', NEW.title);
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER bench_commit AFTER UPDATE ON ma.prospects FOR EACH ROW EXECUTE FUNCTION bench.record_ma();
+CREATE TRIGGER bench_commit AFTER UPDATE ON crm.leads FOR EACH ROW EXECUTE FUNCTION bench.record_crm();
+";
+
+/// `pairs` linked prospect ↔ lead pairs, owned by the sandbox admins.
+async fn seed_pairs(pool: &PgPool, pairs: i64) -> anyhow::Result<()> {
+    let sb = Sandbox::new(pool.clone(), "default");
+    let (ma_admin, crm_admin) = (sb.admin(System::Ma).await?, sb.admin(System::Crm).await?);
+    sqlx::query(
+        "INSERT INTO crm.leads (tenant, last_name, company, email, last_modified_by) \
+         SELECT 'default', 'Lat ' || g, 'Latency Co', 'lat' || g || '@latency.example', $1 FROM generate_series(1, $2) g",
+    )
+    .bind(&crm_admin)
+    .bind(pairs)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO ma.prospects (tenant, email, last_name, company, crm_lead_fid, last_modified_by) \
+         SELECT 'default', l.email, l.last_name, l.company, l.id, $1 FROM crm.leads l WHERE l.email LIKE '%@latency.example'",
+    )
+    .bind(&ma_admin)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Edits prospects round-robin at `rate` a second for `seconds`, from
+/// `writers` connections; returns the number of edits committed.
+async fn offer(pool: &PgPool, rate: f64, seconds: f64, writers: usize) -> anyhow::Result<u64> {
+    let ids: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM ma.prospects WHERE email LIKE '%@latency.example' ORDER BY id").fetch_all(pool).await?;
+    anyhow::ensure!(!ids.is_empty(), "no pairs to edit");
+    let admin = Sandbox::new(pool.clone(), "default").admin(System::Ma).await?;
+    let total = (rate * seconds).round() as u64;
+    let (tx, rx) = tokio::sync::mpsc::channel::<u64>(writers * 4);
+    // The writers share one queue of due edits.
+    let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..writers {
+        let (rx, pool, ids, admin) = (rx.clone(), pool.clone(), ids.clone(), admin.clone());
+        tasks.spawn(async move {
+            let mut done = 0u64;
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some(seq) = next else { break };
+                let id = ids[(seq as usize) % ids.len()];
+                sqlx::query("UPDATE ma.prospects SET job_title = $1, last_modified_by = $2 WHERE id = $3")
+                    .bind(format!("lat-{seq}"))
+                    .bind(&admin)
+                    .bind(id)
+                    .execute(&pool)
+                    .await?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        });
+    }
+    // Edits are due on a fixed schedule; a writer that falls behind shows
+    // as an achieved rate below the offered one.
+    let started = tokio::time::Instant::now();
+    for seq in 0..total {
+        tokio::time::sleep_until(started + Duration::from_secs_f64(seq as f64 / rate)).await;
+        tx.send(seq).await?;
+    }
+    drop(tx);
+    let mut committed = 0;
+    while let Some(done) = tasks.join_next().await {
+        committed += done??;
+    }
+    Ok(committed)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// One steady-load run at `rate` edits a second.
+pub async fn run(
+    config: &Config,
+    base_url: &str,
+    rate: f64,
+    seconds: f64,
+    pairs: i64,
+    logs: &std::path::Path,
+) -> anyhow::Result<LatencyRun> {
+    let name = "crmsync_bench_latency";
+    recreate_database(base_url, name).await?;
+    let url = with_database(base_url, name)?;
+    let prefix = format!("crmsync-bench-latency-{}", rate as u64);
+    let mut config = config.clone();
+    config.database.url = url.clone().into();
+    config.amqp.prefix = prefix.clone();
+    config.redis.prefix = prefix.clone();
+    let pool = db::connect(&config.database).await?;
+    crate::migrate(&pool).await?;
+    let mut s = connections::load(&pool, "default").await?;
+    // Every edit on the immediate lane: this measures it, not the budget.
+    s.batch_threshold = 1_000_000;
+    connections::save(&pool, "default", &s).await?;
+    seed_pairs(&pool, pairs).await?;
+    let tiers = Tiers::spawn(&url, &prefix, &[("producer", 1), ("matcher", 1), ("applier", 1)], logs, &format!("latency-{rate}"))?;
+    let probe = Probe::new(&config, &pool).await?;
+    let ids = ["default".to_owned()];
+    probe.wait_idle(&ids, Duration::from_secs(600), |_| {}).await.context("linking the pairs")?;
+    sqlx::raw_sql(TRIGGERS).execute(&pool).await?;
+
+    let started = Instant::now();
+    let edits = offer(&pool, rate, seconds, 8).await?;
+    let offered_for = started.elapsed().as_secs_f64();
+    probe.wait_idle(&ids, Duration::from_secs(300), |_| {}).await.context("draining the offered load")?;
+    tiers.stop().await;
+
+    let latencies: Vec<f64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM (c.at - m.at)) * 1000.0)::float8 FROM bench.commits m \
+         JOIN bench.commits c ON c.side = 'crm' AND c.value = m.value WHERE m.side = 'ma'",
+    )
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    let mut sorted = latencies;
+    sorted.sort_by(f64::total_cmp);
+    let synced = sorted.len() as u64;
+    Ok(LatencyRun {
+        offered_per_second: rate,
+        seconds,
+        edits,
+        achieved_per_second: edits as f64 / offered_for,
+        synced,
+        merged: edits.saturating_sub(synced),
+        p50_ms: percentile(&sorted, 50.0),
+        p95_ms: percentile(&sorted, 95.0),
+        p99_ms: percentile(&sorted, 99.0),
+        max_ms: sorted.last().copied().unwrap_or(0.0),
+    })
+}

@@ -1,0 +1,255 @@
+//! `crmsync errors`: the operator's sync-error queue (I6). Errors are listed
+//! by connection, category and record, shown in full, retried (the record's
+//! current state goes through the normal pipeline again), dismissed or
+//! exported; the dead-letter queues are inspected and replayed
+//! (`dead_letters`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use crmsync_connector::ConnectorFactory;
+use crmsync_domain::Lane;
+use crmsync_infra::Config;
+use crmsync_infra::broker::Broker;
+use crmsync_producer::RecordName;
+use crmsync_store::connections;
+use crmsync_store::sync_errors::{self, Filter, SyncErrorDetail};
+use crmsync_systems::SystemsFactory;
+use sqlx::PgPool;
+
+use crate::args::{ErrorFilter, ErrorStatus, ErrorsCmd, ExportFormat};
+use crate::dead_letters;
+
+/// Records retried per published batch of changes (and per source read).
+const RETRY_CHUNK: usize = 500;
+
+fn filter_of(f: &ErrorFilter) -> Filter {
+    let status = match f.status {
+        ErrorStatus::Open => Some("open"),
+        ErrorStatus::Retried => Some("retried"),
+        ErrorStatus::Dismissed => Some("dismissed"),
+        ErrorStatus::Resolved => Some("resolved"),
+        ErrorStatus::All => None,
+    };
+    Filter {
+        connection_id: f.connection.clone(),
+        category: f.category.clone(),
+        object: f.object.clone(),
+        record_id: f.record.clone(),
+        status: status.map(str::to_owned),
+        ids: Vec::new(),
+    }
+}
+
+/// The open errors a retry or a dismissal works on: the ids given, or every
+/// open error of a category.
+fn targets(ids: Vec<i64>, category: Option<String>, connection: Option<String>) -> Filter {
+    Filter { connection_id: connection, category, status: Some("open".into()), ids, ..Filter::default() }
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if flat.chars().count() <= max { flat } else { format!("{}…", flat.chars().take(max - 1).collect::<String>()) }
+}
+
+pub async fn run(config: &Config, pool: &PgPool, cmd: ErrorsCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ErrorsCmd::List { filter, limit, json } => list(pool, &filter_of(&filter), limit, json).await?,
+        ErrorsCmd::Show { id } => show(pool, id).await?,
+        ErrorsCmd::Retry { ids, category, connection } => return retry(config, pool, targets(ids, category, connection)).await,
+        ErrorsCmd::Dismiss { ids, category, connection } => {
+            let found = sync_errors::find(pool, &targets(ids, category, connection), None).await?;
+            let ids: Vec<i64> = found.iter().map(|e| e.id).collect();
+            let closed = sync_errors::close(pool, &ids, "dismissed", chrono::Utc::now()).await?;
+            println!("dismissed {closed} open sync error(s)");
+        }
+        ErrorsCmd::Export { filter, format, output } => export(pool, &filter_of(&filter), format, output).await?,
+        ErrorsCmd::DeadLetters { stage, full } => dead_letters::list(config, stage, full).await?,
+        ErrorsCmd::Replay { stage, messages, all } => return dead_letters::replay(config, pool, stage, &messages, all).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool) -> anyhow::Result<()> {
+    let rows = sync_errors::find(pool, filter, Some(limit)).await?;
+    if json {
+        let mut out = std::io::stdout().lock();
+        for r in &rows {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+        return Ok(());
+    }
+    // The counts cover every matching error, not only the ones shown.
+    let all = sync_errors::find(pool, filter, None).await?;
+    let mut counts: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for e in &all {
+        *counts.entry((e.connection_id.as_str(), e.category.as_str())).or_default() += 1;
+    }
+    let summary: Vec<String> = counts.iter().map(|((c, k), n)| format!("{c}/{k} {n}")).collect();
+    println!("{} sync error(s){}", all.len(), if summary.is_empty() { String::new() } else { format!(": {}", summary.join(", ")) });
+    if rows.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "{:>7}  {:<10} {:<20} {:<16} {:<20} {:>4}  {:<16}  reason",
+        "id", "connection", "category", "object", "record", "×", "last seen"
+    );
+    for r in &rows {
+        println!(
+            "{:>7}  {:<10} {:<20} {:<16} {:<20} {:>4}  {:<16}  {}",
+            r.id,
+            one_line(&r.connection_id, 10),
+            r.category,
+            one_line(&r.object, 16),
+            one_line(&r.record_id, 20),
+            r.occurrences,
+            r.last_seen_at.format("%Y-%m-%d %H:%M"),
+            one_line(&r.reason, 80)
+        );
+    }
+    if all.len() > rows.len() {
+        println!("({} more; --limit shows more, `crmsync errors export` writes them all)", all.len() - rows.len());
+    }
+    Ok(())
+}
+
+async fn show(pool: &PgPool, id: i64) -> anyhow::Result<()> {
+    let filter = Filter { ids: vec![id], ..Filter::default() };
+    let e = sync_errors::find(pool, &filter, Some(1)).await?.pop().with_context(|| format!("no sync error #{id}"))?;
+    println!("sync error #{}", e.id);
+    println!("  connection   {}", e.connection_id);
+    println!("  status       {}{}", e.status, e.closed_at.map(|t| format!(" (closed {t})")).unwrap_or_default());
+    println!("  category     {}", e.category);
+    println!("  stage        {}", e.stage);
+    println!("  record       {} {}", e.object, e.record_id);
+    println!("  occurrences  {} (first {}, last {})", e.occurrences, e.first_seen_at, e.last_seen_at);
+    if let Some(change) = e.change_id {
+        println!("  change       {change}");
+    }
+    println!("  reason       {}", e.reason);
+    if let Some(payload) = &e.payload {
+        println!("  record as detected:");
+        for line in serde_json::to_string_pretty(payload)?.lines() {
+            println!("    {line}");
+        }
+    }
+    Ok(())
+}
+
+/// Retries open errors: messages are replayed from the dead-letter queue;
+/// records are read again from their source and published to the matcher.
+/// Each error is closed as `retried` only once its record (or message) is
+/// confirmed back in the pipeline.
+async fn retry(config: &Config, pool: &PgPool, targets: Filter) -> anyhow::Result<ExitCode> {
+    let started = chrono::Utc::now();
+    let found = sync_errors::find(pool, &targets, None).await?;
+    if found.is_empty() {
+        println!("no open sync error to retry");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (messages, records): (Vec<&SyncErrorDetail>, Vec<&SyncErrorDetail>) = found.iter().partition(|e| e.object == "message");
+    let mut failed = false;
+    if !messages.is_empty() {
+        let ids: Vec<String> = messages.iter().map(|e| e.record_id.clone()).collect();
+        failed |= dead_letters::replay(config, pool, None, &ids, false).await? != ExitCode::SUCCESS;
+    }
+    let mut by_connection: BTreeMap<&str, Vec<&SyncErrorDetail>> = BTreeMap::new();
+    for e in records {
+        by_connection.entry(e.connection_id.as_str()).or_default().push(e);
+    }
+    if by_connection.is_empty() {
+        return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+    }
+    let broker = Broker::new(&config.amqp, "crmsync-errors");
+    broker.live().await.context("connecting to RabbitMQ")?;
+    let factory = SystemsFactory::from_config(config, pool).await?;
+    let progress = crate::progress::bar(found.len() as u64, "retrying");
+    let (mut retried, mut gone) = (0u64, 0u64);
+    for (connection_id, errors) in by_connection {
+        let settings = connections::load(pool, connection_id).await?;
+        let systems = factory.systems(&settings).await?;
+        // More than the threshold at once takes the paced lane, as a burst
+        // of real changes would (R7).
+        let lane = Lane::for_pass(errors.len(), settings.batch_threshold);
+        for chunk in errors.chunks(RETRY_CHUNK) {
+            let names: Vec<RecordName> = chunk.iter().map(|e| RecordName { object: e.object.clone(), id: e.record_id.clone() }).collect();
+            let done = crmsync_producer::redetect(&broker, &systems, connection_id, &names, lane, config.producer.records_per_message)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let closed: Vec<i64> =
+                chunk.iter().filter(|e| done.published.iter().any(|r| r.object == e.object && r.id == e.record_id)).map(|e| e.id).collect();
+            retried += sync_errors::close(pool, &closed, "retried", started).await?;
+            for r in &done.gone {
+                gone += 1;
+                progress.println(format!("  {} {}: no longer in its source; dismiss it", r.object, r.id));
+            }
+            for (r, why) in &done.unsupported {
+                failed = true;
+                progress.println(format!("  {} {}: {why}", r.object, r.id));
+            }
+            progress.inc(chunk.len() as u64);
+        }
+    }
+    progress.finish_and_clear();
+    broker.close().await;
+    println!("retried {retried} record(s): they are back in the pipeline; a record that fails again gets a new open error");
+    if gone > 0 {
+        println!("{gone} record(s) are no longer in their source");
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+async fn export(pool: &PgPool, filter: &Filter, format: ExportFormat, output: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let rows = sync_errors::find(pool, filter, None).await?;
+    let sink: Box<dyn Write> = match &output {
+        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut sink = std::io::BufWriter::new(sink);
+    match format {
+        ExportFormat::Jsonl => {
+            for r in &rows {
+                writeln!(sink, "{}", serde_json::to_string(r)?)?;
+            }
+        }
+        ExportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(&mut sink);
+            w.write_record([
+                "id",
+                "connection",
+                "status",
+                "category",
+                "stage",
+                "object",
+                "record",
+                "occurrences",
+                "first_seen_at",
+                "last_seen_at",
+                "reason",
+            ])?;
+            for r in &rows {
+                w.write_record([
+                    r.id.to_string(),
+                    r.connection_id.clone(),
+                    r.status.clone(),
+                    r.category.clone(),
+                    r.stage.clone(),
+                    r.object.clone(),
+                    r.record_id.clone(),
+                    r.occurrences.to_string(),
+                    r.first_seen_at.to_rfc3339(),
+                    r.last_seen_at.to_rfc3339(),
+                    r.reason.clone(),
+                ])?;
+            }
+            w.flush()?;
+        }
+    }
+    sink.flush()?;
+    if let Some(path) = output {
+        eprintln!("wrote {} sync error(s) to {}", rows.len(), path.display());
+    }
+    Ok(())
+}
