@@ -31,7 +31,7 @@ case "$mode" in
   *) echo "faults.sh: --mode is direct, http or both" >&2; exit 2 ;;
 esac
 
-echo "[faults] seed ${FAULTS_SEED:-20261124 (default)}, ${FAULTS_SECS:-75} s of faults per mode, mode $mode"
+echo "[faults] seed ${FAULTS_SEED:-20261124 (default)}, ${FAULTS_SECS:-60} s of faults per mode, mode $mode"
 # The suite restarts the Debian-packaged services, never a compose stack.
 # (Not exported: crmsync's configuration refuses unknown CRMSYNC_* keys.)
 CRMSYNC_NO_DOCKER=1 bash scripts/services.sh

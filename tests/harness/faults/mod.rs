@@ -93,7 +93,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 impl Options {
-    /// Defaults sized for CI (about 75 s of faults per mode), overridden by
+    /// Defaults sized for CI (about 60 s of faults per mode), overridden by
     /// `FAULTS_SEED`, `_SECS`, `_MAX`, `_PAIRS`, `_SCALE`, `_EDIT_MS` and `_BURST`. Not
     /// `CRMSYNC_*`: the configuration refuses unknown keys under that prefix,
     /// and the tier processes inherit this environment.
@@ -101,7 +101,7 @@ impl Options {
         let pairs: i64 = env_or("FAULTS_PAIRS", 400);
         Options {
             seed: env_or("FAULTS_SEED", 20_261_124),
-            duration: Duration::from_secs(env_or("FAULTS_SECS", 75)),
+            duration: Duration::from_secs(env_or("FAULTS_SECS", 60)),
             max_faults: env_or("FAULTS_MAX", 20),
             sizes: Sizes { leads_by_id: pairs * 5 / 8, contacts_by_id: pairs / 4, leads_by_email: pairs / 8 },
             background_scale: env_or("FAULTS_SCALE", 0.1),
