@@ -19,9 +19,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The deployment files (Dockerfile, compose, Kubernetes, KEDA, Prometheus,
 # Grafana), offline; installs its pinned tools into .ci-tools/ on first use.
 bash scripts/validate-deploy.sh
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast "$@"
+  cargo nextest run --workspace --locked --no-fail-fast "$@" || status=$?
 else
   echo "[test] cargo-nextest not found; using cargo test" >&2
-  cargo test --workspace --locked --no-fail-fast "$@"
+  cargo test --workspace --locked --no-fail-fast "$@" || status=$?
 fi
+# The fault-injection suite restarts the shared services, so it runs alone,
+# after everything else, on full runs only (not when a filter was given).
+if [ $# -eq 0 ]; then
+  bash scripts/faults.sh || status=$?
+fi
+exit $status

@@ -29,6 +29,8 @@ use uuid::Uuid;
 
 pub use crmsync_domain::Lane;
 
+pub mod faults;
+
 /// The connected app of [`TestApp::serve_sandbox`].
 pub const SANDBOX_CLIENT_ID: &str = "crmsync-test-app";
 pub const SANDBOX_CLIENT_SECRET: &str = "test-secret-not-for-production";
@@ -67,6 +69,21 @@ pub struct TierProcess {
 }
 
 impl TierProcess {
+    /// Wraps a started `crmsync <tier>` process.
+    pub fn new(tier: Tier, child: tokio::process::Child) -> TierProcess {
+        TierProcess { tier, child }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// How the process ended, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Kills the process outright (SIGKILL): no drain, no acks.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
@@ -198,14 +215,21 @@ impl TestApp {
     /// As [`TestApp::spawn_process`], with extra environment variables (an
     /// OTLP endpoint, say) for this process only.
     pub fn spawn_process_with_env(&self, exe: &str, tier: Tier, env: &[(&str, &str)]) -> TierProcess {
+        let child = self.tier_command(exe, tier).envs(env.iter().copied()).spawn().expect("start a tier process");
+        TierProcess { tier, child }
+    }
+
+    /// The command that starts `crmsync <tier>` configured like this test's
+    /// in-process tiers, for callers that add to it (their own output files).
+    pub fn tier_command(&self, exe: &str, tier: Tier) -> tokio::process::Command {
         let name = match tier {
             Tier::Producer => "producer",
             Tier::Matcher => "matcher",
             Tier::Applier => "applier",
         };
         let c = &self.config;
-        let child = tokio::process::Command::new(exe)
-            .arg(name)
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg(name)
             .env("CRMSYNC_DATABASE__URL", c.database.url.expose_secret())
             .env("CRMSYNC_DATABASE__MAX_CONNECTIONS", c.database.max_connections.to_string())
             .env("CRMSYNC_AMQP__PREFIX", &c.amqp.prefix)
@@ -214,11 +238,8 @@ impl TestApp {
             .env("CRMSYNC_PRODUCER__POLL_INTERVAL_MS", c.producer.poll_interval_ms.to_string())
             .env("CRMSYNC_PRODUCER__LEASE_TTL_MS", c.producer.lease_ttl_ms.to_string())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .envs(env.iter().copied())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start a tier process");
-        TierProcess { tier, child }
+            .kill_on_drop(true);
+        cmd
     }
 
     /// Starts a producer and the given numbers of matchers and appliers.
