@@ -188,8 +188,13 @@ async fn the_connector_reads_writes_and_mirrors_as_the_sandbox_connector_does() 
     assert!(!ae.prospect_changes_pending(cursor.as_ref()).await.unwrap());
 
     // Writes: one outcome each, in order; refusals are outcomes.
-    let write =
-        |target, fields: Value, fence| ProspectWrite { target, fields: serde_json::from_value(fields).unwrap(), crm_link: None, fence };
+    let write = |target, fields: Value, fence| ProspectWrite {
+        target,
+        fields: serde_json::from_value(fields).unwrap(),
+        crm_link: None,
+        fence,
+        unmodified_since: None,
+    };
     let outcomes = ae
         .write_prospects(&[
             write(ProspectTarget::Id(assigned), json!({"lastName": "Written"}), Some(10)),

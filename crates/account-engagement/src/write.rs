@@ -174,7 +174,13 @@ mod tests {
         let mut fields = FieldValues::new();
         fields.insert("lastName".into(), json!("O'Brien"));
         fields.insert("jobTitle".into(), Value::Null);
-        ProspectWrite { target, fields, crm_link: Some((CrmObject::Lead, CrmId::parse("00Q5g00000AbCdE").unwrap())), fence: Some(42) }
+        ProspectWrite {
+            target,
+            fields,
+            crm_link: Some((CrmObject::Lead, CrmId::parse("00Q5g00000AbCdE").unwrap())),
+            fence: Some(42),
+            unmodified_since: None,
+        }
     }
 
     #[test]

@@ -126,6 +126,8 @@ impl Applier {
                     owner_id: owner.clone(),
                     act_as,
                     fence: Some(fence),
+                    // Written whole from the CSQL, never merged field by field.
+                    unmodified_since: None,
                 };
                 let object = crm_object(r.record_type);
                 match systems.crm.write_people(object, &[write]).await?.pop() {

@@ -77,6 +77,10 @@ struct Work<'a> {
     retry: bool,
     /// Save, then go round once more (the CRM side changed under us).
     again: bool,
+    /// The CRM record's and the prospect's stamps as read just before
+    /// writing (`refresh`): each write is conditional on them.
+    seen_crm: Option<chrono::DateTime<chrono::Utc>>,
+    seen_ma: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Work<'_> {
@@ -273,6 +277,8 @@ impl Applier {
                     converted_lead: false,
                     retry: false,
                     again: false,
+                    seen_crm: None,
+                    seen_ma: None,
                 }
             })
             .collect();
@@ -298,7 +304,10 @@ impl Applier {
                 match plan::ma_write(s, map) {
                     Ok(p) => w.ma = p,
                     Err(plan::MaPlanError::NoEmail) if pass == 0 => {
-                        w.issue(SyncErrorCategory::InvalidEmail, format!("identity {} has no valid email to create its prospect with", s.id));
+                        w.issue(
+                            SyncErrorCategory::InvalidEmail,
+                            format!("identity {} has no valid email to create its prospect with", s.id),
+                        );
                     }
                     Err(plan::MaPlanError::NoEmail) => {}
                 }
@@ -329,7 +338,13 @@ impl Applier {
     /// change spends between detection and write under load or an outage).
     /// Returns how many identities learnt something, so the caller plans
     /// again. Creates are not read: there is nothing there yet.
-    async fn refresh(&self, systems: &Systems, map: &crmsync_domain::mapping::FieldMap, work: &mut [Work<'_>], side: Side) -> Result<usize, StageError> {
+    async fn refresh(
+        &self,
+        systems: &Systems,
+        map: &crmsync_domain::mapping::FieldMap,
+        work: &mut [Work<'_>],
+        side: Side,
+    ) -> Result<usize, StageError> {
         let updates = |w: &Work<'_>| match side {
             Side::Crm => w.crm.as_ref().is_some_and(|p| !p.creates),
             Side::Ma => w.ma.as_ref().is_some_and(|p| !p.creates),
@@ -367,6 +382,12 @@ impl Applier {
         };
         let mut learnt = 0;
         for (i, record) in fresh {
+            // The write is made conditional on the record as read now.
+            match &record {
+                SourceRecord::Crm(r) => work[i].seen_crm = Some(r.system_modstamp),
+                SourceRecord::Prospect(p) => work[i].seen_ma = Some(p.updated_at),
+                SourceRecord::Mirror(_) | SourceRecord::Csql(_) => {}
+            }
             let Some(s) = work[i].state.as_mut() else { continue };
             if s.fields.observe_all(map, &record.observations(map, Some(me))) > 0 {
                 learnt += 1;
@@ -398,6 +419,7 @@ impl Applier {
                             owner_id: p.owner.clone(),
                             act_as: None,
                             fence: Some(work[i].token),
+                            unmodified_since: work[i].seen_crm,
                         }
                     })
                     .collect();
@@ -491,7 +513,13 @@ impl Applier {
                     if let Some(r) = p.recycle {
                         fields.insert("isDeleted".into(), r.into());
                     }
-                    ProspectWrite { target: p.target.clone(), fields, crm_link: p.link.clone(), fence: Some(work[i].token) }
+                    ProspectWrite {
+                        target: p.target.clone(),
+                        fields,
+                        crm_link: p.link.clone(),
+                        fence: Some(work[i].token),
+                        unmodified_since: work[i].seen_ma,
+                    }
                 })
                 .collect();
             let outcomes = systems.ma.write_prospects(&writes).await?;

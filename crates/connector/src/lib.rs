@@ -105,6 +105,11 @@ pub struct ProspectWrite {
     pub crm_link: Option<(CrmObject, CrmId)>,
     /// Fencing token: refused if a newer one already wrote this record.
     pub fence: Option<i64>,
+    /// Refused, as fenced, if the record changed after this time: the
+    /// engine read it then and planned the write on what it saw, so a user
+    /// edit made since is merged on the retry instead of overwritten (I3).
+    /// Connectors whose API cannot make a write conditional ignore it.
+    pub unmodified_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Which CRM record a write goes to.
@@ -128,6 +133,11 @@ pub struct CrmWrite {
     /// integration user; refused if that user may not use the API.
     pub act_as: Option<CrmId>,
     pub fence: Option<i64>,
+    /// Refused, as fenced, if the record changed after this time: the
+    /// engine read it then and planned the write on what it saw, so a user
+    /// edit made since is merged on the retry instead of overwritten (I3).
+    /// Connectors whose API cannot make a write conditional ignore it.
+    pub unmodified_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A mirror write: make the MA's mirror of a CRM record what `plan` says

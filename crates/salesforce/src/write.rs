@@ -306,7 +306,14 @@ mod tests {
         let mut fields = FieldValues::new();
         fields.insert("LastName".into(), json!("O'Brien"));
         fields.insert("Title".into(), Value::Null);
-        CrmWrite { target, fields, owner_id: Some(CrmId::parse("0055g000000AbCd").unwrap()), act_as: None, fence: Some(42) }
+        CrmWrite {
+            target,
+            fields,
+            owner_id: Some(CrmId::parse("0055g000000AbCd").unwrap()),
+            act_as: None,
+            fence: Some(42),
+            unmodified_since: None,
+        }
     }
 
     #[test]

@@ -271,7 +271,7 @@ fn write_of(target: ProspectTarget, body: &Map<String, Value>) -> Result<Prospec
             }
         }
     }
-    Ok(ProspectWrite { target, fields, crm_link, fence })
+    Ok(ProspectWrite { target, fields, crm_link, fence, unmodified_since: None })
 }
 
 /// The business unit as the request's MA user writes to it.
@@ -342,7 +342,7 @@ pub async fn upsert_latest_by_email(
 async fn set_deleted(st: &AppState, user: MaUser, id: i64, deleted: bool) -> Result<(), AeError> {
     let mut fields = FieldValues::new();
     fields.insert("isDeleted".into(), Value::Bool(deleted));
-    let w = ProspectWrite { target: ProspectTarget::Id(id), fields, crm_link: None, fence: None };
+    let w = ProspectWrite { target: ProspectTarget::Id(id), fields, crm_link: None, fence: None, unmodified_since: None };
     write_and_read(st, user, w, Some("id")).await.map(drop)
 }
 

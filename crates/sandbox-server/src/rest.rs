@@ -176,7 +176,7 @@ pub(crate) fn prepare(
         ),
     };
     let act_as = (session.user_id != integration).then(|| CrmId::parse(&session.user_id).ok()).flatten();
-    Ok((object, CrmWrite { target, fields, owner_id, act_as, fence }))
+    Ok((object, CrmWrite { target, fields, owner_id, act_as, fence, unmodified_since: None }))
 }
 
 fn result_of(mode: Mode, outcome: WriteOutcome) -> SaveResult {

@@ -176,7 +176,10 @@ impl SandboxCrm {
             return Ok(rejected(code, message));
         }
         let written = match existing {
-            Some(r) => store::update(conn, def, &self.tenant, r.get::<&str, _>("id"), &doc, actor, w.fence).await?,
+            Some(r) => {
+                let when = store::Conditions { fence: w.fence, unmodified_since: w.unmodified_since };
+                store::update(conn, def, &self.tenant, r.get::<&str, _>("id"), &doc, actor, when).await?
+            }
             None => {
                 if let CrmTarget::ExternalId(ext) = &w.target {
                     doc.insert("crmsync_id".into(), Value::String(ext.clone()));

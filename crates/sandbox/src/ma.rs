@@ -116,7 +116,10 @@ impl SandboxMa {
             doc.insert(column.into(), Value::String(id.to_string()));
         }
         let written = match existing {
-            Some(id) => store::update(conn, &PROSPECT, &self.tenant, &id.to_string(), &doc, &self.integration_user, w.fence).await?,
+            Some(id) => {
+                let when = store::Conditions { fence: w.fence, unmodified_since: w.unmodified_since };
+                store::update(conn, &PROSPECT, &self.tenant, &id.to_string(), &doc, &self.integration_user, when).await?
+            }
             None => store::insert(conn, &PROSPECT, &self.tenant, &doc, &self.integration_user, w.fence).await?,
         };
         Ok(match written {

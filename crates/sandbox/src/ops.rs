@@ -136,7 +136,7 @@ impl Sandbox {
         let doc = Self::document(def, values)?;
         let actor = self.actor(def, actor).await?;
         let mut conn = self.pool.acquire().await?;
-        match store::update(&mut conn, def, &self.tenant, id, &doc, &actor, None).await? {
+        match store::update(&mut conn, def, &self.tenant, id, &doc, &actor, store::Conditions::default()).await? {
             RowWrite::Written { .. } => Ok(()),
             _ => Err(OpsError::NotFound { object: def.name, id: id.to_owned(), tenant: self.tenant.clone() }),
         }

@@ -182,6 +182,14 @@ pub(crate) enum RowWrite {
 /// Updates one row with `patch` as `actor`, unless a newer fencing token
 /// already wrote it. Without a token (manual edits) the fence is neither
 /// checked nor moved.
+/// What an update must find to go ahead: no newer fencing token, and no
+/// change since the writer read the row.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Conditions {
+    pub fence: Option<i64>,
+    pub unmodified_since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 pub(crate) async fn update(
     conn: &mut PgConnection,
     def: &ObjectDef,
@@ -189,13 +197,16 @@ pub(crate) async fn update(
     id: &str,
     patch: &Map<String, Value>,
     actor: &str,
-    fence: Option<i64>,
+    when: Conditions,
 ) -> Result<RowWrite, sqlx::Error> {
     let id_type = if def.numeric_id { "bigint" } else { "text" };
+    // Refused like a stale fence when the row changed after the writer read
+    // it: the writer reads it again and merges (I3).
     let sql = format!(
         "UPDATE {table} AS t SET ({cols}, last_modified_by, sync_fence) = \
            (SELECT {rcols}, $4, coalesce($5, t.sync_fence) FROM jsonb_populate_record(t, $3) r) \
          WHERE t.tenant = $1 AND t.id = $2::{id_type} AND t.sync_fence < coalesce($5, 9223372036854775807) \
+           AND ($6::timestamptz IS NULL OR t.modstamp <= $6) \
          RETURNING t.id::text AS id, t.modstamp",
         table = def.table,
         cols = def.column_list(""),
@@ -206,7 +217,8 @@ pub(crate) async fn update(
         .bind(id)
         .bind(Value::Object(patch.clone()))
         .bind(actor)
-        .bind(fence)
+        .bind(when.fence)
+        .bind(when.unmodified_since)
         .fetch_optional(&mut *conn)
         .await?;
     if let Some(r) = row {

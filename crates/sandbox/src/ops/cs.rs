@@ -80,7 +80,7 @@ impl Sandbox {
         let doc = Self::document(def, values)?;
         let mut tx = self.pool.begin().await?;
         if !matches!(
-            store::update(&mut tx, def, &self.tenant, &id.to_string(), &doc, &as_user.to_string(), None).await?,
+            store::update(&mut tx, def, &self.tenant, &id.to_string(), &doc, &as_user.to_string(), store::Conditions::default()).await?,
             RowWrite::Written { .. }
         ) {
             return Err(OpsError::NotFound { object: def.name, id: id.to_string(), tenant: self.tenant.clone() });
