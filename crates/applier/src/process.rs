@@ -337,7 +337,9 @@ impl Applier {
     /// the write is the window left (milliseconds, against the seconds a
     /// change spends between detection and write under load or an outage).
     /// Returns how many identities learnt something, so the caller plans
-    /// again. Creates are not read: there is nothing there yet.
+    /// again; an identity that learnt from the MA goes round once more, as
+    /// its CRM write is already done. Creates are not read: there is nothing
+    /// there yet.
     async fn refresh(
         &self,
         systems: &Systems,
@@ -388,9 +390,16 @@ impl Applier {
                 SourceRecord::Prospect(p) => work[i].seen_ma = Some(p.updated_at),
                 SourceRecord::Mirror(_) | SourceRecord::Csql(_) => {}
             }
-            let Some(s) = work[i].state.as_mut() else { continue };
+            let w = &mut work[i];
+            let Some(s) = w.state.as_mut() else { continue };
             if s.fields.observe_all(map, &record.observations(map, Some(me))) > 0 {
                 learnt += 1;
+                // The CRM was written already this round: what the MA
+                // taught must reach it in another. It must not wait for the
+                // edit's own change, which would now read as known (an echo).
+                if side == Side::Ma {
+                    w.again = true;
+                }
             }
         }
         if learnt > 0 {
