@@ -10,7 +10,7 @@ use std::time::Duration;
 use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
 use crmsync_sandbox::ops::{Sandbox, System};
 use crmsync_store::connections;
-use crmsync_tests::{TestApp, Tier};
+use crmsync_tests::{TestApp, Tier, http_get};
 
 /// Commits `n` new prospects in one transaction, so that one detection pass
 /// finds them all.
@@ -159,18 +159,8 @@ async fn two_connections_with_different_budgets_each_get_their_own_rate() {
 }
 
 /// Reads a metrics endpoint (plain HTTP).
-/// A whole HTTP/1.0 answer (status line, headers, body) for `path`.
-async fn get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return String::new() };
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body).await;
-    body
-}
-
 async fn scrape(addr: &str) -> String {
-    get(addr, "/metrics").await
+    http_get(addr, "/metrics").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +195,7 @@ async fn the_backlog_its_eta_and_the_budgets_use_are_shown_and_exported_as_metri
     for name in ["crmsync_batch_budget_records_per_hour", "crmsync_batch_used_last_hour_records", "crmsync_batch_eta_seconds"] {
         assert!(metrics.contains(&format!("{name}{{connection=\"default\"}}")), "{name} missing from\n{metrics}");
     }
-    let (live, ready) = (get(&addr, "/livez").await, get(&addr, "/readyz").await);
+    let (live, ready) = (http_get(&addr, "/livez").await, http_get(&addr, "/readyz").await);
     assert!(live.starts_with("HTTP/1.0 200") || live.starts_with("HTTP/1.1 200"), "{live}");
     assert!(ready.contains(" 200 ") && ready.ends_with("ready\n"), "connected and consuming: {ready}");
     app.settle().await;

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use crmsync_sandbox::schema::LEAD;
-use crmsync_tests::TestApp;
+use crmsync_tests::{TestApp, http_get};
 
 /// Runs `rabbitmqctl` and returns its standard output.
 fn rabbitmqctl(args: &[&str]) -> String {
@@ -51,16 +51,6 @@ async fn terminate_sessions(app: &TestApp) -> i64 {
             .unwrap();
     admin.close().await;
     n
-}
-
-/// A whole HTTP/1.0 answer for `path` (empty if nothing answers).
-async fn get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return String::new() };
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body).await;
-    body
 }
 
 /// Waits until the lead's title reads `title`; how long that took.
@@ -103,9 +93,9 @@ async fn the_tiers_reconnect_to_the_broker_and_the_database_by_themselves() {
     println!("change synced after both connections were cut: {recoveries:?}");
 
     app.settle().await;
-    let ready = get(&addr, "/readyz").await;
+    let ready = http_get(&addr, "/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 200") || ready.starts_with("HTTP/1.0 200"), "ready again: {ready}");
-    let metrics = get(&addr, "/metrics").await;
+    let metrics = http_get(&addr, "/metrics").await;
     let reconnects: f64 = metrics
         .lines()
         .filter(|l| l.starts_with(crmsync_infra::metrics::BROKER_RECONNECTS))

@@ -31,6 +31,19 @@ pub use crmsync_domain::Lane;
 
 pub mod faults;
 
+/// A whole HTTP/1.0 answer (status line, headers, body) for `path` at
+/// `addr`, or nothing when nothing answers: for a tier's health and metrics.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return String::new() };
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    body
+}
+
 /// The connected app of [`TestApp::serve_sandbox`].
 pub const SANDBOX_CLIENT_ID: &str = "crmsync-test-app";
 pub const SANDBOX_CLIENT_SECRET: &str = "test-secret-not-for-production";

@@ -99,6 +99,20 @@ impl Tiers {
     }
 }
 
+/// A fresh, migrated database `name` and a broker and Redis `prefix` of
+/// its own for one benchmark run: its configuration, database URL and pool.
+pub(crate) async fn fresh_world(config: &Config, base_url: &str, name: &str, prefix: &str) -> anyhow::Result<(Config, String, PgPool)> {
+    recreate_database(base_url, name).await?;
+    let url = with_database(base_url, name)?;
+    let mut config = config.clone();
+    config.database.url = url.clone().into();
+    config.amqp.prefix = prefix.to_owned();
+    config.redis.prefix = prefix.to_owned();
+    let pool = db::connect(&config.database).await?;
+    crate::migrate(&pool).await?;
+    Ok((config, url, pool))
+}
+
 async fn one_run(
     config: &Config,
     base_url: &str,
@@ -107,16 +121,8 @@ async fn one_run(
     per_second: u32,
     logs: &Path,
 ) -> anyhow::Result<BudgetRun> {
-    let name = "crmsync_bench";
-    recreate_database(base_url, name).await?;
-    let url = with_database(base_url, name)?;
     let prefix = format!("crmsync-bench-{appliers}");
-    let mut config = config.clone();
-    config.database.url = url.clone().into();
-    config.amqp.prefix = prefix.clone();
-    config.redis.prefix = prefix.clone();
-    let pool = db::connect(&config.database).await?;
-    crate::migrate(&pool).await?;
+    let (config, url, pool) = fresh_world(config, base_url, "crmsync_bench", &prefix).await?;
     let burst = 5;
     let mut s = connections::load(&pool, "default").await?;
     s.batch_budget_per_hour = per_second * 3600;

@@ -25,21 +25,8 @@ use crmsync_infra::CancellationToken;
 
 pub const DOMAIN: &str = "@faults.example";
 
-/// Which system a value was written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    Ma,
-    Crm,
-}
-
-impl Side {
-    pub fn other(self) -> Side {
-        match self {
-            Side::Ma => Side::Crm,
-            Side::Crm => Side::Ma,
-        }
-    }
-}
+/// Which system a value was written in: the engine's own notion of a side.
+pub use crmsync_domain::merge::Side;
 
 /// The CRM object a prospect is linked to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -11,14 +11,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use crmsync_infra::{Config, db};
+use crmsync_infra::Config;
 use crmsync_sandbox::ops::{Sandbox, System};
 use crmsync_store::connections;
 use serde::Serialize;
 use sqlx::PgPool;
 
 use super::Tiers;
-use crate::demo::{recreate_database, with_database};
 use crate::progress::Probe;
 
 /// The figures of one steady-load run.
@@ -146,16 +145,8 @@ pub async fn run(
     pairs: i64,
     logs: &std::path::Path,
 ) -> anyhow::Result<LatencyRun> {
-    let name = "crmsync_bench_latency";
-    recreate_database(base_url, name).await?;
-    let url = with_database(base_url, name)?;
     let prefix = format!("crmsync-bench-latency-{}", rate as u64);
-    let mut config = config.clone();
-    config.database.url = url.clone().into();
-    config.amqp.prefix = prefix.clone();
-    config.redis.prefix = prefix.clone();
-    let pool = db::connect(&config.database).await?;
-    crate::migrate(&pool).await?;
+    let (config, url, pool) = super::fresh_world(config, base_url, "crmsync_bench_latency", &prefix).await?;
     let mut s = connections::load(&pool, "default").await?;
     // Every edit on the immediate lane: this measures it, not the budget.
     s.batch_threshold = 1_000_000;
