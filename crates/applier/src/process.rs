@@ -284,37 +284,15 @@ impl Applier {
             .collect();
 
         // The CRM first: a created lead's id goes onto the prospect.
-        for w in work.iter_mut() {
-            if let Some(s) = &w.state {
-                w.crm = plan::crm_write(s, map);
-            }
-        }
+        plan_crm_writes(&mut work, map);
         if self.refresh(systems, map, &mut work, Side::Crm).await? > 0 {
-            for w in work.iter_mut() {
-                if let Some(s) = &w.state {
-                    w.crm = plan::crm_write(s, map);
-                }
-            }
+            plan_crm_writes(&mut work, map);
         }
         self.write_crm(systems, batch.lane, &mut work).await?;
         self.follow_conversions(systems, &mut work).await?;
-        for pass in 0..2 {
-            for w in work.iter_mut().filter(|w| !w.retry) {
-                let Some(s) = &w.state else { continue };
-                match plan::ma_write(s, map) {
-                    Ok(p) => w.ma = p,
-                    Err(plan::MaPlanError::NoEmail) if pass == 0 => {
-                        w.issue(
-                            SyncErrorCategory::InvalidEmail,
-                            format!("identity {} has no valid email to create its prospect with", s.id),
-                        );
-                    }
-                    Err(plan::MaPlanError::NoEmail) => {}
-                }
-            }
-            if pass > 0 || self.refresh(systems, map, &mut work, Side::Ma).await? == 0 {
-                break;
-            }
+        plan_ma_writes(&mut work, map, true);
+        if self.refresh(systems, map, &mut work, Side::Ma).await? > 0 {
+            plan_ma_writes(&mut work, map, false);
         }
         self.write_ma(systems, &mut work).await?;
         self.lock_email_moves(conn, &mut work).await?;
@@ -359,21 +337,23 @@ impl Applier {
         match side {
             Side::Crm => {
                 let ids: Vec<CrmId> = idx.iter().filter_map(|&i| work[i].state.as_ref()?.crm.as_ref().map(|(_, id)| id.clone())).collect();
-                let records = systems.crm.people_by_id(&ids).await?;
+                // Keyed by id: a batch-lane chunk holds up to 10,000 records.
+                let mut records: HashMap<CrmId, _> =
+                    systems.crm.people_by_id(&ids).await?.into_iter().filter_map(|r| CrmId::parse(&r.id).ok().map(|id| (id, r))).collect();
                 for &i in &idx {
                     let Some((_, id)) = work[i].state.as_ref().and_then(|s| s.crm.as_ref()) else { continue };
-                    if let Some(r) = records.iter().find(|r| CrmId::parse(&r.id).is_ok_and(|r| r == *id)) {
-                        fresh.insert(i, SourceRecord::Crm(r.clone()));
+                    if let Some(r) = records.remove(id) {
+                        fresh.insert(i, SourceRecord::Crm(r));
                     }
                 }
             }
             Side::Ma => {
                 let ids: Vec<i64> = idx.iter().filter_map(|&i| work[i].state.as_ref()?.prospect_id).collect();
-                let records = systems.ma.prospects_by_id(&ids).await?;
+                let mut records: HashMap<i64, _> = systems.ma.prospects_by_id(&ids).await?.into_iter().map(|r| (r.id, r)).collect();
                 for &i in &idx {
                     let Some(id) = work[i].state.as_ref().and_then(|s| s.prospect_id) else { continue };
-                    if let Some(r) = records.iter().find(|r| r.id == id) {
-                        fresh.insert(i, SourceRecord::Prospect(r.clone()));
+                    if let Some(r) = records.remove(&id) {
+                        fresh.insert(i, SourceRecord::Prospect(r));
                     }
                 }
             }
@@ -722,6 +702,32 @@ impl Applier {
         tx.commit().await?;
         trace_outcomes(spans, &audits);
         Ok(mirrors)
+    }
+}
+
+/// Plans each identity's CRM write.
+fn plan_crm_writes(work: &mut [Work<'_>], map: &crmsync_domain::mapping::FieldMap) {
+    for w in work.iter_mut() {
+        if let Some(s) = &w.state {
+            w.crm = plan::crm_write(s, map);
+        }
+    }
+}
+
+/// Plans each identity's MA write; `report` raises the sync error of an
+/// identity that has no email to create its prospect with (once, on the
+/// first planning of a round).
+fn plan_ma_writes(work: &mut [Work<'_>], map: &crmsync_domain::mapping::FieldMap, report: bool) {
+    for w in work.iter_mut().filter(|w| !w.retry) {
+        let Some(s) = &w.state else { continue };
+        match plan::ma_write(s, map) {
+            Ok(p) => w.ma = p,
+            Err(plan::MaPlanError::NoEmail) if report => {
+                let reason = format!("identity {} has no valid email to create its prospect with", s.id);
+                w.issue(SyncErrorCategory::InvalidEmail, reason);
+            }
+            Err(plan::MaPlanError::NoEmail) => {}
+        }
     }
 }
 

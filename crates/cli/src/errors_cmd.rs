@@ -82,13 +82,10 @@ async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool) -> anyhow:
         return Ok(());
     }
     // The counts cover every matching error, not only the ones shown.
-    let all = sync_errors::find(pool, filter, None).await?;
-    let mut counts: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    for e in &all {
-        *counts.entry((e.connection_id.as_str(), e.category.as_str())).or_default() += 1;
-    }
-    let summary: Vec<String> = counts.iter().map(|((c, k), n)| format!("{c}/{k} {n}")).collect();
-    println!("{} sync error(s){}", all.len(), if summary.is_empty() { String::new() } else { format!(": {}", summary.join(", ")) });
+    let counts = sync_errors::count_by_category(pool, filter).await?;
+    let total: i64 = counts.iter().map(|(_, _, n)| n).sum();
+    let summary: Vec<String> = counts.iter().map(|(c, k, n)| format!("{c}/{k} {n}")).collect();
+    println!("{total} sync error(s){}", if summary.is_empty() { String::new() } else { format!(": {}", summary.join(", ")) });
     if rows.is_empty() {
         return Ok(());
     }
@@ -109,8 +106,8 @@ async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool) -> anyhow:
             one_line(&r.reason, 80)
         );
     }
-    if all.len() > rows.len() {
-        println!("({} more; --limit shows more, `crmsync errors export` writes them all)", all.len() - rows.len());
+    if total > rows.len() as i64 {
+        println!("({} more; --limit shows more, `crmsync errors export` writes them all)", total - rows.len() as i64);
     }
     Ok(())
 }

@@ -206,6 +206,25 @@ pub async fn find<'e>(e: impl PgExecutor<'e>, filter: &Filter, limit: Option<i64
     .await
 }
 
+/// How many errors match `filter`, per connection and category.
+pub async fn count_by_category<'e>(e: impl PgExecutor<'e>, filter: &Filter) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT connection_id, category, count(*) FROM sync_errors \
+         WHERE ($1::text IS NULL OR connection_id = $1) AND ($2::text IS NULL OR category = $2) \
+           AND ($3::text IS NULL OR object = $3) AND ($4::text IS NULL OR record_id = $4) \
+           AND ($5::text IS NULL OR status = $5) AND (cardinality($6::bigint[]) = 0 OR id = ANY($6)) \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(&filter.connection_id)
+    .bind(&filter.category)
+    .bind(&filter.object)
+    .bind(&filter.record_id)
+    .bind(&filter.status)
+    .bind(&filter.ids)
+    .fetch_all(e)
+    .await
+}
+
 /// Closes open errors with `status` (`retried` or `dismissed`); returns how
 /// many were closed. Errors no longer open are left as they are, and so are
 /// errors seen again after `seen_before`: a retried record that already

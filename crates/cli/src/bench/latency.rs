@@ -42,22 +42,18 @@ pub struct LatencyRun {
 const TRIGGERS: &str = r"
 CREATE SCHEMA IF NOT EXISTS bench;
 CREATE TABLE bench.commits (side text NOT NULL, value text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
-CREATE OR REPLACE FUNCTION bench.record_ma() RETURNS trigger LANGUAGE plpgsql AS $$
+-- One function for both sides: TG_ARGV names the side and the title column.
+CREATE OR REPLACE FUNCTION bench.record() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  new_value text := to_jsonb(NEW) ->> TG_ARGV[1];
 BEGIN
-  IF NEW.job_title IS DISTINCT FROM OLD.job_title AND NEW.job_title LIKE 'lat-%' THEN
-    INSERT INTO bench.commits (side, value) VALUES ('ma', NEW.job_title);
+  IF new_value IS DISTINCT FROM to_jsonb(OLD) ->> TG_ARGV[1] AND new_value LIKE 'lat-%' THEN
+    INSERT INTO bench.commits (side, value) VALUES (TG_ARGV[0], new_value);
   END IF;
   RETURN NEW;
 END $$;
-CREATE OR REPLACE FUNCTION bench.record_crm() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF NEW.title IS DISTINCT FROM OLD.title AND NEW.title LIKE 'lat-%' THEN
-    INSERT INTO bench.commits (side, value) VALUES ('crm', NEW.title);
-  END IF;
-  RETURN NEW;
-END $$;
-CREATE TRIGGER bench_commit AFTER UPDATE ON ma.prospects FOR EACH ROW EXECUTE FUNCTION bench.record_ma();
-CREATE TRIGGER bench_commit AFTER UPDATE ON crm.leads FOR EACH ROW EXECUTE FUNCTION bench.record_crm();
+CREATE TRIGGER bench_commit AFTER UPDATE ON ma.prospects FOR EACH ROW EXECUTE FUNCTION bench.record('ma', 'job_title');
+CREATE TRIGGER bench_commit AFTER UPDATE ON crm.leads FOR EACH ROW EXECUTE FUNCTION bench.record('crm', 'title');
 ";
 
 /// `pairs` linked prospect ↔ lead pairs, owned by the sandbox admins.
