@@ -55,6 +55,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
+    /// Every scenario (ceiling, backfill, steady lane, cost), directly and
+    /// over HTTP: figures printed and written as JSON, Markdown and SVG.
+    Suite(crate::bench::suite::SuiteArgs),
     /// The batch budget with 1, 2 and 3 applier replicas: budget used, worst
     /// one-second overshoot, ETA error.
     Budget {

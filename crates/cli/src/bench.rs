@@ -5,8 +5,13 @@
 //! time. Figures are printed, and written as JSON when asked; nothing is
 //! asserted: the machine's load moves them, ratios are what to compare.
 
+pub mod backfill;
 pub mod ceiling;
 pub mod latency;
+pub mod mode;
+pub mod procs;
+pub mod report;
+pub mod suite;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -65,30 +70,37 @@ async fn batch_times(pool: &PgPool) -> anyhow::Result<Vec<f64>> {
 /// the benchmark's database and broker prefix, each logging to its own file.
 pub(crate) struct Tiers {
     children: Vec<tokio::process::Child>,
+    watched: Vec<procs::Watched>,
 }
 
 impl Tiers {
     pub(crate) fn spawn(url: &str, prefix: &str, counts: &[(&str, usize)], logs: &Path, run: &str) -> anyhow::Result<Tiers> {
         let exe = std::env::current_exe()?;
         let mut children = Vec::new();
+        let mut watched = Vec::new();
         for &(tier, n) in counts {
             for i in 0..n {
                 let log = std::fs::File::create(logs.join(format!("{run}-{tier}-{i}.log")))?;
-                children.push(
-                    Command::new(&exe)
-                        .arg(tier)
-                        .env("CRMSYNC_DATABASE__URL", url)
-                        .env("CRMSYNC_AMQP__PREFIX", prefix)
-                        .env("CRMSYNC_REDIS__PREFIX", prefix)
-                        .stdout(log.try_clone()?)
-                        .stderr(log)
-                        .stdin(Stdio::null())
-                        .kill_on_drop(true)
-                        .spawn()?,
-                );
+                let child = Command::new(&exe)
+                    .arg(tier)
+                    .env("CRMSYNC_DATABASE__URL", url)
+                    .env("CRMSYNC_AMQP__PREFIX", prefix)
+                    .env("CRMSYNC_REDIS__PREFIX", prefix)
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()?;
+                watched.push(procs::Watched { name: format!("{tier}-{i}"), pid: child.id().context("a tier's pid")? });
+                children.push(child);
             }
         }
-        Ok(Tiers { children })
+        Ok(Tiers { children, watched })
+    }
+
+    /// Each replica's name ("matcher-1") and pid, for the cost sampler.
+    pub(crate) fn watched(&self) -> Vec<procs::Watched> {
+        self.watched.clone()
     }
 
     /// Stops every tier (the figures are read from the database after).
@@ -187,7 +199,9 @@ pub async fn latency_cmd(config: &Config, rates: &[f64], seconds: f64, pairs: i6
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut runs = Vec::new();
     for &rate in rates {
-        let r = latency::run(config, &base_url, rate, seconds, pairs, &logs).await.with_context(|| format!("the run at {rate}/s"))?;
+        let r = latency::run(config, &base_url, mode::Mode::Direct, rate, seconds, pairs, &logs)
+            .await
+            .with_context(|| format!("the run at {rate}/s"))?;
         println!(
             "| {:.0} | {:.0} | {} | {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
             r.offered_per_second, r.achieved_per_second, r.edits, r.synced, r.merged, r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms

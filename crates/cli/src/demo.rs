@@ -16,7 +16,7 @@
 //! serve` and the real connectors instead (see `http`).
 
 mod csql;
-mod http;
+pub(crate) mod http;
 
 use std::path::Path;
 use std::process::{ExitCode, Stdio};

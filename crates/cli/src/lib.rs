@@ -2,7 +2,7 @@
 //! themselves live in their own crates and are only started from here.
 
 pub mod args;
-mod bench;
+pub mod bench;
 pub mod connection_cmd;
 mod dead_letters;
 pub mod demo;
@@ -117,6 +117,7 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Connection(cmd) => connection_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Demo(args) => return demo::run(&config, args).await,
+        Command::Bench(args::BenchCmd::Suite(args)) => bench::suite::run(&config, args).await?,
         Command::Bench(args::BenchCmd::Budget { records, per_second, out }) => bench::budget(&config, records, per_second, out).await?,
         Command::Bench(args::BenchCmd::Latency { rates, seconds, pairs, out }) => {
             bench::latency_cmd(&config, &rates, seconds, pairs, out).await?;

@@ -18,11 +18,14 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::Tiers;
+use super::mode::Mode;
+use super::procs::{self, ProcessCost, Sampler};
 use crate::progress::Probe;
 
 /// The figures of one steady-load run.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyRun {
+    pub mode: Mode,
     pub offered_per_second: f64,
     pub seconds: f64,
     /// Edits committed in the MA, and the rate they were committed at.
@@ -36,6 +39,15 @@ pub struct LatencyRun {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The last CRM commit after the last MA commit: how far behind the
+    /// pipeline was when the offered load stopped.
+    pub lag_at_end_ms: f64,
+    /// The load was committed at ≥ 95% of the offered rate and the
+    /// pipeline was less than a second behind at the end.
+    pub sustained: bool,
+    pub tiers: Vec<ProcessCost>,
+    /// CPU milliseconds per 1,000 edits, per tier and per service.
+    pub cpu_ms_per_1k: std::collections::BTreeMap<String, f64>,
 }
 
 /// Records the commit time of every job-title (MA) and title (CRM) value.
@@ -136,29 +148,49 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn run(
     config: &Config,
     base_url: &str,
+    mode: Mode,
     rate: f64,
     seconds: f64,
     pairs: i64,
     logs: &std::path::Path,
 ) -> anyhow::Result<LatencyRun> {
-    let prefix = format!("crmsync-bench-latency-{}", rate as u64);
+    let prefix = format!("crmsync-bench-latency-{}-{}", mode.as_str(), rate as u64);
     let (config, url, pool) = super::fresh_world(config, base_url, "crmsync_bench_latency", &prefix).await?;
     let mut s = connections::load(&pool, "default").await?;
     // Every edit on the immediate lane: this measures it, not the budget.
     s.batch_threshold = 1_000_000;
     connections::save(&pool, "default", &s).await?;
     seed_pairs(&pool, pairs).await?;
-    let tiers = Tiers::spawn(&url, &prefix, &[("producer", 1), ("matcher", 1), ("applier", 1)], logs, &format!("latency-{rate}"))?;
+    let server = mode.connect(&pool, &url, logs).await?;
+    let run_name = format!("latency-{}-{rate}", mode.as_str());
+    let tiers = Tiers::spawn(&url, &prefix, &[("producer", 1), ("matcher", 1), ("applier", 1)], logs, &run_name)?;
     let probe = Probe::new(&config, &pool).await?;
     let ids = ["default".to_owned()];
     probe.wait_idle(&ids, Duration::from_secs(600), |_| {}).await.context("linking the pairs")?;
     sqlx::raw_sql(TRIGGERS).execute(&pool).await?;
 
+    let mut watched = tiers.watched();
+    if let Some(pid) = server.as_ref().and_then(|s| s.pid()) {
+        watched.push(procs::Watched { name: "sandbox_server-0".into(), pid });
+    }
+    let sampler = Sampler::start(watched, Duration::from_millis(500));
     let started = Instant::now();
-    let edits = offer(&pool, rate, seconds, 8).await?;
+    // Enough writers that the generator keeps the schedule: each edit is
+    // one round trip of a millisecond or two.
+    let writers = ((rate / 50.0).ceil() as usize).max(8);
+    let edits = offer(&pool, rate, seconds, writers).await?;
     let offered_for = started.elapsed().as_secs_f64();
     probe.wait_idle(&ids, Duration::from_secs(300), |_| {}).await.context("draining the offered load")?;
+    let (tier_costs, services) = sampler.finish().await;
     tiers.stop().await;
+    if let Some(s) = server {
+        s.stop().await;
+    }
+    let lag_at_end_ms: f64 = sqlx::query_scalar(
+        "SELECT coalesce(extract(epoch FROM max(at) FILTER (WHERE side = 'crm') - max(at) FILTER (WHERE side = 'ma')) * 1000.0, 0)::float8          FROM bench.commits",
+    )
+    .fetch_one(&pool)
+    .await?;
 
     let latencies: Vec<f64> = sqlx::query_scalar(
         "SELECT (extract(epoch FROM (c.at - m.at)) * 1000.0)::float8 FROM bench.commits m \
@@ -170,16 +202,22 @@ pub async fn run(
     let mut sorted = latencies;
     sorted.sort_by(f64::total_cmp);
     let synced = sorted.len() as u64;
+    let achieved_per_second = edits as f64 / offered_for;
     Ok(LatencyRun {
+        mode,
         offered_per_second: rate,
         seconds,
         edits,
-        achieved_per_second: edits as f64 / offered_for,
+        achieved_per_second,
         synced,
         merged: edits.saturating_sub(synced),
         p50_ms: percentile(&sorted, 50.0),
         p95_ms: percentile(&sorted, 95.0),
         p99_ms: percentile(&sorted, 99.0),
         max_ms: sorted.last().copied().unwrap_or(0.0),
+        lag_at_end_ms,
+        sustained: achieved_per_second >= 0.95 * rate && lag_at_end_ms < 1000.0,
+        cpu_ms_per_1k: procs::per_thousand(&tier_costs, &services, edits),
+        tiers: tier_costs,
     })
 }

@@ -28,6 +28,7 @@ const PARDOT_DAILY: u64 = 100_000;
 const BUSINESS_UNIT: &str = "0Uv000000000001AAA";
 
 /// A running `crmsync sandbox serve`.
+#[derive(Debug)]
 pub struct SandboxServer {
     child: Child,
     url: String,
@@ -74,14 +75,27 @@ impl SandboxServer {
     /// Starts the server on a free loopback port and waits for the line it
     /// prints when it serves. `env` points it at the demo's database.
     pub async fn start(exe: &Path, env: &[(&str, String)], work_dir: &Path, logs: &Path) -> anyhow::Result<SandboxServer> {
+        Self::start_with_allowance(exe, env, work_dir, logs, SALESFORCE_DAILY, PARDOT_DAILY).await
+    }
+
+    /// As [`SandboxServer::start`], with the daily API allowances given: a
+    /// benchmark moves more records than an org's day allows.
+    pub async fn start_with_allowance(
+        exe: &Path,
+        env: &[(&str, String)],
+        work_dir: &Path,
+        logs: &Path,
+        salesforce_daily: u64,
+        pardot_daily: u64,
+    ) -> anyhow::Result<SandboxServer> {
         let secret = work_dir.join("sandbox-client-secret");
         write_private(&secret, &new_secret())?;
         let (private_key, public_key) = key_pair(work_dir).await?;
         let log = std::fs::File::create(logs.join("sandbox-serve.log"))?;
         let mut cmd = Command::new(exe);
         cmd.args(["sandbox", "serve", "--bind", "127.0.0.1:0", "--client-id", CLIENT_ID, "--salesforce-daily-limit"])
-            .arg(SALESFORCE_DAILY.to_string())
-            .args(["--pardot-daily-limit", &PARDOT_DAILY.to_string(), "--business-unit-id", BUSINESS_UNIT])
+            .arg(salesforce_daily.to_string())
+            .args(["--pardot-daily-limit", &pardot_daily.to_string(), "--business-unit-id", BUSINESS_UNIT])
             .arg("--client-secret-file")
             .arg(&secret)
             .arg("--jwt-public-key")
@@ -110,6 +124,11 @@ impl SandboxServer {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The server process's pid, for a benchmark's cost sampler.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The connection's CRM: the served org, as Salesforce, logged in to as

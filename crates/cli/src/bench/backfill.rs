@@ -1,0 +1,172 @@
+//! The backfill scenario: N linked prospect ↔ lead pairs, each edited on
+//! both sides before the engine first sees them (the lead has a title the
+//! prospect lacks, the prospect a phone the lead lacks), with the batch
+//! budget lifted so that only the pipeline limits the pace. The tiers start
+//! as separate processes (R replicas each) on a backlog of 2N changes; the
+//! run ends when every pair holds both values on both sides, read from the
+//! systems themselves. Records/s is 2N over that time. The same scenario
+//! with a larger N is the cost scenario: how much CPU each tier and service
+//! spends per 1,000 records, and whether memory stays flat while a backlog
+//! of a million changes waits (backpressure, not buffering).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crmsync_infra::Config;
+use crmsync_sandbox::ops::{Sandbox, System};
+use crmsync_store::connections;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::mode::Mode;
+use super::procs::{self, ProcessCost, Sampler};
+use super::{Tiers, fresh_world};
+use crate::progress;
+
+/// The figures of one backfill run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillRun {
+    pub mode: Mode,
+    pub pairs: u64,
+    /// Changes to sync: two per pair.
+    pub records: u64,
+    pub replicas_per_tier: usize,
+    /// From the tiers' start to the last pair holding both values.
+    pub converge_seconds: f64,
+    pub records_per_second: f64,
+    /// The most messages waiting in the pipeline's queues, sampled every
+    /// 2 s: the backlog the tiers held up under.
+    pub peak_backlog_messages: u64,
+    pub tiers: Vec<ProcessCost>,
+    /// CPU milliseconds per 1,000 records, per tier and per service.
+    pub cpu_ms_per_1k: std::collections::BTreeMap<String, f64>,
+    /// API calls the sandbox server counted (HTTP mode only).
+    pub api_calls: Option<u64>,
+}
+
+/// `pairs` linked pairs, each with a value only its own side holds.
+async fn seed(pool: &PgPool, pairs: u64) -> anyhow::Result<()> {
+    let sb = Sandbox::new(pool.clone(), "default");
+    let (ma_admin, crm_admin) = (sb.admin(System::Ma).await?, sb.admin(System::Crm).await?);
+    let pairs = i64::try_from(pairs)?;
+    // In slices, so no one statement holds a million rows' locks and WAL.
+    let slice = 50_000;
+    let bar = progress::bar(u64::try_from(pairs)?, "pairs seeded");
+    for from in (1..=pairs).step_by(slice) {
+        let to = (from + slice as i64 - 1).min(pairs);
+        sqlx::query(
+            "INSERT INTO crm.leads (tenant, last_name, company, email, title, last_modified_by) \
+             SELECT 'default', 'Backfill ' || g, 'Backfill Co', 'bf' || g || '@backfill.example', 'crm-title-' || g, $1 \
+             FROM generate_series($2::bigint, $3::bigint) g",
+        )
+        .bind(&crm_admin)
+        .bind(from)
+        .bind(to)
+        .execute(pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO ma.prospects (tenant, email, last_name, company, phone, crm_lead_fid, last_modified_by) \
+             SELECT 'default', l.email, l.last_name, l.company, 'ma-phone-' || substr(l.email, 3, strpos(l.email, '@') - 3), l.id, $1 \
+             FROM crm.leads l WHERE l.tenant = 'default' AND l.title IN (SELECT 'crm-title-' || g FROM generate_series($2::bigint, $3::bigint) g)",
+        )
+        .bind(&ma_admin)
+        .bind(from)
+        .bind(to)
+        .execute(pool)
+        .await?;
+        bar.set_position(u64::try_from(to)?);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Pairs holding both values on both sides.
+async fn converged(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM ma.prospects p JOIN crm.leads l ON l.id = p.crm_lead_fid \
+         WHERE p.tenant = 'default' AND p.email LIKE '%@backfill.example' AND p.job_title = l.title AND l.phone = p.phone",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Messages waiting in the connection's queues, all stages and lanes.
+async fn queued(config: &Config) -> u64 {
+    let out = std::process::Command::new("rabbitmqctl").args(["list_queues", "-q", "name", "messages"]).output();
+    let Ok(out) = out else { return 0 };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&config.amqp.prefix))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// One backfill of `pairs` pairs with `replicas` of each tier, in `mode`.
+pub async fn run(config: &Config, base_url: &str, mode: Mode, pairs: u64, replicas: usize, work_dir: &Path) -> anyhow::Result<BackfillRun> {
+    let prefix = format!("crmsync-bench-backfill-{}-{replicas}", mode.as_str());
+    let (config, url, pool) = fresh_world(config, base_url, "crmsync_bench_backfill", &prefix).await?;
+    let mut s = connections::load(&pool, "default").await?;
+    // The budget lifted: a million records a second, in chunks as large as
+    // a batch-lane message holds, so only the pipeline sets the pace.
+    s.batch_budget_per_hour = 3_600_000_000;
+    s.batch_burst = 10_000;
+    connections::save(&pool, "default", &s).await?;
+    seed(&pool, pairs).await.context("seeding the pairs")?;
+    sqlx::query("ANALYZE crm.leads, ma.prospects").execute(&pool).await?;
+    let server = mode.connect(&pool, &url, work_dir).await?;
+    let run_name = format!("backfill-{}-{pairs}-{replicas}", mode.as_str());
+    let counts = [("producer", replicas), ("matcher", replicas), ("applier", replicas)];
+    let started = Instant::now();
+    let tiers = Tiers::spawn(&url, &prefix, &counts, work_dir, &run_name)?;
+    let mut watched = tiers.watched();
+    if let Some(pid) = server.as_ref().and_then(|s| s.pid()) {
+        watched.push(procs::Watched { name: "sandbox_server-0".into(), pid });
+    }
+    let sampler = Sampler::start(watched, Duration::from_millis(500));
+    let want = i64::try_from(pairs)?;
+    let bar = progress::bar(pairs, "pairs converged");
+    let mut peak_backlog = 0;
+    let mut last_queue_check = Instant::now() - Duration::from_secs(10);
+    // Generous: a slow machine still finishes, a stuck pipeline does not
+    // hold the run forever.
+    let limit = Duration::from_secs(600 + pairs / 50);
+    loop {
+        let n = converged(&pool).await?;
+        bar.set_position(u64::try_from(n)?);
+        if n >= want {
+            break;
+        }
+        if last_queue_check.elapsed() >= Duration::from_secs(2) {
+            peak_backlog = peak_backlog.max(queued(&config).await);
+            last_queue_check = Instant::now();
+        }
+        anyhow::ensure!(started.elapsed() < limit, "only {n} of {want} pairs converged in {limit:?}; logs in {}", work_dir.display());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let converge_seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let (tier_costs, services) = sampler.finish().await;
+    tiers.stop().await;
+    let api_calls = match &server {
+        Some(s) => s.usage().await.ok().map(|l| l.salesforce_used + l.pardot_used),
+        None => None,
+    };
+    if let Some(s) = server {
+        s.stop().await;
+    }
+    pool.close().await;
+    let records = 2 * pairs;
+    Ok(BackfillRun {
+        mode,
+        pairs,
+        records,
+        replicas_per_tier: replicas,
+        converge_seconds,
+        records_per_second: records as f64 / converge_seconds,
+        peak_backlog_messages: peak_backlog,
+        cpu_ms_per_1k: procs::per_thousand(&tier_costs, &services, records),
+        tiers: tier_costs,
+        api_calls,
+    })
+}
