@@ -144,10 +144,15 @@ impl Applier {
         let systems = self.factory.systems(&settings).await?;
         // Commands per identity, in arrival order.
         let mut by_identity: Vec<(Uuid, Vec<&ApplyCommand>)> = Vec::new();
+        // Found by id: a batch-lane chunk holds thousands of identities.
+        let mut position: HashMap<Uuid, usize> = HashMap::new();
         for c in &batch.commands {
-            match by_identity.iter_mut().find(|(id, _)| *id == c.identity_id) {
-                Some((_, list)) => list.push(c),
-                None => by_identity.push((c.identity_id, vec![c])),
+            match position.get(&c.identity_id) {
+                Some(&i) => by_identity[i].1.push(c),
+                None => {
+                    position.insert(c.identity_id, by_identity.len());
+                    by_identity.push((c.identity_id, vec![c]));
+                }
             }
         }
         let mut outbox: Vec<String> = Vec::new();
@@ -581,6 +586,42 @@ impl Applier {
 
     /// Saves state, audit, errors and queued mirrors of the identities that
     /// are done, in one transaction; returns the mirror keys queued.
+    /// Saves one identity under a savepoint, so that a refused save does not
+    /// abort the others in the transaction. An email move onto an email that
+    /// already keys another identity keeps the old key and says so: two
+    /// people are never merged.
+    /// `moved_from` holds the email the identity had before a move.
+    async fn save_one(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        conn: &str,
+        token: i64,
+        s: &mut State,
+        moved_from: Option<Option<String>>,
+        issues: &mut Vec<SyncIssue>,
+    ) -> Result<Written, StageError> {
+        sqlx::query("SAVEPOINT identity").execute(&mut *tx).await?;
+        let mut written = identities::save_applied(&mut *tx, conn, &applied_of(s), token).await?;
+        if written == Written::Conflict {
+            sqlx::query("ROLLBACK TO SAVEPOINT identity").execute(&mut *tx).await?;
+        }
+        if written == Written::Conflict
+            && let Some(old_email) = moved_from
+        {
+            issues.push(SyncIssue::new(
+                SyncErrorCategory::DuplicateRecord,
+                format!("identity {}: its new email already belongs to another synced person; the old one still keys it", s.id),
+            ));
+            s.email = old_email;
+            written = identities::save_applied(&mut *tx, conn, &applied_of(s), token).await?;
+            if written == Written::Conflict {
+                sqlx::query("ROLLBACK TO SAVEPOINT identity").execute(&mut *tx).await?;
+            }
+        }
+        sqlx::query("RELEASE SAVEPOINT identity").execute(&mut *tx).await?;
+        Ok(written)
+    }
+
     async fn save(&self, batch: &ApplyBatch, work: &mut [Work<'_>], spans: &RecordSpans) -> Result<Vec<String>, StageError> {
         let conn = batch.connection_id.as_str();
         let lane = batch.lane.as_str();
@@ -589,6 +630,22 @@ impl Applier {
         let mut errors = Vec::new();
         let mut resolved = Vec::new();
         let mut mirrors: Vec<String> = Vec::new();
+        // Every identity in one statement; only when a unique index refuses
+        // one of them (an email move onto another person's) are they saved
+        // one by one, under savepoints, to find which and say so.
+        let together: Vec<(Applied, i64)> = work
+            .iter()
+            .filter(|w| !w.retry)
+            .filter_map(|w| {
+                let s = w.state.as_ref()?;
+                let mut a = applied_of(s);
+                if let Some(e) = &w.email_move {
+                    a.email = Some(e.clone());
+                }
+                Some((a, w.token))
+            })
+            .collect();
+        let stored_together = identities::save_applied_many(&mut tx, conn, &together).await?;
         for w in work.iter_mut().filter(|w| !w.retry) {
             let action = match &mut w.state {
                 None => "identity_missing".to_owned(),
@@ -597,39 +654,14 @@ impl Applier {
                     if let Some(e) = &w.email_move {
                         s.email = Some(e.clone());
                     }
-                    let applied = |s: &State| Applied {
-                        id: s.id,
-                        status: s.status,
-                        prospect_id: s.prospect_id,
-                        crm: s.crm.clone(),
-                        fields: s.fields.clone(),
-                        ma_link_written: s.ma_link_written,
-                        ma_recycled: s.ma_recycled,
-                        email: s.email.clone(),
-                        crm_account_id: s.crm_account_id.clone(),
-                        mirror_crm_id: mirror_view(s),
-                    };
-                    // A refused save must not abort the others in this
-                    // transaction: each identity saves under a savepoint.
-                    sqlx::query("SAVEPOINT identity").execute(&mut *tx).await?;
-                    let mut written = identities::save_applied(&mut *tx, conn, &applied(s), w.token).await?;
-                    if written == Written::Conflict {
-                        sqlx::query("ROLLBACK TO SAVEPOINT identity").execute(&mut *tx).await?;
-                    }
-                    if written == Written::Conflict && w.email_move.is_some() {
-                        // The new email already keys another identity: keep
-                        // the old key and say so; never merge two people.
-                        w.issues.push(SyncIssue::new(
-                            SyncErrorCategory::DuplicateRecord,
-                            format!("identity {}: its new email already belongs to another synced person; the old one still keys it", s.id),
-                        ));
-                        s.email = old_email;
-                        written = identities::save_applied(&mut *tx, conn, &applied(s), w.token).await?;
-                        if written == Written::Conflict {
-                            sqlx::query("ROLLBACK TO SAVEPOINT identity").execute(&mut *tx).await?;
+                    let written = match &stored_together {
+                        Some(stored) if stored.contains(&s.id) => Written::Done,
+                        Some(_) => Written::Fenced,
+                        None => {
+                            let moved_from = w.email_move.is_some().then_some(old_email);
+                            self.save_one(&mut tx, conn, w.token, s, moved_from, &mut w.issues).await?
                         }
-                    }
-                    sqlx::query("RELEASE SAVEPOINT identity").execute(&mut *tx).await?;
+                    };
                     match written {
                         Written::Done => {}
                         Written::Fenced => {
@@ -702,6 +734,22 @@ impl Applier {
         tx.commit().await?;
         trace_outcomes(spans, &audits);
         Ok(mirrors)
+    }
+}
+
+/// What the applier stores of an identity's state.
+fn applied_of(s: &State) -> Applied {
+    Applied {
+        id: s.id,
+        status: s.status,
+        prospect_id: s.prospect_id,
+        crm: s.crm.clone(),
+        fields: s.fields.clone(),
+        ma_link_written: s.ma_link_written,
+        ma_recycled: s.ma_recycled,
+        email: s.email.clone(),
+        crm_account_id: s.crm_account_id.clone(),
+        mirror_crm_id: mirror_view(s),
     }
 }
 

@@ -27,7 +27,7 @@ use crmsync_infra::locks::{LockGuard, LockKind, Locks, pause_before_retry};
 use crmsync_infra::propagation::{RecordSpans, RecordStage, record_span};
 use crmsync_infra::worker::StageError;
 use crmsync_store::audit::AuditEntry;
-use crmsync_store::identities::{self, IdentityRow, Keys, Written};
+use crmsync_store::identities::{self, IdentityRow, Keys, NewIdentity, Written};
 use crmsync_store::sync_errors::NewSyncError;
 use serde_json::json;
 use sqlx::PgPool;
@@ -467,6 +467,9 @@ impl Matcher {
         let out = &mut result.out;
         // Patches to existing identities need those identities' locks too.
         let mut patches: Vec<(usize, Uuid, IdentityPatch)> = Vec::new();
+        // New identities are stored together after the loop: one statement
+        // (and one commit) for the group, not one per record.
+        let mut news: Vec<New> = Vec::new();
         for (pos, item) in items.iter().enumerate() {
             let c = item.candidate;
             let change = c.change();
@@ -494,31 +497,42 @@ impl Matcher {
                     }
                 }
                 Decision::New { patch, issue } => {
-                    let id = Uuid::now_v7();
-                    let email = c.email().map(Email::as_str);
                     let obs = self.observations(systems, settings, c, &patch, &found);
                     let mut fields = IdentityFields::default();
                     fields.observe_all(&settings.field_map, &obs);
-                    match identities::insert(&self.pool, conn, id, &patch, email, &fields, item.token).await? {
-                        Written::Done => {
-                            if let Some(issue) = issue {
-                                out.note(record, change.change_id, issue);
-                            } else {
-                                out.resolved.push((record.object().to_owned(), record.record_id()));
-                            }
-                            out.commands.push(command(id, obs));
-                        }
-                        Written::Conflict | Written::Fenced => {
-                            if conflicts.get(&pos).copied().unwrap_or(0) >= 2 {
-                                out.reject(record, change.change_id, conflict_issue(record), lane);
-                            } else {
-                                result.retry.push(pos);
-                            }
-                        }
-                    }
+                    news.push(New { pos, id: Uuid::now_v7(), patch, issue, obs, fields });
                 }
                 Decision::Reject(issue) => out.reject(record, change.change_id, issue, lane),
                 Decision::Skip(reason) => out.skip(record, change.change_id, reason, lane),
+            }
+        }
+        let rows: Vec<NewIdentity<'_>> = news
+            .iter()
+            .map(|n| NewIdentity {
+                id: n.id,
+                patch: &n.patch,
+                email: items[n.pos].candidate.email().map(Email::as_str),
+                fields: &n.fields,
+                fence: items[n.pos].token,
+            })
+            .collect();
+        let stored = identities::insert_many(&self.pool, conn, &rows).await?;
+        for n in news {
+            let change = items[n.pos].candidate.change();
+            let record = &change.record;
+            if stored.contains(&n.id) {
+                if let Some(issue) = n.issue {
+                    out.note(record, change.change_id, issue);
+                } else {
+                    out.resolved.push((record.object().to_owned(), record.record_id()));
+                }
+                out.commands.push(command(batch, change, n.id, n.obs));
+            } else if conflicts.get(&n.pos).copied().unwrap_or(0) >= 2 {
+                // The person has an identity already (another replica made
+                // it meanwhile): matched again next round, refused after two.
+                out.reject(record, change.change_id, conflict_issue(record), lane);
+            } else {
+                result.retry.push(n.pos);
             }
         }
         if !patches.is_empty() {
@@ -590,6 +604,17 @@ impl Matcher {
         }
         Ok(result)
     }
+}
+
+/// A new identity the matcher decided on, stored with the others of its
+/// group in one statement.
+struct New {
+    pos: usize,
+    id: Uuid,
+    patch: IdentityPatch,
+    issue: Option<SyncIssue>,
+    obs: Vec<Observation>,
+    fields: IdentityFields,
 }
 
 /// Records each record's outcome on its span, and hands the span's context

@@ -7,6 +7,8 @@
 //! newer decision. The unique indexes on prospect, CRM id and email are the
 //! backstop: a second identity for one person cannot be stored at all.
 
+use std::collections::HashSet;
+
 use crmsync_domain::matching::{IdentityPatch, IdentityRef, IdentityStatus};
 use crmsync_domain::merge::IdentityFields;
 use crmsync_domain::{CrmId, CrmObject};
@@ -138,6 +140,55 @@ pub async fn insert(
     settle(result)
 }
 
+/// A new identity for [`insert_many`].
+#[derive(Debug, Clone)]
+pub struct NewIdentity<'a> {
+    pub id: Uuid,
+    pub patch: &'a IdentityPatch,
+    pub email: Option<&'a str>,
+    pub fields: &'a IdentityFields,
+    pub fence: i64,
+}
+
+/// Stores new identities in one statement, as [`insert`] does one: the ids
+/// stored. One the unique indexes refused (the person already has an
+/// identity) is left out, as [`Written::Conflict`] would say of it.
+pub async fn insert_many(pool: &PgPool, connection_id: &str, new: &[NewIdentity<'_>]) -> Result<HashSet<Uuid>, sqlx::Error> {
+    if new.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<Uuid> = new.iter().map(|n| n.id).collect();
+    let statuses: Vec<&str> = new.iter().map(|n| n.patch.status.unwrap_or(IdentityStatus::PendingAssignment).as_str()).collect();
+    let prospects: Vec<Option<i64>> = new.iter().map(|n| n.patch.prospect_id).collect();
+    let objects: Vec<Option<&str>> = new.iter().map(|n| n.patch.crm.as_ref().map(|(_, o)| o.as_str())).collect();
+    let crm_ids: Vec<Option<&str>> = new.iter().map(|n| n.patch.crm.as_ref().map(|(c, _)| c.as_str())).collect();
+    let emails: Vec<Option<&str>> = new.iter().map(|n| n.email).collect();
+    let owners: Vec<Option<&str>> = new.iter().map(|n| n.patch.owner.as_ref().map(CrmId::as_str)).collect();
+    let fences: Vec<i64> = new.iter().map(|n| n.fence).collect();
+    let fields: Vec<Json<&IdentityFields>> = new.iter().map(|n| Json(n.fields)).collect();
+    let stored: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO identities (id, connection_id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, fields, linked_at) \
+         SELECT d.id, $1, d.status, d.prospect_id, d.crm_object, d.crm_id, d.email, d.owner_id, d.fence, d.fields, \
+                CASE WHEN d.status = 'linked' THEN now() END \
+         FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::jsonb[]) \
+              AS d(id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, fields) \
+         ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(connection_id)
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&prospects)
+    .bind(&objects)
+    .bind(&crm_ids)
+    .bind(&emails)
+    .bind(&owners)
+    .bind(&fences)
+    .bind(&fields)
+    .fetch_all(pool)
+    .await?;
+    Ok(stored.into_iter().collect())
+}
+
 /// Changes an identity's status and links as the matcher decided.
 pub async fn patch(pool: &PgPool, connection_id: &str, id: Uuid, patch: &IdentityPatch, fence: i64) -> Result<Written, sqlx::Error> {
     let result = sqlx::query(
@@ -207,6 +258,75 @@ pub async fn save_applied<'e>(e: impl PgExecutor<'e>, connection_id: &str, a: &A
     .execute(e)
     .await;
     settle(result)
+}
+
+/// Stores what the applier did to many identities in one statement, each
+/// fenced as [`save_applied`] fences one: the ids stored (one missing was
+/// fenced). `None` when a unique index refused one of them: the statement
+/// stored nothing, and the caller saves them one by one to find which.
+pub async fn save_applied_many(
+    conn: &mut sqlx::PgConnection,
+    connection_id: &str,
+    applied: &[(Applied, i64)],
+) -> Result<Option<HashSet<Uuid>>, sqlx::Error> {
+    if applied.is_empty() {
+        return Ok(Some(HashSet::new()));
+    }
+    let ids: Vec<Uuid> = applied.iter().map(|(a, _)| a.id).collect();
+    let statuses: Vec<&str> = applied.iter().map(|(a, _)| a.status.as_str()).collect();
+    let prospects: Vec<Option<i64>> = applied.iter().map(|(a, _)| a.prospect_id).collect();
+    let objects: Vec<Option<&str>> = applied.iter().map(|(a, _)| a.crm.as_ref().map(|(o, _)| o.as_str())).collect();
+    let crm_ids: Vec<Option<&str>> = applied.iter().map(|(a, _)| a.crm.as_ref().map(|(_, c)| c.as_str())).collect();
+    let fields: Vec<Json<&IdentityFields>> = applied.iter().map(|(a, _)| Json(&a.fields)).collect();
+    let link_written: Vec<bool> = applied.iter().map(|(a, _)| a.ma_link_written).collect();
+    let recycled: Vec<bool> = applied.iter().map(|(a, _)| a.ma_recycled).collect();
+    let emails: Vec<Option<&str>> = applied.iter().map(|(a, _)| a.email.as_deref()).collect();
+    let accounts: Vec<Option<&str>> = applied.iter().map(|(a, _)| a.crm_account_id.as_deref()).collect();
+    let mirrors: Vec<Option<&str>> = applied.iter().map(|(a, _)| a.mirror_crm_id.as_deref()).collect();
+    let fences: Vec<i64> = applied.iter().map(|(_, f)| *f).collect();
+    // Under a savepoint: a refused statement must not abort the caller's
+    // transaction.
+    sqlx::query("SAVEPOINT save_many").execute(&mut *conn).await?;
+    let result: Result<Vec<Uuid>, sqlx::Error> = sqlx::query_scalar(
+        "UPDATE identities AS i SET \
+            status = d.status, prospect_id = d.prospect_id, crm_object = d.crm_object, crm_id = d.crm_id, fields = d.fields, \
+            ma_link_written = d.ma_link_written, ma_recycled = d.ma_recycled, email = d.email, crm_account_id = d.crm_account_id, \
+            mirror_crm_id = d.mirror_crm_id, fence = d.fence, updated_at = now(), \
+            linked_at = CASE WHEN d.status = 'linked' AND i.linked_at IS NULL THEN now() ELSE i.linked_at END \
+         FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::jsonb[], $8::bool[], $9::bool[], \
+                     $10::text[], $11::text[], $12::text[], $13::bigint[]) \
+              AS d(id, status, prospect_id, crm_object, crm_id, fields, ma_link_written, ma_recycled, email, crm_account_id, \
+                   mirror_crm_id, fence) \
+         WHERE i.connection_id = $1 AND i.id = d.id AND i.fence < d.fence \
+         RETURNING i.id",
+    )
+    .bind(connection_id)
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&prospects)
+    .bind(&objects)
+    .bind(&crm_ids)
+    .bind(&fields)
+    .bind(&link_written)
+    .bind(&recycled)
+    .bind(&emails)
+    .bind(&accounts)
+    .bind(&mirrors)
+    .bind(&fences)
+    .fetch_all(&mut *conn)
+    .await;
+    match result {
+        Ok(stored) => {
+            sqlx::query("RELEASE SAVEPOINT save_many").execute(&mut *conn).await?;
+            Ok(Some(stored.into_iter().collect()))
+        }
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            sqlx::query("ROLLBACK TO SAVEPOINT save_many").execute(&mut *conn).await?;
+            sqlx::query("RELEASE SAVEPOINT save_many").execute(&mut *conn).await?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Identities per status.

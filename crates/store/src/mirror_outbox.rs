@@ -51,14 +51,20 @@ pub async fn stale(pool: &PgPool, older_than_ms: i64, limit: i64) -> Result<Vec<
 
 /// Removes entries that were reconciled, unless queued again meanwhile.
 pub async fn done(pool: &PgPool, entries: &[Queued]) -> Result<(), sqlx::Error> {
-    for q in entries {
-        sqlx::query("DELETE FROM mirror_outbox WHERE connection_id = $1 AND key = $2 AND seq = $3")
-            .bind(&q.connection_id)
-            .bind(&q.key)
-            .bind(q.seq)
-            .execute(pool)
-            .await?;
-    }
+    // One statement for the lot: a backfill links thousands of identities
+    // a message, and a round trip (and commit) per entry was the cost.
+    let conns: Vec<&str> = entries.iter().map(|q| q.connection_id.as_str()).collect();
+    let keys: Vec<&str> = entries.iter().map(|q| q.key.as_str()).collect();
+    let seqs: Vec<i64> = entries.iter().map(|q| q.seq).collect();
+    sqlx::query(
+        "DELETE FROM mirror_outbox m USING unnest($1::text[], $2::text[], $3::bigint[]) AS d(connection_id, key, seq) \
+         WHERE m.connection_id = d.connection_id AND m.key = d.key AND m.seq = d.seq",
+    )
+    .bind(&conns)
+    .bind(&keys)
+    .bind(&seqs)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

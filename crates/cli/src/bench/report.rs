@@ -280,11 +280,12 @@ fn throughput_svg(path: &Path, runs: &[BackfillRun], ceiling: f64) -> Plot {
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
-        .build_cartesian_2d((0..runs.len()).into_segmented(), 0.0..top)?;
+        .build_cartesian_2d((0..runs.len().saturating_sub(1)).into_segmented(), 0.0..top)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .y_desc("records/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
             _ => String::new(),
@@ -301,10 +302,7 @@ fn throughput_svg(path: &Path, runs: &[BackfillRun], ceiling: f64) -> Plot {
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], PALETTE[0].filled()));
     if ceiling > 0.0 {
         chart
-            .draw_series(LineSeries::new(
-                [(SegmentValue::Exact(0), ceiling), (SegmentValue::Exact(runs.len()), ceiling)],
-                PALETTE[3].stroke_width(2),
-            ))?
+            .draw_series(LineSeries::new([(SegmentValue::Exact(0), ceiling), (SegmentValue::Last, ceiling)], PALETTE[3].stroke_width(2)))?
             .label("RabbitMQ two-hop ceiling (messages/s)")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], PALETTE[3].stroke_width(2)));
     }
@@ -330,7 +328,13 @@ fn latency_svg(path: &Path, runs: &[LatencyRun]) -> Plot {
         .x_label_area_size(36)
         .y_label_area_size(64)
         .build_cartesian_2d((50.0..max_rate).log_scale(), (1.0..max_ms).log_scale())?;
-    chart.configure_mesh().x_desc("offered changes/s").y_desc("latency, ms (log)").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("offered changes/s")
+        .y_desc("latency, ms (log)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()?;
     let mut colour = 0;
     for mode in [super::mode::Mode::Direct, super::mode::Mode::Http] {
         let of_mode: Vec<&LatencyRun> = runs.iter().filter(|r| r.mode == mode).collect();
@@ -364,7 +368,7 @@ fn memory_svg(path: &Path, runs: &[BackfillRun]) -> Plot {
         .x_label_area_size(36)
         .y_label_area_size(64)
         .build_cartesian_2d(0.0..end, 0.0..top)?;
-    chart.configure_mesh().x_desc("seconds").y_desc("RSS, MB").draw()?;
+    chart.configure_mesh().x_desc("seconds").y_desc("RSS, MB").y_label_formatter(&|v| format!("{v:.0}")).draw()?;
     let mut colour = 0;
     for r in runs {
         for t in &r.tiers {
