@@ -125,9 +125,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                         tracing::warn!(connection_id = %id, error = %e, "cannot declare the batch-lane queue yet; retrying");
                         continue;
                     }
-                    // One message at a time: it is paced, and holding more would
-                    // only keep them from the other replicas.
-                    let opts = options(&config, services.topology.queue(Stage::Apply, Lane::Batch, &id), 1);
+                    // A few messages at a time: the shared budget paces them
+                    // all, and a replica waiting on one message's round trips
+                    // would leave a lifted budget unused.
+                    let opts = options(&config, services.topology.queue(Stage::Apply, Lane::Batch, &id), config.applier.batch_concurrency);
                     let (broker, s, stop) = (services.broker.clone(), stage.clone(), shutdown.clone());
                     loops.spawn(async move { consume(&broker, opts, s, stop).await });
                     started.insert(id);

@@ -155,11 +155,17 @@ pub struct WorkerConfig {
     /// First retry delay of a message that failed for a transient reason;
     /// doubles per attempt.
     pub retry_backoff_ms: u64,
+    /// Batch-lane messages one applier replica works on at once (the
+    /// applier only). The connection's budget paces them all together, so
+    /// this changes nothing while the budget is the brake; when it is not
+    /// (a lifted budget, a backfill), one message at a time would leave the
+    /// replica waiting on round trips instead of working.
+    pub batch_concurrency: usize,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig { concurrency: 4, retry_backoff_ms: 200 }
+        WorkerConfig { concurrency: 4, retry_backoff_ms: 200, batch_concurrency: 4 }
     }
 }
 

@@ -167,6 +167,10 @@ pub async fn run(
     let probe = Probe::new(&config, &pool).await?;
     let ids = ["default".to_owned()];
     probe.wait_idle(&ids, Duration::from_secs(600), |_| {}).await.context("linking the pairs")?;
+    // A settled system: autovacuum would have analysed the tables the
+    // linking just filled, and without it the planner takes the identity
+    // map for the few hundred rows it held at its last look.
+    sqlx::query("ANALYZE identities, audit_log, crm.leads, ma.prospects").execute(&pool).await?;
     sqlx::raw_sql(TRIGGERS).execute(&pool).await?;
 
     let mut watched = tiers.watched();
