@@ -21,17 +21,17 @@ pub struct Lease {
 /// Takes, or renews, `owner`'s lease on a feed for `ttl`. `None` while
 /// another replica holds an unexpired lease.
 pub async fn lease(pool: &PgPool, connection_id: &str, feed: &str, owner: &str, ttl: Duration) -> Result<Option<Lease>, sqlx::Error> {
-    sqlx::query("INSERT INTO feeds (connection_id, feed) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(connection_id)
-        .bind(feed)
-        .execute(pool)
-        .await?;
+    // One statement: a feed seen for the first time is created already
+    // leased (token 1, as a first lease of an existing row would be). Every
+    // pass leases every feed, so a second round trip here cost a pass six.
     let row = sqlx::query(
-        "UPDATE feeds SET \
-            lease_token = CASE WHEN lease_owner = $3 AND lease_until > now() THEN lease_token ELSE lease_token + 1 END, \
+        "INSERT INTO feeds AS f (connection_id, feed, lease_owner, lease_token, lease_until) \
+         VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4)) \
+         ON CONFLICT (connection_id, feed) DO UPDATE SET \
+            lease_token = CASE WHEN f.lease_owner = $3 AND f.lease_until > now() THEN f.lease_token ELSE f.lease_token + 1 END, \
             lease_owner = $3, \
             lease_until = now() + make_interval(secs => $4) \
-         WHERE connection_id = $1 AND feed = $2 AND (lease_owner IS NULL OR lease_owner = $3 OR lease_until < now()) \
+         WHERE f.lease_owner IS NULL OR f.lease_owner = $3 OR f.lease_until < now() \
          RETURNING lease_token, cursor",
     )
     .bind(connection_id)

@@ -217,10 +217,9 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(s, "## Cost with a large backlog\n");
         let _ = writeln!(
             s,
-            "The backfill with one replica per tier and a backlog of {} changes. Peak RSS is the kernel's high-water mark \
+            "The backfill with one replica per tier and a large backlog (the records column). Peak RSS is the kernel's high-water mark \
              (VmHWM); *first / last quarter* are the largest RSS sampled (every 0.5 s) in the first and last quarter of the run: \
-             memory that grew with the backlog would show there.\n",
-            r.cost.first().map_or(0, |c| c.records)
+             memory that grew with the backlog would show there.\n"
         );
         let _ = writeln!(
             s,
