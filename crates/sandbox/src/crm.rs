@@ -120,7 +120,13 @@ impl SandboxCrm {
         })
     }
 
-    async fn write_one(&self, conn: &mut PgConnection, def: &ObjectDef, w: &CrmWrite) -> Result<WriteOutcome, sqlx::Error> {
+    async fn write_one(
+        &self,
+        conn: &mut PgConnection,
+        def: &ObjectDef,
+        rules: &rules::Rules,
+        w: &CrmWrite,
+    ) -> Result<WriteOutcome, sqlx::Error> {
         if let Some(owner) = &w.owner_id
             && let Some(problem) = self.owner_problem(conn, owner).await?
         {
@@ -172,7 +178,7 @@ impl SandboxCrm {
         };
         after.extend(doc.clone());
         let id = existing.as_ref().map(|r| r.get::<String, _>("id"));
-        if let Some((code, message)) = rules::refusal(conn, def, &self.tenant, id.as_deref(), &after, &doc).await? {
+        if let Some((code, message)) = rules.refusal(conn, def, &self.tenant, id.as_deref(), &after, &doc).await? {
             return Ok(rejected(code, message));
         }
         let written = match existing {
@@ -266,10 +272,11 @@ impl CrmApi for SandboxCrm {
             )));
         }
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let rules = rules::Rules::load(&mut tx, def, &self.tenant).await.map_err(db_error)?;
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
             store::savepoint(&mut tx).await?;
-            let result = self.write_one(&mut tx, def, w).await;
+            let result = self.write_one(&mut tx, def, &rules, w).await;
             out.push(store::settle(&mut tx, result).await?);
         }
         tx.commit().await.map_err(db_error)?;
