@@ -53,6 +53,22 @@ impl Feed {
         }
     }
 
+    /// The sandbox table whose change notifications name this feed, when
+    /// one does: a pass woken by a notification reads only the feeds it
+    /// names.
+    pub fn table(&self) -> Option<&'static str> {
+        Some(match self {
+            Feed::Prospects => "ma.prospects",
+            Feed::Leads => "crm.leads",
+            Feed::Contacts => "crm.contacts",
+            Feed::Mirror(MirrorObject::Account) => "crm.accounts",
+            Feed::Mirror(MirrorObject::Opportunity) => "crm.opportunities",
+            Feed::Mirror(MirrorObject::ContactRole) => "crm.opportunity_contact_roles",
+            Feed::Mirror(MirrorObject::Custom(_)) => "crm.custom_records",
+            Feed::Csql(_) => return None,
+        })
+    }
+
     /// The user the engine writes as in this feed's system.
     pub fn integration_user<'s>(&self, systems: &'s Systems) -> &'s str {
         match (self, &systems.cs) {

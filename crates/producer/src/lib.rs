@@ -13,8 +13,9 @@ mod feed;
 mod pass;
 mod redetect;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crmsync_connector::ConnectorFactory;
 use crmsync_infra::health::{self, Health};
@@ -42,10 +43,14 @@ fn replica_id(config: &Config) -> String {
     })
 }
 
-/// Wakes the poll loop whenever the sandbox commits a change. Reconnects
-/// with backoff; polling continues meanwhile, so a lost listener only costs
-/// latency.
-async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// Tables notified since the last pass: a pass woken by them reads only
+/// their feeds, not every feed of every connection.
+type Dirty = Arc<Mutex<HashSet<String>>>;
+
+/// Wakes the poll loop whenever the sandbox commits a change, noting which
+/// table changed. Reconnects with backoff; polling continues meanwhile, so
+/// a lost listener only costs latency.
+async fn listen(pool: PgPool, wake: Arc<Notify>, dirty: Dirty, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         let mut listener = match PgListener::connect_with(&pool).await {
@@ -65,7 +70,10 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 n = listener.recv() => match n {
-                    Ok(_) => wake.notify_one(),
+                    Ok(n) => {
+                        dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(n.payload().to_owned());
+                        wake.notify_one();
+                    }
                     Err(e) => { warn!(error = %e, "change notifications interrupted"); break; }
                 }
             }
@@ -82,7 +90,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let factory = SystemsFactory::from_config(&config, &services.pool).await?;
     let owner = replica_id(&config);
     let wake = Arc::new(Notify::new());
-    let listener = tokio::spawn(listen(factory.pool().clone(), wake.clone(), shutdown.clone()));
+    let dirty = Dirty::default();
+    let listener = tokio::spawn(listen(factory.pool().clone(), wake.clone(), dirty.clone(), shutdown.clone()));
     let ctx = PassContext {
         pool: &services.pool,
         broker: &services.broker,
@@ -94,10 +103,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     info!(replica = %owner, "producer started");
     health.working();
     let mut backoff = config.producer.poll_interval();
+    // What the next pass reads: every feed (`None`) or the notified ones.
+    let mut only: Option<HashSet<String>> = None;
+    let mut last_full = Instant::now();
     loop {
         let mut failed = false;
+        if only.is_none() {
+            last_full = Instant::now();
+        }
         for connection_id in connections::ids(&services.pool).await.unwrap_or_default() {
-            if let Err(e) = poll_connection(&ctx, &factory, &connection_id).await {
+            if let Err(e) = poll_connection(&ctx, &factory, &connection_id, only.as_ref()).await {
                 // Connector errors can quote record values: no email in clear (I5).
                 warn!(connection_id, error = %telemetry::redact(&e.to_string()), "detection failed; retrying");
                 failed = true;
@@ -105,11 +120,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         // Failures back off; success polls at the configured pace.
         backoff = if failed { (backoff * 2).min(Duration::from_secs(10)) } else { config.producer.poll_interval() };
-        tokio::select! {
+        let notified = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
-            _ = wake.notified(), if !failed => {}
-        }
+            _ = tokio::time::sleep(backoff) => false,
+            _ = wake.notified(), if !failed => true,
+        };
+        let tables = std::mem::take(&mut *dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        // Every feed is still read once a poll interval, however often
+        // notifications come: the overlap window's look back (a late
+        // commit) depends on it.
+        only = (notified && last_full.elapsed() < config.producer.poll_interval()).then_some(tables);
     }
     let _ = feeds::release_all(&services.pool, &owner).await;
     listener.abort();
@@ -121,10 +141,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-async fn poll_connection(ctx: &PassContext<'_>, factory: &SystemsFactory, connection_id: &str) -> anyhow::Result<()> {
+async fn poll_connection(
+    ctx: &PassContext<'_>,
+    factory: &SystemsFactory,
+    connection_id: &str,
+    only: Option<&HashSet<String>>,
+) -> anyhow::Result<()> {
     let settings = connections::load(ctx.pool, connection_id).await?;
     let systems = factory.systems(&settings).await?;
-    let stats = run_pass(ctx, connection_id, &settings, &systems).await?;
+    let stats = run_pass(ctx, connection_id, &settings, &systems, only).await?;
     let detected = [("published", stats.published), ("suppressed_echo", stats.suppressed)];
     for (outcome, n) in detected.into_iter().filter(|(_, n)| *n > 0) {
         metrics::counter!(crmsync_infra::metrics::RECORDS, "tier" => "producer", "stage" => "detect", "outcome" => outcome)

@@ -10,7 +10,7 @@
 //! counted in full. Pages that hold only echoes of the engine's own writes are
 //! passed over (and their cursor moved) without counting.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -259,15 +259,19 @@ async fn keep_cursor(ctx: &PassContext<'_>, connection_id: &str, h: &mut Held, p
     Ok(())
 }
 
-/// Runs one pass over every feed of a connection this replica can lease.
+/// Runs one pass over every feed of a connection this replica can lease;
+/// with `only`, over the feeds of those notified tables (and any feed no
+/// table names).
 pub async fn run_pass(
     ctx: &PassContext<'_>,
     connection_id: &str,
     settings: &ConnectionSettings,
     systems: &Systems,
+    only: Option<&HashSet<String>>,
 ) -> Result<PassStats, StageError> {
     let mut held = Vec::new();
-    for feed in Feed::for_connection(settings) {
+    let wanted = |feed: &Feed| only.is_none_or(|tables| feed.table().is_none_or(|t| tables.contains(t)));
+    for feed in Feed::for_connection(settings).into_iter().filter(wanted) {
         let name = feed.name();
         if let Some(lease) = feeds::lease(ctx.pool, connection_id, &name, ctx.owner, ctx.lease_ttl).await? {
             let me = feed.integration_user(systems).to_owned();
