@@ -122,6 +122,12 @@ pub(crate) async fn fresh_world(config: &Config, base_url: &str, name: &str, pre
     config.redis.prefix = prefix.to_owned();
     let pool = db::connect(&config.database).await?;
     crate::migrate(&pool).await?;
+    // A run cut short leaves its messages in the prefix's durable queues;
+    // the next run's tiers would work them off and be measured doing it.
+    let broker = crmsync_infra::broker::Broker::new(&config.amqp, "crmsync-bench-setup");
+    let channel = broker.live().await?.conn.create_channel().await.context("a channel to clear the run's queues")?;
+    crmsync_infra::amqp::Topology::new(&config.amqp).delete_all(&channel, &["default".to_owned()]).await?;
+    broker.close().await;
     Ok((config, url, pool))
 }
 
