@@ -4,6 +4,7 @@
 //! latency against the offered load, and each tier's memory through the
 //! backlog.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -75,7 +76,7 @@ fn ms(v: f64) -> String {
 }
 
 /// "tier a / tier b" figures of a cost map, in a fixed order.
-fn cost_cells(cost: &std::collections::BTreeMap<String, f64>) -> String {
+fn cost_cells(cost: &BTreeMap<String, f64>) -> String {
     ["producer", "matcher", "applier", "sandbox_server", "postgresql", "redis", "rabbitmq"]
         .iter()
         .map(|k| cost.get(*k).map_or("–".to_owned(), |v| format!("{v:.0}")))
@@ -84,6 +85,18 @@ fn cost_cells(cost: &std::collections::BTreeMap<String, f64>) -> String {
 }
 
 const COST_HEADER: &str = "producer | matcher | applier | HTTP server | PostgreSQL | Redis | RabbitMQ";
+
+/// A table of CPU milliseconds per 1,000 `what`: each row's own cells
+/// (under `keys`), then one per tier and service.
+fn cost_table<'a>(s: &mut String, what: &str, keys: &[&str], rows: impl IntoIterator<Item = (Vec<String>, &'a BTreeMap<String, f64>)>) {
+    let _ = writeln!(s, "CPU milliseconds per 1,000 {what}:\n");
+    let _ = writeln!(s, "| {} | {COST_HEADER} |", keys.join(" | "));
+    let _ = writeln!(s, "|{}{}", "---|".repeat(keys.len()), "---:|".repeat(7));
+    for (cells, cost) in rows {
+        let _ = writeln!(s, "| {} | {} |", cells.join(" | "), cost_cells(cost));
+    }
+    s.push('\n');
+}
 
 fn peak_rss(run: &BackfillRun, tier: &str) -> f64 {
     run.tiers.iter().filter(|t| t.name.starts_with(tier)).map(|t| t.peak_rss_mb).fold(0.0, f64::max)
@@ -168,13 +181,8 @@ pub fn markdown(r: &Results) -> String {
             );
         }
         let _ = writeln!(s, "\n![Backfill throughput](throughput.svg)\n");
-        let _ = writeln!(s, "CPU milliseconds per 1,000 records:\n");
-        let _ = writeln!(s, "| mode | replicas | {COST_HEADER} |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for b in &r.backfill {
-            let _ = writeln!(s, "| {} | {} | {} |", b.mode.as_str(), b.replicas_per_tier, cost_cells(&b.cpu_ms_per_1k));
-        }
-        s.push('\n');
+        let rows = r.backfill.iter().map(|b| (vec![b.mode.as_str().to_owned(), b.replicas_per_tier.to_string()], &b.cpu_ms_per_1k));
+        cost_table(&mut s, "records", &["mode", "replicas"], rows);
     }
     if !r.steady.is_empty() {
         let _ = writeln!(s, "## Steady immediate lane\n");
@@ -205,13 +213,8 @@ pub fn markdown(r: &Results) -> String {
             );
         }
         let _ = writeln!(s, "\n![Latency](latency.svg)\n");
-        let _ = writeln!(s, "CPU milliseconds per 1,000 edits:\n");
-        let _ = writeln!(s, "| mode | offered/s | {COST_HEADER} |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for l in &r.steady {
-            let _ = writeln!(s, "| {} | {:.0} | {} |", l.mode.as_str(), l.offered_per_second, cost_cells(&l.cpu_ms_per_1k));
-        }
-        s.push('\n');
+        let rows = r.steady.iter().map(|l| (vec![l.mode.as_str().to_owned(), format!("{:.0}", l.offered_per_second)], &l.cpu_ms_per_1k));
+        cost_table(&mut s, "edits", &["mode", "offered/s"], rows);
     }
     if !r.cost.is_empty() {
         let _ = writeln!(s, "## Cost with a large backlog\n");
@@ -246,26 +249,31 @@ pub fn markdown(r: &Results) -> String {
                 drift.join("; ")
             );
         }
-        let _ = writeln!(s, "\nCPU milliseconds per 1,000 records:\n");
-        let _ = writeln!(s, "| mode | {COST_HEADER} |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
-        for c in &r.cost {
-            let _ = writeln!(s, "| {} | {} |", c.mode.as_str(), cost_cells(&c.cpu_ms_per_1k));
-        }
-        let _ = writeln!(s, "\n![Memory through the backlog](memory.svg)\n");
+        s.push('\n');
+        cost_table(&mut s, "records", &["mode"], r.cost.iter().map(|c| (vec![c.mode.as_str().to_owned()], &c.cpu_ms_per_1k)));
+        let _ = writeln!(s, "![Memory through the backlog](memory.svg)\n");
     }
     s
 }
 
 type Plot = Result<(), Box<dyn std::error::Error>>;
 
-const PALETTE: [RGBColor; 6] = [
+/// Every plot's frame: its caption, margins and axis label room.
+fn frame<'a, 'b, DB: DrawingBackend>(root: &'a DrawingArea<DB, plotters::coord::Shift>, caption: &'b str) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(root);
+    b.caption(caption, ("sans-serif", 20)).margin(12).x_label_area_size(36).y_label_area_size(64);
+    b
+}
+
+const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
 ];
 
 /// Backfill records/s per run as bars, the ceiling as a line.
@@ -274,12 +282,8 @@ fn throughput_svg(path: &Path, runs: &[BackfillRun], ceiling: f64) -> Plot {
     root.fill(&WHITE)?;
     let labels: Vec<String> = runs.iter().map(|r| format!("{}, {} per tier", r.mode.as_str(), r.replicas_per_tier)).collect();
     let top = runs.iter().map(|r| r.records_per_second).fold(ceiling, f64::max).max(1.0) * 1.2;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Backfill: records/s end to end", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d((0..runs.len().saturating_sub(1)).into_segmented(), 0.0..top)?;
+    let mut chart =
+        frame(&root, "Backfill: records/s end to end").build_cartesian_2d((0..runs.len().saturating_sub(1)).into_segmented(), 0.0..top)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -321,11 +325,7 @@ fn latency_svg(path: &Path, runs: &[LatencyRun]) -> Plot {
     root.fill(&WHITE)?;
     let max_rate = runs.iter().map(|r| r.offered_per_second).fold(100.0, f64::max) * 1.5;
     let max_ms = runs.iter().map(|r| r.p99_ms).fold(10.0, f64::max) * 2.0;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Immediate lane: source commit → target commit", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
+    let mut chart = frame(&root, "Immediate lane: source commit → target commit")
         .build_cartesian_2d((50.0..max_rate).log_scale(), (1.0..max_ms).log_scale())?;
     chart
         .configure_mesh()
@@ -361,12 +361,7 @@ fn memory_svg(path: &Path, runs: &[BackfillRun]) -> Plot {
     root.fill(&WHITE)?;
     let end = runs.iter().flat_map(|r| &r.tiers).filter_map(|t| t.rss_samples.last()).map(|s| s.0).fold(1.0, f64::max);
     let top = runs.iter().flat_map(|r| &r.tiers).flat_map(|t| &t.rss_samples).map(|s| s.1).fold(10.0, f64::max) * 1.2;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Resident memory through the backlog", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..end, 0.0..top)?;
+    let mut chart = frame(&root, "Resident memory through the backlog").build_cartesian_2d(0.0..end, 0.0..top)?;
     chart.configure_mesh().x_desc("seconds").y_desc("RSS, MB").y_label_formatter(&|v| format!("{v:.0}")).draw()?;
     let mut colour = 0;
     for r in runs {
@@ -409,4 +404,22 @@ pub fn write(dir: &Path, results: &Results) -> anyhow::Result<()> {
         plot("memory", memory_svg(&dir.join("memory.svg"), &results.cost))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_tables_have_a_column_per_tier_and_service() {
+        let cost = BTreeMap::from([("producer".to_owned(), 120.4), ("postgresql".to_owned(), 600.0)]);
+        let mut s = String::new();
+        cost_table(&mut s, "records", &["mode", "replicas"], [(vec!["direct".to_owned(), "2".to_owned()], &cost)]);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "CPU milliseconds per 1,000 records:");
+        assert_eq!(lines[2], format!("| mode | replicas | {COST_HEADER} |"));
+        // Every header cell has its alignment cell.
+        assert_eq!(lines[3].matches('|').count(), lines[2].matches('|').count());
+        assert_eq!(lines[4], "| direct | 2 | 120 | – | – | – | 600 | – | – |");
+    }
 }
