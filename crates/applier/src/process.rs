@@ -584,8 +584,6 @@ impl Applier {
         Ok(())
     }
 
-    /// Saves state, audit, errors and queued mirrors of the identities that
-    /// are done, in one transaction; returns the mirror keys queued.
     /// Saves one identity under a savepoint, so that a refused save does not
     /// abort the others in the transaction. An email move onto an email that
     /// already keys another identity keeps the old key and says so: two
@@ -622,6 +620,8 @@ impl Applier {
         Ok(written)
     }
 
+    /// Saves state, audit, errors and queued mirrors of the identities that
+    /// are done, in one transaction; returns the mirror keys queued.
     async fn save(&self, batch: &ApplyBatch, work: &mut [Work<'_>], spans: &RecordSpans) -> Result<Vec<String>, StageError> {
         let conn = batch.connection_id.as_str();
         let lane = batch.lane.as_str();
@@ -633,34 +633,25 @@ impl Applier {
         // Every identity in one statement; only when a unique index refuses
         // one of them (an email move onto another person's) are they saved
         // one by one, under savepoints, to find which and say so.
-        let together: Vec<(Applied, i64)> = work
-            .iter()
-            .filter(|w| !w.retry)
-            .filter_map(|w| {
-                let s = w.state.as_ref()?;
-                let mut a = applied_of(s);
-                if let Some(e) = &w.email_move {
-                    a.email = Some(e.clone());
-                }
-                Some((a, w.token))
-            })
-            .collect();
+        // Email moves first, so the statement stores the new key; the old
+        // one is kept for the fallback.
+        let mut moved_from: HashMap<Uuid, Option<String>> = HashMap::new();
+        for w in work.iter_mut().filter(|w| !w.retry) {
+            if let (Some(s), Some(e)) = (&mut w.state, &w.email_move) {
+                moved_from.insert(s.id, s.email.replace(e.clone()));
+            }
+        }
+        let together: Vec<(Applied, i64)> =
+            work.iter().filter(|w| !w.retry).filter_map(|w| Some((applied_of(w.state.as_ref()?), w.token))).collect();
         let stored_together = identities::save_applied_many(&mut tx, conn, &together).await?;
         for w in work.iter_mut().filter(|w| !w.retry) {
             let action = match &mut w.state {
                 None => "identity_missing".to_owned(),
                 Some(s) => {
-                    let old_email = s.email.clone();
-                    if let Some(e) = &w.email_move {
-                        s.email = Some(e.clone());
-                    }
                     let written = match &stored_together {
                         Some(stored) if stored.contains(&s.id) => Written::Done,
                         Some(_) => Written::Fenced,
-                        None => {
-                            let moved_from = w.email_move.is_some().then_some(old_email);
-                            self.save_one(&mut tx, conn, w.token, s, moved_from, &mut w.issues).await?
-                        }
+                        None => self.save_one(&mut tx, conn, w.token, s, moved_from.remove(&s.id), &mut w.issues).await?,
                     };
                     match written {
                         Written::Done => {}

@@ -134,6 +134,35 @@ mod tests {
 
     use super::*;
 
+    /// A feed named after a table the sandbox does not notify on would
+    /// never be read by a notified pass: its changes would wait for the
+    /// next full poll.
+    #[test]
+    fn every_feed_table_is_one_the_sandbox_notifies_on() {
+        let migrations = [
+            include_str!("../../sandbox/migrations/0001_sandbox.sql"),
+            include_str!("../../sandbox/migrations/0002_mirrors.sql"),
+            include_str!("../../sandbox/migrations/0003_cs.sql"),
+        ]
+        .concat();
+        let feeds = [
+            Feed::Prospects,
+            Feed::Leads,
+            Feed::Contacts,
+            Feed::Mirror(MirrorObject::Account),
+            Feed::Mirror(MirrorObject::Opportunity),
+            Feed::Mirror(MirrorObject::ContactRole),
+            Feed::Mirror(MirrorObject::Custom("Invoice__c".into())),
+        ];
+        for feed in feeds {
+            let table = feed.table().expect("a sandbox table");
+            let trigger = format!("CREATE TRIGGER notify AFTER INSERT OR UPDATE ON {table} FOR EACH STATEMENT");
+            assert!(migrations.contains(&trigger), "{} reads {table}, which does not notify", feed.name());
+        }
+        // No table names the CSQL feed: every pass reads it.
+        assert_eq!(Feed::Csql(CsqlRecordType::Lead).table(), None);
+    }
+
     #[test]
     fn mirror_feeds_only_when_the_engine_keeps_the_mirrors() {
         let mut settings = ConnectionSettings::default();

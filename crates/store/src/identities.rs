@@ -107,39 +107,6 @@ fn settle(result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> Result<
     }
 }
 
-/// Stores a new identity (its id is fresh, so there is nothing to fence
-/// against; the unique indexes refuse a duplicate person). `fields` holds
-/// what the matcher already saw of both records, so that echoes of the first
-/// writes are recognised even before the applier saves its state.
-pub async fn insert(
-    pool: &PgPool,
-    connection_id: &str,
-    id: Uuid,
-    patch: &IdentityPatch,
-    email: Option<&str>,
-    fields: &IdentityFields,
-    fence: i64,
-) -> Result<Written, sqlx::Error> {
-    let status = patch.status.unwrap_or(IdentityStatus::PendingAssignment);
-    let result = sqlx::query(
-        "INSERT INTO identities (id, connection_id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, fields, linked_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $3 = 'linked' THEN now() END)",
-    )
-    .bind(id)
-    .bind(connection_id)
-    .bind(status.as_str())
-    .bind(patch.prospect_id)
-    .bind(patch.crm.as_ref().map(|(_, o)| o.as_str()))
-    .bind(patch.crm.as_ref().map(|(c, _)| c.as_str()))
-    .bind(email)
-    .bind(patch.owner.as_ref().map(CrmId::as_str))
-    .bind(fence)
-    .bind(Json(fields))
-    .execute(pool)
-    .await;
-    settle(result)
-}
-
 /// A new identity for [`insert_many`].
 #[derive(Debug, Clone)]
 pub struct NewIdentity<'a> {
@@ -150,9 +117,11 @@ pub struct NewIdentity<'a> {
     pub fence: i64,
 }
 
-/// Stores new identities in one statement, as [`insert`] does one: the ids
-/// stored. One the unique indexes refused (the person already has an
-/// identity) is left out, as [`Written::Conflict`] would say of it.
+/// Stores new identities in one statement: the ids stored. Each id is
+/// fresh, so there is nothing to fence against; one the unique indexes
+/// refused (the person already has an identity) is left out. `fields` holds
+/// what the matcher already saw of both records, so that echoes of the
+/// first writes are recognised even before the applier saves its state.
 pub async fn insert_many(pool: &PgPool, connection_id: &str, new: &[NewIdentity<'_>]) -> Result<HashSet<Uuid>, sqlx::Error> {
     if new.is_empty() {
         return Ok(HashSet::new());

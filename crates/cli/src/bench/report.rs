@@ -258,6 +258,17 @@ pub fn markdown(r: &Results) -> String {
 
 type Plot = Result<(), Box<dyn std::error::Error>>;
 
+/// Every plot's end: the legend at `at`, then the file written.
+fn finish<'a, CT: plotters::coord::CoordTranslate>(
+    root: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    at: SeriesLabelPosition,
+) -> Plot {
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(at).draw()?;
+    root.present()?;
+    Ok(())
+}
+
 /// Every plot's frame: its caption, margins and axis label room.
 fn frame<'a, 'b, DB: DrawingBackend>(root: &'a DrawingArea<DB, plotters::coord::Shift>, caption: &'b str) -> ChartBuilder<'a, 'b, DB> {
     let mut b = ChartBuilder::on(root);
@@ -309,14 +320,7 @@ fn throughput_svg(path: &Path, runs: &[BackfillRun], ceiling: f64) -> Plot {
             .label("RabbitMQ two-hop ceiling (messages/s)")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], PALETTE[3].stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(&root, &mut chart, SeriesLabelPosition::UpperRight)
 }
 
 /// p50 and p99 against the offered rate, one line pair per mode.
@@ -350,9 +354,7 @@ fn latency_svg(path: &Path, runs: &[LatencyRun]) -> Plot {
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 12, y)], style.stroke_width(2)));
         }
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw()?;
-    root.present()?;
-    Ok(())
+    finish(&root, &mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 /// Each tier replica's RSS through the cost runs.
@@ -374,14 +376,7 @@ fn memory_svg(path: &Path, runs: &[BackfillRun]) -> Plot {
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 12, y)], style.stroke_width(2)));
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(&root, &mut chart, SeriesLabelPosition::UpperRight)
 }
 
 fn plot(what: &str, result: Plot) -> anyhow::Result<()> {
