@@ -167,7 +167,9 @@ async fn a_large_batch_lane_chunk_is_written_as_a_bulk_job_and_its_failed_row_is
     println!("{} Bulk jobs: {bulked} rows, {failed} failed", jobs.len());
     assert!(!jobs.is_empty(), "the batch lane's chunks went through Bulk jobs");
     assert!(jobs.iter().all(|j| j.object == "Lead" && j.operation == BulkOperation::Update), "{jobs:?}");
-    assert_eq!(failed, 1, "the long country failed in its job: {jobs:?}");
+    // The refused row fails once in a job for each source change that tried
+    // it (the count of sync errors above); never more, never in none.
+    assert!((1..=errors.len() as u64).contains(&failed), "the long country failed in its job, once per error {errors:?}: {jobs:?}");
     assert!(bulked >= 100, "most writes went through jobs ({bulked} rows)");
 
     stop.cancel();
