@@ -2,6 +2,8 @@
 //! the API's rules on writes (required fields, active owners, converted leads
 //! are read-only) and upsert by crmsync's external id field.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use crmsync_connector::{ChangePage, ConnectorError, CrmApi, CrmTarget, CrmWrite, Cursor, WriteOutcome};
 use crmsync_domain::mirror::{CrmObjectRecord, MirrorObject};
@@ -13,7 +15,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use crate::objects;
 use crate::rules;
 use crate::schema::{CONTACT, LEAD, OPPORTUNITY, ObjectDef};
-use crate::store::{self, db_error};
+use crate::store::{self, Step, db_error};
 use crate::validate;
 
 /// One CRM org of the sandbox.
@@ -91,112 +93,221 @@ impl SandboxCrm {
             .collect()
     }
 
-    /// Why `user` cannot write through the API, if it cannot.
-    async fn api_problem(&self, conn: &mut PgConnection, user: &CrmId) -> Result<Option<WriteOutcome>, sqlx::Error> {
-        let flags: Option<(bool, bool)> = sqlx::query_as("SELECT is_active, api_enabled FROM crm.users WHERE tenant = $1 AND id = $2")
-            .bind(&self.tenant)
-            .bind(user.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok(match flags {
-            None => Some(rejected("INVALID_CROSS_REFERENCE_KEY", "no such user to act as")),
-            Some((false, _)) => Some(rejected("INACTIVE_OWNER_OR_USER", "operation performed with inactive user")),
-            Some((true, false)) => Some(rejected("API_DISABLED_FOR_USER", "The user does not have the API Enabled permission")),
-            Some((true, true)) => None,
-        })
+    /// The active and API-enabled flags of every user the writes name as
+    /// owner or as the user to act as, in one query for the whole call.
+    async fn users_of(&self, conn: &mut PgConnection, writes: &[CrmWrite]) -> Result<Users, sqlx::Error> {
+        let mut ids: Vec<&str> =
+            writes.iter().flat_map(|w| [w.owner_id.as_ref(), w.act_as.as_ref()]).flatten().map(CrmId::as_str).collect();
+        if ids.is_empty() {
+            return Ok(Users::new());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let rows: Vec<(String, bool, bool)> =
+            sqlx::query_as("SELECT id, is_active, api_enabled FROM crm.users WHERE tenant = $1 AND id = ANY($2)")
+                .bind(&self.tenant)
+                .bind(&ids)
+                .fetch_all(&mut *conn)
+                .await?;
+        Ok(rows.into_iter().map(|(id, active, api)| (id, (active, api))).collect())
     }
 
-    /// Why `owner` cannot own a record, if it cannot.
-    async fn owner_problem(&self, conn: &mut PgConnection, owner: &CrmId) -> Result<Option<WriteOutcome>, sqlx::Error> {
-        let active: Option<bool> = sqlx::query_scalar("SELECT is_active FROM crm.users WHERE tenant = $1 AND id = $2")
-            .bind(&self.tenant)
-            .bind(owner.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok(match active {
-            None => Some(rejected("INVALID_CROSS_REFERENCE_KEY", "Owner ID: id value of incorrect type or no such user")),
-            Some(false) => Some(rejected("INACTIVE_OWNER_OR_USER", "operation performed with inactive user")),
-            Some(true) => None,
-        })
+    /// Locks the rows the writes update, all in one statement and in id
+    /// order (so two calls locking overlapping rows cannot deadlock), keyed
+    /// by id and by external id.
+    async fn lock_targets(&self, conn: &mut PgConnection, def: &ObjectDef, writes: &[CrmWrite]) -> Result<Targets, sqlx::Error> {
+        let ids: Vec<&str> =
+            writes.iter().filter_map(|w| if let CrmTarget::Id(id) = &w.target { Some(id.as_str()) } else { None }).collect();
+        let external: Vec<&str> =
+            writes.iter().filter_map(|w| if let CrmTarget::ExternalId(e) = &w.target { Some(e.as_str()) } else { None }).collect();
+        if ids.is_empty() && external.is_empty() {
+            return Ok(Targets::default());
+        }
+        let sql = format!(
+            "SELECT to_jsonb(t) AS row FROM {} t WHERE tenant = $1 AND (id = ANY($2) OR crmsync_id = ANY($3)) ORDER BY id FOR UPDATE",
+            def.table
+        );
+        let rows: Vec<Value> =
+            sqlx::query_scalar(AssertSqlSafe(sql)).bind(&self.tenant).bind(&ids).bind(&external).fetch_all(&mut *conn).await?;
+        let mut targets = Targets::default();
+        for row in rows {
+            if let Some(ext) = store::text(&row, "crmsync_id") {
+                targets.by_external.insert(ext, row.clone());
+            }
+            if let Some(id) = store::text(&row, "id") {
+                targets.by_id.insert(id, row);
+            }
+        }
+        Ok(targets)
     }
 
-    async fn write_one(
+    /// Locks the one row a write updates, if it names one.
+    async fn lock_target(&self, conn: &mut PgConnection, def: &ObjectDef, w: &CrmWrite) -> Result<Option<Value>, sqlx::Error> {
+        let (column, key) = match &w.target {
+            CrmTarget::New => return Ok(None),
+            CrmTarget::Id(id) => ("id", id.to_string()),
+            CrmTarget::ExternalId(ext) => ("crmsync_id", ext.clone()),
+        };
+        let lookup = format!("SELECT to_jsonb(t) FROM {} t WHERE tenant = $1 AND {column} = $2 FOR UPDATE", def.table);
+        sqlx::query_scalar(AssertSqlSafe(lookup)).bind(&self.tenant).bind(&key).fetch_optional(&mut *conn).await
+    }
+
+    /// What one write comes to, given its (locked) row: an outcome decided
+    /// without writing (a refusal, a missing record), or the row write to make.
+    /// Only the org's own rules may need the database here.
+    async fn plan(
         &self,
         conn: &mut PgConnection,
         def: &ObjectDef,
         rules: &rules::Rules,
+        users: &Users,
         w: &CrmWrite,
-    ) -> Result<WriteOutcome, sqlx::Error> {
-        if let Some(owner) = &w.owner_id
-            && let Some(problem) = self.owner_problem(conn, owner).await?
-        {
-            return Ok(problem);
-        }
-        if let Some(user) = &w.act_as
-            && let Some(problem) = self.api_problem(conn, user).await?
-        {
-            return Ok(problem);
-        }
-        let actor = w.act_as.as_ref().map_or(self.integration_user.as_str(), CrmId::as_str);
-        // Which row, and whether it may be written at all.
-        let existing = match &w.target {
-            CrmTarget::New => None,
-            CrmTarget::Id(_) | CrmTarget::ExternalId(_) => {
-                let (column, key) = match &w.target {
-                    CrmTarget::Id(id) => ("id", id.to_string()),
-                    CrmTarget::ExternalId(ext) => ("crmsync_id", ext.clone()),
-                    CrmTarget::New => unreachable!("matched above"),
-                };
-                let lookup = format!("SELECT id, to_jsonb(t) AS row FROM {} t WHERE tenant = $1 AND {column} = $2 FOR UPDATE", def.table);
-                sqlx::query(AssertSqlSafe(lookup)).bind(&self.tenant).bind(&key).fetch_optional(&mut *conn).await?
+        existing: Option<&Value>,
+    ) -> Result<Step, sqlx::Error> {
+        if let Some(owner) = &w.owner_id {
+            match users.get(owner.as_str()) {
+                None => {
+                    return Ok(Step::Done(rejected("INVALID_CROSS_REFERENCE_KEY", "Owner ID: id value of incorrect type or no such user")));
+                }
+                Some((false, _)) => return Ok(Step::Done(rejected("INACTIVE_OWNER_OR_USER", "operation performed with inactive user"))),
+                Some((true, _)) => {}
             }
-        };
-        if let Some(r) = &existing {
-            let row: Value = r.get("row");
-            if store::flag(&row, "is_deleted") {
-                return Ok(rejected("ENTITY_IS_DELETED", "entity is deleted"));
+        }
+        if let Some(user) = &w.act_as {
+            let refusal = match users.get(user.as_str()) {
+                None => Some(rejected("INVALID_CROSS_REFERENCE_KEY", "no such user to act as")),
+                Some((false, _)) => Some(rejected("INACTIVE_OWNER_OR_USER", "operation performed with inactive user")),
+                Some((true, false)) => Some(rejected("API_DISABLED_FOR_USER", "The user does not have the API Enabled permission")),
+                Some((true, true)) => None,
+            };
+            if let Some(refusal) = refusal {
+                return Ok(Step::Done(refusal));
             }
-            if store::flag(&row, "is_converted") {
-                return Ok(rejected("CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead"));
+        }
+        let actor = w.act_as.as_ref().map_or(self.integration_user.as_str(), CrmId::as_str).to_owned();
+        if let Some(row) = existing {
+            if store::flag(row, "is_deleted") {
+                return Ok(Step::Done(rejected("ENTITY_IS_DELETED", "entity is deleted")));
+            }
+            if store::flag(row, "is_converted") {
+                return Ok(Step::Done(rejected("CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead")));
             }
         } else if matches!(w.target, CrmTarget::Id(_)) {
-            return Ok(WriteOutcome::NotFound);
+            return Ok(Step::Done(WriteOutcome::NotFound));
         }
         if let Err(r) = validate::check(def, &w.fields, existing.is_none()) {
-            return Ok(rejected(r.code, r.message));
+            return Ok(Step::Done(rejected(r.code, r.message)));
         }
         let mut doc: Map<String, Value> = match store::patch(def, w.fields.clone()) {
             Ok(d) => d,
-            Err(message) => return Ok(rejected("INVALID_FIELD", message)),
+            Err(message) => return Ok(Step::Done(rejected("INVALID_FIELD", message))),
         };
         if let Some(owner) = &w.owner_id {
             doc.insert("owner_id".into(), Value::String(owner.to_string()));
         }
-        let mut after = match &existing {
-            Some(r) => r.get::<Value, _>("row").as_object().cloned().unwrap_or_default(),
-            None => Map::new(),
-        };
-        after.extend(doc.clone());
-        let id = existing.as_ref().map(|r| r.get::<String, _>("id"));
-        if let Some((code, message)) = rules.refusal(conn, def, &self.tenant, id.as_deref(), &after, &doc).await? {
-            return Ok(rejected(code, message));
-        }
-        let written = match existing {
-            Some(r) => {
-                let when = store::Conditions { fence: w.fence, unmodified_since: w.unmodified_since };
-                store::update(conn, def, &self.tenant, r.get::<&str, _>("id"), &doc, actor, when).await?
+        let id = existing.and_then(|row| store::text(row, "id"));
+        if rules.any() {
+            let mut after = existing.and_then(Value::as_object).cloned().unwrap_or_default();
+            after.extend(doc.clone());
+            if let Some((code, message)) = rules.refusal(conn, def, &self.tenant, id.as_deref(), &after, &doc).await? {
+                return Ok(Step::Done(rejected(code, message)));
             }
+        }
+        Ok(match id {
+            Some(id) => Step::Update(store::RowUpdate {
+                id,
+                patch: doc,
+                actor,
+                when: store::Conditions { fence: w.fence, unmodified_since: w.unmodified_since },
+            }),
             None => {
                 if let CrmTarget::ExternalId(ext) = &w.target {
                     doc.insert("crmsync_id".into(), Value::String(ext.clone()));
                 }
                 // The creating user owns a record created without an owner.
-                doc.entry("owner_id").or_insert_with(|| Value::String(actor.to_owned()));
-                store::insert(conn, def, &self.tenant, &doc, actor, w.fence).await?
+                doc.entry("owner_id").or_insert_with(|| Value::String(actor.clone()));
+                Step::Insert { doc, actor, fence: w.fence }
             }
-        };
-        Ok(written.outcome())
+        })
     }
+
+    /// Writes one record at a time, each under its own savepoint: for calls
+    /// that name a record twice or meet the org's own rules, where each
+    /// write must see the ones before it.
+    async fn write_each(
+        &self,
+        conn: &mut PgConnection,
+        def: &ObjectDef,
+        rules: &rules::Rules,
+        users: &Users,
+        writes: &[CrmWrite],
+    ) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            store::savepoint(conn).await?;
+            let result = async {
+                let existing = self.lock_target(conn, def, w).await?;
+                let step = self.plan(conn, def, rules, users, w, existing.as_ref()).await?;
+                store::execute(conn, def, &self.tenant, step).await
+            }
+            .await;
+            out.push(store::settle(conn, result).await?);
+        }
+        Ok(out)
+    }
+
+    /// Writes a call's distinct records together: one statement locks them
+    /// all, one updates them all, and only creates go one at a time.
+    async fn write_together(
+        &self,
+        conn: &mut PgConnection,
+        def: &ObjectDef,
+        rules: &rules::Rules,
+        users: &Users,
+        writes: &[CrmWrite],
+    ) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        let targets = self.lock_targets(conn, def, writes).await.map_err(db_error)?;
+        let existing: Vec<Option<&Value>> = writes
+            .iter()
+            .map(|w| match &w.target {
+                CrmTarget::New => None,
+                CrmTarget::Id(id) => targets.by_id.get(id.as_str()),
+                CrmTarget::ExternalId(ext) => targets.by_external.get(ext),
+            })
+            .collect();
+        // One record named by its id in one write and its external id in
+        // another: the second must see the first.
+        let mut rows = std::collections::HashSet::new();
+        if !existing.iter().flatten().all(|row| rows.insert(store::text(row, "id"))) {
+            return self.write_each(conn, def, rules, users, writes).await;
+        }
+        let mut steps = Vec::with_capacity(writes.len());
+        for (w, existing) in writes.iter().zip(existing) {
+            steps.push(self.plan(conn, def, rules, users, w, existing).await.map_err(db_error)?);
+        }
+        store::write_planned(conn, def, &self.tenant, steps).await
+    }
+}
+
+/// Users named by a call's writes: id → (active, API enabled).
+type Users = HashMap<String, (bool, bool)>;
+
+/// A call's locked rows, by id and by external id.
+#[derive(Debug, Default)]
+struct Targets {
+    by_id: HashMap<String, Value>,
+    by_external: HashMap<String, Value>,
+}
+
+/// Whether every write names a different record (or creates one without an
+/// external id), so none needs to see another's effect.
+fn distinct_targets(writes: &[CrmWrite]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    writes.iter().all(|w| match &w.target {
+        CrmTarget::New => true,
+        CrmTarget::Id(id) => seen.insert(format!("id:{id}")),
+        CrmTarget::ExternalId(ext) => seen.insert(format!("ext:{ext}")),
+    })
 }
 
 #[async_trait]
@@ -273,12 +384,14 @@ impl CrmApi for SandboxCrm {
         }
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let rules = rules::Rules::load(&mut tx, def, &self.tenant).await.map_err(db_error)?;
-        let mut out = Vec::with_capacity(writes.len());
-        for w in writes {
-            store::savepoint(&mut tx).await?;
-            let result = self.write_one(&mut tx, def, &rules, w).await;
-            out.push(store::settle(&mut tx, result).await?);
-        }
+        let users = self.users_of(&mut tx, writes).await.map_err(db_error)?;
+        // The org's rules read other rows (duplicates) and a record named
+        // twice must see its first write: those calls go one record at a time.
+        let out = if rules.any() || !distinct_targets(writes) {
+            self.write_each(&mut tx, def, &rules, &users, writes).await?
+        } else {
+            self.write_together(&mut tx, def, &rules, &users, writes).await?
+        };
         tx.commit().await.map_err(db_error)?;
         Ok(out)
     }

@@ -13,7 +13,7 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use crate::mirrors;
 use crate::schema::PROSPECT;
-use crate::store::{self, RowWrite, db_error};
+use crate::store::{self, Step, db_error};
 use crate::validate;
 
 /// One MA business unit of the sandbox.
@@ -81,14 +81,13 @@ impl SandboxMa {
             .collect()
     }
 
-    async fn write_one(&self, conn: &mut PgConnection, w: &ProspectWrite) -> Result<WriteOutcome, sqlx::Error> {
-        let creating_email = match &w.target {
-            ProspectTarget::UpsertByEmail(e) => Some(e),
-            ProspectTarget::Id(_) | ProspectTarget::New => None,
-        };
-        let existing: Option<i64> = match (&w.target, creating_email) {
-            (ProspectTarget::Id(id), _) => Some(*id),
-            (_, Some(email)) => {
+    /// The prospect a write updates, if it names one: by id as given, or
+    /// (for an upsert) the newest live prospect with the email, locked.
+    async fn target_of(&self, conn: &mut PgConnection, w: &ProspectWrite) -> Result<Option<i64>, sqlx::Error> {
+        match &w.target {
+            ProspectTarget::Id(id) => Ok(Some(*id)),
+            ProspectTarget::New => Ok(None),
+            ProspectTarget::UpsertByEmail(email) => {
                 sqlx::query_scalar(
                     "SELECT id FROM ma.prospects WHERE tenant = $1 AND lower(btrim(email)) = $2 AND NOT is_deleted \
                      ORDER BY modstamp DESC, id DESC LIMIT 1 FOR UPDATE",
@@ -96,37 +95,46 @@ impl SandboxMa {
                 .bind(&self.tenant)
                 .bind(email.as_str())
                 .fetch_optional(&mut *conn)
-                .await?
+                .await
             }
-            _ => None,
-        };
+        }
+    }
+
+    /// What one write comes to, given the prospect it updates (if any).
+    fn plan(&self, w: &ProspectWrite, existing: Option<i64>) -> Step {
         let mut values = w.fields.clone();
-        if let (None, Some(email)) = (existing, creating_email) {
+        if let (None, ProspectTarget::UpsertByEmail(email)) = (existing, &w.target) {
             values.entry("email".into()).or_insert_with(|| Value::String(email.to_string()));
         }
         if let Err(r) = validate::check(&PROSPECT, &values, existing.is_none()) {
-            return Ok(WriteOutcome::Rejected { code: r.code.into(), message: r.message });
+            return Step::Done(WriteOutcome::Rejected { code: r.code.into(), message: r.message });
         }
         let mut doc: Map<String, Value> = match store::patch(&PROSPECT, values) {
             Ok(d) => d,
-            Err(message) => return Ok(WriteOutcome::Rejected { code: "INVALID_FIELD".into(), message }),
+            Err(message) => return Step::Done(WriteOutcome::Rejected { code: "INVALID_FIELD".into(), message }),
         };
         if let Some((object, id)) = &w.crm_link {
             let column = if *object == CrmObject::Contact { "crm_contact_fid" } else { "crm_lead_fid" };
             doc.insert(column.into(), Value::String(id.to_string()));
         }
-        let written = match existing {
-            Some(id) => {
-                let when = store::Conditions { fence: w.fence, unmodified_since: w.unmodified_since };
-                store::update(conn, &PROSPECT, &self.tenant, &id.to_string(), &doc, &self.integration_user, when).await?
-            }
-            None => store::insert(conn, &PROSPECT, &self.tenant, &doc, &self.integration_user, w.fence).await?,
-        };
-        Ok(match written {
-            RowWrite::NotFound => WriteOutcome::NotFound,
-            other => other.outcome(),
-        })
+        let actor = self.integration_user.clone();
+        match existing {
+            Some(id) => Step::Update(store::RowUpdate {
+                id: id.to_string(),
+                patch: doc,
+                actor,
+                when: store::Conditions { fence: w.fence, unmodified_since: w.unmodified_since },
+            }),
+            None => Step::Insert { doc, actor, fence: w.fence },
+        }
     }
+}
+
+/// Whether every write updates a different prospect named by id: then none
+/// needs to see another's effect, and they are written together.
+fn distinct_ids(writes: &[ProspectWrite]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    writes.iter().all(|w| matches!(w.target, ProspectTarget::Id(id) if seen.insert(id)))
 }
 
 #[async_trait]
@@ -199,12 +207,24 @@ impl MaApi for SandboxMa {
 
     async fn write_prospects(&self, writes: &[ProspectWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let mut out = Vec::with_capacity(writes.len());
-        for w in writes {
-            store::savepoint(&mut tx).await?;
-            let result = self.write_one(&mut tx, w).await;
-            out.push(store::settle(&mut tx, result).await?);
-        }
+        let out = if distinct_ids(writes) {
+            let steps = writes.iter().map(|w| self.plan(w, if let ProspectTarget::Id(id) = w.target { Some(id) } else { None })).collect();
+            store::write_planned(&mut tx, &PROSPECT, &self.tenant, steps).await?
+        } else {
+            // Upserts by email, creates and a prospect named twice go one at
+            // a time, each seeing the writes before it.
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                store::savepoint(&mut tx).await?;
+                let result = async {
+                    let existing = self.target_of(&mut tx, w).await?;
+                    store::execute(&mut tx, &PROSPECT, &self.tenant, self.plan(w, existing)).await
+                }
+                .await;
+                out.push(store::settle(&mut tx, result).await?);
+            }
+            out
+        };
         tx.commit().await.map_err(db_error)?;
         Ok(out)
     }

@@ -24,19 +24,24 @@ impl Rules {
         if !matches!(def.name, "lead" | "contact") {
             return Ok(Rules::default());
         }
-        let validation: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM crm.validation_rules WHERE tenant = $1 AND object = $2 AND active)")
-                .bind(tenant)
-                .bind(def.name)
-                .fetch_one(&mut *conn)
-                .await?;
-        let duplicates =
-            sqlx::query_as("SELECT name, field FROM crm.duplicate_rules WHERE tenant = $1 AND object = $2 AND active ORDER BY name")
-                .bind(tenant)
-                .bind(def.name)
-                .fetch_all(&mut *conn)
-                .await?;
+        // One round trip for both kinds: this runs once per write call.
+        let (validation, names, fields): (bool, Vec<String>, Vec<String>) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM crm.validation_rules WHERE tenant = $1 AND object = $2 AND active), \
+                coalesce(array_agg(d.name ORDER BY d.name), '{}'), coalesce(array_agg(d.field ORDER BY d.name), '{}') \
+             FROM crm.duplicate_rules d WHERE d.tenant = $1 AND d.object = $2 AND d.active",
+        )
+        .bind(tenant)
+        .bind(def.name)
+        .fetch_one(&mut *conn)
+        .await?;
+        let duplicates = names.into_iter().zip(fields).collect();
         Ok(Rules { validation, duplicates })
+    }
+
+    /// Whether the org has any active rule for the object: without one, no
+    /// write needs to read other rows before it is made.
+    pub(crate) fn any(&self) -> bool {
+        self.validation || !self.duplicates.is_empty()
     }
 
     /// Why the rules refuse the record as it would be after the write
@@ -53,7 +58,7 @@ impl Rules {
         after: &Map<String, Value>,
         changed: &Map<String, Value>,
     ) -> Result<Option<(&'static str, String)>, sqlx::Error> {
-        if !self.validation && self.duplicates.is_empty() {
+        if !self.any() {
             return Ok(None);
         }
         let after = Value::Object(after.clone());

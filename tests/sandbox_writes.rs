@@ -1,0 +1,157 @@
+//! The sandbox CRM and MA as write APIs: a call's records are written
+//! together (one statement locks them, one updates them), and each record
+//! still gets its own outcome, as with `allOrNone=false`: written, fenced,
+//! refused, or not found. A record the database itself refuses rejects only
+//! that record.
+
+use chrono::{Duration, Utc};
+use crmsync_connector::{CrmApi, CrmTarget, CrmWrite, FieldValues, MaApi, ProspectTarget, ProspectWrite, WriteOutcome};
+use crmsync_domain::{CrmId, CrmObject};
+use crmsync_sandbox::{SandboxCrm, SandboxMa};
+use crmsync_tests::TestApp;
+use serde_json::{Value, json};
+
+fn fields(values: &[(&str, &str)]) -> FieldValues {
+    values.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect()
+}
+
+fn lead_write(target: CrmTarget, title: &str, fence: Option<i64>) -> CrmWrite {
+    CrmWrite { target, fields: fields(&[("Title", title)]), owner_id: None, act_as: None, fence, unmodified_since: None }
+}
+
+fn crm_id(id: &str) -> CrmTarget {
+    CrmTarget::Id(CrmId::parse(id).unwrap())
+}
+
+fn prospect_write(id: i64, title: &str, fence: Option<i64>) -> ProspectWrite {
+    ProspectWrite { target: ProspectTarget::Id(id), fields: fields(&[("jobTitle", title)]), crm_link: None, fence, unmodified_since: None }
+}
+
+fn written(outcome: &WriteOutcome) -> bool {
+    matches!(outcome, WriteOutcome::Written { .. })
+}
+
+async fn column(app: &TestApp, table: &str, id: &str, column: &str) -> Value {
+    let sql = format!("SELECT to_jsonb(t) -> '{column}' FROM {table} t WHERE id::text = $1");
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&app.pool).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_lead_of_a_call_gets_its_own_outcome() {
+    let app = TestApp::spawn().await;
+    let crm = SandboxCrm::connect(app.pool.clone(), "default").await.unwrap();
+    let mut leads = Vec::new();
+    for n in 0..5 {
+        leads.push(app.create_lead(&[("LastName", &format!("Lead {n}")), ("Company", "Acme")]).await);
+    }
+    // Lead 1 is in the recycle bin, lead 2 was written with a newer token,
+    // lead 3 changed after the writer read it.
+    sqlx::query("UPDATE crm.leads SET is_deleted = true WHERE id = $1").bind(&leads[1]).execute(&app.pool).await.unwrap();
+    sqlx::query("UPDATE crm.leads SET sync_fence = 100 WHERE id = $1").bind(&leads[2]).execute(&app.pool).await.unwrap();
+    let mut stale = lead_write(crm_id(&leads[3]), "Stale", Some(7));
+    stale.unmodified_since = Some(Utc::now() - Duration::hours(1));
+    // A well-formed id no lead has.
+    let missing = CrmId::from_15("00Q000000000ZZZ").unwrap();
+
+    let writes = vec![
+        lead_write(crm_id(&leads[0]), "Written", Some(7)),
+        lead_write(crm_id(&leads[1]), "Deleted", Some(7)),
+        lead_write(crm_id(&leads[2]), "Fenced", Some(7)),
+        stale,
+        lead_write(CrmTarget::Id(missing), "Missing", Some(7)),
+        {
+            let mut create = lead_write(CrmTarget::ExternalId("ext-1".into()), "Created", Some(7));
+            create.fields.extend(fields(&[("LastName", "New"), ("Company", "Acme")]));
+            create
+        },
+        lead_write(crm_id(&leads[4]), "Also written", None),
+    ];
+    let out = crm.write_people(CrmObject::Lead, &writes).await.unwrap();
+    assert_eq!(out.len(), writes.len());
+    assert!(matches!(&out[0], WriteOutcome::Written { id, created: false, .. } if *id == leads[0]), "{out:?}");
+    assert!(matches!(&out[1], WriteOutcome::Rejected { code, .. } if code == "ENTITY_IS_DELETED"), "{out:?}");
+    assert_eq!(out[2], WriteOutcome::Fenced, "{out:?}");
+    assert_eq!(out[3], WriteOutcome::Fenced, "a row changed after the writer read it is refused: {out:?}");
+    assert_eq!(out[4], WriteOutcome::NotFound, "{out:?}");
+    assert!(matches!(&out[5], WriteOutcome::Written { created: true, .. }), "{out:?}");
+    assert!(written(&out[6]), "{out:?}");
+
+    assert_eq!(column(&app, "crm.leads", &leads[0], "title").await, "Written");
+    assert_eq!(column(&app, "crm.leads", &leads[0], "sync_fence").await, 7, "the write moved the fence");
+    assert_eq!(column(&app, "crm.leads", &leads[2], "title").await, Value::Null, "the fenced lead kept its value");
+    assert_eq!(column(&app, "crm.leads", &leads[2], "sync_fence").await, 100);
+    assert_eq!(column(&app, "crm.leads", &leads[3], "title").await, Value::Null);
+    assert_eq!(column(&app, "crm.leads", &leads[4], "title").await, "Also written");
+    assert_eq!(column(&app, "crm.leads", &leads[4], "sync_fence").await, 0, "no token leaves the fence where it was");
+    let created: Value =
+        sqlx::query_scalar("SELECT to_jsonb(t) FROM crm.leads t WHERE crmsync_id = 'ext-1'").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(created["title"], "Created");
+    // Each written field carries its own stamp, as with a write of one record.
+    assert_eq!(column(&app, "crm.leads", &leads[0], "field_stamps").await["title"]["by"], crm.integration_user());
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_database_refuses_is_the_only_one_rejected() {
+    let app = TestApp::spawn().await;
+    let crm = SandboxCrm::connect(app.pool.clone(), "default").await.unwrap();
+    let ma = SandboxMa::connect(app.pool.clone(), "default").await.unwrap();
+    // A constraint the API's own checks do not know: only the database
+    // refuses this value, and it refuses the whole statement.
+    sqlx::query("ALTER TABLE crm.leads ADD CONSTRAINT no_refused CHECK (title IS DISTINCT FROM 'refused')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE ma.prospects ADD CONSTRAINT no_refused CHECK (job_title IS DISTINCT FROM 'refused')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut leads = Vec::new();
+    let mut prospects = Vec::new();
+    for n in 0..3 {
+        leads.push(app.create_lead(&[("LastName", &format!("Lead {n}")), ("Company", "Acme")]).await);
+        prospects.push(app.create_prospect(&[("email", &format!("p{n}@refused.example"))]).await);
+    }
+
+    let titles = ["first", "refused", "third"];
+    let lead_writes: Vec<CrmWrite> = leads.iter().zip(titles).map(|(id, t)| lead_write(crm_id(id), t, Some(3))).collect();
+    let out = crm.write_people(CrmObject::Lead, &lead_writes).await.unwrap();
+    assert!(written(&out[0]) && written(&out[2]), "{out:?}");
+    assert!(
+        matches!(&out[1], WriteOutcome::Rejected { code, message } if code == "FIELD_INTEGRITY_EXCEPTION" && message.contains("no_refused")),
+        "{out:?}"
+    );
+    assert_eq!(column(&app, "crm.leads", &leads[0], "title").await, "first");
+    assert_eq!(column(&app, "crm.leads", &leads[1], "title").await, Value::Null);
+    assert_eq!(column(&app, "crm.leads", &leads[2], "title").await, "third");
+
+    let prospect_writes: Vec<ProspectWrite> = prospects.iter().zip(titles).map(|(id, t)| prospect_write(*id, t, Some(3))).collect();
+    let out = ma.write_prospects(&prospect_writes).await.unwrap();
+    assert!(written(&out[0]) && written(&out[2]), "{out:?}");
+    assert!(matches!(&out[1], WriteOutcome::Rejected { code, .. } if code == "FIELD_INTEGRITY_EXCEPTION"), "{out:?}");
+    assert_eq!(column(&app, "ma.prospects", &prospects[0].to_string(), "job_title").await, "first");
+    assert_eq!(column(&app, "ma.prospects", &prospects[1].to_string(), "job_title").await, Value::Null);
+    assert_eq!(column(&app, "ma.prospects", &prospects[2].to_string(), "sync_fence").await, 3);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prospect_named_twice_in_a_call_sees_its_first_write() {
+    let app = TestApp::spawn().await;
+    let ma = SandboxMa::connect(app.pool.clone(), "default").await.unwrap();
+    let id = app.create_prospect(&[("email", "twice@example.com")]).await;
+    let other = app.create_prospect(&[("email", "other@example.com")]).await;
+    // The second write of the same prospect carries an older token: it is
+    // fenced by the first, as two calls one after the other would be.
+    let writes = vec![prospect_write(id, "newer", Some(9)), prospect_write(other, "other", Some(9)), prospect_write(id, "older", Some(8))];
+    let out = ma.write_prospects(&writes).await.unwrap();
+    assert!(written(&out[0]) && written(&out[1]), "{out:?}");
+    assert_eq!(out[2], WriteOutcome::Fenced, "{out:?}");
+    assert_eq!(column(&app, "ma.prospects", &id.to_string(), "job_title").await, "newer");
+    assert_eq!(
+        ma.write_prospects(&[prospect_write(i64::MAX, "nobody", None)]).await.unwrap(),
+        vec![WriteOutcome::NotFound],
+        "an id no prospect has"
+    );
+    app.cleanup().await;
+}
