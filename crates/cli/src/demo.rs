@@ -63,7 +63,23 @@ pub async fn recreate_database(url: &str, name: &str) -> anyhow::Result<()> {
         bail!("database name {name:?}: use lower-case letters, digits and _");
     }
     let admin = db::connect_url(url, 1, Duration::from_secs(10)).await.context("connecting to PostgreSQL")?;
-    sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await?;
+    // FORCE ends the sessions of our own role (tiers of an earlier run left
+    // running), but refuses while an autovacuum worker, a process of no role,
+    // is analysing the database: after a large run it often is. A plain
+    // DROP stops autovacuum workers itself, so that is the second try.
+    let mut attempt = 0;
+    loop {
+        let forced = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await;
+        let Err(refused) = forced else { break };
+        if sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&admin).await.is_ok() {
+            break;
+        }
+        attempt += 1;
+        if attempt == 10 {
+            return Err(refused).with_context(|| format!("dropping database {name}"));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
     admin.close().await;
     Ok(())
