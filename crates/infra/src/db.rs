@@ -14,17 +14,9 @@ use crate::config::DatabaseConfig;
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
 /// Opens a pool to `url` with the configured limits.
-///
-/// Every statement is planned for the values it runs with
-/// (`plan_cache_mode = force_custom_plan`). The engine's tables start empty
-/// and a first sync fills them fast: a generic plan cached while
-/// `identities` was empty scans the whole table for every batch long after
-/// it holds hundreds of thousands of rows (a 100-key lookup went from 1 ms
-/// to 73 ms at 20,000 identities, and grows with the table). Planning a
-/// batch statement costs about 0.1 ms, spread over its hundred records.
 pub async fn connect_url(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
-    let options = options.application_name("crmsync").options([("plan_cache_mode", "force_custom_plan")]);
+    let options = options.application_name("crmsync");
     PgPoolOptions::new().max_connections(max_connections).acquire_timeout(acquire_timeout).connect_with(options).await
 }
 

@@ -77,6 +77,7 @@ pub async fn action_counts<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> R
 /// message's records, say).
 pub async fn finished<'e>(e: impl PgExecutor<'e>, connection_id: &str, stage: &str, change_ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar("SELECT change_id FROM audit_log WHERE connection_id = $1 AND stage = $2 AND change_id = ANY($3)")
+        .persistent(false) // planned for its own keys: see `identities::find`
         .bind(connection_id)
         .bind(stage)
         .bind(change_ids)

@@ -30,6 +30,7 @@ pub async fn enqueue<'e>(e: impl PgExecutor<'e>, connection_id: &str, keys: &[St
 /// The entries for these keys as they are now.
 pub async fn entries(pool: &PgPool, connection_id: &str, keys: &[String]) -> Result<Vec<Queued>, sqlx::Error> {
     sqlx::query_as("SELECT connection_id, key, seq FROM mirror_outbox WHERE connection_id = $1 AND key = ANY($2)")
+        .persistent(false) // planned for its own keys: see `identities::find`
         .bind(connection_id)
         .bind(keys)
         .fetch_all(pool)
@@ -60,6 +61,7 @@ pub async fn done(pool: &PgPool, entries: &[Queued]) -> Result<(), sqlx::Error> 
         "DELETE FROM mirror_outbox m USING unnest($1::text[], $2::text[], $3::bigint[]) AS d(connection_id, key, seq) \
          WHERE m.connection_id = d.connection_id AND m.key = d.key AND m.seq = d.seq",
     )
+    .persistent(false) // planned for its own keys: see `identities::find`
     .bind(&conns)
     .bind(&keys)
     .bind(&seqs)
