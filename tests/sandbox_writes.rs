@@ -155,3 +155,37 @@ async fn a_prospect_named_twice_in_a_call_sees_its_first_write() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_database_is_too_busy_to_write_fails_the_call_as_transient() {
+    let app = TestApp::spawn().await;
+    let lead = app.create_lead(&[("LastName", "Busy"), ("Company", "Acme")]).await;
+    let other = app.create_lead(&[("LastName", "Free"), ("Company", "Acme")]).await;
+    // A user's open transaction holds the lead; the sandbox gives up waiting
+    // after 200 ms, as a database under a deadlock or timeout would.
+    let busy_db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with((*app.pool.connect_options()).clone().options([("lock_timeout", "200ms")]))
+        .await
+        .unwrap();
+    let crm = SandboxCrm::connect(busy_db, "default").await.unwrap();
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM crm.leads WHERE id = $1 FOR UPDATE").bind(&lead).execute(&mut *holder).await.unwrap();
+
+    // Named twice, the lead goes through the one-record-at-a-time path.
+    let writes = vec![
+        lead_write(crm_id(&other), "free", Some(4)),
+        lead_write(crm_id(&lead), "first", Some(4)),
+        lead_write(crm_id(&lead), "again", Some(5)),
+    ];
+    let err = crm.write_people(CrmObject::Lead, &writes).await.unwrap_err();
+    assert!(matches!(err, crmsync_connector::ConnectorError::Transient(_)), "{err:?}");
+    holder.rollback().await.unwrap();
+    assert_eq!(column(&app, "crm.leads", &other, "title").await, Value::Null, "the failed call wrote nothing");
+
+    // Once the lock is gone the same call goes through.
+    let out = crm.write_people(CrmObject::Lead, &writes).await.unwrap();
+    assert!(written(&out[0]) && written(&out[1]) && written(&out[2]), "{out:?}");
+    assert_eq!(column(&app, "crm.leads", &lead, "title").await, "again");
+    app.cleanup().await;
+}

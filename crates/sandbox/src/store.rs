@@ -427,6 +427,13 @@ pub(crate) async fn settle(
             sqlx::query("RELEASE SAVEPOINT one_record").execute(conn).await.map_err(db_error)?;
             Ok(outcome)
         }
+        // A deadlock, a serialization failure, a lock or statement timeout:
+        // the record is fine and the database was busy. The whole call fails
+        // as transient and is retried, instead of the record being rejected
+        // as a sync error a user would have to retry by hand.
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("40P01" | "40001" | "55P03" | "57014")) => {
+            Err(ConnectorError::Transient(format!("sandbox database busy: {}", e.message())))
+        }
         Err(sqlx::Error::Database(e)) => {
             sqlx::query("ROLLBACK TO SAVEPOINT one_record").execute(conn).await.map_err(db_error)?;
             let code = match e.kind() {
