@@ -156,6 +156,15 @@ async fn a_prospect_named_twice_in_a_call_sees_its_first_write() {
     app.cleanup().await;
 }
 
+/// A pool whose sessions give up waiting for a row lock after 200 ms.
+async fn impatient_pool(app: &TestApp) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with((*app.pool.connect_options()).clone().options([("lock_timeout", "200ms")]))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_database_is_too_busy_to_write_fails_the_call_as_transient() {
     let app = TestApp::spawn().await;
@@ -163,12 +172,7 @@ async fn a_record_the_database_is_too_busy_to_write_fails_the_call_as_transient(
     let other = app.create_lead(&[("LastName", "Free"), ("Company", "Acme")]).await;
     // A user's open transaction holds the lead; the sandbox gives up waiting
     // after 200 ms, as a database under a deadlock or timeout would.
-    let busy_db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with((*app.pool.connect_options()).clone().options([("lock_timeout", "200ms")]))
-        .await
-        .unwrap();
-    let crm = SandboxCrm::connect(busy_db, "default").await.unwrap();
+    let crm = SandboxCrm::connect(impatient_pool(&app).await, "default").await.unwrap();
     let mut holder = app.pool.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM crm.leads WHERE id = $1 FOR UPDATE").bind(&lead).execute(&mut *holder).await.unwrap();
 
@@ -180,6 +184,19 @@ async fn a_record_the_database_is_too_busy_to_write_fails_the_call_as_transient(
     ];
     let err = crm.write_people(CrmObject::Lead, &writes).await.unwrap_err();
     assert!(matches!(err, crmsync_connector::ConnectorError::Transient(_)), "{err:?}");
+    // Named once, it goes through the statement that locks the call's rows
+    // together: the same.
+    let err = crm.write_people(CrmObject::Lead, &writes[..2]).await.unwrap_err();
+    assert!(matches!(err, crmsync_connector::ConnectorError::Transient(_)), "{err:?}");
+    // The MA updates without locking first: its one update statement meets
+    // the lock, and the call fails as transient without trying row by row.
+    let prospect = app.create_prospect(&[("email", "busy@example.com")]).await;
+    let ma = SandboxMa::connect(impatient_pool(&app).await, "default").await.unwrap();
+    let mut prospect_holder = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM ma.prospects WHERE id = $1 FOR UPDATE").bind(prospect).execute(&mut *prospect_holder).await.unwrap();
+    let err = ma.write_prospects(&[prospect_write(prospect, "busy", Some(4))]).await.unwrap_err();
+    assert!(matches!(err, crmsync_connector::ConnectorError::Transient(_)), "{err:?}");
+    prospect_holder.rollback().await.unwrap();
     holder.rollback().await.unwrap();
     assert_eq!(column(&app, "crm.leads", &other, "title").await, Value::Null, "the failed call wrote nothing");
 

@@ -290,7 +290,9 @@ pub(crate) async fn update_many(
         .await;
     let written = match written {
         Ok(rows) => rows,
-        Err(sqlx::Error::Database(_)) => {
+        // A busy database is no row's fault: writing the rows one by one
+        // would only meet the same lock again, so the call fails as transient.
+        Err(sqlx::Error::Database(e)) if !busy(e.as_ref()) => {
             sqlx::query("ROLLBACK TO SAVEPOINT many_rows").execute(&mut *conn).await?;
             return Ok(None);
         }
@@ -409,6 +411,13 @@ pub(crate) async fn write_planned(
     Ok(out.into_iter().map(|o| o.expect("every write has an outcome")).collect())
 }
 
+/// Whether the database refused a statement for being busy (a deadlock, a
+/// serialization failure, a lock or statement timeout) rather than for what
+/// it wrote.
+fn busy(e: &dyn sqlx::error::DatabaseError) -> bool {
+    matches!(e.code().as_deref(), Some("40P01" | "40001" | "55P03" | "57014"))
+}
+
 /// Opens a savepoint before one record's write inside a batch, so that a
 /// record the database refuses does not undo the others (`allOrNone=false`).
 pub(crate) async fn savepoint(conn: &mut PgConnection) -> Result<(), ConnectorError> {
@@ -427,11 +436,10 @@ pub(crate) async fn settle(
             sqlx::query("RELEASE SAVEPOINT one_record").execute(conn).await.map_err(db_error)?;
             Ok(outcome)
         }
-        // A deadlock, a serialization failure, a lock or statement timeout:
-        // the record is fine and the database was busy. The whole call fails
+        // The record is fine and the database was busy: the whole call fails
         // as transient and is retried, instead of the record being rejected
         // as a sync error a user would have to retry by hand.
-        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("40P01" | "40001" | "55P03" | "57014")) => {
+        Err(sqlx::Error::Database(e)) if busy(e.as_ref()) => {
             Err(ConnectorError::Transient(format!("sandbox database busy: {}", e.message())))
         }
         Err(sqlx::Error::Database(e)) => {
