@@ -70,21 +70,24 @@ pub async fn find<'e>(
     keys: &Keys,
     with_fields: bool,
 ) -> Result<Vec<IdentityRow>, sqlx::Error> {
-    let sql = if with_fields {
-        "SELECT id, status, prospect_id, crm_object, crm_id, email, owner_id, fields, ma_link_written, ma_recycled, crm_account_id, mirror_crm_id FROM identities \
-         WHERE connection_id = $1 AND (id = ANY($2) OR prospect_id = ANY($3) OR crm_id = ANY($4) OR email = ANY($5))"
-    } else {
-        "SELECT id, status, prospect_id, crm_object, crm_id, email, owner_id, '{}'::jsonb AS fields, ma_link_written, ma_recycled, crm_account_id, mirror_crm_id \
-         FROM identities \
-         WHERE connection_id = $1 AND (id = ANY($2) OR prospect_id = ANY($3) OR crm_id = ANY($4) OR email = ANY($5))"
-    };
+    // One index lookup per kind of key, joined by `id`. A single
+    // `id = ANY(..) OR prospect_id = ANY(..) OR ..` made the planner prove
+    // each array element against each partial index: 7 ms of planning for
+    // 100 keys of each kind, against 0.4 ms for this form (both execute in
+    // about 1 ms).
+    let sql = "SELECT id, status, prospect_id, crm_object, crm_id, email, owner_id, CASE WHEN $6 THEN fields ELSE '{}'::jsonb END AS fields, \
+               ma_link_written, ma_recycled, crm_account_id, mirror_crm_id \
+               FROM identities WHERE connection_id = $1 AND id IN (SELECT id FROM identities WHERE id = ANY($2) \
+               UNION ALL SELECT id FROM identities WHERE connection_id = $1 AND prospect_id = ANY($3) \
+               UNION ALL SELECT id FROM identities WHERE connection_id = $1 AND crm_id = ANY($4) \
+               UNION ALL SELECT id FROM identities WHERE connection_id = $1 AND email = ANY($5))";
     // Not a cached prepared statement: planned for its own keys each time.
     // The table starts empty and a first sync fills it fast, and a generic
     // plan cached while it was empty kept scanning the whole table for
     // every batch (73 ms per 100 keys at 20,000 identities against 1.2 ms
     // through the indexes) until autovacuum happened to analyze it. The
     // same holds for the other batch statements on tables a first sync
-    // fills (`persistent(false)` there too); planning costs about 0.1 ms.
+    // fills (`persistent(false)` there too).
     sqlx::query_as(sql)
         .persistent(false)
         .bind(connection_id)
@@ -92,6 +95,7 @@ pub async fn find<'e>(
         .bind(&keys.prospect_ids)
         .bind(&keys.crm_ids)
         .bind(&keys.emails)
+        .bind(with_fields)
         .fetch_all(e)
         .await
 }
