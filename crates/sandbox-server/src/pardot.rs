@@ -77,7 +77,7 @@ fn requested(fields: Option<&str>) -> Result<Vec<String>, AeError> {
     Ok(names)
 }
 
-/// A row (`to_jsonb` of `ma.prospects`) as a v5 prospect with `fields`.
+/// A row (`to_json` of `ma.prospects`) as a v5 prospect with `fields`.
 fn prospect(row: &Value, fields: &[String]) -> Map<String, Value> {
     let mut out = Map::new();
     for f in fields {
@@ -186,7 +186,7 @@ pub async fn query(State(st): State<Arc<AppState>>, Query(p): Query<QueryParams>
         (format!("{ms}, t.id"), format!("($2::bigint IS NULL OR ({ms}, t.id) > ($2, $3))"))
     };
     let sql = format!(
-        "SELECT to_jsonb(t) FROM ma.prospects t WHERE t.tenant = $1 AND {after} \
+        "SELECT to_json(t) FROM ma.prospects t WHERE t.tenant = $1 AND {after} \
          AND ($4::timestamptz IS NULL OR date_trunc('milliseconds', t.modstamp) >= $4) \
          AND ($5::timestamptz IS NULL OR date_trunc('milliseconds', t.modstamp) < $5) \
          AND ($6::text IS NULL OR lower(btrim(t.email)) = $6) \
@@ -230,7 +230,7 @@ pub struct Fields {
 }
 
 async fn row(st: &AppState, id: i64) -> Result<Value, AeError> {
-    sqlx::query_scalar("SELECT to_jsonb(t) FROM ma.prospects t WHERE tenant = $1 AND id = $2")
+    sqlx::query_scalar("SELECT to_json(t) FROM ma.prospects t WHERE tenant = $1 AND id = $2")
         .bind(&st.config.ma_tenant)
         .bind(id)
         .fetch_optional(&st.pool)

@@ -62,7 +62,7 @@ impl Table {
         !matches!(self, Table::Users)
     }
 
-    /// The SQL expression of a field, and the JSON key it has in `to_jsonb(t)`.
+    /// The SQL expression of a field, and the JSON key it has in `to_json(t)`.
     fn field(&self, field: &str) -> Result<(String, FieldSource), SfError> {
         let stamp = |col: &str| (format!("date_trunc('milliseconds', t.{col})"), FieldSource::Stamp(col.to_owned()));
         let col = |c: &str| (format!("t.{c}"), FieldSource::Column(c.to_owned()));
@@ -235,7 +235,7 @@ pub async fn records(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = format!("SELECT t.id::text, to_jsonb(t) FROM {} t WHERE t.tenant = $1 AND t.id::text = ANY($2)", table.sql_table());
+    let sql = format!("SELECT t.id::text, to_json(t) FROM {} t WHERE t.tenant = $1 AND t.id::text = ANY($2)", table.sql_table());
     let rows: Vec<(String, Value)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(ids).fetch_all(pool).await?;
     let by_id: std::collections::HashMap<String, Value> = rows.into_iter().collect();
     let mut out = Vec::with_capacity(ids.len());

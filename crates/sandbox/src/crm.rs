@@ -80,9 +80,9 @@ impl SandboxCrm {
     /// the tenant and `$2` a text array).
     async fn people_where(&self, condition: &str, arg: &[String]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
         let sql = format!(
-            "SELECT to_jsonb(t) AS row, 'lead' AS object FROM crm.leads t WHERE t.tenant = $1 AND {condition} \
+            "SELECT to_json(t) AS row, 'lead' AS object FROM crm.leads t WHERE t.tenant = $1 AND {condition} \
              UNION ALL \
-             SELECT to_jsonb(t) AS row, 'contact' AS object FROM crm.contacts t WHERE t.tenant = $1 AND {condition}"
+             SELECT to_json(t) AS row, 'contact' AS object FROM crm.contacts t WHERE t.tenant = $1 AND {condition}"
         );
         let rows = sqlx::query(AssertSqlSafe(sql)).bind(&self.tenant).bind(arg).fetch_all(&self.pool).await.map_err(db_error)?;
         rows.iter()
@@ -124,7 +124,7 @@ impl SandboxCrm {
             return Ok(Targets::default());
         }
         let sql = format!(
-            "SELECT to_jsonb(t) AS row FROM {} t WHERE tenant = $1 AND (id = ANY($2) OR crmsync_id = ANY($3)) ORDER BY id FOR UPDATE",
+            "SELECT to_json(t) AS row FROM {} t WHERE tenant = $1 AND (id = ANY($2) OR crmsync_id = ANY($3)) ORDER BY id FOR UPDATE",
             def.table
         );
         let rows: Vec<Value> =
@@ -148,7 +148,7 @@ impl SandboxCrm {
             CrmTarget::Id(id) => ("id", id.to_string()),
             CrmTarget::ExternalId(ext) => ("crmsync_id", ext.clone()),
         };
-        let lookup = format!("SELECT to_jsonb(t) FROM {} t WHERE tenant = $1 AND {column} = $2 FOR UPDATE", def.table);
+        let lookup = format!("SELECT to_json(t) FROM {} t WHERE tenant = $1 AND {column} = $2 FOR UPDATE", def.table);
         sqlx::query_scalar(AssertSqlSafe(lookup)).bind(&self.tenant).bind(&key).fetch_optional(&mut *conn).await
     }
 
@@ -346,7 +346,7 @@ impl CrmApi for SandboxCrm {
         let col = objects::column(def_of(object)?, false, field)?;
         let table = def_of(object)?.table;
         let rows: Vec<Value> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT to_jsonb(t) FROM {table} t WHERE t.tenant = $1 AND {col} = ANY($2) AND NOT t.is_deleted"
+            "SELECT to_json(t) FROM {table} t WHERE t.tenant = $1 AND {col} = ANY($2) AND NOT t.is_deleted"
         )))
         .bind(&self.tenant)
         .bind(values)

@@ -150,7 +150,7 @@ impl CsApi for SandboxCs {
     }
 
     async fn csqls_by_id(&self, kind: CsqlRecordType, ids: &[i64]) -> Result<Vec<CsqlRecord>, ConnectorError> {
-        let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE tenant = $1 AND id = ANY($2)", def_of(kind).table);
+        let sql = format!("SELECT to_json(t) FROM {} t WHERE tenant = $1 AND id = ANY($2)", def_of(kind).table);
         let rows: Vec<Value> =
             sqlx::query_scalar(AssertSqlSafe(sql)).bind(&self.tenant).bind(ids).fetch_all(&self.pool).await.map_err(db_error)?;
         self.records(kind, rows).await

@@ -153,7 +153,7 @@ impl MaApi for SandboxMa {
     }
 
     async fn prospects_by_id(&self, ids: &[i64]) -> Result<Vec<ProspectRecord>, ConnectorError> {
-        let rows: Vec<Value> = sqlx::query_scalar("SELECT to_jsonb(t) FROM ma.prospects t WHERE tenant = $1 AND id = ANY($2)")
+        let rows: Vec<Value> = sqlx::query_scalar("SELECT to_json(t) FROM ma.prospects t WHERE tenant = $1 AND id = ANY($2)")
             .bind(&self.tenant)
             .bind(ids)
             .fetch_all(&self.pool)
@@ -165,7 +165,7 @@ impl MaApi for SandboxMa {
     async fn prospects_by_email(&self, emails: &[Email]) -> Result<Vec<ProspectRecord>, ConnectorError> {
         let emails: Vec<&str> = emails.iter().map(Email::as_str).collect();
         let rows: Vec<Value> = sqlx::query_scalar(
-            "SELECT to_jsonb(t) FROM ma.prospects t WHERE tenant = $1 AND lower(btrim(email)) = ANY($2) AND NOT is_deleted",
+            "SELECT to_json(t) FROM ma.prospects t WHERE tenant = $1 AND lower(btrim(email)) = ANY($2) AND NOT is_deleted",
         )
         .bind(&self.tenant)
         .bind(&emails)

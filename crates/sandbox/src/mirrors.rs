@@ -189,7 +189,7 @@ pub(crate) async fn read(
     let p = place(kind);
     let filter = if object_type(kind).is_some() { "AND t.object_type = $3" } else { "AND $3::text IS NULL" };
     let row: Option<(i64, Value)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT t.id, to_jsonb(t) FROM {} t WHERE t.tenant = $1 AND t.{} = $2 {filter}",
+        "SELECT t.id, to_json(t) FROM {} t WHERE t.tenant = $1 AND t.{} = $2 {filter}",
         p.table, p.crm_column
     )))
     .bind(tenant)

@@ -93,7 +93,7 @@ pub(crate) async fn objects_where(
     let (def, custom) = def_of(object);
     let col = column(def, custom.is_some(), field)?;
     let filter = if custom.is_some() { "AND t.object_type = $3" } else { "AND $3::text IS NULL" };
-    let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE t.tenant = $1 AND {col} = ANY($2) {filter} ORDER BY t.id", def.table);
+    let sql = format!("SELECT to_json(t) FROM {} t WHERE t.tenant = $1 AND {col} = ANY($2) {filter} ORDER BY t.id", def.table);
     let rows: Vec<Value> =
         sqlx::query_scalar(AssertSqlSafe(sql)).bind(tenant).bind(values).bind(custom).fetch_all(pool).await.map_err(db_error)?;
     rows.iter().map(|r| record(object, r)).collect()

@@ -204,7 +204,7 @@ impl Sandbox {
     /// One record as stored, with its change-tracking columns.
     pub async fn show(&self, def: &ObjectDef, id: &str) -> Result<Value, OpsError> {
         let id_type = if def.numeric_id { "bigint" } else { "text" };
-        let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE tenant = $1 AND id = $2::{id_type}", def.table);
+        let sql = format!("SELECT to_json(t) FROM {} t WHERE tenant = $1 AND id = $2::{id_type}", def.table);
         sqlx::query_scalar::<_, Value>(AssertSqlSafe(sql))
             .bind(&self.tenant)
             .bind(id)
@@ -215,7 +215,7 @@ impl Sandbox {
 
     /// The most recently changed records of an object.
     pub async fn list(&self, def: &ObjectDef, limit: i64) -> Result<Vec<Value>, OpsError> {
-        let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE tenant = $1 ORDER BY modstamp DESC, id DESC LIMIT $2", def.table);
+        let sql = format!("SELECT to_json(t) FROM {} t WHERE tenant = $1 ORDER BY modstamp DESC, id DESC LIMIT $2", def.table);
         Ok(sqlx::query_scalar(AssertSqlSafe(sql)).bind(&self.tenant).bind(limit).fetch_all(&self.pool).await?)
     }
 
@@ -289,7 +289,7 @@ impl Sandbox {
     pub async fn convert_lead(&self, lead_id: &str, account_id: Option<&str>, opportunity: Option<&str>) -> Result<Conversion, OpsError> {
         let me = self.admin(System::Crm).await?;
         let mut tx = self.pool.begin().await?;
-        let lead: Option<Value> = sqlx::query_scalar("SELECT to_jsonb(t) FROM crm.leads t WHERE tenant = $1 AND id = $2 FOR UPDATE")
+        let lead: Option<Value> = sqlx::query_scalar("SELECT to_json(t) FROM crm.leads t WHERE tenant = $1 AND id = $2 FOR UPDATE")
             .bind(&self.tenant)
             .bind(lead_id)
             .fetch_optional(&mut *tx)
