@@ -206,3 +206,54 @@ async fn a_record_the_database_is_too_busy_to_write_fails_the_call_as_transient(
     assert_eq!(column(&app, "crm.leads", &lead, "title").await, "again");
     app.cleanup().await;
 }
+
+/// The row triggers that track changes, compiled per table (sandbox
+/// migration 0006): an insert stamps the columns it gives a value, an update
+/// the columns it changes, and every write moves the modstamp and the
+/// transaction id the change feeds page on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_tracking_stamps_only_the_columns_a_write_gives_or_changes() {
+    let app = TestApp::spawn().await;
+    // No table is left on the generic, name-by-name trigger function.
+    let generic: Vec<String> = sqlx::query_scalar(
+        "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'track' AND tgfoid = 'sandbox.track_change'::regproc",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(generic.is_empty(), "still on the generic trigger: {generic:?}");
+
+    let (id, xid): (String, String) = sqlx::query_as(
+        "INSERT INTO crm.leads (last_name, company, last_modified_by) VALUES ('Ito', 'Acme', 'user-a') RETURNING id, mod_xid::text",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let stamps = column(&app, "crm.leads", &id, "field_stamps").await;
+    let stamped = |s: &Value| s.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    // Defaults count as given values (status, the opt-out flag), as before.
+    for key in ["last_name", "company", "status", "has_opted_out_of_email", "is_converted", "is_deleted"] {
+        assert_eq!(stamps[key]["by"], "user-a", "{key} in {stamps}");
+    }
+    assert!(stamps.get("title").is_none() && stamps.get("email").is_none(), "null columns are not stamped: {stamps}");
+    assert_eq!(column(&app, "crm.leads", &id, "created_by").await, "user-a");
+    let first_at = stamps["company"]["at"].clone();
+
+    // Company is written with the value it has: not a change.
+    let xid2: String = sqlx::query_scalar(
+        "UPDATE crm.leads SET title = 'CTO', company = 'Acme', last_modified_by = 'user-b' WHERE id = $1 RETURNING mod_xid::text",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let after = column(&app, "crm.leads", &id, "field_stamps").await;
+    assert_eq!(after["title"]["by"], "user-b");
+    assert_ne!(after["title"]["at"], first_at);
+    assert_eq!(after["company"], stamps["company"], "an unchanged column keeps its stamp");
+    assert_eq!(after["last_name"], stamps["last_name"]);
+    assert_eq!(stamped(&after).len(), stamped(&stamps).len() + 1);
+    assert_eq!(column(&app, "crm.leads", &id, "created_by").await, "user-a");
+    assert!(xid2.parse::<u64>().unwrap() > xid.parse::<u64>().unwrap(), "the change feed sees the update");
+    assert_eq!(column(&app, "crm.leads", &id, "modstamp").await, after["title"]["at"]);
+}
