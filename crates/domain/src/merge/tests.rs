@@ -376,3 +376,15 @@ proptest! {
         prop_assert_eq!(format!("{before:?}"), format!("{world:?}"));
     }
 }
+
+#[test]
+fn a_versioned_value_reads_back_its_own_time_and_a_relaxed_one() {
+    let v = Versioned::new(t(1_764_870_000_123_456), json!("x"));
+    let text = serde_json::to_string(&v).unwrap();
+    assert_eq!(serde_json::from_str::<Versioned>(&text).unwrap(), v);
+    assert_eq!(serde_json::from_value::<Versioned>(serde_json::to_value(&v).unwrap()).unwrap(), v);
+    // A space for the T, which chrono reads too.
+    let relaxed: Versioned = serde_json::from_value(json!({"at": "2026-12-04 17:38:15.5+00:00", "v": 1})).unwrap();
+    assert_eq!(relaxed.at, Utc.with_ymd_and_hms(2026, 12, 4, 17, 38, 15).unwrap() + chrono::Duration::milliseconds(500));
+    assert!(serde_json::from_value::<Versioned>(json!({"at": "yesterday", "v": 1})).is_err());
+}
