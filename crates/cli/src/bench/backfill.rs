@@ -132,6 +132,10 @@ pub async fn run(config: &Config, base_url: &str, mode: Mode, pairs: u64, replic
     let want = i64::try_from(pairs)?;
     let bar = progress::bar(pairs, "pairs converged");
     let broker = Broker::new(&config.amqp, "crmsync-bench");
+    // The batch-lane queue appears when a tier first routes to it; declared
+    // here too (the same declaration), so asking its depth before then finds
+    // it instead of having the broker close the channel with a logged error.
+    broker.declare_connection("default").await?;
     let mut peak_backlog = 0;
     let mut last_count = Instant::now();
     // Generous: a slow machine still finishes, a stuck pipeline does not
