@@ -10,7 +10,9 @@
 -- a column gets a fresh {"at", "by"} stamp when an insert gives it a value or
 -- an update changes it; the row gets its modstamp and transaction id.
 -- Every existing `track` trigger is recompiled from its own arguments, so the
--- column lists stay where the tables are defined.
+-- column lists stay where the tables are defined. A table added later gets
+-- its trigger from `SELECT sandbox.track_columns('schema.table', ARRAY[...])`;
+-- `sandbox.track_change` stays only because the earlier migrations name it.
 
 CREATE FUNCTION sandbox.track_columns(tbl regclass, cols text[]) RETURNS void LANGUAGE plpgsql AS $gen$
 DECLARE
