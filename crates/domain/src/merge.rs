@@ -112,7 +112,9 @@ impl Versioned {
     /// stamped with the same time resolve the same way on every replica.
     fn beats(&self, other: &Versioned) -> bool {
         match self.at.cmp(&other.at) {
-            std::cmp::Ordering::Equal => canonical(&self.value) > canonical(&other.value),
+            // The same value seen again (a re-read, a redelivery) is the
+            // common tie, and needs no printing to lose it.
+            std::cmp::Ordering::Equal => self.value != other.value && canonical(&self.value) > canonical(&other.value),
             o => o.is_gt(),
         }
     }

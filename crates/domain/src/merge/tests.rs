@@ -388,3 +388,15 @@ fn a_versioned_value_reads_back_its_own_time_and_a_relaxed_one() {
     assert_eq!(relaxed.at, Utc.with_ymd_and_hms(2026, 12, 4, 17, 38, 15).unwrap() + chrono::Duration::milliseconds(500));
     assert!(serde_json::from_value::<Versioned>(json!({"at": "yesterday", "v": 1})).is_err());
 }
+
+#[test]
+fn a_tie_in_time_goes_to_the_same_value_in_any_order_and_a_repeat_moves_nothing() {
+    let (a, b) = (Versioned::new(t(5), json!("Acme")), Versioned::new(t(5), json!("Zeta")));
+    for (first, second) in [(&a, &b), (&b, &a)] {
+        let mut slot = Some(first.clone());
+        keep_newest(&mut slot, second);
+        assert_eq!(slot.as_ref(), Some(&b), "\"Zeta\" prints greater, whichever came first");
+    }
+    let mut slot = Some(a.clone());
+    assert!(!keep_newest(&mut slot, &a), "the same value at the same time is not news");
+}
