@@ -219,10 +219,13 @@ async fn the_immediate_lane_is_never_stuck_behind_the_batch_lane() {
     let mut app = TestApp::spawn().await;
     let lead = app.create_lead(&[("LastName", "Quick"), ("Company", "Co"), ("Email", "quick@lane.example")]).await;
     let p = app.create_prospect(&[("email", "quick@lane.example"), ("crmLeadFid", &lead)]).await;
+    // Two a second: 40 records keep the batch lane busy for 20 s. Paced
+    // before the tiers start: a pass takes the settings as it begins, so a
+    // pass already running (woken by the first sync's own writes) could read
+    // the burst with the old threshold and send it down the immediate lane.
+    pace(&app, "default", 7_200, 1, 10).await;
     app.start_pipeline(1, 1);
     app.settle().await;
-    // Two a second: 40 records keep the batch lane busy for 20 s.
-    pace(&app, "default", 7_200, 1, 10).await;
     burst(&app, "default", 40, "slow-backlog").await;
     let started = std::time::Instant::now();
     while crmsync_applier::batch_figures(&app.pool, "default").await.unwrap().backlog == 0 {
