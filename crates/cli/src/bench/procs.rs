@@ -20,14 +20,18 @@ const TICKS_PER_SECOND: f64 = 100.0;
 const SERVICES: &[(&str, &[&str])] =
     &[("postgresql", &["postgres"]), ("redis", &["redis-server"]), ("rabbitmq", &["beam.smp", "erl_child_setup", "epmd", "inet_gethost"])];
 
-/// CPU time (user + system) of one process, in milliseconds.
-fn cpu_ms(pid: u32) -> Option<f64> {
+/// CPU time (user + system) of one process, in milliseconds; with
+/// `children`, also that of its children that have ended and been waited
+/// for (`cutime`, `cstime`).
+fn cpu_ms(pid: u32, children: bool) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces: count fields
-    // after the last ')'. utime and stime are fields 14 and 15 (1-based).
+    // after the last ')'. utime, stime, cutime and cstime are fields 14 to
+    // 17 (1-based).
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let count = if children { 4 } else { 2 };
+    let ticks = fields.get(11..11 + count)?.iter().map(|f| f.parse::<f64>().ok()).sum::<Option<f64>>()?;
     Some(ticks * 1000.0 / TICKS_PER_SECOND)
 }
 
@@ -62,14 +66,16 @@ fn processes() -> Vec<(u32, String)> {
 }
 
 /// CPU milliseconds used so far by each service's processes, together.
-/// Processes that ended since (PostgreSQL backends of closed connections)
-/// are lost from the sum, so a scenario keeps its pools open while measured.
+/// Processes that have ended count through their parent's children times:
+/// PostgreSQL's postmaster waits for every backend and parallel worker, so
+/// those started and ended within a scenario (a parallel query's workers
+/// live for one statement) are in the sum.
 pub fn services_cpu_ms() -> BTreeMap<String, f64> {
     let procs = processes();
     SERVICES
         .iter()
         .map(|(service, names)| {
-            let total = procs.iter().filter(|(_, comm)| names.contains(&comm.as_str())).filter_map(|(pid, _)| cpu_ms(*pid)).sum();
+            let total = procs.iter().filter(|(_, comm)| names.contains(&comm.as_str())).filter_map(|(pid, _)| cpu_ms(*pid, true)).sum();
             ((*service).to_owned(), total)
         })
         .collect()
@@ -105,7 +111,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn start(watched: Vec<Watched>, every: Duration) -> Sampler {
-        let cpu_at_start = watched.iter().map(|w| (w.pid, cpu_ms(w.pid).unwrap_or(0.0))).collect();
+        let cpu_at_start = watched.iter().map(|w| (w.pid, cpu_ms(w.pid, false).unwrap_or(0.0))).collect();
         let services_at_start = services_cpu_ms();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let pids: Vec<u32> = watched.iter().map(|w| w.pid).collect();
@@ -133,7 +139,7 @@ impl Sampler {
     /// milliseconds, since the start. Call it while the processes still run.
     pub async fn finish(self) -> (Vec<ProcessCost>, BTreeMap<String, f64>) {
         let services_now = services_cpu_ms();
-        let cpu_now: BTreeMap<u32, f64> = self.watched.iter().map(|w| (w.pid, cpu_ms(w.pid).unwrap_or(0.0))).collect();
+        let cpu_now: BTreeMap<u32, f64> = self.watched.iter().map(|w| (w.pid, cpu_ms(w.pid, false).unwrap_or(0.0))).collect();
         let peaks: BTreeMap<u32, f64> = self.watched.iter().map(|w| (w.pid, peak_rss_mb(w.pid).unwrap_or(0.0))).collect();
         let _ = self.stop.send(true);
         let mut samples = self.task.await.unwrap_or_default();
@@ -184,9 +190,20 @@ mod tests {
             x = x.wrapping_add(i * i);
         }
         assert!(x > 0);
-        assert!(cpu_ms(me).is_some_and(|ms| ms >= 0.0));
+        assert!(cpu_ms(me, false).is_some_and(|ms| ms >= 0.0));
         assert!(rss_mb(me).is_some_and(|mb| mb > 1.0));
         assert!(peak_rss_mb(me).is_some_and(|mb| mb >= rss_mb(me).unwrap_or(0.0) - 1.0));
+    }
+
+    #[test]
+    fn a_child_that_has_ended_counts_with_its_parent() {
+        let me = std::process::id();
+        let before = cpu_ms(me, true).unwrap() - cpu_ms(me, false).unwrap();
+        // A child that burns CPU and ends, as a parallel query's worker does.
+        let status = std::process::Command::new("sh").args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"]).status().unwrap();
+        assert!(status.success());
+        let after = cpu_ms(me, true).unwrap() - cpu_ms(me, false).unwrap();
+        assert!(after > before, "children's CPU went from {before} to {after} ms");
     }
 
     #[test]
