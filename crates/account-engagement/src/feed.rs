@@ -13,6 +13,10 @@
 //! it is cut after the last one returned and the cursor gets [`REQUERY`]
 //! instead of the token, so the next call queries again from its position.
 //! The same happens when a token is refused (expired).
+//!
+//! Rescans are read light while they meet only prospects delivered before:
+//! `id` and `updatedAt`, in pages of the API's largest size, handed to
+//! [`StampCursor::pass_over`].
 
 use chrono::{DateTime, Utc};
 use crmsync_connector::stamp_cursor::{Overlap, StampCursor};
@@ -116,6 +120,15 @@ pub(crate) async fn changes(
     let mut out = Vec::new();
     let mut has_more = false;
     for _ in 0..MAX_PAGES_PER_CALL {
+        if state.light() {
+            let page = page_of(http, &change_query(&position_param(), state.query_from(), MAX_PAGE)).await?;
+            let positions = page.rows.into_iter().map(Positioned::of).collect::<Result<Vec<_>, _>>()?;
+            has_more = state.pass_over(positions, page.server_time, page.next, REQUERY, overlap);
+            if !has_more {
+                break;
+            }
+            continue;
+        }
         let room = limit - out.len();
         let page = fetch(http, fields, &state, room).await?;
         let rows = page.rows.into_iter().map(Positioned::of).collect::<Result<Vec<_>, _>>()?;

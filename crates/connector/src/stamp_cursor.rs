@@ -22,6 +22,16 @@
 //! commits. So a late commit within the window is delivered (at the latest
 //! one rescan later), nothing is delivered twice by the feed itself, and
 //! `seen` holds only the records of roughly the last `overlap + rescan_every`.
+//!
+//! A rescan reads again every record of the last `overlap + rescan_every`,
+//! almost all of them delivered before: each record is read about five
+//! times. So a rescan starts *light*: the feed lists positions only (id and
+//! stamp) and hands them to [`StampCursor::pass_over`], which moves over
+//! what was delivered and stops before the first record that was not. From
+//! there the scan reads records in full again. A light page never leaves
+//! the server's locator in the cursor (it continues by querying again from
+//! the position), so a replica that does not know light pages, reading the
+//! stored cursor during a rolling update, only ever continues a full query.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -62,6 +72,10 @@ pub struct StampCursor {
     seen: BTreeMap<String, Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     locator: Option<String>,
+    /// The scan in progress is a rescan that has met only delivered records
+    /// so far: its pages are read light.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    light: bool,
 }
 
 /// A record as the feed needs to see it.
@@ -144,13 +158,52 @@ impl StampCursor {
         }
         if !has_more {
             let every = chrono::Duration::from_std(overlap.rescan_every).unwrap_or(chrono::Duration::MAX);
-            if query_time - scan_start >= every {
-                // Look back over the window for late commits.
+            // Look back over the window for late commits, light; or go on
+            // from the position, in full.
+            self.light = query_time - scan_start >= every;
+            if self.light {
                 self.pos = None;
                 self.scan_start = None;
             }
         }
         (fresh, has_more)
+    }
+
+    /// Whether the next page is to be read light: positions only, taken
+    /// with [`pass_over`](Self::pass_over).
+    pub fn light(&self) -> bool {
+        self.light
+    }
+
+    /// Takes one light page (positions in (stamp, id) order, from
+    /// `query_from()`): moves over the records delivered before and stops
+    /// just before the first that was not, from where the scan goes on in
+    /// full. `requery` is the feed's marker for "query again from the
+    /// position", the locator a light page leaves instead of `next_locator`.
+    /// Returns whether more is waiting.
+    pub fn pass_over<T: Stamped>(
+        &mut self,
+        mut positions: Vec<T>,
+        query_time: Timestamp,
+        next_locator: Option<String>,
+        requery: &str,
+        overlap: Overlap,
+    ) -> bool {
+        let before = self.pos.clone();
+        let first_new = positions.iter().position(|r| !self.delivered(r.stamp(), r.key()));
+        if let Some(n) = first_new {
+            positions.truncate(n);
+            self.accept(positions, query_time, Some(requery.to_owned()), overlap);
+            self.light = false;
+            return true;
+        }
+        let (_, more) = self.accept(positions, query_time, next_locator.map(|_| requery.to_owned()), overlap);
+        if more && self.pos == before {
+            // A page's worth of records share the position's stamp (a
+            // query from it cannot pass them): the full query's locator can.
+            self.light = false;
+        }
+        more
     }
 
     /// Whether any of these (stamp, id) pairs, read from `query_from()`

@@ -9,6 +9,10 @@
 //! [`REQUERY`] instead of the server's locator: the next call queries again
 //! from the cursor's position, and what it already delivered is passed over
 //! by the cursor. The same happens when a locator has expired.
+//!
+//! Rescans are read light while they meet only records delivered before:
+//! `Id` and `SystemModstamp`, in pages of the API's largest size, handed
+//! to [`StampCursor::pass_over`].
 
 use std::time::Instant;
 
@@ -31,6 +35,9 @@ pub(crate) const REQUERY: &str = "requery";
 /// Pages read in one call at most, so a call stays short even when most of
 /// what it reads was delivered before.
 const MAX_PAGES_PER_CALL: usize = 5;
+
+/// Rows in a light page: the API's largest batch.
+const LIGHT_PAGE: usize = 2_000;
 
 /// One object's feed: what to select and how a row becomes a record.
 pub(crate) struct Feed<'a, T> {
@@ -94,6 +101,13 @@ pub(crate) async fn changes<T>(
     let mut out = Vec::new();
     let mut has_more = false;
     for _ in 0..MAX_PAGES_PER_CALL {
+        if state.light() {
+            has_more = pass_over(http, feed.sobject, &mut state, overlap).await?;
+            if !has_more {
+                break;
+            }
+            continue;
+        }
         let room = limit - out.len();
         let page = fetch(http, feed.sobject, feed.select, &state, room).await?;
         let rows = page
@@ -115,6 +129,19 @@ pub(crate) async fn changes<T>(
     }
     gate.polled(feed.sobject, has_more, Instant::now());
     Ok(ChangePage { records: out, next: state.save(), has_more })
+}
+
+/// Reads one light page of a rescan into `state`; returns whether more is
+/// waiting.
+async fn pass_over(http: &Http, sobject: &str, state: &mut StampCursor, overlap: Overlap) -> Result<bool, ConnectorError> {
+    let select = [ID.to_owned(), SYSTEM_MODSTAMP.to_owned()];
+    let page = query::first_page(http, &query::change_query(&select, sobject, state.query_from()), true, Some(LIGHT_PAGE)).await?;
+    let positions = page
+        .records
+        .iter()
+        .map(|row| records::id_and_stamp(row, sobject).map(|(id, stamp)| Positioned { stamp, id, record: () }))
+        .collect::<Result<Vec<_>, ConnectorError>>()?;
+    Ok(state.pass_over(positions, page.server_time, page.next, REQUERY, overlap))
 }
 
 /// Whether anything changed after `cursor` that it has not delivered,

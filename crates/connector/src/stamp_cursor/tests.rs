@@ -41,7 +41,7 @@ impl Source {
     /// stamped at or after `from` (rounded down to the second, as SOQL's
     /// literals are), the latest version of each id, in (stamp, id) order.
     fn page(&mut self, cursor: &StampCursor, now: Timestamp, size: usize) -> (Vec<Rec>, Option<String>) {
-        let (snapshot, offset) = match cursor.locator() {
+        let (snapshot, offset) = match cursor.locator().filter(|l| *l != REQUERY) {
             Some(l) => {
                 let (name, offset) = l.split_once(':').unwrap();
                 (name.to_owned(), offset.parse::<usize>().unwrap())
@@ -71,33 +71,58 @@ impl Source {
 
 const WINDOW_MS: i64 = 2_000;
 
+/// The feeds' marker for "query again from the position".
+const REQUERY: &str = "requery";
+
 fn overlap() -> Overlap {
     Overlap::new(Duration::from_millis(WINDOW_MS as u64))
 }
 
+/// What a run of polls delivered and read.
+struct Run {
+    /// Every (id, stamp) delivered, in order.
+    delivered: Vec<(String, Timestamp)>,
+    /// The largest number of records the cursor remembered.
+    remembered: usize,
+    /// Records read in full and read light.
+    full: usize,
+    light: usize,
+}
+
 /// Polls the source until `until`, every `poll` ms, reading all pages each
-/// time; returns every (id, stamp) delivered, in order, and the largest
-/// number of records the cursor remembered.
-fn run(source: &mut Source, poll: i64, page: usize, until: i64) -> (Vec<(String, Timestamp)>, usize) {
+/// time, light ones as a feed does.
+fn run(source: &mut Source, poll: i64, page: usize, until: i64) -> Run {
+    run_reading(source, poll, page, until, true)
+}
+
+/// [`run`], with light pages read light or (`light_pages` false, as a
+/// replica that does not know them) in full.
+fn run_reading(source: &mut Source, poll: i64, page: usize, until: i64, light_pages: bool) -> Run {
     let mut cursor = StampCursor::default();
-    let mut delivered = Vec::new();
-    let mut remembered = 0;
+    let mut out = Run { delivered: Vec::new(), remembered: 0, full: 0, light: 0 };
     let mut now = 0;
     while now <= until {
         loop {
             let (rows, next) = source.page(&cursor, ms(now), page);
-            let (fresh, more) = cursor.accept(rows, ms(now), next, overlap());
-            delivered.extend(fresh.into_iter().map(|r| (r.id, r.stamp)));
+            let more = if light_pages && cursor.light() {
+                out.light += rows.len();
+                cursor.pass_over(rows, ms(now), next, REQUERY, overlap())
+            } else {
+                out.full += rows.len();
+                let (fresh, more) = cursor.accept(rows, ms(now), next, overlap());
+                out.delivered.extend(fresh.into_iter().map(|r| (r.id, r.stamp)));
+                more
+            };
             // The cursor survives a round trip through storage.
             cursor = StampCursor::load(Some(&cursor.save())).unwrap();
-            remembered = remembered.max(cursor.remembered());
+            out.remembered = out.remembered.max(cursor.remembered());
             if !more {
                 break;
             }
         }
         now += poll;
     }
-    (delivered, remembered)
+    out
 }
 
 #[test]
@@ -112,7 +137,7 @@ fn a_late_commit_inside_the_window_is_delivered_once() {
         snapshots: HashMap::new(),
         next_snapshot: 0,
     };
-    let (delivered, _) = run(&mut source, 100, 10, 10_000);
+    let delivered = run(&mut source, 100, 10, 10_000).delivered;
     let ids: Vec<&str> = delivered.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, ["a", "b", "late"], "the late record arrives after b, once");
 }
@@ -123,8 +148,7 @@ fn a_page_full_of_records_in_one_second_still_makes_progress() {
     // rounds the start down, the locator carries the query on.
     let versions = (0..50).map(|i| Rec { id: format!("r{i:02}"), stamp: ms(5_000 + i), commits: ms(5_000 + i) }).collect();
     let mut source = Source { versions, snapshots: HashMap::new(), next_snapshot: 0 };
-    let (delivered, _) = run(&mut source, 250, 7, 12_000);
-    assert_eq!(delivered.len(), 50);
+    assert_eq!(run(&mut source, 250, 7, 12_000).delivered.len(), 50);
 }
 
 #[test]
@@ -132,10 +156,48 @@ fn the_cursor_remembers_about_a_window_of_records_not_the_whole_feed() {
     // 2,000 records, one every 10 ms over 20 s, polled every 100 ms.
     let versions = (0..2_000).map(|i| Rec { id: format!("r{i}"), stamp: ms(i * 10), commits: ms(i * 10) }).collect();
     let mut source = Source { versions, snapshots: HashMap::new(), next_snapshot: 0 };
-    let (delivered, remembered) = run(&mut source, 100, 50, 26_000);
-    assert_eq!(delivered.len(), 2_000);
+    let r = run(&mut source, 100, 50, 26_000);
+    assert_eq!(r.delivered.len(), 2_000);
     // Window (2 s) + rescan interval (0.5 s) + a poll, at 100 records a second.
-    assert!(remembered <= 300, "remembered {remembered} records");
+    assert!(r.remembered <= 300, "remembered {} records", r.remembered);
+}
+
+#[test]
+fn rescans_read_positions_and_only_new_records_in_full() {
+    // 2,000 records, one every 10 ms over 20 s, polled every 100 ms: each
+    // rescan goes back over 2.5 s of records.
+    let versions: Vec<Rec> = (0..2_000).map(|i| Rec { id: format!("r{i}"), stamp: ms(i * 10), commits: ms(i * 10) }).collect();
+    let mut source = Source { versions: versions.clone(), snapshots: HashMap::new(), next_snapshot: 0 };
+    let light = run(&mut source, 100, 500, 26_000);
+    let mut source = Source { versions, snapshots: HashMap::new(), next_snapshot: 0 };
+    let full = run_reading(&mut source, 100, 500, 26_000, false);
+    assert_eq!(light.delivered, full.delivered);
+    // What the rescans read went from full reads to light ones.
+    assert!(light.light > 4 * 2_000, "rescans read {} positions", light.light);
+    assert!(light.full + light.light / 2 < full.full, "{} records read in full, against {} without light pages", light.full, full.full);
+}
+
+#[test]
+fn a_stored_light_cursor_never_holds_a_servers_locator() {
+    let mut cursor = StampCursor::default();
+    let window = Overlap { window: Duration::from_secs(10), rescan_every: Duration::from_secs(2) };
+    let recs = |ids: &[(&str, i64)]| ids.iter().map(|(id, t)| Rec { id: (*id).into(), stamp: ms(*t), commits: ms(*t) }).collect::<Vec<_>>();
+    cursor.accept(recs(&[("a", 1_000), ("b", 2_000)]), ms(3_000), None, window);
+    // Caught up, and a rescan is due: the next scan is light.
+    cursor.accept(Vec::<Rec>::new(), ms(6_000), None, window);
+    assert!(cursor.light());
+    // A light page of delivered records with more behind it: the cursor
+    // goes on by querying again, so a replica that reads it as a full
+    // cursor runs a full query.
+    assert!(cursor.pass_over(recs(&[("a", 1_000)]), ms(6_100), Some("q7:1".into()), REQUERY, window));
+    let stored = StampCursor::load(Some(&cursor.save())).unwrap();
+    assert_eq!((stored.locator(), stored.light()), (Some(REQUERY), true));
+    // The first record not delivered ends the light part, before it.
+    assert!(cursor.pass_over(recs(&[("b", 2_000), ("c", 2_500)]), ms(6_200), None, REQUERY, window));
+    assert!(!cursor.light());
+    assert_eq!(cursor.query_from(), Some(ms(2_000)));
+    let (fresh, more) = cursor.accept(recs(&[("b", 2_000), ("c", 2_500)]), ms(6_300), None, window);
+    assert_eq!((fresh.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), more), (vec!["c"], false));
 }
 
 #[test]
@@ -164,7 +226,7 @@ proptest! {
             .collect();
         let mut source = Source { versions: versions.clone(), snapshots: HashMap::new(), next_snapshot: 0 };
         let end = versions.iter().map(|v| (v.commits - ms(0)).num_milliseconds()).max().unwrap();
-        let (delivered, _) = run(&mut source, poll, page, end + 3 * WINDOW_MS);
+        let delivered = run(&mut source, poll, page, end + 3 * WINDOW_MS).delivered;
 
         let unique: BTreeSet<&(String, Timestamp)> = delivered.iter().collect();
         prop_assert_eq!(unique.len(), delivered.len(), "a version was delivered twice");
