@@ -76,7 +76,15 @@ pub async fn action_counts<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> R
 /// Which of these changes a stage has already finished (a redelivered
 /// message's records, say).
 pub async fn finished<'e>(e: impl PgExecutor<'e>, connection_id: &str, stage: &str, change_ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT change_id FROM audit_log WHERE connection_id = $1 AND stage = $2 AND change_id = ANY($3)")
+    // One index probe per change. Written as `change_id = ANY($3)`, the
+    // planner (with statistics from while the table was small) read every
+    // entry of the connection and stage from the index and filtered them:
+    // 7.6 ms for 100 changes at 31,000 entries, growing with the log over
+    // a backfill, against 0.5 ms.
+    sqlx::query_scalar(
+        "SELECT a.change_id FROM unnest($3::uuid[]) AS k(change_id) \
+         JOIN audit_log a ON a.connection_id = $1 AND a.change_id = k.change_id AND a.stage = $2",
+    )
         .persistent(false) // planned for its own keys: see `identities::find`
         .bind(connection_id)
         .bind(stage)
