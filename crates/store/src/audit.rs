@@ -85,10 +85,10 @@ pub async fn finished<'e>(e: impl PgExecutor<'e>, connection_id: &str, stage: &s
         "SELECT a.change_id FROM unnest($3::uuid[]) AS k(change_id) \
          JOIN audit_log a ON a.connection_id = $1 AND a.change_id = k.change_id AND a.stage = $2",
     )
-        .persistent(false) // planned for its own keys: see `identities::find`
-        .bind(connection_id)
-        .bind(stage)
-        .bind(change_ids)
-        .fetch_all(e)
-        .await
+    .persistent(false) // planned for its own keys: see `identities::find`
+    .bind(connection_id)
+    .bind(stage)
+    .bind(change_ids)
+    .fetch_all(e)
+    .await
 }
