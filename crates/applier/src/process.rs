@@ -641,7 +641,7 @@ impl Applier {
                 moved_from.insert(s.id, s.email.replace(e.clone()));
             }
         }
-        let together: Vec<(Applied, i64)> =
+        let together: Vec<(Applied<'_>, i64)> =
             work.iter().filter(|w| !w.retry).filter_map(|w| Some((applied_of(w.state.as_ref()?), w.token))).collect();
         let stored_together = identities::save_applied_many(&mut tx, conn, &together).await?;
         for w in work.iter_mut().filter(|w| !w.retry) {
@@ -729,13 +729,13 @@ impl Applier {
 }
 
 /// What the applier stores of an identity's state.
-fn applied_of(s: &State) -> Applied {
+fn applied_of(s: &State) -> Applied<'_> {
     Applied {
         id: s.id,
         status: s.status,
         prospect_id: s.prospect_id,
         crm: s.crm.clone(),
-        fields: s.fields.clone(),
+        fields: &s.fields,
         ma_link_written: s.ma_link_written,
         ma_recycled: s.ma_recycled,
         email: s.email.clone(),

@@ -53,8 +53,23 @@ pub struct PassContext<'a> {
     pub records_per_message: usize,
 }
 
-/// The identities of a page's records, keyed by the record's id.
-async fn identities_of(pool: &PgPool, connection_id: &str, records: &[SourceRecord]) -> Result<HashMap<String, IdentityRow>, sqlx::Error> {
+/// The identities of a page's records, found by the records' keys.
+struct Known {
+    rows: Vec<IdentityRow>,
+    /// Record key (see [`key_of`]) to its identity in `rows`.
+    by_key: HashMap<String, usize>,
+}
+
+impl Known {
+    fn get(&self, key: &str) -> Option<&IdentityRow> {
+        self.by_key.get(key).map(|&i| &self.rows[i])
+    }
+}
+
+/// The identities of a page's records. Each row is kept once and found by
+/// either key: a copy per key cloned the identity's field state, about 40
+/// entries, for every linked record.
+async fn identities_of(pool: &PgPool, connection_id: &str, records: &[SourceRecord]) -> Result<Known, sqlx::Error> {
     let mut keys = Keys::default();
     for r in records {
         match r {
@@ -68,19 +83,19 @@ async fn identities_of(pool: &PgPool, connection_id: &str, records: &[SourceReco
         }
     }
     if keys.prospect_ids.is_empty() && keys.crm_ids.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(Known { rows: Vec::new(), by_key: HashMap::new() });
     }
     let rows = identities::find(pool, connection_id, &keys, true).await?;
-    let mut out = HashMap::new();
-    for row in rows {
+    let mut by_key = HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
         if let Some(p) = row.prospect_id {
-            out.insert(format!("p:{p}"), row.clone());
+            by_key.insert(format!("p:{p}"), i);
         }
         if let Some(c) = &row.crm_id {
-            out.insert(format!("c:{c}"), row);
+            by_key.insert(format!("c:{c}"), i);
         }
     }
-    Ok(out)
+    Ok(Known { rows, by_key })
 }
 
 fn key_of(r: &SourceRecord) -> String {

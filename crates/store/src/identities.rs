@@ -207,12 +207,14 @@ pub async fn patch(pool: &PgPool, connection_id: &str, id: Uuid, patch: &Identit
 
 /// An identity after the applier worked on it.
 #[derive(Debug, Clone)]
-pub struct Applied {
+pub struct Applied<'a> {
     pub id: Uuid,
     pub status: IdentityStatus,
     pub prospect_id: Option<i64>,
     pub crm: Option<(CrmObject, CrmId)>,
-    pub fields: IdentityFields,
+    /// Borrowed: the state is large (about 40 fields, two sides each) and
+    /// only read to be stored.
+    pub fields: &'a IdentityFields,
     pub ma_link_written: bool,
     pub ma_recycled: bool,
     pub email: Option<String>,
@@ -221,7 +223,7 @@ pub struct Applied {
 }
 
 /// Stores what the applier did to an identity.
-pub async fn save_applied<'e>(e: impl PgExecutor<'e>, connection_id: &str, a: &Applied, fence: i64) -> Result<Written, sqlx::Error> {
+pub async fn save_applied<'e>(e: impl PgExecutor<'e>, connection_id: &str, a: &Applied<'_>, fence: i64) -> Result<Written, sqlx::Error> {
     let result = sqlx::query(
         "UPDATE identities SET \
             status = $3, prospect_id = $4, crm_object = $5, crm_id = $6, fields = $7, ma_link_written = $8, \
@@ -235,7 +237,7 @@ pub async fn save_applied<'e>(e: impl PgExecutor<'e>, connection_id: &str, a: &A
     .bind(a.prospect_id)
     .bind(a.crm.as_ref().map(|(o, _)| o.as_str()))
     .bind(a.crm.as_ref().map(|(_, c)| c.as_str()))
-    .bind(Json(&a.fields))
+    .bind(Json(a.fields))
     .bind(a.ma_link_written)
     .bind(fence)
     .bind(a.ma_recycled)
@@ -254,7 +256,7 @@ pub async fn save_applied<'e>(e: impl PgExecutor<'e>, connection_id: &str, a: &A
 pub async fn save_applied_many(
     conn: &mut sqlx::PgConnection,
     connection_id: &str,
-    applied: &[(Applied, i64)],
+    applied: &[(Applied<'_>, i64)],
 ) -> Result<Option<HashSet<Uuid>>, sqlx::Error> {
     if applied.is_empty() {
         return Ok(Some(HashSet::new()));
@@ -264,7 +266,7 @@ pub async fn save_applied_many(
     let prospects: Vec<Option<i64>> = applied.iter().map(|(a, _)| a.prospect_id).collect();
     let objects: Vec<Option<&str>> = applied.iter().map(|(a, _)| a.crm.as_ref().map(|(o, _)| o.as_str())).collect();
     let crm_ids: Vec<Option<&str>> = applied.iter().map(|(a, _)| a.crm.as_ref().map(|(_, c)| c.as_str())).collect();
-    let fields: Vec<Json<&IdentityFields>> = applied.iter().map(|(a, _)| Json(&a.fields)).collect();
+    let fields: Vec<Json<&IdentityFields>> = applied.iter().map(|(a, _)| Json(a.fields)).collect();
     let link_written: Vec<bool> = applied.iter().map(|(a, _)| a.ma_link_written).collect();
     let recycled: Vec<bool> = applied.iter().map(|(a, _)| a.ma_recycled).collect();
     let emails: Vec<Option<&str>> = applied.iter().map(|(a, _)| a.email.as_deref()).collect();
