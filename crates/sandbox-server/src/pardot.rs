@@ -188,15 +188,9 @@ pub async fn query(State(st): State<Arc<AppState>>, Query(p): Query<QueryParams>
     };
     // Only the columns asked for (and the page token's): a change feed's
     // light pages ask for `id` and `updatedAt` of a thousand prospects.
-    // Each value is the JSON `to_json(t)` gives it. (A function takes at
-    // most 100 arguments, so a wide select reads the whole row.)
     let mut columns = std::collections::BTreeSet::from(["id", "modstamp"]);
     columns.extend(token.fields.iter().filter_map(|f| column_of(f)));
-    let row = if columns.len() <= 50 {
-        format!("json_build_object({})", columns.iter().map(|c| format!("'{c}', t.{c}")).collect::<Vec<_>>().join(", "))
-    } else {
-        "to_json(t)".to_owned()
-    };
+    let row = crate::soql_sql::row_of(&columns);
     let sql = format!(
         "SELECT {row} FROM ma.prospects t WHERE t.tenant = $1 AND {after} \
          AND ($4::timestamptz IS NULL OR date_trunc('milliseconds', t.modstamp) >= $4) \

@@ -223,6 +223,17 @@ pub async fn select_ids(pool: &PgPool, tenant: &str, table: &Table, q: &Query, i
     Ok(ids)
 }
 
+/// SQL for a JSON object of row `t`'s `columns` (names from the schema,
+/// never from a request), each value as `to_json(t)` gives it. A function
+/// takes at most 100 arguments, so a wide selection reads the whole row.
+pub(crate) fn row_of<S: AsRef<str>>(columns: &std::collections::BTreeSet<S>) -> String {
+    if columns.len() > 50 {
+        return "to_json(t)".to_owned();
+    }
+    let pairs: Vec<String> = columns.iter().map(|c| format!("'{0}', t.{0}", c.as_ref())).collect();
+    format!("json_build_object({})", pairs.join(", "))
+}
+
 /// The rows of `ids`, in that order, as Salesforce records with `fields`.
 pub async fn records(
     pool: &PgPool,
@@ -236,9 +247,7 @@ pub async fn records(
         return Ok(Vec::new());
     }
     // Only the columns the fields come from: a change feed's light pages
-    // select `Id` and `SystemModstamp` of thousands of rows. Each value is
-    // the JSON `to_json(t)` gives it. (A function takes at most 100
-    // arguments, so a wide select reads the whole row.)
+    // select `Id` and `SystemModstamp` of thousands of rows.
     let mut columns = std::collections::BTreeSet::from(["id".to_owned()]);
     for f in fields {
         columns.insert(match table.field(f)?.1 {
@@ -246,11 +255,7 @@ pub async fn records(
             FieldSource::Json(_) => "fields".to_owned(),
         });
     }
-    let row = if columns.len() <= 50 {
-        format!("json_build_object({})", columns.iter().map(|c| format!("'{c}', t.{c}")).collect::<Vec<_>>().join(", "))
-    } else {
-        "to_json(t)".to_owned()
-    };
+    let row = row_of(&columns);
     let sql = format!("SELECT t.id::text, {row} FROM {} t WHERE t.tenant = $1 AND t.id::text = ANY($2)", table.sql_table());
     let rows: Vec<(String, Value)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(ids).fetch_all(pool).await?;
     let by_id: std::collections::HashMap<String, Value> = rows.into_iter().collect();
@@ -283,6 +288,14 @@ pub async fn records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_holds_the_selected_columns_or_all_of_a_wide_selection() {
+        let few = std::collections::BTreeSet::from(["modstamp", "id"]);
+        assert_eq!(row_of(&few), "json_build_object('id', t.id, 'modstamp', t.modstamp)");
+        let wide: std::collections::BTreeSet<String> = (0..51).map(|i| format!("c{i}")).collect();
+        assert_eq!(row_of(&wide), "to_json(t)");
+    }
 
     #[test]
     fn fields_resolve_to_columns_stamps_and_json() {
