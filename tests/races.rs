@@ -92,3 +92,70 @@ async fn a_redelivered_or_reordered_change_changes_nothing() {
     assert_eq!(app.show(&LEAD, &lead).await["modstamp"], stamp, "nothing was written again");
     app.cleanup().await;
 }
+
+/// The identity lookup and the applier's redelivery check filter on the
+/// connection (and the stage) inside the statement, by primary key, so the
+/// planner keeps an index plan: the same keys in another connection, or a
+/// change finished by another stage, must not be found (I2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_lookups_and_the_redelivery_check_keep_to_their_connection_and_stage() {
+    use crmsync_domain::matching::{IdentityPatch, IdentityStatus};
+    use crmsync_domain::merge::IdentityFields;
+    use crmsync_domain::{CrmId, CrmObject};
+    use crmsync_store::audit::{self, AuditEntry};
+    use crmsync_store::{connections, identities};
+
+    let app = TestApp::spawn().await;
+    let settings = connections::load(&app.pool, "default").await.unwrap();
+    connections::save(&app.pool, "other", &settings).await.unwrap();
+    let lead = CrmId::parse(&app.create_lead(&[("LastName", "Keyed"), ("Company", "Co")]).await).unwrap();
+    let patch = IdentityPatch {
+        status: Some(IdentityStatus::Linked),
+        prospect_id: Some(4242),
+        crm: Some((lead.clone(), CrmObject::Lead)),
+        ..IdentityPatch::default()
+    };
+    let fields = IdentityFields::default();
+    let mut ids = std::collections::HashMap::new();
+    for conn in ["default", "other"] {
+        let id = Uuid::now_v7();
+        let new = identities::NewIdentity { id, patch: &patch, email: Some("keyed@store.example"), fields: &fields, fence: 1 };
+        assert_eq!(identities::insert_many(&app.pool, conn, &[new]).await.unwrap().len(), 1, "{conn}");
+        ids.insert(conn, id);
+    }
+    let by = |keys: identities::Keys| {
+        let pool = app.pool.clone();
+        async move { identities::find(&pool, "default", &keys, true).await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>() }
+    };
+    let mine = vec![ids["default"]];
+    assert_eq!(by(identities::Keys { prospect_ids: vec![4242], ..Default::default() }).await, mine);
+    assert_eq!(by(identities::Keys { crm_ids: vec![lead.to_string()], ..Default::default() }).await, mine);
+    assert_eq!(by(identities::Keys { emails: vec!["keyed@store.example".into()], ..Default::default() }).await, mine);
+    assert_eq!(by(identities::Keys { ids: vec![ids["other"]], ..Default::default() }).await, Vec::<Uuid>::new());
+    let all = identities::Keys {
+        ids: vec![ids["default"], ids["other"]],
+        prospect_ids: vec![4242],
+        crm_ids: vec![lead.to_string()],
+        emails: vec!["keyed@store.example".into()],
+    };
+    assert_eq!(by(all).await, mine, "one row, however many keys find it");
+
+    let entry = |change_id, stage| AuditEntry {
+        change_id,
+        stage,
+        identity_id: None,
+        source_side: "ma",
+        source_object: "prospect".into(),
+        source_id: "4242".into(),
+        action: "applied".into(),
+        writes: serde_json::json!({}),
+        detail: None,
+        lane: "immediate",
+    };
+    let (applied, matched, elsewhere) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    audit::insert_many(&app.pool, "default", &[entry(applied, "apply"), entry(matched, "match")]).await.unwrap();
+    audit::insert_many(&app.pool, "other", &[entry(elsewhere, "apply")]).await.unwrap();
+    let done = audit::finished(&app.pool, "default", "apply", &[applied, matched, elsewhere, Uuid::now_v7()]).await.unwrap();
+    assert_eq!(done, vec![applied]);
+    app.cleanup().await;
+}

@@ -16,14 +16,14 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 /// Opens a pool to `url` with the configured limits.
 pub async fn connect_url(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
-    // No parallel query plans. Every engine statement reads or writes a
-    // batch of rows by key, and the planner's estimate for `= ANY(array)`
-    // on the partial identity indexes runs about 4x high, enough to choose
-    // a Gather: two worker processes started for each call. For a 100-key
-    // identity lookup that took 15 ms against 7.5 ms without, most of it
-    // spent starting and stopping the workers (measured on 30,000
+    // No parallel query plans. The tiers' statements read or write batches
+    // of rows by key, and the planner's estimate for `= ANY(array)` on the
+    // partial identity indexes runs about 4x high, enough to choose a
+    // Gather: two worker processes started for each call. A 100-key
+    // identity lookup took 15 ms that way against 7.5 ms without (at 30,000
     // identities; in a 30,000-pair backfill the lookups' summed execution
-    // time fell from 9.8 to 3.7 s).
+    // time fell from 9.8 to 3.7 s). The few whole-connection counts (the
+    // CLI's reports) run serially too, which at this scale costs little.
     let options = options.application_name("crmsync").options([("max_parallel_workers_per_gather", "0")]);
     PgPoolOptions::new().max_connections(max_connections).acquire_timeout(acquire_timeout).connect_with(options).await
 }

@@ -82,10 +82,10 @@ pub async fn find<'e>(
     let sql = "SELECT i.id, status, prospect_id, crm_object, crm_id, email, owner_id, \
                CASE WHEN $6 THEN fields ELSE '{}'::jsonb END AS fields, \
                ma_link_written, ma_recycled, crm_account_id, mirror_crm_id \
-               FROM (SELECT DISTINCT k.id FROM (SELECT unnest($2::uuid[]) AS id \
+               FROM (SELECT DISTINCT found.id FROM (SELECT unnest($2::uuid[]) AS id \
                      UNION ALL SELECT id FROM identities WHERE connection_id = $1 AND prospect_id = ANY($3) \
                      UNION ALL SELECT id FROM identities WHERE connection_id = $1 AND crm_id = ANY($4) \
-                     UNION ALL SELECT id FROM identities WHERE connection_id = $1 AND email = ANY($5)) k) k \
+                     UNION ALL SELECT id FROM identities WHERE connection_id = $1 AND email = ANY($5)) found) k \
                JOIN identities i ON i.id = k.id WHERE i.connection_id = $1";
     // Not a cached prepared statement: planned for its own keys each time.
     // The table starts empty and a first sync fills it fast, and a generic
