@@ -159,3 +159,69 @@ async fn identity_lookups_and_the_redelivery_check_keep_to_their_connection_and_
     assert_eq!(done, vec![applied]);
     app.cleanup().await;
 }
+
+/// A table a first sync filled from empty gets the planner's statistics
+/// from the engine without waiting for autovacuum: once it has changed by
+/// as many rows as it holds, by one replica at a time, and not again until
+/// it has grown as much once more.
+#[tokio::test]
+async fn tables_that_grew_from_empty_are_analyzed_once_by_one_replica() {
+    use crmsync_domain::matching::{IdentityPatch, IdentityStatus};
+    use crmsync_domain::merge::IdentityFields;
+    use crmsync_infra::statistics::analyze_grown;
+    use crmsync_store::identities;
+
+    let app = TestApp::spawn().await;
+    let tables = ["identities", "audit_log"];
+    let fields = IdentityFields::default();
+    let patches: Vec<IdentityPatch> = (0..1_500)
+        .map(|n| IdentityPatch { status: Some(IdentityStatus::PendingAssignment), prospect_id: Some(n), ..IdentityPatch::default() })
+        .collect();
+    let emails: Vec<String> = (0..patches.len()).map(|n| format!("grown{n}@stats.example")).collect();
+    let new: Vec<_> = patches
+        .iter()
+        .zip(&emails)
+        .map(|(patch, email)| identities::NewIdentity { id: Uuid::now_v7(), patch, email: Some(email), fields: &fields, fence: 1 })
+        .collect();
+    assert_eq!(identities::insert_many(&app.pool, "default", &new).await.unwrap().len(), 1_500);
+    // Each backend reports its counters when idle, within seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let counted: Option<i64> = sqlx::query_scalar(
+            "SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relname = 'identities' AND schemaname = current_schema()",
+        )
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+        if counted >= Some(1_500) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the inserts were never counted: {counted:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let stats = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stats WHERE tablename = 'identities' AND attname = 'connection_id'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(stats(app.pool.clone()).await, 0, "no statistics before the first ANALYZE");
+
+    // Another replica holds the table's turn: this one leaves it alone.
+    let mut other = app.pool.begin().await.unwrap();
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('crmsync.analyze.identities'))")
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(held);
+    assert_eq!(analyze_grown(&app.pool, &tables, 1_000).await.unwrap(), Vec::<String>::new());
+    other.rollback().await.unwrap();
+
+    assert_eq!(analyze_grown(&app.pool, &tables, 1_000).await.unwrap(), vec!["identities".to_owned()]);
+    assert_eq!(stats(app.pool.clone()).await, 1, "the planner now knows how the rows spread over connections");
+    // Counters are read from the statistics system, which may take a moment
+    // to see the ANALYZE; the table has not grown since, so it stays done.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(analyze_grown(&app.pool, &tables, 1_000).await.unwrap(), Vec::<String>::new());
+    app.cleanup().await;
+}

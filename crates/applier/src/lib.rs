@@ -112,6 +112,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     health.working();
     let sweeper = tokio::spawn(sweep(stage.clone(), shutdown.clone()));
     let figures = tokio::spawn(batch::export_figures(services.pool.clone(), services.broker.clone(), shutdown.clone()));
+    let statistics = tokio::spawn(crmsync_infra::statistics::keep_current(services.pool.clone(), shutdown.clone()));
     // One paced consumer per connection, started as connections appear.
     let mut started: HashSet<String> = HashSet::new();
     loop {
@@ -152,6 +153,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let _ = sweeper.await;
     let _ = figures.await;
+    let _ = statistics.await;
     services.broker.close().await;
     if let Some(server) = server {
         server.abort();

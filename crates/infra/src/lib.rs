@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod propagation;
 pub mod services;
 pub mod shutdown;
+pub mod statistics;
 pub mod telemetry;
 pub mod worker;
 

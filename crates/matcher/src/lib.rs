@@ -145,7 +145,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         consume(&services.broker, opts, stage.clone(), shutdown.clone())
     });
     health.working();
-    futures::future::try_join_all(loops).await?;
+    let statistics = tokio::spawn(crmsync_infra::statistics::keep_current(services.pool.clone(), shutdown.clone()));
+    let consumed = futures::future::try_join_all(loops).await;
+    statistics.abort();
+    consumed?;
     services.broker.close().await;
     if let Some(server) = server {
         server.abort();
