@@ -33,6 +33,7 @@ pub mod mirror;
 pub mod records;
 pub mod settings;
 pub mod sync_error;
+pub mod time;
 
 pub use email::Email;
 pub use ids::{CrmId, CrmObject};

@@ -75,32 +75,10 @@ fn canonical(v: &Value) -> String {
 /// A value with the time it was set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Versioned {
-    #[serde(deserialize_with = "rfc3339")]
+    #[serde(with = "crate::time")]
     pub at: Timestamp,
     #[serde(rename = "v")]
     pub value: Value,
-}
-
-/// Reads a time as written by `Timestamp`'s own serializer, through chrono's
-/// RFC 3339 parser. The default `Deserialize` goes through the general,
-/// relaxed format parser, and an identity's field state holds some 40 times:
-/// it was 6% of the producer's and applier's CPU. Anything the strict parser
-/// refuses still gets the relaxed one.
-fn rfc3339<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
-    struct Rfc3339;
-    impl serde::de::Visitor<'_> for Rfc3339 {
-        type Value = Timestamp;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an RFC 3339 time")
-        }
-        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Timestamp, E> {
-            match chrono::DateTime::parse_from_rfc3339(s) {
-                Ok(t) => Ok(t.to_utc()),
-                Err(_) => s.parse().map_err(E::custom),
-            }
-        }
-    }
-    d.deserialize_str(Rfc3339)
 }
 
 impl Versioned {
@@ -299,6 +277,7 @@ pub struct Desired {
 pub struct Observation {
     pub field: String,
     pub side: Side,
+    #[serde(with = "crate::time")]
     pub at: Timestamp,
     #[serde(rename = "v")]
     pub value: Value,

@@ -24,7 +24,7 @@ use crate::mirror::CrmObjectRecord;
 pub struct FieldValue {
     #[serde(rename = "v")]
     pub value: Value,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "crate::time::option", skip_serializing_if = "Option::is_none")]
     pub at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,

@@ -24,7 +24,7 @@ fn def_of(object: &MirrorObject) -> (&'static ObjectDef, Option<&str>) {
 /// A custom record's fields: its JSON document, stamped as one field.
 fn custom_fields(row: &Value) -> Fields {
     let stamp = row.get("field_stamps").and_then(|s| s.get("fields"));
-    let at = stamp.and_then(|s| s.get("at")).and_then(|v| serde_json::from_value(v.clone()).ok());
+    let at = stamp.and_then(|s| s.get("at")).and_then(Value::as_str).and_then(crmsync_domain::time::parse);
     let by = stamp.and_then(|s| s.get("by")).and_then(Value::as_str).map(str::to_owned);
     row.get("fields")
         .and_then(Value::as_object)

@@ -134,7 +134,7 @@ pub(crate) fn fields(def: &ObjectDef, row: &Value) -> Fields {
             let stamp = stamps.and_then(|s| s.get(c.column));
             let value = FieldValue {
                 value: row.get(c.column).cloned().unwrap_or(Value::Null),
-                at: stamp.and_then(|s| s.get("at")).and_then(|v| serde_json::from_value(v.clone()).ok()),
+                at: stamp.and_then(|s| s.get("at")).and_then(Value::as_str).and_then(crmsync_domain::time::parse),
                 by: stamp.and_then(|s| s.get("by")).and_then(Value::as_str).map(str::to_owned),
             };
             (c.api.to_owned(), value)
@@ -156,7 +156,8 @@ pub(crate) fn flag(row: &Value, column: &str) -> bool {
 
 pub(crate) fn time(row: &Value, column: &str) -> Result<DateTime<Utc>, ConnectorError> {
     row.get(column)
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .and_then(Value::as_str)
+        .and_then(crmsync_domain::time::parse)
         .ok_or_else(|| ConnectorError::Fatal(format!("sandbox row has no valid {column}")))
 }
 
