@@ -335,6 +335,10 @@ impl Matcher {
                 found.add_crm(r);
             }
         }
+        // A prospect's linked lead usually has the prospect's email, so the
+        // email look-up above has read it already: in a first sync that was
+        // one CRM record read twice for every prospect.
+        crm_ids.retain(|id| !found.crm_by_id.contains_key(id));
         if !crm_ids.is_empty() {
             for r in systems.crm.people_by_id(&crm_ids).await? {
                 found.add_crm(r);
