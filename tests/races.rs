@@ -115,7 +115,9 @@ async fn identity_lookups_and_the_redelivery_check_keep_to_their_connection_and_
         crm: Some((lead.clone(), CrmObject::Lead)),
         ..IdentityPatch::default()
     };
-    let fields = IdentityFields::default();
+    let mut fields = IdentityFields::default();
+    fields.wrote(crmsync_domain::merge::Side::Ma, "email", chrono::Utc::now(), serde_json::json!("keyed@store.example"));
+    fields.wrote(crmsync_domain::merge::Side::Crm, "jobTitle", chrono::Utc::now(), serde_json::json!("Buyer"));
     let mut ids = std::collections::HashMap::new();
     for conn in ["default", "other"] {
         let id = Uuid::now_v7();
@@ -125,7 +127,9 @@ async fn identity_lookups_and_the_redelivery_check_keep_to_their_connection_and_
     }
     let by = |keys: identities::Keys| {
         let pool = app.pool.clone();
-        async move { identities::find(&pool, "default", &keys, true).await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>() }
+        async move {
+            identities::find(&pool, "default", &keys, identities::State::All).await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>()
+        }
     };
     let mine = vec![ids["default"]];
     assert_eq!(by(identities::Keys { prospect_ids: vec![4242], ..Default::default() }).await, mine);
@@ -139,6 +143,17 @@ async fn identity_lookups_and_the_redelivery_check_keep_to_their_connection_and_
         emails: vec!["keyed@store.example".into()],
     };
     assert_eq!(by(all).await, mine, "one row, however many keys find it");
+    let state_of = |state: identities::State<'static>| {
+        let pool = app.pool.clone();
+        let keys = identities::Keys { prospect_ids: vec![4242], ..Default::default() };
+        async move {
+            let row = identities::find(&pool, "default", &keys, state).await.unwrap().pop().unwrap();
+            row.fields.0.0.keys().cloned().collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(state_of(identities::State::All).await, ["email", "jobTitle"]);
+    assert_eq!(state_of(identities::State::Only(&["email", "phone"])).await, ["email"], "only the state asked for, and held");
+    assert_eq!(state_of(identities::State::Skip).await, Vec::<String>::new());
 
     let entry = |change_id, stage| AuditEntry {
         change_id,

@@ -218,7 +218,7 @@ impl Reconciler<'_> {
                     self.pool,
                     self.connection_id,
                     &identities::Keys { crm_ids: vec![id.to_string()], ..Default::default() },
-                    false,
+                    identities::State::Skip,
                 )
                 .await?;
                 ids.into_iter().filter_map(|r| r.prospect_id).chain(prospect_ids).collect()

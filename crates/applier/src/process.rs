@@ -243,7 +243,7 @@ impl Applier {
         let conn = batch.connection_id.as_str();
         let map = &settings.field_map;
         let ids: Vec<Uuid> = held.iter().map(|(i, _)| by_identity[*i].0).collect();
-        let rows = identities::find(&self.pool, conn, &Keys { ids, ..Keys::default() }, true).await?;
+        let rows = identities::find(&self.pool, conn, &Keys { ids, ..Keys::default() }, identities::State::All).await?;
         let mut rows: HashMap<Uuid, identities::IdentityRow> = rows.into_iter().map(|r| (r.id, r)).collect();
         let mut work: Vec<Work<'_>> = held
             .iter()

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crmsync_connector::{ConnectorFactory, Systems};
 use crmsync_domain::csql::{CsqlDecision, decide_csql};
+use crmsync_domain::mapping::EMAIL_FIELD;
 use crmsync_domain::matching::{
     CrmCandidate, CrmFacts, Decision, IdentityPatch, ProspectFacts, SkipReason, decide_crm, decide_prospect, prospect_needs_crm_lookup,
 };
@@ -465,7 +466,7 @@ impl Matcher {
             }
             keys.emails.extend(c.email().map(|e| e.to_string()));
         }
-        let ix = Index::new(identities::find(&self.pool, conn, &keys, true).await?);
+        let ix = Index::new(identities::find(&self.pool, conn, &keys, identities::State::Only(&[EMAIL_FIELD])).await?);
         let found = self.gather(systems, items, &ix).await?;
         let mut result = RoundResult { out: Output::default(), retry: Vec::new() };
         let out = &mut result.out;

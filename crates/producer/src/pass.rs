@@ -85,7 +85,7 @@ async fn identities_of(pool: &PgPool, connection_id: &str, records: &[SourceReco
     if keys.prospect_ids.is_empty() && keys.crm_ids.is_empty() {
         return Ok(Known { rows: Vec::new(), by_key: HashMap::new() });
     }
-    let rows = identities::find(pool, connection_id, &keys, true).await?;
+    let rows = identities::find(pool, connection_id, &keys, identities::State::All).await?;
     let mut by_key = HashMap::new();
     for (i, row) in rows.iter().enumerate() {
         if let Some(p) = row.prospect_id {

@@ -61,15 +61,22 @@ pub struct Keys {
     pub emails: Vec<String>,
 }
 
-/// Identities matching any of the keys. `with_fields` loads the per-field
-/// state too (the applier and the producer's echo filter need it; the
-/// matcher does not).
-pub async fn find<'e>(
-    e: impl PgExecutor<'e>,
-    connection_id: &str,
-    keys: &Keys,
-    with_fields: bool,
-) -> Result<Vec<IdentityRow>, sqlx::Error> {
+/// How much of each identity's per-field state [`find`] loads: about 3 KB
+/// of JSON per identity, printed by the server and parsed by the caller.
+#[derive(Debug, Clone, Copy)]
+pub enum State<'a> {
+    /// All of it (the applier merges into it, the producer's echo filter
+    /// compares with every field).
+    All,
+    /// These fields' state only (the matcher reads the email's, R8).
+    Only(&'a [&'a str]),
+    /// None: `fields` comes back empty.
+    Skip,
+}
+
+/// Identities matching any of the keys, with as much of their per-field
+/// state as `state` asks for.
+pub async fn find<'e>(e: impl PgExecutor<'e>, connection_id: &str, keys: &Keys, state: State<'_>) -> Result<Vec<IdentityRow>, sqlx::Error> {
     // One index lookup per kind of key, then each identity found by its
     // primary key. A single `id = ANY(..) OR prospect_id = ANY(..) OR ..`
     // made the planner prove each array element against each partial
@@ -79,8 +86,12 @@ pub async fn find<'e>(
     // while the table was small, the planner read the whole connection
     // through `identities_status` to intersect it with the keys (6.6 ms for
     // 50 keys of each kind at 10,000 identities, against 0.9 ms).
+    // A subset is cut from the stored value by key: the server decompresses
+    // the whole state either way, but prints and sends only the subset.
     let sql = "SELECT i.id, status, prospect_id, crm_object, crm_id, email, owner_id, \
-               CASE WHEN $6 THEN fields ELSE '{}'::jsonb END AS fields, \
+               CASE WHEN $6 THEN fields WHEN $7::text[] IS NULL THEN '{}'::jsonb \
+                    ELSE (SELECT coalesce(jsonb_object_agg(f, i.fields -> f), '{}') FROM unnest($7::text[]) f WHERE i.fields ? f) \
+               END AS fields, \
                ma_link_written, ma_recycled, crm_account_id, mirror_crm_id \
                FROM (SELECT DISTINCT found.id FROM (SELECT unnest($2::uuid[]) AS id \
                      UNION ALL SELECT id FROM identities WHERE connection_id = $1 AND prospect_id = ANY($3) \
@@ -101,7 +112,11 @@ pub async fn find<'e>(
         .bind(&keys.prospect_ids)
         .bind(&keys.crm_ids)
         .bind(&keys.emails)
-        .bind(with_fields)
+        .bind(matches!(state, State::All))
+        .bind(match state {
+            State::Only(fields) => Some(fields),
+            State::All | State::Skip => None,
+        })
         .fetch_all(e)
         .await
 }
