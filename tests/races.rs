@@ -7,9 +7,10 @@ use crmsync_connector::MaApi;
 use crmsync_domain::Lane;
 use crmsync_domain::messages::{Change, ChangeBatch, MESSAGE_VERSION};
 use crmsync_domain::records::SourceRecord;
+use crmsync_infra::amqp::Stage;
 use crmsync_sandbox::SandboxMa;
 use crmsync_sandbox::schema::{LEAD, PROSPECT};
-use crmsync_tests::TestApp;
+use crmsync_tests::{TestApp, Tier};
 use uuid::Uuid;
 
 /// A change batch carrying the prospect as it is now, as the producer
@@ -90,6 +91,46 @@ async fn a_redelivered_or_reordered_change_changes_nothing() {
     assert_eq!(app.show(&LEAD, &lead).await["title"], "New", "an older change never overwrites a newer one");
     assert_eq!(app.prospect(p).await["job_title"], "New");
     assert_eq!(app.show(&LEAD, &lead).await["modstamp"], stamp, "nothing was written again");
+    app.cleanup().await;
+}
+
+/// R8 under reordering: a detection of the prospect from before its email
+/// changed, arriving after the change was synced, must not move the
+/// identity back to the old email. The matcher can tell only from the
+/// identity's stored state of the email field (the newer edit is there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_detection_with_the_old_email_leaves_the_identity_on_the_new_one() {
+    let mut app = TestApp::spawn().await;
+    let lead = app.create_lead(&[("LastName", "Late"), ("Company", "Co"), ("Email", "late@old.example")]).await;
+    let p = app.create_prospect(&[("email", "late@old.example"), ("crmLeadFid", &lead), ("lastName", "Late")]).await;
+    app.start_pipeline(1, 1);
+    app.settle().await;
+    let old = detected(&app, p).await;
+
+    app.update(&PROSPECT, &p.to_string(), &[("email", "late@new.example")]).await;
+    app.settle().await;
+    let key = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("SELECT email FROM identities WHERE prospect_id = $1").bind(p).fetch_one(&pool).await.unwrap()
+    };
+    assert_eq!(key(app.pool.clone()).await, "late@new.example");
+    assert_eq!(app.show(&LEAD, &lead).await["email"], "late@new.example");
+
+    // The applier stopped, so that what the matcher decided is seen before
+    // the applier would put the key right again.
+    app.stop(Tier::Applier).await;
+    app.publish_changes(&again(&old)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app.queued(Stage::Apply, Lane::Immediate).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the matcher never passed the late detection on");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(key(app.pool.clone()).await, "late@new.example", "the matcher keeps the identity on the newer email");
+    app.start(Tier::Applier);
+    app.settle().await;
+    assert_eq!(key(app.pool.clone()).await, "late@new.example", "the identity keeps the newer email");
+    assert_eq!(app.show(&LEAD, &lead).await["email"], "late@new.example");
+    assert_eq!(app.prospect(p).await["email"], "late@new.example");
+    assert!(app.sync_errors().await.is_empty(), "{:?}", app.sync_errors().await);
     app.cleanup().await;
 }
 

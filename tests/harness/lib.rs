@@ -409,6 +409,12 @@ impl TestApp {
         self.broker.depth(&self.broker.topology().dead_queue(stage)).await.unwrap()
     }
 
+    /// Messages ready in a stage's work queue of `lane` (the immediate lane's
+    /// is shared by every connection).
+    pub async fn queued(&self, stage: Stage, lane: Lane) -> u32 {
+        self.broker.depth(&self.broker.topology().queue(stage, lane, "")).await.unwrap()
+    }
+
     /// Publishes a change batch to the matcher.
     pub async fn publish_changes(&self, batch: &ChangeBatch) {
         self.publish_raw(Stage::Match, batch.lane, messages::encode(batch)).await;
