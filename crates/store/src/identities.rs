@@ -85,7 +85,11 @@ pub async fn find<'e>(e: impl PgExecutor<'e>, connection_id: &str, keys: &Keys, 
     // in an outer `WHERE` over the table: there, with statistics taken
     // while the table was small, the planner read the whole connection
     // through `identities_status` to intersect it with the keys (6.6 ms for
-    // 50 keys of each kind at 10,000 identities, against 0.9 ms).
+    // 50 keys of each kind at 10,000 identities, against 0.9 ms). No form
+    // survives a table with no statistics at all: before its first ANALYZE
+    // the planner takes `connection_id = $1` to match 0.5% of the rows and
+    // hash-joins this one too. The tiers analyze the table as a first sync
+    // fills it (`crmsync_infra::statistics`).
     // A subset is cut from the stored value by key: the server decompresses
     // the whole state either way, but prints and sends only the subset.
     let sql = "SELECT i.id, status, prospect_id, crm_object, crm_id, email, owner_id, \
