@@ -2,7 +2,7 @@
 //! opportunities seen through contact roles, declared custom objects.
 
 use crmsync_domain::CrmObject;
-use crmsync_sandbox::schema::{ACCOUNT, CONTACT, CONTACT_ROLE, MA_OPPORTUNITY, OPPORTUNITY, PROSPECT_ACCOUNT};
+use crmsync_sandbox::schema::{ACCOUNT, CONTACT, CONTACT_ROLE, LEAD, MA_OPPORTUNITY, OPPORTUNITY, PROSPECT_ACCOUNT};
 use crmsync_tests::{TestApp, Tier};
 
 /// A contact in `account` and its linked prospect.
@@ -159,5 +159,31 @@ async fn declared_custom_objects_are_mirrored_read_only() {
     app.sandbox.set_deleted(&crmsync_sandbox::schema::CUSTOM, &sub, true).await.unwrap();
     app.settle().await;
     assert_eq!(app.mirror_count("ma.custom_object_records").await, 0);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_object_that_looks_up_leads_is_mirrored_when_a_lead_links() {
+    // The applier queues a person's mirrors only when the person can have
+    // any; a lead has none of its own, but a declared object may point at it.
+    let mut app = TestApp::spawn().await;
+    app.declare_custom("Visit__c", &["Venue__c"], "Lead__c", CrmObject::Lead).await;
+    let lead = app.create(&LEAD, &[("LastName", "Visitor"), ("Company", "Visits Inc"), ("Email", "visitor@mirror.example")]).await;
+    let plain = app.create(&LEAD, &[("LastName", "Plain"), ("Company", "Plain Inc"), ("Email", "plain@mirror.example")]).await;
+    let pairs = |v: &[(&str, &str)]| v.iter().map(|(k, x)| ((*k).to_owned(), (*x).to_owned())).collect::<Vec<_>>();
+    let visit = app.sandbox.create_custom("Visit__c", &pairs(&[("Venue__c", "Kyoto"), ("Lead__c", &lead)])).await.unwrap();
+    app.start_pipeline(1, 1);
+    app.settle().await;
+    assert_eq!(app.mirror_count("ma.custom_object_records").await, 0, "no prospect shows the lead yet");
+    // The visit is old news when the lead links: only the link brings it.
+    let p = app.create_prospect(&[("email", "visitor@mirror.example"), ("lastName", "Visitor"), ("crmLeadFid", &lead)]).await;
+    let other = app.create_prospect(&[("email", "plain@mirror.example"), ("lastName", "Plain"), ("crmLeadFid", &plain)]).await;
+    app.settle().await;
+    let customs = app.view(p).await["custom_objects"].clone();
+    assert_eq!(customs.as_array().map(Vec::len), Some(1), "{customs}");
+    assert_eq!(customs[0]["crm_id"], visit.as_str());
+    assert_eq!(customs[0]["fields"], serde_json::json!({"Venue__c": "Kyoto"}));
+    assert_eq!(app.view(other).await["custom_objects"], serde_json::json!([]));
+    assert_eq!(app.mirror_count("ma.custom_object_records").await, 1);
     app.cleanup().await;
 }

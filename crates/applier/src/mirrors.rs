@@ -204,6 +204,11 @@ impl Reconciler<'_> {
         let crm = &self.systems.crm;
         let mut keys = Vec::new();
         let object = id.object();
+        // The applier queues only the people this allows (the outbox);
+        // nothing below may find a mirror for anyone else.
+        if !self.settings.person_has_mirrors(object) {
+            return Ok(keys);
+        }
         if object == Some(CrmObject::Contact) {
             if let Some(contact) = crm.people_by_id(std::slice::from_ref(id)).await?.pop()
                 && let Some(account) = contact.fields.get("AccountId").and_then(|f| f.value.as_str()).and_then(|a| CrmId::parse(a).ok())

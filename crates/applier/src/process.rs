@@ -301,7 +301,7 @@ impl Applier {
         }
         self.write_ma(systems, &mut work).await?;
         self.lock_email_moves(conn, &mut work).await?;
-        let saved = self.save(batch, &mut work, spans).await;
+        let saved = self.save(batch, settings, &mut work, spans).await;
         let guards: Vec<LockGuard> = work.iter_mut().filter_map(|w| w.email_guard.take()).collect();
         self.locks.release(&guards).await?;
         let mirrors = saved?;
@@ -622,7 +622,13 @@ impl Applier {
 
     /// Saves state, audit, errors and queued mirrors of the identities that
     /// are done, in one transaction; returns the mirror keys queued.
-    async fn save(&self, batch: &ApplyBatch, work: &mut [Work<'_>], spans: &RecordSpans) -> Result<Vec<String>, StageError> {
+    async fn save(
+        &self,
+        batch: &ApplyBatch,
+        settings: &ConnectionSettings,
+        work: &mut [Work<'_>],
+        spans: &RecordSpans,
+    ) -> Result<Vec<String>, StageError> {
         let conn = batch.connection_id.as_str();
         let lane = batch.lane.as_str();
         let mut tx = self.pool.begin().await?;
@@ -668,8 +674,12 @@ impl Applier {
                     }
                     // Mirrors follow a changed link (R4-R6), whoever changed it.
                     let now = mirror_view(s);
+                    // Only people with mirrors are queued: a backfill links
+                    // thousands of leads, and each key cost the outbox three
+                    // statements to find nothing to reconcile.
                     if now != w.mirrored || w.account_moved {
-                        for id in w.mirrored.iter().chain(now.iter()).filter_map(|c| CrmId::parse(c).ok()) {
+                        let people = w.mirrored.iter().chain(now.iter()).filter_map(|c| CrmId::parse(c).ok());
+                        for id in people.filter(|id| settings.person_has_mirrors(id.object())) {
                             let key = MirrorKey::Person { id }.text();
                             if !mirrors.contains(&key) {
                                 mirrors.push(key);

@@ -8,10 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Timestamp;
 use crate::csql::{CsqlRecordType, CsqlSettings, CsqlSyncUser, CsqlTarget};
 use crate::mapping::FieldMap;
 use crate::mirror::{CustomObject, CustomObjectError};
+use crate::{CrmObject, Timestamp};
 
 /// The default lane threshold (R7): more changes than this in one pass go to
 /// the batch lane.
@@ -168,6 +168,16 @@ impl ConnectionSettings {
         self.custom_objects.iter().find(|c| c.name == name)
     }
 
+    /// Whether the engine keeps any mirror tied to a lead or contact of this
+    /// kind (R4-R6): a contact's account and opportunities, and custom
+    /// records that look the object up. A lead has no account or contact
+    /// roles, so its link changes reconcile nothing unless a custom object
+    /// points at leads.
+    pub fn person_has_mirrors(&self, object: Option<CrmObject>) -> bool {
+        self.ma.engine_keeps_mirrors()
+            && (object == Some(CrmObject::Contact) || self.custom_objects.iter().any(|c| Some(c.lookup_object) == object))
+    }
+
     /// Whether a CRM record created at `created_at` may create a prospect (R3).
     pub fn may_auto_create(&self, created_at: Timestamp) -> bool {
         self.auto_create_prospects && self.auto_create_prospects_since.is_none_or(|since| created_at >= since)
@@ -186,6 +196,22 @@ mod tests {
         assert!(!s.auto_create_prospects);
         assert_eq!(s.batch_threshold, 400);
         assert_eq!(s.batch_budget_per_hour, 12_000);
+    }
+
+    #[test]
+    fn only_contacts_and_looked_up_objects_have_person_mirrors() {
+        let mut s = ConnectionSettings::default();
+        assert!(s.person_has_mirrors(Some(CrmObject::Contact)), "account and opportunities");
+        assert!(!s.person_has_mirrors(Some(CrmObject::Lead)));
+        assert!(!s.person_has_mirrors(None));
+        s.declare_custom_object(CustomObject {
+            name: "Visit__c".into(),
+            fields: vec!["Name".into()],
+            lookup_field: "Lead__c".into(),
+            lookup_object: CrmObject::Lead,
+        })
+        .unwrap();
+        assert!(s.person_has_mirrors(Some(CrmObject::Lead)), "a custom object looks leads up");
     }
 
     #[test]
