@@ -189,7 +189,7 @@ async fn identity_lookups_and_the_redelivery_check_keep_to_their_connection_and_
         let keys = identities::Keys { prospect_ids: vec![4242], ..Default::default() };
         async move {
             let row = identities::find(&pool, "default", &keys, state).await.unwrap().pop().unwrap();
-            row.fields.0.0.keys().cloned().collect::<Vec<_>>()
+            row.fields.0.keys().cloned().collect::<Vec<_>>()
         }
     };
     assert_eq!(state_of(identities::State::All).await, ["email", "jobTitle"]);

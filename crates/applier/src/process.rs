@@ -100,7 +100,7 @@ fn state_of(row: identities::IdentityRow) -> State {
         ma_link_written: row.ma_link_written,
         ma_recycled: row.ma_recycled,
         crm_account_id: row.crm_account_id.clone(),
-        fields: row.fields.0,
+        fields: row.fields,
     }
 }
 

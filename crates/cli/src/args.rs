@@ -24,7 +24,13 @@ pub enum Command {
     /// Run the applier tier: apply field behaviours and write the targets.
     Applier,
     /// Apply the engine's and the sandbox's database migrations.
-    Migrate,
+    Migrate {
+        /// Then store identity states in this form from now on. `text` only
+        /// once every replica runs this release: the previous one reads
+        /// `jsonb` alone. A database this release creates starts at `text`.
+        #[arg(long, value_enum)]
+        identity_state: Option<IdentityStateForm>,
+    },
     /// Show, per connection, what is in sync, pending, queued and failing.
     Status(ConnectionArg),
     /// Check both sides of every linked identity against each other.
@@ -206,6 +212,15 @@ pub enum ErrorsCmd {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// How identity states are stored (migration 0007).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IdentityStateForm {
+    /// The `fields` jsonb column, which the previous release reads.
+    Jsonb,
+    /// JSON text in `fields_text`: neither parsed nor printed by PostgreSQL.
+    Text,
 }
 
 #[derive(Debug, Args)]

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use args::{Cli, Command};
 use crmsync_infra::{Config, db, shutdown, telemetry};
-use crmsync_store::connections;
+use crmsync_store::{connections, identities};
 use sqlx::PgPool;
 
 /// The `crmsync` binary: parses the command line and runs it.
@@ -99,10 +99,18 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             let stop = shutdown::on_signals();
             within_grace(crmsync_applier::run(config.clone(), stop.clone()), &stop, config.shutdown.grace()).await?;
         }
-        Command::Migrate => {
+        Command::Migrate { identity_state } => {
             let pool = connect(&config).await?;
             migrate(&pool).await?;
-            println!("migrations applied");
+            if let Some(form) = identity_state {
+                let form = match form {
+                    args::IdentityStateForm::Jsonb => identities::StateForm::Jsonb,
+                    args::IdentityStateForm::Text => identities::StateForm::Text,
+                };
+                identities::set_state_form(&pool, form).await.context("setting the identity state's form")?;
+            }
+            let form = identities::state_form(&pool).await?;
+            println!("migrations applied; identity states are written as {}", form.as_str());
         }
         Command::Status(c) => status::print(&config, &connect_migrated(&config).await?, c.connection.as_deref()).await?,
         Command::Report(c) => {

@@ -141,7 +141,7 @@ pub async fn build(pool: &PgPool, factory: &SystemsFactory, connection_id: &str)
     let mut states: HashMap<Uuid, IdentityFields> = HashMap::new();
     for chunk in linked.chunks(5000) {
         let keys = identities::Keys { ids: chunk.iter().map(|l| l.id).collect(), ..Default::default() };
-        states.extend(identities::find(pool, connection_id, &keys, identities::State::All).await?.into_iter().map(|r| (r.id, r.fields.0)));
+        states.extend(identities::find(pool, connection_id, &keys, identities::State::All).await?.into_iter().map(|r| (r.id, r.fields)));
     }
     for l in &linked {
         let (Some(p), Some(c)) = (ma.get(&l.prospect_id), crm.get(&l.crm_id)) else {

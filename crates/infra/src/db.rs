@@ -35,8 +35,18 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
 
 /// Applies the engine's pending migrations (safe to run from several
 /// processes at once: sqlx takes an advisory lock).
+///
+/// A database with no migrations at all is new: no replica of an older
+/// release has run on it, so its storage formats start at the newest this
+/// release writes (see `migrations/0007_identity_state_text.sql`). An
+/// existing database keeps its formats until the operator moves them.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+    let fresh: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NULL").fetch_one(pool).await?;
+    MIGRATOR.run(pool).await?;
+    if fresh {
+        sqlx::query("UPDATE storage_formats SET format = 'text' WHERE name = 'identity_state'").execute(pool).await?;
+    }
+    Ok(())
 }
 
 /// Why the database cannot be used by this build.

@@ -489,7 +489,7 @@ impl Matcher {
                     // new email's lock, so that a record arriving with that
                     // email next finds this person (R8).
                     if let Some(row) = ix.by_id.get(&id) {
-                        let mut fields = row.fields.0.clone();
+                        let mut fields = row.fields.clone();
                         fields.observe_all(&settings.field_map, &self.observations(systems, settings, c, &patch, &found));
                         patch.email =
                             fields.desired_email(&settings.field_map).map(|e| e.to_string()).filter(|e| row.email.as_ref() != Some(e));

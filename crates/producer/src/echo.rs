@@ -27,7 +27,7 @@ pub fn worth_publishing(record: &SourceRecord, identity: Option<&IdentityRow>, m
         // made the record (a lead or prospect it created) and nobody touched it since.
         return !entirely_ours(record, integration_user);
     };
-    let fields = &i.fields.0;
+    let fields = &i.fields;
     let news = record.observations(map, Some(integration_user)).iter().any(|o| {
         let known = fields.get(&o.field).and_then(|f| f.side(o.side).known.as_ref());
         o.is_news(known)
@@ -78,7 +78,6 @@ mod tests {
     use crmsync_domain::merge::{IdentityFields, Side};
     use crmsync_domain::records::{CrmPersonRecord, FieldValue, Fields};
     use serde_json::json;
-    use sqlx::types::Json;
     use uuid::Uuid;
 
     use super::*;
@@ -115,7 +114,7 @@ mod tests {
             crm_id: None,
             email: None,
             owner_id: None,
-            fields: Json(f),
+            fields: f,
             ma_link_written: true,
             ma_recycled: false,
             crm_account_id: None,

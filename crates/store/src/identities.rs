@@ -6,18 +6,26 @@
 //! row's is refused, so a holder that outlived its lock cannot overwrite a
 //! newer decision. The unique indexes on prospect, CRM id and email are the
 //! backstop: a second identity for one person cannot be stored at all.
+//!
+//! The field state is stored in one of two forms (migration 0007): the
+//! `fields` jsonb column, which the previous release reads, or the same JSON
+//! as text in `fields_text`, which PostgreSQL neither parses nor prints.
+//! Rows are read in either form; writes follow `storage_formats`, which
+//! every write statement reads for itself (`text_form!`), so a switch
+//! takes effect at once on every replica.
 
 use std::collections::HashSet;
 
 use crmsync_domain::matching::{IdentityPatch, IdentityRef, IdentityStatus};
 use crmsync_domain::merge::IdentityFields;
 use crmsync_domain::{CrmId, CrmObject};
+use sqlx::postgres::PgRow;
 use sqlx::types::Json;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
 /// One identity as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct IdentityRow {
     pub id: Uuid,
     pub status: String,
@@ -26,11 +34,37 @@ pub struct IdentityRow {
     pub crm_id: Option<String>,
     pub email: Option<String>,
     pub owner_id: Option<String>,
-    pub fields: Json<IdentityFields>,
+    pub fields: IdentityFields,
     pub ma_link_written: bool,
     pub ma_recycled: bool,
     pub crm_account_id: Option<String>,
     pub mirror_crm_id: Option<String>,
+}
+
+impl<'r> sqlx::FromRow<'r, PgRow> for IdentityRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        // The state in whichever form the row holds it.
+        let fields = match row.try_get::<Option<&str>, _>("fields_text")? {
+            Some(text) => {
+                serde_json::from_str(text).map_err(|e| sqlx::Error::ColumnDecode { index: "fields_text".into(), source: e.into() })?
+            }
+            None => row.try_get::<Option<Json<IdentityFields>>, _>("fields")?.map(|j| j.0).unwrap_or_default(),
+        };
+        Ok(IdentityRow {
+            id: row.try_get("id")?,
+            status: row.try_get("status")?,
+            prospect_id: row.try_get("prospect_id")?,
+            crm_object: row.try_get("crm_object")?,
+            crm_id: row.try_get("crm_id")?,
+            email: row.try_get("email")?,
+            owner_id: row.try_get("owner_id")?,
+            fields,
+            ma_link_written: row.try_get("ma_link_written")?,
+            ma_recycled: row.try_get("ma_recycled")?,
+            crm_account_id: row.try_get("crm_account_id")?,
+            mirror_crm_id: row.try_get("mirror_crm_id")?,
+        })
+    }
 }
 
 impl IdentityRow {
@@ -62,7 +96,7 @@ pub struct Keys {
 }
 
 /// How much of each identity's per-field state [`find`] loads: about 3 KB
-/// of JSON per identity, printed by the server and parsed by the caller.
+/// of JSON per identity, sent by the server and parsed by the caller.
 #[derive(Debug, Clone, Copy)]
 pub enum State<'a> {
     /// All of it (the applier merges into it, the producer's echo filter
@@ -90,12 +124,14 @@ pub async fn find<'e>(e: impl PgExecutor<'e>, connection_id: &str, keys: &Keys, 
     // the planner takes `connection_id = $1` to match 0.5% of the rows and
     // hash-joins this one too. The tiers analyze the table as a first sync
     // fills it (`crmsync_infra::statistics`).
-    // A subset is cut from the stored value by key: the server decompresses
-    // the whole state either way, but prints and sends only the subset.
+    // From a jsonb row a subset is cut by key: the server decompresses the
+    // whole state either way, but prints and sends only the subset. A text
+    // row is sent whole (cutting it would mean parsing it) and cut here.
     let sql = "SELECT i.id, status, prospect_id, crm_object, crm_id, email, owner_id, \
-               CASE WHEN $6 THEN fields WHEN $7::text[] IS NULL THEN '{}'::jsonb \
+               CASE WHEN i.fields_text IS NOT NULL THEN NULL WHEN $6 THEN fields WHEN $7::text[] IS NULL THEN '{}'::jsonb \
                     ELSE (SELECT coalesce(jsonb_object_agg(f, i.fields -> f), '{}') FROM unnest($7::text[]) f WHERE i.fields ? f) \
                END AS fields, \
+               CASE WHEN $6 OR $7::text[] IS NOT NULL THEN i.fields_text END AS fields_text, \
                ma_link_written, ma_recycled, crm_account_id, mirror_crm_id \
                FROM (SELECT DISTINCT found.id FROM (SELECT unnest($2::uuid[]) AS id \
                      UNION ALL SELECT id FROM identities WHERE connection_id = $1 AND prospect_id = ANY($3) \
@@ -109,7 +145,7 @@ pub async fn find<'e>(e: impl PgExecutor<'e>, connection_id: &str, keys: &Keys, 
     // through the indexes) until autovacuum happened to analyze it. The
     // same holds for the other batch statements on tables a first sync
     // fills (`persistent(false)` there too).
-    sqlx::query_as(sql)
+    let mut rows: Vec<IdentityRow> = sqlx::query_as(sql)
         .persistent(false)
         .bind(connection_id)
         .bind(&keys.ids)
@@ -122,7 +158,66 @@ pub async fn find<'e>(e: impl PgExecutor<'e>, connection_id: &str, keys: &Keys, 
             State::All | State::Skip => None,
         })
         .fetch_all(e)
-        .await
+        .await?;
+    if let State::Only(only) = state {
+        for row in &mut rows {
+            row.fields.0.retain(|field, _| only.contains(&field.as_str()));
+        }
+    }
+    Ok(rows)
+}
+
+/// True in a write statement when the state is to be stored as text
+/// (`storage_formats`, migration 0007). Evaluated once per statement; a
+/// missing row means the previous release's form.
+macro_rules! text_form {
+    () => {
+        "coalesce((SELECT format = 'text' FROM storage_formats WHERE name = 'identity_state'), false)"
+    };
+}
+
+/// The state as the JSON text both forms are written from: bound as text,
+/// it is parsed into jsonb only where the statement stores that form.
+fn state_text(fields: &IdentityFields) -> Result<String, sqlx::Error> {
+    serde_json::to_string(fields).map_err(|e| sqlx::Error::Encode(e.into()))
+}
+
+/// The form identity states are written in now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateForm {
+    /// `fields` (jsonb): what the previous release reads.
+    Jsonb,
+    /// `fields_text`: neither parsed nor printed by the server.
+    Text,
+}
+
+impl StateForm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateForm::Jsonb => "jsonb",
+            StateForm::Text => "text",
+        }
+    }
+}
+
+/// The form writes use now.
+pub async fn state_form<'e>(e: impl PgExecutor<'e>) -> Result<StateForm, sqlx::Error> {
+    let text: bool = sqlx::query_scalar(concat!("SELECT ", text_form!())).fetch_one(e).await?;
+    Ok(if text { StateForm::Text } else { StateForm::Jsonb })
+}
+
+/// Moves writes to `form`. Rows keep the form they are in until next saved;
+/// both are read. Text only once no replica of the previous release runs:
+/// it reads `fields` alone.
+pub async fn set_state_form<'e>(e: impl PgExecutor<'e>, form: StateForm) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO storage_formats (name, format) VALUES ('identity_state', $1) \
+         ON CONFLICT (name) DO UPDATE SET format = excluded.format",
+    )
+    .bind(form.as_str())
+    .execute(e)
+    .await?;
+    Ok(())
 }
 
 /// What became of a fenced write.
@@ -171,15 +266,20 @@ pub async fn insert_many(pool: &PgPool, connection_id: &str, new: &[NewIdentity<
     let emails: Vec<Option<&str>> = new.iter().map(|n| n.email).collect();
     let owners: Vec<Option<&str>> = new.iter().map(|n| n.patch.owner.as_ref().map(CrmId::as_str)).collect();
     let fences: Vec<i64> = new.iter().map(|n| n.fence).collect();
-    let fields: Vec<Json<&IdentityFields>> = new.iter().map(|n| Json(n.fields)).collect();
-    let stored: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO identities (id, connection_id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, fields, linked_at) \
-         SELECT d.id, $1, d.status, d.prospect_id, d.crm_object, d.crm_id, d.email, d.owner_id, d.fence, d.fields, \
+    let fields: Vec<String> = new.iter().map(|n| state_text(n.fields)).collect::<Result<_, _>>()?;
+    let stored: Vec<Uuid> = sqlx::query_scalar(concat!(
+        "INSERT INTO identities (id, connection_id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, \
+                                 fields, fields_text, linked_at) \
+         SELECT d.id, $1, d.status, d.prospect_id, d.crm_object, d.crm_id, d.email, d.owner_id, d.fence, \
+                CASE WHEN f.text THEN '{}'::jsonb ELSE d.fields::jsonb END, CASE WHEN f.text THEN d.fields END, \
                 CASE WHEN d.status = 'linked' THEN now() END \
-         FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::jsonb[]) \
-              AS d(id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, fields) \
+         FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[]) \
+              AS d(id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, fields), \
+              (SELECT ",
+        text_form!(),
+        " AS text) f \
          ON CONFLICT DO NOTHING RETURNING id",
-    )
+    ))
     .bind(connection_id)
     .bind(&ids)
     .bind(&statuses)
@@ -202,8 +302,12 @@ pub async fn patch(pool: &PgPool, connection_id: &str, id: Uuid, patch: &Identit
             status = coalesce($3, status), prospect_id = coalesce($4, prospect_id), \
             crm_object = coalesce($5, crm_object), crm_id = coalesce($6, crm_id), owner_id = coalesce($7, owner_id), \
             email = coalesce($10, email), \
-            fields = CASE WHEN $9 THEN (SELECT coalesce(jsonb_object_agg(k, v #- '{crm,known}'), '{}') FROM jsonb_each(fields) AS e(k, v)) \
+            fields = CASE WHEN $9 AND fields_text IS NULL \
+                          THEN (SELECT coalesce(jsonb_object_agg(k, v #- '{crm,known}'), '{}') FROM jsonb_each(fields) AS e(k, v)) \
                           ELSE fields END, \
+            fields_text = CASE WHEN $9 AND fields_text IS NOT NULL \
+                          THEN (SELECT coalesce(jsonb_object_agg(k, v #- '{crm,known}'), '{}')::text FROM jsonb_each(fields_text::jsonb) AS e(k, v)) \
+                          ELSE fields_text END, \
             ma_link_written = CASE WHEN $6 IS NOT NULL AND $6 IS DISTINCT FROM crm_id THEN false ELSE ma_link_written END, \
             fence = $8, updated_at = now(), \
             linked_at = CASE WHEN $3 = 'linked' AND linked_at IS NULL THEN now() ELSE linked_at END \
@@ -243,20 +347,24 @@ pub struct Applied<'a> {
 
 /// Stores what the applier did to an identity.
 pub async fn save_applied<'e>(e: impl PgExecutor<'e>, connection_id: &str, a: &Applied<'_>, fence: i64) -> Result<Written, sqlx::Error> {
-    let result = sqlx::query(
+    let result = sqlx::query(concat!(
         "UPDATE identities SET \
-            status = $3, prospect_id = $4, crm_object = $5, crm_id = $6, fields = $7, ma_link_written = $8, \
-            ma_recycled = $10, email = $11, crm_account_id = $12, mirror_crm_id = $13, fence = $9, updated_at = now(), \
-            linked_at = CASE WHEN $3 = 'linked' AND linked_at IS NULL THEN now() ELSE linked_at END \
+            status = $3, prospect_id = $4, crm_object = $5, crm_id = $6, \
+            fields = CASE WHEN f.text THEN '{}'::jsonb ELSE $7::text::jsonb END, fields_text = CASE WHEN f.text THEN $7::text END, \
+            ma_link_written = $8, ma_recycled = $10, email = $11, crm_account_id = $12, mirror_crm_id = $13, fence = $9, \
+            updated_at = now(), linked_at = CASE WHEN $3 = 'linked' AND linked_at IS NULL THEN now() ELSE linked_at END \
+         FROM (SELECT ",
+        text_form!(),
+        " AS text) f \
          WHERE connection_id = $1 AND id = $2 AND fence < $9",
-    )
+    ))
     .bind(connection_id)
     .bind(a.id)
     .bind(a.status.as_str())
     .bind(a.prospect_id)
     .bind(a.crm.as_ref().map(|(o, _)| o.as_str()))
     .bind(a.crm.as_ref().map(|(_, c)| c.as_str()))
-    .bind(Json(a.fields))
+    .bind(state_text(a.fields)?)
     .bind(a.ma_link_written)
     .bind(fence)
     .bind(a.ma_recycled)
@@ -285,7 +393,7 @@ pub async fn save_applied_many(
     let prospects: Vec<Option<i64>> = applied.iter().map(|(a, _)| a.prospect_id).collect();
     let objects: Vec<Option<&str>> = applied.iter().map(|(a, _)| a.crm.as_ref().map(|(o, _)| o.as_str())).collect();
     let crm_ids: Vec<Option<&str>> = applied.iter().map(|(a, _)| a.crm.as_ref().map(|(_, c)| c.as_str())).collect();
-    let fields: Vec<Json<&IdentityFields>> = applied.iter().map(|(a, _)| Json(a.fields)).collect();
+    let fields: Vec<String> = applied.iter().map(|(a, _)| state_text(a.fields)).collect::<Result<_, _>>()?;
     let link_written: Vec<bool> = applied.iter().map(|(a, _)| a.ma_link_written).collect();
     let recycled: Vec<bool> = applied.iter().map(|(a, _)| a.ma_recycled).collect();
     let emails: Vec<Option<&str>> = applied.iter().map(|(a, _)| a.email.as_deref()).collect();
@@ -295,19 +403,23 @@ pub async fn save_applied_many(
     // Under a savepoint: a refused statement must not abort the caller's
     // transaction.
     sqlx::query("SAVEPOINT save_many").execute(&mut *conn).await?;
-    let result: Result<Vec<Uuid>, sqlx::Error> = sqlx::query_scalar(
+    let result: Result<Vec<Uuid>, sqlx::Error> = sqlx::query_scalar(concat!(
         "UPDATE identities AS i SET \
-            status = d.status, prospect_id = d.prospect_id, crm_object = d.crm_object, crm_id = d.crm_id, fields = d.fields, \
+            status = d.status, prospect_id = d.prospect_id, crm_object = d.crm_object, crm_id = d.crm_id, \
+            fields = CASE WHEN f.text THEN '{}'::jsonb ELSE d.fields::jsonb END, fields_text = CASE WHEN f.text THEN d.fields END, \
             ma_link_written = d.ma_link_written, ma_recycled = d.ma_recycled, email = d.email, crm_account_id = d.crm_account_id, \
             mirror_crm_id = d.mirror_crm_id, fence = d.fence, updated_at = now(), \
             linked_at = CASE WHEN d.status = 'linked' AND i.linked_at IS NULL THEN now() ELSE i.linked_at END \
-         FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::jsonb[], $8::bool[], $9::bool[], \
+         FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::bool[], $9::bool[], \
                      $10::text[], $11::text[], $12::text[], $13::bigint[]) \
               AS d(id, status, prospect_id, crm_object, crm_id, fields, ma_link_written, ma_recycled, email, crm_account_id, \
-                   mirror_crm_id, fence) \
+                   mirror_crm_id, fence), \
+              (SELECT ",
+        text_form!(),
+        " AS text) f \
          WHERE i.connection_id = $1 AND i.id = d.id AND i.fence < d.fence \
          RETURNING i.id",
-    )
+    ))
     .persistent(false) // planned for its own rows: see `find`
     .bind(connection_id)
     .bind(&ids)
