@@ -123,7 +123,13 @@ pub struct ProducerConfig {
     pub poll_interval_ms: u64,
     /// Records read per change-query page.
     pub page_size: usize,
-    /// Records carried per message to the matcher.
+    /// Records carried per message to the matcher (and on to the applier).
+    /// Each message costs every tier a fixed set of statements and round
+    /// trips, so a backfill moves faster in larger ones: 100 to 500 took a
+    /// 30,000-pair direct backfill from about 6,200 to 7,600 records/s. A
+    /// live change rarely waits for company, so the immediate lane's
+    /// messages stay small either way (p99 at 500 changes/s: 34-38 ms at
+    /// 100, 41 ms at 500).
     pub records_per_message: usize,
     /// A feed lease lasts this long unless renewed; another replica takes
     /// over a feed whose holder died after at most this.
@@ -134,7 +140,7 @@ pub struct ProducerConfig {
 
 impl Default for ProducerConfig {
     fn default() -> Self {
-        ProducerConfig { poll_interval_ms: 500, page_size: 1000, records_per_message: 100, lease_ttl_ms: 15_000, replica_id: None }
+        ProducerConfig { poll_interval_ms: 500, page_size: 1000, records_per_message: 500, lease_ttl_ms: 15_000, replica_id: None }
     }
 }
 
