@@ -26,8 +26,9 @@ pub enum Command {
     /// Apply the engine's and the sandbox's database migrations.
     Migrate {
         /// Then store identity states in this form from now on. `text` only
-        /// once every replica runs this release: the previous one reads
-        /// `jsonb` alone. A database this release creates starts at `text`.
+        /// once every replica runs this release and you will not roll back:
+        /// the previous release reads `jsonb` alone. A database this release
+        /// creates starts at `text`.
         #[arg(long, value_enum)]
         identity_state: Option<IdentityStateForm>,
     },
