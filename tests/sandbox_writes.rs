@@ -41,12 +41,13 @@ async fn each_lead_of_a_call_gets_its_own_outcome() {
     let app = TestApp::spawn().await;
     let crm = SandboxCrm::connect(app.pool.clone(), "default").await.unwrap();
     let mut leads = Vec::new();
-    for n in 0..5 {
+    for n in 0..6 {
         leads.push(app.create_lead(&[("LastName", &format!("Lead {n}")), ("Company", "Acme")]).await);
     }
     // Lead 1 is in the recycle bin, lead 2 was written with a newer token,
-    // lead 3 changed after the writer read it.
+    // lead 3 changed after the writer read it, lead 5 was converted.
     sqlx::query("UPDATE crm.leads SET is_deleted = true WHERE id = $1").bind(&leads[1]).execute(&app.pool).await.unwrap();
+    sqlx::query("UPDATE crm.leads SET is_converted = true WHERE id = $1").bind(&leads[5]).execute(&app.pool).await.unwrap();
     sqlx::query("UPDATE crm.leads SET sync_fence = 100 WHERE id = $1").bind(&leads[2]).execute(&app.pool).await.unwrap();
     let mut stale = lead_write(crm_id(&leads[3]), "Stale", Some(7));
     stale.unmodified_since = Some(Utc::now() - Duration::hours(1));
@@ -65,6 +66,7 @@ async fn each_lead_of_a_call_gets_its_own_outcome() {
             create
         },
         lead_write(crm_id(&leads[4]), "Also written", None),
+        lead_write(crm_id(&leads[5]), "Converted", Some(7)),
     ];
     let out = crm.write_people(CrmObject::Lead, &writes).await.unwrap();
     assert_eq!(out.len(), writes.len());
@@ -75,6 +77,7 @@ async fn each_lead_of_a_call_gets_its_own_outcome() {
     assert_eq!(out[4], WriteOutcome::NotFound, "{out:?}");
     assert!(matches!(&out[5], WriteOutcome::Written { created: true, .. }), "{out:?}");
     assert!(written(&out[6]), "{out:?}");
+    assert!(matches!(&out[7], WriteOutcome::Rejected { code, .. } if code == "CANNOT_UPDATE_CONVERTED_LEAD"), "{out:?}");
 
     assert_eq!(column(&app, "crm.leads", &leads[0], "title").await, "Written");
     assert_eq!(column(&app, "crm.leads", &leads[0], "sync_fence").await, 7, "the write moved the fence");

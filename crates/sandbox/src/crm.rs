@@ -115,7 +115,18 @@ impl SandboxCrm {
     /// Locks the rows the writes update, all in one statement and in id
     /// order (so two calls locking overlapping rows cannot deadlock), keyed
     /// by id and by external id.
-    async fn lock_targets(&self, conn: &mut PgConnection, def: &ObjectDef, writes: &[CrmWrite]) -> Result<Targets, sqlx::Error> {
+    ///
+    /// Without an active rule, [`Self::plan`] reads only a row's id and its
+    /// deleted and converted flags, so only those (and the external id) are
+    /// read: the whole row as JSON cost PostgreSQL `to_json` and the applier
+    /// a parse of every column and stamp, on every record it writes.
+    async fn lock_targets(
+        &self,
+        conn: &mut PgConnection,
+        def: &ObjectDef,
+        rules: &rules::Rules,
+        writes: &[CrmWrite],
+    ) -> Result<Targets, sqlx::Error> {
         let ids: Vec<&str> =
             writes.iter().filter_map(|w| if let CrmTarget::Id(id) = &w.target { Some(id.as_str()) } else { None }).collect();
         let external: Vec<&str> =
@@ -123,20 +134,23 @@ impl SandboxCrm {
         if ids.is_empty() && external.is_empty() {
             return Ok(Targets::default());
         }
+        let row = if rules.any() { "to_json(t)".to_owned() } else { plan_columns(def) };
         let sql = format!(
-            "SELECT to_json(t) AS row FROM {} t WHERE tenant = $1 AND (id = ANY($2) OR crmsync_id = ANY($3)) ORDER BY id FOR UPDATE",
+            "SELECT {row} AS row FROM {} t WHERE tenant = $1 AND (id = ANY($2) OR crmsync_id = ANY($3)) ORDER BY id FOR UPDATE",
             def.table
         );
         let rows: Vec<Value> =
             sqlx::query_scalar(AssertSqlSafe(sql)).bind(&self.tenant).bind(&ids).bind(&external).fetch_all(&mut *conn).await?;
         let mut targets = Targets::default();
         for row in rows {
+            let at = targets.rows.len();
             if let Some(ext) = store::text(&row, "crmsync_id") {
-                targets.by_external.insert(ext, row.clone());
+                targets.by_external.insert(ext, at);
             }
             if let Some(id) = store::text(&row, "id") {
-                targets.by_id.insert(id, row);
+                targets.by_id.insert(id, at);
             }
+            targets.rows.push(row);
         }
         Ok(targets)
     }
@@ -266,13 +280,16 @@ impl SandboxCrm {
         users: &Users,
         writes: &[CrmWrite],
     ) -> Result<Vec<WriteOutcome>, ConnectorError> {
-        let targets = self.lock_targets(conn, def, writes).await.map_err(db_error)?;
+        let targets = self.lock_targets(conn, def, rules, writes).await.map_err(db_error)?;
         let existing: Vec<Option<&Value>> = writes
             .iter()
-            .map(|w| match &w.target {
-                CrmTarget::New => None,
-                CrmTarget::Id(id) => targets.by_id.get(id.as_str()),
-                CrmTarget::ExternalId(ext) => targets.by_external.get(ext),
+            .map(|w| {
+                let at = match &w.target {
+                    CrmTarget::New => None,
+                    CrmTarget::Id(id) => targets.by_id.get(id.as_str()),
+                    CrmTarget::ExternalId(ext) => targets.by_external.get(ext),
+                };
+                at.map(|&at| &targets.rows[at])
             })
             .collect();
         // One record named by its id in one write and its external id in
@@ -292,11 +309,23 @@ impl SandboxCrm {
 /// Users named by a call's writes: id → (active, API enabled).
 type Users = HashMap<String, (bool, bool)>;
 
-/// A call's locked rows, by id and by external id.
+/// A call's locked rows, found by id and by external id.
 #[derive(Debug, Default)]
 struct Targets {
-    by_id: HashMap<String, Value>,
-    by_external: HashMap<String, Value>,
+    rows: Vec<Value>,
+    by_id: HashMap<String, usize>,
+    by_external: HashMap<String, usize>,
+}
+
+/// The columns [`SandboxCrm::plan`] reads from a locked row when no rule
+/// needs the rest, as a JSON object shaped like `to_json`'s.
+fn plan_columns(def: &ObjectDef) -> String {
+    let columns: Vec<String> = ["id", "crmsync_id", "is_deleted", "is_converted"]
+        .into_iter()
+        .filter(|c| *c == "id" || *c == "crmsync_id" || def.by_column(c).is_some())
+        .map(|c| format!("'{c}', t.{c}"))
+        .collect();
+    format!("json_build_object({})", columns.join(", "))
 }
 
 /// Whether every write names a different record (or creates one without an
