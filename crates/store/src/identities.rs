@@ -179,8 +179,16 @@ macro_rules! text_form {
 /// The state as the JSON text both forms are written from: bound as text,
 /// it is parsed into jsonb only where the statement stores that form.
 fn state_text(fields: &IdentityFields) -> Result<String, sqlx::Error> {
-    serde_json::to_string(fields).map_err(|e| sqlx::Error::Encode(e.into()))
+    // Sized for a whole state up front: grown from empty, the buffer was
+    // reallocated and copied at every doubling, for every state saved.
+    let mut out = Vec::with_capacity(STATE_TEXT_CAPACITY);
+    serde_json::to_writer(&mut out, fields).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
 }
+
+/// Bytes reserved for a state's JSON: a synced lead's (16 fields, both
+/// sides stamped) is 2.7 kB; a larger one grows from there.
+const STATE_TEXT_CAPACITY: usize = 4096;
 
 /// The form identity states are written in now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
