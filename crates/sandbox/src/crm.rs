@@ -10,9 +10,10 @@ use crmsync_domain::mirror::{CrmObjectRecord, MirrorObject};
 use crmsync_domain::records::CrmPersonRecord;
 use crmsync_domain::{CrmId, CrmObject, Email};
 use serde_json::{Map, Value};
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row as _};
 
 use crate::objects;
+use crate::row::Row;
 use crate::rules;
 use crate::schema::{CONTACT, LEAD, OPPORTUNITY, ObjectDef};
 use crate::store::{self, Step, db_error};
@@ -46,21 +47,22 @@ fn rejected(code: &str, message: impl Into<String>) -> WriteOutcome {
     WriteOutcome::Rejected { code: code.to_owned(), message: message.into() }
 }
 
-fn record(object: CrmObject, row: &Value) -> Result<CrmPersonRecord, ConnectorError> {
-    let def = def_of(object)?;
+/// A lead or contact from its row as `to_json` prints it.
+fn record(object: CrmObject, text: &str) -> Result<CrmPersonRecord, ConnectorError> {
+    let row = Row::parse(def_of(object)?, text)?;
     Ok(CrmPersonRecord {
-        id: store::text(row, "id").ok_or_else(|| ConnectorError::Fatal("CRM row without id".into()))?,
+        id: row.text("id").ok_or_else(|| ConnectorError::Fatal("CRM row without id".into()))?,
         object,
-        email: store::text(row, "email"),
-        owner_id: store::text(row, "owner_id"),
-        external_id: store::text(row, "crmsync_id"),
-        is_deleted: store::flag(row, "is_deleted"),
-        is_converted: store::flag(row, "is_converted"),
-        converted_contact_id: store::text(row, "converted_contact_id"),
-        created_at: store::time(row, "created_at")?,
-        system_modstamp: store::time(row, "modstamp")?,
-        last_modified_by: store::text(row, "last_modified_by"),
-        fields: store::fields(def, row),
+        email: row.text("email"),
+        owner_id: row.text("owner_id"),
+        external_id: row.text("crmsync_id"),
+        is_deleted: row.flag("is_deleted"),
+        is_converted: row.flag("is_converted"),
+        converted_contact_id: row.text("converted_contact_id"),
+        created_at: row.time("created_at")?,
+        system_modstamp: row.time("modstamp")?,
+        last_modified_by: row.text("last_modified_by"),
+        fields: row.into_fields(),
     })
 }
 
@@ -80,15 +82,15 @@ impl SandboxCrm {
     /// the tenant and `$2` a text array).
     async fn people_where(&self, condition: &str, arg: &[String]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
         let sql = format!(
-            "SELECT to_json(t) AS row, 'lead' AS object FROM crm.leads t WHERE t.tenant = $1 AND {condition} \
+            "SELECT to_json(t)::text AS row, 'lead' AS object FROM crm.leads t WHERE t.tenant = $1 AND {condition} \
              UNION ALL \
-             SELECT to_json(t) AS row, 'contact' AS object FROM crm.contacts t WHERE t.tenant = $1 AND {condition}"
+             SELECT to_json(t)::text AS row, 'contact' AS object FROM crm.contacts t WHERE t.tenant = $1 AND {condition}"
         );
         let rows = sqlx::query(AssertSqlSafe(sql)).bind(&self.tenant).bind(arg).fetch_all(&self.pool).await.map_err(db_error)?;
         rows.iter()
             .map(|r| {
                 let object = if r.get::<&str, _>("object") == "lead" { CrmObject::Lead } else { CrmObject::Contact };
-                record(object, &r.get::<Value, _>("row"))
+                record(object, r.get::<&str, _>("row"))
             })
             .collect()
     }
@@ -374,8 +376,8 @@ impl CrmApi for SandboxCrm {
     async fn people_where(&self, object: CrmObject, field: &str, values: &[String]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
         let col = objects::column(def_of(object)?, false, field)?;
         let table = def_of(object)?.table;
-        let rows: Vec<Value> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT to_json(t) FROM {table} t WHERE t.tenant = $1 AND {col} = ANY($2) AND NOT t.is_deleted"
+        let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT to_json(t)::text FROM {table} t WHERE t.tenant = $1 AND {col} = ANY($2) AND NOT t.is_deleted"
         )))
         .bind(&self.tenant)
         .bind(values)

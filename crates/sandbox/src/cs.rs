@@ -142,6 +142,7 @@ impl CsApi for SandboxCs {
         limit: usize,
     ) -> Result<ChangePage<CsqlRecord>, ConnectorError> {
         let (rows, next, has_more) = store::changes(&self.pool, def_of(kind), &self.tenant, None, cursor, limit).await?;
+        let rows = rows.iter().map(|r| store::value(r)).collect::<Result<_, _>>()?;
         Ok(ChangePage { records: self.records(kind, rows).await?, next, has_more })
     }
 

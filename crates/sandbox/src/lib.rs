@@ -13,6 +13,7 @@ pub mod ma;
 mod mirrors;
 mod objects;
 pub mod ops;
+mod row;
 mod rules;
 pub mod schema;
 pub mod seed;

@@ -9,9 +9,10 @@ use crmsync_domain::mirror::MirrorKind;
 use crmsync_domain::records::{AssignedUser, ProspectRecord};
 use crmsync_domain::{CrmId, CrmObject, Email};
 use serde_json::{Map, Value};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row as _};
 
 use crate::mirrors;
+use crate::row::Row;
 use crate::schema::PROSPECT;
 use crate::store::{self, Step, db_error};
 use crate::validate;
@@ -45,8 +46,8 @@ impl SandboxMa {
     }
 
     /// The CRM user of each MA user the rows are assigned to.
-    async fn assigned_users(&self, rows: &[Value]) -> Result<HashMap<i64, Option<String>>, ConnectorError> {
-        let mut ids: Vec<i64> = rows.iter().filter_map(|r| r.get("assigned_user_id").and_then(Value::as_i64)).collect();
+    async fn assigned_users(&self, rows: &[Row]) -> Result<HashMap<i64, Option<String>>, ConnectorError> {
+        let mut ids: Vec<i64> = rows.iter().filter_map(|r| r.int("assigned_user_id")).collect();
         ids.sort_unstable();
         ids.dedup();
         if ids.is_empty() {
@@ -60,22 +61,24 @@ impl SandboxMa {
         Ok(found.into_iter().map(|r| (r.get::<i64, _>("id"), r.get::<Option<String>, _>("crm_user_id"))).collect())
     }
 
-    async fn records(&self, rows: Vec<Value>) -> Result<Vec<ProspectRecord>, ConnectorError> {
+    /// Prospects from rows as `to_json` prints them.
+    async fn records(&self, texts: Vec<String>) -> Result<Vec<ProspectRecord>, ConnectorError> {
+        let rows = texts.iter().map(|t| Row::parse(&PROSPECT, t)).collect::<Result<Vec<_>, _>>()?;
         let users = self.assigned_users(&rows).await?;
-        rows.iter()
+        rows.into_iter()
             .map(|row| {
-                let assigned = row.get("assigned_user_id").and_then(Value::as_i64);
+                let assigned = row.int("assigned_user_id");
                 Ok(ProspectRecord {
-                    id: row.get("id").and_then(Value::as_i64).ok_or_else(|| ConnectorError::Fatal("prospect row without id".into()))?,
-                    email: store::text(row, "email"),
-                    crm_lead_fid: store::text(row, "crm_lead_fid"),
-                    crm_contact_fid: store::text(row, "crm_contact_fid"),
+                    id: row.int("id").ok_or_else(|| ConnectorError::Fatal("prospect row without id".into()))?,
+                    email: row.text("email"),
+                    crm_lead_fid: row.text("crm_lead_fid"),
+                    crm_contact_fid: row.text("crm_contact_fid"),
                     assigned_user: assigned.map(|id| AssignedUser { id, crm_user_id: users.get(&id).cloned().flatten() }),
-                    is_deleted: store::flag(row, "is_deleted"),
-                    created_at: store::time(row, "created_at")?,
-                    updated_at: store::time(row, "modstamp")?,
-                    last_modified_by: store::text(row, "last_modified_by"),
-                    fields: store::fields(&PROSPECT, row),
+                    is_deleted: row.flag("is_deleted"),
+                    created_at: row.time("created_at")?,
+                    updated_at: row.time("modstamp")?,
+                    last_modified_by: row.text("last_modified_by"),
+                    fields: row.into_fields(),
                 })
             })
             .collect()
@@ -153,7 +156,7 @@ impl MaApi for SandboxMa {
     }
 
     async fn prospects_by_id(&self, ids: &[i64]) -> Result<Vec<ProspectRecord>, ConnectorError> {
-        let rows: Vec<Value> = sqlx::query_scalar("SELECT to_json(t) FROM ma.prospects t WHERE tenant = $1 AND id = ANY($2)")
+        let rows: Vec<String> = sqlx::query_scalar("SELECT to_json(t)::text FROM ma.prospects t WHERE tenant = $1 AND id = ANY($2)")
             .bind(&self.tenant)
             .bind(ids)
             .fetch_all(&self.pool)
@@ -164,8 +167,8 @@ impl MaApi for SandboxMa {
 
     async fn prospects_by_email(&self, emails: &[Email]) -> Result<Vec<ProspectRecord>, ConnectorError> {
         let emails: Vec<&str> = emails.iter().map(Email::as_str).collect();
-        let rows: Vec<Value> = sqlx::query_scalar(
-            "SELECT to_json(t) FROM ma.prospects t WHERE tenant = $1 AND lower(btrim(email)) = ANY($2) AND NOT is_deleted",
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT to_json(t)::text FROM ma.prospects t WHERE tenant = $1 AND lower(btrim(email)) = ANY($2) AND NOT is_deleted",
         )
         .bind(&self.tenant)
         .bind(&emails)

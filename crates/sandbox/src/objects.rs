@@ -52,7 +52,7 @@ pub(crate) async fn changes(
 ) -> Result<ChangePage<CrmObjectRecord>, ConnectorError> {
     let (def, custom) = def_of(object);
     let (rows, next, has_more) = store::changes(pool, def, tenant, custom, cursor, limit).await?;
-    let records = rows.iter().map(|r| record(object, r)).collect::<Result<_, _>>()?;
+    let records = rows.iter().map(|r| record(object, &store::value(r)?)).collect::<Result<_, _>>()?;
     Ok(ChangePage { records, next, has_more })
 }
 

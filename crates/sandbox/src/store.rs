@@ -32,7 +32,7 @@ struct XidCursor {
 
 /// Fields that a record carries as attributes of its own rather than in
 /// `fields` (links, ownership, lifecycle).
-fn is_attribute(api: &str) -> bool {
+pub(crate) fn is_attribute(api: &str) -> bool {
     matches!(
         api,
         "crmLeadFid" | "crmContactFid" | "assignedUserId" | "isDeleted" | "OwnerId" | "IsConverted" | "ConvertedContactId" | "IsDeleted"
@@ -82,7 +82,9 @@ pub(crate) async fn changes_pending(
         .map_err(db_error)
 }
 
-/// A page of rows changed after `cursor`, oldest transaction first.
+/// A page of rows changed after `cursor`, oldest transaction first, each as
+/// `to_json`'s text: person feeds read it as a [`crate::row::Row`], the
+/// others with [`value`].
 ///
 /// Only rows written by transactions older than every transaction still in
 /// flight are returned, so a transaction that commits late cannot slip
@@ -94,11 +96,11 @@ pub(crate) async fn changes(
     object_type: Option<&str>,
     cursor: Option<&Cursor>,
     limit: usize,
-) -> Result<(Vec<Value>, Cursor, bool), ConnectorError> {
+) -> Result<(Vec<String>, Cursor, bool), ConnectorError> {
     let start = start_of(def, cursor)?;
     let id_type = if def.numeric_id { "bigint" } else { "text" };
     let sql = format!(
-        "SELECT to_json(t) AS row, t.mod_xid::text AS xid, t.id::text AS id FROM {table} t \
+        "SELECT to_json(t)::text AS row, t.mod_xid::text AS xid, t.id::text AS id FROM {table} t \
          WHERE t.tenant = $1 AND (t.mod_xid, t.id) > ($2::text::xid8, $3::text::{id_type}) \
            AND t.mod_xid < pg_snapshot_xmin(pg_current_snapshot()) {filter} \
          ORDER BY t.mod_xid, t.id LIMIT $4",
@@ -119,9 +121,14 @@ pub(crate) async fn changes(
     let mut out = Vec::with_capacity(rows.len().min(limit));
     for r in rows.into_iter().take(limit) {
         next = XidCursor { xid: r.get("xid"), id: r.get("id") };
-        out.push(r.get::<Value, _>("row"));
+        out.push(r.get::<String, _>("row"));
     }
     Ok((out, Cursor(serde_json::to_value(next).expect("cursor serialises")), has_more))
+}
+
+/// A row's `to_json` text as a value tree.
+pub(crate) fn value(text: &str) -> Result<Value, ConnectorError> {
+    serde_json::from_str(text).map_err(|e| ConnectorError::Fatal(format!("unreadable sandbox row: {e}")))
 }
 
 /// The record's fields (API name → value, with per-field stamps).
