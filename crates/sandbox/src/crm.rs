@@ -51,17 +51,17 @@ fn rejected(code: &str, message: impl Into<String>) -> WriteOutcome {
 fn record(object: CrmObject, text: &str) -> Result<CrmPersonRecord, ConnectorError> {
     let row = Row::parse(def_of(object)?, text)?;
     Ok(CrmPersonRecord {
-        id: row.text("id").ok_or_else(|| ConnectorError::Fatal("CRM row without id".into()))?,
+        id: store::text(&row, "id").ok_or_else(|| ConnectorError::Fatal("CRM row without id".into()))?,
         object,
-        email: row.text("email"),
-        owner_id: row.text("owner_id"),
-        external_id: row.text("crmsync_id"),
-        is_deleted: row.flag("is_deleted"),
-        is_converted: row.flag("is_converted"),
-        converted_contact_id: row.text("converted_contact_id"),
-        created_at: row.time("created_at")?,
-        system_modstamp: row.time("modstamp")?,
-        last_modified_by: row.text("last_modified_by"),
+        email: store::text(&row, "email"),
+        owner_id: store::text(&row, "owner_id"),
+        external_id: store::text(&row, "crmsync_id"),
+        is_deleted: store::flag(&row, "is_deleted"),
+        is_converted: store::flag(&row, "is_converted"),
+        converted_contact_id: store::text(&row, "converted_contact_id"),
+        created_at: store::time(&row, "created_at")?,
+        system_modstamp: store::time(&row, "modstamp")?,
+        last_modified_by: store::text(&row, "last_modified_by"),
         fields: row.into_fields(),
     })
 }
@@ -297,7 +297,7 @@ impl SandboxCrm {
         // One record named by its id in one write and its external id in
         // another: the second must see the first.
         let mut rows = std::collections::HashSet::new();
-        if !existing.iter().flatten().all(|row| rows.insert(store::text(row, "id"))) {
+        if !existing.iter().flatten().all(|row| rows.insert(store::text(*row, "id"))) {
             return self.write_each(conn, def, rules, users, writes).await;
         }
         let mut steps = Vec::with_capacity(writes.len());

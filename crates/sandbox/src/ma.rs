@@ -47,7 +47,7 @@ impl SandboxMa {
 
     /// The CRM user of each MA user the rows are assigned to.
     async fn assigned_users(&self, rows: &[Row]) -> Result<HashMap<i64, Option<String>>, ConnectorError> {
-        let mut ids: Vec<i64> = rows.iter().filter_map(|r| r.int("assigned_user_id")).collect();
+        let mut ids: Vec<i64> = rows.iter().filter_map(|r| store::int(r, "assigned_user_id")).collect();
         ids.sort_unstable();
         ids.dedup();
         if ids.is_empty() {
@@ -67,17 +67,17 @@ impl SandboxMa {
         let users = self.assigned_users(&rows).await?;
         rows.into_iter()
             .map(|row| {
-                let assigned = row.int("assigned_user_id");
+                let assigned = store::int(&row, "assigned_user_id");
                 Ok(ProspectRecord {
-                    id: row.int("id").ok_or_else(|| ConnectorError::Fatal("prospect row without id".into()))?,
-                    email: row.text("email"),
-                    crm_lead_fid: row.text("crm_lead_fid"),
-                    crm_contact_fid: row.text("crm_contact_fid"),
+                    id: store::int(&row, "id").ok_or_else(|| ConnectorError::Fatal("prospect row without id".into()))?,
+                    email: store::text(&row, "email"),
+                    crm_lead_fid: store::text(&row, "crm_lead_fid"),
+                    crm_contact_fid: store::text(&row, "crm_contact_fid"),
                     assigned_user: assigned.map(|id| AssignedUser { id, crm_user_id: users.get(&id).cloned().flatten() }),
-                    is_deleted: row.flag("is_deleted"),
-                    created_at: row.time("created_at")?,
-                    updated_at: row.time("modstamp")?,
-                    last_modified_by: row.text("last_modified_by"),
+                    is_deleted: store::flag(&row, "is_deleted"),
+                    created_at: store::time(&row, "created_at")?,
+                    updated_at: store::time(&row, "modstamp")?,
+                    last_modified_by: store::text(&row, "last_modified_by"),
                     fields: row.into_fields(),
                 })
             })

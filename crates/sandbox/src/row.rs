@@ -21,7 +21,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::schema::ObjectDef;
-use crate::store::is_attribute;
+use crate::store::{Columns, is_attribute};
 
 /// Columns a person record reads besides its object's writable fields.
 const RECORD_COLUMNS: &[&str] = &[
@@ -65,33 +65,6 @@ impl Row {
             .map_err(|e| ConnectorError::Fatal(format!("unreadable sandbox {} row: {e}", def.name)))
     }
 
-    pub(crate) fn get(&self, column: &str) -> Option<&Value> {
-        self.values.iter().find(|(name, _)| *name == column).map(|(_, v)| v)
-    }
-
-    pub(crate) fn text(&self, column: &str) -> Option<String> {
-        match self.get(column)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Null => None,
-            other => Some(other.to_string()),
-        }
-    }
-
-    pub(crate) fn flag(&self, column: &str) -> bool {
-        self.get(column).and_then(Value::as_bool).unwrap_or(false)
-    }
-
-    pub(crate) fn int(&self, column: &str) -> Option<i64> {
-        self.get(column).and_then(Value::as_i64)
-    }
-
-    pub(crate) fn time(&self, column: &str) -> Result<DateTime<Utc>, ConnectorError> {
-        self.get(column)
-            .and_then(Value::as_str)
-            .and_then(crmsync_domain::time::parse)
-            .ok_or_else(|| ConnectorError::Fatal(format!("sandbox row has no valid {column}")))
-    }
-
     /// The record's fields (API name → value, with per-field stamps), as
     /// [`crate::store::fields`] makes them from a whole row.
     pub(crate) fn into_fields(mut self) -> Fields {
@@ -106,6 +79,12 @@ impl Row {
                 (c.api.to_owned(), FieldValue { value, at, by })
             })
             .collect()
+    }
+}
+
+impl Columns for Row {
+    fn column(&self, name: &str) -> Option<&Value> {
+        self.values.iter().find(|(column, _)| *column == name).map(|(_, v)| v)
     }
 }
 
@@ -261,16 +240,11 @@ mod tests {
     fn a_row_reads_as_the_value_tree_did() {
         let tree: Value = serde_json::from_str(LEAD_ROW).unwrap();
         let row = Row::parse(&LEAD, LEAD_ROW).unwrap();
-        for column in ["id", "email", "company", "owner_id", "last_modified_by", "pi_score", "crmsync_id"] {
-            assert_eq!(row.text(column), crate::store::text(&tree, column), "{column}");
+        for column in ["id", "email", "company", "owner_id", "is_deleted", "has_opted_out_of_email", "pi_score", "created_at", "modstamp"] {
+            assert_eq!(row.column(column), tree.column(column), "{column}");
         }
-        for column in ["is_deleted", "is_converted", "has_opted_out_of_email", "crmsync_id"] {
-            assert_eq!(row.flag(column), crate::store::flag(&tree, column), "{column}");
-        }
-        for column in ["created_at", "modstamp"] {
-            assert_eq!(row.time(column).unwrap(), crate::store::time(&tree, column).unwrap(), "{column}");
-        }
-        assert!(row.time("mod_xid").is_err(), "a column no record reads is not kept");
+        assert_eq!(row.column("crmsync_id"), None);
+        assert_eq!(row.column("mod_xid"), None, "a column no record reads is not kept");
         assert_eq!(row.into_fields(), crate::store::fields(&LEAD, &tree));
     }
 
@@ -279,8 +253,8 @@ mod tests {
         let text = r#"{"id":7,"email":"a@b.c","assigned_user_id":3,"field_stamps":null,"created_at":"2026-12-05T01:02:03+00:00"}"#;
         let tree: Value = serde_json::from_str(text).unwrap();
         let row = Row::parse(&PROSPECT, text).unwrap();
-        assert_eq!(row.int("id"), Some(7));
-        assert_eq!(row.int("assigned_user_id"), Some(3));
+        assert_eq!(crate::store::int(&row, "id"), Some(7));
+        assert_eq!(crate::store::int(&row, "assigned_user_id"), Some(3));
         let fields = row.into_fields();
         assert_eq!(fields, crate::store::fields(&PROSPECT, &tree));
         assert!(fields.values().all(|f| f.at.is_none() && f.by.is_none()));

@@ -149,20 +149,36 @@ pub(crate) fn fields(def: &ObjectDef, row: &Value) -> Fields {
         .collect()
 }
 
-pub(crate) fn text(row: &Value, column: &str) -> Option<String> {
-    match row.get(column)? {
+/// A row's columns by name: a `to_json` value tree, or a
+/// [`crate::row::Row`] read for a record.
+pub(crate) trait Columns {
+    fn column(&self, name: &str) -> Option<&Value>;
+}
+
+impl Columns for Value {
+    fn column(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+}
+
+pub(crate) fn text(row: &impl Columns, column: &str) -> Option<String> {
+    match row.column(column)? {
         Value::String(s) => Some(s.clone()),
         Value::Null => None,
         other => Some(other.to_string()),
     }
 }
 
-pub(crate) fn flag(row: &Value, column: &str) -> bool {
-    row.get(column).and_then(Value::as_bool).unwrap_or(false)
+pub(crate) fn flag(row: &impl Columns, column: &str) -> bool {
+    row.column(column).and_then(Value::as_bool).unwrap_or(false)
 }
 
-pub(crate) fn time(row: &Value, column: &str) -> Result<DateTime<Utc>, ConnectorError> {
-    row.get(column)
+pub(crate) fn int(row: &impl Columns, column: &str) -> Option<i64> {
+    row.column(column).and_then(Value::as_i64)
+}
+
+pub(crate) fn time(row: &impl Columns, column: &str) -> Result<DateTime<Utc>, ConnectorError> {
+    row.column(column)
         .and_then(Value::as_str)
         .and_then(crmsync_domain::time::parse)
         .ok_or_else(|| ConnectorError::Fatal(format!("sandbox row has no valid {column}")))
