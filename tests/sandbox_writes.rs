@@ -211,7 +211,7 @@ async fn a_record_the_database_is_too_busy_to_write_fails_the_call_as_transient(
 }
 
 /// The row triggers that track changes, compiled per table (sandbox
-/// migration 0006): an insert stamps the columns it gives a value, an update
+/// migrations 0006 and 0008): an insert stamps the columns it gives a value, an update
 /// the columns it changes, and every write moves the modstamp and the
 /// transaction id the change feeds page on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,4 +259,40 @@ async fn change_tracking_stamps_only_the_columns_a_write_gives_or_changes() {
     assert_eq!(column(&app, "crm.leads", &id, "created_by").await, "user-a");
     assert!(xid2.parse::<u64>().unwrap() > xid.parse::<u64>().unwrap(), "the change feed sees the update");
     assert_eq!(column(&app, "crm.leads", &id, "modstamp").await, after["title"]["at"]);
+
+    // Several columns changed by one write share one stamp (migration 0008
+    // builds them in one step), and the others keep theirs.
+    sqlx::query("UPDATE crm.leads SET first_name = 'Aki', city = 'Kobe', phone = '+81', last_modified_by = 'user-c' WHERE id = $1")
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let third = column(&app, "crm.leads", &id, "field_stamps").await;
+    for key in ["first_name", "city", "phone"] {
+        assert_eq!(third[key], third["city"], "{key} in {third}");
+    }
+    assert_eq!(third["city"]["by"], "user-c");
+    assert_ne!(third["city"]["at"], after["title"]["at"]);
+    assert_eq!(third["title"], after["title"]);
+    assert_eq!(stamped(&third).len(), stamped(&after).len() + 3);
+
+    // A write that changes nothing stamps nothing but still moves the row.
+    sqlx::query("UPDATE crm.leads SET city = 'Kobe' WHERE id = $1").bind(&id).execute(&app.pool).await.unwrap();
+    assert_eq!(column(&app, "crm.leads", &id, "field_stamps").await, third);
+    assert_ne!(column(&app, "crm.leads", &id, "modstamp").await, third["city"]["at"]);
+
+    // Every tracked table's trigger names its columns, read back from the
+    // functions 0006 compiled, so the next recompilation can start there.
+    let columns: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT tgrelid::regclass::text, (string_to_array(encode(tgargs, 'escape'), '\\000'))[1:tgnargs] \
+         FROM pg_trigger WHERE tgname = 'track' ORDER BY 1",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(columns.len() >= 12, "{columns:?}");
+    assert!(columns.iter().all(|(_, cols)| !cols.is_empty()), "{columns:?}");
+    let leads = &columns.iter().find(|(t, _)| t == "crm.leads").unwrap().1;
+    assert_eq!(leads.len(), 16, "{leads:?}");
+    assert_eq!((leads[0].as_str(), leads[15].as_str()), ("first_name", "is_deleted"));
 }
