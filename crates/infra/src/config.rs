@@ -168,14 +168,21 @@ pub struct WorkerConfig {
     /// Batch-lane messages one applier replica works on at once (the
     /// applier only). The connection's budget paces them all together, so
     /// this changes nothing while the budget is the brake; when it is not
-    /// (a lifted budget, a backfill), one message at a time would leave the
-    /// replica waiting on round trips instead of working.
+    /// (a lifted budget, a backfill), it bounds the replica's throughput:
+    /// each message crosses a dozen round trips to PostgreSQL, Redis and
+    /// both systems, and the replica sits idle on them unless other
+    /// messages fill the wait.
     pub batch_concurrency: usize,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig { concurrency: 4, retry_backoff_ms: 200, batch_concurrency: 4 }
+        // 8 batch messages: with 4, a 60,000-pair direct backfill ran at
+        // 7,960 records/s with one applier and 7,170 with two, against 8,220
+        // and 8,220 with 8 (interleaved runs on 2 cores). The applier waited
+        // on round trips with cores idle; 8 messages of 200 records hold a
+        // few MB more.
+        WorkerConfig { concurrency: 4, retry_backoff_ms: 200, batch_concurrency: 8 }
     }
 }
 
