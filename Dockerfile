@@ -39,6 +39,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
+# The build environment (jemalloc's settings) before the dependencies are
+# cooked, or they would be built again once the sources are copied.
+COPY .cargo .cargo
 # Dependencies only: cached until the recipe changes. rustls uses ring, so the
 # C compiler that the rust image ships is all that is needed (no OpenSSL).
 RUN cargo chef cook --release --locked --bin crmsync --recipe-path recipe.json
