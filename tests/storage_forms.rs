@@ -5,7 +5,7 @@
 
 use chrono::Utc;
 use crmsync_domain::matching::{IdentityPatch, IdentityStatus};
-use crmsync_domain::merge::{IdentityFields, Side};
+use crmsync_domain::merge::{IdentityFields, Part, Side};
 use crmsync_domain::{CrmId, CrmObject};
 use crmsync_sandbox::schema::{LEAD, PROSPECT};
 use crmsync_store::identities::{self, Applied, Keys, NewIdentity, State, StateForm};
@@ -23,6 +23,13 @@ async fn stored(app: &TestApp, id: Uuid) -> (IdentityFields, Option<String>) {
 
 async fn state(app: &TestApp, id: Uuid, state: State<'_>) -> IdentityFields {
     identities::find(&app.pool, "default", &Keys { ids: vec![id], ..Keys::default() }, state).await.unwrap().remove(0).fields
+}
+
+/// Every field's `known` on `side` and nothing else, cut from a whole state.
+fn known_of(fields: &IdentityFields, side: Side) -> IdentityFields {
+    let mut known = fields.clone();
+    known.keep_part(Part::Known(side));
+    known
 }
 
 fn crm_known(fields: &IdentityFields, field: &str) -> Option<serde_json::Value> {
@@ -75,6 +82,7 @@ async fn a_state_is_read_in_either_form_and_written_in_the_one_switched_to() {
     assert_eq!(stored(&app, id).await, (fields.clone(), None), "the previous release reads the whole state from `fields`");
     assert_eq!(state(&app, id, State::All).await, fields);
     assert_eq!(state(&app, id, State::Only(&["email"])).await.0.keys().collect::<Vec<_>>(), ["email"]);
+    assert_eq!(state(&app, id, State::Known(Side::Crm)).await, known_of(&fields, Side::Crm));
     assert_eq!(state(&app, id, State::Skip).await, IdentityFields::default());
 
     // A conversion forgets what the CRM side held, in the row's own form.
@@ -93,6 +101,11 @@ async fn a_state_is_read_in_either_form_and_written_in_the_one_switched_to() {
     assert_eq!(serde_json::from_str::<IdentityFields>(&text.unwrap()).unwrap(), newer);
     assert_eq!(state(&app, id, State::All).await, newer);
     assert_eq!(state(&app, id, State::Only(&["jobTitle", "phone"])).await.0.keys().collect::<Vec<_>>(), ["jobTitle"]);
+    for side in [Side::Ma, Side::Crm] {
+        let known = state(&app, id, State::Known(side)).await;
+        assert_eq!(known, known_of(&newer, side), "{side:?}");
+    }
+    assert_eq!(crm_known(&state(&app, id, State::Known(Side::Crm)).await, "jobTitle"), Some(json!("Head Buyer")));
     assert_eq!(state(&app, id, State::Skip).await, IdentityFields::default());
     assert_eq!(identities::patch(&app.pool, "default", id, &reset, 4).await.unwrap(), identities::Written::Done);
     let after_reset = state(&app, id, State::All).await;

@@ -372,5 +372,8 @@ impl IdentityFields {
     }
 }
 
+mod part;
+pub use part::Part;
+
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use crmsync_connector::{Cursor, Systems};
+use crmsync_domain::merge::Side;
 use crmsync_domain::messages::{self, Change, ChangeBatch, MESSAGE_VERSION};
 use crmsync_domain::records::SourceRecord;
 use crmsync_domain::settings::ConnectionSettings;
@@ -85,7 +86,15 @@ async fn identities_of(pool: &PgPool, connection_id: &str, records: &[SourceReco
     if keys.prospect_ids.is_empty() && keys.crm_ids.is_empty() {
         return Ok(Known { rows: Vec::new(), by_key: HashMap::new() });
     }
-    let rows = identities::find(pool, connection_id, &keys, identities::State::All).await?;
+    // The echo filter compares each record with what the engine knows its
+    // side holds, and nothing else of the state: a page of one side (a
+    // feed's page always is) reads only that.
+    let state = match (keys.prospect_ids.is_empty(), keys.crm_ids.is_empty()) {
+        (false, true) => identities::State::Known(Side::Ma),
+        (true, false) => identities::State::Known(Side::Crm),
+        _ => identities::State::All,
+    };
+    let rows = identities::find(pool, connection_id, &keys, state).await?;
     let mut by_key = HashMap::new();
     for (i, row) in rows.iter().enumerate() {
         if let Some(p) = row.prospect_id {

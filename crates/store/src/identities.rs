@@ -17,7 +17,7 @@
 use std::collections::HashSet;
 
 use crmsync_domain::matching::{IdentityPatch, IdentityRef, IdentityStatus};
-use crmsync_domain::merge::IdentityFields;
+use crmsync_domain::merge::{IdentityFields, Part, Side};
 use crmsync_domain::{CrmId, CrmObject};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -43,12 +43,28 @@ pub struct IdentityRow {
 
 impl<'r> sqlx::FromRow<'r, PgRow> for IdentityRow {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
-        // The state in whichever form the row holds it.
+        Self::read(row, State::All)
+    }
+}
+
+impl IdentityRow {
+    /// A row with as much of its state as `state` asks for, in whichever
+    /// form the row holds it. A text row is read in part where only part
+    /// is wanted; a jsonb row comes cut by the server or is cut here.
+    fn read(row: &PgRow, state: State<'_>) -> Result<Self, sqlx::Error> {
         let fields = match row.try_get::<Option<&str>, _>("fields_text")? {
-            Some(text) => {
-                serde_json::from_str(text).map_err(|e| sqlx::Error::ColumnDecode { index: "fields_text".into(), source: e.into() })?
+            Some(text) => match state.part() {
+                Some(part) => IdentityFields::parse_part(text, part),
+                None => serde_json::from_str(text),
             }
-            None => row.try_get::<Option<Json<IdentityFields>>, _>("fields")?.map(|j| j.0).unwrap_or_default(),
+            .map_err(|e| sqlx::Error::ColumnDecode { index: "fields_text".into(), source: e.into() })?,
+            None => {
+                let mut fields = row.try_get::<Option<Json<IdentityFields>>, _>("fields")?.map(|j| j.0).unwrap_or_default();
+                if let Some(part) = state.part() {
+                    fields.keep_part(part);
+                }
+                fields
+            }
         };
         Ok(IdentityRow {
             id: row.try_get("id")?,
@@ -65,9 +81,7 @@ impl<'r> sqlx::FromRow<'r, PgRow> for IdentityRow {
             mirror_crm_id: row.try_get("mirror_crm_id")?,
         })
     }
-}
 
-impl IdentityRow {
     pub fn status(&self) -> IdentityStatus {
         // The table's CHECK constraint admits only known statuses.
         IdentityStatus::parse(&self.status).unwrap_or(IdentityStatus::PendingAssignment)
@@ -99,13 +113,26 @@ pub struct Keys {
 /// of JSON per identity, sent by the server and parsed by the caller.
 #[derive(Debug, Clone, Copy)]
 pub enum State<'a> {
-    /// All of it (the applier merges into it, the producer's echo filter
-    /// compares with every field).
+    /// All of it (the applier merges into it).
     All,
     /// These fields' state only (the matcher reads the email's, R8).
     Only(&'a [&'a str]),
+    /// What the engine knows one side holds, for every field, and nothing
+    /// else (the producer's echo filter compares a record with it, I7).
+    Known(Side),
     /// None: `fields` comes back empty.
     Skip,
+}
+
+impl<'a> State<'a> {
+    /// The part of a whole state this keeps, if not all or nothing.
+    fn part(self) -> Option<Part<'a>> {
+        match self {
+            State::All | State::Skip => None,
+            State::Only(fields) => Some(Part::Fields(fields)),
+            State::Known(side) => Some(Part::Known(side)),
+        }
+    }
 }
 
 /// Identities matching any of the keys, with as much of their per-field
@@ -126,7 +153,8 @@ pub async fn find<'e>(e: impl PgExecutor<'e>, connection_id: &str, keys: &Keys, 
     // fills it (`crmsync_infra::statistics`).
     // From a jsonb row a subset is cut by key: the server decompresses the
     // whole state either way, but prints and sends only the subset. A text
-    // row is sent whole (cutting it would mean parsing it) and cut here.
+    // row is sent whole (cutting it would mean parsing it) and only the part
+    // wanted is read from it here.
     let sql = "SELECT i.id, status, prospect_id, crm_object, crm_id, email, owner_id, \
                CASE WHEN i.fields_text IS NOT NULL THEN NULL WHEN $6 THEN fields WHEN $7::text[] IS NULL THEN '{}'::jsonb \
                     ELSE (SELECT coalesce(jsonb_object_agg(f, i.fields -> f), '{}') FROM unnest($7::text[]) f WHERE i.fields ? f) \
@@ -145,26 +173,21 @@ pub async fn find<'e>(e: impl PgExecutor<'e>, connection_id: &str, keys: &Keys, 
     // through the indexes) until autovacuum happened to analyze it. The
     // same holds for the other batch statements on tables a first sync
     // fills (`persistent(false)` there too).
-    let mut rows: Vec<IdentityRow> = sqlx::query_as(sql)
+    let rows = sqlx::query(sql)
         .persistent(false)
         .bind(connection_id)
         .bind(&keys.ids)
         .bind(&keys.prospect_ids)
         .bind(&keys.crm_ids)
         .bind(&keys.emails)
-        .bind(matches!(state, State::All))
+        .bind(matches!(state, State::All | State::Known(_)))
         .bind(match state {
             State::Only(fields) => Some(fields),
-            State::All | State::Skip => None,
+            State::All | State::Known(_) | State::Skip => None,
         })
         .fetch_all(e)
         .await?;
-    if let State::Only(only) = state {
-        for row in &mut rows {
-            row.fields.0.retain(|field, _| only.contains(&field.as_str()));
-        }
-    }
-    Ok(rows)
+    rows.iter().map(|row| IdentityRow::read(row, state)).collect()
 }
 
 /// True in a write statement when the state is to be stored as text
