@@ -41,12 +41,6 @@ pub struct IdentityRow {
     pub mirror_crm_id: Option<String>,
 }
 
-impl<'r> sqlx::FromRow<'r, PgRow> for IdentityRow {
-    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
-        Self::read(row, State::All)
-    }
-}
-
 impl IdentityRow {
     /// A row with as much of its state as `state` asks for, in whichever
     /// form the row holds it. A text row is read in part where only part
@@ -145,8 +139,9 @@ pub async fn find<'e>(e: impl PgExecutor<'e>, connection_id: &str, keys: &Keys, 
     // this form. The connection is checked on the row found by `id`, not
     // in an outer `WHERE` over the table: there, with statistics taken
     // while the table was small, the planner read the whole connection
-    // through `identities_status` to intersect it with the keys (6.6 ms for
-    // 50 keys of each kind at 10,000 identities, against 0.9 ms). No form
+    // through `identities_status` (an index dropped since, migration 0008)
+    // to intersect it with the keys (6.6 ms for 50 keys of each kind at
+    // 10,000 identities, against 0.9 ms). No form
     // survives a table with no statistics at all: before its first ANALYZE
     // the planner takes `connection_id = $1` to match 0.5% of the rows and
     // hash-joins this one too. The tiers analyze the table as a first sync
