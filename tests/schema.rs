@@ -1,11 +1,15 @@
-//! What the engine's schema keeps and what it leaves out for speed: the
-//! payload columns get no planner statistics while the keys the tiers look
-//! up by keep theirs (migration 0009 and the sandbox's 0009).
+//! What the engine's schema keeps and what it leaves out for speed:
+//! deleting a connection still takes its identities and audit log with it
+//! once their foreign keys are gone (migration 0010), and the payload
+//! columns get no planner statistics while the keys the tiers look up by
+//! keep theirs (migration 0009 and the sandbox's 0009).
 
 use chrono::Utc;
 use crmsync_domain::matching::{IdentityPatch, IdentityStatus};
 use crmsync_domain::merge::{IdentityFields, Side};
+use crmsync_domain::settings::ConnectionSettings;
 use crmsync_store::audit::{self, AuditEntry};
+use crmsync_store::connections;
 use crmsync_store::identities::{self, NewIdentity};
 use crmsync_tests::TestApp;
 use serde_json::json;
@@ -32,6 +36,30 @@ async fn person(app: &TestApp, connection: &str, email: &str) {
         lane: "batch",
     };
     audit::insert_many(&app.pool, connection, &[entry]).await.unwrap();
+}
+
+async fn rows_of(app: &TestApp, connection: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM identities WHERE connection_id = $1), (SELECT count(*) FROM audit_log WHERE connection_id = $1)",
+    )
+    .bind(connection)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_connection_takes_its_identities_and_audit_log_with_it() {
+    let app = TestApp::spawn().await;
+    connections::save(&app.pool, "leaving", &ConnectionSettings::default()).await.unwrap();
+    person(&app, "leaving", "gone@schema.example").await;
+    person(&app, "leaving", "gone-too@schema.example").await;
+    person(&app, "default", "stays@schema.example").await;
+    assert_eq!(rows_of(&app, "leaving").await, (2, 2));
+
+    sqlx::query("DELETE FROM connections WHERE id = 'leaving'").execute(&app.pool).await.unwrap();
+    assert_eq!(rows_of(&app, "leaving").await, (0, 0), "the connection's rows went with it");
+    assert_eq!(rows_of(&app, "default").await, (1, 1), "another connection's rows stay");
 }
 
 /// The columns of `table` that have statistics after an ANALYZE.

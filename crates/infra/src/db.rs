@@ -80,10 +80,10 @@ pub async fn ensure_migrated(pool: &PgPool) -> Result<(), SchemaError> {
 mod tests {
     //! Migrations run while the previous release's replicas are still up
     //! (a rolling update), so each step must leave the old code working:
-    //! add tables, columns with defaults, indexes, wider constraints; never
-    //! drop, rename, retype or tighten in place. This check reads every
-    //! migration, the engine's and the sandbox's, and refuses the steps
-    //! that would break an old replica.
+    //! add tables, columns with defaults, indexes, wider constraints, drop
+    //! foreign keys; never drop, rename, retype or tighten in place. This
+    //! check reads every migration, the engine's and the sandbox's, and
+    //! refuses the steps that would break an old replica.
 
     use std::path::Path;
 
@@ -110,8 +110,12 @@ mod tests {
         }
         if let Some(rest) = statement.split("DROP CONSTRAINT ").nth(1) {
             // Widening a CHECK is dropping it and adding it again, wider.
-            let name = rest.split_whitespace().next().unwrap_or_default();
-            if !whole.iter().any(|s| s.contains(&format!("ADD CONSTRAINT {name}"))) {
+            let name = rest.trim_start_matches("IF EXISTS ").split_whitespace().next().unwrap_or_default();
+            // A foreign key (PostgreSQL names an inline REFERENCES
+            // `<table>_<column>_fkey`) only ever refused rows that old
+            // replicas never write; what they read does not depend on it.
+            let foreign_key = name.ends_with("_FKEY");
+            if !foreign_key && !whole.iter().any(|s| s.contains(&format!("ADD CONSTRAINT {name}"))) {
                 return Some("drops a constraint without adding it back");
             }
         }
@@ -145,12 +149,15 @@ mod tests {
             "ALTER TABLE feeds ALTER COLUMN cursor TYPE bytea",
             "ALTER TABLE feeds ADD COLUMN owner text NOT NULL",
             "ALTER TABLE feeds DROP CONSTRAINT feeds_check",
+            "ALTER TABLE feeds DROP CONSTRAINT IF EXISTS feeds_check",
         ] {
             let all = statements(bad);
             assert!(breaks_old_replicas(&all[0], &all).is_some(), "{bad}");
         }
         let widened = statements("ALTER TABLE t DROP CONSTRAINT c; ALTER TABLE t ADD CONSTRAINT c CHECK (x IN (1, 2))");
         assert!(widened.iter().all(|s| breaks_old_replicas(s, &widened).is_none()));
+        let unkeyed = statements("ALTER TABLE identities DROP CONSTRAINT IF EXISTS identities_connection_id_fkey");
+        assert!(breaks_old_replicas(&unkeyed[0], &unkeyed).is_none(), "old replicas never write a row a foreign key refuses");
         let added = statements("ALTER TABLE t ADD COLUMN n bigint NOT NULL DEFAULT 0");
         assert!(breaks_old_replicas(&added[0], &added).is_none());
     }
