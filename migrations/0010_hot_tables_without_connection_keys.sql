@@ -6,8 +6,9 @@
 -- an identity and an audit entry for every person, from a dozen
 -- transactions at once, all against the same row. In a 200,000-pair
 -- backfill (2 replicas per tier, pg_stat_statements, the same 200,000 rows
--- inserted each way) the checks were 4 buffer reads a row and 2.5 s of
--- the identity inserts' 10.5 s, 1.4 s of the audit inserts' 5.2 s; the
+-- inserted each way) the checks were 4 buffer hits a row and 2.5 s of
+-- the identity inserts' 10.5 s of execution, 1.4 s of the audit inserts'
+-- 5.2 s; in interleaved runs the
 -- backfill spent 100 to 104 instead of 107 to 112 PostgreSQL CPU ms per
 -- 1,000 records without them.
 --

@@ -1,10 +1,11 @@
 -- No planner statistics on the per-field stamps and free-form fields.
 --
--- Autovacuum analyzes a sandbox table after every tenth of its rows has
--- changed, so a backfill that writes every lead and prospect analyzes them
--- about ten times over. Sorting 30,000 sampled stamp objects was 144 of the
--- 316 ms an ANALYZE of 60,000 leads took, for statistics no statement
--- reads: the sandbox only ever looks stamps up by row.
+-- Autovacuum analyzes a sandbox table again once a tenth of its rows has
+-- changed, so a backfill that writes every lead and prospect has them
+-- analyzed while it runs. Sorting the sampled stamp objects is most of
+-- that work, for statistics no statement reads: the sandbox looks stamps up
+-- only by row. Measured on a 60,000-pair backfill's tables: ANALYZE of
+-- `crm.leads` took 306 ms, 191 ms without them; of `ma.prospects` 241 ms, 146.
 ALTER TABLE ma.prospects ALTER COLUMN field_stamps SET STATISTICS 0;
 ALTER TABLE ma.prospect_accounts ALTER COLUMN field_stamps SET STATISTICS 0;
 ALTER TABLE ma.opportunities ALTER COLUMN field_stamps SET STATISTICS 0;
