@@ -19,7 +19,7 @@ use crmsync_infra::Config;
 use crmsync_infra::amqp::Stage;
 use crmsync_infra::broker::Broker;
 use crmsync_sandbox::ops::{Sandbox, System};
-use crmsync_store::connections;
+use crmsync_store::{connections, feeds};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -47,6 +47,12 @@ pub struct BackfillRun {
     pub cpu_ms_per_1k: std::collections::BTreeMap<String, f64>,
     /// API calls the sandbox server counted (HTTP mode only).
     pub api_calls: Option<u64>,
+    /// Changes the producers published (the rest they read were echoes or
+    /// already known, I7). Between one and two a pair: when both sides of a
+    /// pair are published before either is matched, the second brings
+    /// nothing new and is still worked through, so this varies from run to
+    /// run and explains much of the throughput's variation.
+    pub published: u64,
 }
 
 /// `pairs` linked pairs, each with a value only its own side holds.
@@ -188,6 +194,7 @@ pub async fn run(config: &Config, base_url: &str, mode: Mode, pairs: u64, replic
     bar.finish_and_clear();
     let (tier_costs, services) = sampler.finish().await;
     tiers.stop().await;
+    let published = feeds::all(&pool, "default").await?.iter().map(|f| u64::try_from(f.published).unwrap_or(0)).sum();
     let api_calls = match &server {
         Some(s) => s.usage().await.ok().map(|l| l.salesforce_used + l.pardot_used),
         None => None,
@@ -208,5 +215,6 @@ pub async fn run(config: &Config, base_url: &str, mode: Mode, pairs: u64, replic
         cpu_ms_per_1k: procs::per_thousand(&tier_costs, &services, records),
         tiers: tier_costs,
         api_calls,
+        published,
     })
 }
