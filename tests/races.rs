@@ -1,15 +1,20 @@
 //! Replicas racing on one identity, redelivered and reordered messages:
 //! exactly one counterpart per person (I2), no older value over a newer one
-//! (I3).
+//! (I3), and a change the link already carried not applied twice, but never
+//! dropped before its values are written (I1).
 
-use chrono::Utc;
-use crmsync_connector::MaApi;
-use crmsync_domain::Lane;
+use chrono::{Duration, Utc};
+use crmsync_connector::{CrmApi, MaApi};
+use crmsync_domain::mapping::FieldMap;
+use crmsync_domain::matching::{IdentityPatch, IdentityStatus};
+use crmsync_domain::merge::IdentityFields;
 use crmsync_domain::messages::{Change, ChangeBatch, MESSAGE_VERSION};
 use crmsync_domain::records::SourceRecord;
+use crmsync_domain::{CrmId, CrmObject, Lane};
 use crmsync_infra::amqp::Stage;
-use crmsync_sandbox::SandboxMa;
 use crmsync_sandbox::schema::{LEAD, PROSPECT};
+use crmsync_sandbox::{SandboxCrm, SandboxMa};
+use crmsync_store::identities::{self, NewIdentity};
 use crmsync_tests::{TestApp, Tier};
 use uuid::Uuid;
 
@@ -25,6 +30,38 @@ async fn detected(app: &TestApp, prospect: i64) -> ChangeBatch {
         lane: Lane::Immediate,
         detected_at: Utc::now(),
         changes: vec![Change { change_id: Uuid::now_v7(), record: SourceRecord::Prospect(record), trace: None }],
+    }
+}
+
+/// Both records of a pair as they are now, as the producer would have
+/// detected them a minute ago: (the lead's batch, the prospect's batch).
+async fn detected_pair(app: &TestApp, lead: &str, prospect: i64) -> (ChangeBatch, ChangeBatch) {
+    let crm = SandboxCrm::connect(app.pool.clone(), "default").await.unwrap();
+    let record = crm.people_by_id(&[CrmId::parse(lead).unwrap()]).await.unwrap().remove(0);
+    let mut prospect = detected(app, prospect).await;
+    prospect.detected_at = Utc::now() - Duration::minutes(1);
+    let mut lead = prospect.clone();
+    lead.batch_id = Uuid::now_v7();
+    lead.changes = vec![Change { change_id: Uuid::now_v7(), record: SourceRecord::Crm(record), trace: None }];
+    (lead, prospect)
+}
+
+/// What each stage audited of one change, once one has: (stage, action,
+/// with an identity). A change published by hand is not in the producers'
+/// counts that `settle` waits for, so its outcome is waited for here.
+async fn audited(app: &TestApp, change: Uuid) -> Vec<(String, String, bool)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let rows: Vec<(String, String, bool)> =
+            sqlx::query_as("SELECT stage, action, identity_id IS NOT NULL FROM audit_log WHERE change_id = $1 ORDER BY stage")
+                .bind(change)
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        if !rows.is_empty() || std::time::Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
@@ -91,6 +128,75 @@ async fn a_redelivered_or_reordered_change_changes_nothing() {
     assert_eq!(app.show(&LEAD, &lead).await["title"], "New", "an older change never overwrites a newer one");
     assert_eq!(app.prospect(p).await["job_title"], "New");
     assert_eq!(app.show(&LEAD, &lead).await["modstamp"], stamp, "nothing was written again");
+    app.cleanup().await;
+}
+
+/// A pair edited on both sides: whichever change is matched first links
+/// the pair and stores both records' values. The lead's change, detected
+/// before the link, brings nothing: the matcher audits it as skipped, and
+/// the applier does not work through it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_detected_before_another_linked_its_identity_and_bringing_nothing_is_skipped() {
+    let mut app = TestApp::spawn().await;
+    let lead = app.create_lead(&[("LastName", "Pair"), ("Company", "Co"), ("Email", "pair@both.example"), ("Title", "CTO")]).await;
+    let p = app.create_prospect(&[("email", "pair@both.example"), ("crmLeadFid", &lead), ("phone", "555-0100")]).await;
+    let (early, _) = detected_pair(&app, &lead, p).await;
+    app.start_pipeline(1, 1);
+    app.settle().await;
+    assert_eq!(app.show(&LEAD, &lead).await["phone"], "555-0100");
+    assert_eq!(app.prospect(p).await["job_title"], "CTO");
+    let stamp = app.show(&LEAD, &lead).await["modstamp"].clone();
+
+    let late = again(&early);
+    app.publish_changes(&late).await;
+    app.settle().await;
+    let change = late.changes[0].change_id;
+    assert_eq!(audited(&app, change).await, [("match".to_owned(), "skipped:already_known".to_owned(), true)]);
+    assert_eq!(app.show(&LEAD, &lead).await["modstamp"], stamp, "nothing was written again");
+    assert!(app.sync_errors().await.is_empty(), "{:?}", app.sync_errors().await);
+    app.cleanup().await;
+}
+
+/// The state a crash leaves between storing a new link and publishing its
+/// command: the identity holds both records' values, each known only on the
+/// side it came from, and nothing was written. The lead's change, detected
+/// before the link, is still dropped (the state holds its title), and the
+/// values are not lost for it: the linking change's redelivery is applied,
+/// and the applier writes all the state holds, the title included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_linking_changes_redelivery_is_applied_and_writes_what_a_dropped_change_carried() {
+    let mut app = TestApp::spawn().await;
+    let lead = app.create_lead(&[("LastName", "Crash"), ("Company", "Co"), ("Email", "crash@link.example"), ("Title", "CTO")]).await;
+    let p = app.create_prospect(&[("email", "crash@link.example"), ("crmLeadFid", &lead), ("phone", "555-0199")]).await;
+    let (early, linking) = detected_pair(&app, &lead, p).await;
+    let map = FieldMap::default();
+    let mut fields = IdentityFields::default();
+    fields.observe_all(&map, &early.changes[0].record.observations(&map, None));
+    fields.observe_all(&map, &linking.changes[0].record.observations(&map, None));
+    let patch = IdentityPatch {
+        status: Some(IdentityStatus::Linked),
+        prospect_id: Some(p),
+        crm: Some((CrmId::parse(&lead).unwrap(), CrmObject::Lead)),
+        ..IdentityPatch::default()
+    };
+    let id = Uuid::now_v7();
+    let change_id = linking.changes[0].change_id;
+    let new = NewIdentity { id, change_id, patch: &patch, email: Some("crash@link.example"), fields: &fields, fence: 1 };
+    assert!(identities::insert_many(&app.pool, "default", &[new]).await.unwrap().contains(&id));
+    // The prospect already points at the lead: no link left to write either.
+    sqlx::query("UPDATE identities SET ma_link_written = true WHERE id = $1").bind(id).execute(&app.pool).await.unwrap();
+
+    app.start_pipeline(1, 1);
+    app.publish_changes(&early).await;
+    app.settle().await;
+    assert_eq!(audited(&app, early.changes[0].change_id).await, [("match".to_owned(), "skipped:already_known".to_owned(), true)]);
+    assert_eq!(app.prospect(p).await["job_title"], serde_json::Value::Null, "nothing applied the state yet");
+    app.publish_changes(&linking).await;
+    app.settle().await;
+    assert_eq!(audited(&app, change_id).await, [("apply".to_owned(), "updated".to_owned(), true)]);
+    assert_eq!(app.show(&LEAD, &lead).await["phone"], "555-0199");
+    assert_eq!(app.prospect(p).await["job_title"], "CTO");
+    assert!(app.sync_errors().await.is_empty(), "{:?}", app.sync_errors().await);
     app.cleanup().await;
 }
 
@@ -162,7 +268,14 @@ async fn identity_lookups_and_the_redelivery_check_keep_to_their_connection_and_
     let mut ids = std::collections::HashMap::new();
     for conn in ["default", "other"] {
         let id = Uuid::now_v7();
-        let new = identities::NewIdentity { id, patch: &patch, email: Some("keyed@store.example"), fields: &fields, fence: 1 };
+        let new = identities::NewIdentity {
+            id,
+            change_id: Uuid::now_v7(),
+            patch: &patch,
+            email: Some("keyed@store.example"),
+            fields: &fields,
+            fence: 1,
+        };
         assert_eq!(identities::insert_many(&app.pool, conn, &[new]).await.unwrap().len(), 1, "{conn}");
         ids.insert(conn, id);
     }
@@ -237,7 +350,14 @@ async fn tables_that_grew_from_empty_are_analyzed_once_by_one_replica() {
     let new: Vec<_> = patches
         .iter()
         .zip(&emails)
-        .map(|(patch, email)| identities::NewIdentity { id: Uuid::now_v7(), patch, email: Some(email), fields: &fields, fence: 1 })
+        .map(|(patch, email)| identities::NewIdentity {
+            id: Uuid::now_v7(),
+            change_id: Uuid::now_v7(),
+            patch,
+            email: Some(email),
+            fields: &fields,
+            fence: 1,
+        })
         .collect();
     assert_eq!(identities::insert_many(&app.pool, "default", &new).await.unwrap().len(), 1_500);
     // Each backend reports its counters when idle, within seconds.

@@ -21,7 +21,7 @@ async fn person(app: &TestApp, connection: &str, email: &str) {
     fields.wrote(Side::Ma, "email", Utc::now(), json!(email));
     let patch = IdentityPatch { status: Some(IdentityStatus::PendingAssignment), ..IdentityPatch::default() };
     let id = Uuid::now_v7();
-    let new = NewIdentity { id, patch: &patch, email: Some(email), fields: &fields, fence: 1 };
+    let new = NewIdentity { id, change_id: Uuid::now_v7(), patch: &patch, email: Some(email), fields: &fields, fence: 1 };
     assert_eq!(identities::insert_many(&app.pool, connection, &[new]).await.unwrap().len(), 1);
     let entry = AuditEntry {
         change_id: Uuid::now_v7(),

@@ -77,7 +77,7 @@ async fn a_state_is_read_in_either_form_and_written_in_the_one_switched_to() {
         crm: Some((lead.clone(), CrmObject::Lead)),
         ..IdentityPatch::default()
     };
-    let new = NewIdentity { id, patch: &patch, email: Some("forms@store.example"), fields: &fields, fence: 1 };
+    let new = NewIdentity { id, change_id: Uuid::now_v7(), patch: &patch, email: Some("forms@store.example"), fields: &fields, fence: 1 };
     assert_eq!(identities::insert_many(&app.pool, "default", &[new]).await.unwrap().len(), 1);
     assert_eq!(stored(&app, id).await, (fields.clone(), None), "the previous release reads the whole state from `fields`");
     assert_eq!(state(&app, id, State::All).await, fields);
@@ -87,7 +87,7 @@ async fn a_state_is_read_in_either_form_and_written_in_the_one_switched_to() {
 
     // A conversion forgets what the CRM side held, in the row's own form.
     let reset = IdentityPatch { reset_crm_known: true, ..IdentityPatch::default() };
-    assert_eq!(identities::patch(&app.pool, "default", id, &reset, 2).await.unwrap(), identities::Written::Done);
+    assert_eq!(identities::patch(&app.pool, "default", id, &reset, 2, Uuid::now_v7()).await.unwrap(), identities::Written::Done);
     assert_eq!(crm_known(&state(&app, id, State::All).await, "jobTitle"), None);
     assert_eq!(stored(&app, id).await.1, None);
 
@@ -107,7 +107,7 @@ async fn a_state_is_read_in_either_form_and_written_in_the_one_switched_to() {
     }
     assert_eq!(crm_known(&state(&app, id, State::Known(Side::Crm)).await, "jobTitle"), Some(json!("Head Buyer")));
     assert_eq!(state(&app, id, State::Skip).await, IdentityFields::default());
-    assert_eq!(identities::patch(&app.pool, "default", id, &reset, 4).await.unwrap(), identities::Written::Done);
+    assert_eq!(identities::patch(&app.pool, "default", id, &reset, 4, Uuid::now_v7()).await.unwrap(), identities::Written::Done);
     let after_reset = state(&app, id, State::All).await;
     assert_eq!(crm_known(&after_reset, "jobTitle"), None);
     assert_eq!(after_reset.get("email"), newer.get("email"), "the rest of the state is kept");

@@ -9,6 +9,8 @@
 //! - [`mapping`] and [`merge`]: field behaviours and per-field versions (R2, I3).
 //! - [`matching`] and [`creation`]: who is whose counterpart, and when a record
 //!   may be created at all (R1, R3).
+//! - [`echo`]: which changes carry nothing new, so that a sync never echoes
+//!   and a change already applied is not applied again (I7).
 //! - [`records`] and [`messages`]: the records connectors return and the
 //!   versioned messages the tiers exchange.
 //! - [`mirror`]: read-only mirrors of accounts, opportunities and custom
@@ -21,6 +23,7 @@
 
 pub mod creation;
 pub mod csql;
+pub mod echo;
 pub mod email;
 pub mod endpoint;
 pub mod ids;

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use crmsync_connector::{ConnectorFactory, Systems};
 use crmsync_domain::csql::{CsqlDecision, decide_csql};
+use crmsync_domain::echo::worth_publishing;
 use crmsync_domain::mapping::EMAIL_FIELD;
 use crmsync_domain::matching::{
     CrmCandidate, CrmFacts, Decision, IdentityPatch, ProspectFacts, SkipReason, decide_crm, decide_prospect, prospect_needs_crm_lookup,
 };
-use crmsync_domain::merge::{IdentityFields, Observation};
+use crmsync_domain::merge::{IdentityFields, Observation, Side};
 use crmsync_domain::messages::{ApplyCommand, Change, ChangeBatch, CsqlCommand, CsqlOutcome, MirrorCommand, RecordRef};
 use crmsync_domain::records::{CrmPersonRecord, ProspectRecord, SourceRecord};
 use crmsync_domain::settings::ConnectionSettings;
@@ -441,6 +442,51 @@ impl Matcher {
         obs
     }
 
+    /// Sends on the changes detected before another change linked their
+    /// identity, except those that bring nothing the identity's state does
+    /// not hold (`crmsync_domain::echo`): those are audited as skipped. The
+    /// producer judged them before the link existed, with nothing to judge
+    /// against; every other change of an identity it judged already.
+    async fn settle_late(
+        &self,
+        batch: &ChangeBatch,
+        settings: &ConnectionSettings,
+        systems: &Systems,
+        items: &[Item<'_>],
+        late: Vec<Late>,
+        out: &mut Output,
+    ) -> Result<(), StageError> {
+        if late.is_empty() {
+            return Ok(());
+        }
+        // What the engine knows of each record's own side is all the rule reads.
+        let mut known: HashMap<Uuid, IdentityRow> = HashMap::new();
+        for side in [Side::Ma, Side::Crm] {
+            let ids: Vec<Uuid> = late.iter().filter(|l| items[l.pos].candidate.change().record.side() == side).map(|l| l.id).collect();
+            if !ids.is_empty() {
+                let keys = Keys { ids, ..Keys::default() };
+                let rows = identities::find(&self.pool, batch.connection_id.as_str(), &keys, identities::State::Known(side)).await?;
+                known.extend(rows.into_iter().map(|r| (r.id, r)));
+            }
+        }
+        for Late { pos, id, obs } in late {
+            let change = items[pos].candidate.change();
+            let record = &change.record;
+            let me = match record.side() {
+                Side::Ma => systems.ma.integration_user(),
+                Side::Crm => systems.crm.integration_user(),
+            };
+            match known.get(&id) {
+                Some(row) if !worth_publishing(record, Some(&row.known()), &settings.field_map, me) => {
+                    out.audits.push(audit(record, change.change_id, Some(id), "skipped:already_known".to_owned(), batch.lane.as_str()));
+                }
+                _ => out.commands.push(command(batch, change, id, obs)),
+            }
+            out.resolved.push((record.object().to_owned(), record.record_id()));
+        }
+        Ok(())
+    }
+
     async fn match_group(
         &self,
         batch: &ChangeBatch,
@@ -475,6 +521,7 @@ impl Matcher {
         // New identities are stored together after the loop: one statement
         // (and one commit) for the group, not one per record.
         let mut news: Vec<New> = Vec::new();
+        let mut late: Vec<Late> = Vec::new();
         for (pos, item) in items.iter().enumerate() {
             let c = item.candidate;
             let change = c.change();
@@ -494,7 +541,9 @@ impl Matcher {
                         patch.email =
                             fields.desired_email(&settings.field_map).map(|e| e.to_string()).filter(|e| row.email.as_ref() != Some(e));
                     }
-                    if patch.is_empty() {
+                    if patch.is_empty() && ix.by_id.get(&id).is_some_and(|row| linked_by_another_since(row, batch, change)) {
+                        late.push(Late { pos, id, obs: self.observations(systems, settings, c, &patch, &found) });
+                    } else if patch.is_empty() {
                         out.commands.push(command(id, self.observations(systems, settings, c, &patch, &found)));
                         out.resolved.push((record.object().to_owned(), record.record_id()));
                     } else {
@@ -511,10 +560,12 @@ impl Matcher {
                 Decision::Skip(reason) => out.skip(record, change.change_id, reason, lane),
             }
         }
+        self.settle_late(batch, settings, systems, items, late, out).await?;
         let rows: Vec<NewIdentity<'_>> = news
             .iter()
             .map(|n| NewIdentity {
                 id: n.id,
+                change_id: items[n.pos].candidate.change().change_id,
                 patch: &n.patch,
                 email: items[n.pos].candidate.email().map(Email::as_str),
                 fields: &n.fields,
@@ -568,7 +619,7 @@ impl Matcher {
                 taken.push(guard);
                 let c = items[pos].candidate;
                 let change = c.change();
-                let mut written = identities::patch(&self.pool, conn, id, &patch, token).await;
+                let mut written = identities::patch(&self.pool, conn, id, &patch, token, change.change_id).await;
                 let mut applied = patch.clone();
                 if matches!(written, Ok(Written::Conflict)) && patch.email.is_some() {
                     // The new email keys another person: sync the change under
@@ -586,8 +637,11 @@ impl Matcher {
                         ),
                     );
                     applied.email = None;
-                    written =
-                        if applied.is_empty() { Ok(Written::Done) } else { identities::patch(&self.pool, conn, id, &applied, token).await };
+                    written = if applied.is_empty() {
+                        Ok(Written::Done)
+                    } else {
+                        identities::patch(&self.pool, conn, id, &applied, token, change.change_id).await
+                    };
                 }
                 match written {
                     Ok(Written::Done) => {
@@ -609,6 +663,24 @@ impl Matcher {
         }
         Ok(result)
     }
+}
+
+/// Whether another change linked the identity after this one was detected.
+/// The linking change itself is never judged late: its command is what
+/// writes everything the link stored, and after a crash between storing the
+/// link and publishing the command, its redelivery is that command.
+/// Identities whose linker is not recorded (linked by the applier's create,
+/// or before migration 0011) are not judged either.
+fn linked_by_another_since(row: &IdentityRow, batch: &ChangeBatch, change: &Change) -> bool {
+    row.linked_at.is_some_and(|at| at > batch.detected_at) && row.linked_by.is_some_and(|by| by != change.change_id)
+}
+
+/// A change of an existing identity detected before another change linked
+/// that identity, with the observations its command would carry.
+struct Late {
+    pos: usize,
+    id: Uuid,
+    obs: Vec<Observation>,
 }
 
 /// A new identity the matcher decided on, stored with the others of its

@@ -8,7 +8,6 @@
 //! can notify (the sandbox does, with PostgreSQL NOTIFY at commit), as soon as
 //! a change commits.
 
-mod echo;
 mod feed;
 mod pass;
 mod redetect;
@@ -27,7 +26,6 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-pub use echo::worth_publishing;
 pub use feed::Feed;
 pub use pass::{PassContext, PassStats, change_messages, run_pass};
 pub use redetect::{RecordName, Redetected, redetect};

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use crmsync_connector::{Cursor, Systems};
+use crmsync_domain::echo::worth_publishing;
 use crmsync_domain::merge::Side;
 use crmsync_domain::messages::{self, Change, ChangeBatch, MESSAGE_VERSION};
 use crmsync_domain::records::SourceRecord;
@@ -30,7 +31,6 @@ use sqlx::PgPool;
 use tracing::{debug, info};
 use uuid::Uuid;
 
-use crate::echo::worth_publishing;
 use crate::feed::Feed;
 
 /// What a pass did.
@@ -186,8 +186,10 @@ async fn read(
     }
     let known = identities_of(ctx.pool, connection_id, &records).await?;
     let total = records.len();
-    let keep: Vec<SourceRecord> =
-        records.into_iter().filter(|r| worth_publishing(r, known.get(&key_of(r)), &settings.field_map, &h.me)).collect();
+    let keep: Vec<SourceRecord> = records
+        .into_iter()
+        .filter(|r| worth_publishing(r, known.get(&key_of(r)).map(IdentityRow::known).as_ref(), &settings.field_map, &h.me))
+        .collect();
     Ok(Page { dropped: total - keep.len(), keep, next, has_more })
 }
 

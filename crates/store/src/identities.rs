@@ -16,6 +16,8 @@
 
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
+use crmsync_domain::echo::KnownIdentity;
 use crmsync_domain::matching::{IdentityPatch, IdentityRef, IdentityStatus};
 use crmsync_domain::merge::{IdentityFields, Part, Side};
 use crmsync_domain::{CrmId, CrmObject};
@@ -39,6 +41,11 @@ pub struct IdentityRow {
     pub ma_recycled: bool,
     pub crm_account_id: Option<String>,
     pub mirror_crm_id: Option<String>,
+    /// When the identity became linked; `None` while it is not.
+    pub linked_at: Option<DateTime<Utc>>,
+    /// The change whose matching linked it, where the matcher did
+    /// (migration 0011).
+    pub linked_by: Option<Uuid>,
 }
 
 impl IdentityRow {
@@ -73,6 +80,8 @@ impl IdentityRow {
             ma_recycled: row.try_get("ma_recycled")?,
             crm_account_id: row.try_get("crm_account_id")?,
             mirror_crm_id: row.try_get("mirror_crm_id")?,
+            linked_at: row.try_get("linked_at")?,
+            linked_by: row.try_get("linked_by")?,
         })
     }
 
@@ -91,6 +100,11 @@ impl IdentityRow {
 
     pub fn as_ref(&self) -> IdentityRef {
         IdentityRef { id: self.id, status: self.status(), prospect_id: self.prospect_id, crm_id: self.crm_id() }
+    }
+
+    /// The row as the echo rule reads it (`crmsync_domain::echo`).
+    pub fn known(&self) -> KnownIdentity<'_> {
+        KnownIdentity { status: self.status(), fields: &self.fields, crm_account_id: self.crm_account_id.as_deref() }
     }
 }
 
@@ -155,7 +169,7 @@ pub async fn find<'e>(e: impl PgExecutor<'e>, connection_id: &str, keys: &Keys, 
                     ELSE (SELECT coalesce(jsonb_object_agg(f, i.fields -> f), '{}') FROM unnest($7::text[]) f WHERE i.fields ? f) \
                END AS fields, \
                CASE WHEN $6 OR $7::text[] IS NOT NULL THEN i.fields_text END AS fields_text, \
-               ma_link_written, ma_recycled, crm_account_id, mirror_crm_id \
+               ma_link_written, ma_recycled, crm_account_id, mirror_crm_id, linked_at, linked_by \
                FROM (SELECT DISTINCT found.id FROM (SELECT unnest($2::uuid[]) AS id \
                      UNION ALL SELECT id FROM identities WHERE connection_id = $1 AND prospect_id = ANY($3) \
                      UNION ALL SELECT id FROM identities WHERE connection_id = $1 AND crm_id = ANY($4) \
@@ -269,6 +283,9 @@ fn settle(result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> Result<
 #[derive(Debug, Clone)]
 pub struct NewIdentity<'a> {
     pub id: Uuid,
+    /// The change whose matching made it: stored as `linked_by` when it is
+    /// born linked.
+    pub change_id: Uuid,
     pub patch: &'a IdentityPatch,
     pub email: Option<&'a str>,
     pub fields: &'a IdentityFields,
@@ -293,14 +310,16 @@ pub async fn insert_many(pool: &PgPool, connection_id: &str, new: &[NewIdentity<
     let owners: Vec<Option<&str>> = new.iter().map(|n| n.patch.owner.as_ref().map(CrmId::as_str)).collect();
     let fences: Vec<i64> = new.iter().map(|n| n.fence).collect();
     let fields: Vec<String> = new.iter().map(|n| state_text(n.fields)).collect::<Result<_, _>>()?;
+    let changes: Vec<Uuid> = new.iter().map(|n| n.change_id).collect();
     let stored: Vec<Uuid> = sqlx::query_scalar(concat!(
         "INSERT INTO identities (id, connection_id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, \
-                                 fields, fields_text, linked_at) \
+                                 fields, fields_text, linked_at, linked_by) \
          SELECT d.id, $1, d.status, d.prospect_id, d.crm_object, d.crm_id, d.email, d.owner_id, d.fence, \
                 CASE WHEN f.text THEN '{}'::jsonb ELSE d.fields::jsonb END, CASE WHEN f.text THEN d.fields END, \
-                CASE WHEN d.status = 'linked' THEN now() END \
-         FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[]) \
-              AS d(id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, fields), \
+                CASE WHEN d.status = 'linked' THEN now() END, CASE WHEN d.status = 'linked' THEN d.change_id END \
+         FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], \
+                     $11::uuid[]) \
+              AS d(id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, fields, change_id), \
               (SELECT ",
         text_form!(),
         " AS text) f \
@@ -316,13 +335,22 @@ pub async fn insert_many(pool: &PgPool, connection_id: &str, new: &[NewIdentity<
     .bind(&owners)
     .bind(&fences)
     .bind(&fields)
+    .bind(&changes)
     .fetch_all(pool)
     .await?;
     Ok(stored.into_iter().collect())
 }
 
-/// Changes an identity's status and links as the matcher decided.
-pub async fn patch(pool: &PgPool, connection_id: &str, id: Uuid, patch: &IdentityPatch, fence: i64) -> Result<Written, sqlx::Error> {
+/// Changes an identity's status and links as the matcher decided, on
+/// `change`'s behalf (stored as `linked_by` if this links it).
+pub async fn patch(
+    pool: &PgPool,
+    connection_id: &str,
+    id: Uuid,
+    patch: &IdentityPatch,
+    fence: i64,
+    change: Uuid,
+) -> Result<Written, sqlx::Error> {
     let result = sqlx::query(
         "UPDATE identities SET \
             status = coalesce($3, status), prospect_id = coalesce($4, prospect_id), \
@@ -336,7 +364,8 @@ pub async fn patch(pool: &PgPool, connection_id: &str, id: Uuid, patch: &Identit
                           ELSE fields_text END, \
             ma_link_written = CASE WHEN $6 IS NOT NULL AND $6 IS DISTINCT FROM crm_id THEN false ELSE ma_link_written END, \
             fence = $8, updated_at = now(), \
-            linked_at = CASE WHEN $3 = 'linked' AND linked_at IS NULL THEN now() ELSE linked_at END \
+            linked_at = CASE WHEN $3 = 'linked' AND linked_at IS NULL THEN now() ELSE linked_at END, \
+            linked_by = CASE WHEN $3 = 'linked' AND linked_at IS NULL THEN $11 ELSE linked_by END \
          WHERE connection_id = $1 AND id = $2 AND fence < $8",
     )
     .bind(connection_id)
@@ -349,6 +378,7 @@ pub async fn patch(pool: &PgPool, connection_id: &str, id: Uuid, patch: &Identit
     .bind(fence)
     .bind(patch.reset_crm_known)
     .bind(&patch.email)
+    .bind(change)
     .execute(pool)
     .await;
     settle(result)

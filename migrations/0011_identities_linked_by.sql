@@ -1,0 +1,15 @@
+-- The change whose matching linked the identity (set with `linked_at`, by
+-- the matcher; NULL where the applier linked it, by creating the missing
+-- record, and on identities linked before this column existed).
+--
+-- The matcher drops a change detected before its identity was linked when
+-- the identity's state already holds its values (`crmsync_domain::echo`):
+-- in a backfill where both records of a pair changed, the change matched
+-- first links the pair and stores both records' values, and the other one,
+-- published before the link existed, brings nothing. That is safe only
+-- because the linking change's command makes the applier write everything
+-- the state holds; so the linking change itself, redelivered after a crash
+-- between storing the link and publishing its command, must never be
+-- dropped. This column is how the matcher tells it from the others. NULL
+-- means "not known": nothing is dropped.
+ALTER TABLE identities ADD COLUMN linked_by uuid;
