@@ -158,24 +158,28 @@ pub fn markdown(r: &Results) -> String {
             s,
             "Linked prospect ↔ lead pairs, each with a value only one side holds (two changes a pair), the batch budget lifted. \
              Time from the tiers' start until every pair holds both values on both sides, read from the systems. *Changes published*: \
-             what the producers sent on; a pair's second change is dropped as already known when the first has been matched by the \
-             time it is read, and worked through for nothing when it has not, so this moves the throughput from run to run.\n"
+             what the producers sent on. A pair's second change is dropped by its producer as already known when the first has been \
+             matched by the time it is read. When it has not, the matcher drops it once the first has linked the pair (*skipped as \
+             known*), or the applier works it through for nothing (*no change*) when both were matched before the link was stored: \
+             each costs more than a change never published, so these move the throughput from run to run.\n"
         );
         let _ = writeln!(
             s,
-            "| mode | replicas per tier | pairs | records | changes published | converged in | records/s | × ceiling | peak queued messages | API calls |"
+            "| mode | replicas per tier | pairs | records | changes published | skipped as known | no change | converged in | records/s | × ceiling | peak queued messages | API calls |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for b in &r.backfill {
             let ratio = if ceiling > 0.0 { format!("{:.2}×", b.records_per_second / ceiling) } else { "–".into() };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {:.1} s | {:.0} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.0} | {} | {} | {} |",
                 b.mode.as_str(),
                 b.replicas_per_tier,
                 b.pairs,
                 b.records,
                 b.published,
+                b.skipped_as_known,
+                b.applied_unchanged,
                 b.converge_seconds,
                 b.records_per_second,
                 ratio,
