@@ -670,7 +670,10 @@ impl Matcher {
 /// writes everything the link stored, and after a crash between storing the
 /// link and publishing the command, its redelivery is that command.
 /// Identities whose linker is not recorded (linked by the applier's create,
-/// or before migration 0011) are not judged either.
+/// or before migration 0011) are not judged either. `detected_at` is the
+/// producer's clock and `linked_at` the database's: a skew between them
+/// only changes which changes are judged here, and one judged needlessly
+/// meets the rule the producer already applied to it.
 fn linked_by_another_since(row: &IdentityRow, batch: &ChangeBatch, change: &Change) -> bool {
     row.linked_at.is_some_and(|at| at > batch.detected_at) && row.linked_by.is_some_and(|by| by != change.change_id)
 }
