@@ -200,6 +200,36 @@ async fn the_linking_changes_redelivery_is_applied_and_writes_what_a_dropped_cha
     app.cleanup().await;
 }
 
+/// The applier writes the records a linking command saw without reading
+/// them again: its write is conditional on the stamps they were read at. A
+/// user's edit of the lead after the matcher read it, and before the
+/// applier wrote it, must refuse that write, and then be read, kept and
+/// synced (I3). No producer runs: the edit reaches the engine only through
+/// the applier's read after the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_made_after_the_matcher_read_a_record_refuses_the_unread_write_and_is_kept() {
+    let mut app = TestApp::spawn().await;
+    let lead = app.create_lead(&[("LastName", "Window"), ("Company", "Co"), ("Email", "window@edit.example")]).await;
+    let p = app.create_prospect(&[("email", "window@edit.example"), ("crmLeadFid", &lead), ("phone", "555-0100")]).await;
+    let batch = detected(&app, p).await;
+    let change = batch.changes[0].change_id;
+    app.start(Tier::Matcher);
+    app.publish_changes(&batch).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app.queued(Stage::Apply, Lane::Immediate).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the matcher published no command");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    app.update(&LEAD, &lead, &[("Phone", "555-0999")]).await;
+
+    app.start(Tier::Applier);
+    assert_eq!(audited(&app, change).await, [("apply".to_owned(), "updated".to_owned(), true)]);
+    assert_eq!(app.show(&LEAD, &lead).await["phone"], "555-0999", "the newer edit on the lead was not overwritten");
+    assert_eq!(app.prospect(p).await["phone"], "555-0999", "and it was synced to the prospect");
+    assert!(app.sync_errors().await.is_empty(), "{:?}", app.sync_errors().await);
+    app.cleanup().await;
+}
+
 /// R8 under reordering: a detection of the prospect from before its email
 /// changed, arriving after the change was synced, must not move the
 /// identity back to the old email. The matcher can tell only from the

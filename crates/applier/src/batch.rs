@@ -154,6 +154,7 @@ mod tests {
             detected_at: Utc::now(),
             observations: vec![],
             account_id: None,
+            seen: Default::default(),
             trace: None,
         };
         let batch = ApplyBatch {

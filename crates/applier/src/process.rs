@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crmsync_connector::{ConnectorFactory, CrmWrite, MAX_WRITES_PER_CALL, ProspectWrite, Systems, WriteOutcome};
 use crmsync_domain::matching::IdentityStatus;
 use crmsync_domain::merge::Side;
-use crmsync_domain::messages::{ApplyBatch, ApplyCommand};
+use crmsync_domain::messages::{ApplyBatch, ApplyCommand, Seen};
 use crmsync_domain::mirror::MirrorKey;
 use crmsync_domain::records::SourceRecord;
 use crmsync_domain::settings::ConnectionSettings;
@@ -78,12 +78,35 @@ struct Work<'a> {
     /// Save, then go round once more (the CRM side changed under us).
     again: bool,
     /// The CRM record's and the prospect's stamps as read just before
-    /// writing (`refresh`): each write is conditional on them.
+    /// writing (`refresh`), or as the commands saw them: each write is
+    /// conditional on them.
     seen_crm: Option<chrono::DateTime<chrono::Utc>>,
     seen_ma: Option<chrono::DateTime<chrono::Utc>>,
+    /// The records the commands saw, on their first round only: a later
+    /// round may follow this applier's own writes, which moved the stamps.
+    seen: Seen,
+}
+
+/// The commands of one identity in a batch.
+struct Commands<'a> {
+    identity: Uuid,
+    commands: Vec<&'a ApplyCommand>,
+    /// Applied in an earlier round already (fenced, or sent round again).
+    tried: bool,
 }
 
 impl Work<'_> {
+    /// The stamp at which the commands saw the record this identity is
+    /// linked to on `side`, if they saw it (and it is still the linked one).
+    fn seen_at(&self, side: Side) -> Option<chrono::DateTime<chrono::Utc>> {
+        let s = self.state.as_ref()?;
+        let id = match side {
+            Side::Crm => s.crm.as_ref()?.1.to_string(),
+            Side::Ma => s.prospect_id?.to_string(),
+        };
+        self.seen.of(side, &id)
+    }
+
     fn issue(&mut self, category: SyncErrorCategory, reason: String) {
         self.issues.push(SyncIssue::new(category, reason));
     }
@@ -143,15 +166,15 @@ impl Applier {
             crmsync_store::connections::load(&self.pool, &batch.connection_id).await.map_err(|e| StageError::Retry(e.to_string()))?;
         let systems = self.factory.systems(&settings).await?;
         // Commands per identity, in arrival order.
-        let mut by_identity: Vec<(Uuid, Vec<&ApplyCommand>)> = Vec::new();
+        let mut by_identity: Vec<Commands<'_>> = Vec::new();
         // Found by id: a batch-lane chunk holds thousands of identities.
         let mut position: HashMap<Uuid, usize> = HashMap::new();
         for c in &batch.commands {
             match position.get(&c.identity_id) {
-                Some(&i) => by_identity[i].1.push(c),
+                Some(&i) => by_identity[i].commands.push(c),
                 None => {
                     position.insert(c.identity_id, by_identity.len());
-                    by_identity.push((c.identity_id, vec![c]));
+                    by_identity.push(Commands { identity: c.identity_id, commands: vec![c], tried: false });
                 }
             }
         }
@@ -161,11 +184,14 @@ impl Applier {
         while !pending.is_empty() {
             let sets: Vec<Vec<String>> = pending
                 .iter()
-                .map(|&i| vec![self.locks.key(&batch.connection_id, LockKind::Identity, &by_identity[i].0.to_string())])
+                .map(|&i| vec![self.locks.key(&batch.connection_id, LockKind::Identity, &by_identity[i].identity.to_string())])
                 .collect();
             let (held, mut missed) = self.locks.partition(&pending, &sets).await?;
             if !held.is_empty() {
                 let result = self.apply_group(batch, &settings, &systems, &by_identity, &held, spans).await;
+                for (i, _) in &held {
+                    by_identity[*i].tried = true;
+                }
                 let guards: Vec<LockGuard> = held.iter().map(|(_, g)| g.clone()).collect();
                 let released = self.locks.release(&guards).await;
                 let group = result?;
@@ -236,19 +262,19 @@ impl Applier {
         batch: &ApplyBatch,
         settings: &ConnectionSettings,
         systems: &Systems,
-        by_identity: &[(Uuid, Vec<&ApplyCommand>)],
+        by_identity: &[Commands<'_>],
         held: &[(usize, LockGuard)],
         spans: &RecordSpans,
     ) -> Result<GroupResult, StageError> {
         let conn = batch.connection_id.as_str();
         let map = &settings.field_map;
-        let ids: Vec<Uuid> = held.iter().map(|(i, _)| by_identity[*i].0).collect();
+        let ids: Vec<Uuid> = held.iter().map(|(i, _)| by_identity[*i].identity).collect();
         let rows = identities::find(&self.pool, conn, &Keys { ids, ..Keys::default() }, identities::State::All).await?;
         let mut rows: HashMap<Uuid, identities::IdentityRow> = rows.into_iter().map(|r| (r.id, r)).collect();
         let mut work: Vec<Work<'_>> = held
             .iter()
             .map(|(i, g)| {
-                let (id, commands) = &by_identity[*i];
+                let Commands { identity: id, commands, tried } = &by_identity[*i];
                 let row = rows.remove(id);
                 let mirrored = row.as_ref().and_then(|r| r.mirror_crm_id.clone());
                 let mut state = row.map(state_of);
@@ -284,6 +310,7 @@ impl Applier {
                     again: false,
                     seen_crm: None,
                     seen_ma: None,
+                    seen: if *tried { Seen::default() } else { commands.iter().fold(Seen::default(), |s, c| s.or_later(c.seen.clone())) },
                 }
             })
             .collect();
@@ -322,7 +349,12 @@ impl Applier {
     /// Returns how many identities learnt something, so the caller plans
     /// again; an identity that learnt from the MA goes round once more, as
     /// its CRM write is already done. Creates are not read: there is nothing
-    /// there yet.
+    /// there yet. Nor, where the target makes writes conditional, is a
+    /// record the identity's commands read (see `Seen`) on their first
+    /// round: the state holds all it held then, and the write, conditional
+    /// on its stamp, is refused if a user edited it since; the retry reads
+    /// it. A backfill's commands saw both records at the link, so its
+    /// writes need no reads at all.
     async fn refresh(
         &self,
         systems: &Systems,
@@ -334,7 +366,22 @@ impl Applier {
             Side::Crm => w.crm.as_ref().is_some_and(|p| !p.creates),
             Side::Ma => w.ma.as_ref().is_some_and(|p| !p.creates),
         };
-        let idx: Vec<usize> = work.iter().enumerate().filter(|(_, w)| !w.retry && updates(w)).map(|(i, _)| i).collect();
+        let conditional = match side {
+            Side::Crm => systems.crm.writes_conditionally(),
+            Side::Ma => systems.ma.writes_conditionally(),
+        };
+        let mut idx: Vec<usize> = Vec::new();
+        for (i, w) in work.iter_mut().enumerate().filter(|(_, w)| !w.retry && updates(w)) {
+            // Seen by this identity's commands, whose edits are merged
+            // already: the write is made conditional on that stamp instead.
+            match w.seen_at(side).filter(|_| conditional) {
+                Some(at) => match side {
+                    Side::Crm => w.seen_crm = Some(at),
+                    Side::Ma => w.seen_ma = Some(at),
+                },
+                None => idx.push(i),
+            }
+        }
         if idx.is_empty() {
             return Ok(0);
         }

@@ -164,6 +164,14 @@ pub trait MaApi: Send + Sync + Debug {
     /// engine's own and are not synced back (I7).
     fn integration_user(&self) -> &str;
 
+    /// Whether writes honour `unmodified_since` (refuse, as fenced, a record
+    /// changed after it). Only then may the engine write a record it has
+    /// seen at a known stamp without reading it again first (I3); an API
+    /// that ignores the condition leaves the applier reading before writing.
+    fn writes_conditionally(&self) -> bool {
+        false
+    }
+
     /// Prospects changed after `cursor` (from the beginning when `None`), in
     /// stamp order, at most `limit`. Never skips a change that commits late.
     async fn prospect_changes(&self, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<ProspectRecord>, ConnectorError>;
@@ -196,6 +204,14 @@ pub trait MaApi: Send + Sync + Debug {
 #[async_trait]
 pub trait CrmApi: Send + Sync + Debug {
     fn integration_user(&self) -> &str;
+
+    /// Whether writes honour `unmodified_since` (refuse, as fenced, a record
+    /// changed after it). Only then may the engine write a record it has
+    /// seen at a known stamp without reading it again first (I3); an API
+    /// that ignores the condition leaves the applier reading before writing.
+    fn writes_conditionally(&self) -> bool {
+        false
+    }
 
     /// Leads or contacts changed after `cursor`, in stamp order, at most `limit`.
     async fn person_changes(

@@ -135,9 +135,83 @@ pub struct ApplyCommand {
     /// account follows it, R4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
+    /// The stamps of the records whose observations this command carries
+    /// whole. Absent from commands of earlier releases: then nothing is
+    /// known to be seen, and the applier reads before writing.
+    #[serde(default, skip_serializing_if = "Seen::is_empty")]
+    pub seen: Seen,
     /// The record's trace: its `match` span in the matcher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceContext>,
+}
+
+/// The records of an identity the matcher read, each with the stamp it was
+/// read at, for a command that carries all the edits of those reads.
+///
+/// The applier merges the command's observations into the identity's state
+/// before planning, so its state then holds everything the record held at
+/// that stamp. A write conditional on the record being unmodified since
+/// then (where the target API can make one) needs no fresh read of the
+/// record: if a user edited it meanwhile, the write is refused and the
+/// applier reads and merges the edit before writing again (I3).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm: Option<SeenRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ma: Option<SeenRecord>,
+}
+
+/// One record read, by id, at its system's modification stamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenRecord {
+    pub id: String,
+    pub at: Timestamp,
+}
+
+impl Seen {
+    pub fn is_empty(&self) -> bool {
+        self.crm.is_none() && self.ma.is_none()
+    }
+
+    /// Also seen: `record`, at its own stamp.
+    pub fn with(mut self, record: &SourceRecord) -> Seen {
+        let (slot, id, at) = match record {
+            SourceRecord::Prospect(p) => (&mut self.ma, p.id.to_string(), p.updated_at),
+            // In the form the identity keeps it (an 18-character id).
+            SourceRecord::Crm(c) => {
+                (&mut self.crm, crate::CrmId::parse(&c.id).map_or_else(|_| c.id.clone(), |i| i.to_string()), c.system_modstamp)
+            }
+            SourceRecord::Mirror(_) | SourceRecord::Csql(_) => return self,
+        };
+        *slot = later(slot.take(), Some(SeenRecord { id, at }));
+        self
+    }
+
+    /// What several commands of one identity saw together, once all their
+    /// observations are merged: each record at the later of its stamps. Two
+    /// different records of one side (the identity was re-linked between
+    /// the reads) leave that side unseen.
+    pub fn or_later(self, other: Seen) -> Seen {
+        Seen { crm: later(self.crm, other.crm), ma: later(self.ma, other.ma) }
+    }
+
+    /// The stamp `record` was seen at on `side`, if it was.
+    pub fn of(&self, side: Side, record: &str) -> Option<Timestamp> {
+        let seen = match side {
+            Side::Crm => self.crm.as_ref(),
+            Side::Ma => self.ma.as_ref(),
+        };
+        seen.filter(|s| s.id == record).map(|s| s.at)
+    }
+}
+
+fn later(a: Option<SeenRecord>, b: Option<SeenRecord>) -> Option<SeenRecord> {
+    match (a, b) {
+        (Some(a), Some(b)) if a.id != b.id => None,
+        (Some(a), Some(b)) => Some(if b.at > a.at { b } else { a }),
+        (a, b) => a.or(b),
+    }
 }
 
 /// A record in one of the systems, for audit and error reporting.
@@ -218,5 +292,58 @@ mod tests {
         assert!(matches!(decode::<ApplyBatch>(&huge), Err(DecodeError::TooLarge { .. })));
         // Right version, wrong shape.
         assert!(matches!(decode::<ChangeBatch>(br#"{"v":1,"changes":3}"#), Err(DecodeError::Malformed(_))));
+    }
+
+    fn lead(id: &str, at: Timestamp) -> SourceRecord {
+        SourceRecord::Crm(crate::records::CrmPersonRecord {
+            id: id.into(),
+            object: crate::CrmObject::Lead,
+            email: None,
+            owner_id: None,
+            external_id: None,
+            is_deleted: false,
+            is_converted: false,
+            converted_contact_id: None,
+            created_at: at,
+            system_modstamp: at,
+            last_modified_by: None,
+            fields: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_record_is_seen_by_its_id_at_the_later_of_two_reads() {
+        let t0 = chrono::Utc::now();
+        let t1 = t0 + chrono::Duration::seconds(1);
+        // A 15-character id is kept in the 18-character form identities use.
+        let id = crate::CrmId::parse("00Q5g00000AbCdE").unwrap().to_string();
+        let other_id = crate::CrmId::parse("00Q5g00000ZzZzZ").unwrap().to_string();
+        let early = Seen::default().with(&lead("00Q5g00000AbCdE", t0));
+        let late = Seen::default().with(&lead(&id, t1));
+        assert_eq!(early.clone().or_later(late.clone()).of(Side::Crm, &id), Some(t1));
+        assert_eq!(late.clone().or_later(early.clone()).of(Side::Crm, &id), Some(t1));
+        assert_eq!(early.of(Side::Crm, &id), Some(t0));
+        assert_eq!(late.of(Side::Crm, &other_id), None, "another record was not seen");
+        assert_eq!(late.of(Side::Ma, &id), None);
+        let other = Seen::default().with(&lead(&other_id, t1));
+        assert!(early.or_later(other).is_empty(), "two records of one side: neither is known to be merged alone");
+    }
+
+    #[test]
+    fn a_command_of_an_earlier_release_has_seen_nothing() {
+        let command = ApplyCommand {
+            command_id: Uuid::new_v4(),
+            identity_id: Uuid::new_v4(),
+            source: RecordRef { side: Side::Ma, object: "prospect".into(), id: "1".into() },
+            detected_at: chrono::Utc::now(),
+            observations: vec![],
+            account_id: None,
+            seen: Seen::default(),
+            trace: None,
+        };
+        let text = serde_json::to_string(&command).unwrap();
+        assert!(!text.contains("seen"), "{text}");
+        let read: ApplyCommand = serde_json::from_str(&text).unwrap();
+        assert!(read.seen.is_empty());
     }
 }

@@ -21,7 +21,7 @@ use crmsync_domain::matching::{
     CrmCandidate, CrmFacts, Decision, IdentityPatch, ProspectFacts, SkipReason, decide_crm, decide_prospect, prospect_needs_crm_lookup,
 };
 use crmsync_domain::merge::{IdentityFields, Observation, Side};
-use crmsync_domain::messages::{ApplyCommand, Change, ChangeBatch, CsqlCommand, CsqlOutcome, MirrorCommand, RecordRef};
+use crmsync_domain::messages::{ApplyCommand, Change, ChangeBatch, CsqlCommand, CsqlOutcome, MirrorCommand, RecordRef, Seen};
 use crmsync_domain::records::{CrmPersonRecord, ProspectRecord, SourceRecord};
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, Email, SyncErrorCategory, SyncIssue};
@@ -413,7 +413,7 @@ impl Matcher {
 
     /// The edits a command carries: the record's own, plus, when this
     /// decision links it to a record on the other side for the first time,
-    /// that record's current values.
+    /// that record's current values; and the stamps of the records read.
     fn observations(
         &self,
         systems: &Systems,
@@ -421,25 +421,26 @@ impl Matcher {
         c: &Candidate<'_>,
         patch: &IdentityPatch,
         found: &Found,
-    ) -> Vec<Observation> {
+    ) -> Observed {
         let map = &settings.field_map;
-        let mut obs = match c {
-            Candidate::Prospect { change, .. } => change.record.observations(map, Some(systems.ma.integration_user())),
-            Candidate::Crm { change, .. } => change.record.observations(map, Some(systems.crm.integration_user())),
+        let record = &c.change().record;
+        let me = |record: &SourceRecord| match record.side() {
+            Side::Ma => systems.ma.integration_user(),
+            Side::Crm => systems.crm.integration_user(),
         };
-        match c {
+        let mut obs = record.observations(map, Some(me(record)));
+        let mut seen = Seen::default().with(record);
+        let counterpart = match c {
             Candidate::Prospect { .. } => {
-                if let Some((_, record)) = patch.crm.as_ref().and_then(|(id, _)| found.crm_by_id.get(id)) {
-                    obs.extend(SourceRecord::Crm(record.clone()).observations(map, Some(systems.crm.integration_user())));
-                }
+                patch.crm.as_ref().and_then(|(id, _)| found.crm_by_id.get(id)).map(|(_, r)| SourceRecord::Crm(r.clone()))
             }
-            Candidate::Crm { .. } => {
-                if let Some(p) = patch.prospect_id.and_then(|p| found.ma_by_id.get(&p)) {
-                    obs.extend(SourceRecord::Prospect(p.clone()).observations(map, Some(systems.ma.integration_user())));
-                }
-            }
+            Candidate::Crm { .. } => patch.prospect_id.and_then(|p| found.ma_by_id.get(&p)).map(|p| SourceRecord::Prospect(p.clone())),
+        };
+        if let Some(other) = counterpart {
+            obs.extend(other.observations(map, Some(me(&other))));
+            seen = seen.with(&other);
         }
-        obs
+        Observed { obs, seen }
     }
 
     /// Sends on the changes detected before another change linked their
@@ -469,7 +470,7 @@ impl Matcher {
                 known.extend(rows.into_iter().map(|r| (r.id, r)));
             }
         }
-        for Late { pos, id, obs } in late {
+        for Late { pos, id, observed } in late {
             let change = items[pos].candidate.change();
             let record = &change.record;
             let me = match record.side() {
@@ -480,7 +481,7 @@ impl Matcher {
                 Some(row) if !worth_publishing(record, Some(&row.known()), &settings.field_map, me) => {
                     out.audits.push(audit(record, change.change_id, Some(id), "skipped:already_known".to_owned(), batch.lane.as_str()));
                 }
-                _ => out.commands.push(command(batch, change, id, obs)),
+                _ => out.commands.push(command(batch, change, id, observed)),
             }
             out.resolved.push((record.object().to_owned(), record.record_id()));
         }
@@ -526,7 +527,7 @@ impl Matcher {
             let c = item.candidate;
             let change = c.change();
             let record = &change.record;
-            let command = |identity_id: Uuid, obs: Vec<Observation>| command(batch, change, identity_id, obs);
+            let command = |identity_id: Uuid, observed: Observed| command(batch, change, identity_id, observed);
             match self.decide(settings, c, &ix, &found) {
                 Decision::Existing { id, mut patch, issue } => {
                     if let Some(issue) = issue {
@@ -537,12 +538,12 @@ impl Matcher {
                     // email next finds this person (R8).
                     if let Some(row) = ix.by_id.get(&id) {
                         let mut fields = row.fields.clone();
-                        fields.observe_all(&settings.field_map, &self.observations(systems, settings, c, &patch, &found));
+                        fields.observe_all(&settings.field_map, &self.observations(systems, settings, c, &patch, &found).obs);
                         patch.email =
                             fields.desired_email(&settings.field_map).map(|e| e.to_string()).filter(|e| row.email.as_ref() != Some(e));
                     }
                     if patch.is_empty() && ix.by_id.get(&id).is_some_and(|row| linked_by_another_since(row, batch, change)) {
-                        late.push(Late { pos, id, obs: self.observations(systems, settings, c, &patch, &found) });
+                        late.push(Late { pos, id, observed: self.observations(systems, settings, c, &patch, &found) });
                     } else if patch.is_empty() {
                         out.commands.push(command(id, self.observations(systems, settings, c, &patch, &found)));
                         out.resolved.push((record.object().to_owned(), record.record_id()));
@@ -551,10 +552,10 @@ impl Matcher {
                     }
                 }
                 Decision::New { patch, issue } => {
-                    let obs = self.observations(systems, settings, c, &patch, &found);
+                    let observed = self.observations(systems, settings, c, &patch, &found);
                     let mut fields = IdentityFields::default();
-                    fields.observe_all(&settings.field_map, &obs);
-                    news.push(New { pos, id: Uuid::now_v7(), patch, issue, obs, fields });
+                    fields.observe_all(&settings.field_map, &observed.obs);
+                    news.push(New { pos, id: Uuid::now_v7(), patch, issue, observed, fields });
                 }
                 Decision::Reject(issue) => out.reject(record, change.change_id, issue, lane),
                 Decision::Skip(reason) => out.skip(record, change.change_id, reason, lane),
@@ -582,7 +583,7 @@ impl Matcher {
                 } else {
                     out.resolved.push((record.object().to_owned(), record.record_id()));
                 }
-                out.commands.push(command(batch, change, n.id, n.obs));
+                out.commands.push(command(batch, change, n.id, n.observed));
             } else if conflicts.get(&n.pos).copied().unwrap_or(0) >= 2 {
                 // The person has an identity already (another replica made
                 // it meanwhile): matched again next round, refused after two.
@@ -645,8 +646,8 @@ impl Matcher {
                 }
                 match written {
                     Ok(Written::Done) => {
-                        let obs = self.observations(systems, settings, c, &applied, &found);
-                        result.out.commands.push(command(batch, change, id, obs));
+                        let observed = self.observations(systems, settings, c, &applied, &found);
+                        result.out.commands.push(command(batch, change, id, observed));
                         result.out.resolved.push((change.record.object().to_owned(), change.record.record_id()));
                     }
                     Ok(_) if conflicts.get(&pos).copied().unwrap_or(0) >= 2 => {
@@ -683,7 +684,14 @@ fn linked_by_another_since(row: &IdentityRow, batch: &ChangeBatch, change: &Chan
 struct Late {
     pos: usize,
     id: Uuid,
+    observed: Observed,
+}
+
+/// What a command carries of the records the matcher read: their edits,
+/// and the stamps they were read at.
+struct Observed {
     obs: Vec<Observation>,
+    seen: Seen,
 }
 
 /// A new identity the matcher decided on, stored with the others of its
@@ -693,7 +701,7 @@ struct New {
     id: Uuid,
     patch: IdentityPatch,
     issue: Option<SyncIssue>,
-    obs: Vec<Observation>,
+    observed: Observed,
     fields: IdentityFields,
 }
 
@@ -723,7 +731,7 @@ fn trace_outcomes(spans: &RecordSpans, out: &mut Output) {
 }
 
 /// The apply command for one matched change.
-fn command(batch: &ChangeBatch, change: &Change, identity_id: Uuid, observations: Vec<Observation>) -> ApplyCommand {
+fn command(batch: &ChangeBatch, change: &Change, identity_id: Uuid, observed: Observed) -> ApplyCommand {
     let r = &change.record;
     let account_id = match r {
         SourceRecord::Crm(c) if c.object == crmsync_domain::CrmObject::Contact => {
@@ -736,8 +744,9 @@ fn command(batch: &ChangeBatch, change: &Change, identity_id: Uuid, observations
         identity_id,
         source: RecordRef { side: r.side(), object: r.object().to_owned(), id: r.record_id() },
         detected_at: batch.detected_at,
-        observations,
+        observations: observed.obs,
         account_id,
+        seen: observed.seen,
         // Filled from the record's `match` span once matching is done.
         trace: None,
     }

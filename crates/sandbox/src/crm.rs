@@ -347,6 +347,11 @@ impl CrmApi for SandboxCrm {
         &self.integration_user
     }
 
+    /// Every update is conditional on the row's `modstamp` (see `store`).
+    fn writes_conditionally(&self) -> bool {
+        true
+    }
+
     async fn person_changes(
         &self,
         object: CrmObject,

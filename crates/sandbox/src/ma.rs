@@ -146,6 +146,11 @@ impl MaApi for SandboxMa {
         &self.integration_user
     }
 
+    /// Every update is conditional on the row's `modstamp` (see `store`).
+    fn writes_conditionally(&self) -> bool {
+        true
+    }
+
     async fn prospect_changes(&self, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<ProspectRecord>, ConnectorError> {
         let (rows, next, has_more) = store::changes(&self.pool, &PROSPECT, &self.tenant, None, cursor, limit).await?;
         Ok(ChangePage { records: self.records(rows).await?, next, has_more })
