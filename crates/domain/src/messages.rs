@@ -295,20 +295,7 @@ mod tests {
     }
 
     fn lead(id: &str, at: Timestamp) -> SourceRecord {
-        SourceRecord::Crm(crate::records::CrmPersonRecord {
-            id: id.into(),
-            object: crate::CrmObject::Lead,
-            email: None,
-            owner_id: None,
-            external_id: None,
-            is_deleted: false,
-            is_converted: false,
-            converted_contact_id: None,
-            created_at: at,
-            system_modstamp: at,
-            last_modified_by: None,
-            fields: Default::default(),
-        })
+        SourceRecord::Crm(crate::records::CrmPersonRecord::test_lead(id, at, Default::default()))
     }
 
     #[test]

@@ -209,6 +209,28 @@ impl SourceRecord {
 }
 
 #[cfg(test)]
+impl CrmPersonRecord {
+    /// A live, unconverted lead stamped `at`, holding `fields` and nothing
+    /// else: what the domain's tests start from.
+    pub(crate) fn test_lead(id: &str, at: Timestamp, fields: Fields) -> CrmPersonRecord {
+        CrmPersonRecord {
+            id: id.into(),
+            object: CrmObject::Lead,
+            email: None,
+            owner_id: None,
+            external_id: None,
+            is_deleted: false,
+            is_converted: false,
+            converted_contact_id: None,
+            created_at: at,
+            system_modstamp: at,
+            last_modified_by: None,
+            fields,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use chrono::Utc;
     use serde_json::json;
@@ -216,20 +238,8 @@ mod tests {
     use super::*;
 
     fn lead(fields: Fields) -> SourceRecord {
-        SourceRecord::Crm(CrmPersonRecord {
-            id: "00Q5g00000AbCdE".into(),
-            object: CrmObject::Lead,
-            email: Some("a@example.com".into()),
-            owner_id: None,
-            external_id: None,
-            is_deleted: false,
-            is_converted: false,
-            converted_contact_id: None,
-            created_at: Utc::now(),
-            system_modstamp: Utc::now(),
-            last_modified_by: None,
-            fields,
-        })
+        let lead = CrmPersonRecord::test_lead("00Q5g00000AbCdE", Utc::now(), fields);
+        SourceRecord::Crm(CrmPersonRecord { email: Some("a@example.com".into()), ..lead })
     }
 
     #[test]

@@ -2,7 +2,6 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::*;
-use crate::CrmObject;
 use crate::merge::Side;
 use crate::records::{CrmPersonRecord, FieldValue, Fields};
 
@@ -13,20 +12,8 @@ fn lead(title: &str, by: &str, last_by: &str) -> SourceRecord {
     let at = Utc::now();
     let mut fields = Fields::new();
     fields.insert("Title".into(), FieldValue { value: json!(title), at: Some(at), by: Some(by.into()) });
-    SourceRecord::Crm(CrmPersonRecord {
-        id: "00Q5g00000AbCdEAAA".into(),
-        object: CrmObject::Lead,
-        email: None,
-        owner_id: None,
-        external_id: None,
-        is_deleted: false,
-        is_converted: false,
-        converted_contact_id: None,
-        created_at: at,
-        system_modstamp: at,
-        last_modified_by: Some(last_by.into()),
-        fields,
-    })
+    let lead = CrmPersonRecord::test_lead("00Q5g00000AbCdEAAA", at, fields);
+    SourceRecord::Crm(CrmPersonRecord { last_modified_by: Some(last_by.into()), ..lead })
 }
 
 fn view(status: IdentityStatus, fields: &IdentityFields) -> KnownIdentity<'_> {
