@@ -270,6 +270,34 @@ async fn a_late_detection_with_the_old_email_leaves_the_identity_on_the_new_one(
     app.cleanup().await;
 }
 
+/// New identities are stored in one statement; one that clashes with a
+/// stored identity (another matcher linked the person first) is left out,
+/// and the others of its batch are stored all the same (I2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_new_identities_with_one_clash_stores_the_others() {
+    fn new<'a>(id: Uuid, patch: &'a IdentityPatch, email: &'a str, fields: &'a IdentityFields) -> NewIdentity<'a> {
+        NewIdentity { id, change_id: Uuid::now_v7(), patch, email: Some(email), fields, fence: 1 }
+    }
+    let app = TestApp::spawn().await;
+    let patch = |prospect: i64| IdentityPatch {
+        status: Some(IdentityStatus::PendingAssignment),
+        prospect_id: Some(prospect),
+        ..IdentityPatch::default()
+    };
+    let (first, second, third) = (patch(7001), patch(7002), patch(7003));
+    let fields = IdentityFields::default();
+    let stored = [new(Uuid::now_v7(), &first, "first@clash.example", &fields)];
+    assert_eq!(identities::insert_many(&app.pool, "default", &stored).await.unwrap().len(), 1);
+
+    let fresh = Uuid::now_v7();
+    let batch = [new(Uuid::now_v7(), &second, "first@clash.example", &fields), new(fresh, &third, "third@clash.example", &fields)];
+    let ids = identities::insert_many(&app.pool, "default", &batch).await.unwrap();
+    assert_eq!(ids, [fresh].into_iter().collect(), "the clashing identity is left out, the other stored");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM identities").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(count, 2);
+    app.cleanup().await;
+}
+
 /// The identity lookup and the applier's redelivery check filter on the
 /// connection (and the stage) inside the statement, by primary key, so the
 /// planner keeps an index plan: the same keys in another connection, or a

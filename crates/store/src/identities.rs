@@ -208,6 +208,27 @@ macro_rules! text_form {
     };
 }
 
+/// [`insert_many`]'s statement, ending in `tail`.
+macro_rules! insert_identities {
+    ($tail:literal) => {
+        concat!(
+            "INSERT INTO identities (id, connection_id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, \
+                                     fields, fields_text, linked_at, linked_by) \
+             SELECT d.id, $1, d.status, d.prospect_id, d.crm_object, d.crm_id, d.email, d.owner_id, d.fence, \
+                    CASE WHEN f.text THEN '{}'::jsonb ELSE d.fields::jsonb END, CASE WHEN f.text THEN d.fields END, \
+                    CASE WHEN d.status = 'linked' THEN now() END, CASE WHEN d.status = 'linked' THEN d.change_id END \
+             FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], \
+                         $11::uuid[]) \
+                  AS d(id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, fields, change_id), \
+                  (SELECT ",
+            text_form!(),
+            " AS text) f ",
+            $tail,
+            " RETURNING id"
+        )
+    };
+}
+
 /// The state as the JSON text both forms are written from: bound as text,
 /// it is parsed into jsonb only where the statement stores that form.
 fn state_text(fields: &IdentityFields) -> Result<String, sqlx::Error> {
@@ -311,33 +332,30 @@ pub async fn insert_many(pool: &PgPool, connection_id: &str, new: &[NewIdentity<
     let fences: Vec<i64> = new.iter().map(|n| n.fence).collect();
     let fields: Vec<String> = new.iter().map(|n| state_text(n.fields)).collect::<Result<_, _>>()?;
     let changes: Vec<Uuid> = new.iter().map(|n| n.change_id).collect();
-    let stored: Vec<Uuid> = sqlx::query_scalar(concat!(
-        "INSERT INTO identities (id, connection_id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, \
-                                 fields, fields_text, linked_at, linked_by) \
-         SELECT d.id, $1, d.status, d.prospect_id, d.crm_object, d.crm_id, d.email, d.owner_id, d.fence, \
-                CASE WHEN f.text THEN '{}'::jsonb ELSE d.fields::jsonb END, CASE WHEN f.text THEN d.fields END, \
-                CASE WHEN d.status = 'linked' THEN now() END, CASE WHEN d.status = 'linked' THEN d.change_id END \
-         FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], \
-                     $11::uuid[]) \
-              AS d(id, status, prospect_id, crm_object, crm_id, email, owner_id, fence, fields, change_id), \
-              (SELECT ",
-        text_form!(),
-        " AS text) f \
-         ON CONFLICT DO NOTHING RETURNING id",
-    ))
-    .bind(connection_id)
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&prospects)
-    .bind(&objects)
-    .bind(&crm_ids)
-    .bind(&emails)
-    .bind(&owners)
-    .bind(&fences)
-    .bind(&fields)
-    .bind(&changes)
-    .fetch_all(pool)
-    .await?;
+    // Without a conflict clause first: `ON CONFLICT DO NOTHING` makes every
+    // row probe all four unique indexes before its insert (17.5 against
+    // 11.5 µs a row, 20,000 rows in one statement). A refusal, two matchers
+    // racing for one person, is rare; the statement then runs again with the
+    // clause, and stores the rows that do not clash.
+    let insert = |sql: &'static str| {
+        sqlx::query_scalar::<_, Uuid>(sql)
+            .bind(connection_id)
+            .bind(&ids)
+            .bind(&statuses)
+            .bind(&prospects)
+            .bind(&objects)
+            .bind(&crm_ids)
+            .bind(&emails)
+            .bind(&owners)
+            .bind(&fences)
+            .bind(&fields)
+            .bind(&changes)
+            .fetch_all(pool)
+    };
+    let stored = match insert(insert_identities!("")).await {
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => insert(insert_identities!("ON CONFLICT DO NOTHING")).await?,
+        other => other?,
+    };
     Ok(stored.into_iter().collect())
 }
 
