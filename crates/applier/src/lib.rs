@@ -138,14 +138,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             Err(e) => tracing::warn!(error = %e, "cannot list connections; retrying"),
         }
         tokio::select! {
+            // Shutdown first: once it begins, the consume loops end too, and
+            // a loop seen ending then is draining, not failing.
+            biased;
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             Some(done) = loops.join_next() => {
+                done??;
+                if shutdown.is_cancelled() {
+                    break;
+                }
                 // Consume loops outlive a lost broker; one that ends before
                 // shutdown has failed for good.
-                done??;
                 anyhow::bail!("a consume loop ended unexpectedly");
             }
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
     while let Some(done) = loops.join_next().await {
