@@ -366,10 +366,7 @@ impl Applier {
             Side::Crm => w.crm.as_ref().is_some_and(|p| !p.creates),
             Side::Ma => w.ma.as_ref().is_some_and(|p| !p.creates),
         };
-        let conditional = match side {
-            Side::Crm => systems.crm.writes_conditionally(),
-            Side::Ma => systems.ma.writes_conditionally(),
-        };
+        let conditional = systems.writes_conditionally(side);
         let mut idx: Vec<usize> = Vec::new();
         for (i, w) in work.iter_mut().enumerate().filter(|(_, w)| !w.retry && updates(w)) {
             // Seen by this identity's commands, whose edits are merged
@@ -410,10 +407,7 @@ impl Applier {
                 }
             }
         }
-        let me = match side {
-            Side::Crm => systems.crm.integration_user(),
-            Side::Ma => systems.ma.integration_user(),
-        };
+        let me = systems.integration_user(side);
         let mut learnt = 0;
         for (i, record) in fresh {
             // The write is made conditional on the record as read now.

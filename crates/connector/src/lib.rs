@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use crmsync_domain::csql::{CsqlRecord, CsqlRecordType};
+use crmsync_domain::merge::Side;
 use crmsync_domain::mirror::{CrmObjectRecord, MirrorKind, MirrorObject, MirrorPlan};
 use crmsync_domain::records::{CrmPersonRecord, ProspectRecord};
 use crmsync_domain::settings::ConnectionSettings;
@@ -329,6 +330,24 @@ pub struct Systems {
     pub crm: Arc<dyn CrmApi>,
     /// The CS platform, if the connection has one.
     pub cs: Option<Arc<dyn CsApi>>,
+}
+
+impl Systems {
+    /// The user the engine writes as on `side`: its writes there are its own (I7).
+    pub fn integration_user(&self, side: Side) -> &str {
+        match side {
+            Side::Ma => self.ma.integration_user(),
+            Side::Crm => self.crm.integration_user(),
+        }
+    }
+
+    /// Whether writes on `side` honour `unmodified_since`.
+    pub fn writes_conditionally(&self, side: Side) -> bool {
+        match side {
+            Side::Ma => self.ma.writes_conditionally(),
+            Side::Crm => self.crm.writes_conditionally(),
+        }
+    }
 }
 
 /// Builds the systems a connection's settings point at.

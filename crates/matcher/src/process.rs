@@ -424,10 +424,7 @@ impl Matcher {
     ) -> Observed {
         let map = &settings.field_map;
         let record = &c.change().record;
-        let me = |record: &SourceRecord| match record.side() {
-            Side::Ma => systems.ma.integration_user(),
-            Side::Crm => systems.crm.integration_user(),
-        };
+        let me = |record: &SourceRecord| systems.integration_user(record.side());
         let mut obs = record.observations(map, Some(me(record)));
         let mut seen = Seen::default().with(record);
         let counterpart = match c {
@@ -473,10 +470,7 @@ impl Matcher {
         for Late { pos, id, observed } in late {
             let change = items[pos].candidate.change();
             let record = &change.record;
-            let me = match record.side() {
-                Side::Ma => systems.ma.integration_user(),
-                Side::Crm => systems.crm.integration_user(),
-            };
+            let me = systems.integration_user(record.side());
             match known.get(&id) {
                 Some(row) if !worth_publishing(record, Some(&row.known()), &settings.field_map, me) => {
                     out.audits.push(audit(record, change.change_id, Some(id), "skipped:already_known".to_owned(), batch.lane.as_str()));
