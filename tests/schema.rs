@@ -2,13 +2,15 @@
 //! deleting a connection still takes its identities and audit log with it
 //! once their foreign keys are gone (migration 0010), and the payload
 //! columns get no planner statistics while the keys the tiers look up by
-//! keep theirs (migration 0009 and the sandbox's 0009).
+//! keep theirs (migration 0009 and the sandbox's 0009); and the audit log's
+//! running tallies (0012) count what the log holds, each change once, and
+//! keep their counts when old minutes are folded.
 
 use chrono::Utc;
 use crmsync_domain::matching::{IdentityPatch, IdentityStatus};
 use crmsync_domain::merge::{IdentityFields, Side};
 use crmsync_domain::settings::ConnectionSettings;
-use crmsync_store::audit::{self, AuditEntry};
+use crmsync_store::audit::{self, AuditEntry, LaneTally};
 use crmsync_store::connections;
 use crmsync_store::identities::{self, NewIdentity};
 use crmsync_tests::TestApp;
@@ -23,24 +25,31 @@ async fn person(app: &TestApp, connection: &str, email: &str) {
     let id = Uuid::now_v7();
     let new = NewIdentity { id, change_id: Uuid::now_v7(), patch: &patch, email: Some(email), fields: &fields, fence: 1 };
     assert_eq!(identities::insert_many(&app.pool, connection, &[new]).await.unwrap().len(), 1);
-    let entry = AuditEntry {
-        change_id: Uuid::now_v7(),
-        stage: "match",
-        identity_id: Some(id),
-        source_side: "ma",
-        source_object: "prospect".into(),
-        source_id: "1".into(),
-        action: "created".into(),
-        writes: json!({}),
-        detail: None,
-        lane: "batch",
-    };
+    let entry = AuditEntry { identity_id: Some(id), action: "created".into(), ..entry(Uuid::now_v7(), "match", "batch") };
     audit::insert_many(&app.pool, connection, &[entry]).await.unwrap();
 }
 
-async fn rows_of(app: &TestApp, connection: &str) -> (i64, i64) {
+/// An audit entry of `change` at `stage`, in `lane`.
+fn entry(change: Uuid, stage: &'static str, lane: &'static str) -> AuditEntry {
+    AuditEntry {
+        change_id: change,
+        stage,
+        identity_id: None,
+        source_side: "ma",
+        source_object: "prospect".into(),
+        source_id: "1".into(),
+        action: "updated".into(),
+        writes: json!({}),
+        detail: None,
+        lane,
+    }
+}
+
+/// A connection's identities, audit entries and finished changes as tallied.
+async fn rows_of(app: &TestApp, connection: &str) -> (i64, i64, i64) {
     sqlx::query_as(
-        "SELECT (SELECT count(*) FROM identities WHERE connection_id = $1), (SELECT count(*) FROM audit_log WHERE connection_id = $1)",
+        "SELECT (SELECT count(*) FROM identities WHERE connection_id = $1), (SELECT count(*) FROM audit_log WHERE connection_id = $1), \
+                (SELECT coalesce(sum(finished), 0)::bigint FROM change_tallies WHERE connection_id = $1)",
     )
     .bind(connection)
     .fetch_one(&app.pool)
@@ -55,11 +64,11 @@ async fn deleting_a_connection_takes_its_identities_and_audit_log_with_it() {
     person(&app, "leaving", "gone@schema.example").await;
     person(&app, "leaving", "gone-too@schema.example").await;
     person(&app, "default", "stays@schema.example").await;
-    assert_eq!(rows_of(&app, "leaving").await, (2, 2));
+    assert_eq!(rows_of(&app, "leaving").await, (2, 2, 2));
 
     sqlx::query("DELETE FROM connections WHERE id = 'leaving'").execute(&app.pool).await.unwrap();
-    assert_eq!(rows_of(&app, "leaving").await, (0, 0), "the connection's rows went with it");
-    assert_eq!(rows_of(&app, "default").await, (1, 1), "another connection's rows stay");
+    assert_eq!(rows_of(&app, "leaving").await, (0, 0, 0), "the connection's rows went with it");
+    assert_eq!(rows_of(&app, "default").await, (1, 1, 1), "another connection's rows stay");
 }
 
 /// The columns of `table` that have statistics after an ANALYZE.
@@ -89,4 +98,41 @@ async fn payload_columns_get_no_planner_statistics_and_keys_keep_theirs() {
     let leads = analyzed_columns(&app, "crm", "leads").await;
     assert!(leads.contains(&"email".to_owned()), "{leads:?}");
     assert!(!leads.contains(&"field_stamps".to_owned()), "{leads:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_tallies_count_each_finished_change_once_and_keep_their_counts_when_folded() {
+    let app = TestApp::spawn().await;
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let pool = &app.pool;
+    audit::insert_many(pool, "default", &[entry(a, "apply", "batch"), entry(b, "match", "batch"), entry(c, "apply", "immediate")])
+        .await
+        .unwrap();
+    // A redelivered entry, and a change finished by the matcher audited
+    // again by the applier: neither is a newly finished change, and only
+    // the second is a new apply entry.
+    audit::insert_many(pool, "default", &[entry(a, "apply", "batch"), entry(b, "apply", "batch")]).await.unwrap();
+
+    let batch = LaneTally { finished: 2, applied: 2, applied_last_hour: 2 };
+    assert_eq!(audit::lane_tally(pool, "default", "batch").await.unwrap(), batch);
+    assert_eq!(audit::lane_tally(pool, "default", "immediate").await.unwrap(), LaneTally { finished: 1, applied: 1, applied_last_hour: 1 });
+    let in_log: i64 = sqlx::query_scalar("SELECT count(DISTINCT change_id) FROM audit_log WHERE connection_id = 'default'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!((audit::finished_changes(pool, "default").await.unwrap(), in_log), (3, 3), "the tallies count what the log holds");
+
+    // Three hours later the minutes fold into one row per lane, twice over
+    // (two appliers folding), and only the last hour's use is gone.
+    sqlx::query("UPDATE change_tallies SET minute = minute - interval '3 hours'").execute(pool).await.unwrap();
+    audit::fold_tallies(pool).await.unwrap();
+    audit::fold_tallies(pool).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM change_tallies").fetch_one(pool).await.unwrap();
+    assert_eq!(rows, 2, "one row per lane");
+    assert_eq!(audit::lane_tally(pool, "default", "batch").await.unwrap(), LaneTally { applied_last_hour: 0, ..batch });
+    assert_eq!(audit::finished_changes(pool, "default").await.unwrap(), 3);
+
+    // New entries add to the folded counts.
+    audit::insert_many(pool, "default", &[entry(Uuid::now_v7(), "apply", "batch")]).await.unwrap();
+    assert_eq!(audit::lane_tally(pool, "default", "batch").await.unwrap(), LaneTally { finished: 3, applied: 3, applied_last_hour: 1 });
 }

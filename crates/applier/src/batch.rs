@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crmsync_domain::Lane;
 use crmsync_domain::messages::ApplyBatch;
 use crmsync_infra::CancellationToken;
 use crmsync_infra::broker::Broker;
@@ -88,21 +89,19 @@ impl BatchFigures {
 /// The batch-lane figures of one connection.
 pub async fn batch_figures(pool: &PgPool, connection_id: &str) -> Result<BatchFigures, sqlx::Error> {
     let settings = connections::load(pool, connection_id).await?;
-    let (published, finished, used): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT coalesce(sum(published_batch), 0)::bigint FROM feeds WHERE connection_id = $1), \
-                (SELECT count(DISTINCT change_id) FROM audit_log WHERE connection_id = $1 AND lane = 'batch'), \
-                (SELECT count(*) FROM audit_log WHERE connection_id = $1 AND lane = 'batch' AND stage = 'apply' \
-                   AND at > now() - interval '1 hour')",
-    )
-    .bind(connection_id)
-    .fetch_one(pool)
-    .await?;
-    let backlog = (published - finished).max(0);
+    let published: i64 = sqlx::query_scalar("SELECT coalesce(sum(published_batch), 0)::bigint FROM feeds WHERE connection_id = $1")
+        .bind(connection_id)
+        .fetch_one(pool)
+        .await?;
+    // Read after the published count: a change finished in between makes
+    // the backlog one short for a moment, never one too many.
+    let tally = audit::lane_tally(pool, connection_id, Lane::Batch.as_str()).await?;
+    let backlog = (published - tally.finished).max(0);
     let per_hour = settings.batch_budget_per_hour.max(1);
     Ok(BatchFigures {
         backlog,
         budget_per_hour: per_hour,
-        used_last_hour: used,
+        used_last_hour: tally.applied_last_hour,
         eta: Duration::from_secs_f64(backlog as f64 * 3600.0 / f64::from(per_hour)),
     })
 }
@@ -110,6 +109,9 @@ pub async fn batch_figures(pool: &PgPool, connection_id: &str) -> Result<BatchFi
 /// Exports every connection's batch-lane figures as metrics, every few seconds.
 pub async fn export_figures(pool: PgPool, broker: Arc<Broker>, shutdown: CancellationToken) {
     loop {
+        if let Err(e) = audit::fold_tallies(&pool).await {
+            tracing::warn!(error = %e, "folding the audit tallies failed; trying again in a few seconds");
+        }
         if let Ok(ids) = connections::ids(&pool).await {
             // Messages ready in each work queue (the broker's own count;
             // KEDA reads unacked ones too, from the management API).

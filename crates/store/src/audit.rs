@@ -1,6 +1,8 @@
 //! The audit log: one row per change and stage that finished it (applied,
 //! created, left pending, skipped, rejected), with the names of the fields
-//! written and never their values.
+//! written and never their values; and its running tallies (migration
+//! 0012), which the figures that count finished changes read instead of
+//! the log.
 
 use serde_json::Value;
 use sqlx::PgExecutor;
@@ -22,6 +24,8 @@ pub struct AuditEntry {
 }
 
 /// Inserts entries; an entry already logged (a redelivery) is left alone.
+/// The same statement adds the entries it inserted to the tallies, so they
+/// commit or roll back together.
 pub async fn insert_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, entries: &[AuditEntry]) -> Result<(), sqlx::Error> {
     if entries.is_empty() {
         return Ok(());
@@ -39,10 +43,23 @@ pub async fn insert_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, entrie
     let identity_ids: Vec<Option<Uuid>> = entries.iter().map(|a| a.identity_id).collect();
     let writes: Vec<Value> = entries.iter().map(|a| a.writes.clone()).collect();
     let details: Vec<Option<String>> = entries.iter().map(|a| a.detail.clone()).collect();
+    // A change counts as finished at its first entry: the lateral probe
+    // (one `audit_log_once` lookup per entry; the `LIMIT` keeps it from
+    // being flattened into a join, see `finished`) looks for an earlier
+    // entry of another stage, which the statement's snapshot shows and its
+    // own inserts do not. The tallies' row is this backend's, for this
+    // minute: no other transaction writes it.
     sqlx::query(
-        "INSERT INTO audit_log (connection_id, change_id, stage, identity_id, source_side, source_object, source_id, action, writes, detail, lane) \
-         SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[]) \
-         ON CONFLICT (connection_id, change_id, stage) DO NOTHING",
+        "WITH entry AS ( \
+           INSERT INTO audit_log (connection_id, change_id, stage, identity_id, source_side, source_object, source_id, action, writes, detail, lane) \
+           SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[]) \
+           ON CONFLICT (connection_id, change_id, stage) DO NOTHING RETURNING change_id, stage, lane) \
+         INSERT INTO change_tallies AS t (connection_id, lane, minute, backend, finished, applied) \
+         SELECT $1, e.lane, date_trunc('minute', now()), pg_backend_pid(), \
+                count(*) FILTER (WHERE earlier.one IS NULL), count(*) FILTER (WHERE e.stage = 'apply') \
+         FROM entry e LEFT JOIN LATERAL (SELECT 1 AS one FROM audit_log a WHERE a.connection_id = $1 AND a.change_id = e.change_id LIMIT 1) earlier ON true \
+         GROUP BY e.lane ORDER BY e.lane \
+         ON CONFLICT (connection_id, lane, minute, backend) DO UPDATE SET finished = t.finished + excluded.finished, applied = t.applied + excluded.applied",
     )
     .bind(connection_id)
     .bind(change_ids)
@@ -62,7 +79,54 @@ pub async fn insert_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, entrie
 
 /// How many detected changes have been finished by some stage.
 pub async fn finished_changes<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(DISTINCT change_id) FROM audit_log WHERE connection_id = $1").bind(connection_id).fetch_one(e).await
+    sqlx::query_scalar("SELECT coalesce(sum(finished), 0)::bigint FROM change_tallies WHERE connection_id = $1")
+        .bind(connection_id)
+        .fetch_one(e)
+        .await
+}
+
+/// One lane's tallies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct LaneTally {
+    /// Changes finished, by any stage.
+    pub finished: i64,
+    /// Apply-stage entries.
+    pub applied: i64,
+    /// Apply-stage entries of the last hour, to the minute (the minute an
+    /// hour ago counts whole).
+    pub applied_last_hour: i64,
+}
+
+/// One lane's tallies, from the first entry on.
+pub async fn lane_tally<'e>(e: impl PgExecutor<'e>, connection_id: &str, lane: &str) -> Result<LaneTally, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT coalesce(sum(finished), 0)::bigint AS finished, coalesce(sum(applied), 0)::bigint AS applied, \
+                coalesce(sum(applied) FILTER (WHERE minute >= date_trunc('minute', now() - interval '1 hour')), 0)::bigint AS applied_last_hour \
+         FROM change_tallies WHERE connection_id = $1 AND lane = $2",
+    )
+    .bind(connection_id)
+    .bind(lane)
+    .fetch_one(e)
+    .await
+}
+
+/// Folds the tallies of minutes older than two hours (no figure reads them
+/// by minute any more) into one row per connection and lane, so the table
+/// holds a couple of hours of minutes whatever the log's age. Concurrent
+/// folds are safe: the second waits on the rows the first deletes, and
+/// finds them gone.
+pub async fn fold_tallies<'e>(e: impl PgExecutor<'e>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH old AS ( \
+           DELETE FROM change_tallies WHERE minute > '-infinity' AND minute < now() - interval '2 hours' \
+           RETURNING connection_id, lane, finished, applied) \
+         INSERT INTO change_tallies AS t (connection_id, lane, minute, backend, finished, applied) \
+         SELECT connection_id, lane, '-infinity', 0, sum(finished), sum(applied) FROM old GROUP BY 1, 2 ORDER BY 1, 2 \
+         ON CONFLICT (connection_id, lane, minute, backend) DO UPDATE SET finished = t.finished + excluded.finished, applied = t.applied + excluded.applied",
+    )
+    .execute(e)
+    .await?;
+    Ok(())
 }
 
 /// Counts per action.
