@@ -1,9 +1,15 @@
 //! Change feeds: a late commit is never skipped (I1), two producers never
-//! poll one feed, and the sandbox's ids are the ones the domain expects.
+//! poll one feed, a connection's pass is one producer's and picks the lane
+//! over all its feeds (R7), and the sandbox's ids are the ones the domain
+//! expects.
+
+use std::time::{Duration, Instant};
 
 use crmsync_connector::MaApi;
 use crmsync_domain::CrmId;
 use crmsync_sandbox::SandboxMa;
+use crmsync_sandbox::ops::{Sandbox, System};
+use crmsync_store::feeds;
 use crmsync_tests::{TestApp, Tier};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,6 +64,91 @@ async fn two_producers_never_poll_one_feed_twice() {
     let pending: i64 =
         sqlx::query_scalar("SELECT count(*) FROM identities WHERE status = 'pending_assignment'").fetch_one(&app.pool).await.unwrap();
     assert_eq!(pending, 60);
+    app.cleanup().await;
+}
+
+/// Per feed: changes published, and of those to the batch lane.
+async fn published_by_lane(app: &TestApp) -> Vec<(String, i64, i64)> {
+    sqlx::query_as("SELECT feed, published, published_batch FROM feeds WHERE connection_id = 'default' AND feed <> $1 ORDER BY feed")
+        .bind(feeds::PASS)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// Waits until the feeds have published `n` changes in all.
+async fn wait_published(app: &TestApp, n: i64) -> Vec<(String, i64, i64)> {
+    let started = Instant::now();
+    loop {
+        let published = published_by_lane(app).await;
+        if published.iter().map(|f| f.1).sum::<i64>() >= n {
+            return published;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{n} changes were not published: {published:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_producers_pick_the_lane_over_all_of_a_connections_feeds() {
+    let mut app = TestApp::spawn().await;
+    app.start(Tier::Producer);
+    app.start(Tier::Producer);
+    // 250 prospects and 250 leads in one transaction: one change set of
+    // 500, over the threshold of 400, though each feed holds fewer.
+    let sb = Sandbox::new(app.pool.clone(), "default");
+    let (ma_admin, crm_admin) = (sb.admin(System::Ma).await.unwrap(), sb.admin(System::Crm).await.unwrap());
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO ma.prospects (tenant, email, last_name, last_modified_by) \
+         SELECT 'default', 'p' || g || '@lanes.example', 'Burst', $1 FROM generate_series(1, 250) g",
+    )
+    .bind(&ma_admin)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO crm.leads (tenant, last_name, company, email, last_modified_by) \
+         SELECT 'default', 'Burst', 'Co', 'l' || g || '@lanes.example', $1 FROM generate_series(1, 250) g",
+    )
+    .bind(&crm_admin)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let published = wait_published(&app, 500).await;
+    let of = |feed: &str| published.iter().find(|f| f.0 == feed).map(|f| (f.1, f.2));
+    assert_eq!((of("ma.prospect"), of("crm.lead")), (Some((250, 250)), Some((250, 250))), "all to the batch lane: {published:?}");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_pass_another_replica_holds_waits_for_its_lease_to_end() {
+    let mut app = TestApp::spawn().await;
+    // Another replica's pass over the connection, for the next minute.
+    sqlx::query(
+        "INSERT INTO feeds (connection_id, feed, lease_owner, lease_token, lease_until) \
+         VALUES ('default', $1, 'another-replica', 1, now() + interval '1 minute')",
+    )
+    .bind(feeds::PASS)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.start(Tier::Producer);
+    app.create_prospect(&[("email", "waits@leases.example")]).await;
+    // Four poll intervals, and a notification, go by.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(published_by_lane(&app).await, vec![], "no feed read while another replica holds the connection's pass");
+
+    // The other replica stops (its lease given up): this one takes over.
+    sqlx::query("UPDATE feeds SET lease_until = now() - interval '1 second' WHERE feed = $1")
+        .bind(feeds::PASS)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let published = wait_published(&app, 1).await;
+    assert!(published.contains(&("ma.prospect".to_owned(), 1, 0)), "{published:?}");
     app.cleanup().await;
 }
 

@@ -1,10 +1,10 @@
 //! The producer tier: detects changes in every connection's systems and
 //! publishes them to the matcher.
 //!
-//! Every feed (connection × source object) is leased, so any number of
-//! replicas can run and no feed is polled by two at once; a replica that dies
-//! loses its leases when they expire and another takes over from the stored
-//! cursor. Polling runs every `producer.poll_interval_ms` and, when the source
+//! Every connection's pass, and every feed (connection × source object) in
+//! it, is leased, so any number of replicas can run and no connection is
+//! polled by two at once; a replica that dies loses its leases when they
+//! expire and another takes over from the stored cursors. Polling runs every `producer.poll_interval_ms` and, when the source
 //! can notify (the sandbox does, with PostgreSQL NOTIFY at commit), as soon as
 //! a change commits.
 

@@ -9,6 +9,18 @@
 //! page reads at least threshold + 1 records, so a burst on one feed is always
 //! counted in full. Pages that hold only echoes of the engine's own writes are
 //! passed over (and their cursor moved) without counting.
+//!
+//! So a pass over a connection is one replica's at a time: it runs only
+//! under the connection's pass lease ([`feeds::PASS`]). Were two replicas to
+//! split a connection's feeds, each would count only its own share: 300
+//! prospects and 300 leads changed at once would both go to the immediate
+//! lane. And in a first sync, where both records of a pair changed, the
+//! prospect and the lead would be published side by side, before either was
+//! matched, so the second would reach the matcher only to be dropped (a
+//! fifth to three fifths of the pairs of a 200,000-pair backfill with two
+//! producers). Read in turn, the lead is read after its pair was linked,
+//! and the producer's echo filter drops it. Other replicas stand by, and
+//! take the connection over when the lease expires or is given up.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -285,9 +297,10 @@ async fn keep_cursor(ctx: &PassContext<'_>, connection_id: &str, h: &mut Held, p
     Ok(())
 }
 
-/// Runs one pass over every feed of a connection this replica can lease;
-/// with `only`, over the feeds of those notified tables (and any feed no
-/// table names).
+/// Runs one pass over every feed of a connection this replica can lease,
+/// if it holds the connection's pass lease (nothing otherwise); with
+/// `only`, over the feeds of those notified tables (and any feed no table
+/// names).
 pub async fn run_pass(
     ctx: &PassContext<'_>,
     connection_id: &str,
@@ -295,6 +308,9 @@ pub async fn run_pass(
     systems: &Systems,
     only: Option<&HashSet<String>>,
 ) -> Result<PassStats, StageError> {
+    let Some(mut pass) = feeds::lease(ctx.pool, connection_id, feeds::PASS, ctx.owner, ctx.lease_ttl).await? else {
+        return Ok(PassStats::default());
+    };
     let mut held = Vec::new();
     let wanted = |feed: &Feed| only.is_none_or(|tables| feed.table().is_none_or(|t| tables.contains(t)));
     for feed in Feed::for_connection(settings).into_iter().filter(wanted) {
@@ -332,7 +348,13 @@ pub async fn run_pass(
     if changes > 0 {
         stats.lane = Some(lane);
     }
+    // Set when the pass lease is lost: the pages read and not yet published
+    // are left to the new holder, from the cursors as stored (I1).
+    let mut lost = false;
     for (h, page) in held.iter_mut().zip(first) {
+        if lost {
+            break;
+        }
         if let Some(page) = page {
             publish(ctx, connection_id, h, page, lane, &mut stats).await?;
         }
@@ -345,7 +367,16 @@ pub async fn run_pass(
                 break;
             }
             publish(ctx, connection_id, h, page, lane, &mut stats).await?;
-            // Long passes keep their leases alive.
+            // Long passes keep their leases alive; a pass that lost the
+            // connection's stops (another replica's pass has begun).
+            match feeds::lease(ctx.pool, connection_id, feeds::PASS, ctx.owner, ctx.lease_ttl).await? {
+                Some(l) if l.token == pass.token => pass = l,
+                _ => {
+                    info!(connection_id, "the connection's pass lease was lost; stopping the pass");
+                    lost = true;
+                    break;
+                }
+            }
             match feeds::lease(ctx.pool, connection_id, &h.name, ctx.owner, ctx.lease_ttl).await? {
                 Some(l) if l.token == h.lease.token => h.lease = l,
                 _ => h.open = false,

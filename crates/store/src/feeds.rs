@@ -5,11 +5,20 @@
 //! cursor only moves under the token it was read with, so a replica that
 //! lost its lease while paused cannot move the cursor (backwards or forwards)
 //! when it wakes up.
+//!
+//! A connection's detection pass has a lease of its own, a row named
+//! [`PASS`] among its feeds: the replica holding it is the only one that
+//! reads the connection's feeds, so a pass counts the changes of all of them
+//! when it picks the lane (R7).
 
 use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::{PgPool, Row};
+
+/// The name of a connection's pass lease among its feeds' rows (no feed is
+/// named with a `*`). [`all`] leaves it out.
+pub const PASS: &str = "*pass";
 
 /// A held lease on one feed, with the cursor it starts from.
 #[derive(Debug, Clone)]
@@ -105,9 +114,10 @@ pub struct FeedState {
 
 pub async fn all(pool: &PgPool, connection_id: &str) -> Result<Vec<FeedState>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT connection_id, feed, cursor, lease_owner, published, suppressed FROM feeds WHERE connection_id = $1 ORDER BY feed",
+        "SELECT connection_id, feed, cursor, lease_owner, published, suppressed FROM feeds WHERE connection_id = $1 AND feed <> $2 ORDER BY feed",
     )
     .bind(connection_id)
+    .bind(PASS)
     .fetch_all(pool)
     .await
 }
