@@ -104,16 +104,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // What the next pass reads: every feed (`None`) or the notified ones.
     let mut only: Option<HashSet<String>> = None;
     let mut last_full = Instant::now();
+    // Connections another replica's pass held at the last try. Notifications
+    // (one per commit to a source table: thousands a second in a backfill)
+    // do not wake a standby for them; it tries again at the poll interval.
+    let mut standing_by: HashSet<String> = HashSet::new();
     loop {
         let mut failed = false;
         if only.is_none() {
             last_full = Instant::now();
         }
         for connection_id in connections::ids(&services.pool).await.unwrap_or_default() {
-            if let Err(e) = poll_connection(&ctx, &factory, &connection_id, only.as_ref()).await {
-                // Connector errors can quote record values: no email in clear (I5).
-                warn!(connection_id, error = %telemetry::redact(&e.to_string()), "detection failed; retrying");
-                failed = true;
+            if only.is_some() && standing_by.contains(&connection_id) {
+                continue;
+            }
+            match poll_connection(&ctx, &factory, &connection_id, only.as_ref()).await {
+                Ok(true) => {
+                    standing_by.remove(&connection_id);
+                }
+                Ok(false) => {
+                    standing_by.insert(connection_id);
+                }
+                Err(e) => {
+                    // Connector errors can quote record values: no email in clear (I5).
+                    warn!(connection_id, error = %telemetry::redact(&e.to_string()), "detection failed; retrying");
+                    failed = true;
+                }
             }
         }
         // Failures back off; success polls at the configured pace.
@@ -139,15 +154,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
+/// One pass over a connection, if this replica holds its pass lease; false
+/// when another replica's pass holds it (nothing is loaded or read then).
 async fn poll_connection(
     ctx: &PassContext<'_>,
     factory: &SystemsFactory,
     connection_id: &str,
     only: Option<&HashSet<String>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
+    let Some(pass) = feeds::lease(ctx.pool, connection_id, feeds::PASS, ctx.owner, ctx.lease_ttl).await? else {
+        return Ok(false);
+    };
     let settings = connections::load(ctx.pool, connection_id).await?;
     let systems = factory.systems(&settings).await?;
-    let stats = run_pass(ctx, connection_id, &settings, &systems, only).await?;
+    let stats = run_pass(ctx, connection_id, &settings, &systems, only, pass).await?;
     let detected = [("published", stats.published), ("suppressed_echo", stats.suppressed)];
     for (outcome, n) in detected.into_iter().filter(|(_, n)| *n > 0) {
         metrics::counter!(crmsync_infra::metrics::RECORDS, "tier" => "producer", "stage" => "detect", "outcome" => outcome)
@@ -162,5 +182,5 @@ async fn poll_connection(
             "changes published"
         );
     }
-    Ok(())
+    Ok(true)
 }

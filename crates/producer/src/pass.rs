@@ -11,7 +11,7 @@
 //! passed over (and their cursor moved) without counting.
 //!
 //! So a pass over a connection is one replica's at a time: it runs only
-//! under the connection's pass lease ([`feeds::PASS`]). Were two replicas to
+//! under the connection's pass lease ([`feeds::PASS`], taken by the caller). Were two replicas to
 //! split a connection's feeds, each would count only its own share: 300
 //! prospects and 300 leads changed at once would both go to the immediate
 //! lane. And in a first sync, where both records of a pair changed, the
@@ -297,20 +297,17 @@ async fn keep_cursor(ctx: &PassContext<'_>, connection_id: &str, h: &mut Held, p
     Ok(())
 }
 
-/// Runs one pass over every feed of a connection this replica can lease,
-/// if it holds the connection's pass lease (nothing otherwise); with
-/// `only`, over the feeds of those notified tables (and any feed no table
-/// names).
+/// Runs one pass, under the connection's pass lease `pass`, over every
+/// feed of the connection this replica can lease; with `only`, over the
+/// feeds of those notified tables (and any feed no table names).
 pub async fn run_pass(
     ctx: &PassContext<'_>,
     connection_id: &str,
     settings: &ConnectionSettings,
     systems: &Systems,
     only: Option<&HashSet<String>>,
+    mut pass: Lease,
 ) -> Result<PassStats, StageError> {
-    let Some(mut pass) = feeds::lease(ctx.pool, connection_id, feeds::PASS, ctx.owner, ctx.lease_ttl).await? else {
-        return Ok(PassStats::default());
-    };
     let mut held = Vec::new();
     let wanted = |feed: &Feed| only.is_none_or(|tables| feed.table().is_none_or(|t| tables.contains(t)));
     for feed in Feed::for_connection(settings).into_iter().filter(wanted) {
