@@ -108,12 +108,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // (one per commit to a source table: thousands a second in a backfill)
     // do not wake a standby for them; it tries again at the poll interval.
     let mut standing_by: HashSet<String> = HashSet::new();
+    // The connections, as of the last full poll: a connection added since
+    // is read at the next one.
+    let mut ids = Vec::new();
     loop {
         let mut failed = false;
         if only.is_none() {
             last_full = Instant::now();
+            ids = connections::ids(&services.pool).await.unwrap_or_default();
         }
-        for connection_id in connections::ids(&services.pool).await.unwrap_or_default() {
+        for connection_id in ids.iter().cloned() {
             if only.is_some() && standing_by.contains(&connection_id) {
                 continue;
             }
