@@ -4,9 +4,10 @@
 //! Every connection's pass, and every feed (connection × source object) in
 //! it, is leased, so any number of replicas can run and no connection is
 //! polled by two at once; a replica that dies loses its leases when they
-//! expire and another takes over from the stored cursors. Polling runs every `producer.poll_interval_ms` and, when the source
-//! can notify (the sandbox does, with PostgreSQL NOTIFY at commit), as soon as
-//! a change commits.
+//! expire and another takes over from the stored cursors. Polling runs
+//! every `producer.poll_interval_ms` and, when the source can notify (the
+//! sandbox does, with PostgreSQL NOTIFY at commit), as soon as a change
+//! commits.
 
 mod feed;
 mod pass;

@@ -11,10 +11,10 @@
 //! passed over (and their cursor moved) without counting.
 //!
 //! So a pass over a connection is one replica's at a time: it runs only
-//! under the connection's pass lease ([`feeds::PASS`], taken by the caller). Were two replicas to
-//! split a connection's feeds, each would count only its own share: 300
-//! prospects and 300 leads changed at once would both go to the immediate
-//! lane. And in a first sync, where both records of a pair changed, the
+//! under the connection's pass lease ([`feeds::PASS`], taken by the
+//! caller). Were two replicas to split a connection's feeds, each would
+//! count only its own share: 300 prospects and 300 leads changed at once
+//! would both go to the immediate lane. And in a first sync, where both records of a pair changed, the
 //! prospect and the lead would be published side by side, before either was
 //! matched, so the second would reach the matcher only to be dropped (a
 //! fifth to three fifths of the pairs of a 200,000-pair backfill with two

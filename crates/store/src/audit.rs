@@ -24,8 +24,8 @@ pub struct AuditEntry {
 }
 
 /// Inserts entries; an entry already logged (a redelivery) is left alone.
-/// The same statement adds the entries it inserted to the tallies, so they
-/// commit or roll back together.
+/// A trigger adds the entries inserted to the tallies, in the same
+/// transaction (migration 0012).
 pub async fn insert_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, entries: &[AuditEntry]) -> Result<(), sqlx::Error> {
     if entries.is_empty() {
         return Ok(());
@@ -43,23 +43,10 @@ pub async fn insert_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, entrie
     let identity_ids: Vec<Option<Uuid>> = entries.iter().map(|a| a.identity_id).collect();
     let writes: Vec<Value> = entries.iter().map(|a| a.writes.clone()).collect();
     let details: Vec<Option<String>> = entries.iter().map(|a| a.detail.clone()).collect();
-    // A change counts as finished at its first entry: the lateral probe
-    // (one `audit_log_once` lookup per entry; the `LIMIT` keeps it from
-    // being flattened into a join, see `finished`) looks for an earlier
-    // entry of another stage, which the statement's snapshot shows and its
-    // own inserts do not. The tallies' row is this backend's, for this
-    // minute: no other transaction writes it.
     sqlx::query(
-        "WITH entry AS ( \
-           INSERT INTO audit_log (connection_id, change_id, stage, identity_id, source_side, source_object, source_id, action, writes, detail, lane) \
-           SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[]) \
-           ON CONFLICT (connection_id, change_id, stage) DO NOTHING RETURNING change_id, stage, lane) \
-         INSERT INTO change_tallies AS t (connection_id, lane, minute, backend, finished, applied) \
-         SELECT $1, e.lane, date_trunc('minute', now()), pg_backend_pid(), \
-                count(*) FILTER (WHERE earlier.one IS NULL), count(*) FILTER (WHERE e.stage = 'apply') \
-         FROM entry e LEFT JOIN LATERAL (SELECT 1 AS one FROM audit_log a WHERE a.connection_id = $1 AND a.change_id = e.change_id LIMIT 1) earlier ON true \
-         GROUP BY e.lane ORDER BY e.lane \
-         ON CONFLICT (connection_id, lane, minute, backend) DO UPDATE SET finished = t.finished + excluded.finished, applied = t.applied + excluded.applied",
+        "INSERT INTO audit_log (connection_id, change_id, stage, identity_id, source_side, source_object, source_id, action, writes, detail, lane) \
+         SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[]) \
+         ON CONFLICT (connection_id, change_id, stage) DO NOTHING",
     )
     .bind(connection_id)
     .bind(change_ids)
