@@ -391,8 +391,15 @@ pub fn decide_crm(f: &CrmFacts<'_>) -> Decision {
         };
     }
     // Several CRM records share this email: linking or creating by email would
-    // be a guess (R1), from this side as from the prospect's.
+    // be a guess (R1), from this side as from the prospect's. Only where the
+    // engine would otherwise act on it, though: with no prospect to link and
+    // no prospect to create, nothing is guessed, so it is skipped as a lone
+    // record without auto-creation is. A prospect that later takes the email
+    // raises the ambiguity on its own change.
     let others: Vec<&CrmCandidate> = live(f.crm_with_email).into_iter().filter(|c| c.id != *f.crm_id).collect();
+    if !others.is_empty() && f.prospects_by_email.is_empty() && !f.may_auto_create {
+        return Decision::Skip(SkipReason::AutoCreateOff);
+    }
     if !others.is_empty() {
         let ids: Vec<String> = others.iter().map(|c| format!("{} {}", c.object, c.id)).collect();
         return Decision::Reject(SyncIssue::new(

@@ -352,3 +352,16 @@ fn a_crm_record_sharing_its_email_with_another_is_ambiguous_from_the_crm_side_to
     let d = decide_crm(&CrmFacts { crm_with_email: &both[..1], prospects_by_email: &[7], ..crm_facts(&cid, Some(&e)) });
     assert!(matches!(d, Decision::New { .. }), "{d:?}");
 }
+
+#[test]
+fn crm_records_sharing_an_email_no_prospect_has_are_not_ambiguous_without_auto_create() {
+    let cid = id(LEAD);
+    let e = Email::parse("a@example.com").unwrap();
+    let both = [lead(LEAD), CrmCandidate { id: id(CONTACT), object: CrmObject::Contact, is_converted: false }];
+    // Nothing to link and nothing to create: no guess to make.
+    let d = decide_crm(&CrmFacts { crm_with_email: &both, ..crm_facts(&cid, Some(&e)) });
+    assert_eq!(d, Decision::Skip(SkipReason::AutoCreateOff));
+    // With auto-creation on, creating a prospect from either would be a guess.
+    let d = decide_crm(&CrmFacts { crm_with_email: &both, may_auto_create: true, ..crm_facts(&cid, Some(&e)) });
+    assert!(matches!(d, Decision::Reject(SyncIssue { category: SyncErrorCategory::AmbiguousMatch, .. })), "{d:?}");
+}
