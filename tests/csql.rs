@@ -218,6 +218,24 @@ async fn switching_the_target_is_refused_while_records_exist_and_allowed_after_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_the_target_is_refused_while_the_object_of_the_other_record_type_still_holds_records() {
+    let app = with_cs().await;
+    let (csm, _) = app.cs_user("Other CSM", CsUserType::Csm, Some(true)).await;
+    let admin = app.sandbox.create_cs_user("CS Admin 3", "admin3@cs.example", CsUserType::Csm, None, true, false).await.unwrap();
+    for name in ["One", "Two", "Three"] {
+        app.create_csql(LEAD, csm, None, &borrowed(&lead_values(name))).await;
+    }
+    // The record type moves to opportunity; the lead object keeps its three.
+    app.set_guarded("csql.record_type", "opportunity", true).await.unwrap();
+    let refused = app.set_guarded("csql.target", "crm", false).await.unwrap_err().to_string();
+    assert!(refused.contains("CS lead object still holds 3 record(s)") && refused.contains("bulk-delete"), "{refused}");
+    assert_eq!(crmsync_store::connections::load(&app.pool, "default").await.unwrap().csql.target.as_str(), "cs", "unchanged");
+    assert_eq!(app.sandbox.delete_all_csqls(LEAD, admin).await.unwrap(), 3);
+    app.set_guarded("csql.target", "crm", false).await.unwrap();
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_the_record_type_needs_confirmation_and_shares_the_renewal_center_settings() {
     let app = with_cs().await;
     app.sandbox.configure_renewal_center(&["Renewal Open".into(), "Renewed".into(), "Churned".into()]).await.unwrap();

@@ -1,12 +1,12 @@
 //! `crmsync connection ...`: list, show, create and change connections.
 //!
 //! Changing a CSQL option goes through its guard (R9): `csql.target` cannot
-//! switch while the CS object in use holds records, and `csql.record_type`
+//! switch while either CS object (lead or opportunity) holds records, and `csql.record_type`
 //! first says what configuration changes with it and needs `--yes`.
 
 use anyhow::{Context, bail};
 use crmsync_connector::ConnectorFactory;
-use crmsync_domain::csql::{self, CsqlSwitchError};
+use crmsync_domain::csql::{self, CsqlRecordType, CsqlSwitchError};
 use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
 use crmsync_infra::Config;
 use crmsync_store::connections;
@@ -77,8 +77,13 @@ pub async fn set(config: &Config, pool: &PgPool, id: &str, key: &str, value: &st
             let Some(cs) = &cs else {
                 bail!("connection {id} has no CS platform: set one first (crmsync connection set {id} cs <CS tenant>)");
             };
-            let count = cs.csql_count(before.csql.record_type).await.context("counting CS records")?;
-            csql::check_target_switch(&before.csql, after.csql.target, count)?;
+            // Both objects, whatever the record type: a record-type switch
+            // leaves the other object's records where they were (R9).
+            let mut counts = Vec::new();
+            for kind in [CsqlRecordType::Lead, CsqlRecordType::Opportunity] {
+                counts.push((kind, cs.csql_count(kind).await.context("counting CS records")?));
+            }
+            csql::check_target_switch(&before.csql, after.csql.target, &counts)?;
         }
         if after.csql.record_type != before.csql.record_type {
             let renewal = match &cs {

@@ -254,11 +254,8 @@ impl CsqlRecord {
 /// Why a change of the CSQL options was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CsqlSwitchError {
-    #[error(
-        "csql.target cannot change from '{from}' to '{to}': the {object} still holds {count} record(s). Delete them first \
-         ({how}), then switch."
-    )]
-    RecordsPresent { from: CsqlTarget, to: CsqlTarget, object: &'static str, count: i64, how: &'static str },
+    #[error("csql.target cannot change from '{from}' to '{to}': {}. Delete them first, then switch.", held_text(.held))]
+    RecordsPresent { from: CsqlTarget, to: CsqlTarget, held: Vec<RecordsHeld> },
     #[error("switching csql.record_type from '{from}' to '{to}' changes configuration; confirm to go ahead:\n{summary}")]
     NeedsConfirmation { from: CsqlRecordType, to: CsqlRecordType, summary: String },
 }
@@ -274,18 +271,33 @@ pub fn how_to_delete(record_type: CsqlRecordType) -> &'static str {
     }
 }
 
-/// The guard on `csql.target` (R9).
-pub fn check_target_switch(current: &CsqlSettings, to: CsqlTarget, records_in_object: i64) -> Result<(), CsqlSwitchError> {
-    if current.target == to || records_in_object == 0 {
+/// A CS object that still holds records, with how to delete them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordsHeld {
+    pub object: &'static str,
+    pub count: i64,
+    pub how: &'static str,
+}
+
+fn held_text(held: &[RecordsHeld]) -> String {
+    held.iter().map(|h| format!("the {} still holds {} record(s) ({})", h.object, h.count, h.how)).collect::<Vec<_>>().join("; ")
+}
+
+/// The guard on `csql.target` (R9): the other option is greyed out while
+/// the underlying objects hold lead records *or* opportunity records,
+/// whichever record type is in use now (a switch of record type leaves the
+/// other object's records where they were). `counts` gives the live records
+/// of each CS object.
+pub fn check_target_switch(current: &CsqlSettings, to: CsqlTarget, counts: &[(CsqlRecordType, i64)]) -> Result<(), CsqlSwitchError> {
+    let held: Vec<RecordsHeld> = counts
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(kind, n)| RecordsHeld { object: kind.cs_object(), count: *n, how: how_to_delete(*kind) })
+        .collect();
+    if current.target == to || held.is_empty() {
         return Ok(());
     }
-    Err(CsqlSwitchError::RecordsPresent {
-        from: current.target,
-        to,
-        object: current.record_type.cs_object(),
-        count: records_in_object,
-        how: how_to_delete(current.record_type),
-    })
+    Err(CsqlSwitchError::RecordsPresent { from: current.target, to, held })
 }
 
 /// What changes when `csql.record_type` switches: printed before the switch

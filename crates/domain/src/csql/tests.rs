@@ -82,13 +82,26 @@ fn an_internal_collaborator_owner_makes_their_sales_user_the_owner() {
 
 #[test]
 fn switching_the_target_is_refused_while_the_cs_object_holds_records() {
+    use CsqlRecordType::{Lead, Opportunity};
     let s = settings(CsqlTarget::Cs, CsqlSyncUser::LoggedIn);
-    let e = check_target_switch(&s, CsqlTarget::Crm, 12).unwrap_err();
+    let e = check_target_switch(&s, CsqlTarget::Crm, &[(Lead, 12), (Opportunity, 0)]).unwrap_err();
     let text = e.to_string();
     assert!(text.contains("12 record(s)") && text.contains("CS lead object") && text.contains("bulk-delete"), "{text}");
-    assert!(check_target_switch(&s, CsqlTarget::Crm, 0).is_ok());
-    let opp = CsqlSettings { record_type: CsqlRecordType::Opportunity, ..s };
-    assert!(check_target_switch(&opp, CsqlTarget::Crm, 1).unwrap_err().to_string().contains("support"));
+    assert!(!text.contains("opportunity object"), "an empty object is not named: {text}");
+    assert!(check_target_switch(&s, CsqlTarget::Crm, &[(Lead, 0), (Opportunity, 0)]).is_ok());
+    let opp = CsqlSettings { record_type: Opportunity, ..s };
+    assert!(check_target_switch(&opp, CsqlTarget::Crm, &[(Lead, 0), (Opportunity, 1)]).unwrap_err().to_string().contains("support"));
+}
+
+#[test]
+fn switching_the_target_is_refused_while_the_object_of_the_other_record_type_holds_records() {
+    use CsqlRecordType::{Lead, Opportunity};
+    // The record type moved to opportunity; the CS lead object still holds 3.
+    let s = CsqlSettings { record_type: Opportunity, ..settings(CsqlTarget::Crm, CsqlSyncUser::LoggedIn) };
+    let text = check_target_switch(&s, CsqlTarget::Cs, &[(Lead, 3), (Opportunity, 0)]).unwrap_err().to_string();
+    assert!(text.contains("CS lead object still holds 3 record(s)") && text.contains("bulk-delete"), "{text}");
+    let both = check_target_switch(&s, CsqlTarget::Cs, &[(Lead, 3), (Opportunity, 2)]).unwrap_err().to_string();
+    assert!(both.contains("3 record(s)") && both.contains("2 record(s)") && both.contains("support"), "{both}");
 }
 
 #[test]
