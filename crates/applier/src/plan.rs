@@ -6,14 +6,17 @@
 //!   value its behaviour wants (R2), on each side;
 //! - an identity being created in the CRM (R3) gets a lead with every desired
 //!   value, owned by the assigned user's CRM user, keyed by crmsync's external
-//!   id so a retried create finds the first attempt's lead;
+//!   id so a retried create finds the first attempt's lead; the lead's
+//!   required fields the prospect leaves blank get the connection's
+//!   placeholder, as Account Engagement's connector does;
 //! - an identity being created in the MA gets a prospect, upserted by email;
 //! - a pending identity gets nothing until it is assigned.
 
 use crmsync_connector::{CrmTarget, ProspectTarget};
 use crmsync_domain::mapping::FieldMap;
 use crmsync_domain::matching::IdentityStatus;
-use crmsync_domain::merge::{IdentityFields, Side};
+use crmsync_domain::merge::{IdentityFields, Side, is_blank};
+use crmsync_domain::settings::REQUIRED_LEAD_FIELDS;
 use crmsync_domain::{CrmId, CrmObject, Email};
 use serde_json::Value;
 use uuid::Uuid;
@@ -62,8 +65,9 @@ pub struct MaPlan {
     pub recycle: Option<bool>,
 }
 
-/// The CRM write this identity needs, if any.
-pub fn crm_write(state: &State, map: &FieldMap) -> Option<CrmPlan> {
+/// The CRM write this identity needs, if any. `placeholder` fills the
+/// required fields of a lead being created that have no value.
+pub fn crm_write(state: &State, map: &FieldMap, placeholder: Option<&str>) -> Option<CrmPlan> {
     let fields_for = |object: CrmObject| -> Vec<FieldWrite> {
         let mappings: Vec<_> = map.for_object(object).collect();
         state
@@ -87,14 +91,39 @@ pub fn crm_write(state: &State, map: &FieldMap) -> Option<CrmPlan> {
                 creates: false,
             })
         }
-        (IdentityStatus::CreatingCrm, None) => Some(CrmPlan {
-            object: CrmObject::Lead,
-            target: CrmTarget::ExternalId(state.id.to_string()),
-            fields: fields_for(CrmObject::Lead),
-            owner: state.owner.clone(),
-            creates: true,
-        }),
+        (IdentityStatus::CreatingCrm, None) => {
+            let mut fields = fields_for(CrmObject::Lead);
+            if let Some(text) = placeholder {
+                fill_required(&mut fields, map, text);
+            }
+            Some(CrmPlan {
+                object: CrmObject::Lead,
+                target: CrmTarget::ExternalId(state.id.to_string()),
+                fields,
+                owner: state.owner.clone(),
+                creates: true,
+            })
+        }
         _ => None,
+    }
+}
+
+/// Gives each required lead field that `fields` leaves blank the
+/// placeholder. A mapped field is keyed by its MA name, so the applier
+/// records the placeholder as the value the CRM holds: a later real value
+/// on either side differs from it and is written, and the CRM record read
+/// back holding it is recognised as the engine's own (I7), never synced to
+/// the prospect as if a user had typed it.
+fn fill_required(fields: &mut Vec<FieldWrite>, map: &FieldMap, placeholder: &str) {
+    for api in REQUIRED_LEAD_FIELDS {
+        match fields.iter_mut().find(|f| f.api == *api) {
+            Some(f) if is_blank(&f.value) => f.value = Value::from(placeholder),
+            Some(_) => {}
+            None => {
+                let key = map.by_crm_field(CrmObject::Lead, api).map_or_else(|| (*api).to_owned(), |m| m.ma.clone());
+                fields.push(FieldWrite { key, api: (*api).to_owned(), value: Value::from(placeholder) });
+            }
+        }
     }
 }
 
@@ -164,7 +193,7 @@ mod tests {
         let mut s = state(IdentityStatus::PendingAssignment);
         observe(&mut s, Side::Ma, "lastName", json!("Doe"));
         let map = FieldMap::default();
-        assert_eq!(crm_write(&s, &map), None);
+        assert_eq!(crm_write(&s, &map, None), None);
         assert_eq!(ma_write(&s, &map), Ok(None));
     }
 
@@ -174,12 +203,33 @@ mod tests {
         observe(&mut s, Side::Ma, "lastName", json!("Doe"));
         observe(&mut s, Side::Ma, "company", json!("Acme"));
         observe(&mut s, Side::Ma, "score", json!(42));
-        let plan = crm_write(&s, &FieldMap::default()).unwrap();
+        let plan = crm_write(&s, &FieldMap::default(), None).unwrap();
         assert!(plan.creates);
         assert_eq!(plan.target, CrmTarget::ExternalId(s.id.to_string()));
         assert_eq!(plan.owner, s.owner);
         let apis: Vec<&str> = plan.fields.iter().map(|f| f.api.as_str()).collect();
         assert!(apis.contains(&"LastName") && apis.contains(&"Company") && apis.contains(&"pi__score__c"));
+    }
+
+    #[test]
+    fn a_new_leads_blank_required_fields_get_the_placeholder_and_nothing_else_does() {
+        let mut s = state(IdentityStatus::CreatingCrm);
+        observe(&mut s, Side::Ma, "lastName", json!("Doe"));
+        observe(&mut s, Side::Ma, "jobTitle", json!(""));
+        let map = FieldMap::default();
+        let plan = crm_write(&s, &map, Some("[[unknown]]")).unwrap();
+        let value = |api: &str| plan.fields.iter().find(|f| f.api == api).map(|f| (f.key.as_str(), f.value.clone()));
+        assert_eq!(value("LastName"), Some(("lastName", json!("Doe"))), "a value the prospect has is kept");
+        assert_eq!(value("Company"), Some(("company", json!("[[unknown]]"))), "keyed by the MA field, so the write is recorded");
+        assert_eq!(value("Title"), None, "only required fields are filled");
+        // Off: the CRM gets the blanks, and refuses the create itself.
+        let plan = crm_write(&s, &map, None).unwrap();
+        assert_eq!(plan.fields.iter().find(|f| f.api == "Company"), None);
+        // A linked lead is never given a placeholder.
+        s.status = IdentityStatus::Linked;
+        s.crm = Some((CrmObject::Lead, CrmId::parse("00Q5g00000AbCdE").unwrap()));
+        let plan = crm_write(&s, &map, Some("[[unknown]]")).unwrap();
+        assert!(plan.fields.iter().all(|f| f.value != json!("[[unknown]]")), "{plan:?}");
     }
 
     #[test]
@@ -189,7 +239,7 @@ mod tests {
         observe(&mut s, Side::Crm, "jobTitle", json!("CTO"));
         observe(&mut s, Side::Ma, "jobTitle", json!("CTO"));
         let map = FieldMap::default();
-        assert_eq!(crm_write(&s, &map), None);
+        assert_eq!(crm_write(&s, &map, None), None);
         let ma = ma_write(&s, &map).unwrap().unwrap();
         assert!(ma.fields.is_empty());
         assert_eq!(ma.link, s.crm);
@@ -204,7 +254,7 @@ mod tests {
         s.ma_link_written = true;
         observe(&mut s, Side::Ma, "city", json!("Osaka"));
         observe(&mut s, Side::Ma, "company", json!("Acme"));
-        let plan = crm_write(&s, &FieldMap::default()).unwrap();
+        let plan = crm_write(&s, &FieldMap::default(), None).unwrap();
         assert_eq!(plan.fields, vec![FieldWrite { key: "city".into(), api: "MailingCity".into(), value: json!("Osaka") }]);
     }
 
@@ -245,7 +295,7 @@ mod lifecycle_tests {
         let mut s = linked();
         s.status = IdentityStatus::Recycled;
         let map = FieldMap::default();
-        assert_eq!(crm_write(&s, &map), None);
+        assert_eq!(crm_write(&s, &map, None), None);
         let plan = ma_write(&s, &map).unwrap().unwrap();
         assert_eq!(plan.recycle, Some(true));
         assert!(plan.fields.is_empty());

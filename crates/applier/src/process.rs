@@ -316,9 +316,10 @@ impl Applier {
             .collect();
 
         // The CRM first: a created lead's id goes onto the prospect.
-        plan_crm_writes(&mut work, map);
+        let placeholder = settings.lead_placeholder.as_deref();
+        plan_crm_writes(&mut work, map, placeholder);
         if self.refresh(systems, map, &mut work, Side::Crm).await? > 0 {
-            plan_crm_writes(&mut work, map);
+            plan_crm_writes(&mut work, map, placeholder);
         }
         self.write_crm(systems, batch.lane, &mut work).await?;
         self.follow_conversions(systems, &mut work).await?;
@@ -796,10 +797,10 @@ fn applied_of(s: &State) -> Applied<'_> {
 }
 
 /// Plans each identity's CRM write.
-fn plan_crm_writes(work: &mut [Work<'_>], map: &crmsync_domain::mapping::FieldMap) {
+fn plan_crm_writes(work: &mut [Work<'_>], map: &crmsync_domain::mapping::FieldMap, placeholder: Option<&str>) {
     for w in work.iter_mut() {
         if let Some(s) = &w.state {
-            w.crm = plan::crm_write(s, map);
+            w.crm = plan::crm_write(s, map, placeholder);
         }
     }
 }

@@ -259,6 +259,11 @@ impl FieldState {
             Some(k) if same_value(&k.value, &want) => None,
             // Nothing known there yet: a blank needs no write.
             None if is_blank(&want) => None,
+            // A blank never erases a filled value unless the field says so.
+            // Without a filled edit anywhere the wanted value is blank while
+            // the side holds what the engine put there itself (a new lead's
+            // placeholder for a required field): that stays.
+            Some(_) if is_blank(&want) && !mapping.blank_overwrites => None,
             _ => Some(want),
         }
     }

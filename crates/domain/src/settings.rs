@@ -21,6 +21,14 @@ pub const DEFAULT_BATCH_BUDGET_PER_HOUR: u32 = 12_000;
 /// The default burst of the batch lane: a handful of records, never an
 /// hour's worth (1.5 s of the default budget).
 pub const DEFAULT_BATCH_BURST: u32 = 5;
+/// What a lead's required fields get when the prospect it is created from has
+/// no value for them: Account Engagement's own connector writes this
+/// placeholder, so that a prospect from a form without a company still
+/// becomes a lead.
+pub const DEFAULT_LEAD_PLACEHOLDER: &str = "[[unknown]]";
+/// The CRM lead fields a create cannot leave blank (Salesforce refuses it
+/// with `REQUIRED_FIELD_MISSING`), by API name.
+pub const REQUIRED_LEAD_FIELDS: &[&str] = &["LastName", "Company"];
 
 pub use crate::endpoint::SystemEndpoint;
 
@@ -38,6 +46,11 @@ pub struct ConnectionSettings {
     /// Batch-lane records that may be processed at once before pacing
     /// applies: the budget's only burst.
     pub batch_burst: u32,
+    /// Written into a new lead's required fields (`REQUIRED_LEAD_FIELDS`)
+    /// that the prospect leaves blank; `None` writes nothing, and the CRM
+    /// refuses such a create (a sync error). Stored as `null` when off, so
+    /// that "off" is not mistaken for "missing, take the default".
+    pub lead_placeholder: Option<String>,
     pub field_map: FieldMap,
     /// The customer-success platform, if the connection has one (R9).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,6 +72,7 @@ impl Default for ConnectionSettings {
             batch_threshold: DEFAULT_BATCH_THRESHOLD,
             batch_budget_per_hour: DEFAULT_BATCH_BUDGET_PER_HOUR,
             batch_burst: DEFAULT_BATCH_BURST,
+            lead_placeholder: Some(DEFAULT_LEAD_PLACEHOLDER.to_owned()),
             field_map: FieldMap::default(),
             custom_objects: Vec::new(),
             cs: None,
@@ -81,7 +95,7 @@ pub enum SettingError {
 }
 
 /// The settings `crmsync connection set` can change.
-pub const SETTABLE: &str = "auto_create_prospects, batch_threshold, batch_budget_per_hour, batch_burst, cs (a sandbox CS tenant, or none), \
+pub const SETTABLE: &str = "auto_create_prospects, batch_threshold, batch_budget_per_hour, batch_burst, lead_placeholder, cs (a sandbox CS tenant, or none), \
      csql.target, csql.record_type, csql.sync_user, ma and crm (a sandbox tenant, or an endpoint as JSON)";
 
 impl ConnectionSettings {
@@ -146,6 +160,15 @@ impl ConnectionSettings {
                 } else {
                     self.crm = endpoint;
                 }
+            }
+            // A placeholder is a value a user would not type by chance:
+            // blank is refused, as it would fill nothing.
+            "lead_placeholder" => {
+                self.lead_placeholder = match value.trim() {
+                    "off" | "none" => None,
+                    "" => return Err(invalid("a placeholder text, or off")),
+                    text => Some(text.to_owned()),
+                };
             }
             "batch_burst" => {
                 self.batch_burst =
@@ -225,6 +248,23 @@ mod tests {
         // Setting it on again does not move the switch time.
         s.set("auto_create_prospects", "on", now + Duration::hours(1)).unwrap();
         assert!(s.may_auto_create(now + Duration::seconds(1)));
+    }
+
+    #[test]
+    fn the_lead_placeholder_is_on_by_default_and_stays_off_once_turned_off() {
+        let mut s = ConnectionSettings::default();
+        assert_eq!(s.lead_placeholder.as_deref(), Some("[[unknown]]"));
+        s.set("lead_placeholder", "off", Utc::now()).unwrap();
+        assert_eq!(s.lead_placeholder, None);
+        // Stored and read back: off is not "missing, take the default".
+        let round: ConnectionSettings = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(round.lead_placeholder, None);
+        s.set("lead_placeholder", "n/a", Utc::now()).unwrap();
+        assert_eq!(s.lead_placeholder.as_deref(), Some("n/a"));
+        assert!(s.set("lead_placeholder", " ", Utc::now()).is_err());
+        // Settings stored before the key existed take the default.
+        let old: ConnectionSettings = serde_json::from_str("{}").unwrap();
+        assert_eq!(old.lead_placeholder.as_deref(), Some("[[unknown]]"));
     }
 
     #[test]

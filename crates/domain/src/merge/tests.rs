@@ -400,3 +400,18 @@ fn a_tie_in_time_goes_to_the_same_value_in_any_order_and_a_repeat_moves_nothing(
     let mut slot = Some(a.clone());
     assert!(!keep_newest(&mut slot, &a), "the same value at the same time is not news");
 }
+
+#[test]
+fn a_value_the_engine_put_there_itself_is_not_blanked_without_blank_overwrites() {
+    // A new lead's placeholder: written by the engine, no filled edit anywhere.
+    for sync in [SyncBehaviour::CrmWins, SyncBehaviour::MostRecent, SyncBehaviour::MaWins] {
+        let mut s = state(&[(Side::Ma, 1, Value::Null)]);
+        s.wrote(Side::Crm, t(2), json!("[[unknown]]"));
+        assert_eq!(s.needed_write(&mapping(sync, false), Side::Crm), None, "{sync:?}");
+        // A field that says blanks overwrite does blank it.
+        assert_eq!(s.needed_write(&mapping(sync, true), Side::Crm), Some(Value::Null), "{sync:?}");
+        // A real value, once there is one, replaces it.
+        s.observe(Side::Ma, &Versioned::new(t(3), json!("Acme")));
+        assert_eq!(s.needed_write(&mapping(sync, false), Side::Crm), Some(json!("Acme")), "{sync:?}");
+    }
+}
