@@ -245,3 +245,88 @@ async fn the_immediate_lane_is_never_stuck_behind_the_batch_lane() {
     app.settle().await;
     app.cleanup().await;
 }
+
+/// Batch-lane records a connection applied between two instants (seconds
+/// since the epoch, as `batch_times` gives them).
+fn applied_between(times: &[f64], from: f64, to: f64) -> usize {
+    times.iter().filter(|t| (from..to).contains(*t)).count()
+}
+
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_changed_mid_backlog_is_followed_within_seconds_both_ways_and_the_eta_holds() {
+    let mut app = TestApp::spawn().await;
+    // 2 records a second with a backlog of 600: the appliers hold batch
+    // messages of up to 200 records, paced, when the budget changes.
+    pace(&app, "default", 7_200, 2, 10).await;
+    app.start_pipeline(1, 1);
+    burst(&app, "default", 600, "changed").await;
+    let started = std::time::Instant::now();
+    while batch_times(&app, "default").await.len() < 4 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the batch lane never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Up: 2/s to 40/s. Judged from 5 s after the change, over 4 s.
+    let up = epoch_now();
+    app.set("batch_budget_per_hour", "144000").await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    // Down: 40/s to 2/s, judged the same way.
+    let down = epoch_now();
+    app.set("batch_budget_per_hour", "7200").await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    // Up again, to drain the rest at 20/s and check the ETA against it.
+    app.set("batch_budget_per_hour", "72000").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let predicted = crmsync_applier::batch_figures(&app.pool, "default").await.unwrap();
+    let predicted_at = epoch_now();
+    app.settle().await;
+
+    let times = batch_times(&app, "default").await;
+    assert_eq!(times.len(), 600, "every record applied once");
+    let rate = |from: f64, to: f64| applied_between(&times, from, to) as f64 / (to - from);
+    let raised = rate(up + 5.0, up + 9.0);
+    let lowered = rate(down + 5.0, down + 9.0);
+    println!("budget raised to 40/s: {raised:.1}/s; lowered to 2/s: {lowered:.1}/s");
+    // Raised: the budget is used, never overshot (one burst of 10 at most).
+    assert!((32.0..=42.5).contains(&raised), "5 s after raising the budget to 40/s the lane ran at {raised:.1}/s");
+    // Lowered: no message in hand keeps its old pace.
+    assert!((1.0..=4.5).contains(&lowered), "5 s after lowering the budget to 2/s the lane ran at {lowered:.1}/s");
+
+    // The ETA shown predicts the drain at the budget: within 10%.
+    let drained = times.last().unwrap() - predicted_at;
+    let eta = predicted.eta.as_secs_f64();
+    assert!(predicted.backlog > 100, "enough backlog left to judge the ETA by: {predicted:?}");
+    assert!((drained - eta).abs() <= eta * 0.1, "ETA {eta:.1} s for {} records; drained in {drained:.1} s", predicted.backlog);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applier_stopped_mid_backlog_gives_its_paced_work_back_at_once_and_nothing_is_lost() {
+    let mut app = TestApp::spawn().await;
+    // One record every 2 s: a 200-record message would take 400 s to pace.
+    pace(&app, "default", 1_800, 1, 10).await;
+    app.start(Tier::Producer);
+    app.start(Tier::Matcher);
+    let applier = app.spawn_process(crmsync_tests::crmsync_exe!(), Tier::Applier);
+    burst(&app, "default", 30, "stopped").await;
+    let started = std::time::Instant::now();
+    while batch_times(&app, "default").await.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the batch lane never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopping = std::time::Instant::now();
+    assert!(applier.terminate().await, "the applier drains and exits 0");
+    let took = stopping.elapsed();
+    println!("applier stopped in {took:?} with batch work in hand");
+    assert!(took < Duration::from_secs(10), "SIGTERM waited {took:?}: the grace period, not the work, decided");
+    // The rest is done by the next applier, at a budget an admin lifted.
+    pace(&app, "default", 3_600_000, 10, 10).await;
+    app.start(Tier::Applier);
+    app.settle().await;
+    assert_eq!(batch_times(&app, "default").await.len(), 30, "every record applied once");
+    app.cleanup().await;
+}

@@ -7,16 +7,18 @@
 //! targets evenly, one budget interval apart, whatever the number of
 //! replicas.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use crmsync_domain::Lane;
 use crmsync_domain::messages::ApplyBatch;
+use crmsync_domain::settings::{DEFAULT_BATCH_BUDGET_PER_HOUR, DEFAULT_BATCH_BURST};
 use crmsync_infra::CancellationToken;
 use crmsync_infra::broker::Broker;
-use crmsync_infra::budget::{BatchBudget, Pace};
+use crmsync_infra::budget::{BatchBudget, Pace, PaceSource};
 use crmsync_infra::worker::StageError;
-use std::collections::HashSet;
 
 use crmsync_store::{audit, connections};
 use sqlx::PgPool;
@@ -24,14 +26,39 @@ use uuid::Uuid;
 
 use crate::process::Applier;
 
-/// Splits a batch into chunks of at most `size` commands, mirrors or CSQLs each.
-fn chunks(batch: &ApplyBatch, size: usize) -> Vec<ApplyBatch> {
+/// Takes the next chunk off the front of `rest`: at most `size` commands,
+/// mirrors or CSQLs, never a mix. The size is the budget's burst as it is
+/// now, so a changed burst applies from the next chunk on.
+fn next_chunk(rest: &mut ApplyBatch, size: usize) -> Option<ApplyBatch> {
     let size = size.max(1);
-    let empty = ApplyBatch { commands: Vec::new(), mirrors: Vec::new(), csqls: Vec::new(), ..batch.clone() };
-    let mut out: Vec<ApplyBatch> = batch.commands.chunks(size).map(|c| ApplyBatch { commands: c.to_vec(), ..empty.clone() }).collect();
-    out.extend(batch.mirrors.chunks(size).map(|m| ApplyBatch { mirrors: m.to_vec(), ..empty.clone() }));
-    out.extend(batch.csqls.chunks(size).map(|q| ApplyBatch { csqls: q.to_vec(), ..empty.clone() }));
-    out
+    let empty = header(rest);
+    if !rest.commands.is_empty() {
+        Some(ApplyBatch { commands: front(&mut rest.commands, size), ..empty })
+    } else if !rest.mirrors.is_empty() {
+        Some(ApplyBatch { mirrors: front(&mut rest.mirrors, size), ..empty })
+    } else if !rest.csqls.is_empty() {
+        Some(ApplyBatch { csqls: front(&mut rest.csqls, size), ..empty })
+    } else {
+        None
+    }
+}
+
+/// The first `size` items of `v`, taken off it.
+fn front<T>(v: &mut Vec<T>, size: usize) -> Vec<T> {
+    v.drain(..size.min(v.len())).collect()
+}
+
+/// A batch with its message's identity and no records.
+fn header(b: &ApplyBatch) -> ApplyBatch {
+    ApplyBatch {
+        v: b.v,
+        batch_id: b.batch_id,
+        connection_id: b.connection_id.clone(),
+        lane: b.lane,
+        commands: Vec::new(),
+        mirrors: Vec::new(),
+        csqls: Vec::new(),
+    }
 }
 
 /// How many records a batch holds, as the budget counts them.
@@ -39,12 +66,63 @@ fn records(batch: &ApplyBatch) -> usize {
     batch.commands.len() + batch.mirrors.len() + batch.csqls.len()
 }
 
+/// Each connection's pace, read from its settings at most once every
+/// [`PaceBook::MAX_AGE`] per replica: a budget an admin changes is followed
+/// within about a second (see `crmsync_infra::budget`), at the cost of one
+/// small query a second per connection with batch work in hand.
+#[derive(Debug)]
+pub struct PaceBook {
+    pool: PgPool,
+    known: Mutex<HashMap<String, (Instant, Pace)>>,
+}
+
+impl PaceBook {
+    pub const MAX_AGE: Duration = Duration::from_secs(1);
+
+    pub fn new(pool: PgPool) -> Self {
+        PaceBook { pool, known: Mutex::default() }
+    }
+
+    fn cached(&self, connection_id: &str) -> Option<(Instant, Pace)> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).get(connection_id).copied()
+    }
+}
+
+#[async_trait]
+impl PaceSource for PaceBook {
+    async fn pace(&self, connection_id: &str) -> Pace {
+        let cached = self.cached(connection_id);
+        if let Some((_, pace)) = cached.filter(|(at, _)| at.elapsed() < Self::MAX_AGE) {
+            return pace;
+        }
+        match connections::load(&self.pool, connection_id).await {
+            Ok(s) => {
+                let pace = Pace { per_hour: s.batch_budget_per_hour, burst: s.batch_burst };
+                self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(connection_id.to_owned(), (Instant::now(), pace));
+                pace
+            }
+            Err(e) => {
+                // The last pace known, or the default, until the database
+                // answers again: pacing on never stops for a read.
+                tracing::warn!(connection_id, error = %e, "cannot read the batch budget; pacing on at the last one known");
+                cached.map_or(Pace { per_hour: DEFAULT_BATCH_BUDGET_PER_HOUR, burst: DEFAULT_BATCH_BURST }, |(_, p)| p)
+            }
+        }
+    }
+}
+
 /// Applies a batch-lane message at its connection's budget. Records already
 /// applied (the message is a redelivery) are passed over without spending
-/// budget on them.
-pub async fn process_paced(applier: &Applier, budget: &BatchBudget, batch: &ApplyBatch) -> Result<(), StageError> {
-    let settings = connections::load(&applier.pool, &batch.connection_id).await.map_err(|e| StageError::Retry(e.to_string()))?;
-    let pace = Pace { per_hour: settings.batch_budget_per_hour, burst: settings.batch_burst };
+/// budget on them. The pace is read again before every chunk, so a changed
+/// budget applies within a second; on shutdown the message goes back to the
+/// queue between chunks, and whoever takes it next skips the chunks done.
+pub async fn process_paced(
+    applier: &Applier,
+    budget: &BatchBudget,
+    paces: &PaceBook,
+    shutdown: &CancellationToken,
+    batch: &ApplyBatch,
+) -> Result<(), StageError> {
     let ids: Vec<Uuid> = batch
         .commands
         .iter()
@@ -53,18 +131,26 @@ pub async fn process_paced(applier: &Applier, budget: &BatchBudget, batch: &Appl
         .chain(batch.csqls.iter().map(|q| q.command_id))
         .collect();
     let done: HashSet<Uuid> = audit::finished(&applier.pool, &batch.connection_id, "apply", &ids).await?.into_iter().collect();
-    let todo = ApplyBatch {
+    let mut rest = ApplyBatch {
         commands: batch.commands.iter().filter(|c| !done.contains(&c.command_id)).cloned().collect(),
         mirrors: batch.mirrors.iter().filter(|m| !done.contains(&m.command_id)).cloned().collect(),
         csqls: batch.csqls.iter().filter(|q| !done.contains(&q.command_id)).cloned().collect(),
-        ..batch.clone()
+        ..header(batch)
     };
-    for chunk in chunks(&todo, pace.burst as usize) {
+    loop {
+        if shutdown.is_cancelled() {
+            return Err(StageError::Requeue("shutting down between batch-lane chunks".into()));
+        }
+        let pace = paces.pace(&batch.connection_id).await;
+        let Some(chunk) = next_chunk(&mut rest, pace.burst as usize) else { return Ok(()) };
         let n = records(&chunk) as u32;
-        budget.take(&batch.connection_id, pace, n).await.map_err(|e| StageError::Retry(e.to_string()))?;
+        tokio::select! {
+            // Waiting for a grant reserves nothing: leaving it is safe.
+            _ = shutdown.cancelled() => return Err(StageError::Requeue("shutting down while waiting for the batch budget".into())),
+            taken = budget.take(&batch.connection_id, paces, n) => taken.map_err(|e| StageError::Retry(e.to_string()))?,
+        }
         applier.process(&chunk).await?;
     }
-    Ok(())
 }
 
 /// Where a connection's batch lane stands.
@@ -148,7 +234,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_is_worked_through_in_chunks_of_the_burst() {
+    fn a_batch_is_worked_through_in_chunks_of_the_burst_as_it_is_at_each_chunk() {
         let command = || ApplyCommand {
             command_id: Uuid::new_v4(),
             identity_id: Uuid::new_v4(),
@@ -168,8 +254,15 @@ mod tests {
             mirrors: vec![],
             csqls: vec![],
         };
-        let sizes: Vec<usize> = chunks(&batch, 5).iter().map(|c| c.commands.len()).collect();
-        assert_eq!(sizes, [5, 5, 2]);
-        assert!(chunks(&batch, 5).iter().all(|c| c.batch_id == batch.batch_id && c.lane == Lane::Batch));
+        let mut rest = batch.clone();
+        let mut sizes = Vec::new();
+        // The burst is read again for every chunk: 5, then 3 once lowered.
+        for size in [5, 3, 3, 3] {
+            let Some(chunk) = next_chunk(&mut rest, size) else { break };
+            assert!(chunk.batch_id == batch.batch_id && chunk.lane == Lane::Batch);
+            sizes.push(chunk.commands.len());
+        }
+        assert_eq!(sizes, [5, 3, 3, 1]);
+        assert!(next_chunk(&mut rest, 5).is_none());
     }
 }

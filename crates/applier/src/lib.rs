@@ -32,7 +32,7 @@ use lapin::message::Delivery;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-pub use batch::{BatchFigures, batch_figures};
+pub use batch::{BatchFigures, PaceBook, batch_figures};
 pub use process::Applier;
 
 /// The apply stage: decode, apply (paced in the batch lane), ack.
@@ -40,6 +40,11 @@ pub use process::Applier;
 pub struct ApplyStage {
     pub applier: Applier,
     pub budget: BatchBudget,
+    /// Each connection's batch budget, as configured now.
+    pub paces: PaceBook,
+    /// Batch-lane work in hand gives its message back at shutdown rather
+    /// than waiting out its budget.
+    pub shutdown: CancellationToken,
 }
 
 #[async_trait]
@@ -74,7 +79,7 @@ impl Handler for ApplyStage {
         }
         match batch.lane {
             Lane::Immediate => self.applier.process(&batch).instrument(span).await,
-            Lane::Batch => batch::process_paced(&self.applier, &self.budget, &batch).instrument(span).await,
+            Lane::Batch => batch::process_paced(&self.applier, &self.budget, &self.paces, &self.shutdown, &batch).instrument(span).await,
         }
     }
 }
@@ -104,6 +109,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             lock_timeout: config.locks.acquire_timeout(),
         },
         budget: BatchBudget::new(services.redis.clone(), &config.redis.prefix),
+        paces: PaceBook::new(services.pool.clone()),
+        shutdown: shutdown.clone(),
     });
     let mut loops = JoinSet::new();
     let immediate = options(&config, services.topology.queue(Stage::Apply, Lane::Immediate, ""), config.applier.concurrency);

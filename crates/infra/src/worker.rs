@@ -13,6 +13,8 @@
 //! - `Poison`: it can never succeed (unreadable, or the handler panicked):
 //!   rejected to the dead-letter exchange, never redelivered forever, never
 //!   blocking the queue behind it, never crashing the worker.
+//! - `Requeue`: stopped between durable steps (a shutdown): returned to the
+//!   queue at once, without a retry here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +46,11 @@ pub enum StageError {
     /// Can never succeed; the message goes to the dead-letter queue.
     #[error("poison: {0}")]
     Poison(String),
+    /// Not finished here, and not to be retried here: the message goes back
+    /// to the queue at once for whoever consumes next (a shutdown reached a
+    /// long unit of work between two of its steps, each one durable).
+    #[error("given back: {0}")]
+    Requeue(String),
 }
 
 impl From<sqlx::Error> for StageError {
@@ -227,6 +234,7 @@ async fn settle_in_span<H: Handler>(
             Ok(()) => "ok",
             Err(StageError::Retry(_)) => "retry",
             Err(StageError::Poison(_)) => "dead_lettered",
+            Err(StageError::Requeue(_)) => "requeued",
         };
         metrics::counter!("crmsync_messages_total", "tier" => tier, "stage" => stage, "outcome" => settled).increment(1);
         match outcome {
@@ -242,6 +250,11 @@ async fn settle_in_span<H: Handler>(
                 let reason = redact(&reason);
                 error!(queue = %opts.queue, %reason, "dead-lettering a message that cannot succeed");
                 let _ = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await;
+                return;
+            }
+            Err(StageError::Requeue(reason)) => {
+                info!(queue = %opts.queue, %reason, "giving the delivery back to the queue");
+                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
                 return;
             }
             Err(StageError::Retry(_)) if !channel.status().connected() => {
