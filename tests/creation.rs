@@ -83,6 +83,8 @@ async fn a_crm_lead_creates_a_prospect_only_with_auto_create_and_not_retroactive
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lead_the_crm_refuses_is_a_sync_error_until_fixed() {
     let mut app = TestApp::spawn().await;
+    // Without a placeholder, the CRM's own rule decides.
+    app.set("lead_placeholder", "off").await;
     let (ma_user, _) = app.sales_user("Ben").await;
     // A lead needs a company; this prospect has none.
     let p = app.create_prospect(&[("email", "no@company.example"), ("lastName", "Nocomp")]).await;
@@ -99,5 +101,58 @@ async fn a_lead_the_crm_refuses_is_a_sync_error_until_fixed() {
     app.settle().await;
     assert_eq!(app.with_email("crm.leads", "no@company.example").await.len(), 1);
     assert!(app.sync_errors().await.is_empty(), "the error is resolved once the lead exists");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assigned_prospect_without_company_or_last_name_becomes_a_lead_with_placeholders_that_never_reach_the_prospect() {
+    let mut app = TestApp::spawn().await;
+    let (ma_user, _) = app.sales_user("Cleo").await;
+    // A form fill: an email and a first name, nothing else.
+    let p = app.create_prospect(&[("email", "form@fill.example"), ("firstName", "Fay")]).await;
+    app.sandbox.assign(p, Some(ma_user)).await.unwrap();
+    app.start_pipeline(1, 1);
+    app.settle().await;
+    let leads = app.with_email("crm.leads", "form@fill.example").await;
+    assert_eq!(leads.len(), 1, "the lead is created: {leads:?}");
+    assert_eq!(leads[0]["company"], "[[unknown]]");
+    assert_eq!(leads[0]["last_name"], "[[unknown]]");
+    assert_eq!(leads[0]["first_name"], "Fay");
+    assert!(app.sync_errors().await.is_empty(), "{:?}", app.sync_errors().await);
+    assert_eq!(app.identity_status(p).await.as_deref(), Some("linked"));
+    // The placeholder is the engine's own write: the prospect stays blank.
+    let prospect = app.prospect(p).await;
+    assert!(prospect["company"].is_null() && prospect["last_name"].is_null(), "{prospect}");
+
+    // A real value, once the prospect has one, replaces the placeholder.
+    app.update(&PROSPECT, &p.to_string(), &[("company", "Real Co")]).await;
+    // A CRM user's edit of another field does not send the placeholder back.
+    app.update(&LEAD, leads[0]["id"].as_str().unwrap(), &[("Title", "Buyer")]).await;
+    app.settle().await;
+    let lead = &app.with_email("crm.leads", "form@fill.example").await[0];
+    assert_eq!(lead["company"], "Real Co");
+    assert_eq!(lead["last_name"], "[[unknown]]");
+    let prospect = app.prospect(p).await;
+    assert_eq!(prospect["job_title"], "Buyer");
+    assert!(prospect["last_name"].is_null(), "{prospect}");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_records_sharing_an_email_that_no_prospect_has_raise_no_ambiguity_without_auto_create() {
+    let mut app = TestApp::spawn().await;
+    app.create_lead(&[("LastName", "One"), ("Company", "Co"), ("Email", "twice@crm.example")]).await;
+    app.create_lead(&[("LastName", "Two"), ("Company", "Co"), ("Email", "twice@crm.example")]).await;
+    app.start_pipeline(1, 1);
+    app.settle().await;
+    assert!(app.sync_errors().await.is_empty(), "nothing to guess: no prospect, no auto-creation");
+
+    // A prospect taking that email is where the engine would have to guess.
+    let p = app.create_prospect(&[("email", "twice@crm.example"), ("lastName", "Twice")]).await;
+    app.settle().await;
+    let errors = app.sync_errors().await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].category, SyncErrorCategory::AmbiguousMatch.as_str());
+    assert_eq!(errors[0].record_id, p.to_string());
     app.cleanup().await;
 }
