@@ -80,11 +80,11 @@ pub async fn list(config: &Config, only: Option<StageArg>, full: bool) -> anyhow
     topology.declare(&channel).await?;
     for stage in stages(only) {
         let held = take_all(&channel, &topology, stage).await?;
-        println!("{}: {} message(s)", topology.dead_queue(stage), held.len());
+        outln!("{}: {} message(s)", topology.dead_queue(stage), held.len());
         for d in &held {
             let (connection, _) = amqp::origin(&d.properties);
             let lane = amqp::header(&d.properties, "x-lane").unwrap_or("immediate");
-            println!(
+            outln!(
                 "  {}  connection {connection} · lane {lane} · {} · {} B · {}",
                 message_id(d),
                 death_reason(d),
@@ -147,10 +147,10 @@ pub async fn replay(config: &Config, pool: &PgPool, only: Option<StageArg>, ids:
         sync_errors::find(pool, &Filter { object: Some("message".into()), status: Some("open".into()), ..Filter::default() }, None).await?;
     let closing: Vec<i64> = errors.iter().filter(|e| replayed.contains(&e.record_id)).map(|e| e.id).collect();
     sync_errors::close(pool, &closing, "retried", started).await?;
-    println!("replayed {} message(s) to their work queues", replayed.len());
+    outln!("replayed {} message(s) to their work queues", replayed.len());
     let missing: Vec<&String> = ids.iter().filter(|id| !replayed.contains(id)).collect();
     if !missing.is_empty() {
-        println!("not in the dead-letter queues: {}", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+        outln!("not in the dead-letter queues: {}", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

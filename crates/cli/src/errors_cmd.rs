@@ -63,7 +63,7 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: ErrorsCmd) -> anyhow::Resu
             let found = sync_errors::find(pool, &targets(ids, category, connection), None).await?;
             let ids: Vec<i64> = found.iter().map(|e| e.id).collect();
             let closed = sync_errors::close(pool, &ids, "dismissed", chrono::Utc::now()).await?;
-            println!("dismissed {closed} open sync error(s)");
+            outln!("dismissed {closed} open sync error(s)");
         }
         ErrorsCmd::Export { filter, format, output } => export(pool, &filter_of(&filter), format, output).await?,
         ErrorsCmd::DeadLetters { stage, full } => dead_letters::list(config, stage, full).await?,
@@ -75,7 +75,7 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: ErrorsCmd) -> anyhow::Resu
 async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool) -> anyhow::Result<()> {
     let rows = sync_errors::find(pool, filter, Some(limit)).await?;
     if json {
-        let mut out = std::io::stdout().lock();
+        let mut out = std::io::BufWriter::new(crate::out::Stdout);
         for r in &rows {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
         }
@@ -85,16 +85,16 @@ async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool) -> anyhow:
     let counts = sync_errors::count_by_category(pool, filter).await?;
     let total: i64 = counts.iter().map(|(_, _, n)| n).sum();
     let summary: Vec<String> = counts.iter().map(|(c, k, n)| format!("{c}/{k} {n}")).collect();
-    println!("{total} sync error(s){}", if summary.is_empty() { String::new() } else { format!(": {}", summary.join(", ")) });
+    outln!("{total} sync error(s){}", if summary.is_empty() { String::new() } else { format!(": {}", summary.join(", ")) });
     if rows.is_empty() {
         return Ok(());
     }
-    println!(
+    outln!(
         "{:>7}  {:<10} {:<20} {:<16} {:<20} {:>4}  {:<16}  reason",
         "id", "connection", "category", "object", "record", "×", "last seen"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:>7}  {:<10} {:<20} {:<16} {:<20} {:>4}  {:<16}  {}",
             r.id,
             one_line(&r.connection_id, 10),
@@ -107,7 +107,7 @@ async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool) -> anyhow:
         );
     }
     if total > rows.len() as i64 {
-        println!("({} more; --limit shows more, `crmsync errors export` writes them all)", total - rows.len() as i64);
+        outln!("({} more; --limit shows more, `crmsync errors export` writes them all)", total - rows.len() as i64);
     }
     Ok(())
 }
@@ -115,21 +115,21 @@ async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool) -> anyhow:
 async fn show(pool: &PgPool, id: i64) -> anyhow::Result<()> {
     let filter = Filter { ids: vec![id], ..Filter::default() };
     let e = sync_errors::find(pool, &filter, Some(1)).await?.pop().with_context(|| format!("no sync error #{id}"))?;
-    println!("sync error #{}", e.id);
-    println!("  connection   {}", e.connection_id);
-    println!("  status       {}{}", e.status, e.closed_at.map(|t| format!(" (closed {t})")).unwrap_or_default());
-    println!("  category     {}", e.category);
-    println!("  stage        {}", e.stage);
-    println!("  record       {} {}", e.object, e.record_id);
-    println!("  occurrences  {} (first {}, last {})", e.occurrences, e.first_seen_at, e.last_seen_at);
+    outln!("sync error #{}", e.id);
+    outln!("  connection   {}", e.connection_id);
+    outln!("  status       {}{}", e.status, e.closed_at.map(|t| format!(" (closed {t})")).unwrap_or_default());
+    outln!("  category     {}", e.category);
+    outln!("  stage        {}", e.stage);
+    outln!("  record       {} {}", e.object, e.record_id);
+    outln!("  occurrences  {} (first {}, last {})", e.occurrences, e.first_seen_at, e.last_seen_at);
     if let Some(change) = e.change_id {
-        println!("  change       {change}");
+        outln!("  change       {change}");
     }
-    println!("  reason       {}", e.reason);
+    outln!("  reason       {}", e.reason);
     if let Some(payload) = &e.payload {
-        println!("  record as detected:");
+        outln!("  record as detected:");
         for line in serde_json::to_string_pretty(payload)?.lines() {
-            println!("    {line}");
+            outln!("    {line}");
         }
     }
     Ok(())
@@ -143,7 +143,7 @@ async fn retry(config: &Config, pool: &PgPool, targets: Filter) -> anyhow::Resul
     let started = chrono::Utc::now();
     let found = sync_errors::find(pool, &targets, None).await?;
     if found.is_empty() {
-        println!("no open sync error to retry");
+        outln!("no open sync error to retry");
         return Ok(ExitCode::SUCCESS);
     }
     let (messages, records): (Vec<&SyncErrorDetail>, Vec<&SyncErrorDetail>) = found.iter().partition(|e| e.object == "message");
@@ -191,9 +191,9 @@ async fn retry(config: &Config, pool: &PgPool, targets: Filter) -> anyhow::Resul
     }
     progress.finish_and_clear();
     broker.close().await;
-    println!("retried {retried} record(s): they are back in the pipeline; a record that fails again gets a new open error");
+    outln!("retried {retried} record(s): they are back in the pipeline; a record that fails again gets a new open error");
     if gone > 0 {
-        println!("{gone} record(s) are no longer in their source");
+        outln!("{gone} record(s) are no longer in their source");
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -202,7 +202,7 @@ async fn export(pool: &PgPool, filter: &Filter, format: ExportFormat, output: Op
     let rows = sync_errors::find(pool, filter, None).await?;
     let sink: Box<dyn Write> = match &output {
         Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
-        None => Box::new(std::io::stdout().lock()),
+        None => Box::new(crate::out::Stdout),
     };
     let mut sink = std::io::BufWriter::new(sink);
     match format {
@@ -246,7 +246,7 @@ async fn export(pool: &PgPool, filter: &Filter, format: ExportFormat, output: Op
     }
     sink.flush()?;
     if let Some(path) = output {
-        eprintln!("wrote {} sync error(s) to {}", rows.len(), path.display());
+        crate::out::err_line(format_args!("wrote {} sync error(s) to {}", rows.len(), path.display()));
     }
     Ok(())
 }

@@ -1,5 +1,11 @@
 //! The `crmsync` command. Each module is one group of commands; the tiers
 //! themselves live in their own crates and are only started from here.
+//!
+//! Commands print through [`out`], never `println!`: see there why.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+#[macro_use]
+pub mod out;
 
 pub mod args;
 pub mod bench;
@@ -31,14 +37,17 @@ pub fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("crmsync: cannot start the runtime: {e}");
+            out::err_line(format_args!("crmsync: cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // The reader of standard output went away (`| head`): what it
+        // wanted was printed, and nothing is wrong.
+        Err(e) if out::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("crmsync: {e:#}");
+            out::err_line(format_args!("crmsync: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -110,7 +119,7 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 identities::set_state_form(&pool, form).await.context("setting the identity state's form")?;
             }
             let form = identities::state_form(&pool).await?;
-            println!("migrations applied; identity states are written as {}", form.as_str());
+            outln!("migrations applied; identity states are written as {}", form.as_str());
         }
         Command::Status(c) => status::print(&config, &connect_migrated(&config).await?, c.connection.as_deref()).await?,
         Command::Report(c) => {

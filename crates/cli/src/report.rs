@@ -180,26 +180,26 @@ fn join(pairs: &[(String, i64)]) -> String {
 }
 
 /// Prints a report for people.
-pub fn print(r: &Report) {
-    println!("Connection {}", r.connection_id);
-    println!("  Identities    {}", join(&r.statuses));
+pub fn print(r: &Report) -> std::io::Result<()> {
+    outln!("Connection {}", r.connection_id);
+    outln!("  Identities    {}", join(&r.statuses));
     let (skips, actions): (Vec<_>, Vec<_>) = r.actions.iter().cloned().partition(|(a, _)| a.starts_with("skipped:"));
     let (rejects, actions): (Vec<_>, Vec<_>) = actions.into_iter().partition(|(a, _)| a.starts_with("rejected"));
-    println!("  Changes       {}", join(&actions));
+    outln!("  Changes       {}", join(&actions));
     if !skips.is_empty() {
-        println!(
+        outln!(
             "  Not synced    {}",
             join(&skips.iter().map(|(a, n)| (a.trim_start_matches("skipped:").to_owned(), *n)).collect::<Vec<_>>())
         );
     }
     if !rejects.is_empty() {
-        println!("  Rejected      {}", rejects.iter().map(|(_, n)| n).sum::<i64>());
+        outln!("  Rejected      {}", rejects.iter().map(|(_, n)| n).sum::<i64>());
     }
-    println!("  Sync errors   {}", join(&r.open_errors));
+    outln!("  Sync errors   {}", join(&r.open_errors));
     for s in &r.error_samples {
-        println!("                · {} {} {}: {}", s.category, s.object, s.record_id, s.reason);
+        outln!("                · {} {} {}: {}", s.category, s.object, s.record_id, s.reason);
     }
-    println!(
+    outln!(
         "  Check         {} linked pairs compared field by field: {} mismatched field(s); {} pair(s) waiting on an open sync error; {} missing record(s)",
         r.pairs_compared,
         r.mismatches.len(),
@@ -207,11 +207,11 @@ pub fn print(r: &Report) {
         r.missing.len()
     );
     for m in r.mismatches.iter().take(10) {
-        println!("                ✗ prospect {} / {}: {} differs", m.prospect_id, m.crm_id, m.field);
+        outln!("                ✗ prospect {} / {}: {} differs", m.prospect_id, m.crm_id, m.field);
     }
-    println!("                {} lead(s) created by the engine checked for owner: {} wrong", r.created_leads_checked, r.wrong_owners.len());
+    outln!("                {} lead(s) created by the engine checked for owner: {} wrong", r.created_leads_checked, r.wrong_owners.len());
     for m in &r.mirrors {
-        println!(
+        outln!(
             "                {}: {} in the CRM, {} mirrored in the MA ({} prospect link(s)), {} wrong",
             m.kind,
             m.sources,
@@ -220,10 +220,11 @@ pub fn print(r: &Report) {
             m.wrong.len()
         );
         for id in m.wrong.iter().take(5) {
-            println!("                ✗ {} {id}: the MA's mirror differs from what the rules say", m.kind);
+            outln!("                ✗ {} {id}: the MA's mirror differs from what the rules say", m.kind);
         }
     }
-    println!("  Result        {}", if r.ok() { "OK: both sides agree" } else { "FAILED" });
+    outln!("  Result        {}", if r.ok() { "OK: both sides agree" } else { "FAILED" });
+    Ok(())
 }
 
 /// Builds and prints the report of each connection; true if all are OK.
@@ -232,7 +233,7 @@ pub async fn print_all(config: &Config, pool: &PgPool, only: Option<&str>) -> an
     let mut ok = true;
     for id in crate::connection_ids(pool, only).await? {
         let r = build(pool, &factory, &id).await?;
-        print(&r);
+        print(&r)?;
         ok &= r.ok();
     }
     Ok(ok)

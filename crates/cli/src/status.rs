@@ -13,12 +13,12 @@ pub async fn print(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow
     for id in crate::connection_ids(pool, only).await? {
         let statuses = identities::status_counts(pool, &id).await?;
         let count = |s: &str| statuses.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
-        println!("Connection {id}");
-        println!("  in sync              {}", count("linked"));
-        println!("  pending assignment   {}", count("pending_assignment"));
-        println!("  being created        {}", count("creating_crm") + count("creating_ma"));
+        outln!("Connection {id}");
+        outln!("  in sync              {}", count("linked"));
+        outln!("  pending assignment   {}", count("pending_assignment"));
+        outln!("  being created        {}", count("creating_crm") + count("creating_ma"));
         for f in feeds::all(pool, &id).await? {
-            println!(
+            outln!(
                 "  feed {:<30} published {:>8}  echoes dropped {:>8}  leased by {}",
                 f.feed,
                 f.published,
@@ -27,7 +27,7 @@ pub async fn print(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow
             );
         }
         let batch = crmsync_applier::batch_figures(pool, &id).await?;
-        println!(
+        outln!(
             "  batch lane           backlog {} · budget {}/hour · used {} in the last hour ({:.0}%) · done in {}",
             batch.backlog,
             batch.budget_per_hour,
@@ -37,7 +37,7 @@ pub async fn print(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow
         );
         let settings = crmsync_store::connections::load(pool, &id).await?;
         let csqls = crmsync_store::csql_links::outcome_counts(pool, &id).await?;
-        println!(
+        outln!(
             "  CSQLs                target {} · record type {} · sync user {}{}{}",
             settings.csql.target,
             settings.csql.record_type,
@@ -47,9 +47,9 @@ pub async fn print(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow
         );
         let errors = sync_errors::open_counts(pool, &id).await?;
         if errors.is_empty() {
-            println!("  sync errors          none");
+            outln!("  sync errors          none");
         } else {
-            println!("  sync errors          {}", errors.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", "));
+            outln!("  sync errors          {}", errors.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", "));
         }
     }
     match amqp::connect(&config.amqp, "crmsync-status").await {
@@ -57,22 +57,22 @@ pub async fn print(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow
             let channel = conn.create_channel().await?;
             let topology = Topology::new(&config.amqp);
             topology.declare(&channel).await?;
-            println!("Queued messages (broker)");
+            outln!("Queued messages (broker)");
             let connections = crate::connection_ids(pool, only).await?;
             for c in &connections {
                 topology.declare_connection(&channel, c).await?;
             }
             for (stage, lane, q) in topology.work_queues(&connections) {
-                println!("  {:<45} {:>8}", q, topology.depth(&channel, &q).await?);
+                outln!("  {:<45} {:>8}", q, topology.depth(&channel, &q).await?);
                 let _ = (stage, lane);
             }
             for stage in [amqp::Stage::Match, amqp::Stage::Apply] {
                 let q = topology.dead_queue(stage);
-                println!("  {:<45} {:>8}", q, topology.depth(&channel, &q).await?);
+                outln!("  {:<45} {:>8}", q, topology.depth(&channel, &q).await?);
             }
             let _ = conn.close(200, "done".into()).await;
         }
-        Err(e) => println!("Queued: broker unreachable ({e})"),
+        Err(e) => outln!("Queued: broker unreachable ({e})"),
     }
     Ok(())
 }
