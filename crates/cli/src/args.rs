@@ -452,7 +452,8 @@ pub enum SandboxCmd {
         #[arg(long, default_value = "default")]
         tenant: String,
     },
-    /// Move a record to its system's recycle bin.
+    /// Move a record to its system's recycle bin (`custom:<Name__c>` for a
+    /// custom object's record).
     Delete {
         object: String,
         id: String,
@@ -486,7 +487,8 @@ pub enum SandboxCmd {
         #[arg(long, default_value = "default")]
         tenant: String,
     },
-    /// List the most recently changed records.
+    /// List the most recently changed records of an object
+    /// (`custom:<Name__c>`: of that custom object).
     List {
         object: String,
         #[arg(long, default_value_t = 20)]

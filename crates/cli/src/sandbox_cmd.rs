@@ -3,20 +3,13 @@
 
 use anyhow::{Context, bail};
 use crmsync_infra::Config;
-use crmsync_sandbox::ops::{Sandbox, System};
-use crmsync_sandbox::{schema, seed};
+use crmsync_sandbox::ops::{Sandbox, System, Target};
+use crmsync_sandbox::seed;
 use sqlx::PgPool;
 
 use crmsync_domain::csql::{CsUserType, CsqlRecordType};
 
 use crate::args::{CsCmd, KeyValue, SandboxCmd, ServeArgs, SystemArg};
-
-fn object(name: &str) -> anyhow::Result<&'static schema::ObjectDef> {
-    schema::object(name).with_context(|| {
-        let names: Vec<&str> = schema::OBJECTS.iter().map(|o| o.name).collect();
-        format!("no sandbox object {name:?}; objects: {}", names.join(", "))
-    })
-}
 
 fn pairs(set: Vec<KeyValue>) -> Vec<(String, String)> {
     set.into_iter().map(|KeyValue(k, v)| (k, v)).collect()
@@ -51,27 +44,18 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: SandboxCmd) -> anyhow::Res
             outln!("tenant {tenant} emptied");
         }
         SandboxCmd::Create { object: o, set, tenant } => {
-            let id = match o.strip_prefix("custom:") {
-                Some(kind) => sb(&tenant).create_custom(kind, &pairs(set)).await?,
-                None if o == "custom" => bail!("name the custom object: custom:<Name__c>"),
-                None => sb(&tenant).create(object(&o)?, &pairs(set), None).await?,
-            };
-            outln!("{id}");
+            outln!("{}", sb(&tenant).create_target(Target::parse(&o)?, &pairs(set)).await?);
         }
         SandboxCmd::Update { object: o, id, set, tenant } => {
-            if o == "custom" || o.starts_with("custom:") {
-                sb(&tenant).update_custom(&id, &pairs(set)).await?;
-            } else {
-                sb(&tenant).update(object(&o)?, &id, &pairs(set), None).await?;
-            }
+            sb(&tenant).update_target(Target::parse(&o)?, &id, &pairs(set)).await?;
             outln!("{o} {id} updated");
         }
         SandboxCmd::Delete { object: o, id, tenant } => {
-            sb(&tenant).set_deleted(object(o.split(':').next().unwrap_or(&o))?, &id, true).await?;
+            sb(&tenant).set_target_deleted(Target::parse(&o)?, &id, true).await?;
             outln!("{o} {id} moved to the recycle bin");
         }
         SandboxCmd::Undelete { object: o, id, tenant } => {
-            sb(&tenant).set_deleted(object(o.split(':').next().unwrap_or(&o))?, &id, false).await?;
+            sb(&tenant).set_target_deleted(Target::parse(&o)?, &id, false).await?;
             outln!("{o} {id} restored");
         }
         SandboxCmd::ConvertLead { lead, account, opportunity, tenant } => {
@@ -88,12 +72,12 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: SandboxCmd) -> anyhow::Res
         SandboxCmd::Show { object: o, id, tenant } => {
             let shown = match o.as_str() {
                 "prospect" => sb(&tenant).prospect_view(id.parse().context("a prospect id is a number")?).await?,
-                _ => sb(&tenant).show(object(o.split(':').next().unwrap_or(&o))?, &id).await?,
+                _ => sb(&tenant).show_target(Target::parse(&o)?, &id).await?,
             };
             outln!("{}", serde_json::to_string_pretty(&shown)?);
         }
         SandboxCmd::List { object: o, limit, tenant } => {
-            for row in sb(&tenant).list(object(&o)?, limit).await? {
+            for row in sb(&tenant).list_target(Target::parse(&o)?, limit).await? {
                 outln!("{row}");
             }
         }
