@@ -467,6 +467,24 @@ pub enum SandboxCmd {
         #[arg(long, default_value = "default")]
         tenant: String,
     },
+    /// Make many changes in one transaction (a burst, as an import or a mass
+    /// update would): JSON lines from FILE, or standard input without one.
+    /// Each line is one operation on any object, custom ones included:
+    ///
+    ///   {"op": "create", "object": "prospect", "set": {"email": "a@example.com"}}
+    ///   {"op": "update", "object": "lead", "id": "00Q...", "set": {"Title": "CTO"}}
+    ///   {"op": "delete", "object": "custom:Subscription__c", "id": "a0X..."}
+    ///   {"op": "undelete", "object": "contact", "id": "003..."}
+    ///
+    /// All are committed together or none is; prints one JSON line per
+    /// operation with the record's id.
+    #[command(verbatim_doc_comment)]
+    Batch {
+        /// The file of operations (`-` or none: standard input).
+        file: Option<PathBuf>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
     /// Convert a lead as the CRM does: a contact, its account, optionally an opportunity.
     ConvertLead {
         lead: String,

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use crmsync_infra::Config;
-use crmsync_sandbox::ops::{Sandbox, System, Target};
+use crmsync_sandbox::ops::{BatchOp, Sandbox, System, Target};
 use crmsync_sandbox::seed;
 use sqlx::PgPool;
 
@@ -58,6 +58,7 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: SandboxCmd) -> anyhow::Res
             sb(&tenant).set_target_deleted(Target::parse(&o)?, &id, false).await?;
             outln!("{o} {id} restored");
         }
+        SandboxCmd::Batch { file, tenant } => batch(&sb(&tenant), file.as_deref()).await?,
         SandboxCmd::ConvertLead { lead, account, opportunity, tenant } => {
             let c = sb(&tenant).convert_lead(&lead, account.as_deref(), opportunity.as_deref()).await?;
             outln!("{}", serde_json::to_string_pretty(&c)?);
@@ -111,6 +112,27 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: SandboxCmd) -> anyhow::Res
         }
         SandboxCmd::Cs(cmd) => cs(&pool, cmd).await?,
     }
+    Ok(())
+}
+
+/// `crmsync sandbox batch`: the operations of a file (or standard input),
+/// one JSON object a line, in one transaction; prints what each did.
+async fn batch(sandbox: &Sandbox, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let text = match file {
+        Some(path) if path != std::path::Path::new("-") => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        _ => std::io::read_to_string(std::io::stdin()).context("reading the operations from standard input")?,
+    };
+    let ops = BatchOp::parse_lines(&text)?;
+    if ops.is_empty() {
+        bail!("no operations: give one JSON object a line, e.g. {{\"op\": \"create\", \"object\": \"prospect\", \"set\": {{\"email\": \"a@example.com\"}}}}");
+    }
+    let done = sandbox.apply_batch(&ops).await?;
+    for result in &done {
+        outln!("{}", serde_json::to_string(result)?);
+    }
+    crate::out::err_line(format_args!("{} operation(s) committed in one transaction", done.len()));
     Ok(())
 }
 

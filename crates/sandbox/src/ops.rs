@@ -11,8 +11,10 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use crate::schema::{self, ObjectDef};
 
+mod batch;
 mod cs;
 mod custom;
+pub use batch::{BatchOp, BatchResult};
 pub use custom::Target;
 use crate::store::{self, RowWrite};
 
