@@ -45,3 +45,19 @@ async fn every_command_ends_quietly_when_its_reader_goes_away() {
     }
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_set_help_lists_every_key_the_settings_take() {
+    let app = TestApp::spawn().await;
+    let (ok, help, err) = app.run_cli(crmsync_tests::crmsync_exe!(), &["connection", "set", "--help"]).await;
+    assert!(ok, "{err}");
+    for (key, what) in crmsync_domain::settings::KEYS {
+        assert!(help.contains(&format!("- {key}:")) && help.contains(what), "`connection set --help` lists {key}:\n{help}");
+    }
+    // What the help lists is what the command takes.
+    let (ok, _, err) = app.run_cli(crmsync_tests::crmsync_exe!(), &["connection", "set", "default", "ma", "elsewhere"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = app.run_cli(crmsync_tests::crmsync_exe!(), &["connection", "set", "default", "colour", "red"]).await;
+    assert!(!ok && err.contains("possible values") && err.contains("crm"), "{err}");
+    app.cleanup().await;
+}

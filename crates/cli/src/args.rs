@@ -231,6 +231,13 @@ pub struct ConnectionArg {
     pub connection: Option<String>,
 }
 
+/// The keys `connection set` takes, each with what it takes, from the one
+/// list the settings themselves check.
+fn setting_keys() -> clap::builder::PossibleValuesParser {
+    use clap::builder::PossibleValue;
+    clap::builder::PossibleValuesParser::new(crmsync_domain::settings::KEYS.iter().map(|(key, help)| PossibleValue::new(*key).help(*help)))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ConnectionCmd {
     /// List connections.
@@ -245,13 +252,13 @@ pub enum ConnectionCmd {
         #[arg(long, default_value = "default")]
         crm_tenant: String,
     },
-    /// Change a setting: auto_create_prospects, batch_threshold,
-    /// batch_budget_per_hour, batch_burst, cs (the CS tenant, or none),
-    /// csql.target (cs|crm), csql.record_type (lead|opportunity),
-    /// csql.sync_user (logged_in|integration).
+    /// Change a setting; `--help` lists every key and what it takes.
     Set {
+        /// The connection.
         id: String,
+        #[arg(value_parser = setting_keys())]
         key: String,
+        /// The new value, as the key takes it.
         value: String,
         /// Confirm a change that needs it (csql.record_type), after reading
         /// what changes with it.
