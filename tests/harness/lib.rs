@@ -406,13 +406,13 @@ impl TestApp {
 
     /// Messages in a stage's dead-letter queue.
     pub async fn dead_letters(&self, stage: Stage) -> u32 {
-        self.broker.depth(&self.broker.topology().dead_queue(stage)).await.unwrap()
+        self.broker.depth(&self.broker.topology().dead_queue(stage)).await.unwrap().unwrap_or(0)
     }
 
     /// Messages ready in a stage's work queue of `lane` (the immediate lane's
     /// is shared by every connection).
     pub async fn queued(&self, stage: Stage, lane: Lane) -> u32 {
-        self.broker.depth(&self.broker.topology().queue(stage, lane, "")).await.unwrap()
+        self.broker.depth(&self.broker.topology().queue(stage, lane, "")).await.unwrap().unwrap_or(0)
     }
 
     /// Publishes a change batch to the matcher.

@@ -33,9 +33,17 @@ pub enum Command {
         identity_state: Option<IdentityStateForm>,
     },
     /// Show, per connection, what is in sync, pending, queued and failing.
-    Status(ConnectionArg),
-    /// Check both sides of every linked identity against each other.
-    Report(ConnectionArg),
+    /// Read-only: answers within the configured timeouts, naming what it
+    /// could not reach (then it exits 1), and declares nothing.
+    Status(ViewArgs),
+    /// Check both sides of every linked identity against each other. Exits
+    /// 1 on a real mismatch; pairs whose change is still waiting in the
+    /// batch lane are listed apart.
+    Report(ViewArgs),
+    /// Wait until the pipeline is idle: every change published is finished,
+    /// no work queue holds a message, no feed has unread changes. Exits 1 on
+    /// the timeout, saying what was still busy; shows progress on a terminal.
+    WaitIdle(WaitIdleArgs),
     /// Work the sync-error queue: list, show, retry, dismiss, export; inspect
     /// and replay dead-lettered messages. Without a subcommand: list.
     Errors {
@@ -225,10 +233,23 @@ pub enum IdentityStateForm {
 }
 
 #[derive(Debug, Args)]
-pub struct ConnectionArg {
+pub struct ViewArgs {
     /// The connection (all of them when omitted).
     #[arg(long, short = 'c')]
     pub connection: Option<String>,
+    /// One JSON document instead of text (its shape is in the README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitIdleArgs {
+    /// The connection (all of them when omitted).
+    #[arg(long, short = 'c')]
+    pub connection: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
 }
 
 /// The keys `connection set` takes, each with what it takes, from the one

@@ -10,6 +10,7 @@
 //! a crash in between leaves it in both places, never in neither (I1).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use crmsync_domain::Lane;
@@ -59,27 +60,36 @@ fn preview(body: &[u8], max: Option<usize>) -> String {
     }
 }
 
-/// Every message of a dead-letter queue, held unacked on `channel`.
-async fn take_all(channel: &lapin::Channel, topology: &Topology, stage: Stage) -> anyhow::Result<Vec<Delivery>> {
+/// Every message of a dead-letter queue, held unacked on `channel`; `None`
+/// if the queue has not been declared (the broker then closed `channel`).
+/// Each call on the broker fails after `limit`.
+async fn take_all(channel: &lapin::Channel, topology: &Topology, stage: Stage, limit: Duration) -> anyhow::Result<Option<Vec<Delivery>>> {
     let queue = topology.dead_queue(stage);
-    let count = topology.depth(channel, &queue).await?;
+    let Some(count) = amqp::within(limit, topology.passive_depth(channel, &queue)).await? else { return Ok(None) };
     let mut held = Vec::new();
     for _ in 0..count {
-        match channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await? {
+        match amqp::within(limit, channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })).await? {
             Some(m) => held.push(m.delivery),
             None => break,
         }
     }
-    Ok(held)
+    Ok(Some(held))
 }
 
+/// Lists the dead-lettered messages without consuming them, and without
+/// declaring anything (I10): a dead-letter queue no tier has declared yet
+/// is said to be so.
 pub async fn list(config: &Config, only: Option<StageArg>, full: bool) -> anyhow::Result<()> {
+    let limit = config.amqp.timeout();
     let conn = amqp::connect(&config.amqp, "crmsync-dead-letters").await.context("connecting to RabbitMQ")?;
-    let channel = conn.create_channel().await?;
     let topology = Topology::new(&config.amqp);
-    topology.declare(&channel).await?;
     for stage in stages(only) {
-        let held = take_all(&channel, &topology, stage).await?;
+        // A channel per queue: a missing one closes it.
+        let channel = amqp::within(limit, conn.create_channel()).await?;
+        let Some(held) = take_all(&channel, &topology, stage, limit).await? else {
+            outln!("{}: not declared yet", topology.dead_queue(stage));
+            continue;
+        };
         outln!("{}: {} message(s)", topology.dead_queue(stage), held.len());
         for d in &held {
             let (connection, _) = amqp::origin(&d.properties);
@@ -92,10 +102,10 @@ pub async fn list(config: &Config, only: Option<StageArg>, full: bool) -> anyhow
                 preview(&d.data, if full { None } else { Some(100) })
             );
         }
+        // Closing the channel returns every message held to its queue.
+        let _ = amqp::within(limit, channel.close(200, "inspected".into())).await;
     }
-    // Closing the channel returns every message held to its queue.
-    let _ = channel.close(200, "inspected".into()).await;
-    let _ = conn.close(200, "done".into()).await;
+    let _ = amqp::within(limit, conn.close(200, "done".into())).await;
     Ok(())
 }
 
@@ -107,7 +117,8 @@ pub async fn replay(config: &Config, pool: &PgPool, only: Option<StageArg>, ids:
     let topology = broker.topology().clone();
     let mut replayed = Vec::new();
     for stage in stages(only) {
-        let held = take_all(&channel, &topology, stage).await?;
+        // The tier's broker handle declared the topology on connecting.
+        let held = take_all(&channel, &topology, stage, config.amqp.timeout()).await?.unwrap_or_default();
         let chosen: Vec<&Delivery> = held.iter().filter(|d| all || ids.contains(&message_id(d))).collect();
         let progress = crate::progress::bar(chosen.len() as u64, "replayed");
         for d in chosen {

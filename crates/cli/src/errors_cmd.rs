@@ -54,20 +54,30 @@ fn one_line(s: &str, max: usize) -> String {
     if flat.chars().count() <= max { flat } else { format!("{}…", flat.chars().take(max - 1).collect::<String>()) }
 }
 
-pub async fn run(config: &Config, pool: &PgPool, cmd: ErrorsCmd) -> anyhow::Result<ExitCode> {
+/// Runs an `errors` command. Those that only read (list, show, export,
+/// dead-letters) read PostgreSQL within `database.command_timeout_ms` and
+/// the broker within `amqp.timeout_ms`, and create nothing.
+pub async fn run(config: &Config, cmd: ErrorsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ErrorsCmd::List { filter, limit, json } => list(pool, &filter_of(&filter), limit, json).await?,
-        ErrorsCmd::Show { id } => show(pool, id).await?,
-        ErrorsCmd::Retry { ids, category, connection } => return retry(config, pool, targets(ids, category, connection)).await,
+        ErrorsCmd::List { filter, limit, json } => list(&crate::connect_reading(config).await?, &filter_of(&filter), limit, json).await?,
+        ErrorsCmd::Show { id } => show(&crate::connect_reading(config).await?, id).await?,
+        ErrorsCmd::Retry { ids, category, connection } => {
+            return retry(config, &crate::connect(config).await?, targets(ids, category, connection)).await;
+        }
         ErrorsCmd::Dismiss { ids, category, connection } => {
-            let found = sync_errors::find(pool, &targets(ids, category, connection), None).await?;
+            let pool = crate::connect(config).await?;
+            let found = sync_errors::find(&pool, &targets(ids, category, connection), None).await?;
             let ids: Vec<i64> = found.iter().map(|e| e.id).collect();
-            let closed = sync_errors::close(pool, &ids, "dismissed", chrono::Utc::now()).await?;
+            let closed = sync_errors::close(&pool, &ids, "dismissed", chrono::Utc::now()).await?;
             outln!("dismissed {closed} open sync error(s)");
         }
-        ErrorsCmd::Export { filter, format, output } => export(pool, &filter_of(&filter), format, output).await?,
+        ErrorsCmd::Export { filter, format, output } => {
+            export(&crate::connect_reading(config).await?, &filter_of(&filter), format, output).await?;
+        }
         ErrorsCmd::DeadLetters { stage, full } => dead_letters::list(config, stage, full).await?,
-        ErrorsCmd::Replay { stage, messages, all } => return dead_letters::replay(config, pool, stage, &messages, all).await,
+        ErrorsCmd::Replay { stage, messages, all } => {
+            return dead_letters::replay(config, &crate::connect(config).await?, stage, &messages, all).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
