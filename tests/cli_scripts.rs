@@ -1,10 +1,11 @@
 //! What scripts need from the CLI (issue 26), through the real binary and
-//! tiers: `status --json`, `wait-idle`, refused creations told apart from
-//! ones under way.
+//! tiers: `status --json` and `report --json`, `wait-idle`, refused
+//! creations told apart from ones under way, and a report that lists what
+//! waits in the batch lane apart from real mismatches.
 
 use std::time::{Duration, Instant};
 
-use crmsync_tests::TestApp;
+use crmsync_tests::{TestApp, Tier};
 use serde_json::Value;
 
 async fn cli(app: &TestApp, args: &[&str]) -> String {
@@ -68,5 +69,63 @@ async fn wait_idle_waits_for_the_pipeline_and_fails_on_its_timeout() {
     let out = cli(&app, &["wait-idle", "-c", "default", "--timeout-secs", "60"]).await;
     assert!(out.starts_with("idle after") && out.contains("1 change(s) published, 1 finished"), "{out}");
     assert_eq!(app.identity_status(p).await.as_deref(), Some("pending_assignment"), "the change was through when it said idle");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_lists_what_waits_in_the_batch_lane_and_fails_only_on_real_mismatches() {
+    let mut app = TestApp::spawn().await;
+    app.set("batch_threshold", "2").await;
+    let mut pairs = Vec::new();
+    for n in 0..4 {
+        let email = format!("pair{n}@report.example");
+        let lead = app.create_lead(&[("LastName", "Pair"), ("Company", "Co"), ("Email", &email), ("Title", "Dev")]).await;
+        let prospect = app.create_prospect(&[("email", &email), ("lastName", "Pair"), ("crmLeadFid", &lead)]).await;
+        pairs.push((prospect, lead));
+    }
+    app.start_pipeline(1, 1);
+    app.settle().await;
+    assert!(json(&cli(&app, &["report", "--json"]).await)["ok"].as_bool().unwrap());
+
+    // Three edits in one transaction take the batch lane, where no applier
+    // runs now: they wait there.
+    app.stop(Tier::Applier).await;
+    let ops: Vec<String> = pairs[..3]
+        .iter()
+        .map(|(p, _)| format!("{{\"op\": \"update\", \"object\": \"prospect\", \"id\": {p}, \"set\": {{\"jobTitle\": \"CTO\"}}}}"))
+        .collect();
+    let (ok, _, err) = app.run_cli_with(crmsync_tests::crmsync_exe!(), &["sandbox", "batch"], &[], Some(&ops.join("\n"))).await;
+    assert!(ok, "{err}");
+    let started = Instant::now();
+    while crmsync_applier::batch_figures(&app.pool, "default").await.unwrap().backlog < 3 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the edits reach the batch lane");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A real mismatch beside them: the fourth lead's title changed by a
+    // write no change will ever bring (as the integration user, so the
+    // producer drops it as the engine's own).
+    let rogue = |title: Option<&'static str>| {
+        sqlx::query(
+            "UPDATE crm.leads SET title = $2, last_modified_by = (SELECT id FROM crm.users WHERE tenant = 'default' AND is_integration) \
+             WHERE id = $1",
+        )
+        .bind(pairs[3].1.clone())
+        .bind(title)
+    };
+    rogue(Some("Rogue")).execute(&app.pool).await.unwrap();
+
+    let (ok, out, err) = app.run_cli(crmsync_tests::crmsync_exe!(), &["report", "--json"]).await;
+    assert!(!ok, "a real mismatch fails the report:\n{out}\n{err}");
+    let r = &json(&out)["connections"][0];
+    let fields = |key: &str| r[key].as_array().unwrap().iter().map(|m| (m["prospect_id"].as_i64().unwrap(), m["field"].clone())).collect::<Vec<_>>();
+    assert_eq!(fields("mismatches"), [(pairs[3].0, Value::from("jobTitle"))], "{r}");
+    assert_eq!(fields("waiting_in_batch_lane"), pairs[..3].iter().map(|(p, _)| (*p, Value::from("jobTitle"))).collect::<Vec<_>>(), "{r}");
+    assert!(r["batch_backlog"].as_i64().unwrap() >= 3, "{r}");
+
+    // Only the batch lane's backlog left: the report passes, and says so.
+    rogue(Some("Dev")).execute(&app.pool).await.unwrap();
+    let text = cli(&app, &["report"]).await;
+    assert!(text.contains("3 field(s) waiting in the batch lane") && text.contains("OK: both sides agree"), "{text}");
+    assert_eq!(json(&cli(&app, &["report", "--json"]).await)["ok"], true);
     app.cleanup().await;
 }

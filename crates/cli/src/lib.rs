@@ -136,7 +136,7 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Report(c) => {
             let pool = connect_reading(&config).await?;
-            let ok = report::print_all(&config, &pool, c.connection.as_deref()).await?;
+            let ok = report::print_all(&config, &pool, c.connection.as_deref(), c.json).await?;
             return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         Command::WaitIdle(a) => {
