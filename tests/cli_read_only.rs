@@ -173,3 +173,45 @@ async fn read_only_commands_declare_nothing_on_the_broker() {
     }
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_are_redacted_in_every_output_unless_the_operator_asks() {
+    use lapin::options::BasicPublishOptions;
+    let app = TestApp::spawn().await;
+    error_quoting_an_email(&app, 1).await;
+    let id = app.sync_errors().await[0].id.to_string();
+    // A dead-lettered message carrying a record.
+    let channel = app.broker.live().await.unwrap().conn.create_channel().await.unwrap();
+    let dead = app.broker.topology().dead_exchange();
+    let body = br#"{"email": "jane.doe@pii.example"}"#;
+    channel
+        .basic_publish(dead.into(), "match".into(), BasicPublishOptions::default(), body, lapin::BasicProperties::default())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let email = "jane.doe@pii.example";
+    let outputs = [
+        &["errors"][..],
+        &["errors", "list", "--json"],
+        &["errors", "show", &id],
+        &["errors", "export"],
+        &["errors", "export", "--format", "jsonl"],
+        &["errors", "dead-letters", "--full"],
+        &["report"],
+        &["report", "--json"],
+        &["status", "--json"],
+    ];
+    for args in outputs {
+        let out = cli(&app, args).await;
+        assert!(!out.contains(email), "crmsync {args:?} keeps the email out:\n{out}");
+    }
+    for args in [&["errors", "list", "--json"][..], &["errors", "show", &id], &["errors", "export", "--format", "jsonl"], &["errors", "dead-letters"]] {
+        assert!(cli(&app, args).await.contains("<email>"), "crmsync {args:?} says where an email was");
+        let shown = [&["--show-pii"][..], args].concat();
+        assert!(cli(&app, &shown).await.contains(email), "crmsync {shown:?} shows it");
+    }
+    // The flag is global: after the subcommand too.
+    assert!(cli(&app, &["errors", "show", &id, "--show-pii"]).await.contains(email));
+    app.cleanup().await;
+}

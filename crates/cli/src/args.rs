@@ -11,6 +11,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "CRMSYNC_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Show personal data (email addresses) in clear in sync errors,
+    /// dead-lettered messages and reports; they are redacted by default.
+    /// The sandbox's own viewer (`sandbox show`, `list`) always shows its
+    /// records as they are.
+    #[arg(long, global = true)]
+    pub show_pii: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -206,7 +213,8 @@ pub enum ErrorsCmd {
         /// Only this stage's dead-letter queue.
         #[arg(long, value_enum)]
         stage: Option<StageArg>,
-        /// Show each message's body (emails redacted), not only a preview.
+        /// Show each message's body, not only a preview (emails redacted
+        /// unless --show-pii).
         #[arg(long)]
         full: bool,
     },

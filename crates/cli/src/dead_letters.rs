@@ -17,7 +17,6 @@ use crmsync_domain::Lane;
 use crmsync_infra::Config;
 use crmsync_infra::amqp::{self, Outgoing, Stage, Topology};
 use crmsync_infra::broker::Broker;
-use crmsync_infra::telemetry::redact;
 use crmsync_store::sync_errors::{self, Filter};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
@@ -25,6 +24,7 @@ use lapin::types::AMQPValue;
 use sqlx::PgPool;
 
 use crate::args::StageArg;
+use crate::pii::Pii;
 
 fn stages(only: Option<StageArg>) -> Vec<Stage> {
     match only {
@@ -50,10 +50,11 @@ fn message_id(d: &Delivery) -> String {
 }
 
 /// A body as text an operator may see: lossy UTF-8, control characters
-/// dropped, emails redacted (I5), cut at `max` characters when given.
-fn preview(body: &[u8], max: Option<usize>) -> String {
+/// dropped, emails redacted unless shown (`crate::pii`), cut at `max`
+/// characters when given.
+fn preview(body: &[u8], max: Option<usize>, pii: Pii) -> String {
     let text: String = String::from_utf8_lossy(body).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let text = redact(&text);
+    let text = pii.text(&text).into_owned();
     match max {
         Some(max) if text.chars().count() > max => format!("{}…", text.chars().take(max).collect::<String>()),
         _ => text,
@@ -79,7 +80,7 @@ async fn take_all(channel: &lapin::Channel, topology: &Topology, stage: Stage, l
 /// Lists the dead-lettered messages without consuming them, and without
 /// declaring anything (I10): a dead-letter queue no tier has declared yet
 /// is said to be so.
-pub async fn list(config: &Config, only: Option<StageArg>, full: bool) -> anyhow::Result<()> {
+pub async fn list(config: &Config, only: Option<StageArg>, full: bool, pii: Pii) -> anyhow::Result<()> {
     let limit = config.amqp.timeout();
     let conn = amqp::connect(&config.amqp, "crmsync-dead-letters").await.context("connecting to RabbitMQ")?;
     let topology = Topology::new(&config.amqp);
@@ -99,7 +100,7 @@ pub async fn list(config: &Config, only: Option<StageArg>, full: bool) -> anyhow
                 message_id(d),
                 death_reason(d),
                 d.data.len(),
-                preview(&d.data, if full { None } else { Some(100) })
+                preview(&d.data, if full { None } else { Some(100) }, pii)
             );
         }
         // Closing the channel returns every message held to its queue.

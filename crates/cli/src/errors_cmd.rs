@@ -2,7 +2,8 @@
 //! by connection, category and record, shown in full, retried (the record's
 //! current state goes through the normal pipeline again), dismissed or
 //! exported; the dead-letter queues are inspected and replayed
-//! (`dead_letters`).
+//! (`dead_letters`). What they print keeps emails redacted unless the
+//! operator asks (`crate::pii`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,6 +22,7 @@ use sqlx::PgPool;
 
 use crate::args::{ErrorFilter, ErrorStatus, ErrorsCmd, ExportFormat};
 use crate::dead_letters;
+use crate::pii::Pii;
 
 /// Records retried per published batch of changes (and per source read).
 const RETRY_CHUNK: usize = 500;
@@ -57,10 +59,12 @@ fn one_line(s: &str, max: usize) -> String {
 /// Runs an `errors` command. Those that only read (list, show, export,
 /// dead-letters) read PostgreSQL within `database.command_timeout_ms` and
 /// the broker within `amqp.timeout_ms`, and create nothing.
-pub async fn run(config: &Config, cmd: ErrorsCmd) -> anyhow::Result<ExitCode> {
+pub async fn run(config: &Config, cmd: ErrorsCmd, pii: Pii) -> anyhow::Result<ExitCode> {
     match cmd {
-        ErrorsCmd::List { filter, limit, json } => list(&crate::connect_reading(config).await?, &filter_of(&filter), limit, json).await?,
-        ErrorsCmd::Show { id } => show(&crate::connect_reading(config).await?, id).await?,
+        ErrorsCmd::List { filter, limit, json } => {
+            list(&crate::connect_reading(config).await?, &filter_of(&filter), limit, json, pii).await?;
+        }
+        ErrorsCmd::Show { id } => show(&crate::connect_reading(config).await?, id, pii).await?,
         ErrorsCmd::Retry { ids, category, connection } => {
             return retry(config, &crate::connect(config).await?, targets(ids, category, connection)).await;
         }
@@ -72,9 +76,9 @@ pub async fn run(config: &Config, cmd: ErrorsCmd) -> anyhow::Result<ExitCode> {
             outln!("dismissed {closed} open sync error(s)");
         }
         ErrorsCmd::Export { filter, format, output } => {
-            export(&crate::connect_reading(config).await?, &filter_of(&filter), format, output).await?;
+            export(&crate::connect_reading(config).await?, &filter_of(&filter), format, output, pii).await?;
         }
-        ErrorsCmd::DeadLetters { stage, full } => dead_letters::list(config, stage, full).await?,
+        ErrorsCmd::DeadLetters { stage, full } => dead_letters::list(config, stage, full, pii).await?,
         ErrorsCmd::Replay { stage, messages, all } => {
             return dead_letters::replay(config, &crate::connect(config).await?, stage, &messages, all).await;
         }
@@ -82,8 +86,8 @@ pub async fn run(config: &Config, cmd: ErrorsCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool) -> anyhow::Result<()> {
-    let rows = sync_errors::find(pool, filter, Some(limit)).await?;
+async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool, pii: Pii) -> anyhow::Result<()> {
+    let rows: Vec<SyncErrorDetail> = sync_errors::find(pool, filter, Some(limit)).await?.iter().map(|e| pii.error(e)).collect();
     if json {
         let mut out = std::io::BufWriter::new(crate::out::Stdout);
         for r in &rows {
@@ -122,9 +126,10 @@ async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool) -> anyhow:
     Ok(())
 }
 
-async fn show(pool: &PgPool, id: i64) -> anyhow::Result<()> {
+async fn show(pool: &PgPool, id: i64, pii: Pii) -> anyhow::Result<()> {
     let filter = Filter { ids: vec![id], ..Filter::default() };
     let e = sync_errors::find(pool, &filter, Some(1)).await?.pop().with_context(|| format!("no sync error #{id}"))?;
+    let e = pii.error(&e);
     outln!("sync error #{}", e.id);
     outln!("  connection   {}", e.connection_id);
     outln!("  status       {}{}", e.status, e.closed_at.map(|t| format!(" (closed {t})")).unwrap_or_default());
@@ -208,8 +213,8 @@ async fn retry(config: &Config, pool: &PgPool, targets: Filter) -> anyhow::Resul
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-async fn export(pool: &PgPool, filter: &Filter, format: ExportFormat, output: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    let rows = sync_errors::find(pool, filter, None).await?;
+async fn export(pool: &PgPool, filter: &Filter, format: ExportFormat, output: Option<std::path::PathBuf>, pii: Pii) -> anyhow::Result<()> {
+    let rows: Vec<SyncErrorDetail> = sync_errors::find(pool, filter, None).await?.iter().map(|e| pii.error(e)).collect();
     let sink: Box<dyn Write> = match &output {
         Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
         None => Box::new(crate::out::Stdout),

@@ -14,6 +14,7 @@ mod dead_letters;
 pub mod demo;
 mod errors_cmd;
 mod mirror_check;
+pub mod pii;
 pub mod progress;
 pub mod report;
 mod sandbox_cmd;
@@ -104,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
+    let pii = pii::Pii { show: cli.show_pii };
     match cli.command {
         Command::Producer => {
             let stop = shutdown::on_signals();
@@ -136,7 +138,7 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Report(c) => {
             let pool = connect_reading(&config).await?;
-            let ok = report::print_all(&config, &pool, c.connection.as_deref(), c.json).await?;
+            let ok = report::print_all(&config, &pool, c.connection.as_deref(), c.json, pii).await?;
             return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         Command::WaitIdle(a) => {
@@ -144,7 +146,7 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Errors { cmd, filter, limit } => {
             let cmd = cmd.unwrap_or(args::ErrorsCmd::List { filter, limit, json: false });
-            return errors_cmd::run(&config, cmd).await;
+            return errors_cmd::run(&config, cmd, pii).await;
         }
         Command::Connection(cmd) => connection_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,

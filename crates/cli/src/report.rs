@@ -6,7 +6,8 @@
 //! the pipeline is idle, every mapped field must hold the same value on both
 //! sides (pairs with an open sync error are counted apart: they are waiting
 //! for someone to act). Leads the engine created must be owned by the assigned
-//! user's CRM user (R3). Only ids and field names are printed, never values.
+//! user's CRM user (R3). Only ids and field names are printed, never values
+//! (the sync errors' samples quote the systems, emails redacted: `crate::pii`).
 //!
 //! A report run while the batch lane has a backlog (R7) finds pairs whose
 //! edit is published and paced, not yet applied: those are listed as
@@ -33,6 +34,7 @@ use crmsync_store::{audit, connections, identities};
 use crmsync_systems::SystemsFactory;
 
 use crate::mirror_check::MirrorCounts;
+use crate::pii::Pii;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -295,11 +297,13 @@ struct Reports<'a> {
 
 /// Builds and prints the report of each connection, as text or as one JSON
 /// document; true if all are OK.
-pub async fn print_all(config: &Config, pool: &PgPool, only: Option<&str>, json: bool) -> anyhow::Result<bool> {
+pub async fn print_all(config: &Config, pool: &PgPool, only: Option<&str>, json: bool, pii: Pii) -> anyhow::Result<bool> {
     let factory = SystemsFactory::from_config(config, pool).await?;
     let mut reports = Vec::new();
     for id in crate::connection_ids(pool, only).await? {
-        let r = build(pool, &factory, &id).await?;
+        let mut r = build(pool, &factory, &id).await?;
+        // The samples quote the systems' refusals.
+        r.error_samples = r.error_samples.iter().map(|s| pii.sample(s)).collect();
         if !json {
             print(&r)?;
         }
