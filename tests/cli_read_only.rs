@@ -98,7 +98,8 @@ async fn silent_listener() -> u16 {
 async fn timed(app: &TestApp, args: &[&str], env: &[(&str, &str)], limit: Duration) -> (bool, String, String, Duration) {
     let started = Instant::now();
     let run = app.run_cli_with(crmsync_tests::crmsync_exe!(), args, env, None);
-    let (ok, out, err) = tokio::time::timeout(limit, run).await.unwrap_or_else(|_| panic!("crmsync {args:?} still running after {limit:?}"));
+    let (ok, out, err) =
+        tokio::time::timeout(limit, run).await.unwrap_or_else(|_| panic!("crmsync {args:?} still running after {limit:?}"));
     (ok, out, err, started.elapsed())
 }
 
@@ -106,10 +107,12 @@ async fn timed(app: &TestApp, args: &[&str], env: &[(&str, &str)], limit: Durati
 async fn status_answers_within_its_timeout_when_the_broker_does_not() {
     let app = TestApp::spawn().await;
     app.create_prospect(&[("email", "waiting@status.example"), ("lastName", "Waiting")]).await;
-    sqlx::query("INSERT INTO identities (id, connection_id, status, prospect_id) VALUES (gen_random_uuid(), 'default', 'pending_assignment', 1)")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO identities (id, connection_id, status, prospect_id) VALUES (gen_random_uuid(), 'default', 'pending_assignment', 1)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", silent_listener().await);
     let env = [("CRMSYNC_AMQP__URL", url.as_str()), ("CRMSYNC_AMQP__TIMEOUT_MS", "1500")];
     let (ok, out, _, took) = timed(&app, &["status"], &env, Duration::from_secs(60)).await;
@@ -206,7 +209,12 @@ async fn emails_are_redacted_in_every_output_unless_the_operator_asks() {
         let out = cli(&app, args).await;
         assert!(!out.contains(email), "crmsync {args:?} keeps the email out:\n{out}");
     }
-    for args in [&["errors", "list", "--json"][..], &["errors", "show", &id], &["errors", "export", "--format", "jsonl"], &["errors", "dead-letters"]] {
+    for args in [
+        &["errors", "list", "--json"][..],
+        &["errors", "show", &id],
+        &["errors", "export", "--format", "jsonl"],
+        &["errors", "dead-letters"],
+    ] {
         assert!(cli(&app, args).await.contains("<email>"), "crmsync {args:?} says where an email was");
         let shown = [&["--show-pii"][..], args].concat();
         assert!(cli(&app, &shown).await.contains(email), "crmsync {shown:?} shows it");

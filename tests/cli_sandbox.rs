@@ -82,7 +82,9 @@ async fn a_batch_is_one_transaction_that_a_single_pass_sends_to_the_batch_lane()
     // 399 new prospects, a lead update, a contact delete (401 changes) and
     // a record of a custom object no connection mirrors, in one transaction.
     let mut ops: Vec<String> = (0..399)
-        .map(|n| format!("{{\"op\": \"create\", \"object\": \"prospect\", \"set\": {{\"email\": \"b{n}@batch.example\", \"score\": {n}}}}}"))
+        .map(|n| {
+            format!("{{\"op\": \"create\", \"object\": \"prospect\", \"set\": {{\"email\": \"b{n}@batch.example\", \"score\": {n}}}}}")
+        })
         .collect();
     ops.push(format!("{{\"op\": \"update\", \"object\": \"lead\", \"id\": \"{lead}\", \"set\": {{\"Title\": \"CTO\"}}}}"));
     ops.push(format!("{{\"op\": \"delete\", \"object\": \"contact\", \"id\": \"{contact}\"}}"));

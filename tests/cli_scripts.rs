@@ -23,7 +23,8 @@ async fn status_tells_refused_creations_from_ones_under_way_in_text_and_json() {
     let mut app = TestApp::spawn().await;
     let (ma_user, _) = app.sales_user("Rita").await;
     app.sandbox.add_validation_rule("lead", "Phone_10_digits", "phone", "^$|^[0-9]{10}$", "Phone must have 10 digits").await.unwrap();
-    let refused = app.create_prospect(&[("email", "refused@status.example"), ("lastName", "Refused"), ("company", "Co"), ("phone", "1")]).await;
+    let refused =
+        app.create_prospect(&[("email", "refused@status.example"), ("lastName", "Refused"), ("company", "Co"), ("phone", "1")]).await;
     app.sandbox.assign(refused, Some(ma_user)).await.unwrap();
     app.create_prospect(&[("email", "pending@status.example"), ("lastName", "Pending")]).await;
     app.start_pipeline(1, 1);
@@ -117,7 +118,8 @@ async fn the_report_lists_what_waits_in_the_batch_lane_and_fails_only_on_real_mi
     let (ok, out, err) = app.run_cli(crmsync_tests::crmsync_exe!(), &["report", "--json"]).await;
     assert!(!ok, "a real mismatch fails the report:\n{out}\n{err}");
     let r = &json(&out)["connections"][0];
-    let fields = |key: &str| r[key].as_array().unwrap().iter().map(|m| (m["prospect_id"].as_i64().unwrap(), m["field"].clone())).collect::<Vec<_>>();
+    let fields =
+        |key: &str| r[key].as_array().unwrap().iter().map(|m| (m["prospect_id"].as_i64().unwrap(), m["field"].clone())).collect::<Vec<_>>();
     assert_eq!(fields("mismatches"), [(pairs[3].0, Value::from("jobTitle"))], "{r}");
     assert_eq!(fields("waiting_in_batch_lane"), pairs[..3].iter().map(|(p, _)| (*p, Value::from("jobTitle"))).collect::<Vec<_>>(), "{r}");
     assert!(r["batch_backlog"].as_i64().unwrap() >= 3, "{r}");

@@ -210,7 +210,15 @@ pub async fn latency_cmd(config: &Config, rates: &[f64], seconds: f64, pairs: i6
             .with_context(|| format!("the run at {rate}/s"))?;
         outln!(
             "| {:.0} | {:.0} | {} | {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
-            r.offered_per_second, r.achieved_per_second, r.edits, r.synced, r.merged, r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms
+            r.offered_per_second,
+            r.achieved_per_second,
+            r.edits,
+            r.synced,
+            r.merged,
+            r.p50_ms,
+            r.p95_ms,
+            r.p99_ms,
+            r.max_ms
         );
         runs.push(r);
     }

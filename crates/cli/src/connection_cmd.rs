@@ -22,7 +22,10 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: ConnectionCmd) -> anyhow::
                 let s = connections::load(pool, &id).await?;
                 outln!(
                     "{id}\tauto_create_prospects={}\tbatch_threshold={}\tbatch_budget_per_hour={}\tcsql.target={}",
-                    s.auto_create_prospects, s.batch_threshold, s.batch_budget_per_hour, s.csql.target
+                    s.auto_create_prospects,
+                    s.batch_threshold,
+                    s.batch_budget_per_hour,
+                    s.csql.target
                 );
             }
         }

@@ -436,11 +436,21 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     connections::save(&pool, CONNECTION, &settings).await?;
     outln!(
         "   MA: {} prospects ({} with their CRM id, {} of them 15-character; {} sharing only an email; {} new and assigned; {} unassigned; {} malformed; {} ambiguous)",
-        s.prospects, s.linked_by_id, s.ids_15_char, s.linked_by_email, s.to_create, s.unassigned, s.malformed, s.ambiguous
+        s.prospects,
+        s.linked_by_id,
+        s.ids_15_char,
+        s.linked_by_email,
+        s.to_create,
+        s.unassigned,
+        s.malformed,
+        s.ambiguous
     );
     outln!(
         "   CRM: {} leads, {} contacts, {} accounts; {} pairs edited on both sides since they last agreed",
-        s.leads, s.contacts, s.accounts, s.conflicting_edits
+        s.leads,
+        s.contacts,
+        s.accounts,
+        s.conflicting_edits
     );
 
     let logs = args.work_dir.join("logs");

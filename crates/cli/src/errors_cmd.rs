@@ -105,7 +105,13 @@ async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool, pii: Pii) 
     }
     outln!(
         "{:>7}  {:<10} {:<20} {:<16} {:<20} {:>4}  {:<16}  reason",
-        "id", "connection", "category", "object", "record", "×", "last seen"
+        "id",
+        "connection",
+        "category",
+        "object",
+        "record",
+        "×",
+        "last seen"
     );
     for r in &rows {
         outln!(

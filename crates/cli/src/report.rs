@@ -203,7 +203,9 @@ pub async fn build(pool: &PgPool, factory: &SystemsFactory, connection_id: &str)
         for (field, api) in compare(&settings, p, c, state) {
             let waiting = r.batch_backlog > 0
                 && (p.fields.get(&field).is_some_and(|v| unfinished_edit(state, &field, Side::Ma, v, systems.integration_user(Side::Ma)))
-                    || c.fields.get(&api).is_some_and(|v| unfinished_edit(state, &field, Side::Crm, v, systems.integration_user(Side::Crm))));
+                    || c.fields
+                        .get(&api)
+                        .is_some_and(|v| unfinished_edit(state, &field, Side::Crm, v, systems.integration_user(Side::Crm))));
             let m = Mismatch { identity: l.id, prospect_id: l.prospect_id, crm_id: l.crm_id.clone(), field };
             if waiting { r.waiting_in_batch_lane.push(m) } else { r.mismatches.push(m) }
         }

@@ -126,7 +126,9 @@ async fn batch(sandbox: &Sandbox, file: Option<&std::path::Path>) -> anyhow::Res
     };
     let ops = BatchOp::parse_lines(&text)?;
     if ops.is_empty() {
-        bail!("no operations: give one JSON object a line, e.g. {{\"op\": \"create\", \"object\": \"prospect\", \"set\": {{\"email\": \"a@example.com\"}}}}");
+        bail!(
+            "no operations: give one JSON object a line, e.g. {{\"op\": \"create\", \"object\": \"prospect\", \"set\": {{\"email\": \"a@example.com\"}}}}"
+        );
     }
     let done = sandbox.apply_batch(&ops).await?;
     for result in &done {

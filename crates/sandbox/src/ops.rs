@@ -14,9 +14,9 @@ use crate::schema::{self, ObjectDef};
 mod batch;
 mod cs;
 mod custom;
+use crate::store::{self, RowWrite};
 pub use batch::{BatchOp, BatchResult};
 pub use custom::Target;
-use crate::store::{self, RowWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {

@@ -102,9 +102,10 @@ impl BatchOp {
 
     fn object(&self) -> &str {
         match self {
-            BatchOp::Create { object, .. } | BatchOp::Update { object, .. } | BatchOp::Delete { object, .. } | BatchOp::Undelete { object, .. } => {
-                object
-            }
+            BatchOp::Create { object, .. }
+            | BatchOp::Update { object, .. }
+            | BatchOp::Delete { object, .. }
+            | BatchOp::Undelete { object, .. } => object,
         }
     }
 }
