@@ -38,6 +38,17 @@ pub struct Progress {
     pub mirrors_waiting: i64,
 }
 
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unread = if self.unread_feeds.is_empty() { "none".to_owned() } else { self.unread_feeds.join(", ") };
+        write!(
+            f,
+            "published {} · finished {} · queued {} · unread feeds {unread} · mirrors waiting {}",
+            self.published, self.finished, self.queued, self.mirrors_waiting
+        )
+    }
+}
+
 impl Progress {
     pub fn idle(&self) -> bool {
         self.finished >= self.published && self.queued == 0 && self.unread_feeds.is_empty() && self.mirrors_waiting == 0
@@ -117,7 +128,7 @@ impl Probe {
                 return Ok(first);
             }
             if start.elapsed() > timeout {
-                anyhow::bail!("the pipeline did not settle within {timeout:?}: {first:?}");
+                anyhow::bail!("the pipeline did not settle within {timeout:?}: {first}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -133,18 +144,7 @@ pub async fn wait_idle(config: &Config, pool: &PgPool, only: Option<&str>, timeo
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(120));
     let started = Instant::now();
-    let waited = probe
-        .wait_idle(&ids, Duration::from_secs(timeout_secs), |p| {
-            spinner.set_message(format!(
-                "published {} · finished {} · queued {} · unread feeds {} · mirrors waiting {}",
-                p.published,
-                p.finished,
-                p.queued,
-                if p.unread_feeds.is_empty() { "none".into() } else { p.unread_feeds.join(", ") },
-                p.mirrors_waiting
-            ));
-        })
-        .await;
+    let waited = probe.wait_idle(&ids, Duration::from_secs(timeout_secs), |p| spinner.set_message(p.to_string())).await;
     spinner.finish_and_clear();
     probe.broker.close().await;
     let p = waited?;
