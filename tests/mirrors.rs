@@ -153,7 +153,7 @@ async fn declared_custom_objects_are_mirrored_read_only() {
     assert_eq!(customs[0]["fields"], serde_json::json!({"Plan__c": "Gold", "Seats__c": 25}), "only the declared fields");
     assert_eq!(app.mirror_count("ma.custom_object_records").await, 1);
 
-    app.sandbox.update_custom(&sub, &pairs(&[("Plan__c", "Platinum")])).await.unwrap();
+    app.sandbox.update_custom("Subscription__c", &sub, &pairs(&[("Plan__c", "Platinum")])).await.unwrap();
     app.settle().await;
     assert_eq!(app.view(p1).await["custom_objects"][0]["fields"]["Plan__c"], "Platinum");
     app.sandbox.set_deleted(&crmsync_sandbox::schema::CUSTOM, &sub, true).await.unwrap();

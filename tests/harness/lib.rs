@@ -406,13 +406,13 @@ impl TestApp {
 
     /// Messages in a stage's dead-letter queue.
     pub async fn dead_letters(&self, stage: Stage) -> u32 {
-        self.broker.depth(&self.broker.topology().dead_queue(stage)).await.unwrap()
+        self.broker.depth(&self.broker.topology().dead_queue(stage)).await.unwrap().unwrap_or(0)
     }
 
     /// Messages ready in a stage's work queue of `lane` (the immediate lane's
     /// is shared by every connection).
     pub async fn queued(&self, stage: Stage, lane: Lane) -> u32 {
-        self.broker.depth(&self.broker.topology().queue(stage, lane, "")).await.unwrap()
+        self.broker.depth(&self.broker.topology().queue(stage, lane, "")).await.unwrap().unwrap_or(0)
     }
 
     /// Publishes a change batch to the matcher.
@@ -466,24 +466,57 @@ impl TestApp {
         crmsync_cli::connection_cmd::set(&self.config, &self.pool, "default", key, value, confirmed).await
     }
 
-    /// Runs `crmsync` (the binary) against this test's database: (exit
-    /// success, stdout, stderr).
-    pub async fn run_cli(&self, exe: &str, args: &[&str]) -> (bool, String, String) {
-        let out = tokio::process::Command::new(exe)
-            .args(args)
-            .env("CRMSYNC_DATABASE__URL", self.config.database.url.expose_secret())
+    /// The `crmsync` command configured for this test's database, broker
+    /// prefix and Redis prefix, for callers that add to it.
+    pub fn cli_command(&self, exe: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.env("CRMSYNC_DATABASE__URL", self.config.database.url.expose_secret())
             .env("CRMSYNC_AMQP__PREFIX", &self.config.amqp.prefix)
             // Queues are declared with the test's arguments, or the broker
             // refuses the declaration as inequivalent.
             .env("CRMSYNC_AMQP__QUEUE_EXPIRES_MS", self.config.amqp.queue_expires_ms.unwrap_or(120_000).to_string())
             .env("CRMSYNC_REDIS__PREFIX", &self.config.redis.prefix)
-            .output()
-            .await
-            .expect("run crmsync");
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `crmsync` (the binary) against this test's database: (exit
+    /// success, stdout, stderr).
+    pub async fn run_cli(&self, exe: &str, args: &[&str]) -> (bool, String, String) {
+        self.run_cli_with(exe, args, &[], None).await
+    }
+
+    /// As [`TestApp::run_cli`], with extra environment variables and, when
+    /// given, this text on its standard input.
+    pub async fn run_cli_with(&self, exe: &str, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (bool, String, String) {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = self.cli_command(exe);
+        cmd.args(args).envs(env.iter().copied()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd.stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() });
+        let mut child = cmd.spawn().expect("run crmsync");
+        if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+            input.write_all(text.as_bytes()).await.expect("write crmsync's standard input");
+        }
+        let out = child.wait_with_output().await.expect("run crmsync");
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
-    /// Stops everything and drops the test's database and queues.
+    /// Runs `crmsync` with its standard output closed before it writes a
+    /// byte, as `crmsync ... | head -0` would: (exit status, stderr).
+    pub async fn run_cli_into_closed_pipe(&self, exe: &str, args: &[&str]) -> (std::process::ExitStatus, String) {
+        let mut child = self
+            .cli_command(exe)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run crmsync");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().await.expect("run crmsync");
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
     /// Serves this test's sandbox over HTTP (`crmsync sandbox serve`) on a
     /// free loopback port; returns its URL. Stops when `stop` is cancelled.
     pub async fn serve_sandbox(&self, limits: crmsync_sandbox_server::Limits, stop: CancellationToken) -> String {
@@ -558,6 +591,7 @@ impl TestApp {
         url
     }
 
+    /// Stops everything and drops the test's database and queues.
     pub async fn cleanup(mut self) {
         for tier in [Tier::Producer, Tier::Matcher, Tier::Applier] {
             self.stop(tier).await;

@@ -200,9 +200,11 @@ pub async fn export_figures(pool: PgPool, broker: Arc<Broker>, shutdown: Cancell
         }
         if let Ok(ids) = connections::ids(&pool).await {
             // Messages ready in each work queue (the broker's own count;
-            // KEDA reads unacked ones too, from the management API).
+            // KEDA reads unacked ones too, from the management API). Asked
+            // passively: a queue not declared yet has no gauge, and is not
+            // created by asking.
             for (_, _, q) in broker.topology().work_queues(&ids) {
-                if let Ok(depth) = broker.depth(&q).await {
+                if let Ok(Some(depth)) = broker.depth(&q).await {
                     metrics::gauge!(crmsync_infra::metrics::QUEUE_DEPTH, "queue" => q).set(f64::from(depth));
                 }
             }

@@ -11,6 +11,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "CRMSYNC_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Show personal data (email addresses) in clear in sync errors,
+    /// dead-lettered messages and reports; they are redacted by default.
+    /// The sandbox's own viewer (`sandbox show`, `list`) always shows its
+    /// records as they are.
+    #[arg(long, global = true)]
+    pub show_pii: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -33,9 +40,17 @@ pub enum Command {
         identity_state: Option<IdentityStateForm>,
     },
     /// Show, per connection, what is in sync, pending, queued and failing.
-    Status(ConnectionArg),
-    /// Check both sides of every linked identity against each other.
-    Report(ConnectionArg),
+    /// Read-only: answers within the configured timeouts, naming what it
+    /// could not reach (then it exits 1), and declares nothing.
+    Status(ViewArgs),
+    /// Check both sides of every linked identity against each other. Exits
+    /// 1 on a real mismatch; pairs whose change is still waiting in the
+    /// batch lane are listed apart.
+    Report(ViewArgs),
+    /// Wait until the pipeline is idle: every change published is finished,
+    /// no work queue holds a message, no feed has unread changes. Exits 1 on
+    /// the timeout, saying what was still busy; shows progress on a terminal.
+    WaitIdle(WaitIdleArgs),
     /// Work the sync-error queue: list, show, retry, dismiss, export; inspect
     /// and replay dead-lettered messages. Without a subcommand: list.
     Errors {
@@ -198,7 +213,8 @@ pub enum ErrorsCmd {
         /// Only this stage's dead-letter queue.
         #[arg(long, value_enum)]
         stage: Option<StageArg>,
-        /// Show each message's body (emails redacted), not only a preview.
+        /// Show each message's body, not only a preview (emails redacted
+        /// unless --show-pii).
         #[arg(long)]
         full: bool,
     },
@@ -225,10 +241,30 @@ pub enum IdentityStateForm {
 }
 
 #[derive(Debug, Args)]
-pub struct ConnectionArg {
+pub struct ViewArgs {
     /// The connection (all of them when omitted).
     #[arg(long, short = 'c')]
     pub connection: Option<String>,
+    /// One JSON document instead of text (its shape is in the README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitIdleArgs {
+    /// The connection (all of them when omitted).
+    #[arg(long, short = 'c')]
+    pub connection: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+/// The keys `connection set` takes, each with what it takes, from the one
+/// list the settings themselves check.
+fn setting_keys() -> clap::builder::PossibleValuesParser {
+    use clap::builder::PossibleValue;
+    clap::builder::PossibleValuesParser::new(crmsync_domain::settings::KEYS.iter().map(|(key, help)| PossibleValue::new(*key).help(*help)))
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,13 +281,13 @@ pub enum ConnectionCmd {
         #[arg(long, default_value = "default")]
         crm_tenant: String,
     },
-    /// Change a setting: auto_create_prospects, batch_threshold,
-    /// batch_budget_per_hour, batch_burst, cs (the CS tenant, or none),
-    /// csql.target (cs|crm), csql.record_type (lead|opportunity),
-    /// csql.sync_user (logged_in|integration).
+    /// Change a setting; `--help` lists every key and what it takes.
     Set {
+        /// The connection.
         id: String,
+        #[arg(value_parser = setting_keys())]
         key: String,
+        /// The new value, as the key takes it.
         value: String,
         /// Confirm a change that needs it (csql.record_type), after reading
         /// what changes with it.
@@ -452,7 +488,8 @@ pub enum SandboxCmd {
         #[arg(long, default_value = "default")]
         tenant: String,
     },
-    /// Move a record to its system's recycle bin.
+    /// Move a record to its system's recycle bin (`custom:<Name__c>` for a
+    /// custom object's record).
     Delete {
         object: String,
         id: String,
@@ -463,6 +500,24 @@ pub enum SandboxCmd {
     Undelete {
         object: String,
         id: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Make many changes in one transaction (a burst, as an import or a mass
+    /// update would): JSON lines from FILE, or standard input without one.
+    /// Each line is one operation on any object, custom ones included:
+    ///
+    ///   {"op": "create", "object": "prospect", "set": {"email": "a@example.com"}}
+    ///   {"op": "update", "object": "lead", "id": "00Q...", "set": {"Title": "CTO"}}
+    ///   {"op": "delete", "object": "custom:Subscription__c", "id": "a0X..."}
+    ///   {"op": "undelete", "object": "contact", "id": "003..."}
+    ///
+    /// All are committed together or none is; prints one JSON line per
+    /// operation with the record's id.
+    #[command(verbatim_doc_comment)]
+    Batch {
+        /// The file of operations (`-` or none: standard input).
+        file: Option<PathBuf>,
         #[arg(long, default_value = "default")]
         tenant: String,
     },
@@ -486,7 +541,8 @@ pub enum SandboxCmd {
         #[arg(long, default_value = "default")]
         tenant: String,
     },
-    /// List the most recently changed records.
+    /// List the most recently changed records of an object
+    /// (`custom:<Name__c>`: of that custom object).
     List {
         object: String,
         #[arg(long, default_value_t = 20)]

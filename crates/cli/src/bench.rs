@@ -200,35 +200,43 @@ pub async fn latency_cmd(config: &Config, rates: &[f64], seconds: f64, pairs: i6
     let base_url = config.database.url.expose_secret().to_owned();
     let logs = PathBuf::from(".bench/logs");
     std::fs::create_dir_all(&logs)?;
-    println!("immediate lane: MA edits round {pairs} linked pairs for {seconds} s per rate; latency from MA commit to CRM commit");
-    println!("| offered/s | achieved/s | edits | synced | merged | p50 | p95 | p99 | max |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    outln!("immediate lane: MA edits round {pairs} linked pairs for {seconds} s per rate; latency from MA commit to CRM commit");
+    outln!("| offered/s | achieved/s | edits | synced | merged | p50 | p95 | p99 | max |");
+    outln!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut runs = Vec::new();
     for &rate in rates {
         let r = latency::run(config, &base_url, mode::Mode::Direct, rate, seconds, pairs, &logs)
             .await
             .with_context(|| format!("the run at {rate}/s"))?;
-        println!(
+        outln!(
             "| {:.0} | {:.0} | {} | {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
-            r.offered_per_second, r.achieved_per_second, r.edits, r.synced, r.merged, r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms
+            r.offered_per_second,
+            r.achieved_per_second,
+            r.edits,
+            r.synced,
+            r.merged,
+            r.p50_ms,
+            r.p95_ms,
+            r.p99_ms,
+            r.max_ms
         );
         runs.push(r);
     }
     if let Some(path) = out {
         std::fs::write(&path, serde_json::to_vec_pretty(&runs)?).with_context(|| format!("writing {}", path.display()))?;
-        println!("written to {}", path.display());
+        outln!("written to {}", path.display());
     }
     Ok(())
 }
 
 /// `crmsync bench ceiling`: prints (and writes) the broker's two-hop ceiling.
 pub async fn ceiling_cmd(config: &Config, messages: u64, bytes: usize, prefetch: u16, out: Option<PathBuf>) -> anyhow::Result<()> {
-    println!("RabbitMQ two-hop ceiling: {messages} persistent, confirmed messages of {bytes} B, prefetch {prefetch}");
+    outln!("RabbitMQ two-hop ceiling: {messages} persistent, confirmed messages of {bytes} B, prefetch {prefetch}");
     let c = ceiling::measure(&config.amqp, messages, bytes, prefetch).await.context("measuring the broker's ceiling")?;
-    println!("  {:.1} s, {:.0} messages/s end to end", c.seconds, c.messages_per_second);
+    outln!("  {:.1} s, {:.0} messages/s end to end", c.seconds, c.messages_per_second);
     if let Some(path) = out {
         std::fs::write(&path, serde_json::to_vec_pretty(&c)?).with_context(|| format!("writing {}", path.display()))?;
-        println!("  written to {}", path.display());
+        outln!("  written to {}", path.display());
     }
     Ok(())
 }
@@ -238,15 +246,15 @@ pub async fn budget(config: &Config, records: i64, per_second: u32, out: Option<
     let base_url = config.database.url.expose_secret().to_owned();
     let logs = PathBuf::from(".bench/logs");
     std::fs::create_dir_all(&logs)?;
-    println!("batch budget: {records} records at {per_second}/s (burst 5), applier replicas as separate processes");
-    println!("| appliers | records | budget used | worst 1 s window | overshoot | ETA predicted | drained in | ETA error |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    outln!("batch budget: {records} records at {per_second}/s (burst 5), applier replicas as separate processes");
+    outln!("| appliers | records | budget used | worst 1 s window | overshoot | ETA predicted | drained in | ETA error |");
+    outln!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut runs = Vec::new();
     for appliers in 1..=3 {
         let r = one_run(config, &base_url, appliers, records, per_second, &logs)
             .await
             .with_context(|| format!("run with {appliers} appliers"))?;
-        println!(
+        outln!(
             "| {} | {} | {:.1}% | {} | {:+.0} | {:.1} s | {:.1} s | {:+.1}% |",
             r.appliers,
             r.records,
@@ -264,7 +272,7 @@ pub async fn budget(config: &Config, records: i64, per_second: u32, out: Option<
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(&path, serde_json::to_string_pretty(&runs)?)?;
-        println!("written to {}", path.display());
+        outln!("written to {}", path.display());
     }
     Ok(())
 }

@@ -20,14 +20,17 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: ConnectionCmd) -> anyhow::
         ConnectionCmd::List => {
             for id in connections::ids(pool).await? {
                 let s = connections::load(pool, &id).await?;
-                println!(
+                outln!(
                     "{id}\tauto_create_prospects={}\tbatch_threshold={}\tbatch_budget_per_hour={}\tcsql.target={}",
-                    s.auto_create_prospects, s.batch_threshold, s.batch_budget_per_hour, s.csql.target
+                    s.auto_create_prospects,
+                    s.batch_threshold,
+                    s.batch_budget_per_hour,
+                    s.csql.target
                 );
             }
         }
         ConnectionCmd::Show { id } => {
-            println!("{}", serde_json::to_string_pretty(&connections::load(pool, &id).await?)?);
+            outln!("{}", serde_json::to_string_pretty(&connections::load(pool, &id).await?)?);
         }
         ConnectionCmd::Create { id, ma_tenant, crm_tenant } => {
             if connections::ids(pool).await?.contains(&id) {
@@ -39,7 +42,7 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: ConnectionCmd) -> anyhow::
                 ..ConnectionSettings::default()
             };
             connections::save(pool, &id, &settings).await?;
-            println!("connection {id} created");
+            outln!("connection {id} created");
         }
         ConnectionCmd::AddCustomObject { id, name, fields, lookup_field, lookup_object } => {
             let lookup_object = crmsync_domain::CrmObject::parse(&lookup_object)
@@ -47,13 +50,13 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: ConnectionCmd) -> anyhow::
             let mut s = connections::load(pool, &id).await?;
             s.declare_custom_object(crmsync_domain::mirror::CustomObject { name: name.clone(), fields, lookup_field, lookup_object })?;
             connections::save(pool, &id, &s).await?;
-            println!("{id}: custom object {name} is mirrored into the MA");
+            outln!("{id}: custom object {name} is mirrored into the MA");
         }
         ConnectionCmd::Set { id, key, value, yes } => {
             for line in set(config, pool, &id, &key, &value, yes).await? {
-                println!("  - {line}");
+                outln!("  - {line}");
             }
-            println!("{id}: {key} = {value}");
+            outln!("{id}: {key} = {value}");
         }
     }
     Ok(())

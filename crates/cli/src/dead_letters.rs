@@ -10,13 +10,13 @@
 //! a crash in between leaves it in both places, never in neither (I1).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use crmsync_domain::Lane;
 use crmsync_infra::Config;
 use crmsync_infra::amqp::{self, Outgoing, Stage, Topology};
 use crmsync_infra::broker::Broker;
-use crmsync_infra::telemetry::redact;
 use crmsync_store::sync_errors::{self, Filter};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
@@ -24,6 +24,7 @@ use lapin::types::AMQPValue;
 use sqlx::PgPool;
 
 use crate::args::StageArg;
+use crate::pii::Pii;
 
 fn stages(only: Option<StageArg>) -> Vec<Stage> {
     match only {
@@ -49,53 +50,63 @@ fn message_id(d: &Delivery) -> String {
 }
 
 /// A body as text an operator may see: lossy UTF-8, control characters
-/// dropped, emails redacted (I5), cut at `max` characters when given.
-fn preview(body: &[u8], max: Option<usize>) -> String {
+/// dropped, emails redacted unless shown (`crate::pii`), cut at `max`
+/// characters when given.
+fn preview(body: &[u8], max: Option<usize>, pii: Pii) -> String {
     let text: String = String::from_utf8_lossy(body).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let text = redact(&text);
+    let text = pii.text(&text).into_owned();
     match max {
         Some(max) if text.chars().count() > max => format!("{}…", text.chars().take(max).collect::<String>()),
         _ => text,
     }
 }
 
-/// Every message of a dead-letter queue, held unacked on `channel`.
-async fn take_all(channel: &lapin::Channel, topology: &Topology, stage: Stage) -> anyhow::Result<Vec<Delivery>> {
+/// Every message of a dead-letter queue, held unacked on `channel`; `None`
+/// if the queue has not been declared (the broker then closed `channel`).
+/// Each call on the broker fails after `limit`.
+async fn take_all(channel: &lapin::Channel, topology: &Topology, stage: Stage, limit: Duration) -> anyhow::Result<Option<Vec<Delivery>>> {
     let queue = topology.dead_queue(stage);
-    let count = topology.depth(channel, &queue).await?;
+    let Some(count) = amqp::within(limit, topology.passive_depth(channel, &queue)).await? else { return Ok(None) };
     let mut held = Vec::new();
     for _ in 0..count {
-        match channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await? {
+        match amqp::within(limit, channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })).await? {
             Some(m) => held.push(m.delivery),
             None => break,
         }
     }
-    Ok(held)
+    Ok(Some(held))
 }
 
-pub async fn list(config: &Config, only: Option<StageArg>, full: bool) -> anyhow::Result<()> {
+/// Lists the dead-lettered messages without consuming them, and without
+/// declaring anything (I10): a dead-letter queue no tier has declared yet
+/// is said to be so.
+pub async fn list(config: &Config, only: Option<StageArg>, full: bool, pii: Pii) -> anyhow::Result<()> {
+    let limit = config.amqp.timeout();
     let conn = amqp::connect(&config.amqp, "crmsync-dead-letters").await.context("connecting to RabbitMQ")?;
-    let channel = conn.create_channel().await?;
     let topology = Topology::new(&config.amqp);
-    topology.declare(&channel).await?;
     for stage in stages(only) {
-        let held = take_all(&channel, &topology, stage).await?;
-        println!("{}: {} message(s)", topology.dead_queue(stage), held.len());
+        // A channel per queue: a missing one closes it.
+        let channel = amqp::within(limit, conn.create_channel()).await?;
+        let Some(held) = take_all(&channel, &topology, stage, limit).await? else {
+            outln!("{}: not declared yet", topology.dead_queue(stage));
+            continue;
+        };
+        outln!("{}: {} message(s)", topology.dead_queue(stage), held.len());
         for d in &held {
             let (connection, _) = amqp::origin(&d.properties);
             let lane = amqp::header(&d.properties, "x-lane").unwrap_or("immediate");
-            println!(
+            outln!(
                 "  {}  connection {connection} · lane {lane} · {} · {} B · {}",
                 message_id(d),
                 death_reason(d),
                 d.data.len(),
-                preview(&d.data, if full { None } else { Some(100) })
+                preview(&d.data, if full { None } else { Some(100) }, pii)
             );
         }
+        // Closing the channel returns every message held to its queue.
+        let _ = amqp::within(limit, channel.close(200, "inspected".into())).await;
     }
-    // Closing the channel returns every message held to its queue.
-    let _ = channel.close(200, "inspected".into()).await;
-    let _ = conn.close(200, "done".into()).await;
+    let _ = amqp::within(limit, conn.close(200, "done".into())).await;
     Ok(())
 }
 
@@ -107,7 +118,8 @@ pub async fn replay(config: &Config, pool: &PgPool, only: Option<StageArg>, ids:
     let topology = broker.topology().clone();
     let mut replayed = Vec::new();
     for stage in stages(only) {
-        let held = take_all(&channel, &topology, stage).await?;
+        // The tier's broker handle declared the topology on connecting.
+        let held = take_all(&channel, &topology, stage, config.amqp.timeout()).await?.unwrap_or_default();
         let chosen: Vec<&Delivery> = held.iter().filter(|d| all || ids.contains(&message_id(d))).collect();
         let progress = crate::progress::bar(chosen.len() as u64, "replayed");
         for d in chosen {
@@ -147,10 +159,10 @@ pub async fn replay(config: &Config, pool: &PgPool, only: Option<StageArg>, ids:
         sync_errors::find(pool, &Filter { object: Some("message".into()), status: Some("open".into()), ..Filter::default() }, None).await?;
     let closing: Vec<i64> = errors.iter().filter(|e| replayed.contains(&e.record_id)).map(|e| e.id).collect();
     sync_errors::close(pool, &closing, "retried", started).await?;
-    println!("replayed {} message(s) to their work queues", replayed.len());
+    outln!("replayed {} message(s) to their work queues", replayed.len());
     let missing: Vec<&String> = ids.iter().filter(|id| !replayed.contains(id)).collect();
     if !missing.is_empty() {
-        println!("not in the dead-letter queues: {}", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+        outln!("not in the dead-letter queues: {}", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

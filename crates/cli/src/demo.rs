@@ -344,7 +344,7 @@ async fn burst(pool: &PgPool, probe: &Probe, tiers: &mut [Tier], logs: &Path, ti
     .rows_affected();
     if edited <= settings.batch_threshold as u64 {
         // A small --scale has too few synced prospects for a burst.
-        println!(
+        outln!(
             "   only {edited} synced prospects at this scale: not over the batch threshold of {}, so they go to the immediate lane \
              (run the demo at --scale 0.3 or more to see the batch lane)",
             settings.batch_threshold
@@ -372,11 +372,9 @@ async fn burst(pool: &PgPool, probe: &Probe, tiers: &mut [Tier], logs: &Path, ti
         bar.set_message(format!("backlog {} · {}/hour · done in {}", f.backlog, f.budget_per_hour, crate::status::human(f.eta)));
         if f.backlog > 50 && !shown_metrics && started.elapsed() > Duration::from_secs(6) {
             shown_metrics = true;
-            bar.suspend(|| {
-                println!("   the same figures as Prometheus metrics (http://{METRICS_ADDR}/metrics):");
-            });
+            bar.suspend(|| crate::out::line(format_args!("   the same figures as Prometheus metrics (http://{METRICS_ADDR}/metrics):")))?;
             for line in scrape("crmsync_batch_").await {
-                bar.suspend(|| println!("     {line}"));
+                bar.suspend(|| crate::out::line(format_args!("     {line}")))?;
             }
         }
         if first_eta.is_some() && probe.measure(CONNECTION).await?.idle() {
@@ -388,7 +386,7 @@ async fn burst(pool: &PgPool, probe: &Probe, tiers: &mut [Tier], logs: &Path, ti
     bar.finish_and_clear();
     let drained = started.elapsed();
     if let Some((backlog, eta)) = first_eta {
-        println!(
+        outln!(
             "   backlog of {backlog} drained in {:.1} s; the first ETA said {:.1} s ({:+.0}%)",
             drained.as_secs_f64(),
             eta.as_secs_f64(),
@@ -403,7 +401,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let base_url = config.database.url.expose_secret().to_owned();
     let url = with_database(&base_url, &args.database)?;
     let prefix = "crmsync-demo".to_owned();
-    println!("crmsync demo: database {}, broker and Redis prefix {prefix}", args.database);
+    outln!("crmsync demo: database {}, broker and Redis prefix {prefix}", args.database);
 
     recreate_database(&base_url, &args.database).await?;
     let mut config = config.clone();
@@ -421,7 +419,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         let _ = conn.close(200, "clean".into()).await;
     }
 
-    println!("1. Seeding the sandbox (scale {})", args.scale);
+    outln!("1. Seeding the sandbox (scale {})", args.scale);
     let sb = Sandbox::new(pool.clone(), "default");
     let s = seed::seed(&sb, &seed::SeedOptions { scale: args.scale, seed: 42 }).await?;
     // R6: the seeded custom object is mirrored read-only.
@@ -436,13 +434,23 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     // admin lifts the budget for it, as one would for an initial sync.
     settings.batch_budget_per_hour = INITIAL_LOAD_BUDGET;
     connections::save(&pool, CONNECTION, &settings).await?;
-    println!(
+    outln!(
         "   MA: {} prospects ({} with their CRM id, {} of them 15-character; {} sharing only an email; {} new and assigned; {} unassigned; {} malformed; {} ambiguous)",
-        s.prospects, s.linked_by_id, s.ids_15_char, s.linked_by_email, s.to_create, s.unassigned, s.malformed, s.ambiguous
+        s.prospects,
+        s.linked_by_id,
+        s.ids_15_char,
+        s.linked_by_email,
+        s.to_create,
+        s.unassigned,
+        s.malformed,
+        s.ambiguous
     );
-    println!(
+    outln!(
         "   CRM: {} leads, {} contacts, {} accounts; {} pairs edited on both sides since they last agreed",
-        s.leads, s.contacts, s.accounts, s.conflicting_edits
+        s.leads,
+        s.contacts,
+        s.accounts,
+        s.conflicting_edits
     );
 
     let logs = args.work_dir.join("logs");
@@ -462,7 +470,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         settings.set("crm", &server.crm_endpoint(&integration).to_string(), chrono::Utc::now())?;
         settings.set("ma", &server.ma_endpoint(&integration).to_string(), chrono::Utc::now())?;
         connections::save(&pool, CONNECTION, &settings).await?;
-        println!(
+        outln!(
             "   --http: the CRM is reached as a Salesforce org and the MA as an Account Engagement business unit at {} \
              (OAuth JWT bearer, REST query, sObject Collections, API v5)",
             server.url()
@@ -482,7 +490,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
             tiers.push(spawn(&exe, tier, i, &env, &logs)?);
         }
     }
-    println!(
+    outln!(
         "2. Started {} producer(s), {} matcher(s), {} applier(s) as separate processes (logs in {})",
         args.producers.max(1),
         args.matchers.max(1),
@@ -493,43 +501,43 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.timeout_secs);
     let t = Instant::now();
     let p = settle(&probe, &mut tiers, &logs, timeout).await?;
-    println!(
+    outln!(
         "   initial sync: {} changes in {:.1} s ({:.0} changes/s)",
         p.finished,
         t.elapsed().as_secs_f64(),
         p.finished as f64 / t.elapsed().as_secs_f64()
     );
 
-    println!("3. Live changes, synced while they are made");
+    outln!("3. Live changes, synced while they are made");
     let t = Instant::now();
     let before = p.finished;
     for line in live_changes(&pool, &sb).await? {
-        println!("   - {line}");
+        outln!("   - {line}");
     }
     let p = settle(&probe, &mut tiers, &logs, timeout).await?;
-    println!("   all {} changes synced {:.1} s after the first edit", p.finished - before, t.elapsed().as_secs_f64());
+    outln!("   all {} changes synced {:.1} s after the first edit", p.finished - before, t.elapsed().as_secs_f64());
 
-    println!("4. CSQLs: customer-success records synced to the CRM under each option (R9)");
+    outln!("4. CSQLs: customer-success records synced to the CRM under each option (R9)");
     let t = Instant::now();
     csql::run(&config, &pool, &sb, &cs, async || settle(&probe, &mut tiers, &logs, timeout).await).await?;
-    println!("   CSQL section done in {:.1} s", t.elapsed().as_secs_f64());
+    outln!("   CSQL section done in {:.1} s", t.elapsed().as_secs_f64());
 
-    println!("5. A burst: {BURST_SIZE} prospect edits in one transaction go to the batch lane, paced at {BURST_BUDGET} records/hour");
+    outln!("5. A burst: {BURST_SIZE} prospect edits in one transaction go to the batch lane, paced at {BURST_BUDGET} records/hour");
     burst(&pool, &probe, &mut tiers, &logs, timeout).await?;
 
-    println!("6. Stopping the tiers (SIGTERM: drain, then exit)");
+    outln!("6. Stopping the tiers (SIGTERM: drain, then exit)");
     for (name, status) in stop(&mut tiers).await? {
-        println!("   {name}: {status}");
+        outln!("   {name}: {status}");
     }
 
-    println!("7. Report");
+    outln!("7. Report");
     let factory = crmsync_systems::SystemsFactory::new(SandboxFactory::new(pool.clone()));
     let r = report::build(&pool, &factory, CONNECTION).await?;
-    report::print(&r);
+    report::print(&r)?;
     if let Some(server) = server {
         let used = server.usage().await?;
         let share = |used: u64, daily: u64| 100.0 * used as f64 / daily.max(1) as f64;
-        println!(
+        outln!(
             "Over HTTP: {} Salesforce API requests of the org's {} a day ({:.1}%); {} Account Engagement calls of {} ({:.1}%)",
             used.salesforce_used,
             used.salesforce_daily,
@@ -540,7 +548,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
         server.stop().await;
     }
-    println!("Demo finished in {:.0} s.", started.elapsed().as_secs_f64());
+    outln!("Demo finished in {:.0} s.", started.elapsed().as_secs_f64());
     Ok(if r.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

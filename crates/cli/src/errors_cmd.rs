@@ -2,7 +2,8 @@
 //! by connection, category and record, shown in full, retried (the record's
 //! current state goes through the normal pipeline again), dismissed or
 //! exported; the dead-letter queues are inspected and replayed
-//! (`dead_letters`).
+//! (`dead_letters`). What they print keeps emails redacted unless the
+//! operator asks (`crate::pii`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,6 +22,7 @@ use sqlx::PgPool;
 
 use crate::args::{ErrorFilter, ErrorStatus, ErrorsCmd, ExportFormat};
 use crate::dead_letters;
+use crate::pii::Pii;
 
 /// Records retried per published batch of changes (and per source read).
 const RETRY_CHUNK: usize = 500;
@@ -54,28 +56,40 @@ fn one_line(s: &str, max: usize) -> String {
     if flat.chars().count() <= max { flat } else { format!("{}…", flat.chars().take(max - 1).collect::<String>()) }
 }
 
-pub async fn run(config: &Config, pool: &PgPool, cmd: ErrorsCmd) -> anyhow::Result<ExitCode> {
+/// Runs an `errors` command. Those that only read (list, show, export,
+/// dead-letters) read PostgreSQL within `database.command_timeout_ms` and
+/// the broker within `amqp.timeout_ms`, and create nothing.
+pub async fn run(config: &Config, cmd: ErrorsCmd, pii: Pii) -> anyhow::Result<ExitCode> {
     match cmd {
-        ErrorsCmd::List { filter, limit, json } => list(pool, &filter_of(&filter), limit, json).await?,
-        ErrorsCmd::Show { id } => show(pool, id).await?,
-        ErrorsCmd::Retry { ids, category, connection } => return retry(config, pool, targets(ids, category, connection)).await,
-        ErrorsCmd::Dismiss { ids, category, connection } => {
-            let found = sync_errors::find(pool, &targets(ids, category, connection), None).await?;
-            let ids: Vec<i64> = found.iter().map(|e| e.id).collect();
-            let closed = sync_errors::close(pool, &ids, "dismissed", chrono::Utc::now()).await?;
-            println!("dismissed {closed} open sync error(s)");
+        ErrorsCmd::List { filter, limit, json } => {
+            list(&crate::connect_reading(config).await?, &filter_of(&filter), limit, json, pii).await?;
         }
-        ErrorsCmd::Export { filter, format, output } => export(pool, &filter_of(&filter), format, output).await?,
-        ErrorsCmd::DeadLetters { stage, full } => dead_letters::list(config, stage, full).await?,
-        ErrorsCmd::Replay { stage, messages, all } => return dead_letters::replay(config, pool, stage, &messages, all).await,
+        ErrorsCmd::Show { id } => show(&crate::connect_reading(config).await?, id, pii).await?,
+        ErrorsCmd::Retry { ids, category, connection } => {
+            return retry(config, &crate::connect(config).await?, targets(ids, category, connection)).await;
+        }
+        ErrorsCmd::Dismiss { ids, category, connection } => {
+            let pool = crate::connect(config).await?;
+            let found = sync_errors::find(&pool, &targets(ids, category, connection), None).await?;
+            let ids: Vec<i64> = found.iter().map(|e| e.id).collect();
+            let closed = sync_errors::close(&pool, &ids, "dismissed", chrono::Utc::now()).await?;
+            outln!("dismissed {closed} open sync error(s)");
+        }
+        ErrorsCmd::Export { filter, format, output } => {
+            export(&crate::connect_reading(config).await?, &filter_of(&filter), format, output, pii).await?;
+        }
+        ErrorsCmd::DeadLetters { stage, full } => dead_letters::list(config, stage, full, pii).await?,
+        ErrorsCmd::Replay { stage, messages, all } => {
+            return dead_letters::replay(config, &crate::connect(config).await?, stage, &messages, all).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool) -> anyhow::Result<()> {
-    let rows = sync_errors::find(pool, filter, Some(limit)).await?;
+async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool, pii: Pii) -> anyhow::Result<()> {
+    let rows: Vec<SyncErrorDetail> = sync_errors::find(pool, filter, Some(limit)).await?.iter().map(|e| pii.error(e)).collect();
     if json {
-        let mut out = std::io::stdout().lock();
+        let mut out = std::io::BufWriter::new(crate::out::Stdout);
         for r in &rows {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
         }
@@ -85,16 +99,22 @@ async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool) -> anyhow:
     let counts = sync_errors::count_by_category(pool, filter).await?;
     let total: i64 = counts.iter().map(|(_, _, n)| n).sum();
     let summary: Vec<String> = counts.iter().map(|(c, k, n)| format!("{c}/{k} {n}")).collect();
-    println!("{total} sync error(s){}", if summary.is_empty() { String::new() } else { format!(": {}", summary.join(", ")) });
+    outln!("{total} sync error(s){}", if summary.is_empty() { String::new() } else { format!(": {}", summary.join(", ")) });
     if rows.is_empty() {
         return Ok(());
     }
-    println!(
+    outln!(
         "{:>7}  {:<10} {:<20} {:<16} {:<20} {:>4}  {:<16}  reason",
-        "id", "connection", "category", "object", "record", "×", "last seen"
+        "id",
+        "connection",
+        "category",
+        "object",
+        "record",
+        "×",
+        "last seen"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:>7}  {:<10} {:<20} {:<16} {:<20} {:>4}  {:<16}  {}",
             r.id,
             one_line(&r.connection_id, 10),
@@ -107,29 +127,30 @@ async fn list(pool: &PgPool, filter: &Filter, limit: i64, json: bool) -> anyhow:
         );
     }
     if total > rows.len() as i64 {
-        println!("({} more; --limit shows more, `crmsync errors export` writes them all)", total - rows.len() as i64);
+        outln!("({} more; --limit shows more, `crmsync errors export` writes them all)", total - rows.len() as i64);
     }
     Ok(())
 }
 
-async fn show(pool: &PgPool, id: i64) -> anyhow::Result<()> {
+async fn show(pool: &PgPool, id: i64, pii: Pii) -> anyhow::Result<()> {
     let filter = Filter { ids: vec![id], ..Filter::default() };
     let e = sync_errors::find(pool, &filter, Some(1)).await?.pop().with_context(|| format!("no sync error #{id}"))?;
-    println!("sync error #{}", e.id);
-    println!("  connection   {}", e.connection_id);
-    println!("  status       {}{}", e.status, e.closed_at.map(|t| format!(" (closed {t})")).unwrap_or_default());
-    println!("  category     {}", e.category);
-    println!("  stage        {}", e.stage);
-    println!("  record       {} {}", e.object, e.record_id);
-    println!("  occurrences  {} (first {}, last {})", e.occurrences, e.first_seen_at, e.last_seen_at);
+    let e = pii.error(&e);
+    outln!("sync error #{}", e.id);
+    outln!("  connection   {}", e.connection_id);
+    outln!("  status       {}{}", e.status, e.closed_at.map(|t| format!(" (closed {t})")).unwrap_or_default());
+    outln!("  category     {}", e.category);
+    outln!("  stage        {}", e.stage);
+    outln!("  record       {} {}", e.object, e.record_id);
+    outln!("  occurrences  {} (first {}, last {})", e.occurrences, e.first_seen_at, e.last_seen_at);
     if let Some(change) = e.change_id {
-        println!("  change       {change}");
+        outln!("  change       {change}");
     }
-    println!("  reason       {}", e.reason);
+    outln!("  reason       {}", e.reason);
     if let Some(payload) = &e.payload {
-        println!("  record as detected:");
+        outln!("  record as detected:");
         for line in serde_json::to_string_pretty(payload)?.lines() {
-            println!("    {line}");
+            outln!("    {line}");
         }
     }
     Ok(())
@@ -143,7 +164,7 @@ async fn retry(config: &Config, pool: &PgPool, targets: Filter) -> anyhow::Resul
     let started = chrono::Utc::now();
     let found = sync_errors::find(pool, &targets, None).await?;
     if found.is_empty() {
-        println!("no open sync error to retry");
+        outln!("no open sync error to retry");
         return Ok(ExitCode::SUCCESS);
     }
     let (messages, records): (Vec<&SyncErrorDetail>, Vec<&SyncErrorDetail>) = found.iter().partition(|e| e.object == "message");
@@ -191,18 +212,18 @@ async fn retry(config: &Config, pool: &PgPool, targets: Filter) -> anyhow::Resul
     }
     progress.finish_and_clear();
     broker.close().await;
-    println!("retried {retried} record(s): they are back in the pipeline; a record that fails again gets a new open error");
+    outln!("retried {retried} record(s): they are back in the pipeline; a record that fails again gets a new open error");
     if gone > 0 {
-        println!("{gone} record(s) are no longer in their source");
+        outln!("{gone} record(s) are no longer in their source");
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-async fn export(pool: &PgPool, filter: &Filter, format: ExportFormat, output: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    let rows = sync_errors::find(pool, filter, None).await?;
+async fn export(pool: &PgPool, filter: &Filter, format: ExportFormat, output: Option<std::path::PathBuf>, pii: Pii) -> anyhow::Result<()> {
+    let rows: Vec<SyncErrorDetail> = sync_errors::find(pool, filter, None).await?.iter().map(|e| pii.error(e)).collect();
     let sink: Box<dyn Write> = match &output {
         Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
-        None => Box::new(std::io::stdout().lock()),
+        None => Box::new(crate::out::Stdout),
     };
     let mut sink = std::io::BufWriter::new(sink);
     match format {
@@ -246,7 +267,7 @@ async fn export(pool: &PgPool, filter: &Filter, format: ExportFormat, output: Op
     }
     sink.flush()?;
     if let Some(path) = output {
-        eprintln!("wrote {} sync error(s) to {}", rows.len(), path.display());
+        crate::out::err_line(format_args!("wrote {} sync error(s) to {}", rows.len(), path.display()));
     }
     Ok(())
 }

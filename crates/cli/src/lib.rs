@@ -1,5 +1,11 @@
 //! The `crmsync` command. Each module is one group of commands; the tiers
 //! themselves live in their own crates and are only started from here.
+//!
+//! Commands print through [`out`], never `println!`: see there why.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+#[macro_use]
+pub mod out;
 
 pub mod args;
 pub mod bench;
@@ -8,6 +14,7 @@ mod dead_letters;
 pub mod demo;
 mod errors_cmd;
 mod mirror_check;
+pub mod pii;
 pub mod progress;
 pub mod report;
 mod sandbox_cmd;
@@ -31,14 +38,17 @@ pub fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("crmsync: cannot start the runtime: {e}");
+            out::err_line(format_args!("crmsync: cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // The reader of standard output went away (`| head`): what it
+        // wanted was printed, and nothing is wrong.
+        Err(e) if out::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("crmsync: {e:#}");
+            out::err_line(format_args!("crmsync: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -69,16 +79,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Applier => "crmsync-applier",
         _ => "crmsync",
     };
-    let telemetry = if matches!(cli.command, Command::Demo(_)) {
+    let telemetry = match &cli.command {
         // The demo prints its own story; its tiers log to files. Its own
         // process logs warnings only (RUST_LOG still overrides).
-        let mut quiet = config.telemetry.clone();
-        quiet.log_filter = "warn".into();
-        telemetry::init(&quiet, service)
-    } else {
-        telemetry::init(&config.telemetry, service)
+        Command::Demo(_) => {
+            let mut quiet = config.telemetry.clone();
+            quiet.log_filter = "warn".into();
+            telemetry::init(&quiet, service)
+        }
+        Command::Producer | Command::Matcher | Command::Applier => telemetry::init(&config.telemetry, service),
+        // An operator command says itself what it could not reach; lapin
+        // would also log, as an error, every passive declare of a queue not
+        // declared yet, which is an answer, not a failure.
+        _ => {
+            let mut commands = config.telemetry.clone();
+            commands.log_filter = format!("{},lapin=off", commands.log_filter);
+            telemetry::init(&commands, service)
+        }
     };
-    let result = run_command(cli, config).await;
+    let result = run_command(cli, config.clone()).await.map_err(|e| explain(e, &config));
     // Every exit path, error or not, flushes the spans still buffered: a
     // tier stopped by SIGTERM exports the traces of its last records.
     telemetry.shutdown().await;
@@ -86,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
+    let pii = pii::Pii { show: cli.show_pii };
     match cli.command {
         Command::Producer => {
             let stop = shutdown::on_signals();
@@ -110,17 +130,23 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 identities::set_state_form(&pool, form).await.context("setting the identity state's form")?;
             }
             let form = identities::state_form(&pool).await?;
-            println!("migrations applied; identity states are written as {}", form.as_str());
+            outln!("migrations applied; identity states are written as {}", form.as_str());
         }
-        Command::Status(c) => status::print(&config, &connect_migrated(&config).await?, c.connection.as_deref()).await?,
-        Command::Report(c) => {
-            let pool = connect_migrated(&config).await?;
-            let ok = report::print_all(&config, &pool, c.connection.as_deref()).await?;
+        Command::Status(c) => {
+            let ok = status::print(&config, c.connection.as_deref(), c.json).await?;
             return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Command::Report(c) => {
+            let pool = connect_reading(&config).await?;
+            let ok = report::print_all(&config, &pool, c.connection.as_deref(), c.json, pii).await?;
+            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Command::WaitIdle(a) => {
+            progress::wait_idle(&config, &connect_reading(&config).await?, a.connection.as_deref(), a.timeout_secs).await?;
         }
         Command::Errors { cmd, filter, limit } => {
             let cmd = cmd.unwrap_or(args::ErrorsCmd::List { filter, limit, json: false });
-            return errors_cmd::run(&config, &connect(&config).await?, cmd).await;
+            return errors_cmd::run(&config, cmd, pii).await;
         }
         Command::Connection(cmd) => connection_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,
@@ -137,12 +163,24 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+/// Names a statement PostgreSQL cancelled at a read-only command's timeout
+/// as what it is: the database did not answer in time.
+fn explain(e: anyhow::Error, config: &Config) -> anyhow::Error {
+    if e.chain().any(|c| c.downcast_ref::<sqlx::Error>().is_some_and(db::cancelled)) {
+        return e.context(status::db_timeout(config));
+    }
+    e
+}
+
+pub(crate) async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     db::connect(&config.database).await.context("connecting to PostgreSQL (is it running? scripts/services.sh starts it)")
 }
 
-async fn connect_migrated(config: &Config) -> anyhow::Result<PgPool> {
-    let pool = connect(config).await?;
+/// The pool of a command that only reads: its statements are cancelled
+/// after `database.command_timeout_ms` (see [`db::connect_reading`]).
+pub(crate) async fn connect_reading(config: &Config) -> anyhow::Result<PgPool> {
+    let pool =
+        db::connect_reading(&config.database).await.context("connecting to PostgreSQL (is it running? scripts/services.sh starts it)")?;
     db::ensure_migrated(&pool).await?;
     Ok(pool)
 }

@@ -15,7 +15,7 @@ use crmsync_store::identities;
 use sqlx::PgPool;
 
 /// What the check found for one kind of mirror.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct MirrorCounts {
     pub kind: String,
     /// CRM records looked at.

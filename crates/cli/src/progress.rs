@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crmsync_connector::{ConnectorFactory, Cursor};
 use crmsync_infra::Config;
-use crmsync_infra::broker::Broker;
+use crmsync_infra::inspect::Inspector;
 use crmsync_producer::Feed;
 use crmsync_store::{audit, connections, feeds};
 use crmsync_systems::SystemsFactory;
@@ -38,25 +38,38 @@ pub struct Progress {
     pub mirrors_waiting: i64,
 }
 
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unread = if self.unread_feeds.is_empty() { "none".to_owned() } else { self.unread_feeds.join(", ") };
+        write!(
+            f,
+            "published {} · finished {} · queued {} · unread feeds {unread} · mirrors waiting {}",
+            self.published, self.finished, self.queued, self.mirrors_waiting
+        )
+    }
+}
+
 impl Progress {
     pub fn idle(&self) -> bool {
         self.finished >= self.published && self.queued == 0 && self.unread_feeds.is_empty() && self.mirrors_waiting == 0
     }
 }
 
-/// Measures progress from PostgreSQL, the broker and the sources.
+/// Measures progress from PostgreSQL, the broker and the sources. It only
+/// reads (I10): queue depths are passive declares, and a queue nobody has
+/// declared yet holds nothing.
 #[derive(Debug)]
 pub struct Probe {
     pool: PgPool,
     factory: SystemsFactory,
-    /// Survives a broker restart: the fault suite measures through one.
-    broker: std::sync::Arc<Broker>,
+    /// Reconnects after a broker restart: the fault suite measures through one.
+    broker: Inspector,
 }
 
 impl Probe {
     pub async fn new(config: &Config, pool: &PgPool) -> anyhow::Result<Probe> {
-        let broker = Broker::new(&config.amqp, "crmsync-probe");
-        broker.live().await.context("connecting to RabbitMQ")?;
+        let broker = Inspector::new(&config.amqp, "crmsync-probe");
+        broker.connect().await.context("connecting to RabbitMQ")?;
         let factory = SystemsFactory::from_config(config, pool).await?;
         Ok(Probe { pool: pool.clone(), factory, broker })
     }
@@ -66,9 +79,8 @@ impl Probe {
         let published = feeds.iter().map(|f| f.published).sum();
         let finished = audit::finished_changes(&self.pool, connection_id).await?;
         let mut queued = 0u64;
-        self.broker.declare_connection(connection_id).await?;
         for (_, _, q) in self.broker.topology().work_queues(&[connection_id.to_owned()]) {
-            queued += u64::from(self.broker.depth(&q).await?);
+            queued += u64::from(self.broker.depth(&q).await?.unwrap_or(0));
         }
         let mirrors_waiting = crmsync_store::mirror_outbox::count(&self.pool, connection_id).await?;
         let mut progress = Progress { published, finished, queued, unread_feeds: Vec::new(), mirrors_waiting };
@@ -116,11 +128,34 @@ impl Probe {
                 return Ok(first);
             }
             if start.elapsed() > timeout {
-                anyhow::bail!("the pipeline did not settle within {timeout:?}: {first:?}");
+                anyhow::bail!("the pipeline did not settle within {timeout:?}: {first}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// `crmsync wait-idle`: waits until every connection (or `only`) is idle,
+/// with a spinner on standard error when it is a terminal; fails on the
+/// timeout, saying what was still busy.
+pub async fn wait_idle(config: &Config, pool: &PgPool, only: Option<&str>, timeout_secs: u64) -> anyhow::Result<()> {
+    let ids = crate::connection_ids(pool, only).await?;
+    let probe = Probe::new(config, pool).await?;
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let started = Instant::now();
+    let waited = probe.wait_idle(&ids, Duration::from_secs(timeout_secs), |p| spinner.set_message(p.to_string())).await;
+    spinner.finish_and_clear();
+    probe.broker.close().await;
+    let p = waited?;
+    outln!(
+        "idle after {:.1} s: {} change(s) published, {} finished ({})",
+        started.elapsed().as_secs_f64(),
+        p.published,
+        p.finished,
+        ids.join(", ")
+    );
+    Ok(())
 }
 
 /// A progress bar for a long operator command (`errors retry`, `errors

@@ -6,14 +6,26 @@
 //! the pipeline is idle, every mapped field must hold the same value on both
 //! sides (pairs with an open sync error are counted apart: they are waiting
 //! for someone to act). Leads the engine created must be owned by the assigned
-//! user's CRM user (R3). Only ids and field names are printed, never values.
+//! user's CRM user (R3). Only ids and field names are printed, never values
+//! (the sync errors' samples quote the systems, emails redacted: `crate::pii`).
+//!
+//! A report run while the batch lane has a backlog (R7) finds pairs whose
+//! edit is published and paced, not yet applied: those are listed as
+//! waiting in the batch lane, and only real mismatches fail the report. A
+//! differing field is waiting when the connection's batch lane has a
+//! backlog and one side holds a user's edit the engine has not finished:
+//! a value that is neither what the engine knows is there (its identity
+//! state) nor the engine's own write. Which change a record is waiting on
+//! is not kept per record, so an edit not even detected yet counts as
+//! waiting too while a backlog lasts; once the lane is drained, any
+//! difference left is a mismatch.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crmsync_connector::{ConnectorFactory, Systems};
 use crmsync_domain::mapping::SyncBehaviour;
-use crmsync_domain::merge::{IdentityFields, same_value};
-use crmsync_domain::records::{CrmPersonRecord, ProspectRecord};
+use crmsync_domain::merge::{IdentityFields, Side, is_blank, same_value};
+use crmsync_domain::records::{CrmPersonRecord, FieldValue, ProspectRecord};
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, CrmObject};
 use crmsync_infra::Config;
@@ -22,11 +34,13 @@ use crmsync_store::{audit, connections, identities};
 use crmsync_systems::SystemsFactory;
 
 use crate::mirror_check::MirrorCounts;
+use crate::pii::Pii;
+use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 /// A field that differs between the two sides of a linked pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mismatch {
     pub identity: Uuid,
     pub prospect_id: i64,
@@ -34,7 +48,9 @@ pub struct Mismatch {
     pub field: String,
 }
 
-#[derive(Debug, Clone, Default)]
+/// One connection's report; `report --json` prints it as it is (the
+/// `(name, count)` lists as two-element arrays).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub connection_id: String,
     pub statuses: Vec<(String, i64)>,
@@ -44,6 +60,13 @@ pub struct Report {
     pub pairs_compared: usize,
     pub pairs_waiting_on_errors: usize,
     pub mismatches: Vec<Mismatch>,
+    /// Differing fields whose edit is still waiting in the batch lane: not
+    /// failures.
+    pub waiting_in_batch_lane: Vec<Mismatch>,
+    /// The batch lane's backlog when the report was made, and when it will
+    /// be done at the budget's pace.
+    pub batch_backlog: i64,
+    pub batch_eta_secs: u64,
     /// Linked identities whose prospect or CRM record cannot be found.
     pub missing: Vec<Uuid>,
     pub created_leads_checked: usize,
@@ -90,10 +113,16 @@ async fn people(systems: &Systems, ids: &[CrmId]) -> anyhow::Result<HashMap<Stri
     Ok(out)
 }
 
-/// The mapped fields on which the two records disagree. Two-way fields must
-/// hold one value; a read-only field must hold its source's value once the
-/// source has one (before that, the rules have no opinion).
-fn compare(settings: &ConnectionSettings, p: &ProspectRecord, c: &CrmPersonRecord, state: Option<&IdentityFields>) -> Vec<String> {
+/// The mapped fields on which the two records disagree, by their MA and
+/// CRM names. Two-way fields must hold one value; a read-only field must
+/// hold its source's value once the source has one (before that, the rules
+/// have no opinion).
+fn compare(
+    settings: &ConnectionSettings,
+    p: &ProspectRecord,
+    c: &CrmPersonRecord,
+    state: Option<&IdentityFields>,
+) -> Vec<(String, String)> {
     settings
         .field_map
         .for_object(c.object)
@@ -108,8 +137,21 @@ fn compare(settings: &ConnectionSettings, p: &ProspectRecord, c: &CrmPersonRecor
             }
             !same_value(&ma.value, &crm.value)
         })
-        .map(|(m, _)| m.ma.clone())
+        .map(|(m, api)| (m.ma.clone(), api.to_owned()))
         .collect()
+}
+
+/// Whether `side`'s value of a field is a user's edit the engine has not
+/// finished: not the engine's own write, and not what the engine knows the
+/// side holds.
+fn unfinished_edit(state: Option<&IdentityFields>, field: &str, side: Side, value: &FieldValue, integration_user: &str) -> bool {
+    if value.by.as_deref() == Some(integration_user) {
+        return false;
+    }
+    match state.and_then(|s| s.get(field)).and_then(|f| f.side(side).known.as_ref()) {
+        Some(known) => !same_value(&known.value, &value.value),
+        None => !is_blank(&value.value),
+    }
 }
 
 /// Builds the report of one connection.
@@ -123,6 +165,8 @@ pub async fn build(pool: &PgPool, factory: &SystemsFactory, connection_id: &str)
         open_errors: sync_errors::open_counts(pool, connection_id).await?,
         ..Report::default()
     };
+    let batch = crmsync_applier::batch_figures(pool, connection_id).await?;
+    (r.batch_backlog, r.batch_eta_secs) = (batch.backlog, batch.eta.as_secs());
     let samples = sync_errors::list_open(pool, connection_id, 10_000).await?;
     let mut per_category: BTreeMap<String, usize> = BTreeMap::new();
     for s in samples {
@@ -155,8 +199,15 @@ pub async fn build(pool: &PgPool, factory: &SystemsFactory, connection_id: &str)
             continue;
         }
         r.pairs_compared += 1;
-        for field in compare(&settings, p, c, states.get(&l.id)) {
-            r.mismatches.push(Mismatch { identity: l.id, prospect_id: l.prospect_id, crm_id: l.crm_id.clone(), field });
+        let state = states.get(&l.id);
+        for (field, api) in compare(&settings, p, c, state) {
+            let waiting = r.batch_backlog > 0
+                && (p.fields.get(&field).is_some_and(|v| unfinished_edit(state, &field, Side::Ma, v, systems.integration_user(Side::Ma)))
+                    || c.fields
+                        .get(&api)
+                        .is_some_and(|v| unfinished_edit(state, &field, Side::Crm, v, systems.integration_user(Side::Crm))));
+            let m = Mismatch { identity: l.id, prospect_id: l.prospect_id, crm_id: l.crm_id.clone(), field };
+            if waiting { r.waiting_in_batch_lane.push(m) } else { r.mismatches.push(m) }
         }
         if let Some(owner) = &l.owner_id
             && c.object == CrmObject::Lead
@@ -180,26 +231,26 @@ fn join(pairs: &[(String, i64)]) -> String {
 }
 
 /// Prints a report for people.
-pub fn print(r: &Report) {
-    println!("Connection {}", r.connection_id);
-    println!("  Identities    {}", join(&r.statuses));
+pub fn print(r: &Report) -> std::io::Result<()> {
+    outln!("Connection {}", r.connection_id);
+    outln!("  Identities    {}", join(&r.statuses));
     let (skips, actions): (Vec<_>, Vec<_>) = r.actions.iter().cloned().partition(|(a, _)| a.starts_with("skipped:"));
     let (rejects, actions): (Vec<_>, Vec<_>) = actions.into_iter().partition(|(a, _)| a.starts_with("rejected"));
-    println!("  Changes       {}", join(&actions));
+    outln!("  Changes       {}", join(&actions));
     if !skips.is_empty() {
-        println!(
+        outln!(
             "  Not synced    {}",
             join(&skips.iter().map(|(a, n)| (a.trim_start_matches("skipped:").to_owned(), *n)).collect::<Vec<_>>())
         );
     }
     if !rejects.is_empty() {
-        println!("  Rejected      {}", rejects.iter().map(|(_, n)| n).sum::<i64>());
+        outln!("  Rejected      {}", rejects.iter().map(|(_, n)| n).sum::<i64>());
     }
-    println!("  Sync errors   {}", join(&r.open_errors));
+    outln!("  Sync errors   {}", join(&r.open_errors));
     for s in &r.error_samples {
-        println!("                · {} {} {}: {}", s.category, s.object, s.record_id, s.reason);
+        outln!("                · {} {} {}: {}", s.category, s.object, s.record_id, s.reason);
     }
-    println!(
+    outln!(
         "  Check         {} linked pairs compared field by field: {} mismatched field(s); {} pair(s) waiting on an open sync error; {} missing record(s)",
         r.pairs_compared,
         r.mismatches.len(),
@@ -207,11 +258,22 @@ pub fn print(r: &Report) {
         r.missing.len()
     );
     for m in r.mismatches.iter().take(10) {
-        println!("                ✗ prospect {} / {}: {} differs", m.prospect_id, m.crm_id, m.field);
+        outln!("                ✗ prospect {} / {}: {} differs", m.prospect_id, m.crm_id, m.field);
     }
-    println!("                {} lead(s) created by the engine checked for owner: {} wrong", r.created_leads_checked, r.wrong_owners.len());
+    if !r.waiting_in_batch_lane.is_empty() {
+        outln!(
+            "                {} field(s) waiting in the batch lane (backlog {}, done in {}): not failures",
+            r.waiting_in_batch_lane.len(),
+            r.batch_backlog,
+            crate::status::human(std::time::Duration::from_secs(r.batch_eta_secs))
+        );
+        for m in r.waiting_in_batch_lane.iter().take(10) {
+            outln!("                ⧗ prospect {} / {}: {} waiting in the batch lane", m.prospect_id, m.crm_id, m.field);
+        }
+    }
+    outln!("                {} lead(s) created by the engine checked for owner: {} wrong", r.created_leads_checked, r.wrong_owners.len());
     for m in &r.mirrors {
-        println!(
+        outln!(
             "                {}: {} in the CRM, {} mirrored in the MA ({} prospect link(s)), {} wrong",
             m.kind,
             m.sources,
@@ -220,20 +282,39 @@ pub fn print(r: &Report) {
             m.wrong.len()
         );
         for id in m.wrong.iter().take(5) {
-            println!("                ✗ {} {id}: the MA's mirror differs from what the rules say", m.kind);
+            outln!("                ✗ {} {id}: the MA's mirror differs from what the rules say", m.kind);
         }
     }
-    println!("  Result        {}", if r.ok() { "OK: both sides agree" } else { "FAILED" });
+    outln!("  Result        {}", if r.ok() { "OK: both sides agree" } else { "FAILED" });
+    Ok(())
 }
 
-/// Builds and prints the report of each connection; true if all are OK.
-pub async fn print_all(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow::Result<bool> {
+/// What `report --json` prints.
+#[derive(Debug, Serialize)]
+struct Reports<'a> {
+    /// Every connection's report is OK.
+    ok: bool,
+    connections: &'a [Report],
+}
+
+/// Builds and prints the report of each connection, as text or as one JSON
+/// document; true if all are OK.
+pub async fn print_all(config: &Config, pool: &PgPool, only: Option<&str>, json: bool, pii: Pii) -> anyhow::Result<bool> {
     let factory = SystemsFactory::from_config(config, pool).await?;
-    let mut ok = true;
+    let mut reports = Vec::new();
     for id in crate::connection_ids(pool, only).await? {
-        let r = build(pool, &factory, &id).await?;
-        print(&r);
-        ok &= r.ok();
+        let mut r = build(pool, &factory, &id).await?;
+        // The samples quote the systems' refusals.
+        r.error_samples = r.error_samples.iter().map(|s| pii.sample(s)).collect();
+        if !json {
+            print(&r)?;
+        }
+        reports.push(r);
+    }
+    let ok = reports.iter().all(Report::ok);
+    if json {
+        // Printed whole: serde_json's writer errors hide a closed pipe.
+        outln!("{}", serde_json::to_string_pretty(&Reports { ok, connections: &reports })?);
     }
     Ok(ok)
 }

@@ -3,20 +3,13 @@
 
 use anyhow::{Context, bail};
 use crmsync_infra::Config;
-use crmsync_sandbox::ops::{Sandbox, System};
-use crmsync_sandbox::{schema, seed};
+use crmsync_sandbox::ops::{BatchOp, Sandbox, System, Target};
+use crmsync_sandbox::seed;
 use sqlx::PgPool;
 
 use crmsync_domain::csql::{CsUserType, CsqlRecordType};
 
 use crate::args::{CsCmd, KeyValue, SandboxCmd, ServeArgs, SystemArg};
-
-fn object(name: &str) -> anyhow::Result<&'static schema::ObjectDef> {
-    schema::object(name).with_context(|| {
-        let names: Vec<&str> = schema::OBJECTS.iter().map(|o| o.name).collect();
-        format!("no sandbox object {name:?}; objects: {}", names.join(", "))
-    })
-}
 
 fn pairs(set: Vec<KeyValue>) -> Vec<(String, String)> {
     set.into_iter().map(|KeyValue(k, v)| (k, v)).collect()
@@ -44,57 +37,49 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: SandboxCmd) -> anyhow::Res
                 bail!("--scale must be above 0 and at most 100");
             }
             let summary = seed::seed(&sb(&tenant), &seed::SeedOptions { scale, seed }).await?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            outln!("{}", serde_json::to_string_pretty(&summary)?);
         }
         SandboxCmd::Reset { tenant } => {
             seed::reset(&sb(&tenant)).await?;
-            println!("tenant {tenant} emptied");
+            outln!("tenant {tenant} emptied");
         }
         SandboxCmd::Create { object: o, set, tenant } => {
-            let id = match o.strip_prefix("custom:") {
-                Some(kind) => sb(&tenant).create_custom(kind, &pairs(set)).await?,
-                None if o == "custom" => bail!("name the custom object: custom:<Name__c>"),
-                None => sb(&tenant).create(object(&o)?, &pairs(set), None).await?,
-            };
-            println!("{id}");
+            outln!("{}", sb(&tenant).create_target(Target::parse(&o)?, &pairs(set)).await?);
         }
         SandboxCmd::Update { object: o, id, set, tenant } => {
-            if o == "custom" || o.starts_with("custom:") {
-                sb(&tenant).update_custom(&id, &pairs(set)).await?;
-            } else {
-                sb(&tenant).update(object(&o)?, &id, &pairs(set), None).await?;
-            }
-            println!("{o} {id} updated");
+            sb(&tenant).update_target(Target::parse(&o)?, &id, &pairs(set)).await?;
+            outln!("{o} {id} updated");
         }
         SandboxCmd::Delete { object: o, id, tenant } => {
-            sb(&tenant).set_deleted(object(o.split(':').next().unwrap_or(&o))?, &id, true).await?;
-            println!("{o} {id} moved to the recycle bin");
+            sb(&tenant).set_target_deleted(Target::parse(&o)?, &id, true).await?;
+            outln!("{o} {id} moved to the recycle bin");
         }
         SandboxCmd::Undelete { object: o, id, tenant } => {
-            sb(&tenant).set_deleted(object(o.split(':').next().unwrap_or(&o))?, &id, false).await?;
-            println!("{o} {id} restored");
+            sb(&tenant).set_target_deleted(Target::parse(&o)?, &id, false).await?;
+            outln!("{o} {id} restored");
         }
+        SandboxCmd::Batch { file, tenant } => batch(&sb(&tenant), file.as_deref()).await?,
         SandboxCmd::ConvertLead { lead, account, opportunity, tenant } => {
             let c = sb(&tenant).convert_lead(&lead, account.as_deref(), opportunity.as_deref()).await?;
-            println!("{}", serde_json::to_string_pretty(&c)?);
+            outln!("{}", serde_json::to_string_pretty(&c)?);
         }
         SandboxCmd::Assign { prospect, user, unassign: _, tenant } => {
             sb(&tenant).assign(prospect, user).await?;
             match user {
-                Some(u) => println!("prospect {prospect} assigned to MA user {u}"),
-                None => println!("prospect {prospect} unassigned"),
+                Some(u) => outln!("prospect {prospect} assigned to MA user {u}"),
+                None => outln!("prospect {prospect} unassigned"),
             }
         }
         SandboxCmd::Show { object: o, id, tenant } => {
             let shown = match o.as_str() {
                 "prospect" => sb(&tenant).prospect_view(id.parse().context("a prospect id is a number")?).await?,
-                _ => sb(&tenant).show(object(o.split(':').next().unwrap_or(&o))?, &id).await?,
+                _ => sb(&tenant).show_target(Target::parse(&o)?, &id).await?,
             };
-            println!("{}", serde_json::to_string_pretty(&shown)?);
+            outln!("{}", serde_json::to_string_pretty(&shown)?);
         }
         SandboxCmd::List { object: o, limit, tenant } => {
-            for row in sb(&tenant).list(object(&o)?, limit).await? {
-                println!("{row}");
+            for row in sb(&tenant).list_target(Target::parse(&o)?, limit).await? {
+                outln!("{row}");
             }
         }
         SandboxCmd::Users { system: s, tenant } => {
@@ -103,7 +88,7 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: SandboxCmd) -> anyhow::Res
                 None => sb(&tenant).cs_users().await?,
             };
             for row in rows {
-                println!("{row}");
+                outln!("{row}");
             }
         }
         SandboxCmd::AddUser { system: s, email, name, crm_user, no_api, internal_collaborator, admin, support_privilege, tenant } => {
@@ -115,13 +100,13 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: SandboxCmd) -> anyhow::Res
             match system(s) {
                 Some(System::Ma) => {
                     let (first, last) = name.split_once(' ').unwrap_or((name.as_str(), ""));
-                    println!("{}", sandbox.create_ma_user(&email, first, last, crm_user.as_deref()).await?);
+                    outln!("{}", sandbox.create_ma_user(&email, first, last, crm_user.as_deref()).await?);
                 }
-                Some(System::Crm) => println!("{}", sandbox.create_crm_user(&name, &email, true, !no_api).await?),
+                Some(System::Crm) => outln!("{}", sandbox.create_crm_user(&name, &email, true, !no_api).await?),
                 None => {
                     let kind = if internal_collaborator { CsUserType::InternalCollaborator } else { CsUserType::Csm };
                     let id = sandbox.create_cs_user(&name, &email, kind, crm_user.as_deref(), admin, support_privilege).await?;
-                    println!("{id}");
+                    outln!("{id}");
                 }
             }
         }
@@ -130,41 +115,64 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: SandboxCmd) -> anyhow::Res
     Ok(())
 }
 
+/// `crmsync sandbox batch`: the operations of a file (or standard input),
+/// one JSON object a line, in one transaction; prints what each did.
+async fn batch(sandbox: &Sandbox, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let text = match file {
+        Some(path) if path != std::path::Path::new("-") => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        _ => std::io::read_to_string(std::io::stdin()).context("reading the operations from standard input")?,
+    };
+    let ops = BatchOp::parse_lines(&text)?;
+    if ops.is_empty() {
+        bail!(
+            "no operations: give one JSON object a line, e.g. {{\"op\": \"create\", \"object\": \"prospect\", \"set\": {{\"email\": \"a@example.com\"}}}}"
+        );
+    }
+    let done = sandbox.apply_batch(&ops).await?;
+    for result in &done {
+        outln!("{}", serde_json::to_string(result)?);
+    }
+    crate::out::err_line(format_args!("{} operation(s) committed in one transaction", done.len()));
+    Ok(())
+}
+
 /// `crmsync sandbox cs ...`: CSQLs as CSMs save them, and the CS admin's side.
 async fn cs(pool: &PgPool, cmd: CsCmd) -> anyhow::Result<()> {
     let sb = |tenant: &str| Sandbox::new(pool.clone(), tenant);
     match cmd {
         CsCmd::Create { record_type, as_user, owner, set, tenant } => {
-            println!("{}", sb(&tenant).create_csql(record_type.into(), as_user, owner, &pairs(set)).await?);
+            outln!("{}", sb(&tenant).create_csql(record_type.into(), as_user, owner, &pairs(set)).await?);
         }
         CsCmd::Update { record_type, id, as_user, set, tenant } => {
             sb(&tenant).update_csql(record_type.into(), id, as_user, &pairs(set)).await?;
-            println!("CSQL {id} saved");
+            outln!("CSQL {id} saved");
         }
         CsCmd::Show { record_type, id, tenant } => {
             let def = crmsync_sandbox::cs::def_of(record_type.into());
-            println!("{}", serde_json::to_string_pretty(&sb(&tenant).show(def, &id.to_string()).await?)?);
+            outln!("{}", serde_json::to_string_pretty(&sb(&tenant).show(def, &id.to_string()).await?)?);
         }
         CsCmd::List { record_type, limit, tenant } => {
             for row in sb(&tenant).list(crmsync_sandbox::cs::def_of(record_type.into()), limit).await? {
-                println!("{row}");
+                outln!("{row}");
             }
         }
         CsCmd::DeleteAll { record_type, as_user, tenant } => {
             let kind: CsqlRecordType = record_type.into();
             let n = sb(&tenant).delete_all_csqls(kind, as_user).await?;
-            println!("{n} record(s) deleted from the {}", kind.cs_object());
+            outln!("{n} record(s) deleted from the {}", kind.cs_object());
         }
         CsCmd::Config { area, tenant } => {
-            println!("{}", serde_json::to_string_pretty(&sb(&tenant).cs_config(area.as_str()).await?)?);
+            outln!("{}", serde_json::to_string_pretty(&sb(&tenant).cs_config(area.as_str()).await?)?);
         }
         CsCmd::SetStages { area, stages, tenant } => {
             sb(&tenant).set_cs_stages(area.as_str(), &stages).await?;
-            println!("{} stages: {}", area.as_str(), stages.join(", "));
+            outln!("{} stages: {}", area.as_str(), stages.join(", "));
         }
         CsCmd::RenewalCenter { stages, tenant } => {
             sb(&tenant).configure_renewal_center(&stages).await?;
-            println!("renewal center configured; stages: {}", stages.join(", "));
+            outln!("renewal center configured; stages: {}", stages.join(", "));
         }
     }
     Ok(())
@@ -197,7 +205,7 @@ async fn serve(pool: PgPool, args: ServeArgs) -> anyhow::Result<()> {
     };
     let server = crmsync_sandbox_server::Server::bind(config, args.bind, pool).await?;
     // The line scripts and tests wait for.
-    println!("sandbox serving at {}", server.url());
+    outln!("sandbox serving at {}", server.url());
     server.serve(crmsync_infra::shutdown::on_signals()).await?;
     Ok(())
 }

@@ -1,78 +1,280 @@
-//! `crmsync status` and `crmsync errors`: the operator's view per connection.
+//! `crmsync status`: the operator's view per connection (identities,
+//! feeds, the batch lane, CSQLs, open sync errors) and what is queued on the
+//! broker, as text or as JSON (`--json`, the [`Status`] shape).
+//!
+//! A read-only command (I10): it declares nothing on the broker (depths are
+//! passive declares; a queue nobody declared yet is said to be so) and
+//! writes nothing in PostgreSQL. It answers within its timeouts whatever
+//! state the services are in: PostgreSQL is read within
+//! `database.command_timeout_ms`, and the broker's connection and every
+//! call on it within `amqp.timeout_ms`. What it could not reach it names,
+//! after printing what it could, and it then exits 1.
 
-use crmsync_infra::Config;
-use crmsync_infra::amqp::{self, Topology};
-use crmsync_store::{feeds, identities, sync_errors};
+use std::collections::BTreeMap;
+
+use crmsync_domain::Lane;
+use crmsync_infra::amqp::Stage;
+use crmsync_infra::inspect::Inspector;
+use crmsync_infra::{Config, db};
+use crmsync_store::{csql_links, feeds, identities, sync_errors};
+use serde::Serialize;
 use sqlx::PgPool;
 
-/// Prints, per connection: identities by status (in sync, pending
-/// assignment, being created), feeds, the batch lane, CSQL options and
-/// outcomes, open sync errors by reason; and what is queued per stage on the
-/// broker.
-pub async fn print(config: &Config, pool: &PgPool, only: Option<&str>) -> anyhow::Result<()> {
-    for id in crate::connection_ids(pool, only).await? {
-        let statuses = identities::status_counts(pool, &id).await?;
-        let count = |s: &str| statuses.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
-        println!("Connection {id}");
-        println!("  in sync              {}", count("linked"));
-        println!("  pending assignment   {}", count("pending_assignment"));
-        println!("  being created        {}", count("creating_crm") + count("creating_ma"));
-        for f in feeds::all(pool, &id).await? {
-            println!(
+/// Everything `status` says; `status --json` prints it as it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// True when PostgreSQL and the broker both answered.
+    pub ok: bool,
+    /// Per connection; empty when PostgreSQL could not be read.
+    pub connections: Vec<ConnectionStatus>,
+    /// Why PostgreSQL could not be read; null when it was.
+    pub database_error: Option<String>,
+    pub broker: BrokerStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionStatus {
+    pub id: String,
+    pub identities: Identities,
+    pub feeds: Vec<FeedStatus>,
+    pub batch_lane: BatchLane,
+    pub csqls: Csqls,
+    /// Open sync errors per category.
+    pub sync_errors: BTreeMap<String, i64>,
+}
+
+/// Identities by where they stand.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identities {
+    pub in_sync: i64,
+    pub pending_assignment: i64,
+    /// Waiting for their lead or prospect to be created.
+    pub being_created: i64,
+    /// Whose creation was refused: an open sync error names why.
+    pub creation_failed: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedStatus {
+    pub feed: String,
+    pub published: i64,
+    pub echoes_dropped: i64,
+    pub leased_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchLane {
+    pub backlog: i64,
+    pub budget_per_hour: u32,
+    pub used_last_hour: i64,
+    /// The share of the budget the last hour used (1.0: all of it).
+    pub used_share: f64,
+    /// Until the backlog is done at the budget's pace.
+    pub eta_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Csqls {
+    pub target: String,
+    pub record_type: String,
+    pub sync_user: String,
+    pub cs_platform: bool,
+    /// CSQLs per outcome (synced, refused, rejected).
+    pub outcomes: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerStatus {
+    pub reachable: bool,
+    /// Why the broker (or one of its answers) could not be had; null if
+    /// every queue was read.
+    pub error: Option<String>,
+    /// The queues read, in order; those not read are not listed.
+    pub queues: Vec<QueueStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStatus {
+    pub queue: String,
+    pub stage: &'static str,
+    /// `immediate` or `batch` for a work queue, null for a dead-letter queue.
+    pub lane: Option<&'static str>,
+    /// Messages ready; null when the queue has not been declared yet.
+    pub messages: Option<u32>,
+}
+
+/// What a read-only command says when PostgreSQL did not answer in time.
+pub fn db_timeout(config: &Config) -> String {
+    format!("PostgreSQL did not answer within {} ms (database.command_timeout_ms)", config.database.command_timeout_ms)
+}
+
+/// Why a database read failed, for people: a statement PostgreSQL
+/// cancelled at the timeout says so.
+fn db_failure(e: &anyhow::Error, config: &Config) -> String {
+    let cancelled = e.chain().any(|c| c.downcast_ref::<sqlx::Error>().is_some_and(db::cancelled));
+    if cancelled { db_timeout(config) } else { format!("{e:#}") }
+}
+
+async fn connection(pool: &PgPool, id: &str) -> anyhow::Result<ConnectionStatus> {
+    let statuses = identities::status_counts(pool, id).await?;
+    let count = |s: &str| statuses.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+    let creation_failed = sync_errors::creations_refused(pool, id).await?;
+    let identities = Identities {
+        in_sync: count("linked"),
+        pending_assignment: count("pending_assignment"),
+        being_created: (count("creating_crm") + count("creating_ma") - creation_failed).max(0),
+        creation_failed,
+    };
+    let feeds = feeds::all(pool, id)
+        .await?
+        .into_iter()
+        .map(|f| FeedStatus { feed: f.feed, published: f.published, echoes_dropped: f.suppressed, leased_by: f.lease_owner })
+        .collect();
+    let b = crmsync_applier::batch_figures(pool, id).await?;
+    let batch_lane = BatchLane {
+        backlog: b.backlog,
+        budget_per_hour: b.budget_per_hour,
+        used_last_hour: b.used_last_hour,
+        used_share: b.used_share(),
+        eta_secs: b.eta.as_secs(),
+    };
+    let settings = crmsync_store::connections::load(pool, id).await?;
+    let csqls = Csqls {
+        target: settings.csql.target.to_string(),
+        record_type: settings.csql.record_type.to_string(),
+        sync_user: settings.csql.sync_user.to_string(),
+        cs_platform: settings.cs.is_some(),
+        outcomes: csql_links::outcome_counts(pool, id).await?.into_iter().collect(),
+    };
+    let sync_errors = sync_errors::open_counts(pool, id).await?.into_iter().collect();
+    Ok(ConnectionStatus { id: id.to_owned(), identities, feeds, batch_lane, csqls, sync_errors })
+}
+
+/// Reads every connection's figures (or `only`'s) from PostgreSQL.
+async fn connections(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<ConnectionStatus>> {
+    let pool = db::connect_reading(&config.database).await?;
+    db::ensure_migrated(&pool).await?;
+    let mut out = Vec::new();
+    for id in crate::connection_ids(&pool, only).await? {
+        out.push(connection(&pool, &id).await?);
+    }
+    pool.close().await;
+    Ok(out)
+}
+
+/// Reads the depth of every queue of these connections, stopping at the
+/// first call the broker does not answer.
+async fn broker(config: &Config, connections: &[String]) -> BrokerStatus {
+    let inspector = Inspector::new(&config.amqp, "crmsync-status");
+    if let Err(e) = inspector.connect().await {
+        return BrokerStatus { reachable: false, error: Some(format!("unreachable: {e}")), queues: Vec::new() };
+    }
+    let topology = inspector.topology().clone();
+    let mut asked: Vec<(String, Stage, Option<Lane>)> =
+        topology.work_queues(connections).into_iter().map(|(stage, lane, q)| (q, stage, Some(lane))).collect();
+    asked.extend([Stage::Match, Stage::Apply].map(|stage| (topology.dead_queue(stage), stage, None)));
+    let mut status = BrokerStatus { reachable: true, error: None, queues: Vec::new() };
+    for (queue, stage, lane) in asked {
+        match inspector.depth(&queue).await {
+            Ok(messages) => status.queues.push(QueueStatus { queue, stage: stage.as_str(), lane: lane.map(Lane::as_str), messages }),
+            Err(e) => {
+                status.error = Some(format!("{queue}: {e}"));
+                break;
+            }
+        }
+    }
+    inspector.close().await;
+    status
+}
+
+/// Gathers the status, each service within its timeout.
+pub async fn gather(config: &Config, only: Option<&str>) -> Status {
+    let limit = config.database.command_timeout();
+    let (connections, database_error) = match tokio::time::timeout(limit, connections(config, only)).await {
+        Ok(Ok(c)) => (c, None),
+        Ok(Err(e)) => (Vec::new(), Some(db_failure(&e, config))),
+        Err(_) => (Vec::new(), Some(db_timeout(config))),
+    };
+    // Without PostgreSQL the connections are not known: the one asked for,
+    // or none (the shared queues are still read).
+    let ids: Vec<String> = match (&database_error, only) {
+        (None, _) => connections.iter().map(|c| c.id.clone()).collect(),
+        (Some(_), Some(id)) => vec![id.to_owned()],
+        (Some(_), None) => Vec::new(),
+    };
+    let broker = broker(config, &ids).await;
+    Status { ok: database_error.is_none() && broker.error.is_none(), connections, database_error, broker }
+}
+
+/// Prints the status as text or JSON; false if a service could not be read.
+pub async fn print(config: &Config, only: Option<&str>, json: bool) -> anyhow::Result<bool> {
+    let status = gather(config, only).await;
+    if json {
+        // Printed whole: serde_json's writer errors hide a closed pipe.
+        outln!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        text(&status)?;
+    }
+    Ok(status.ok)
+}
+
+fn text(s: &Status) -> std::io::Result<()> {
+    for c in &s.connections {
+        let i = &c.identities;
+        outln!("Connection {}", c.id);
+        outln!("  in sync              {}", i.in_sync);
+        outln!("  pending assignment   {}", i.pending_assignment);
+        outln!("  being created        {}", i.being_created);
+        if i.creation_failed > 0 {
+            outln!("  creation failed      {} (see `crmsync errors`)", i.creation_failed);
+        }
+        for f in &c.feeds {
+            outln!(
                 "  feed {:<30} published {:>8}  echoes dropped {:>8}  leased by {}",
                 f.feed,
                 f.published,
-                f.suppressed,
-                f.lease_owner.as_deref().unwrap_or("-")
+                f.echoes_dropped,
+                f.leased_by.as_deref().unwrap_or("-")
             );
         }
-        let batch = crmsync_applier::batch_figures(pool, &id).await?;
-        println!(
+        let b = &c.batch_lane;
+        outln!(
             "  batch lane           backlog {} · budget {}/hour · used {} in the last hour ({:.0}%) · done in {}",
-            batch.backlog,
-            batch.budget_per_hour,
-            batch.used_last_hour,
-            batch.used_share() * 100.0,
-            human(batch.eta)
+            b.backlog,
+            b.budget_per_hour,
+            b.used_last_hour,
+            b.used_share * 100.0,
+            human(std::time::Duration::from_secs(b.eta_secs))
         );
-        let settings = crmsync_store::connections::load(pool, &id).await?;
-        let csqls = crmsync_store::csql_links::outcome_counts(pool, &id).await?;
-        println!(
+        let q = &c.csqls;
+        outln!(
             "  CSQLs                target {} · record type {} · sync user {}{}{}",
-            settings.csql.target,
-            settings.csql.record_type,
-            settings.csql.sync_user,
-            if settings.cs.is_none() { " · no CS platform" } else { "" },
-            csqls.iter().map(|(o, n)| format!(" · {o} {n}")).collect::<String>()
+            q.target,
+            q.record_type,
+            q.sync_user,
+            if q.cs_platform { "" } else { " · no CS platform" },
+            q.outcomes.iter().map(|(o, n)| format!(" · {o} {n}")).collect::<String>()
         );
-        let errors = sync_errors::open_counts(pool, &id).await?;
-        if errors.is_empty() {
-            println!("  sync errors          none");
+        if c.sync_errors.is_empty() {
+            outln!("  sync errors          none");
         } else {
-            println!("  sync errors          {}", errors.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", "));
+            outln!("  sync errors          {}", c.sync_errors.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", "));
         }
     }
-    match amqp::connect(&config.amqp, "crmsync-status").await {
-        Ok(conn) => {
-            let channel = conn.create_channel().await?;
-            let topology = Topology::new(&config.amqp);
-            topology.declare(&channel).await?;
-            println!("Queued messages (broker)");
-            let connections = crate::connection_ids(pool, only).await?;
-            for c in &connections {
-                topology.declare_connection(&channel, c).await?;
-            }
-            for (stage, lane, q) in topology.work_queues(&connections) {
-                println!("  {:<45} {:>8}", q, topology.depth(&channel, &q).await?);
-                let _ = (stage, lane);
-            }
-            for stage in [amqp::Stage::Match, amqp::Stage::Apply] {
-                let q = topology.dead_queue(stage);
-                println!("  {:<45} {:>8}", q, topology.depth(&channel, &q).await?);
-            }
-            let _ = conn.close(200, "done".into()).await;
+    if let Some(e) = &s.database_error {
+        outln!("PostgreSQL: {e}");
+    }
+    if s.broker.reachable {
+        outln!("Queued messages (broker)");
+    }
+    for q in &s.broker.queues {
+        match q.messages {
+            Some(n) => outln!("  {:<45} {:>8}", q.queue, n),
+            None => outln!("  {:<45} not declared yet", q.queue),
         }
-        Err(e) => println!("Queued: broker unreachable ({e})"),
+    }
+    if let Some(e) = &s.broker.error {
+        outln!("Broker: {e}");
     }
     Ok(())
 }

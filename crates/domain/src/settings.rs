@@ -86,7 +86,7 @@ impl Default for ConnectionSettings {
 /// Why a setting could not be changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingError {
-    #[error("unknown setting {0:?}; settable: {SETTABLE}")]
+    #[error("unknown setting {0:?}; settable: {keys}", keys = settable())]
     Unknown(String),
     #[error("setting {key:?} needs {expected}, got {value:?}")]
     Invalid { key: String, value: String, expected: &'static str },
@@ -94,14 +94,35 @@ pub enum SettingError {
     Endpoint { key: String, reason: String },
 }
 
-/// The settings `crmsync connection set` can change.
-pub const SETTABLE: &str = "auto_create_prospects, batch_threshold, batch_budget_per_hour, batch_burst, lead_placeholder, cs (a sandbox CS tenant, or none), \
-     csql.target, csql.record_type, csql.sync_user, ma and crm (a sandbox tenant, or an endpoint as JSON)";
+/// Every setting `crmsync connection set` can change, with what it takes.
+/// The one list: the command's help, its refusals and
+/// [`ConnectionSettings::set`] (which refuses a key not here) all read it.
+pub const KEYS: &[(&str, &str)] = &[
+    ("auto_create_prospects", "true or false: a new CRM lead or contact with an email creates a prospect (R3); not retroactive"),
+    ("batch_threshold", "a whole number: a pass with more changes than this sends them to the batch lane (R7); 400 by default"),
+    ("batch_budget_per_hour", "a positive whole number: batch-lane records an hour (R7); 12000 by default"),
+    ("batch_burst", "1 to 10000: batch-lane records at once before the budget paces them; 5 by default"),
+    ("lead_placeholder", "text, or off: what a new lead's required fields (LastName, Company) get when the prospect has none; [[unknown]] by default"),
+    ("cs", "the CS platform: a sandbox CS tenant's name, its endpoint as JSON, or none"),
+    ("csql.target", "cs or crm: where CSQLs go (R9); refused while the CS object in use holds records"),
+    ("csql.record_type", "lead or opportunity: what a CSQL becomes; says what changes with it and needs --yes"),
+    ("csql.sync_user", "logged_in or integration: whom CSQLs are written as in the CRM"),
+    ("ma", "the MA: a sandbox tenant's name, or an endpoint as JSON (kind sandbox or account_engagement)"),
+    ("crm", "the CRM: a sandbox tenant's name, or an endpoint as JSON (kind sandbox or salesforce)"),
+];
+
+/// The settable keys, comma-separated.
+pub fn settable() -> String {
+    KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+}
 
 impl ConnectionSettings {
     /// Changes one setting from its textual form. Turning
     /// `auto_create_prospects` on stamps the time, so that it is not retroactive.
     pub fn set(&mut self, key: &str, value: &str, now: Timestamp) -> Result<(), SettingError> {
+        if !KEYS.iter().any(|(k, _)| *k == key) {
+            return Err(SettingError::Unknown(key.to_owned()));
+        }
         let invalid = |expected| SettingError::Invalid { key: key.to_owned(), value: value.to_owned(), expected };
         match key {
             "auto_create_prospects" => {
@@ -174,6 +195,7 @@ impl ConnectionSettings {
                 self.batch_burst =
                     value.parse().ok().filter(|n| (1..=10_000).contains(n)).ok_or_else(|| invalid("a whole number from 1 to 10000"))?;
             }
+            // In KEYS, and not handled above: a key listed before its code.
             _ => return Err(SettingError::Unknown(key.to_owned())),
         }
         Ok(())
@@ -275,6 +297,37 @@ mod tests {
         let e = s.set("batch_threshold", "many", now).unwrap_err();
         assert!(e.to_string().contains("whole number"), "{e}");
         assert!(s.set("batch_budget_per_hour", "0", now).is_err());
+    }
+
+    /// A valid value for each key, so that every listed key is exercised.
+    fn example(key: &str) -> &'static str {
+        match key {
+            "auto_create_prospects" => "true",
+            "batch_threshold" => "250",
+            "batch_budget_per_hour" => "36000",
+            "batch_burst" => "10",
+            "lead_placeholder" => "n/a",
+            "cs" => "default",
+            "csql.target" => "crm",
+            "csql.record_type" => "opportunity",
+            "csql.sync_user" => "integration",
+            "ma" | "crm" => "other-tenant",
+            other => panic!("no example value for setting {other:?}: add one here"),
+        }
+    }
+
+    #[test]
+    fn every_listed_key_is_settable_and_the_refusal_lists_them_all() {
+        for (key, help) in KEYS {
+            assert!(!help.is_empty(), "{key} says what it takes");
+            let mut s = ConnectionSettings::default();
+            s.set(key, example(key), Utc::now()).unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_ne!(s, ConnectionSettings::default(), "setting {key} changed something");
+        }
+        let refusal = ConnectionSettings::default().set("colour", "red", Utc::now()).unwrap_err().to_string();
+        for (key, _) in KEYS {
+            assert!(refusal.contains(key), "{refusal} names {key}");
+        }
     }
 
     #[test]

@@ -18,12 +18,14 @@
 //! budget never holds back another's records (no head-of-line blocking).
 
 use std::fmt;
+use std::time::Duration;
 
 use crmsync_domain::Lane;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use secrecy::ExposeSecret;
@@ -200,12 +202,39 @@ impl Topology {
             channel.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await?;
         Ok(q.message_count())
     }
+
+    /// Messages ready in a queue, or `None` if nobody has declared it yet:
+    /// a passive declare, which never creates the queue. The broker answers
+    /// one for a missing queue by closing `channel` (404), so the caller
+    /// asks its next question on a new channel.
+    pub async fn passive_depth(&self, channel: &Channel, queue: &str) -> Result<Option<u32>, AmqpError> {
+        match self.depth(channel, queue).await {
+            Ok(n) => Ok(Some(n)),
+            Err(AmqpError::Broker(e)) if not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
-/// Opens a connection to the broker.
+/// Whether the broker refused a call because what it names does not exist.
+pub fn not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
+/// Runs a broker call, failing it with [`AmqpError::Timeout`] after
+/// `limit`: lapin waits for an answer as long as the connection stands.
+pub async fn within<T, E: Into<AmqpError>>(limit: Duration, call: impl Future<Output = Result<T, E>>) -> Result<T, AmqpError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(done) => done.map_err(Into::into),
+        Err(_) => Err(AmqpError::Timeout(limit)),
+    }
+}
+
+/// Opens a connection to the broker, giving up after `amqp.timeout_ms`.
+/// Declares nothing.
 pub async fn connect(cfg: &AmqpConfig, name: &str) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-    Ok(Connection::connect(cfg.url.expose_secret(), props).await?)
+    within(cfg.timeout(), Connection::connect(cfg.url.expose_secret(), props)).await
 }
 
 /// One message to publish.

@@ -37,9 +37,6 @@ use crate::config::AmqpConfig;
 /// The first and the longest pause between two attempts to reach the broker.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long one attempt to connect and declare may take: a broker that
-/// accepts TCP but does not answer must not hold every caller.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One connection to the broker and what was opened on it.
 #[derive(Debug, Clone)]
@@ -126,7 +123,9 @@ impl Broker {
             let _ = dead.conn.close(200, "replaced".into()).await;
             warn!(broker = %self.name, "lost the connection to RabbitMQ; reconnecting");
         }
-        let live = tokio::time::timeout(CONNECT_TIMEOUT, self.open()).await.map_err(|_| AmqpError::Timeout(CONNECT_TIMEOUT))??;
+        // One attempt to connect and declare is bounded as a whole: a broker
+        // that accepts TCP but does not answer must not hold every caller.
+        let live = amqp::within(self.cfg.timeout(), self.open()).await?;
         if live.generation > 1 {
             metrics::counter!(crate::metrics::BROKER_RECONNECTS, "broker" => self.name.clone()).increment(1);
             info!(broker = %self.name, generation = live.generation, "reconnected to RabbitMQ; topology redeclared");
@@ -185,29 +184,40 @@ impl Broker {
         if self.state().connections.contains(connection_id) {
             return Ok(());
         }
-        let channel = self.live().await?.conn.create_channel().await?;
-        self.topology.declare_connection(&channel, connection_id).await?;
-        let _ = channel.close(200, "declared".into()).await;
+        let live = self.live().await?;
+        amqp::within(self.cfg.timeout(), async {
+            let channel = live.conn.create_channel().await?;
+            self.topology.declare_connection(&channel, connection_id).await?;
+            let _ = channel.close(200, "declared".into()).await;
+            Ok::<_, AmqpError>(())
+        })
+        .await?;
         self.state().connections.insert(connection_id.to_owned());
         Ok(())
     }
 
-    /// Messages ready in `queue` (the broker's count), on a channel kept for
-    /// such questions while it lives.
-    pub async fn depth(&self, queue: &str) -> Result<u32, AmqpError> {
+    /// Messages ready in `queue` (the broker's count), or `None` if the
+    /// queue has not been declared: a passive declare, so asking never
+    /// creates a queue. Asked on a channel kept for such questions while it
+    /// lives, within `amqp.timeout_ms`.
+    pub async fn depth(&self, queue: &str) -> Result<Option<u32>, AmqpError> {
         let live = self.live().await?;
         let kept = self.state().utility.clone().filter(|(g, ch)| *g == live.generation && ch.status().connected());
-        let channel = match kept {
-            Some((_, ch)) => ch,
-            None => {
-                let ch = live.conn.create_channel().await?;
-                self.state().utility = Some((live.generation, ch.clone()));
-                ch
-            }
-        };
-        let depth = self.topology.depth(&channel, queue).await;
-        if depth.is_err() {
-            // A passive declare of a missing queue closes the channel.
+        let depth = amqp::within(self.cfg.timeout(), async {
+            let channel = match kept {
+                Some((_, ch)) => ch,
+                None => {
+                    let ch = live.conn.create_channel().await?;
+                    self.state().utility = Some((live.generation, ch.clone()));
+                    ch
+                }
+            };
+            self.topology.passive_depth(&channel, queue).await
+        })
+        .await;
+        if !matches!(depth, Ok(Some(_))) {
+            // A passive declare of a missing queue closes the channel, and
+            // a call that timed out may have left it unusable.
             self.state().utility = None;
         }
         depth

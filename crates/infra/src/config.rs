@@ -42,11 +42,23 @@ pub struct DatabaseConfig {
     pub url: SecretString,
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
+    /// How long an operator command that only reads (`status`, `report`,
+    /// `errors` list/show/export, `wait-idle`) lets one statement run
+    /// (PostgreSQL's `statement_timeout`), and waits for the database at
+    /// all, before it says PostgreSQL did not answer. The tiers are not
+    /// bound by it.
+    pub command_timeout_ms: u64,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: DEFAULT_DATABASE_URL.into(), max_connections: 8, acquire_timeout_ms: 10_000 }
+        DatabaseConfig { url: DEFAULT_DATABASE_URL.into(), max_connections: 8, acquire_timeout_ms: 10_000, command_timeout_ms: 30_000 }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms)
     }
 }
 
@@ -70,11 +82,28 @@ pub struct AmqpConfig {
     pub delivery_limit: u32,
     /// Delete queues unused for this long (tests only; off in production).
     pub queue_expires_ms: Option<u64>,
+    /// How long connecting to the broker, and each call on it (a declare, a
+    /// queue's depth), may take before it fails: a broker that accepts TCP
+    /// and never answers must not hold a tier or a command.
+    pub timeout_ms: u64,
 }
 
 impl Default for AmqpConfig {
     fn default() -> Self {
-        AmqpConfig { url: DEFAULT_AMQP_URL.into(), prefix: "crmsync".into(), prefetch: 8, delivery_limit: 5, queue_expires_ms: None }
+        AmqpConfig {
+            url: DEFAULT_AMQP_URL.into(),
+            prefix: "crmsync".into(),
+            prefetch: 8,
+            delivery_limit: 5,
+            queue_expires_ms: None,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl AmqpConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
     }
 }
 

@@ -15,6 +15,11 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
 /// Opens a pool to `url` with the configured limits.
 pub async fn connect_url(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(acquire_timeout).connect_with(options(url)?).await
+}
+
+/// The engine's session options for `url`.
+fn options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
     // No parallel query plans. The tiers' statements read or write batches
     // of rows by key, and the planner's estimate for `= ANY(array)` on the
@@ -24,13 +29,30 @@ pub async fn connect_url(url: &str, max_connections: u32, acquire_timeout: Durat
     // identities; in a 30,000-pair backfill the lookups' summed execution
     // time fell from 9.8 to 3.7 s). The few whole-connection counts (the
     // CLI's reports) run serially too, which at this scale costs little.
-    let options = options.application_name("crmsync").options([("max_parallel_workers_per_gather", "0")]);
-    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(acquire_timeout).connect_with(options).await
+    Ok(options.application_name("crmsync").options([("max_parallel_workers_per_gather", "0")]))
 }
 
 /// Opens the engine's pool.
 pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
     connect_url(cfg.url.expose_secret(), cfg.max_connections, Duration::from_millis(cfg.acquire_timeout_ms)).await
+}
+
+/// Opens a pool for an operator command that only reads: PostgreSQL
+/// cancels any of its statements after `command_timeout_ms` (a table
+/// locked by a migration, a server too busy to answer in time), so the
+/// command says so instead of hanging. Connecting is bounded by the
+/// acquire timeout, and the caller bounds the whole with the same
+/// timeout against a server that does not answer at all.
+pub async fn connect_reading(cfg: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    let options = options(cfg.url.expose_secret())?.options([("statement_timeout", cfg.command_timeout_ms)]);
+    let acquire = Duration::from_millis(cfg.acquire_timeout_ms.min(cfg.command_timeout_ms));
+    PgPoolOptions::new().max_connections(cfg.max_connections).acquire_timeout(acquire).connect_with(options).await
+}
+
+/// Whether PostgreSQL cancelled a statement for running past its
+/// `statement_timeout` (or an operator's cancel).
+pub fn cancelled(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("57014"))
 }
 
 /// Applies the engine's pending migrations (safe to run from several

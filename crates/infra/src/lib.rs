@@ -7,6 +7,7 @@ pub mod budget;
 pub mod config;
 pub mod db;
 pub mod health;
+pub mod inspect;
 pub mod locks;
 pub mod metrics;
 pub mod propagation;

@@ -7,12 +7,16 @@
 //! pick up.
 
 use serde_json::{Map, Value};
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use crate::schema::{self, ObjectDef};
 
+mod batch;
 mod cs;
+mod custom;
 use crate::store::{self, RowWrite};
+pub use batch::{BatchOp, BatchResult};
+pub use custom::Target;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -113,8 +117,9 @@ impl Sandbox {
         }
     }
 
-    /// Creates a record; returns its id.
-    pub async fn create(&self, def: &ObjectDef, values: &[(String, String)], actor: Option<&str>) -> Result<String, OpsError> {
+    /// A create's values as a column-named document, checked: a writable
+    /// object, known fields, typed values, the required ones present.
+    fn new_document(def: &ObjectDef, values: &[(String, String)]) -> Result<Map<String, Value>, OpsError> {
         Self::writable(def)?;
         let doc = Self::document(def, values)?;
         let missing: Vec<&str> =
@@ -122,12 +127,39 @@ impl Sandbox {
         if !missing.is_empty() {
             return Err(OpsError::Invalid(format!("a {} needs {}", def.name, missing.join(", "))));
         }
-        let actor = self.actor(def, actor).await?;
-        let mut conn = self.pool.acquire().await?;
-        match store::insert(&mut conn, def, &self.tenant, &doc, &actor, None).await? {
+        Ok(doc)
+    }
+
+    /// Inserts a checked document as `actor` on `conn` (which may be a
+    /// transaction's); returns the new id.
+    async fn insert_on(&self, conn: &mut PgConnection, def: &ObjectDef, doc: &Map<String, Value>, actor: &str) -> Result<String, OpsError> {
+        match store::insert(conn, def, &self.tenant, doc, actor, None).await? {
             RowWrite::Written { id, .. } => Ok(id),
             _ => unreachable!("an insert either writes or fails"),
         }
+    }
+
+    /// Updates a record with a checked document as `actor` on `conn`.
+    async fn update_on(
+        &self,
+        conn: &mut PgConnection,
+        def: &ObjectDef,
+        id: &str,
+        doc: &Map<String, Value>,
+        actor: &str,
+    ) -> Result<(), OpsError> {
+        match store::update(conn, def, &self.tenant, id, doc, actor, store::Conditions::default()).await? {
+            RowWrite::Written { .. } => Ok(()),
+            _ => Err(OpsError::NotFound { object: def.name, id: id.to_owned(), tenant: self.tenant.clone() }),
+        }
+    }
+
+    /// Creates a record; returns its id.
+    pub async fn create(&self, def: &ObjectDef, values: &[(String, String)], actor: Option<&str>) -> Result<String, OpsError> {
+        let doc = Self::new_document(def, values)?;
+        let actor = self.actor(def, actor).await?;
+        let mut conn = self.pool.acquire().await?;
+        self.insert_on(&mut conn, def, &doc, &actor).await
     }
 
     /// Changes fields of a record.
@@ -136,10 +168,13 @@ impl Sandbox {
         let doc = Self::document(def, values)?;
         let actor = self.actor(def, actor).await?;
         let mut conn = self.pool.acquire().await?;
-        match store::update(&mut conn, def, &self.tenant, id, &doc, &actor, store::Conditions::default()).await? {
-            RowWrite::Written { .. } => Ok(()),
-            _ => Err(OpsError::NotFound { object: def.name, id: id.to_owned(), tenant: self.tenant.clone() }),
-        }
+        self.update_on(&mut conn, def, id, &doc, &actor).await
+    }
+
+    /// The values that move a record to its system's recycle bin, or out.
+    fn deletion(def: &ObjectDef, deleted: bool) -> Result<Vec<(String, String)>, OpsError> {
+        let col = def.by_name("is_deleted").ok_or_else(|| OpsError::Invalid(format!("{} records cannot be deleted", def.name)))?;
+        Ok(vec![(col.api.to_owned(), deleted.to_string())])
     }
 
     /// Adds (or replaces) a CRM validation rule: `object` ("lead" or
@@ -265,21 +300,10 @@ pub struct Conversion {
     pub opportunity_id: Option<String>,
 }
 
-/// A custom field value typed from command-line text: JSON literals (numbers,
-/// true/false) as such, anything else as text.
-fn custom_value(raw: &str) -> Value {
-    match serde_json::from_str::<Value>(raw) {
-        Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
-        _ if raw.is_empty() => Value::Null,
-        _ => Value::String(raw.to_owned()),
-    }
-}
-
 impl Sandbox {
     /// Moves a record to its system's recycle bin, or restores it.
     pub async fn set_deleted(&self, def: &ObjectDef, id: &str, deleted: bool) -> Result<(), OpsError> {
-        let col = def.by_name("is_deleted").ok_or_else(|| OpsError::Invalid(format!("{} records cannot be deleted", def.name)))?;
-        self.update(def, id, &[(col.api.to_owned(), deleted.to_string())], None).await
+        self.update(def, id, &Self::deletion(def, deleted)?, None).await
     }
 
     /// Converts a lead as the CRM does: a contact (in the given account, or a
@@ -369,38 +393,6 @@ impl Sandbox {
         .await?;
         tx.commit().await?;
         Ok(Conversion { contact_id: contact, account_id: account, opportunity_id })
-    }
-
-    /// Creates a custom object record (`Subscription__c` and the like).
-    pub async fn create_custom(&self, object_type: &str, values: &[(String, String)]) -> Result<String, OpsError> {
-        let me = self.admin(System::Crm).await?;
-        let doc: serde_json::Map<String, Value> = values.iter().map(|(k, v)| (k.clone(), custom_value(v))).collect();
-        Ok(sqlx::query_scalar(
-            "INSERT INTO crm.custom_records (tenant, object_type, fields, last_modified_by) VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(&self.tenant)
-        .bind(object_type)
-        .bind(Value::Object(doc))
-        .bind(&me)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    /// Changes fields of a custom object record.
-    pub async fn update_custom(&self, id: &str, values: &[(String, String)]) -> Result<(), OpsError> {
-        let me = self.admin(System::Crm).await?;
-        let patch: serde_json::Map<String, Value> = values.iter().map(|(k, v)| (k.clone(), custom_value(v))).collect();
-        let done = sqlx::query("UPDATE crm.custom_records SET fields = fields || $3, last_modified_by = $4 WHERE tenant = $1 AND id = $2")
-            .bind(&self.tenant)
-            .bind(id)
-            .bind(Value::Object(patch))
-            .bind(&me)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(OpsError::NotFound { object: "custom record", id: id.to_owned(), tenant: self.tenant.clone() });
-        }
-        Ok(())
     }
 
     /// A prospect as an MA user sees it: its fields, its prospect account,

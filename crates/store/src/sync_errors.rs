@@ -94,7 +94,7 @@ pub async fn open_counts<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Res
 }
 
 /// An open error as listed for an operator.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct SyncErrorRow {
     pub id: i64,
     pub stage: String,
@@ -122,6 +122,25 @@ pub async fn open_records<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Re
         .bind(connection_id)
         .fetch_all(e)
         .await
+}
+
+/// Identities whose creation was refused: waiting to create the CRM lead
+/// (`creating_crm`) or the prospect (`creating_ma`) with an open sync error
+/// on the record that asked for it (the prospect; the lead or contact).
+/// They are not being created: someone must act on the error first.
+pub async fn creations_refused<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<i64, sqlx::Error> {
+    // A CRM record's error names it by the id its source gave, 18 or 15
+    // characters; identities keep the 18-character form.
+    sqlx::query_scalar(
+        "SELECT count(*) FROM identities i \
+         WHERE i.connection_id = $1 AND i.status IN ('creating_crm', 'creating_ma') \
+           AND EXISTS (SELECT 1 FROM sync_errors e WHERE e.connection_id = i.connection_id AND e.status = 'open' \
+                 AND CASE WHEN i.status = 'creating_crm' THEN e.object = 'prospect' AND e.record_id = i.prospect_id::text \
+                          ELSE e.object = i.crm_object AND e.record_id IN (i.crm_id, left(i.crm_id, 15)) END)",
+    )
+    .bind(connection_id)
+    .fetch_one(e)
+    .await
 }
 
 /// Parks a message that could not be read at all (I6) as a sync error under

@@ -133,7 +133,7 @@ async fn queued(broker: &Broker) -> u64 {
     let mut total = 0;
     for stage in [Stage::Match, Stage::Apply] {
         for lane in [Lane::Immediate, Lane::Batch] {
-            total += u64::from(broker.depth(&t.queue(stage, lane, "default")).await.unwrap_or(0));
+            total += u64::from(broker.depth(&t.queue(stage, lane, "default")).await.ok().flatten().unwrap_or(0));
         }
     }
     total

@@ -89,21 +89,21 @@ pub async fn run(config: &Config, args: SuiteArgs) -> anyhow::Result<()> {
     let work_dir = std::fs::canonicalize(&args.work_dir)?;
     let mut results = Results { machine: Machine::describe(), ceiling: None, backfill: Vec::new(), steady: Vec::new(), cost: Vec::new() };
     let m = &results.machine;
-    println!("crmsync bench suite: {} cores, {:.0} GB, {} build, commit {}", m.cores, m.memory_gb, m.build, m.commit);
+    outln!("crmsync bench suite: {} cores, {:.0} GB, {} build, commit {}", m.cores, m.memory_gb, m.build, m.commit);
     let wants = |s| args.scenarios.contains(&s);
 
     if wants(Scenario::Ceiling) {
         let messages = args.ceiling_messages.unwrap_or(2 * args.pairs);
-        println!("\n## ceiling: {messages} persistent, confirmed messages of {CEILING_MESSAGE_BYTES} B through two hops");
+        outln!("\n## ceiling: {messages} persistent, confirmed messages of {CEILING_MESSAGE_BYTES} B through two hops");
         let c = ceiling::measure(&config.amqp, messages, CEILING_MESSAGE_BYTES, CEILING_PREFETCH).await.context("the ceiling")?;
-        println!("  {:.0} messages/s ({:.1} s)", c.messages_per_second, c.seconds);
+        outln!("  {:.0} messages/s ({:.1} s)", c.messages_per_second, c.seconds);
         results.ceiling = Some(c);
         report::write(&args.out, &results)?;
     }
     let ceiling = results.ceiling.as_ref().map(|c| c.messages_per_second);
 
     if wants(Scenario::Backfill) {
-        println!("\n## backfill: linked pairs (two records each), budget lifted");
+        outln!("\n## backfill: linked pairs (two records each), budget lifted");
         for &mode in &args.modes {
             let pairs = sized(&args, mode, args.pairs);
             for &replicas in &args.replicas {
@@ -111,7 +111,7 @@ pub async fn run(config: &Config, args: SuiteArgs) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("the backfill, {}, {replicas} per tier", mode.as_str()))?;
                 let ratio = ceiling.map_or(String::new(), |c| format!(", {:.2}× the ceiling", b.records_per_second / c));
-                println!(
+                outln!(
                     "  {} with {replicas} per tier, {pairs} pairs: converged in {:.1} s, {:.0} records/s{ratio}",
                     mode.as_str(),
                     b.converge_seconds,
@@ -124,13 +124,13 @@ pub async fn run(config: &Config, args: SuiteArgs) -> anyhow::Result<()> {
     }
 
     if wants(Scenario::Steady) {
-        println!("\n## steady immediate lane: {} s per rate round {} pairs", args.seconds, args.steady_pairs);
+        outln!("\n## steady immediate lane: {} s per rate round {} pairs", args.seconds, args.steady_pairs);
         for &mode in &args.modes {
             for &rate in &args.rates {
                 let l = latency::run(config, &base_url, mode, rate, args.seconds, args.steady_pairs, &work_dir)
                     .await
                     .with_context(|| format!("the steady lane, {}, {rate}/s", mode.as_str()))?;
-                println!(
+                outln!(
                     "  {} at {rate:.0}/s: achieved {:.0}/s, p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms, {}",
                     mode.as_str(),
                     l.achieved_per_second,
@@ -147,14 +147,14 @@ pub async fn run(config: &Config, args: SuiteArgs) -> anyhow::Result<()> {
     }
 
     if wants(Scenario::Cost) {
-        println!("\n## cost: a backlog of changes, one replica per tier");
+        outln!("\n## cost: a backlog of changes, one replica per tier");
         for &mode in &args.modes {
             let pairs = sized(&args, mode, args.backlog).div_ceil(2);
             let c = backfill::run(config, &base_url, mode, pairs, 1, &work_dir)
                 .await
                 .with_context(|| format!("the cost run, {}", mode.as_str()))?;
             let peak = |tier: &str| c.tiers.iter().filter(|t| t.name.starts_with(tier)).map(|t| t.peak_rss_mb).fold(0.0, f64::max);
-            println!(
+            outln!(
                 "  {}, {} changes: {:.0} records/s; peak RSS producer {:.0} MB, matcher {:.0} MB, applier {:.0} MB",
                 mode.as_str(),
                 c.records,
@@ -167,6 +167,6 @@ pub async fn run(config: &Config, args: SuiteArgs) -> anyhow::Result<()> {
             report::write(&args.out, &results)?;
         }
     }
-    println!("\nwritten to {}", args.out.join("results.md").display());
+    outln!("\nwritten to {}", args.out.join("results.md").display());
     Ok(())
 }

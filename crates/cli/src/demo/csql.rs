@@ -109,46 +109,46 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let p = people(sb).await?;
     set(config, pool, "cs", cs, false).await?;
-    println!("   CS users: Cleo (CSM, CRM user with API access), Noah (CSM, CRM user without), Sam (internal collaborator from sales)");
+    outln!("   CS users: Cleo (CSM, CRM user with API access), Noah (CSM, CRM user without), Sam (internal collaborator from sales)");
 
     // Target `cs` (the default): nothing leaves the CS platform.
     let kept = [sb.create_csql(LEAD, p.cleo, None, &lead("Keepsake")).await?, sb.create_csql(LEAD, p.cleo, None, &lead("Homebody")).await?];
     settle().await?;
     let in_crm = leads_in_crm(pool, &kept).await?;
-    println!("   - target cs: Cleo saved {} CSQLs; {in_crm} reached the CRM (they stay in the CS platform)", kept.len());
+    outln!("   - target cs: Cleo saved {} CSQLs; {in_crm} reached the CRM (they stay in the CS platform)", kept.len());
 
     // The guard: no switch while the CS lead object holds records.
     match set(config, pool, "csql.target", "crm", false).await {
-        Err(e) => println!("   - switching csql.target to crm is refused: {e}"),
+        Err(e) => outln!("   - switching csql.target to crm is refused: {e}"),
         Ok(_) => anyhow::bail!("the target switch should have been refused while CS lead records exist"),
     }
     let deleted = sb.delete_all_csqls(LEAD, p.admin).await?;
     set(config, pool, "csql.target", "crm", false).await?;
-    println!("   - the CS admin bulk-deleted {deleted} CS lead records; csql.target = crm is now accepted");
+    outln!("   - the CS admin bulk-deleted {deleted} CS lead records; csql.target = crm is now accepted");
 
     // crm + lead + logged_in.
     let by_cleo = sb.create_csql(LEAD, p.cleo, Some(p.sam), &lead("Handover")).await?;
     let by_noah = sb.create_csql(LEAD, p.noah, None, &lead("Blocked")).await?;
     settle().await?;
-    println!("   - crm + lead + logged_in:");
-    println!("       {}", outcome(pool, sb, LEAD, by_cleo, "Cleo, owned by Sam").await?);
-    println!("       {}", outcome(pool, sb, LEAD, by_noah, "Noah").await?);
-    println!("       (Sam's CRM user is {}: the sales collaborator owns the lead)", p.sam_crm);
+    outln!("   - crm + lead + logged_in:");
+    outln!("       {}", outcome(pool, sb, LEAD, by_cleo, "Cleo, owned by Sam").await?);
+    outln!("       {}", outcome(pool, sb, LEAD, by_noah, "Noah").await?);
+    outln!("       (Sam's CRM user is {}: the sales collaborator owns the lead)", p.sam_crm);
 
     // crm + lead + integration: Noah's CSQL goes through when saved again.
     set(config, pool, "csql.sync_user", "integration", false).await?;
     sb.update_csql(LEAD, by_noah, p.noah, &[("Title".into(), "Head of Operations".into())]).await?;
     settle().await?;
-    println!("   - crm + lead + integration (Noah saves his CSQL again):");
-    println!("       {}", outcome(pool, sb, LEAD, by_noah, "Noah").await?);
+    outln!("   - crm + lead + integration (Noah saves his CSQL again):");
+    outln!("       {}", outcome(pool, sb, LEAD, by_noah, "Noah").await?);
 
     // The record type: confirmation first, with what changes.
     sb.configure_renewal_center(&["Renewal Open".into(), "Renewal Committed".into(), "Renewed".into(), "Churned".into()]).await?;
     match set(config, pool, "csql.record_type", "opportunity", false).await {
         Err(e) => {
-            println!("   - switching csql.record_type without confirmation is refused, saying what changes:");
+            outln!("   - switching csql.record_type without confirmation is refused, saying what changes:");
             for line in e.to_string().lines() {
-                println!("       {line}");
+                outln!("       {line}");
             }
         }
         Ok(_) => anyhow::bail!("the record-type switch should need confirmation"),
@@ -156,7 +156,7 @@ pub async fn run(
     set(config, pool, "csql.record_type", "opportunity", true).await?;
     sb.set_cs_stages("renewal", &["Open".into(), "Committed".into(), "Won".into(), "Lost".into()]).await?;
     let shared = sb.cs_config("opportunity").await?;
-    println!(
+    outln!(
         "   - confirmed (--yes); the renewal center's stages, edited there, now show on the CSQL opportunity side: {}",
         shared["stages"]
     );
@@ -166,14 +166,14 @@ pub async fn run(
     let opp_cleo = sb.create_csql(OPPORTUNITY, p.cleo, None, &opportunity("Seat expansion")).await?;
     let opp_noah = sb.create_csql(OPPORTUNITY, p.noah, None, &opportunity("Premium support")).await?;
     settle().await?;
-    println!("   - crm + opportunity + logged_in:");
-    println!("       {}", outcome(pool, sb, OPPORTUNITY, opp_cleo, "Cleo").await?);
-    println!("       {}", outcome(pool, sb, OPPORTUNITY, opp_noah, "Noah").await?);
+    outln!("   - crm + opportunity + logged_in:");
+    outln!("       {}", outcome(pool, sb, OPPORTUNITY, opp_cleo, "Cleo").await?);
+    outln!("       {}", outcome(pool, sb, OPPORTUNITY, opp_noah, "Noah").await?);
     set(config, pool, "csql.sync_user", "integration", false).await?;
     sb.update_csql(OPPORTUNITY, opp_noah, p.noah, &[("Stage".into(), "Qualification".into())]).await?;
     settle().await?;
-    println!("   - crm + opportunity + integration (Noah saves again):");
-    println!("       {}", outcome(pool, sb, OPPORTUNITY, opp_noah, "Noah").await?);
+    outln!("   - crm + opportunity + integration (Noah saves again):");
+    outln!("       {}", outcome(pool, sb, OPPORTUNITY, opp_noah, "Noah").await?);
     Ok(())
 }
 
