@@ -102,7 +102,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("batch_threshold", "a whole number: a pass with more changes than this sends them to the batch lane (R7); 400 by default"),
     ("batch_budget_per_hour", "a positive whole number: batch-lane records an hour (R7); 12000 by default"),
     ("batch_burst", "1 to 10000: batch-lane records at once before the budget paces them; 5 by default"),
-    ("lead_placeholder", "text, or off: what a new lead's required fields (LastName, Company) get when the prospect has none; [[unknown]] by default"),
+    (
+        "lead_placeholder",
+        "text, or off: what a new lead's required fields (LastName, Company) get when the prospect has none; [[unknown]] by default",
+    ),
     ("cs", "the CS platform: a sandbox CS tenant's name, its endpoint as JSON, or none"),
     ("csql.target", "cs or crm: where CSQLs go (R9); refused while the CS object in use holds records"),
     ("csql.record_type", "lead or opportunity: what a CSQL becomes; says what changes with it and needs --yes"),
