@@ -268,6 +268,11 @@ impl Default for TelemetryConfig {
 #[error("configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
+/// `CRMSYNC_*` variables that belong to command-line flags (clap reads
+/// them), not to the configuration: without this list, setting one (say the
+/// sandbox server's secret file) failed every command with "unknown field".
+pub const COMMAND_LINE_ENV: &[&str] = &["config", "sandbox_client_secret_file"];
+
 impl Config {
     /// Defaults, then the TOML file at `path` if given (it must exist), then
     /// `CRMSYNC_*` environment variables.
@@ -279,7 +284,7 @@ impl Config {
             }
             fig = fig.merge(Toml::file(p));
         }
-        fig = fig.merge(Env::prefixed("CRMSYNC_").split("__").ignore(&["config"]));
+        fig = fig.merge(Env::prefixed("CRMSYNC_").split("__").ignore(COMMAND_LINE_ENV));
         fig.extract().map_err(|e| ConfigError(Box::new(e)))
     }
 }
@@ -319,6 +324,17 @@ mod tests {
             let e = Config::load(Some(Path::new("bad.toml"))).unwrap_err().to_string();
             assert!(e.contains("prefetchh"), "{e}");
             assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_command_lines_own_variables_are_not_configuration() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CRMSYNC_SANDBOX_CLIENT_SECRET_FILE", "/run/secrets/sf");
+            jail.set_env("CRMSYNC_CONFIG", "elsewhere.toml");
+            assert!(Config::load(None).is_ok());
             Ok(())
         });
     }
