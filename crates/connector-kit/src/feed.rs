@@ -64,6 +64,14 @@ pub struct Page<T> {
     pub server_time: Timestamp,
 }
 
+impl<T> Page<T> {
+    /// The page with its records' positions only.
+    pub fn positions_only(self) -> Page<()> {
+        let records = self.records.into_iter().map(|p| Positioned { stamp: p.stamp, key: p.key, record: () }).collect();
+        Page { records, next: self.next, server_time: self.server_time }
+    }
+}
+
 /// How many positions a light query asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageSize {

@@ -68,11 +68,6 @@ impl FakeApi {
     }
 }
 
-fn light(page: Page<String>) -> Page<()> {
-    let records = page.records.into_iter().map(|p| Positioned { stamp: p.stamp, key: p.key, record: () }).collect();
-    Page { records, next: page.next, server_time: page.server_time }
-}
-
 impl PageSource for FakeApi {
     type Record = String;
 
@@ -97,13 +92,13 @@ impl PageSource for FakeApi {
     async fn positions(&self, from: Option<Timestamp>, size: PageSize) -> Result<Page<()>, ConnectorError> {
         self.log(format!("positions {size:?}"));
         let n = if size == PageSize::One { 1 } else { self.page };
-        Ok(light(self.page_at(Self::from_ms(from), 0, n)))
+        Ok(self.page_at(Self::from_ms(from), 0, n).positions_only())
     }
 
     async fn more_positions(&self, locator: &str) -> Result<Page<()>, ConnectorError> {
         self.log("more positions".into());
         let (from, offset) = self.locate(locator);
-        Ok(light(self.page_at(from, offset, self.page)))
+        Ok(self.page_at(from, offset, self.page).positions_only())
     }
 }
 
