@@ -175,17 +175,11 @@ mod tests {
 
     use super::*;
 
+    /// A fenced write of a blank job title and an apostrophe, linked to a lead.
     fn write(target: ProspectTarget) -> ProspectWrite {
-        let mut fields = FieldValues::new();
-        fields.insert("lastName".into(), json!("O'Brien"));
-        fields.insert("jobTitle".into(), Value::Null);
-        ProspectWrite {
-            target,
-            fields,
-            crm_link: Some((CrmObject::Lead, CrmId::parse("00Q5g00000AbCdE").unwrap())),
-            fence: Some(42),
-            unmodified_since: None,
-        }
+        let fields: FieldValues = serde_json::from_value(json!({"lastName": "O'Brien", "jobTitle": null})).unwrap();
+        let lead = CrmId::parse("00Q5g00000AbCdE").unwrap();
+        ProspectWrite { target, fields, crm_link: Some((CrmObject::Lead, lead)), fence: Some(42), unmodified_since: None }
     }
 
     #[test]
