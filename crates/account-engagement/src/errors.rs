@@ -8,6 +8,7 @@
 //! rules are unit-tested.
 
 use crmsync_connector::{ConnectorError, WriteOutcome};
+use crmsync_connector_kit::{Failure, Judgement};
 use crmsync_wire::pardot::{ErrorBody, codes};
 
 /// An answer that is not a success.
@@ -38,44 +39,23 @@ impl AeFailure {
     }
 }
 
-/// What to do about a failed answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Disposition {
-    /// The token expired or was revoked: log in again, then retry once.
-    Reauthenticate,
-    /// Busy (too many requests in flight) or a server failure: back off
-    /// and retry a bounded number of times, then report it as transient.
-    Retry,
-    /// The business unit's daily calls are used up: stop calling for a
-    /// while and report it as transient.
-    DailyLimit,
-    /// The configuration is wrong (the business unit): retrying cannot help.
-    Fatal,
-    /// The request was refused on its merits (a bad value, an unknown
-    /// prospect, crmsync's fence): a write's outcome, a read's fatal error.
-    Refused,
-}
-
 /// Judges a failed answer, by its code first: limits come as 4xx too.
-pub(crate) fn disposition(f: &AeFailure) -> Disposition {
+/// Too many requests in flight (66) were refused before anything was done,
+/// so even a create may be sent again; a bare 429 or a server failure may
+/// have done the work.
+pub(crate) fn judge(f: &AeFailure) -> Judgement {
     match f.code {
-        Some(codes::CONCURRENT_REQUEST_LIMIT) => Disposition::Retry,
-        Some(codes::DAILY_API_LIMIT) => Disposition::DailyLimit,
-        Some(codes::INVALID_TOKEN) => Disposition::Reauthenticate,
-        Some(codes::INVALID_BUSINESS_UNIT) => Disposition::Fatal,
+        Some(codes::CONCURRENT_REQUEST_LIMIT) => Judgement::Retry { unprocessed: true },
+        Some(codes::DAILY_API_LIMIT) => Judgement::DailyLimit,
+        Some(codes::INVALID_TOKEN) => Judgement::Reauthenticate,
+        Some(codes::INVALID_BUSINESS_UNIT) => Judgement::Fatal,
         _ => match f.status {
-            401 => Disposition::Reauthenticate,
-            408 | 429 => Disposition::Retry,
-            s if s >= 500 => Disposition::Retry,
-            _ => Disposition::Refused,
+            401 => Judgement::Reauthenticate,
+            408 | 429 => Judgement::Retry { unprocessed: false },
+            s if s >= 500 => Judgement::Retry { unprocessed: false },
+            _ => Judgement::Refused,
         },
     }
-}
-
-/// Whether the server refused the request before doing anything with it,
-/// so that even a create may be sent again.
-pub(crate) fn refused_unprocessed(d: Disposition, f: &AeFailure) -> bool {
-    matches!(d, Disposition::Reauthenticate | Disposition::DailyLimit) || f.code == Some(codes::CONCURRENT_REQUEST_LIMIT)
 }
 
 /// The outcome of a write the API refused on its merits.
@@ -88,34 +68,18 @@ pub(crate) fn refusal(f: &AeFailure) -> WriteOutcome {
     }
 }
 
-/// Why a call failed, before it is put in the engine's terms: writes look
-/// at a refusal before deciding.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum CallError {
-    /// Refused on its merits ([`Disposition::Refused`]).
-    Api(AeFailure),
-    /// Already in the engine's terms.
-    Connector(ConnectorError),
-}
-
-impl From<ConnectorError> for CallError {
-    fn from(e: ConnectorError) -> Self {
-        CallError::Connector(e)
-    }
-}
-
-impl From<CallError> for ConnectorError {
-    fn from(e: CallError) -> Self {
-        match e {
-            CallError::Api(f) => ConnectorError::Fatal(format!("Account Engagement refused the request ({})", f.summary())),
-            CallError::Connector(c) => c,
-        }
+/// A refusal on the merits that no write turned into an outcome: a read's
+/// fatal error.
+impl Failure for AeFailure {
+    fn into_connector(self) -> ConnectorError {
+        ConnectorError::Fatal(format!("Account Engagement refused the request ({})", self.summary()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::CallError;
 
     fn failure(status: u16, code: i64) -> AeFailure {
         AeFailure { status, code: Some(code), message: "m".into() }
@@ -123,21 +87,19 @@ mod tests {
 
     #[test]
     fn limits_are_never_taken_for_auth_failures() {
-        assert_eq!(disposition(&failure(429, codes::DAILY_API_LIMIT)), Disposition::DailyLimit);
-        assert_eq!(disposition(&failure(401, codes::DAILY_API_LIMIT)), Disposition::DailyLimit, "the code decides, not the status");
-        assert_eq!(disposition(&failure(429, codes::CONCURRENT_REQUEST_LIMIT)), Disposition::Retry);
-        assert_eq!(disposition(&failure(401, codes::INVALID_TOKEN)), Disposition::Reauthenticate);
-        assert_eq!(disposition(&AeFailure::from_body(401, b"<html>Unauthorized</html>")), Disposition::Reauthenticate);
+        assert_eq!(judge(&failure(429, codes::DAILY_API_LIMIT)), Judgement::DailyLimit);
+        assert_eq!(judge(&failure(401, codes::DAILY_API_LIMIT)), Judgement::DailyLimit, "the code decides, not the status");
+        assert_eq!(judge(&failure(429, codes::CONCURRENT_REQUEST_LIMIT)), Judgement::Retry { unprocessed: true });
+        assert_eq!(judge(&failure(401, codes::INVALID_TOKEN)), Judgement::Reauthenticate);
+        assert_eq!(judge(&AeFailure::from_body(401, b"<html>Unauthorized</html>")), Judgement::Reauthenticate);
     }
 
     #[test]
     fn server_failures_are_retried_and_a_wrong_business_unit_is_fatal() {
-        assert_eq!(disposition(&AeFailure::from_body(502, b"Bad Gateway")), Disposition::Retry);
-        assert_eq!(disposition(&failure(500, 1)), Disposition::Retry);
-        assert_eq!(disposition(&failure(400, codes::INVALID_BUSINESS_UNIT)), Disposition::Fatal);
-        assert_eq!(disposition(&failure(400, codes::INVALID_FIELD_VALUE)), Disposition::Refused);
-        assert!(refused_unprocessed(Disposition::Retry, &failure(429, codes::CONCURRENT_REQUEST_LIMIT)));
-        assert!(!refused_unprocessed(Disposition::Retry, &failure(503, 1)), "a 5xx may have done the work");
+        assert_eq!(judge(&AeFailure::from_body(502, b"Bad Gateway")), Judgement::Retry { unprocessed: false });
+        assert_eq!(judge(&failure(500, 1)), Judgement::Retry { unprocessed: false }, "a 5xx may have done the work");
+        assert_eq!(judge(&failure(400, codes::INVALID_BUSINESS_UNIT)), Judgement::Fatal);
+        assert_eq!(judge(&failure(400, codes::INVALID_FIELD_VALUE)), Judgement::Refused);
     }
 
     #[test]

@@ -7,16 +7,9 @@
 use crmsync_connector::ConnectorError;
 use crmsync_domain::mapping::FieldMap;
 use crmsync_wire::pardot::PROSPECT_SYSTEM_FIELDS;
-
-pub(crate) const ID: &str = "id";
-pub(crate) const EMAIL: &str = "email";
-pub(crate) const LEAD_ID: &str = "salesforceLeadId";
-pub(crate) const CONTACT_ID: &str = "salesforceContactId";
-pub(crate) const ASSIGNED_USER: &str = "assignedUserId";
-pub(crate) const IS_DELETED: &str = "isDeleted";
-pub(crate) const CREATED_AT: &str = "createdAt";
-pub(crate) const UPDATED_AT: &str = "updatedAt";
-pub(crate) const UPDATED_BY: &str = "updatedById";
+pub(crate) use crmsync_wire::pardot::prospect::{
+    ASSIGNED_USER, CONTACT_ID, CREATED_AT, EMAIL, ID, IS_DELETED, LEAD_ID, UPDATED_AT, UPDATED_BY,
+};
 
 /// A field name as v5 takes it: the names travel in a comma-separated
 /// `fields` parameter, so only API-name characters are let through.

@@ -1,245 +1,111 @@
-//! The client of one business unit: every call carries the Salesforce
-//! bearer token and `Pardot-Business-Unit-Id`, waits for one of
-//! `max_concurrency` slots (the API refuses a sixth request in flight),
-//! is counted against the daily calls, traced (method and path only: query
-//! strings carry emails), re-authenticated once on an expired token and
-//! retried with jittered backoff on transient failures.
+//! Account Engagement API v5 as the connector kit's [`HttpApi`]: paths are
+//! relative to the configured base URL, every call carries
+//! `Pardot-Business-Unit-Id` besides the Salesforce bearer token, and error
+//! bodies are `{"code": n, "message": ...}` judged by [`judge`].
+//!
+//! The kit's [`HttpClient`] does the rest (token, gates, retries, re-login,
+//! tracing by method and path only: query strings carry emails); this
+//! module also names the client and its errors for the connector's other
+//! modules.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use chrono::{DateTime, Utc};
 use crmsync_connector::ConnectorError;
-use crmsync_salesforce::{Login, Pacing, Token, server_time, transport_text};
+use crmsync_connector_kit::{Call, HttpApi, HttpClient, Judgement, Token};
 use crmsync_wire::pardot::BUSINESS_UNIT_HEADER;
-use reqwest::Method;
-use reqwest::header::ACCEPT;
-use secrecy::ExposeSecret;
-use tokio::sync::Semaphore;
-use tracing::Instrument;
+use reqwest::RequestBuilder;
 
-use crate::errors::{AeFailure, CallError, Disposition, disposition, refused_unprocessed};
-use crate::pacing::{DailyQuota, LimitGate};
+use crate::errors::{AeFailure, judge};
 
-/// One call, relative to the base URL.
-#[derive(Debug, Clone)]
-pub(crate) struct Call {
-    pub method: Method,
-    pub path: String,
-    pub query: Vec<(&'static str, String)>,
-    pub body: Option<serde_json::Value>,
-    /// Whether sending it twice does no harm. A plain create is not: it is
-    /// resent only when it certainly was not processed.
-    pub idempotent: bool,
-}
-
-impl Call {
-    pub fn new(method: Method, path: impl Into<String>) -> Self {
-        Call { method, path: path.into(), query: Vec::new(), body: None, idempotent: true }
-    }
-
-    pub fn get(path: impl Into<String>) -> Self {
-        Call::new(Method::GET, path)
-    }
-
-    pub fn query(mut self, key: &'static str, value: impl Into<String>) -> Self {
-        self.query.push((key, value.into()));
-        self
-    }
-
-    pub fn json(mut self, body: serde_json::Value) -> Self {
-        self.body = Some(body);
-        self
-    }
-
-    pub fn not_idempotent(mut self) -> Self {
-        self.idempotent = false;
-        self
-    }
-}
-
-/// A successful answer.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    pub body: Vec<u8>,
-    /// A server time no later than when the request was handled.
-    pub server_time: DateTime<Utc>,
-}
-
-impl Answer {
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConnectorError> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| ConnectorError::Fatal(format!("Account Engagement answered with a body crmsync cannot read: {e}")))
-    }
-}
-
-/// How one attempt went.
-enum Attempt {
-    Done(Answer),
-    Retry(String),
-    Reauth(AeFailure),
-    Fail(CallError),
-}
+/// The API's name in error texts.
+pub(crate) const NAME: &str = "Account Engagement";
 
 /// The client of one business unit.
+pub(crate) type Http = HttpClient<V5>;
+
+/// Why a call failed: a refusal on the merits ([`AeFailure`]), or an error
+/// already in the engine's terms.
+pub(crate) type CallError = crmsync_connector_kit::CallError<AeFailure>;
+
+/// API v5 of one business unit.
 #[derive(Debug)]
-pub(crate) struct Http {
-    client: reqwest::Client,
-    login: Login,
+pub(crate) struct V5 {
     base_url: String,
     business_unit: String,
-    slots: Semaphore,
-    max_concurrency: usize,
-    quota: DailyQuota,
-    limit: LimitGate,
-    pacing: Pacing,
 }
 
-impl Http {
-    pub fn new(
-        login: Login,
-        base_url: &str,
-        business_unit: &str,
-        max_concurrency: usize,
-        daily_quota: Option<u64>,
-        timeout: Duration,
-        pacing: Pacing,
-    ) -> Result<Self, ConnectorError> {
-        let base_url = crmsync_salesforce::check_base_url(base_url)?;
-        let max_concurrency = max_concurrency.clamp(1, Semaphore::MAX_PERMITS);
-        Ok(Http {
-            client: crmsync_salesforce::client(timeout)?,
-            login,
-            base_url,
-            business_unit: business_unit.to_owned(),
-            slots: Semaphore::new(max_concurrency),
-            max_concurrency,
-            quota: DailyQuota::new(daily_quota),
-            limit: LimitGate::default(),
-            pacing,
-        })
+impl V5 {
+    /// `base_url` must have passed the kit's `check_base_url`.
+    pub fn new(base_url: String, business_unit: &str) -> Self {
+        V5 { base_url, business_unit: business_unit.to_owned() }
+    }
+}
+
+/// `Account Engagement GET /path: detail`, for error texts.
+fn what(call: &Call, detail: &str) -> String {
+    format!("{NAME} {} {}: {detail}", call.method, call.path)
+}
+
+impl HttpApi for V5 {
+    type Failure = AeFailure;
+
+    const NAME: &'static str = NAME;
+
+    fn base_url<'a>(&'a self, _token: &'a Token) -> &'a str {
+        &self.base_url
     }
 
-    /// How many calls may be in flight at once.
-    pub fn max_concurrency(&self) -> usize {
-        self.max_concurrency
+    fn span(&self, call: &Call) -> tracing::Span {
+        tracing::info_span!("account_engagement_http", method = %call.method, path = %call.path, status = tracing::field::Empty)
     }
 
-    /// Calls made today (UTC) by this connector.
-    pub fn calls_today(&self) -> u64 {
-        self.quota.used(Utc::now())
+    fn decorate(&self, request: RequestBuilder) -> RequestBuilder {
+        request.header(BUSINESS_UNIT_HEADER, &self.business_unit)
     }
 
-    /// The integration user's token (logging in if needed).
-    pub async fn token(&self) -> Result<Arc<Token>, ConnectorError> {
-        self.login.token().await
+    fn failure(&self, status: u16, body: &[u8]) -> AeFailure {
+        AeFailure::from_body(status, body)
     }
 
-    /// Sends a call and returns its successful answer. Transient failures
-    /// are retried `pacing.retries` times with backoff, then reported as
-    /// [`ConnectorError::Transient`]; an expired token gets one new login; a
-    /// refusal on the merits comes back as [`CallError::Api`].
-    pub async fn send(&self, call: &Call) -> Result<Answer, CallError> {
-        let mut attempt = 0;
-        let mut reauthenticated = false;
-        loop {
-            self.limit.admit(Instant::now(), self.pacing.budget_probe)?;
-            let token = self.login.token().await?;
-            let outcome = {
-                let _slot = self.slots.acquire().await.map_err(|_| ConnectorError::Transient("the connector is shutting down".into()))?;
-                self.quota.take(Utc::now())?;
-                self.attempt(call, &token).await
-            };
-            match outcome {
-                Attempt::Done(answer) => {
-                    self.limit.clear();
-                    return Ok(answer);
-                }
-                Attempt::Fail(e) => return Err(e),
-                Attempt::Reauth(f) => {
-                    self.login.forget(&token).await;
-                    if reauthenticated {
-                        // A brand-new token refused too: not worth a loop.
-                        return Err(CallError::Connector(ConnectorError::Transient(format!(
-                            "Account Engagement refused a fresh token ({})",
-                            f.summary()
-                        ))));
-                    }
-                    reauthenticated = true;
-                }
-                Attempt::Retry(why) => {
-                    if attempt >= self.pacing.retries {
-                        return Err(CallError::Connector(ConnectorError::Transient(format!("{why} (after {} attempts)", attempt + 1))));
-                    }
-                    tokio::time::sleep(self.pacing.backoff(attempt, rand::random::<f64>())).await;
-                    attempt += 1;
-                }
+    fn judge(&self, failure: &AeFailure) -> Judgement {
+        judge(failure)
+    }
+
+    /// Only a refusal on the merits reaches the caller as it came (a write
+    /// makes it the record's outcome); the rest is put in the engine's
+    /// terms here, naming the call.
+    fn error(&self, call: &Call, failure: AeFailure, judgement: Judgement) -> CallError {
+        let text = what(call, &failure.summary());
+        match judgement {
+            Judgement::Refused => CallError::Api(failure),
+            Judgement::Fatal => CallError::Connector(ConnectorError::Fatal(format!(
+                "{text} (check the business unit id: it is the 18-character 0Uv... id of Business Unit Setup)"
+            ))),
+            Judgement::Reauthenticate | Judgement::Retry { .. } | Judgement::DailyLimit => {
+                CallError::Connector(ConnectorError::Transient(text))
             }
         }
     }
+}
 
-    async fn attempt(&self, call: &Call, token: &Token) -> Attempt {
-        let url = format!("{}{}", self.base_url, call.path);
-        let mut req = self
-            .client
-            .request(call.method.clone(), &url)
-            .bearer_auth(token.access().expose_secret())
-            .header(BUSINESS_UNIT_HEADER, &self.business_unit)
-            .header(ACCEPT, "application/json");
-        if !call.query.is_empty() {
-            req = req.query(&call.query);
-        }
-        if let Some(body) = &call.body {
-            req = req.json(body);
-        }
-        let span = tracing::info_span!("account_engagement_http", method = %call.method, path = %call.path, status = tracing::field::Empty);
-        let started = Instant::now();
-        let what = |detail: String| format!("Account Engagement {} {}: {detail}", call.method, call.path);
-        let resp = match req.send().instrument(span.clone()).await {
-            Ok(r) => r,
-            Err(e) => {
-                let text = what(transport_text(&e));
-                // A request that may have reached the server is only resent
-                // if resending is harmless.
-                return if call.idempotent || e.is_connect() {
-                    Attempt::Retry(text)
-                } else {
-                    Attempt::Fail(CallError::Connector(ConnectorError::Transient(text)))
-                };
-            }
-        };
-        let status = resp.status().as_u16();
-        span.record("status", status);
-        let headers = resp.headers().clone();
-        let body = match resp.bytes().await {
-            Ok(b) => b.to_vec(),
-            Err(e) => {
-                let text = what(transport_text(&e));
-                return if call.idempotent {
-                    Attempt::Retry(text)
-                } else {
-                    Attempt::Fail(CallError::Connector(ConnectorError::Transient(text)))
-                };
-            }
-        };
-        if (200..300).contains(&status) {
-            return Attempt::Done(Answer { body, server_time: server_time(&headers, started.elapsed()) });
-        }
-        let failure = AeFailure::from_body(status, &body);
-        let d = disposition(&failure);
-        match d {
-            Disposition::Reauthenticate => Attempt::Reauth(failure),
-            Disposition::DailyLimit => {
-                self.limit.hit(Instant::now(), self.pacing.budget_probe);
-                Attempt::Fail(CallError::Connector(ConnectorError::Transient(what(failure.summary()))))
-            }
-            Disposition::Retry if call.idempotent || refused_unprocessed(d, &failure) => Attempt::Retry(what(failure.summary())),
-            Disposition::Retry => Attempt::Fail(CallError::Connector(ConnectorError::Transient(what(failure.summary())))),
-            Disposition::Fatal => Attempt::Fail(CallError::Connector(ConnectorError::Fatal(format!(
-                "{} (check the business unit id: it is the 18-character 0Uv... id of Business Unit Setup)",
-                what(failure.summary())
-            )))),
-            Disposition::Refused => Attempt::Fail(CallError::Api(failure)),
-        }
+#[cfg(test)]
+mod tests {
+    use crmsync_connector_kit::EndpointKind;
+    use crmsync_wire::pardot::codes;
+
+    use super::*;
+
+    #[test]
+    fn failures_name_the_call_and_only_refusals_reach_the_caller_as_they_came() {
+        let v5 = V5::new("https://pi.pardot.com".into(), "0Uv000000000042AAA");
+        let call = Call::get(EndpointKind::Query, "/api/v5/objects/prospects/7");
+        let failure = |code| AeFailure { status: 400, code: Some(code), message: "m".into() };
+        let unit = v5.error(&call, failure(codes::INVALID_BUSINESS_UNIT), Judgement::Fatal);
+        assert!(
+            matches!(&unit, CallError::Connector(ConnectorError::Fatal(m))
+                if m.starts_with("Account Engagement GET /api/v5/objects/prospects/7: HTTP 400 code 181: m (check the business unit id")),
+            "{unit:?}"
+        );
+        let limit = v5.error(&call, failure(codes::DAILY_API_LIMIT), Judgement::DailyLimit);
+        assert!(matches!(limit, CallError::Connector(ConnectorError::Transient(m)) if m.contains("code 122")));
+        assert!(matches!(v5.error(&call, failure(25), Judgement::Refused), CallError::Api(f) if f.code == Some(25)));
     }
 }

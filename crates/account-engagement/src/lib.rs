@@ -2,15 +2,17 @@
 //! [`AccountEngagementMa`] implements [`MaApi`], returning the same records
 //! as the sandbox connector, built from what the API returns.
 //!
-//! - `http`: the client: Salesforce tokens (through the Salesforce
-//!   connector's [`Login`]), the business unit header, requests in flight,
-//!   retries, re-authentication and tracing;
-//! - `pacing`: the daily calls, crmsync's share and the API's limit;
+//! The login (Salesforce tokens), the HTTP client, the send loop with its
+//! retries, the gates (requests in flight, crmsync's daily share, the API's
+//! daily limit) and the change-feed paging are the connector kit's
+//! (`crmsync-connector-kit`); what is Account Engagement's is here:
+//!
+//! - `http`: API v5 as the kit sees it (base URL, business unit header);
 //! - `errors`: which failures are transient, which fatal, which a write's outcome;
 //! - `fields`: which prospect fields are read;
 //! - `records`: prospects turned into domain records;
 //! - `users`: the users cache (a prospect's assigned user's CRM user);
-//! - `feed`: the change feed with the stamp cursor;
+//! - `feed`: the prospects' change feed as a page source;
 //! - `write`: prospect writes; `mirrors`: the sandbox's mirror extension.
 
 mod errors;
@@ -18,37 +20,43 @@ mod feed;
 mod fields;
 mod http;
 mod mirrors;
-mod pacing;
 mod records;
 mod users;
 mod write;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::Utc;
 use crmsync_connector::stamp_cursor::Overlap;
 use crmsync_connector::{ChangePage, ConnectorError, Cursor, MaApi, MirrorState, MirrorWrite, ProspectWrite, WriteOutcome};
+pub use crmsync_connector_kit::Pacing;
+use crmsync_connector_kit::row::{Row, flag, text};
+use crmsync_connector_kit::{Call, DailyLimitGate, DailyQuota, EndpointKind, Gates, HttpClient, Login, Slots, StampFeed, check_base_url};
 use crmsync_domain::endpoint::{AccountEngagementEndpoint, MirrorKeeper};
 use crmsync_domain::mirror::MirrorKind;
 use crmsync_domain::records::ProspectRecord;
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, Email};
-pub use crmsync_salesforce::{Login, Pacing};
 use crmsync_wire::pardot::{MAX_PAGE, PROSPECTS_PATH, QueryPage};
 use futures::{StreamExt, TryStreamExt};
 
-use crate::errors::CallError;
+use crate::feed::ProspectFeed;
 use crate::fields::EMAIL;
 pub use crate::fields::ProspectFields;
-use crate::http::{Call, Http};
-use crate::records::Row;
+use crate::http::{CallError, Http, V5};
 use crate::users::Users;
 
 /// An Account Engagement business unit behind [`MaApi`].
 #[derive(Debug)]
 pub struct AccountEngagementMa {
     http: Http,
+    /// How many calls may be in flight at once (the API refuses more).
+    max_concurrency: usize,
+    /// The calls counted today; one of the client's gates.
+    quota: Arc<DailyQuota>,
     reads: ProspectFields,
     users: Users,
     integration_user: String,
@@ -80,21 +88,22 @@ impl AccountEngagementMa {
             return Err(ConnectorError::Fatal("max_concurrency must be at least 1".into()));
         }
         let timeout = Duration::from_secs(endpoint.timeout_secs.max(1));
-        let login = Login::new(&endpoint.oauth, timeout, pacing.clone())?;
-        let http = Http::new(
-            login,
-            &endpoint.base_url,
-            &endpoint.business_unit_id,
-            endpoint.max_concurrency,
-            endpoint.daily_quota,
-            timeout,
-            pacing,
-        )?;
+        let login = Login::new(&endpoint.oauth, timeout)?;
+        let api = V5::new(check_base_url(&endpoint.base_url)?, &endpoint.business_unit_id);
+        let slots = Slots::new(endpoint.max_concurrency);
+        let max_concurrency = slots.max();
+        let quota = Arc::new(DailyQuota::new(http::NAME, endpoint.daily_quota));
+        // The API's limit first: while it holds, a call neither waits for a
+        // slot nor counts against the share. A call counts once it has its
+        // slot, just before it goes.
+        let gates =
+            Gates::new(vec![Arc::new(DailyLimitGate::new(http::NAME, "code 122", pacing.budget_probe)), Arc::new(slots), quota.clone()]);
+        let http = HttpClient::new(api, login, Arc::new(gates), timeout, pacing)?;
         let users = Users::default();
         // One login now: bad credentials fail here. The token names the
         // Salesforce user crmsync logs in as; its MA user is the one the
         // engine's writes carry (I7).
-        let token = http.token().await?;
+        let token = http.token(None).await?;
         let me = users.of_crm_user(&http, token.user_id()).await?.ok_or_else(|| {
             ConnectorError::Fatal(format!(
                 "no Account Engagement user of business unit {} is tied to the Salesforce user crmsync logs in as ({}); \
@@ -106,6 +115,8 @@ impl AccountEngagementMa {
         tracing::info!(user = me, "logged in to Account Engagement");
         Ok(AccountEngagementMa {
             http,
+            max_concurrency,
+            quota,
             reads,
             users,
             integration_user: me.to_string(),
@@ -116,7 +127,7 @@ impl AccountEngagementMa {
 
     /// Calls this connector made today (UTC).
     pub fn calls_today(&self) -> u64 {
-        self.http.calls_today()
+        self.quota.used(Utc::now())
     }
 
     /// Rows as records, with their assigned users' CRM users.
@@ -128,7 +139,7 @@ impl AccountEngagementMa {
 
     /// One prospect by id, `None` if there is none.
     async fn read(&self, id: i64) -> Result<Option<Row>, ConnectorError> {
-        let call = Call::get(format!("{PROSPECTS_PATH}/{id}")).query("fields", self.reads.param());
+        let call = Call::get(EndpointKind::Query, format!("{PROSPECTS_PATH}/{id}")).query("fields", self.reads.param());
         match self.http.send(&call).await {
             Ok(answer) => Ok(Some(answer.json()?)),
             Err(CallError::Api(f)) if f.code == Some(crmsync_wire::pardot::codes::INVALID_PROSPECT_ID) || f.status == 404 => Ok(None),
@@ -139,18 +150,19 @@ impl AccountEngagementMa {
     /// Live prospects with `email` (compared as v5 does, then exactly).
     async fn with_email(&self, email: &Email) -> Result<Vec<Row>, ConnectorError> {
         let mut out = Vec::new();
-        let mut call = Call::get(PROSPECTS_PATH)
+        let mut call = Call::get(EndpointKind::Query, PROSPECTS_PATH)
             .query("fields", self.reads.param())
             .query("email", email.as_str())
             .query("limit", MAX_PAGE.to_string());
         loop {
             let page: QueryPage = self.http.send(&call).await?.json()?;
-            out.extend(page.values.into_iter().filter(|r| {
-                let live = !r.get(fields::IS_DELETED).and_then(serde_json::Value::as_bool).unwrap_or(false);
-                live && records::text(r, EMAIL).is_some_and(|e| e.trim().to_lowercase() == email.as_str())
-            }));
+            out.extend(
+                page.values
+                    .into_iter()
+                    .filter(|r| !flag(r, fields::IS_DELETED) && text(r, EMAIL).is_some_and(|e| e.trim().to_lowercase() == email.as_str())),
+            );
             match page.next_page_token {
-                Some(t) => call = Call::get(PROSPECTS_PATH).query("nextPageToken", t),
+                Some(t) => call = Call::get(EndpointKind::Query, PROSPECTS_PATH).query("nextPageToken", t),
                 None => return Ok(out),
             }
         }
@@ -174,18 +186,21 @@ impl MaApi for AccountEngagementMa {
     }
 
     async fn prospect_changes(&self, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<ProspectRecord>, ConnectorError> {
-        let page = feed::changes(&self.http, &self.reads.param(), cursor, limit, self.overlap).await?;
+        let fields = self.reads.param();
+        let page = StampFeed::new(&ProspectFeed { http: &self.http, fields: &fields }, self.overlap).changes(cursor, limit).await?;
+        // Rows become records afterwards: that needs the users.
         Ok(ChangePage { records: self.records(page.records).await?, next: page.next, has_more: page.has_more })
     }
 
     async fn prospect_changes_pending(&self, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
-        feed::pending(&self.http, cursor).await
+        // A pending check reads positions only: no fields to name.
+        StampFeed::new(&ProspectFeed { http: &self.http, fields: "" }, self.overlap).pending(cursor).await
     }
 
     async fn prospects_by_id(&self, ids: &[i64]) -> Result<Vec<ProspectRecord>, ConnectorError> {
         let ids: BTreeSet<i64> = ids.iter().copied().collect();
         let rows: Vec<Option<Row>> =
-            futures::stream::iter(ids).map(|id| self.read(id)).buffered(self.http.max_concurrency()).try_collect().await?;
+            futures::stream::iter(ids).map(|id| self.read(id)).buffered(self.max_concurrency).try_collect().await?;
         self.records(rows.into_iter().flatten().collect()).await
     }
 
@@ -194,12 +209,12 @@ impl MaApi for AccountEngagementMa {
         // The futures are made first: a stream of borrowing closures trips
         // the `Send` check of the trait's boxed future.
         let reads: Vec<_> = emails.into_iter().map(|e| self.with_email(e)).collect();
-        let found: Vec<Vec<Row>> = futures::stream::iter(reads).buffered(self.http.max_concurrency()).try_collect().await?;
+        let found: Vec<Vec<Row>> = futures::stream::iter(reads).buffered(self.max_concurrency).try_collect().await?;
         self.records(found.into_iter().flatten().collect()).await
     }
 
     async fn write_prospects(&self, writes: &[ProspectWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
-        write::write_prospects(&self.http, writes).await
+        write::write_prospects(&self.http, writes, self.max_concurrency).await
     }
 
     async fn write_mirrors(&self, writes: &[MirrorWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {

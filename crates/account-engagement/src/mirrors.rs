@@ -9,6 +9,7 @@
 //! mirrors reconciled that were not.
 
 use crmsync_connector::{ConnectorError, MirrorState, MirrorWrite, WriteOutcome};
+use crmsync_connector_kit::{Call, EndpointKind};
 use crmsync_domain::CrmId;
 use crmsync_domain::endpoint::MirrorKeeper;
 use crmsync_domain::mirror::{MirrorKind, MirrorPlan};
@@ -16,7 +17,7 @@ use crmsync_wire::pardot::mirrors::{self, AccountOf, AccountsOf, Kind, Outcome, 
 use crmsync_wire::time;
 use reqwest::Method;
 
-use crate::http::{Call, Http};
+use crate::http::Http;
 
 /// Mirror writes per request: the bodies stay small.
 const WRITES_PER_CALL: usize = 200;
@@ -67,7 +68,8 @@ pub(crate) async fn write(http: &Http, writes: &[MirrorWrite]) -> Result<Vec<Wri
     for chunk in writes.chunks(WRITES_PER_CALL) {
         let body: Vec<Write> = chunk.iter().map(write_of).collect();
         let body = serde_json::to_value(&body).map_err(|e| ConnectorError::Fatal(format!("cannot encode the mirrors: {e}")))?;
-        let outcomes: Vec<Outcome> = http.send(&Call::new(Method::POST, mirrors::WRITE_PATH).json(body)).await?.json()?;
+        let outcomes: Vec<Outcome> =
+            http.send(&Call::new(EndpointKind::Write, Method::POST, mirrors::WRITE_PATH).json(body)).await?.json()?;
         if outcomes.len() != chunk.len() {
             return Err(ConnectorError::Fatal(format!(
                 "the mirror extension answered {} outcomes for {} writes",
@@ -84,7 +86,7 @@ pub(crate) async fn write(http: &Http, writes: &[MirrorWrite]) -> Result<Vec<Wri
 
 pub(crate) async fn read(http: &Http, k: &MirrorKind, crm_id: &CrmId) -> Result<Option<MirrorState>, ConnectorError> {
     let path = format!("{}/{}/{crm_id}", mirrors::STATE_PATH, kind(k));
-    let held: Option<State> = http.send(&Call::get(path)).await?.json()?;
+    let held: Option<State> = http.send(&Call::get(EndpointKind::Query, path)).await?.json()?;
     Ok(held.map(|s| MirrorState { fields: s.fields.into_iter().collect(), prospects: s.prospects.into_iter().collect() }))
 }
 
@@ -94,7 +96,8 @@ pub(crate) async fn accounts_of(http: &Http, prospect_ids: &[i64]) -> Result<Vec
     }
     let body = serde_json::to_value(AccountsOf { prospect_ids: prospect_ids.to_vec() })
         .map_err(|e| ConnectorError::Fatal(format!("cannot encode the prospect ids: {e}")))?;
-    let found: Vec<AccountOf> = http.send(&Call::new(Method::POST, mirrors::ACCOUNTS_OF_PATH).json(body)).await?.json()?;
+    let found: Vec<AccountOf> =
+        http.send(&Call::new(EndpointKind::Query, Method::POST, mirrors::ACCOUNTS_OF_PATH).json(body)).await?.json()?;
     // An account id the MA holds that is not a CRM id cannot be reconciled.
     Ok(found.into_iter().filter_map(|a| CrmId::parse(&a.crm_account_id).ok().map(|id| (a.prospect_id, id))).collect())
 }

@@ -12,33 +12,16 @@
 use std::collections::HashMap;
 
 use crmsync_connector::ConnectorError;
-use crmsync_connector::stamp_cursor::Stamped;
+use crmsync_connector_kit::Positioned;
+use crmsync_connector_kit::row::{Row, flag, stamp, text};
 use crmsync_domain::Timestamp;
 use crmsync_domain::records::{AssignedUser, FieldValue, ProspectRecord};
-use crmsync_wire::time;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::fields::{ASSIGNED_USER, CONTACT_ID, CREATED_AT, EMAIL, ID, IS_DELETED, LEAD_ID, UPDATED_AT, UPDATED_BY};
 
-/// A prospect as v5 returns it.
-pub(crate) type Row = Map<String, Value>;
-
-/// A field as text: strings as they are, other scalars printed (v5 user
-/// ids are numbers, the engine compares them as text), blanks `None`.
-pub(crate) fn text(row: &Row, field: &str) -> Option<String> {
-    match row.get(field)? {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
 fn bad_row(what: &str) -> ConnectorError {
     ConnectorError::Fatal(format!("Account Engagement returned a prospect {what}"))
-}
-
-pub(crate) fn stamp(row: &Row, field: &str) -> Option<Timestamp> {
-    row.get(field).and_then(Value::as_str).and_then(time::parse)
 }
 
 /// The id and `updatedAt` every prospect must have.
@@ -63,7 +46,7 @@ pub(crate) fn prospect(row: &Row, data: &[String], users: &HashMap<i64, Option<S
         crm_lead_fid: text(row, LEAD_ID),
         crm_contact_fid: text(row, CONTACT_ID),
         assigned_user: assigned_user_id(row).map(|u| AssignedUser { id: u, crm_user_id: users.get(&u).cloned().flatten() }),
-        is_deleted: row.get(IS_DELETED).and_then(Value::as_bool).unwrap_or(false),
+        is_deleted: flag(row, IS_DELETED),
         // Always asked for; a row without it is still usable with its stamp.
         created_at: stamp(row, CREATED_AT).unwrap_or(updated_at),
         updated_at,
@@ -72,28 +55,10 @@ pub(crate) fn prospect(row: &Row, data: &[String], users: &HashMap<i64, Option<S
     })
 }
 
-/// A row with its feed position, for the stamp cursor.
-#[derive(Debug)]
-pub(crate) struct Positioned {
-    pub stamp: Timestamp,
-    pub key: String,
-    pub row: Row,
-}
-
-impl Positioned {
-    pub fn of(row: Row) -> Result<Self, ConnectorError> {
-        let (id, stamp) = id_and_stamp(&row)?;
-        Ok(Positioned { stamp, key: id.to_string(), row })
-    }
-}
-
-impl Stamped for Positioned {
-    fn stamp(&self) -> Timestamp {
-        self.stamp
-    }
-    fn key(&self) -> &str {
-        &self.key
-    }
+/// A prospect with its feed position (its id as text), for the stamp cursor.
+pub(crate) fn positioned(row: Row) -> Result<Positioned<Row>, ConnectorError> {
+    let (id, stamp) = id_and_stamp(&row)?;
+    Ok(Positioned { stamp, key: id.to_string(), record: row })
 }
 
 #[cfg(test)]
@@ -157,7 +122,7 @@ mod tests {
         assert!(prospect(&r, &[], &HashMap::new()).is_err());
         let mut r = row();
         r.insert("id".into(), json!("x"));
-        assert!(Positioned::of(r).is_err());
+        assert!(positioned(r).is_err());
         let mut r = row();
         r.insert("updatedById".into(), Value::Null);
         r.remove("createdAt");

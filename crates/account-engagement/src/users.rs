@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crmsync_connector::ConnectorError;
+use crmsync_connector_kit::row::text;
+use crmsync_connector_kit::{Call, EndpointKind};
 use crmsync_domain::CrmId;
 use crmsync_wire::pardot::{QueryPage, USERS_PATH};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::http::{Call, Http};
-use crate::records::text;
+use crate::http::Http;
 
 /// How long the list is trusted for users it knows.
 const MAX_AGE: Duration = Duration::from_secs(300);
@@ -39,8 +40,8 @@ async fn list(http: &Http) -> Result<HashMap<i64, Option<String>>, ConnectorErro
     let mut token: Option<String> = None;
     loop {
         let call = match &token {
-            Some(t) => Call::get(USERS_PATH).query("nextPageToken", t.clone()),
-            None => Call::get(USERS_PATH).query("fields", "id,email,salesforceId").query("limit", "1000"),
+            Some(t) => Call::get(EndpointKind::Query, USERS_PATH).query("nextPageToken", t.clone()),
+            None => Call::get(EndpointKind::Query, USERS_PATH).query("fields", "id,email,salesforceId").query("limit", "1000"),
         };
         let page: QueryPage = http.send(&call).await?.json()?;
         for u in &page.values {

@@ -15,16 +15,18 @@
 //! a restore before it (v5 does not update a prospect in the recycle bin).
 
 use crmsync_connector::{ConnectorError, ProspectTarget, ProspectWrite, WriteOutcome};
+use crmsync_connector_kit::row::{Row, stamp};
+use crmsync_connector_kit::{Answer, Call, EndpointKind};
 use crmsync_domain::CrmObject;
 use crmsync_wire::pardot::{FENCE_FIELD, PROSPECTS_PATH, UpsertLatestByEmail};
 use futures::{StreamExt, TryStreamExt};
 use reqwest::Method;
 use serde_json::{Map, Value};
 
-use crate::errors::{CallError, refusal};
+use crate::errors::refusal;
 use crate::fields::{CONTACT_ID, CREATED_AT, ID, IS_DELETED, LEAD_ID, UPDATED_AT};
-use crate::http::{Answer, Call, Http};
-use crate::records::{Row, id_and_stamp, stamp};
+use crate::http::{CallError, Http};
+use crate::records::id_and_stamp;
 
 /// What a write asks the API to return.
 const RETURNED: [&str; 3] = [ID, CREATED_AT, UPDATED_AT];
@@ -93,7 +95,7 @@ fn settle(result: Result<WriteOutcome, CallError>) -> Result<WriteOutcome, Conne
     match result {
         Ok(o) => Ok(o),
         Err(CallError::Api(f)) => Ok(refusal(&f)),
-        Err(CallError::Connector(e)) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -105,15 +107,17 @@ async fn by_id(http: &Http, id: i64, w: &ProspectWrite) -> Result<WriteOutcome, 
     let path = format!("{PROSPECTS_PATH}/{id}");
     let recycle = recycle(w);
     if recycle == Some(false) {
-        http.send(&Call::new(Method::POST, format!("{path}/do/undelete")).query("fields", fields_param())).await?;
+        http.send(&Call::new(EndpointKind::Write, Method::POST, format!("{path}/do/undelete")).query("fields", fields_param())).await?;
     }
-    let answer = http.send(&Call::new(Method::PATCH, &path).query("fields", fields_param()).json(Value::Object(body(w)))).await?;
+    let answer = http
+        .send(&Call::new(EndpointKind::Write, Method::PATCH, &path).query("fields", fields_param()).json(Value::Object(body(w))))
+        .await?;
     if recycle != Some(true) {
         return Ok(written(&answer, Some(false))?);
     }
-    http.send(&Call::new(Method::DELETE, &path)).await?;
+    http.send(&Call::new(EndpointKind::Write, Method::DELETE, &path)).await?;
     // A delete answers 204 without a body: its stamp is read back.
-    let back = http.send(&Call::get(&path).query("fields", fields_param())).await?;
+    let back = http.send(&Call::get(EndpointKind::Query, &path).query("fields", fields_param())).await?;
     Ok(written(&back, Some(false))?)
 }
 
@@ -127,22 +131,23 @@ async fn one(http: &Http, w: &ProspectWrite) -> Result<WriteOutcome, ConnectorEr
                 fields: RETURNED.iter().map(|f| (*f).to_owned()).collect(),
             };
             let req = serde_json::to_value(&req).map_err(|e| ConnectorError::Fatal(format!("cannot encode the prospect: {e}")))?;
-            let call = Call::new(Method::POST, format!("{PROSPECTS_PATH}/do/upsertLatestByEmail")).json(req);
+            let call = Call::new(EndpointKind::Write, Method::POST, format!("{PROSPECTS_PATH}/do/upsertLatestByEmail")).json(req);
             async { Ok(written(&http.send(&call).await?, None)?) }.await
         }
         ProspectTarget::New => {
             // A plain create: only resent if it certainly was not processed.
-            let call =
-                Call::new(Method::POST, PROSPECTS_PATH).query("fields", fields_param()).json(Value::Object(body(w))).not_idempotent();
+            let call = Call::new(EndpointKind::Write, Method::POST, PROSPECTS_PATH)
+                .query("fields", fields_param())
+                .json(Value::Object(body(w)))
+                .not_idempotent();
             async { Ok(written(&http.send(&call).await?, Some(true))?) }.await
         }
     };
     settle(result)
 }
 
-/// Writes `writes`, up to `http.max_concurrency()` at once; one outcome
-/// each, in order.
-pub(crate) async fn write_prospects(http: &Http, writes: &[ProspectWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
+/// Writes `writes`, up to `at_once` at a time; one outcome each, in order.
+pub(crate) async fn write_prospects(http: &Http, writes: &[ProspectWrite], at_once: usize) -> Result<Vec<WriteOutcome>, ConnectorError> {
     if writes.iter().any(|w| recycle(w).is_some() && !matches!(w.target, ProspectTarget::Id(_))) {
         return Err(ConnectorError::Fatal("a prospect is moved to or from the recycle bin by id only".into()));
     }
@@ -158,7 +163,7 @@ pub(crate) async fn write_prospects(http: &Http, writes: &[ProspectWrite]) -> Re
             Ok::<_, ConnectorError>(done)
         })
         .collect();
-    let done: Vec<Vec<(usize, WriteOutcome)>> = futures::stream::iter(each).buffer_unordered(http.max_concurrency()).try_collect().await?;
+    let done: Vec<Vec<(usize, WriteOutcome)>> = futures::stream::iter(each).buffer_unordered(at_once).try_collect().await?;
     crmsync_connector::outcomes_in_order(writes.len(), done.into_iter().flatten())
 }
 
@@ -170,17 +175,11 @@ mod tests {
 
     use super::*;
 
+    /// A fenced write of a blank job title and an apostrophe, linked to a lead.
     fn write(target: ProspectTarget) -> ProspectWrite {
-        let mut fields = FieldValues::new();
-        fields.insert("lastName".into(), json!("O'Brien"));
-        fields.insert("jobTitle".into(), Value::Null);
-        ProspectWrite {
-            target,
-            fields,
-            crm_link: Some((CrmObject::Lead, CrmId::parse("00Q5g00000AbCdE").unwrap())),
-            fence: Some(42),
-            unmodified_since: None,
-        }
+        let fields: FieldValues = serde_json::from_value(json!({"lastName": "O'Brien", "jobTitle": null})).unwrap();
+        let lead = CrmId::parse("00Q5g00000AbCdE").unwrap();
+        ProspectWrite { target, fields, crm_link: Some((CrmObject::Lead, lead)), fence: Some(42), unmodified_since: None }
     }
 
     #[test]
@@ -204,7 +203,7 @@ mod tests {
     }
 
     fn answer(body: Value) -> Answer {
-        Answer { body: serde_json::to_vec(&body).unwrap(), server_time: chrono::Utc::now() }
+        Answer::new("Account Engagement", serde_json::to_vec(&body).unwrap(), chrono::Utc::now())
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!
 //! Implementations: the sandbox in PostgreSQL (`crmsync-sandbox`), and over
 //! HTTP Salesforce (`crmsync-salesforce`) and Account Engagement
-//! (`crmsync-account-engagement`).
+//! (`crmsync-account-engagement`), both on `crmsync-connector-kit`.
 
 pub mod stamp_cursor;
 

@@ -12,16 +12,16 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crmsync_connector::{ConnectorError, CrmWrite, WriteOutcome};
+use crmsync_connector_kit::row::Row;
+use crmsync_connector_kit::{Call, EndpointKind};
 use crmsync_wire::salesforce::{
     self, BULK_CREATED_COLUMN, BULK_ERROR_COLUMN, BULK_ID_COLUMN, BulkOperation, CreateJob, EXTERNAL_ID_FIELD, JobInfo, JobState, UpdateJob,
 };
 use reqwest::Method;
 
-use crate::errors::CallError;
 use crate::fields::ID;
-use crate::http::{Call, Http};
+use crate::http::{CallError, Http};
 use crate::query::normalise_id;
-use crate::records::Row;
 use crate::write::{self, Mode, Saved};
 
 /// The key column of a mode's job, and the key of one write.
@@ -100,12 +100,12 @@ pub(crate) fn match_results(
 fn job_path(http: &Http, id: &str, rest: &str) -> String {
     // Job ids are the server's; keep them to what an id can be.
     let id: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
-    http.data_path(&format!("jobs/ingest/{id}{rest}"))
+    http.api().data_path(&format!("jobs/ingest/{id}{rest}"))
 }
 
 async fn set_state(http: &Http, id: &str, state: JobState) -> Result<JobInfo, CallError> {
     let body = serde_json::to_value(UpdateJob { state }).map_err(|e| ConnectorError::Fatal(e.to_string()))?;
-    Ok(http.send(&Call::new(Method::PATCH, job_path(http, id, "")).json(body)).await?.json()?)
+    Ok(http.send(&Call::new(EndpointKind::Bulk, Method::PATCH, job_path(http, id, "")).json(body)).await?.json()?)
 }
 
 /// Polls a job until it ends, backing off between polls.
@@ -113,7 +113,7 @@ async fn wait_for(http: &Http, id: &str) -> Result<JobInfo, ConnectorError> {
     let start = Instant::now();
     let mut delay = Duration::from_millis(250);
     loop {
-        let info: JobInfo = http.send(&Call::get(job_path(http, id, ""))).await?.json()?;
+        let info: JobInfo = http.send(&Call::get(EndpointKind::Bulk, job_path(http, id, ""))).await?.json()?;
         if matches!(info.state, JobState::JobComplete | JobState::Failed | JobState::Aborted) {
             return Ok(info);
         }
@@ -144,11 +144,12 @@ async fn job(http: &Http, sobject: &str, mode: Mode, items: &[(usize, &CrmWrite)
         line_ending: "LF".into(),
     };
     let body = serde_json::to_value(&create).map_err(|e| ConnectorError::Fatal(e.to_string()))?;
-    let info: JobInfo = http.send(&Call::new(Method::POST, http.data_path("jobs/ingest")).json(body)).await?.json()?;
+    let info: JobInfo =
+        http.send(&Call::new(EndpointKind::Bulk, Method::POST, http.api().data_path("jobs/ingest")).json(body)).await?.json()?;
     tracing::info!(job = %info.id, object = sobject, records = items.len(), "Bulk API job created");
 
     // Sending the data twice would add the rows twice: not resent blindly.
-    let upload = Call::new(Method::PUT, job_path(http, &info.id, "/batches")).csv(csv).not_idempotent();
+    let upload = Call::new(EndpointKind::Bulk, Method::PUT, job_path(http, &info.id, "/batches")).csv(csv).not_idempotent();
     let closed = match http.send(&upload).await {
         Ok(_) => set_state(http, &info.id, JobState::UploadComplete).await,
         Err(e) => Err(e),
@@ -160,7 +161,7 @@ async fn job(http: &Http, sobject: &str, mode: Mode, items: &[(usize, &CrmWrite)
     }
     let end = wait_for(http, &info.id).await?;
 
-    let results = |rest: &'static str| Call::get(job_path(http, &info.id, rest)).header("Accept", "text/csv");
+    let results = |rest: &'static str| Call::get(EndpointKind::Bulk, job_path(http, &info.id, rest)).header("Accept", "text/csv");
     let successful = http.send(&results("/successfulResults/")).await?.body;
     let failed = http.send(&results("/failedResults/")).await?.body;
     let mut out = match_results(mode, &mut pending, &successful, &failed)?;

@@ -2,57 +2,53 @@
 //! implements [`CrmApi`] on the Salesforce REST API, returning the same
 //! records as the sandbox, built from what the API returns.
 //!
-//! - `auth`: OAuth 2.0 credentials (client credentials, JWT bearer) and tokens;
-//! - `login`: the token endpoint and the token cache, public because the
-//!   Account Engagement connector logs in with Salesforce tokens too;
-//! - `http`: the client, with TLS, re-authentication, retries and tracing;
-//! - `pacing`: backoff and the org's API usage against crmsync's share;
-//! - `errors`: which failures are transient, which fatal;
+//! The login, the HTTP client, the send loop with its retries, the gates on
+//! the org's API usage and the change-feed paging are the connector kit's
+//! (`crmsync-connector-kit`); what is Salesforce's is here:
+//!
+//! - `http`: the REST API as the kit sees it (instance URL, usage header);
+//! - `errors`: error bodies, and which failures are transient, which fatal;
 //! - `fields`: which fields are read per object;
 //! - `query`: SOQL text, `IN` chunks and paging;
-//! - `feed`: change feeds with the stamp cursor; `poll`: how often they query;
+//! - `feed`: an object's change feed as a page source;
 //! - `records`: rows turned into domain records;
 //! - `write`: sObject Collections writes; `bulk`: Bulk API 2.0 jobs.
 
-mod auth;
 mod bulk;
 mod errors;
 mod feed;
 mod fields;
 mod http;
-mod login;
-mod pacing;
-mod poll;
 mod query;
 mod records;
 mod write;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use crmsync_connector::stamp_cursor::Overlap;
 use crmsync_connector::{ChangePage, ConnectorError, CrmApi, CrmWrite, Cursor, WriteOutcome};
+use crmsync_connector_kit::row::Row;
+pub use crmsync_connector_kit::{ApiUsage, Pacing};
+use crmsync_connector_kit::{HttpClient, Login, PollGate, StampFeed, UsageGate};
 use crmsync_domain::endpoint::SalesforceEndpoint;
 use crmsync_domain::mirror::{CrmObjectRecord, MirrorObject};
 use crmsync_domain::records::CrmPersonRecord;
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, CrmObject, Email};
-pub use crmsync_wire::salesforce::ApiUsage;
 
-pub use crate::auth::Token;
-use crate::feed::Feed;
+use crate::feed::SoqlFeed;
 pub use crate::fields::ReadSet;
-use crate::http::Http;
-pub use crate::http::{check_base_url, client, server_time, transport_text};
-pub use crate::login::Login;
-pub use crate::pacing::Pacing;
-use crate::poll::PollGate;
+use crate::http::{Http, Rest};
 
 /// A Salesforce org behind [`CrmApi`].
 #[derive(Debug)]
 pub struct SalesforceCrm {
     http: Http,
+    /// The org's usage as answers report it; one of the client's gates.
+    usage: Arc<UsageGate>,
     reads: ReadSet,
     integration_user: String,
     overlap: Overlap,
@@ -95,15 +91,19 @@ impl SalesforceCrm {
             return Err(ConnectorError::Fatal(format!("api_share {} must be above 0", endpoint.api_share)));
         }
         let timeout = Duration::from_secs(endpoint.timeout_secs.max(1));
-        let login = Login::new(&endpoint.oauth, timeout, pacing.clone())?;
-        let http = Http::new(login, endpoint.api_share, &endpoint.api_version, timeout, pacing)?;
+        let login = Login::new(&endpoint.oauth, timeout)?;
+        // The org's usage is the one gate every call passes (a shared
+        // allowance would join it in a `Gates`).
+        let usage = Arc::new(UsageGate::new("Salesforce", endpoint.api_share, pacing.clone()));
+        let http = HttpClient::new(Rest::new(&endpoint.api_version), login, usage.clone(), timeout, pacing)?;
         // One login now: bad credentials fail here, and the token names
         // the integration user whose changes are the engine's own.
         let token = http.token(None).await?;
-        let integration_user = CrmId::parse(&token.user_id).map_or_else(|_| token.user_id.clone(), |id| id.to_string());
+        let integration_user = CrmId::parse(token.user_id()).map_or_else(|_| token.user_id().to_owned(), |id| id.to_string());
         tracing::info!(user = %integration_user, "logged in to Salesforce");
         Ok(SalesforceCrm {
             http,
+            usage,
             reads,
             integration_user,
             overlap: Overlap::new(Duration::from_secs(endpoint.overlap_secs)),
@@ -115,12 +115,32 @@ impl SalesforceCrm {
     /// The org's API usage as the last answer reported it
     /// (`Sforce-Limit-Info`), if any answer has yet.
     pub fn api_usage(&self) -> Option<ApiUsage> {
-        self.http.usage().current()
+        self.usage.current()
     }
 
     /// Whether that usage is at or over crmsync's share, so calls wait.
     pub fn over_api_share(&self) -> bool {
-        self.http.usage().over()
+        self.usage.over()
+    }
+
+    /// Changes of `sobject`, read as `convert` says.
+    async fn changes<T: Send>(
+        &self,
+        sobject: &str,
+        select: &[String],
+        convert: &(dyn Fn(&Row) -> Result<T, ConnectorError> + Sync),
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<ChangePage<T>, ConnectorError> {
+        let source = SoqlFeed { http: &self.http, sobject, select, convert };
+        StampFeed::new(&source, self.overlap).polled_by(&self.polls).changes(cursor, limit).await
+    }
+
+    /// Whether `sobject`'s feed has changes after `cursor`.
+    async fn pending(&self, sobject: &str, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
+        // A pending check reads positions only: nothing to select or convert.
+        let source = SoqlFeed { http: &self.http, sobject, select: &[], convert: &|_| Ok(()) };
+        StampFeed::new(&source, self.overlap).pending(cursor).await
     }
 
     async fn people_in(
@@ -149,13 +169,12 @@ impl CrmApi for SalesforceCrm {
         limit: usize,
     ) -> Result<ChangePage<CrmPersonRecord>, ConnectorError> {
         let sel = self.reads.person(object)?;
-        let convert = |row: &records::Row| records::person(object, &sel.data, row);
-        let feed = Feed { sobject: &sel.sobject, select: &sel.select, convert: &convert };
-        feed::changes(&self.http, &feed, cursor, limit, self.overlap, &self.polls).await
+        let convert = |row: &Row| records::person(object, &sel.data, row);
+        self.changes(&sel.sobject, &sel.select, &convert, cursor, limit).await
     }
 
     async fn person_changes_pending(&self, object: CrmObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
-        feed::pending(&self.http, fields::person_sobject(object)?, cursor).await
+        self.pending(fields::person_sobject(object)?, cursor).await
     }
 
     async fn people_by_id(&self, ids: &[CrmId]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
@@ -223,14 +242,13 @@ impl CrmApi for SalesforceCrm {
         limit: usize,
     ) -> Result<ChangePage<CrmObjectRecord>, ConnectorError> {
         let sel = self.reads.object(object)?;
-        let convert = |row: &records::Row| records::object(object, &sel.data, row);
-        let feed = Feed { sobject: &sel.sobject, select: &sel.select, convert: &convert };
-        feed::changes(&self.http, &feed, cursor, limit, self.overlap, &self.polls).await
+        let convert = |row: &Row| records::object(object, &sel.data, row);
+        self.changes(&sel.sobject, &sel.select, &convert, cursor, limit).await
     }
 
     async fn object_changes_pending(&self, object: &MirrorObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
         let sel = self.reads.object(object)?;
-        feed::pending(&self.http, &sel.sobject, cursor).await
+        self.pending(&sel.sobject, cursor).await
     }
 
     async fn objects_where(&self, object: &MirrorObject, field: &str, values: &[String]) -> Result<Vec<CrmObjectRecord>, ConnectorError> {

@@ -3,14 +3,14 @@
 //! chunks that keep a query short, and paging through `nextRecordsUrl`.
 
 use crmsync_connector::ConnectorError;
+use crmsync_connector_kit::row::Row;
+use crmsync_connector_kit::{Answer, Call, EndpointKind};
 use crmsync_domain::{CrmId, Timestamp};
 use crmsync_wire::salesforce::{QUERY_OPTIONS_HEADER, QueryResult};
 use crmsync_wire::soql::{Cond, Literal, Op, Order, Query};
 
-use crate::errors::CallError;
 use crate::fields::{ID, SYSTEM_MODSTAMP};
-use crate::http::{Call, Http};
-use crate::records::Row;
+use crate::http::{CallError, Http};
 
 /// At most this many values in one `IN` list.
 pub(crate) const IN_MAX_VALUES: usize = 200;
@@ -78,7 +78,7 @@ pub(crate) fn change_query(select: &[String], sobject: &str, from: Option<Timest
 
 /// One page of query results.
 #[derive(Debug)]
-pub(crate) struct Page {
+pub(crate) struct Rows {
     pub records: Vec<Row>,
     /// `nextRecordsUrl`: the rest of the query, if any.
     pub next: Option<String>,
@@ -94,25 +94,25 @@ fn batch_header(call: Call, batch: Option<usize>) -> Call {
     }
 }
 
-fn page_of(answer: &crate::http::Answer) -> Result<Page, CallError> {
+fn page_of(answer: &Answer) -> Result<Rows, CallError> {
     let r: QueryResult = answer.json()?;
     let next = if r.done { None } else { r.next_records_url };
-    Ok(Page { records: r.records, next, server_time: answer.server_time })
+    Ok(Rows { records: r.records, next, server_time: answer.server_time })
 }
 
 /// Runs a query: `queryAll` (deleted records included) when `all`.
-pub(crate) async fn first_page(http: &Http, q: &Query, all: bool, batch: Option<usize>) -> Result<Page, CallError> {
-    let call = Call::get(http.data_path(if all { "queryAll" } else { "query" })).query("q", q.to_string());
+pub(crate) async fn first_page(http: &Http, q: &Query, all: bool, batch: Option<usize>) -> Result<Rows, CallError> {
+    let call = Call::get(EndpointKind::Query, http.api().data_path(if all { "queryAll" } else { "query" })).query("q", q.to_string());
     page_of(&http.send(&batch_header(call, batch)).await?)
 }
 
 /// The next page of a query, from its `nextRecordsUrl`.
-pub(crate) async fn next_page(http: &Http, locator: &str, batch: Option<usize>) -> Result<Page, CallError> {
+pub(crate) async fn next_page(http: &Http, locator: &str, batch: Option<usize>) -> Result<Rows, CallError> {
     // The locator is the server's; it must stay a path on the same API.
     if !locator.starts_with("/services/data/") || locator.contains("..") || locator.contains('?') {
         return Err(CallError::Connector(ConnectorError::Fatal(format!("unexpected nextRecordsUrl {locator:?}"))));
     }
-    page_of(&http.send(&batch_header(Call::get(locator), batch)).await?)
+    page_of(&http.send(&batch_header(Call::get(EndpointKind::Query, locator), batch)).await?)
 }
 
 /// Every record a query returns, following `nextRecordsUrl`.

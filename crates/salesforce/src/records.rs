@@ -12,39 +12,17 @@
 //! look like the engine's own.)
 
 use crmsync_connector::ConnectorError;
-use crmsync_connector::stamp_cursor::Stamped;
+use crmsync_connector_kit::row::{Row, flag, stamp, text};
 use crmsync_domain::mirror::{CrmObjectRecord, MirrorObject};
 use crmsync_domain::records::{CrmPersonRecord, FieldValue, Fields};
 use crmsync_domain::{CrmObject, Timestamp};
 use crmsync_wire::salesforce::EXTERNAL_ID_FIELD;
-use crmsync_wire::time;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::fields::{CONVERTED_CONTACT_ID, CREATED_DATE, EMAIL, ID, IS_CONVERTED, IS_DELETED, LAST_MODIFIED_BY, OWNER_ID, SYSTEM_MODSTAMP};
 
-/// A row as JSON.
-pub(crate) type Row = Map<String, Value>;
-
-/// A field as text: strings as they are, other scalars printed, blanks `None`.
-pub(crate) fn text(row: &Row, field: &str) -> Option<String> {
-    match row.get(field)? {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
-fn flag(row: &Row, field: &str) -> bool {
-    row.get(field).and_then(Value::as_bool).unwrap_or(false)
-}
-
 fn bad_row(object: &str, what: &str) -> ConnectorError {
     ConnectorError::Fatal(format!("Salesforce returned a {object} row {what}"))
-}
-
-/// A date-time field (`2024-05-01T10:20:30.000+0000`).
-pub(crate) fn stamp(row: &Row, field: &str) -> Option<Timestamp> {
-    row.get(field).and_then(Value::as_str).and_then(time::parse)
 }
 
 /// The id and `SystemModstamp` every row must have.
@@ -83,23 +61,6 @@ pub(crate) fn person(object: CrmObject, data: &[String], row: &Row) -> Result<Cr
 pub(crate) fn object(object: &MirrorObject, data: &[String], row: &Row) -> Result<CrmObjectRecord, ConnectorError> {
     let (id, system_modstamp) = id_and_stamp(row, object.name())?;
     Ok(CrmObjectRecord { id, object: object.clone(), is_deleted: flag(row, IS_DELETED), system_modstamp, fields: fields(row, data) })
-}
-
-/// A record with its feed position, for the stamp cursor.
-#[derive(Debug)]
-pub(crate) struct Positioned<T> {
-    pub stamp: Timestamp,
-    pub id: String,
-    pub record: T,
-}
-
-impl<T> Stamped for Positioned<T> {
-    fn stamp(&self) -> Timestamp {
-        self.stamp
-    }
-    fn key(&self) -> &str {
-        &self.id
-    }
 }
 
 #[cfg(test)]

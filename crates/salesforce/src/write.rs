@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use crmsync_connector::ConnectorError;
 use crmsync_connector::{CrmTarget, CrmWrite, WriteOutcome};
+use crmsync_connector_kit::row::{Row, text};
+use crmsync_connector_kit::{Call, EndpointKind};
 use crmsync_domain::{CrmId, CrmObject, Timestamp};
 use crmsync_wire::salesforce::{
     CollectionRequest, EXTERNAL_ID_FIELD, FENCE_FIELD, FENCE_MESSAGE, MAX_COLLECTION_RECORDS, SaveResult, codes,
@@ -20,11 +22,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::bulk;
-use crate::errors::CallError;
 use crate::fields::{ID, OWNER_ID, SYSTEM_MODSTAMP, writable_sobject};
-use crate::http::{Call, Http};
+use crate::http::{CallError, Http};
 use crate::query;
-use crate::records::{self, Row};
+use crate::records;
 
 /// How a write addresses its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,9 +112,13 @@ async fn collection(http: &Http, sobject: &str, mode: Mode, batch: &[&CrmWrite],
     let request = CollectionRequest { all_or_none: false, records: batch.iter().map(|w| body(sobject, w)).collect() };
     let call = match mode {
         // A plain create is not idempotent: only resent if it never left.
-        Mode::Create => Call::new(Method::POST, http.data_path("composite/sobjects")).not_idempotent(),
-        Mode::Update => Call::new(Method::PATCH, http.data_path("composite/sobjects")),
-        Mode::Upsert => Call::new(Method::PATCH, http.data_path(&format!("composite/sobjects/{sobject}/{EXTERNAL_ID_FIELD}"))),
+        Mode::Create => Call::new(EndpointKind::Write, Method::POST, http.api().data_path("composite/sobjects")).not_idempotent(),
+        Mode::Update => Call::new(EndpointKind::Write, Method::PATCH, http.api().data_path("composite/sobjects")),
+        Mode::Upsert => Call::new(
+            EndpointKind::Write,
+            Method::PATCH,
+            http.api().data_path(&format!("composite/sobjects/{sobject}/{EXTERNAL_ID_FIELD}")),
+        ),
     };
     let body = serde_json::to_value(&request).map_err(|e| ConnectorError::Fatal(format!("cannot encode the records: {e}")))?;
     let answer = http.send(&call.json(body).acting_as(as_user.map(str::to_owned))).await?;
@@ -171,9 +176,9 @@ async fn usernames(http: &Http, users: &[&CrmId]) -> Result<HashMap<CrmId, Resul
     let rows = query::all_rows_of(http, &query::in_queries(&select, "User", ID, &ids, None), false).await?;
     let mut found: HashMap<CrmId, Result<String, WriteOutcome>> = HashMap::new();
     for row in &rows {
-        let Some(id) = records::text(row, ID).and_then(|i| CrmId::parse(&i).ok()) else { continue };
+        let Some(id) = text(row, ID).and_then(|i| CrmId::parse(&i).ok()) else { continue };
         let active = row.get("IsActive").and_then(Value::as_bool).unwrap_or(true);
-        let entry = match records::text(row, "Username") {
+        let entry = match text(row, "Username") {
             _ if !active => Err(WriteOutcome::Rejected {
                 code: "INACTIVE_OWNER_OR_USER".into(),
                 message: "operation performed with inactive user".into(),

@@ -18,9 +18,31 @@ pub const MAX_PAGE: usize = 1000;
 /// At most this many requests in flight per business unit.
 pub const MAX_CONCURRENT_REQUESTS: usize = 5;
 
+/// The prospect fields crmsync reads besides the mapped ones, by name.
+pub mod prospect {
+    pub const ID: &str = "id";
+    pub const EMAIL: &str = "email";
+    pub const LEAD_ID: &str = "salesforceLeadId";
+    pub const CONTACT_ID: &str = "salesforceContactId";
+    pub const ASSIGNED_USER: &str = "assignedUserId";
+    pub const IS_DELETED: &str = "isDeleted";
+    pub const CREATED_AT: &str = "createdAt";
+    pub const UPDATED_AT: &str = "updatedAt";
+    pub const UPDATED_BY: &str = "updatedById";
+}
+
 /// Prospect fields crmsync reads besides the mapped ones.
-pub const PROSPECT_SYSTEM_FIELDS: &[&str] =
-    &["id", "email", "salesforceLeadId", "salesforceContactId", "assignedUserId", "isDeleted", "createdAt", "updatedAt", "updatedById"];
+pub const PROSPECT_SYSTEM_FIELDS: &[&str] = &[
+    prospect::ID,
+    prospect::EMAIL,
+    prospect::LEAD_ID,
+    prospect::CONTACT_ID,
+    prospect::ASSIGNED_USER,
+    prospect::IS_DELETED,
+    prospect::CREATED_AT,
+    prospect::UPDATED_AT,
+    prospect::UPDATED_BY,
+];
 
 /// The fencing token of the last crmsync write, a custom field. The sandbox
 /// refuses an older token with [`codes::FENCED`]; a real business unit has

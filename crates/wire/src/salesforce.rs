@@ -99,6 +99,29 @@ pub struct ApiError {
     pub fields: Vec<String>,
 }
 
+impl ApiError {
+    /// Reads an error body as the list it should be; a body that is not (a
+    /// proxy's HTML page, a single object) becomes one error, a page's first
+    /// characters as the message and `HTTP_{status}` as the code.
+    pub fn list_of(status: u16, body: &[u8]) -> Vec<ApiError> {
+        if let Ok(errors) = serde_json::from_slice::<Vec<ApiError>>(body)
+            && !errors.is_empty()
+        {
+            return errors;
+        }
+        if let Ok(one) = serde_json::from_slice::<ApiError>(body) {
+            return vec![one];
+        }
+        let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
+        vec![ApiError { message: text, error_code: format!("HTTP_{status}"), fields: vec![] }]
+    }
+
+    /// `CODE: message; CODE: message`, for error texts.
+    pub fn summary(errors: &[ApiError]) -> String {
+        errors.iter().map(|e| format!("{}: {}", e.error_code, e.message)).collect::<Vec<_>>().join("; ")
+    }
+}
+
 /// A page of query results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -289,6 +312,17 @@ mod tests {
         assert_eq!(ApiUsage::parse(&u.header()), Some(u));
         assert_eq!(ApiUsage::parse("per-app-api-usage=1/2, api-usage=3/4"), Some(ApiUsage { used: 3, max: 4 }));
         assert_eq!(ApiUsage::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn error_bodies_read_as_lists_objects_or_text() {
+        let listed = ApiError::list_of(400, br#"[{"message":"bad","errorCode":"MALFORMED_QUERY"}]"#);
+        assert_eq!(ApiError::summary(&listed), "MALFORMED_QUERY: bad");
+        let one = ApiError::list_of(401, br#"{"message":"expired","errorCode":"INVALID_SESSION_ID"}"#);
+        assert_eq!(one[0].error_code, "INVALID_SESSION_ID");
+        let page = ApiError::list_of(502, b"<html>Bad Gateway</html>");
+        assert_eq!(ApiError::summary(&page), "HTTP_502: <html>Bad Gateway</html>");
+        assert_eq!(ApiError::list_of(500, b"[]")[0].error_code, "HTTP_500", "an empty list says nothing");
     }
 
     #[test]

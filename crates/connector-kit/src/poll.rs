@@ -1,7 +1,7 @@
-//! How often an object's change feed may query the org.
+//! How often a change feed may query the API.
 //!
-//! A real org does not tell crmsync when a record changes, so feeds poll,
-//! and each poll is an API call counted against the org's daily requests.
+//! An API that does not tell crmsync when a record changes is polled, and
+//! each poll is an API call counted against the daily requests (I8).
 //! Six feeds polled every half second would be a million calls a day;
 //! [`PollGate`] lets a feed that last came up with nothing more to read
 //! query again only after the endpoint's `poll_interval_secs`. A feed in
@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// When each object's feed last read everything there was.
+/// When each feed last read everything there was.
 #[derive(Debug)]
-pub(crate) struct PollGate {
+pub struct PollGate {
     interval: Duration,
     caught_up: Mutex<HashMap<String, Instant>>,
 }
@@ -23,20 +23,20 @@ impl PollGate {
         PollGate { interval, caught_up: Mutex::default() }
     }
 
-    /// Whether `sobject`'s feed may query at `now`.
-    pub fn may_poll(&self, sobject: &str, now: Instant) -> bool {
+    /// Whether `feed` may query at `now`.
+    pub fn may_poll(&self, feed: &str, now: Instant) -> bool {
         let caught_up = self.caught_up.lock().unwrap_or_else(|p| p.into_inner());
-        caught_up.get(sobject).is_none_or(|at| now.saturating_duration_since(*at) >= self.interval)
+        caught_up.get(feed).is_none_or(|at| now.saturating_duration_since(*at) >= self.interval)
     }
 
-    /// Records how a query of `sobject`'s feed ended at `now`: with more
-    /// to read (the next call goes on at once) or caught up.
-    pub fn polled(&self, sobject: &str, has_more: bool, now: Instant) {
+    /// Records how a query of `feed` ended at `now`: with more to read (the
+    /// next call goes on at once) or caught up.
+    pub fn polled(&self, feed: &str, has_more: bool, now: Instant) {
         let mut caught_up = self.caught_up.lock().unwrap_or_else(|p| p.into_inner());
         if has_more {
-            caught_up.remove(sobject);
+            caught_up.remove(feed);
         } else {
-            caught_up.insert(sobject.to_owned(), now);
+            caught_up.insert(feed.to_owned(), now);
         }
     }
 }
