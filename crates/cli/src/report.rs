@@ -26,7 +26,7 @@ use crmsync_connector::{ConnectorFactory, Systems};
 use crmsync_domain::mapping::SyncBehaviour;
 use crmsync_domain::merge::{IdentityFields, Side, is_blank, same_value};
 use crmsync_domain::records::{CrmPersonRecord, FieldValue, ProspectRecord};
-use crmsync_domain::settings::ConnectionSettings;
+use crmsync_domain::settings::{ConnectionSettings, REQUIRED_LEAD_FIELDS};
 use crmsync_domain::{CrmId, CrmObject};
 use crmsync_infra::Config;
 use crmsync_store::sync_errors::{self, SyncErrorRow};
@@ -36,6 +36,7 @@ use crmsync_systems::SystemsFactory;
 use crate::mirror_check::MirrorCounts;
 use crate::pii::Pii;
 use serde::Serialize;
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -135,10 +136,20 @@ fn compare(
                     return false;
                 }
             }
-            !same_value(&ma.value, &crm.value)
+            !same_value(&ma.value, &crm.value) && !placeholder_for_blank(settings, c.object, api, &ma.value, &crm.value)
         })
         .map(|(m, api)| (m.ma.clone(), api.to_owned()))
         .collect()
+}
+
+/// Whether a lead's required field holds the connection's placeholder
+/// where the prospect has nothing: what the engine wrote on purpose when it
+/// created the lead (R3), not a difference.
+fn placeholder_for_blank(settings: &ConnectionSettings, object: CrmObject, api: &str, ma: &Value, crm: &Value) -> bool {
+    object == CrmObject::Lead
+        && REQUIRED_LEAD_FIELDS.contains(&api)
+        && is_blank(ma)
+        && settings.lead_placeholder.as_deref().is_some_and(|text| crm.as_str() == Some(text))
 }
 
 /// Whether `side`'s value of a field is a user's edit the engine has not
