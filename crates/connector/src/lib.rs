@@ -10,6 +10,7 @@
 //! HTTP Salesforce (`crmsync-salesforce`) and Account Engagement
 //! (`crmsync-account-engagement`), both on `crmsync-connector-kit`.
 
+pub mod lane;
 pub mod stamp_cursor;
 
 use std::collections::BTreeMap;
@@ -353,5 +354,7 @@ impl Systems {
 /// Builds the systems a connection's settings point at.
 #[async_trait]
 pub trait ConnectorFactory: Send + Sync + Debug {
-    async fn systems(&self, settings: &ConnectionSettings) -> Result<Systems, ConnectorError>;
+    /// The systems of connection `connection_id`, whose settings these are
+    /// (its calls to real APIs count against its own allowance).
+    async fn systems(&self, connection_id: &str, settings: &ConnectionSettings) -> Result<Systems, ConnectorError>;
 }

@@ -101,6 +101,12 @@ pub struct SalesforceEndpoint {
     pub bulk_threshold: usize,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// The API calls this connection may make to the org in any 24 hours,
+    /// across every replica of every tier (I8). The batch lane stops at 90%
+    /// of it, the immediate lane and detection may use the rest; none:
+    /// calls are counted, and only `api_share` holds them back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_daily_allowance: Option<u64>,
 }
 
 /// Who keeps the MA's read-only mirrors of CRM accounts, opportunities and
@@ -142,6 +148,12 @@ pub struct AccountEngagementEndpoint {
     pub mirrors: MirrorKeeper,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// The API calls this connection may make to the business unit in any
+    /// 24 hours, across every replica of every tier (I8); see
+    /// [`SalesforceEndpoint::api_daily_allowance`]. Unlike `daily_quota`
+    /// (one connector's count of a UTC day), it holds for the deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_daily_allowance: Option<u64>,
 }
 
 /// Where one system of a connection lives.
@@ -188,6 +200,21 @@ impl SystemEndpoint {
             SystemEndpoint::Sandbox { tenant, .. } => Some(tenant),
             _ => None,
         }
+    }
+
+    /// The connection's daily API allowance on this system, if one is set
+    /// (the sandbox has no API to count).
+    pub fn api_daily_allowance(&self) -> Option<u64> {
+        match self {
+            SystemEndpoint::Sandbox { .. } => None,
+            SystemEndpoint::Salesforce(s) => s.api_daily_allowance,
+            SystemEndpoint::AccountEngagement(a) => a.api_daily_allowance,
+        }
+    }
+
+    /// Whether this system is reached over a real API, whose calls count.
+    pub fn is_api(&self) -> bool {
+        !matches!(self, SystemEndpoint::Sandbox { .. })
     }
 
     /// Whether crmsync keeps the MA's mirrors (when this is the MA).
