@@ -34,7 +34,9 @@ use crmsync_connector::stamp_cursor::Overlap;
 use crmsync_connector::{ChangePage, ConnectorError, Cursor, MaApi, MirrorState, MirrorWrite, ProspectWrite, WriteOutcome};
 pub use crmsync_connector_kit::Pacing;
 use crmsync_connector_kit::row::{Row, flag, text};
-use crmsync_connector_kit::{Call, DailyLimitGate, DailyQuota, EndpointKind, Gates, HttpClient, Login, Slots, StampFeed, check_base_url};
+use crmsync_connector_kit::{
+    Call, CallGate, DailyLimitGate, DailyQuota, EndpointKind, Gates, HttpClient, Login, Slots, StampFeed, check_base_url,
+};
 use crmsync_domain::endpoint::{AccountEngagementEndpoint, MirrorKeeper};
 use crmsync_domain::mirror::MirrorKind;
 use crmsync_domain::records::ProspectRecord;
@@ -73,9 +75,15 @@ impl AccountEngagementMa {
 
     /// Like [`AccountEngagementMa::connect`], reading a connection's field
     /// mapping from its settings.
-    pub async fn from_settings(endpoint: &AccountEngagementEndpoint, settings: &ConnectionSettings) -> Result<Self, ConnectorError> {
+    /// Every call passes `allowance` (the connection's daily API allowance,
+    /// shared by every replica) as well as the connector's own gates.
+    pub async fn from_settings(
+        endpoint: &AccountEngagementEndpoint,
+        settings: &ConnectionSettings,
+        allowance: Arc<dyn CallGate>,
+    ) -> Result<Self, ConnectorError> {
         let pacing = Pacing { budget_probe: Duration::from_secs(endpoint.limit_probe_secs.max(1)), ..Pacing::default() };
-        Self::connect_with(endpoint, ProspectFields::new(&settings.field_map)?, pacing).await
+        Self::connect_gated(endpoint, ProspectFields::new(&settings.field_map)?, pacing, Some(allowance)).await
     }
 
     /// [`AccountEngagementMa::connect`] with other timings (tests shorten
@@ -83,6 +91,15 @@ impl AccountEngagementMa {
     /// Salesforce, and `budget_probe` is how often one call tries again
     /// once the API's daily limit is met.
     pub async fn connect_with(endpoint: &AccountEngagementEndpoint, reads: ProspectFields, pacing: Pacing) -> Result<Self, ConnectorError> {
+        Self::connect_gated(endpoint, reads, pacing, None).await
+    }
+
+    async fn connect_gated(
+        endpoint: &AccountEngagementEndpoint,
+        reads: ProspectFields,
+        pacing: Pacing,
+        allowance: Option<Arc<dyn CallGate>>,
+    ) -> Result<Self, ConnectorError> {
         check_business_unit(&endpoint.business_unit_id)?;
         if endpoint.max_concurrency == 0 {
             return Err(ConnectorError::Fatal("max_concurrency must be at least 1".into()));
@@ -94,10 +111,12 @@ impl AccountEngagementMa {
         let max_concurrency = slots.max();
         let quota = Arc::new(DailyQuota::new(http::NAME, endpoint.daily_quota));
         // The API's limit first: while it holds, a call neither waits for a
-        // slot nor counts against the share. A call counts once it has its
-        // slot, just before it goes.
-        let gates =
-            Gates::new(vec![Arc::new(DailyLimitGate::new(http::NAME, "code 122", pacing.budget_probe)), Arc::new(slots), quota.clone()]);
+        // slot nor counts against the share or the allowance. A call counts
+        // against the share once it has its slot, just before it goes.
+        let mut gates: Vec<Arc<dyn CallGate>> = vec![Arc::new(DailyLimitGate::new(http::NAME, "code 122", pacing.budget_probe))];
+        gates.extend(allowance);
+        gates.extend([Arc::new(slots) as Arc<dyn CallGate>, quota.clone()]);
+        let gates = Gates::new(gates);
         let http = HttpClient::new(api, login, Arc::new(gates), timeout, pacing)?;
         let users = Users::default();
         // One login now: bad credentials fail here. The token names the

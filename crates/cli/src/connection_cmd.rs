@@ -73,7 +73,7 @@ pub async fn set(config: &Config, pool: &PgPool, id: &str, key: &str, value: &st
     if key.starts_with("csql.") {
         let factory = SystemsFactory::from_config(config, pool).await?;
         let cs = match &before.cs {
-            Some(_) => factory.systems(&before).await?.cs,
+            Some(_) => factory.systems(id, &before).await?.cs,
             None => None,
         };
         if after.csql.target != before.csql.target {

@@ -27,6 +27,7 @@ use crmsync_infra::{Config, db};
 use crmsync_sandbox::ops::Sandbox;
 use crmsync_sandbox::{SandboxFactory, schema, seed};
 use crmsync_store::connections;
+use crmsync_systems::allowance::ApiAllowances;
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::ExposeSecret;
 use sqlx::{AssertSqlSafe, PgPool};
@@ -531,7 +532,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     outln!("7. Report");
-    let factory = crmsync_systems::SystemsFactory::new(SandboxFactory::new(pool.clone()));
+    let factory = crmsync_systems::SystemsFactory::new(SandboxFactory::new(pool.clone()), ApiAllowances::new(&config.redis));
     let r = report::build(&pool, &factory, CONNECTION).await?;
     report::print(&r)?;
     if let Some(server) = server {

@@ -187,7 +187,7 @@ async fn retry(config: &Config, pool: &PgPool, targets: Filter) -> anyhow::Resul
     let (mut retried, mut gone) = (0u64, 0u64);
     for (connection_id, errors) in by_connection {
         let settings = connections::load(pool, connection_id).await?;
-        let systems = factory.systems(&settings).await?;
+        let systems = factory.systems(connection_id, &settings).await?;
         // More than the threshold at once takes the paced lane, as a burst
         // of real changes would (R7).
         let lane = Lane::for_pass(errors.len(), settings.batch_threshold);

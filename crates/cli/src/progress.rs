@@ -90,7 +90,7 @@ impl Probe {
             return Ok(progress);
         }
         let settings = connections::load(&self.pool, connection_id).await?;
-        let systems = self.factory.systems(&settings).await?;
+        let systems = self.factory.systems(connection_id, &settings).await?;
         for feed in Feed::for_connection(&settings) {
             let cursor = feeds.iter().find(|f| f.feed == feed.name()).and_then(|f| f.cursor.clone()).map(Cursor);
             if feed.pending(&systems, cursor.as_ref()).await? {

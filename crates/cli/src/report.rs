@@ -168,7 +168,7 @@ fn unfinished_edit(state: Option<&IdentityFields>, field: &str, side: Side, valu
 /// Builds the report of one connection.
 pub async fn build(pool: &PgPool, factory: &SystemsFactory, connection_id: &str) -> anyhow::Result<Report> {
     let settings = connections::load(pool, connection_id).await?;
-    let systems = factory.systems(&settings).await?;
+    let systems = factory.systems(connection_id, &settings).await?;
     let mut r = Report {
         connection_id: connection_id.to_owned(),
         statuses: identities::status_counts(pool, connection_id).await?,

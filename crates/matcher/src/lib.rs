@@ -124,7 +124,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let health = Health::new("matcher", &services);
     health.drain_on(shutdown.clone());
     let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
-    let factory = Arc::new(SystemsFactory::from_config(&config, &services.pool).await?);
+    let factory = Arc::new(SystemsFactory::from_services(&config, &services).await?);
     let stage = Arc::new(MatchStage {
         matcher: Matcher {
             pool: services.pool.clone(),

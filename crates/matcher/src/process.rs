@@ -204,7 +204,8 @@ impl Matcher {
             let span = record_span(RecordStage::Match, &batch.connection_id, r.object(), &r.record_id(), batch.lane, change.trace.as_ref());
             spans.insert(change.change_id, span);
         }
-        let mut result = self.match_all(batch).await;
+        // Its look-ups are the lane's calls, against the API allowance (I8).
+        let mut result = crmsync_connector::lane::in_lane(batch.lane, self.match_all(batch)).await;
         match &mut result {
             Ok(out) => trace_outcomes(&spans, out),
             Err(_) => spans.outcome_all("match", "retry"),
@@ -215,7 +216,7 @@ impl Matcher {
     async fn match_all(&self, batch: &ChangeBatch) -> Result<Output, StageError> {
         let settings =
             crmsync_store::connections::load(&self.pool, &batch.connection_id).await.map_err(|e| StageError::Retry(e.to_string()))?;
-        let systems = self.factory.systems(&settings).await?;
+        let systems = self.factory.systems(&batch.connection_id, &settings).await?;
         let lane = batch.lane.as_str();
         let mut out = Output::default();
         let mut candidates = Vec::with_capacity(batch.changes.len());

@@ -86,7 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let health = Health::new("producer", &services);
     health.drain_on(shutdown.clone());
     let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
-    let factory = SystemsFactory::from_config(&config, &services.pool).await?;
+    let factory = SystemsFactory::from_services(&config, &services).await?;
     let owner = replica_id(&config);
     let wake = Arc::new(Notify::new());
     let dirty = Dirty::default();
@@ -171,7 +171,7 @@ async fn poll_connection(
         return Ok(false);
     };
     let settings = connections::load(ctx.pool, connection_id).await?;
-    let systems = factory.systems(&settings).await?;
+    let systems = factory.systems(connection_id, &settings).await?;
     let stats = run_pass(ctx, connection_id, &settings, &systems, only, pass).await?;
     let detected = [("published", stats.published), ("suppressed_echo", stats.suppressed)];
     for (outcome, n) in detected.into_iter().filter(|(_, n)| *n > 0) {

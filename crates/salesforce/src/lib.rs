@@ -32,7 +32,7 @@ use crmsync_connector::stamp_cursor::Overlap;
 use crmsync_connector::{ChangePage, ConnectorError, CrmApi, CrmWrite, Cursor, WriteOutcome};
 use crmsync_connector_kit::row::Row;
 pub use crmsync_connector_kit::{ApiUsage, Pacing};
-use crmsync_connector_kit::{HttpClient, Login, PollGate, StampFeed, UsageGate};
+use crmsync_connector_kit::{CallGate, Gates, HttpClient, Login, PollGate, StampFeed, UsageGate};
 use crmsync_domain::endpoint::SalesforceEndpoint;
 use crmsync_domain::mirror::{CrmObjectRecord, MirrorObject};
 use crmsync_domain::records::CrmPersonRecord;
@@ -79,23 +79,41 @@ impl SalesforceCrm {
 
     /// Like [`SalesforceCrm::connect`], reading a connection's field mapping
     /// and custom objects from its settings.
-    pub async fn from_settings(endpoint: &SalesforceEndpoint, settings: &ConnectionSettings) -> Result<Self, ConnectorError> {
+    /// Every call passes `allowance` (the connection's daily API allowance,
+    /// shared by every replica) before the org's usage gate.
+    pub async fn from_settings(
+        endpoint: &SalesforceEndpoint,
+        settings: &ConnectionSettings,
+        allowance: Arc<dyn CallGate>,
+    ) -> Result<Self, ConnectorError> {
         let pacing = Pacing { budget_probe: Duration::from_secs(endpoint.usage_probe_secs.max(1)), ..Pacing::default() };
-        Self::connect_with(endpoint, ReadSet::new(&settings.field_map, &settings.custom_objects), pacing).await
+        Self::connect_gated(endpoint, ReadSet::new(&settings.field_map, &settings.custom_objects), pacing, Some(allowance)).await
     }
 
     /// [`SalesforceCrm::connect`] with other timings (tests shorten them).
     pub async fn connect_with(endpoint: &SalesforceEndpoint, reads: ReadSet, pacing: Pacing) -> Result<Self, ConnectorError> {
+        Self::connect_gated(endpoint, reads, pacing, None).await
+    }
+
+    async fn connect_gated(
+        endpoint: &SalesforceEndpoint,
+        reads: ReadSet,
+        pacing: Pacing,
+        allowance: Option<Arc<dyn CallGate>>,
+    ) -> Result<Self, ConnectorError> {
         check_version(&endpoint.api_version)?;
         if endpoint.api_share.is_nan() || endpoint.api_share <= 0.0 {
             return Err(ConnectorError::Fatal(format!("api_share {} must be above 0", endpoint.api_share)));
         }
         let timeout = Duration::from_secs(endpoint.timeout_secs.max(1));
         let login = Login::new(&endpoint.oauth, timeout)?;
-        // The org's usage is the one gate every call passes (a shared
-        // allowance would join it in a `Gates`).
+        // The connection's allowance, then the org's usage: a call the
+        // usage gate holds back has been counted against the allowance, and
+        // one it refuses is given back.
         let usage = Arc::new(UsageGate::new("Salesforce", endpoint.api_share, pacing.clone()));
-        let http = HttpClient::new(Rest::new(&endpoint.api_version), login, usage.clone(), timeout, pacing)?;
+        let mut gates: Vec<Arc<dyn CallGate>> = allowance.into_iter().collect();
+        gates.push(usage.clone());
+        let http = HttpClient::new(Rest::new(&endpoint.api_version), login, Arc::new(Gates::new(gates)), timeout, pacing)?;
         // One login now: bad credentials fail here, and the token names
         // the integration user whose changes are the engine's own.
         let token = http.token(None).await?;

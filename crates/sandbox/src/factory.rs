@@ -70,7 +70,7 @@ fn not_sandbox(system: &str) -> ConnectorError {
 #[async_trait]
 impl ConnectorFactory for SandboxFactory {
     /// A connection whose systems are all sandbox tenants.
-    async fn systems(&self, settings: &ConnectionSettings) -> Result<Systems, ConnectorError> {
+    async fn systems(&self, _connection_id: &str, settings: &ConnectionSettings) -> Result<Systems, ConnectorError> {
         let ma = settings.ma.sandbox_tenant().ok_or_else(|| not_sandbox("MA"))?;
         let crm = settings.crm.sandbox_tenant().ok_or_else(|| not_sandbox("CRM"))?;
         let cs = match &settings.cs {

@@ -4,8 +4,12 @@
 //!
 //! Connectors are kept between calls (an HTTP connector holds its token,
 //! its view of the API's limits, its requests in flight and, for Account
-//! Engagement, its users), one per endpoint, and made anew when the
-//! settings they were made from change.
+//! Engagement, its users), one per connection and endpoint, and made anew
+//! when the settings they were made from change. Every call an HTTP
+//! connector makes passes its connection's API allowance first (see
+//! `allowance`).
+
+pub mod allowance;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,11 +17,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use crmsync_account_engagement::AccountEngagementMa;
 use crmsync_connector::{ConnectorError, ConnectorFactory, CrmApi, CsApi, MaApi, Systems};
+use crmsync_domain::merge::Side;
 use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
 use crmsync_salesforce::SalesforceCrm;
 use crmsync_sandbox::SandboxFactory;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
+
+use crate::allowance::ApiAllowances;
 
 /// Connectors by endpoint, each with the settings it was made from.
 type Cache<T> = Mutex<HashMap<String, (String, Arc<T>)>>;
@@ -28,25 +35,39 @@ pub struct SystemsFactory {
     sandbox: SandboxFactory,
     salesforce: Cache<SalesforceCrm>,
     account_engagement: Cache<AccountEngagementMa>,
+    allowances: ApiAllowances,
 }
 
-/// The cache key of an endpoint, and what a connector is made from: what it
-/// reads depends on the field map (and the custom objects), so other
-/// settings make another connector.
-fn keys(endpoint: &impl serde::Serialize, settings: &ConnectionSettings) -> Result<(String, String), ConnectorError> {
+/// The cache key of a connection's endpoint, and what a connector is made
+/// from: what it reads depends on the field map (and the custom objects),
+/// so other settings make another connector. The connection is part of the
+/// key: its calls count against its own allowance.
+fn keys(connection_id: &str, endpoint: &impl serde::Serialize, settings: &ConnectionSettings) -> Result<(String, String), ConnectorError> {
     let text = |r: serde_json::Result<String>| r.map_err(|e| ConnectorError::Fatal(e.to_string()));
-    Ok((text(serde_json::to_string(endpoint))?, text(serde_json::to_string(settings))?))
+    Ok((format!("{connection_id}\n{}", text(serde_json::to_string(endpoint))?), text(serde_json::to_string(settings))?))
 }
 
 impl SystemsFactory {
-    pub fn new(sandbox: SandboxFactory) -> Self {
-        SystemsFactory { sandbox, salesforce: Mutex::default(), account_engagement: Mutex::default() }
+    pub fn new(sandbox: SandboxFactory, allowances: ApiAllowances) -> Self {
+        SystemsFactory { sandbox, salesforce: Mutex::default(), account_engagement: Mutex::default(), allowances }
     }
 
     /// The factory the configuration names (the sandbox's own database, or
-    /// the engine's).
+    /// the engine's), counting API calls in its Redis.
     pub async fn from_config(config: &crmsync_infra::Config, engine: &PgPool) -> Result<Self, sqlx::Error> {
-        Ok(Self::new(SandboxFactory::from_config(config, engine).await?))
+        Ok(Self::new(SandboxFactory::from_config(config, engine).await?, ApiAllowances::new(&config.redis)))
+    }
+
+    /// The factory of a tier, counting API calls through the tier's own
+    /// Redis connection.
+    pub async fn from_services(config: &crmsync_infra::Config, services: &crmsync_infra::services::Services) -> Result<Self, sqlx::Error> {
+        let allowances = ApiAllowances::with_connection(&config.redis, services.redis.clone());
+        Ok(Self::new(SandboxFactory::from_config(config, &services.pool).await?, allowances))
+    }
+
+    /// Where this factory's connectors count their calls.
+    pub fn allowances(&self) -> &ApiAllowances {
+        &self.allowances
     }
 
     /// The sandbox's database (change notifications come from it).
@@ -58,18 +79,19 @@ impl SystemsFactory {
         &self.sandbox
     }
 
-    async fn crm(&self, settings: &ConnectionSettings) -> Result<Arc<dyn CrmApi>, ConnectorError> {
+    async fn crm(&self, connection_id: &str, settings: &ConnectionSettings) -> Result<Arc<dyn CrmApi>, ConnectorError> {
         match &settings.crm {
             SystemEndpoint::Sandbox { tenant, .. } => Ok(self.sandbox.crm(tenant).await?),
             SystemEndpoint::Salesforce(endpoint) => {
-                let (key, made_from) = keys(endpoint, settings)?;
+                let (key, made_from) = keys(connection_id, endpoint, settings)?;
                 let mut cache = self.salesforce.lock().await;
                 if let Some((from, crm)) = cache.get(&key)
                     && *from == made_from
                 {
                     return Ok(crm.clone());
                 }
-                let crm = Arc::new(SalesforceCrm::from_settings(endpoint, settings).await?);
+                let allowance = self.allowances.gate(connection_id, Side::Crm, endpoint.api_daily_allowance);
+                let crm = Arc::new(SalesforceCrm::from_settings(endpoint, settings, allowance).await?);
                 tracing::debug!(url = %endpoint.oauth.login_url, "connected to Salesforce");
                 cache.insert(key, (made_from, crm.clone()));
                 Ok(crm)
@@ -80,18 +102,19 @@ impl SystemsFactory {
         }
     }
 
-    async fn ma(&self, settings: &ConnectionSettings) -> Result<Arc<dyn MaApi>, ConnectorError> {
+    async fn ma(&self, connection_id: &str, settings: &ConnectionSettings) -> Result<Arc<dyn MaApi>, ConnectorError> {
         match &settings.ma {
             SystemEndpoint::Sandbox { tenant, .. } => Ok(self.sandbox.ma(tenant).await?),
             SystemEndpoint::AccountEngagement(endpoint) => {
-                let (key, made_from) = keys(endpoint, settings)?;
+                let (key, made_from) = keys(connection_id, endpoint, settings)?;
                 let mut cache = self.account_engagement.lock().await;
                 if let Some((from, ma)) = cache.get(&key)
                     && *from == made_from
                 {
                     return Ok(ma.clone());
                 }
-                let ma = Arc::new(AccountEngagementMa::from_settings(endpoint, settings).await?);
+                let allowance = self.allowances.gate(connection_id, Side::Ma, endpoint.api_daily_allowance);
+                let ma = Arc::new(AccountEngagementMa::from_settings(endpoint, settings, allowance).await?);
                 tracing::debug!(url = %endpoint.base_url, business_unit = %endpoint.business_unit_id, "connected to Account Engagement");
                 cache.insert(key, (made_from, ma.clone()));
                 Ok(ma)
@@ -103,9 +126,9 @@ impl SystemsFactory {
 
 #[async_trait]
 impl ConnectorFactory for SystemsFactory {
-    async fn systems(&self, settings: &ConnectionSettings) -> Result<Systems, ConnectorError> {
-        let crm = self.crm(settings).await?;
-        let ma = self.ma(settings).await?;
+    async fn systems(&self, connection_id: &str, settings: &ConnectionSettings) -> Result<Systems, ConnectorError> {
+        let crm = self.crm(connection_id, settings).await?;
+        let ma = self.ma(connection_id, settings).await?;
         let cs = match &settings.cs {
             None => None,
             Some(SystemEndpoint::Sandbox { tenant, crm_org }) => {
