@@ -299,7 +299,7 @@ async fn redelivered_csql_commands_leave_one_crm_record() {
     // an applier died between writing the CRM and saving the link.
     let settings = crmsync_store::connections::load(&app.pool, "default").await.unwrap();
     let factory = crmsync_sandbox::SandboxFactory::new(app.pool.clone());
-    let cs = factory.systems(&settings).await.unwrap().cs.unwrap();
+    let cs = factory.systems("default", &settings).await.unwrap().cs.unwrap();
     let record = cs.csqls_by_id(LEAD, &[q]).await.unwrap().pop().unwrap();
     let batch = |record| ApplyBatch {
         v: MESSAGE_VERSION,

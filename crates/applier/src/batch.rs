@@ -19,6 +19,7 @@ use crmsync_infra::CancellationToken;
 use crmsync_infra::broker::Broker;
 use crmsync_infra::budget::{BatchBudget, Pace, PaceSource};
 use crmsync_infra::worker::StageError;
+use crmsync_systems::allowance::{ApiAllowances, batch_eta, connection_usage, system_name};
 
 use crmsync_store::{audit, connections};
 use sqlx::PgPool;
@@ -193,7 +194,7 @@ pub async fn batch_figures(pool: &PgPool, connection_id: &str) -> Result<BatchFi
 }
 
 /// Exports every connection's batch-lane figures as metrics, every few seconds.
-pub async fn export_figures(pool: PgPool, broker: Arc<Broker>, shutdown: CancellationToken) {
+pub async fn export_figures(pool: PgPool, broker: Arc<Broker>, allowances: ApiAllowances, shutdown: CancellationToken) {
     loop {
         if let Err(e) = audit::fold_tallies(&pool).await {
             tracing::warn!(error = %e, "folding the audit tallies failed; trying again in a few seconds");
@@ -209,13 +210,31 @@ pub async fn export_figures(pool: PgPool, broker: Arc<Broker>, shutdown: Cancell
                 }
             }
             for id in ids {
-                if let Ok(f) = batch_figures(&pool, &id).await {
-                    let labels = [("connection", id.clone())];
-                    metrics::gauge!("crmsync_batch_backlog_records", &labels).set(f.backlog as f64);
-                    metrics::gauge!("crmsync_batch_budget_records_per_hour", &labels).set(f64::from(f.budget_per_hour));
-                    metrics::gauge!("crmsync_batch_used_last_hour_records", &labels).set(f.used_last_hour as f64);
-                    metrics::gauge!("crmsync_batch_eta_seconds", &labels).set(f.eta.as_secs_f64());
+                let Ok(f) = batch_figures(&pool, &id).await else { continue };
+                // The API calls of the last 24 hours, per system and kind,
+                // and the ETA they allow (I8).
+                let usage = match connections::load(&pool, &id).await {
+                    Ok(settings) => connection_usage(&allowances, &id, &settings).await.unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                };
+                for (side, u) in &usage {
+                    let system = system_name(*side);
+                    for (kind, n) in &u.by_kind {
+                        let labels = [("connection", id.clone()), ("system", system.to_owned()), ("kind", kind.clone())];
+                        metrics::gauge!("crmsync_api_calls_24h", &labels).set(*n as f64);
+                    }
+                    let labels = [("connection", id.clone()), ("system", system.to_owned())];
+                    metrics::gauge!("crmsync_api_calls_counted_24h", &labels).set(u.used as f64);
+                    if let Some(a) = u.allowance {
+                        metrics::gauge!("crmsync_api_daily_allowance", &labels).set(a as f64);
+                    }
                 }
+                let eta = batch_eta(f.eta, u64::try_from(f.backlog).unwrap_or(0), u64::try_from(f.used_last_hour).unwrap_or(0), &usage);
+                let labels = [("connection", id.clone())];
+                metrics::gauge!("crmsync_batch_backlog_records", &labels).set(f.backlog as f64);
+                metrics::gauge!("crmsync_batch_budget_records_per_hour", &labels).set(f64::from(f.budget_per_hour));
+                metrics::gauge!("crmsync_batch_used_last_hour_records", &labels).set(f.used_last_hour as f64);
+                metrics::gauge!("crmsync_batch_eta_seconds", &labels).set(eta.as_secs_f64().min(1e12));
             }
         }
         tokio::select! {

@@ -100,7 +100,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let health = Health::new("applier", &services);
     health.drain_on(shutdown.clone());
     let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
-    let factory = Arc::new(SystemsFactory::from_config(&config, &services.pool).await?);
+    let factory = Arc::new(SystemsFactory::from_services(&config, &services).await?);
+    let allowances = factory.allowances().clone();
     let stage = Arc::new(ApplyStage {
         applier: Applier {
             pool: services.pool.clone(),
@@ -118,7 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     loops.spawn(async move { consume(&broker, immediate, s, stop).await });
     health.working();
     let sweeper = tokio::spawn(sweep(stage.clone(), shutdown.clone()));
-    let figures = tokio::spawn(batch::export_figures(services.pool.clone(), services.broker.clone(), shutdown.clone()));
+    let figures = tokio::spawn(batch::export_figures(services.pool.clone(), services.broker.clone(), allowances, shutdown.clone()));
     let statistics = tokio::spawn(crmsync_infra::statistics::keep_current(services.pool.clone(), shutdown.clone()));
     // One paced consumer per connection, started as connections appear.
     let mut started: HashSet<String> = HashSet::new();

@@ -1,6 +1,7 @@
 //! `crmsync status`: the operator's view per connection (identities,
-//! feeds, the batch lane, CSQLs, open sync errors) and what is queued on the
-//! broker, as text or as JSON (`--json`, the [`Status`] shape).
+//! feeds, the batch lane, the API calls of the last 24 hours against the
+//! allowance, CSQLs, open sync errors) and what is queued on the broker, as
+//! text or as JSON (`--json`, the [`Status`] shape).
 //!
 //! A read-only command (I10): it declares nothing on the broker (depths are
 //! passive declares; a queue nobody declared yet is said to be so) and
@@ -17,18 +18,22 @@ use crmsync_infra::amqp::Stage;
 use crmsync_infra::inspect::Inspector;
 use crmsync_infra::{Config, db};
 use crmsync_store::{csql_links, feeds, identities, sync_errors};
+use crmsync_systems::allowance::{ApiAllowances, batch_eta, connection_usage, system_name};
 use serde::Serialize;
 use sqlx::PgPool;
 
 /// Everything `status` says; `status --json` prints it as it is.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
-    /// True when PostgreSQL and the broker both answered.
+    /// True when PostgreSQL, the broker and (for real APIs) Redis answered.
     pub ok: bool,
     /// Per connection; empty when PostgreSQL could not be read.
     pub connections: Vec<ConnectionStatus>,
     /// Why PostgreSQL could not be read; null when it was.
     pub database_error: Option<String>,
+    /// Why the API calls (counted in Redis) could not be read; null when
+    /// they were, or no connection reaches a real API.
+    pub redis_error: Option<String>,
     pub broker: BrokerStatus,
 }
 
@@ -38,6 +43,8 @@ pub struct ConnectionStatus {
     pub identities: Identities,
     pub feeds: Vec<FeedStatus>,
     pub batch_lane: BatchLane,
+    /// Per system reached over a real API: its calls in the last 24 hours.
+    pub api: Vec<ApiStatus>,
     pub csqls: Csqls,
     /// Open sync errors per category.
     pub sync_errors: BTreeMap<String, i64>,
@@ -69,8 +76,23 @@ pub struct BatchLane {
     pub used_last_hour: i64,
     /// The share of the budget the last hour used (1.0: all of it).
     pub used_share: f64,
-    /// Until the backlog is done at the budget's pace.
+    /// Until the backlog is done, given both the budget and the API
+    /// allowances (the later of the two).
     pub eta_secs: u64,
+    /// Until the backlog is done at the budget's pace alone.
+    pub budget_eta_secs: u64,
+}
+
+/// A connection's calls to one system over the last 24 hours (I8).
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiStatus {
+    /// `crm` or `ma`.
+    pub system: &'static str,
+    pub used_24h: u64,
+    /// `api_daily_allowance`; null when none is set.
+    pub allowance: Option<u64>,
+    /// Every call per endpoint kind (query, write, bulk, import, events...).
+    pub by_kind: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,7 +137,12 @@ fn db_failure(e: &anyhow::Error, config: &Config) -> String {
     if cancelled { db_timeout(config) } else { format!("{e:#}") }
 }
 
-async fn connection(pool: &PgPool, id: &str) -> anyhow::Result<ConnectionStatus> {
+async fn connection(
+    pool: &PgPool,
+    allowances: &ApiAllowances,
+    redis_error: &mut Option<String>,
+    id: &str,
+) -> anyhow::Result<ConnectionStatus> {
     let statuses = identities::status_counts(pool, id).await?;
     let count = |s: &str| statuses.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
     let creation_failed = sync_errors::creations_refused(pool, id).await?;
@@ -131,14 +158,29 @@ async fn connection(pool: &PgPool, id: &str) -> anyhow::Result<ConnectionStatus>
         .map(|f| FeedStatus { feed: f.feed, published: f.published, echoes_dropped: f.suppressed, leased_by: f.lease_owner })
         .collect();
     let b = crmsync_applier::batch_figures(pool, id).await?;
+    let settings = crmsync_store::connections::load(pool, id).await?;
+    // Redis unreachable: the calls are not shown (and the status says why),
+    // and it is not asked again for the other connections.
+    let usage = match redis_error {
+        Some(_) => Vec::new(),
+        None => connection_usage(allowances, id, &settings).await.unwrap_or_else(|e| {
+            *redis_error = Some(format!("Redis (API calls of the last 24 h): {e}"));
+            Vec::new()
+        }),
+    };
+    let eta = batch_eta(b.eta, u64::try_from(b.backlog).unwrap_or(0), u64::try_from(b.used_last_hour).unwrap_or(0), &usage);
     let batch_lane = BatchLane {
         backlog: b.backlog,
         budget_per_hour: b.budget_per_hour,
         used_last_hour: b.used_last_hour,
         used_share: b.used_share(),
-        eta_secs: b.eta.as_secs(),
+        eta_secs: eta.as_secs(),
+        budget_eta_secs: b.eta.as_secs(),
     };
-    let settings = crmsync_store::connections::load(pool, id).await?;
+    let api = usage
+        .into_iter()
+        .map(|(side, u)| ApiStatus { system: system_name(side), used_24h: u.used, allowance: u.allowance, by_kind: u.by_kind })
+        .collect();
     let csqls = Csqls {
         target: settings.csql.target.to_string(),
         record_type: settings.csql.record_type.to_string(),
@@ -147,16 +189,18 @@ async fn connection(pool: &PgPool, id: &str) -> anyhow::Result<ConnectionStatus>
         outcomes: csql_links::outcome_counts(pool, id).await?.into_iter().collect(),
     };
     let sync_errors = sync_errors::open_counts(pool, id).await?.into_iter().collect();
-    Ok(ConnectionStatus { id: id.to_owned(), identities, feeds, batch_lane, csqls, sync_errors })
+    Ok(ConnectionStatus { id: id.to_owned(), identities, feeds, batch_lane, api, csqls, sync_errors })
 }
 
 /// Reads every connection's figures (or `only`'s) from PostgreSQL.
-async fn connections(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<ConnectionStatus>> {
+async fn connections(config: &Config, only: Option<&str>, redis_error: &mut Option<String>) -> anyhow::Result<Vec<ConnectionStatus>> {
     let pool = db::connect_reading(&config.database).await?;
     db::ensure_migrated(&pool).await?;
+    // Redis is reached only for connections with a real API.
+    let allowances = ApiAllowances::new(&config.redis);
     let mut out = Vec::new();
     for id in crate::connection_ids(&pool, only).await? {
-        out.push(connection(&pool, &id).await?);
+        out.push(connection(&pool, &allowances, redis_error, &id).await?);
     }
     pool.close().await;
     Ok(out)
@@ -190,7 +234,8 @@ async fn broker(config: &Config, connections: &[String]) -> BrokerStatus {
 /// Gathers the status, each service within its timeout.
 pub async fn gather(config: &Config, only: Option<&str>) -> Status {
     let limit = config.database.command_timeout();
-    let (connections, database_error) = match tokio::time::timeout(limit, connections(config, only)).await {
+    let mut redis_error = None;
+    let (connections, database_error) = match tokio::time::timeout(limit, connections(config, only, &mut redis_error)).await {
         Ok(Ok(c)) => (c, None),
         Ok(Err(e)) => (Vec::new(), Some(db_failure(&e, config))),
         Err(_) => (Vec::new(), Some(db_timeout(config))),
@@ -203,7 +248,13 @@ pub async fn gather(config: &Config, only: Option<&str>) -> Status {
         (Some(_), None) => Vec::new(),
     };
     let broker = broker(config, &ids).await;
-    Status { ok: database_error.is_none() && broker.error.is_none(), connections, database_error, broker }
+    Status {
+        ok: database_error.is_none() && broker.error.is_none() && redis_error.is_none(),
+        connections,
+        database_error,
+        redis_error,
+        broker,
+    }
 }
 
 /// Prints the status as text or JSON; false if a service could not be read.
@@ -238,14 +289,28 @@ fn text(s: &Status) -> std::io::Result<()> {
             );
         }
         let b = &c.batch_lane;
+        let held = if b.eta_secs > b.budget_eta_secs { " (held back by the API allowance)" } else { "" };
         outln!(
-            "  batch lane           backlog {} · budget {}/hour · used {} in the last hour ({:.0}%) · done in {}",
+            "  batch lane           backlog {} · budget {}/hour · used {} in the last hour ({:.0}%) · done in {}{held}",
             b.backlog,
             b.budget_per_hour,
             b.used_last_hour,
             b.used_share * 100.0,
             human(std::time::Duration::from_secs(b.eta_secs))
         );
+        for a in &c.api {
+            let of = a.allowance.map_or_else(
+                || "no allowance set".to_owned(),
+                |n| format!("of {n} allowed ({:.0}%)", 100.0 * a.used_24h as f64 / n.max(1) as f64),
+            );
+            let kinds = a.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(" · ");
+            outln!(
+                "  API {:<16} {} calls in the last 24 h {of}{}",
+                a.system,
+                a.used_24h,
+                if kinds.is_empty() { String::new() } else { format!(" · {kinds}") }
+            );
+        }
         let q = &c.csqls;
         outln!(
             "  CSQLs                target {} · record type {} · sync user {}{}{}",
@@ -264,6 +329,9 @@ fn text(s: &Status) -> std::io::Result<()> {
     if let Some(e) = &s.database_error {
         outln!("PostgreSQL: {e}");
     }
+    if let Some(e) = &s.redis_error {
+        outln!("{e}");
+    }
     if s.broker.reachable {
         outln!("Queued messages (broker)");
     }
@@ -279,10 +347,12 @@ fn text(s: &Status) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A duration for people: "2 h 05 min", "3 min 20 s", "40 s", "now".
+/// A duration for people: "2 h 05 min", "3 min 20 s", "40 s", "now";
+/// "never" past a year (a lane the allowance leaves nothing to).
 pub fn human(d: std::time::Duration) -> String {
     let s = d.as_secs();
     match s {
+        s if s > 365 * 86_400 => "never (raise the API allowance)".into(),
         0 => "now".into(),
         1..=59 => format!("{s} s"),
         60..=3599 => format!("{} min {:02} s", s / 60, s % 60),
