@@ -41,6 +41,9 @@ pub(crate) fn change_query(fields: &str, from: Option<DateTime<Utc>>, limit: usi
     }
 }
 
+/// The feed's name, for its poll turn.
+pub(crate) const NAME: &str = "prospects";
+
 /// The prospects' feed, reading the fields `fields` names; `me` is the MA
 /// user the engine writes as.
 pub(crate) struct ProspectFeed<'a> {
@@ -66,7 +69,7 @@ impl PageSource for ProspectFeed<'_> {
     type Record = Row;
 
     fn name(&self) -> &str {
-        "prospects"
+        NAME
     }
 
     async fn query(&self, from: Option<DateTime<Utc>>, room: usize) -> Result<Page<Row>, ConnectorError> {

@@ -19,7 +19,8 @@
 //!
 //! What an import cannot carry ([`import_file::split`]) is written one by
 //! one afterwards, as is a create whose email matched only a prospect in
-//! the recycle bin (so both lanes create the same way).
+//! the recycle bin (so both lanes create the same way), and every row of
+//! an import the API refuses to create (its 1,000 batches a day used up).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,7 +38,7 @@ use crmsync_wire::pardot::{MAX_PAGE, PROSPECTS_PATH, QueryPage};
 use reqwest::Method;
 
 use crate::fields::{CREATED_AT, EMAIL, ID, UPDATED_AT};
-use crate::http::Http;
+use crate::http::{CallError, Http};
 use crate::import_file::{self, Refused};
 use crate::write;
 
@@ -67,8 +68,8 @@ fn file_part(data: Vec<u8>) -> Part {
 }
 
 /// Creates and submits one import of `files`; its id and a server time no
-/// later than its submission.
-async fn submit(http: &Http, input: &CreateImport, files: Vec<Vec<u8>>) -> Result<(i64, DateTime<Utc>), ConnectorError> {
+/// later than its submission, or `None` if the API refused to create it.
+async fn submit(http: &Http, input: &CreateImport, files: Vec<Vec<u8>>) -> Result<Option<(i64, DateTime<Utc>)>, ConnectorError> {
     let one = files.len() == 1;
     let input = CreateImport { status: one.then_some(ImportStatus::Ready), ..input.clone() };
     let mut files = files.into_iter();
@@ -77,10 +78,19 @@ async fn submit(http: &Http, input: &CreateImport, files: Vec<Vec<u8>>) -> Resul
     // Sent twice, an import would write its rows twice: not resent unless
     // it certainly was not processed.
     let create = Call::new(EndpointKind::Import, Method::POST, IMPORTS_PATH).multipart(parts).not_idempotent();
-    let answer = http.send(&create).await?;
+    let answer = match http.send(&create).await {
+        Ok(a) => a,
+        // Refused on its merits (the day's batches used up, imports not
+        // allowed to this user): the rows are written one by one instead.
+        Err(CallError::Api(f)) => {
+            tracing::warn!(error = %f.summary(), "Account Engagement refused an import; writing its prospects one by one");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let made: Import = answer.json()?;
     if one {
-        return Ok((made.id, answer.server_time));
+        return Ok(Some((made.id, answer.server_time)));
     }
     let path = format!("{IMPORTS_PATH}/{}", made.id);
     for file in files {
@@ -90,7 +100,7 @@ async fn submit(http: &Http, input: &CreateImport, files: Vec<Vec<u8>>) -> Resul
     }
     let ready = serde_json::to_value(UpdateImport { status: ImportStatus::Ready }).map_err(|e| ConnectorError::Fatal(e.to_string()))?;
     let answer = http.send(&Call::new(EndpointKind::Import, Method::PATCH, &path).json(ready)).await?;
-    Ok((made.id, answer.server_time))
+    Ok(Some((made.id, answer.server_time)))
 }
 
 /// Waits for import `id` to complete; its refused rows.
@@ -117,14 +127,13 @@ async fn finish(http: &Http, id: i64, first_poll: Duration) -> Result<Vec<Refuse
     import_file::refused(&http.send(&call).await?.body)
 }
 
-/// Runs the imports of `writes` (all by id, or all by email); each write's
-/// refusal, if any, keyed by its match value.
-async fn import(
-    http: &Http,
-    writes: &[&ProspectWrite],
-    by_email: bool,
-    cfg: &Imports,
-) -> Result<(HashMap<String, Refused>, DateTime<Utc>), ConnectorError> {
+/// What the imports of some writes came to: each refusal keyed by its
+/// match value, a time no later than the first submission, and the match
+/// values of rows whose import the API would not create.
+type Imported = (HashMap<String, Refused>, DateTime<Utc>, Vec<String>);
+
+/// Runs the imports of `writes` (all by id, or all by email).
+async fn import(http: &Http, writes: &[&ProspectWrite], by_email: bool, cfg: &Imports) -> Result<Imported, ConnectorError> {
     let (header, rows) = import_file::table(writes, by_email);
     let input = CreateImport {
         operation: "Upsert".into(),
@@ -136,16 +145,25 @@ async fn import(
     };
     let files = import_file::files(&header, &rows, FILE_BYTES)?;
     let mut refused = HashMap::new();
+    let mut not_made = Vec::new();
     let mut first_submit: Option<DateTime<Utc>> = None;
+    let mut row = 0;
     for group in files.chunks(MAX_BATCHES) {
-        let (id, at) = submit(http, &input, group.iter().map(|(f, _)| f.clone()).collect()).await?;
+        let n: usize = group.iter().map(|(_, n)| n).sum();
+        let submitted = submit(http, &input, group.iter().map(|(f, _)| f.clone()).collect()).await?;
+        let from = row;
+        row += n;
+        let Some((id, at)) = submitted else {
+            not_made.extend(rows[from..row].iter().map(|r| r[0].clone()));
+            continue;
+        };
         first_submit = Some(first_submit.map_or(at, |t| t.min(at)));
         for r in finish(http, id, cfg.first_poll).await? {
             let key = if by_email { r.matched.trim().to_lowercase() } else { r.matched.clone() };
             refused.insert(key, r);
         }
     }
-    Ok((refused, first_submit.unwrap_or_else(Utc::now)))
+    Ok((refused, first_submit.unwrap_or_else(Utc::now), not_made))
 }
 
 /// The outcome of a refused row (`None`: write it one by one instead).
@@ -210,10 +228,16 @@ pub(crate) async fn write_in_bulk(
             continue;
         }
         let rows: Vec<&ProspectWrite> = idx.iter().map(|&i| &writes[i]).collect();
-        let (refused, at) = import(http, &rows, by_email, cfg).await?;
+        let (refused, at, not_made) = import(http, &rows, by_email, cfg).await?;
         let key = |w: &ProspectWrite| if by_email { import_file::match_value(w).to_lowercase() } else { import_file::match_value(w) };
+        let not_made: std::collections::HashSet<String> =
+            not_made.iter().map(|k| if by_email { k.to_lowercase() } else { k.clone() }).collect();
         let mut created = Vec::new();
         for &i in idx {
+            if not_made.contains(&key(&writes[i])) {
+                one_by_one.push(i);
+                continue;
+            }
             match refused.get(&key(&writes[i])).map(|r| outcome_of(r, by_email)) {
                 Some(Some(o)) => done.push((i, o)),
                 Some(None) => one_by_one.push(i),

@@ -140,6 +140,12 @@ impl AccountEngagementMa {
         self.quota.used(Utc::now())
     }
 
+    /// How long the prospect feed waits after its last poll before the
+    /// next (none before the first): it backs off while idle.
+    pub fn poll_wait(&self) -> Option<Duration> {
+        self.polls.wait_of(feed::NAME)
+    }
+
     /// Rows as records, with their assigned users' CRM users.
     async fn records(&self, rows: Vec<Row>) -> Result<Vec<ProspectRecord>, ConnectorError> {
         let assigned: BTreeSet<i64> = rows.iter().filter_map(records::assigned_user_id).collect();

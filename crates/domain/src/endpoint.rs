@@ -59,7 +59,7 @@ fn default_poll_max_secs() -> u64 {
     120
 }
 fn default_import_threshold() -> usize {
-    1_000
+    50
 }
 fn default_import_poll_secs() -> u64 {
     2
@@ -165,9 +165,10 @@ pub struct AccountEngagementEndpoint {
     #[serde(default = "default_poll_max_secs")]
     pub poll_max_secs: u64,
     /// Batch-lane prospect writes of at least this many records go through
-    /// an import (the Import API: a handful of calls whatever its size,
-    /// against one call per prospect). The immediate lane never waits for
-    /// one.
+    /// an import (the Import API: about three calls whatever its size,
+    /// against one call per prospect; the business unit may import 1,000
+    /// batches a day). A batch-lane chunk is at most `batch_burst` records
+    /// and one message's worth. The immediate lane never waits for one.
     #[serde(default = "default_import_threshold")]
     pub import_threshold: usize,
     /// An import's status is first asked this long after it is submitted,
