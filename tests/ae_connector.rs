@@ -43,6 +43,9 @@ fn ae_endpoint(url: &str, secret: &std::path::Path) -> Value {
         "oauth": oauth(url, secret),
         "overlap_secs": 3,
         "limit_probe_secs": 1,
+        // Tests wait seconds for a change, not an idle feed's backoff.
+        "poll_interval_secs": 1,
+        "poll_max_secs": 1,
     })
 }
 
@@ -294,7 +297,8 @@ async fn the_pipeline_syncs_with_the_ma_and_the_crm_both_over_http() {
     let stop = CancellationToken::new();
     let url = app.serve_sandbox(Limits::default(), stop.clone()).await;
     let secret = secret_file(&app);
-    let crm = json!({"kind": "salesforce", "oauth": oauth(&url, &secret), "overlap_secs": 3, "usage_probe_secs": 1});
+    let crm = json!({"kind": "salesforce", "oauth": oauth(&url, &secret), "overlap_secs": 3, "usage_probe_secs": 1,
+                     "poll_interval_secs": 1, "poll_max_secs": 1});
     app.set("crm", &crm.to_string()).await;
     app.set("ma", &ae_endpoint(&url, &secret).to_string()).await;
     // Small pages: each feed takes several change queries.

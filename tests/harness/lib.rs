@@ -574,8 +574,7 @@ impl TestApp {
 
     /// Points the connection's CRM at a Salesforce endpoint with `oauth`.
     pub async fn use_salesforce_with(&self, oauth: Value, extra: Value) {
-        let mut endpoint =
-            serde_json::json!({"kind": "salesforce", "oauth": oauth, "overlap_secs": 3, "usage_probe_secs": 1, "poll_interval_secs": 1});
+        let mut endpoint = serde_json::json!({"kind": "salesforce", "oauth": oauth, "overlap_secs": 3, "usage_probe_secs": 1, "poll_interval_secs": 1, "poll_max_secs": 1});
         if let (Some(e), Some(x)) = (endpoint.as_object_mut(), extra.as_object()) {
             e.extend(x.clone());
         }

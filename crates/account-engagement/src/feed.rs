@@ -9,18 +9,20 @@
 //! A page continued by `nextPageToken` keeps the size of the query it
 //! continues, whatever room is left; a token v5 refuses has expired, and
 //! the feed starts over from the cursor. Light pages (rescans, pending
-//! checks) ask for `id` and `updatedAt` only.
+//! checks) ask for `id` and `updatedAt` only. Prospects saved last by the
+//! engine's MA user are its own writes: a poll that finds only those is
+//! idle to the poll gate.
 //!
 //! [`StampFeed`]: crmsync_connector_kit::StampFeed
 
 use chrono::{DateTime, Utc};
 use crmsync_connector::ConnectorError;
-use crmsync_connector_kit::row::Row;
+use crmsync_connector_kit::row::{Row, text};
 use crmsync_connector_kit::{Call, EndpointKind, Page, PageSize, PageSource};
 use crmsync_wire::pardot::{MAX_PAGE, PROSPECTS_PATH, QueryPage};
 use crmsync_wire::time;
 
-use crate::fields::{UPDATED_AT, position_param};
+use crate::fields::{UPDATED_AT, UPDATED_BY, position_param};
 use crate::http::{CallError, Http};
 use crate::records::positioned;
 
@@ -39,10 +41,15 @@ pub(crate) fn change_query(fields: &str, from: Option<DateTime<Utc>>, limit: usi
     }
 }
 
-/// The prospects' feed, reading the fields `fields` names.
+/// The feed's name, for its poll turn.
+pub(crate) const NAME: &str = "prospects";
+
+/// The prospects' feed, reading the fields `fields` names; `me` is the MA
+/// user the engine writes as.
 pub(crate) struct ProspectFeed<'a> {
     pub http: &'a Http,
     pub fields: &'a str,
+    pub me: &'a str,
 }
 
 impl ProspectFeed<'_> {
@@ -62,7 +69,7 @@ impl PageSource for ProspectFeed<'_> {
     type Record = Row;
 
     fn name(&self) -> &str {
-        "prospects"
+        NAME
     }
 
     async fn query(&self, from: Option<DateTime<Utc>>, room: usize) -> Result<Page<Row>, ConnectorError> {
@@ -88,6 +95,11 @@ impl PageSource for ProspectFeed<'_> {
 
     async fn more_positions(&self, token: &str) -> Result<Page<()>, ConnectorError> {
         Ok(self.after(token).await?.positions_only())
+    }
+
+    /// Saved last by the engine's MA user: its own write (I7).
+    fn is_own(&self, row: &Row) -> bool {
+        text(row, UPDATED_BY).is_some_and(|by| by == self.me)
     }
 }
 

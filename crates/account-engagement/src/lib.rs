@@ -12,14 +12,21 @@
 //! - `fields`: which prospect fields are read;
 //! - `records`: prospects turned into domain records;
 //! - `users`: the users cache (a prospect's assigned user's CRM user);
-//! - `feed`: the prospects' change feed as a page source;
-//! - `write`: prospect writes; `mirrors`: the sandbox's mirror extension.
+//! - `feed`: the prospects' change feed as a page source, polled less
+//!   often while idle;
+//! - `reads`: many prospects by id or email in few calls;
+//! - `write`: prospect writes one by one; `import`, `import_file`: a
+//!   batch-lane chunk through the Import API;
+//! - `mirrors`: the sandbox's mirror extension.
 
 mod errors;
 mod feed;
 mod fields;
 mod http;
+mod import;
+mod import_file;
 mod mirrors;
+mod reads;
 mod records;
 mod users;
 mod write;
@@ -33,22 +40,18 @@ use chrono::Utc;
 use crmsync_connector::stamp_cursor::Overlap;
 use crmsync_connector::{ChangePage, ConnectorError, Cursor, MaApi, MirrorState, MirrorWrite, ProspectWrite, WriteOutcome};
 pub use crmsync_connector_kit::Pacing;
-use crmsync_connector_kit::row::{Row, flag, text};
-use crmsync_connector_kit::{
-    Call, CallGate, DailyLimitGate, DailyQuota, EndpointKind, Gates, HttpClient, Login, Slots, StampFeed, check_base_url,
-};
+use crmsync_connector_kit::row::Row;
+use crmsync_connector_kit::{CallGate, DailyLimitGate, DailyQuota, Gates, HttpClient, Login, PollGate, Slots, StampFeed, check_base_url};
 use crmsync_domain::endpoint::{AccountEngagementEndpoint, MirrorKeeper};
 use crmsync_domain::mirror::MirrorKind;
 use crmsync_domain::records::ProspectRecord;
 use crmsync_domain::settings::ConnectionSettings;
-use crmsync_domain::{CrmId, Email};
-use crmsync_wire::pardot::{MAX_PAGE, PROSPECTS_PATH, QueryPage};
-use futures::{StreamExt, TryStreamExt};
+use crmsync_domain::{CrmId, Email, Timestamp};
 
 use crate::feed::ProspectFeed;
-use crate::fields::EMAIL;
 pub use crate::fields::ProspectFields;
-use crate::http::{CallError, Http, V5};
+use crate::http::{Http, V5};
+use crate::import::Imports;
 use crate::users::Users;
 
 /// An Account Engagement business unit behind [`MaApi`].
@@ -63,6 +66,9 @@ pub struct AccountEngagementMa {
     users: Users,
     integration_user: String,
     overlap: Overlap,
+    /// When the prospect feed may poll again (backing off while idle).
+    polls: PollGate,
+    imports: Imports,
     mirrors: MirrorKeeper,
 }
 
@@ -140,6 +146,8 @@ impl AccountEngagementMa {
             users,
             integration_user: me.to_string(),
             overlap: Overlap::new(Duration::from_secs(endpoint.overlap_secs)),
+            polls: PollGate::new(Duration::from_secs(endpoint.poll_interval_secs), Duration::from_secs(endpoint.poll_max_secs)),
+            imports: Imports { threshold: endpoint.import_threshold, first_poll: Duration::from_secs(endpoint.import_poll_secs) },
             mirrors: endpoint.mirrors,
         })
     }
@@ -149,42 +157,17 @@ impl AccountEngagementMa {
         self.quota.used(Utc::now())
     }
 
+    /// How long the prospect feed waits after its last poll before the
+    /// next (none before the first): it backs off while idle.
+    pub fn poll_wait(&self) -> Option<Duration> {
+        self.polls.wait_of(feed::NAME)
+    }
+
     /// Rows as records, with their assigned users' CRM users.
     async fn records(&self, rows: Vec<Row>) -> Result<Vec<ProspectRecord>, ConnectorError> {
         let assigned: BTreeSet<i64> = rows.iter().filter_map(records::assigned_user_id).collect();
         let users: HashMap<i64, Option<String>> = self.users.crm_users(&self.http, &assigned.into_iter().collect::<Vec<_>>()).await?;
         rows.iter().map(|r| records::prospect(r, self.reads.data(), &users)).collect()
-    }
-
-    /// One prospect by id, `None` if there is none.
-    async fn read(&self, id: i64) -> Result<Option<Row>, ConnectorError> {
-        let call = Call::get(EndpointKind::Query, format!("{PROSPECTS_PATH}/{id}")).query("fields", self.reads.param());
-        match self.http.send(&call).await {
-            Ok(answer) => Ok(Some(answer.json()?)),
-            Err(CallError::Api(f)) if f.code == Some(crmsync_wire::pardot::codes::INVALID_PROSPECT_ID) || f.status == 404 => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Live prospects with `email` (compared as v5 does, then exactly).
-    async fn with_email(&self, email: &Email) -> Result<Vec<Row>, ConnectorError> {
-        let mut out = Vec::new();
-        let mut call = Call::get(EndpointKind::Query, PROSPECTS_PATH)
-            .query("fields", self.reads.param())
-            .query("email", email.as_str())
-            .query("limit", MAX_PAGE.to_string());
-        loop {
-            let page: QueryPage = self.http.send(&call).await?.json()?;
-            out.extend(
-                page.values
-                    .into_iter()
-                    .filter(|r| !flag(r, fields::IS_DELETED) && text(r, EMAIL).is_some_and(|e| e.trim().to_lowercase() == email.as_str())),
-            );
-            match page.next_page_token {
-                Some(t) => call = Call::get(EndpointKind::Query, PROSPECTS_PATH).query("nextPageToken", t),
-                None => return Ok(out),
-            }
-        }
     }
 }
 
@@ -206,34 +189,57 @@ impl MaApi for AccountEngagementMa {
 
     async fn prospect_changes(&self, cursor: Option<&Cursor>, limit: usize) -> Result<ChangePage<ProspectRecord>, ConnectorError> {
         let fields = self.reads.param();
-        let page = StampFeed::new(&ProspectFeed { http: &self.http, fields: &fields }, self.overlap).changes(cursor, limit).await?;
+        let feed = ProspectFeed { http: &self.http, fields: &fields, me: &self.integration_user };
+        let page = StampFeed::new(&feed, self.overlap).polled_by(&self.polls).changes(cursor, limit).await?;
         // Rows become records afterwards: that needs the users.
         Ok(ChangePage { records: self.records(page.records).await?, next: page.next, has_more: page.has_more })
     }
 
     async fn prospect_changes_pending(&self, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
-        // A pending check reads positions only: no fields to name.
-        StampFeed::new(&ProspectFeed { http: &self.http, fields: "" }, self.overlap).pending(cursor).await
+        // A pending check reads positions only: no fields to name. It is
+        // asked on demand (status, wait-idle), not by the tiers: not gated.
+        StampFeed::new(&ProspectFeed { http: &self.http, fields: "", me: &self.integration_user }, self.overlap).pending(cursor).await
     }
 
     async fn prospects_by_id(&self, ids: &[i64]) -> Result<Vec<ProspectRecord>, ConnectorError> {
-        let ids: BTreeSet<i64> = ids.iter().copied().collect();
-        let rows: Vec<Option<Row>> =
-            futures::stream::iter(ids).map(|id| self.read(id)).buffered(self.max_concurrency).try_collect().await?;
-        self.records(rows.into_iter().flatten().collect()).await
+        let rows = reads::by_ids(&self.http, &self.reads.param(), ids, None).await?;
+        self.records(rows).await
+    }
+
+    /// Two seeks at most: the prospects never seen, in full; those seen,
+    /// only as far as they changed after the earliest stamp they were seen
+    /// at (each then kept if it changed after its own).
+    async fn prospects_changed_since(&self, seen: &[(i64, Option<Timestamp>)]) -> Result<Vec<ProspectRecord>, ConnectorError> {
+        let fields = self.reads.param();
+        let unseen: Vec<i64> = seen.iter().filter(|(_, at)| at.is_none()).map(|(id, _)| *id).collect();
+        let mut rows = reads::by_ids(&self.http, &fields, &unseen, None).await?;
+        let at: std::collections::HashMap<i64, Timestamp> = seen.iter().filter_map(|(id, at)| Some((*id, (*at)?))).collect();
+        if let Some(earliest) = at.values().min() {
+            let ids: Vec<i64> = at.keys().copied().collect();
+            let changed = reads::by_ids(&self.http, &fields, &ids, Some(*earliest)).await?;
+            rows.extend(
+                changed
+                    .into_iter()
+                    .filter(|r| records::id_and_stamp(r).is_ok_and(|(id, stamp)| at.get(&id).is_none_or(|seen| stamp > *seen))),
+            );
+        }
+        self.records(rows).await
     }
 
     async fn prospects_by_email(&self, emails: &[Email]) -> Result<Vec<ProspectRecord>, ConnectorError> {
-        let emails: BTreeSet<&Email> = emails.iter().collect();
-        // The futures are made first: a stream of borrowing closures trips
-        // the `Send` check of the trait's boxed future.
-        let reads: Vec<_> = emails.into_iter().map(|e| self.with_email(e)).collect();
-        let found: Vec<Vec<Row>> = futures::stream::iter(reads).buffered(self.max_concurrency).try_collect().await?;
-        self.records(found.into_iter().flatten().collect()).await
+        let rows = reads::by_emails(&self.http, &self.reads.param(), emails, self.max_concurrency).await?;
+        self.records(rows).await
     }
 
     async fn write_prospects(&self, writes: &[ProspectWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
         write::write_prospects(&self.http, writes, self.max_concurrency).await
+    }
+
+    async fn write_prospects_in_bulk(&self, writes: &[ProspectWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        import::write_in_bulk(&self.http, writes, self.max_concurrency, &self.imports).await
     }
 
     async fn write_mirrors(&self, writes: &[MirrorWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {

@@ -329,7 +329,7 @@ impl Applier {
         if self.refresh(systems, map, &mut work, Side::Ma).await? > 0 {
             plan_ma_writes(&mut work, map, false);
         }
-        self.write_ma(systems, &mut work).await?;
+        self.write_ma(systems, batch.lane, &mut work).await?;
         self.lock_email_moves(conn, &mut work).await?;
         let saved = self.save(batch, settings, &mut work, spans).await;
         let guards: Vec<LockGuard> = work.iter_mut().filter_map(|w| w.email_guard.take()).collect();
@@ -357,7 +357,10 @@ impl Applier {
     /// round: the state holds all it held then, and the write, conditional
     /// on its stamp, is refused if a user edited it since; the retry reads
     /// it. A backfill's commands saw both records at the link, so its
-    /// writes need no reads at all.
+    /// writes need no reads at all. Where writes are not conditional (the
+    /// MA over v5), the records seen are passed with their stamps and the
+    /// connector returns only those changed since, listing them in a few
+    /// calls rather than reading each.
     async fn refresh(
         &self,
         systems: &Systems,
@@ -400,8 +403,14 @@ impl Applier {
                 }
             }
             Side::Ma => {
-                let ids: Vec<i64> = idx.iter().filter_map(|&i| work[i].state.as_ref()?.prospect_id).collect();
-                let mut records: HashMap<i64, _> = systems.ma.prospects_by_id(&ids).await?.into_iter().map(|r| (r.id, r)).collect();
+                // Each prospect with the stamp its commands saw it at (first
+                // round only): one unchanged since holds nothing the state
+                // lacks, so the connector may leave it out and read only the
+                // changed ones (v5 lists them in a call or two).
+                let seen: Vec<(i64, Option<chrono::DateTime<chrono::Utc>>)> =
+                    idx.iter().filter_map(|&i| work[i].state.as_ref()?.prospect_id.map(|p| (p, work[i].seen_at(Side::Ma)))).collect();
+                let mut records: HashMap<i64, _> =
+                    systems.ma.prospects_changed_since(&seen).await?.into_iter().map(|r| (r.id, r)).collect();
                 for &i in &idx {
                     let Some(id) = work[i].state.as_ref().and_then(|s| s.prospect_id) else { continue };
                     if let Some(r) = records.remove(&id) {
@@ -540,9 +549,13 @@ impl Applier {
         Ok(())
     }
 
-    async fn write_ma(&self, systems: &Systems, work: &mut [Work<'_>]) -> Result<(), StageError> {
+    /// Writes the planned prospects: like the CRM's, the batch lane's
+    /// whole chunk in one call (a large one can become an import), the
+    /// immediate lane's in calls of at most 200.
+    async fn write_ma(&self, systems: &Systems, lane: Lane, work: &mut [Work<'_>]) -> Result<(), StageError> {
         let idx: Vec<usize> = work.iter().enumerate().filter(|(_, w)| w.ma.is_some() && !w.retry).map(|(i, _)| i).collect();
-        for chunk in idx.chunks(MAX_WRITES_PER_CALL) {
+        let per_call = if lane == Lane::Batch { idx.len().max(1) } else { MAX_WRITES_PER_CALL };
+        for chunk in idx.chunks(per_call) {
             let writes: Vec<ProspectWrite> = chunk
                 .iter()
                 .map(|&i| {
@@ -560,7 +573,10 @@ impl Applier {
                     }
                 })
                 .collect();
-            let outcomes = systems.ma.write_prospects(&writes).await?;
+            let outcomes = match lane {
+                Lane::Batch => systems.ma.write_prospects_in_bulk(&writes).await?,
+                Lane::Immediate => systems.ma.write_prospects(&writes).await?,
+            };
             for (&i, outcome) in chunk.iter().zip(outcomes) {
                 let w = &mut work[i];
                 let p = w.ma.take().expect("filtered on plans");

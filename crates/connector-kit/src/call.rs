@@ -17,6 +17,8 @@ pub enum Body {
     None,
     Json(serde_json::Value),
     Csv(Vec<u8>),
+    /// `multipart/form-data`: named parts (a JSON input and a file).
+    Multipart(Vec<crmsync_wire::multipart::Part>),
 }
 
 /// One call, relative to the API's base URL.
@@ -64,6 +66,11 @@ impl Call {
 
     pub fn csv(mut self, body: Vec<u8>) -> Self {
         self.body = Body::Csv(body);
+        self
+    }
+
+    pub fn multipart(mut self, parts: Vec<crmsync_wire::multipart::Part>) -> Self {
+        self.body = Body::Multipart(parts);
         self
     }
 

@@ -17,7 +17,10 @@
 //! - rescans are read light while they meet only records delivered before,
 //!   handed to [`StampCursor::pass_over`];
 //! - a feed that caught up a moment ago does not query again before its
-//!   [`PollGate`] says so (every poll is an API call).
+//!   [`PollGate`] says so (every poll is an API call); a poll that found
+//!   only records the engine wrote itself ([`PageSource::is_own`]) tells
+//!   the gate the feed is idle, so the engine's own traffic does not keep
+//!   an idle connection polling at the fast pace.
 
 use std::future::Future;
 use std::time::Instant;
@@ -26,7 +29,7 @@ use crmsync_connector::stamp_cursor::{Overlap, StampCursor, Stamped};
 use crmsync_connector::{ChangePage, ConnectorError, Cursor};
 use crmsync_domain::Timestamp;
 
-use crate::poll::PollGate;
+use crate::poll::{PollGate, Polled};
 
 /// A locator meaning "query again from the cursor's position" (the APIs'
 /// own locators are paths or opaque tokens, never this word).
@@ -105,6 +108,13 @@ pub trait PageSource: Sync {
 
     /// The positions `locator` continues to.
     fn more_positions(&self, locator: &str) -> impl Future<Output = Result<Page<()>, ConnectorError>> + Send;
+
+    /// Whether the engine itself made `record`'s last change (its
+    /// integration user did): such a change is not activity for the poll
+    /// gate. None is, unless the API says who changed a record.
+    fn is_own(&self, _record: &Self::Record) -> bool {
+        false
+    }
 }
 
 /// Keeps the records of a page up to and including the `room`-th one the
@@ -157,6 +167,8 @@ impl<'a, S: PageSource> StampFeed<'a, S> {
         }
         let mut out = Vec::new();
         let mut has_more = false;
+        // Whether a record someone other than the engine changed came back.
+        let mut active = false;
         for _ in 0..MAX_PAGES_PER_CALL {
             if state.light() {
                 let page = self.source.positions(state.query_from(), PageSize::Largest).await?;
@@ -171,6 +183,7 @@ impl<'a, S: PageSource> StampFeed<'a, S> {
             let (records, cut_off) = cut(&state, page.records, room);
             let next = if cut_off { Some(REQUERY.to_owned()) } else { page.next };
             let (fresh, more) = state.accept(records, page.server_time, next, self.overlap);
+            active |= fresh.iter().any(|p| !self.source.is_own(&p.record));
             out.extend(fresh.into_iter().map(|p| p.record));
             has_more = more;
             if !has_more || out.len() >= limit {
@@ -178,7 +191,14 @@ impl<'a, S: PageSource> StampFeed<'a, S> {
             }
         }
         if let Some(polls) = self.polls {
-            polls.polled(self.source.name(), has_more, Instant::now());
+            let how = if has_more {
+                Polled::More
+            } else if active {
+                Polled::Active
+            } else {
+                Polled::Idle
+            };
+            polls.polled(self.source.name(), how, Instant::now());
         }
         Ok(ChangePage { records: out, next: state.save(), has_more })
     }

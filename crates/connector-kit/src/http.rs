@@ -121,6 +121,10 @@ impl<A: HttpApi> HttpClient<A> {
             Body::None => req,
             Body::Json(v) => req.json(v),
             Body::Csv(bytes) => req.header(CONTENT_TYPE, "text/csv").body(bytes.clone()),
+            Body::Multipart(parts) => {
+                let (content_type, body) = crmsync_wire::multipart::encode(parts);
+                req.header(CONTENT_TYPE, content_type).body(body)
+            }
         };
         if call.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept")) { req } else { req.header(ACCEPT, "application/json") }
     }

@@ -19,8 +19,8 @@
 //!   the API reports, a daily count of our own, the API's own daily limit,
 //!   calls in flight); `pacing`: backoff and timings;
 //! - `feed`: the change-feed driver over a [`PageSource`] with the stamp
-//!   cursor; `poll`: how often a caught-up feed may query again; `row`:
-//!   fields of JSON rows.
+//!   cursor; `poll`: how often a caught-up feed may query again (backing
+//!   off while idle); `row`: fields of JSON rows.
 //!
 //! A third API plugs in at the level that fits it: a REST API implements
 //! [`HttpApi`] and uses [`HttpClient`]; a transport of its own (gRPC, for
@@ -53,7 +53,7 @@ pub use crate::gate::{Admission, CallGate, CallOutcome, CallResult, EndpointKind
 pub use crate::http::{HttpApi, HttpClient};
 pub use crate::login::Login;
 pub use crate::pacing::Pacing;
-pub use crate::poll::PollGate;
+pub use crate::poll::{PollGate, Polled, next_wait};
 pub use crate::quota::{DailyLimitGate, DailyQuota, Slots};
 pub use crate::send::{Attempted, CallError, Exchange, Failure, Judgement, Sender, Verdict, login_error};
 pub use crate::usage::UsageGate;

@@ -1,43 +1,99 @@
 //! How often a change feed may query the API.
 //!
 //! An API that does not tell crmsync when a record changes is polled, and
-//! each poll is an API call counted against the daily requests (I8).
-//! Six feeds polled every half second would be a million calls a day;
-//! [`PollGate`] lets a feed that last came up with nothing more to read
-//! query again only after the endpoint's `poll_interval_secs`. A feed in
-//! the middle of a query (more pages waiting) is never held back.
+//! each poll is an API call counted against the daily requests (I8). A
+//! connection that is idle must cost next to nothing, so [`PollGate`]
+//! backs off: a feed whose last poll found changes polls again after the
+//! endpoint's `poll_interval_secs`, and each poll that finds nothing new
+//! doubles the wait, up to `poll_max_secs` (5 s while changes flow, up to
+//! 2 minutes idle by default: the cycle Account Engagement's own connector
+//! keeps). A feed in the middle of a query (more pages waiting) is never
+//! held back.
+//!
+//! What counts as a change is the caller's judgement ([`Polled`]): the
+//! engine's own writes coming back through the feed are not activity (I7),
+//! so an idle connection whose only traffic is the engine's does not keep
+//! polling at the fast pace.
+//!
+//! Something that learns of a change another way (a change event) calls
+//! [`PollGate::wake`]: the feed's next poll goes at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// When each feed last read everything there was.
+/// How a poll of a feed ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polled {
+    /// More pages are waiting: the next call goes on at once.
+    More,
+    /// Caught up, having found changes someone other than the engine made.
+    Active,
+    /// Caught up with nothing new, or only the engine's own writes.
+    Idle,
+}
+
+/// When a feed may poll next, and how long it waited last.
+#[derive(Debug, Clone, Copy)]
+struct Turn {
+    due: Instant,
+    wait: Duration,
+}
+
+/// The wait after a poll that ended `how`, when the previous wait was
+/// `previous` (none before the first poll): the shortest after activity,
+/// doubling while idle, never above `max`.
+pub fn next_wait(previous: Option<Duration>, how: Polled, min: Duration, max: Duration) -> Duration {
+    match (how, previous) {
+        (Polled::More, _) => previous.unwrap_or(min),
+        (Polled::Active, _) | (Polled::Idle, None) => min,
+        (Polled::Idle, Some(w)) => w.saturating_mul(2).clamp(min, max.max(min)),
+    }
+}
+
+/// Each feed's next turn to poll.
 #[derive(Debug)]
 pub struct PollGate {
-    interval: Duration,
-    caught_up: Mutex<HashMap<String, Instant>>,
+    min: Duration,
+    max: Duration,
+    turns: Mutex<HashMap<String, Turn>>,
 }
 
 impl PollGate {
-    pub fn new(interval: Duration) -> Self {
-        PollGate { interval, caught_up: Mutex::default() }
+    /// Waits `min` after activity, doubling while idle up to `max` (raised
+    /// to `min` if below it). A zero `min` and `max` never hold back.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        PollGate { min, max: max.max(min), turns: Mutex::default() }
+    }
+
+    fn turns(&self) -> std::sync::MutexGuard<'_, HashMap<String, Turn>> {
+        self.turns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `feed` may query at `now`.
     pub fn may_poll(&self, feed: &str, now: Instant) -> bool {
-        let caught_up = self.caught_up.lock().unwrap_or_else(|p| p.into_inner());
-        caught_up.get(feed).is_none_or(|at| now.saturating_duration_since(*at) >= self.interval)
+        self.turns().get(feed).is_none_or(|t| now >= t.due)
     }
 
-    /// Records how a query of `feed` ended at `now`: with more to read (the
-    /// next call goes on at once) or caught up.
-    pub fn polled(&self, feed: &str, has_more: bool, now: Instant) {
-        let mut caught_up = self.caught_up.lock().unwrap_or_else(|p| p.into_inner());
-        if has_more {
-            caught_up.remove(feed);
-        } else {
-            caught_up.insert(feed.to_owned(), now);
+    /// Records how a query of `feed` ended at `now`.
+    pub fn polled(&self, feed: &str, how: Polled, now: Instant) {
+        let mut turns = self.turns();
+        let previous = turns.get(feed).map(|t| t.wait);
+        let wait = next_wait(previous, how, self.min, self.max);
+        let due = if how == Polled::More { now } else { now + wait };
+        turns.insert(feed.to_owned(), Turn { due, wait });
+    }
+
+    /// `feed` changed (a change event said so): its next poll goes at once.
+    pub fn wake(&self, feed: &str) {
+        if let Some(t) = self.turns().get_mut(feed) {
+            t.due = Instant::now();
         }
+    }
+
+    /// How long `feed` waits after its last poll (none before the first).
+    pub fn wait_of(&self, feed: &str) -> Option<Duration> {
+        self.turns().get(feed).map(|t| t.wait)
     }
 }
 
@@ -45,19 +101,46 @@ impl PollGate {
 mod tests {
     use super::*;
 
+    const S: Duration = Duration::from_secs(1);
+
     #[test]
-    fn a_caught_up_feed_waits_the_interval_and_a_feed_with_more_does_not() {
-        let gate = PollGate::new(Duration::from_secs(15));
+    fn idle_polls_double_the_wait_up_to_the_cap_and_activity_resets_it() {
+        let (min, max) = (5 * S, 120 * S);
+        let mut wait = None;
+        let mut schedule = Vec::new();
+        for _ in 0..8 {
+            let w = next_wait(wait, Polled::Idle, min, max);
+            schedule.push(w.as_secs());
+            wait = Some(w);
+        }
+        assert_eq!(schedule, [5, 10, 20, 40, 80, 120, 120, 120]);
+        assert_eq!(next_wait(wait, Polled::Active, min, max), min, "a change brings the fast pace back");
+        assert_eq!(next_wait(wait, Polled::More, min, max), 120 * S, "more pages keep the wait as it was");
+        assert_eq!(next_wait(None, Polled::More, min, max), min);
+        assert_eq!(next_wait(Some(S), Polled::Idle, min, 2 * S), min, "never below the shortest, nor a cap under it");
+    }
+
+    #[test]
+    fn a_feed_waits_its_turn_and_a_wake_lets_it_go_at_once() {
+        let gate = PollGate::new(5 * S, 120 * S);
         let t0 = Instant::now();
         assert!(gate.may_poll("Lead", t0), "a feed never polled may poll");
-        gate.polled("Lead", false, t0);
-        assert!(!gate.may_poll("Lead", t0 + Duration::from_secs(14)));
-        assert!(gate.may_poll("Lead", t0 + Duration::from_secs(15)));
-        assert!(gate.may_poll("Contact", t0), "each object has its own turn");
-        gate.polled("Lead", true, t0 + Duration::from_secs(15));
-        assert!(gate.may_poll("Lead", t0 + Duration::from_secs(15)), "more pages wait: go on at once");
-        let off = PollGate::new(Duration::ZERO);
-        off.polled("Lead", false, t0);
+        gate.polled("Lead", Polled::Idle, t0);
+        assert!(!gate.may_poll("Lead", t0 + 4 * S));
+        assert!(gate.may_poll("Lead", t0 + 5 * S));
+        gate.polled("Lead", Polled::Idle, t0 + 5 * S);
+        assert_eq!(gate.wait_of("Lead"), Some(10 * S));
+        assert!(!gate.may_poll("Lead", t0 + 14 * S));
+        assert!(gate.may_poll("Contact", t0), "each feed has its own turn");
+        gate.polled("Lead", Polled::More, t0 + 15 * S);
+        assert!(gate.may_poll("Lead", t0 + 15 * S), "more pages wait: go on at once");
+        gate.polled("Lead", Polled::Idle, t0 + 15 * S);
+        assert_eq!(gate.wait_of("Lead"), Some(20 * S));
+        gate.wake("Lead");
+        assert!(gate.may_poll("Lead", Instant::now()), "woken: the next poll goes at once");
+        let off = PollGate::new(Duration::ZERO, Duration::ZERO);
+        off.polled("Lead", Polled::Idle, t0);
+        off.polled("Lead", Polled::Idle, t0);
         assert!(off.may_poll("Lead", t0), "a zero interval never holds back");
     }
 }

@@ -184,12 +184,39 @@ pub trait MaApi: Send + Sync + Debug {
 
     async fn prospects_by_id(&self, ids: &[i64]) -> Result<Vec<ProspectRecord>, ConnectorError>;
 
+    /// Of the prospects `seen` names, each with the stamp it was last seen
+    /// at (`None`: never), those changed since then, read in full; the
+    /// others are left out (the caller holds all they hold). The
+    /// read-before-write of an API that cannot make a write conditional
+    /// (I3): a connector may list the candidates cheaply instead of reading
+    /// every prospect. By default: [`MaApi::prospects_by_id`], compared.
+    async fn prospects_changed_since(&self, seen: &[(i64, Option<Timestamp>)]) -> Result<Vec<ProspectRecord>, ConnectorError> {
+        let ids: Vec<i64> = seen.iter().map(|(id, _)| *id).collect();
+        let at: std::collections::HashMap<i64, Option<Timestamp>> = seen.iter().copied().collect();
+        let read = self.prospects_by_id(&ids).await?;
+        Ok(read.into_iter().filter(|p| at.get(&p.id).copied().flatten().is_none_or(|t| p.updated_at > t)).collect())
+    }
+
     /// Live (not deleted) prospects whose email is one of `emails`, compared
     /// case-insensitively.
     async fn prospects_by_email(&self, emails: &[Email]) -> Result<Vec<ProspectRecord>, ConnectorError>;
 
-    /// One outcome per write, in order.
+    /// One outcome per write, in order. At most [`MAX_WRITES_PER_CALL`]
+    /// writes per call; callers chunk.
     async fn write_prospects(&self, writes: &[ProspectWrite]) -> Result<Vec<WriteOutcome>, ConnectorError>;
+
+    /// Writes a batch-lane chunk of any size; one outcome per write, in
+    /// order. There latency matters less than API calls, so a connector may
+    /// use a bulk import (Account Engagement's Import API) when the chunk
+    /// is large; the immediate lane never waits for one. By default: calls
+    /// of [`MAX_WRITES_PER_CALL`] through [`MaApi::write_prospects`].
+    async fn write_prospects_in_bulk(&self, writes: &[ProspectWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        let mut out = Vec::with_capacity(writes.len());
+        for chunk in writes.chunks(MAX_WRITES_PER_CALL) {
+            out.extend(self.write_prospects(chunk).await?);
+        }
+        Ok(out)
+    }
 
     /// Creates, updates or removes read-only mirrors (connector privilege:
     /// MA users cannot do this for opportunities). One outcome per write.
@@ -321,7 +348,7 @@ pub trait CsApi: Send + Sync + Debug {
     async fn switch_csql_record_type(&self, kind: CsqlRecordType) -> Result<(), ConnectorError>;
 }
 
-/// The largest batch [`CrmApi::write_people`] takes.
+/// The largest batch [`CrmApi::write_people`] and [`MaApi::write_prospects`] take.
 pub const MAX_WRITES_PER_CALL: usize = 200;
 
 /// The systems of one connection.

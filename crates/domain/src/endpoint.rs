@@ -53,7 +53,16 @@ fn default_overlap_secs() -> u64 {
     60
 }
 fn default_poll_interval_secs() -> u64 {
-    15
+    5
+}
+fn default_poll_max_secs() -> u64 {
+    120
+}
+fn default_import_threshold() -> usize {
+    50
+}
+fn default_import_poll_secs() -> u64 {
+    2
 }
 fn default_bulk_threshold() -> usize {
     2_000
@@ -86,11 +95,16 @@ pub struct SalesforceEndpoint {
     /// Change queries look back this far for late commits.
     #[serde(default = "default_overlap_secs")]
     pub overlap_secs: u64,
-    /// A feed that has read everything queries the org again after this
-    /// long: each poll is an API call. Six feeds every 15 s are about
-    /// 35,000 calls a day, a third of an Enterprise org's 100,000.
+    /// A feed that has read everything, having found changes, queries the
+    /// org again after this long: each poll is an API call.
     #[serde(default = "default_poll_interval_secs")]
     pub poll_interval_secs: u64,
+    /// Each poll that finds nothing new (or only the engine's own writes)
+    /// doubles the wait, up to this. Five idle feeds at 2 minutes are
+    /// 3,600 calls a day; a change brings the wait back to
+    /// `poll_interval_secs`.
+    #[serde(default = "default_poll_max_secs")]
+    pub poll_max_secs: u64,
     /// Batch-lane writes of at least this many records go through a Bulk
     /// API 2.0 job (a job costs about six calls whatever its size, a
     /// collection call one per 200 records, so Bulk pays from about 1,200).
@@ -148,6 +162,25 @@ pub struct AccountEngagementEndpoint {
     pub mirrors: MirrorKeeper,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// The prospect feed, caught up after finding changes, queries again
+    /// after this long; each poll that finds nothing new (or only the
+    /// engine's own writes) doubles the wait up to `poll_max_secs`. One
+    /// idle feed at 2 minutes is 720 calls a day.
+    #[serde(default = "default_poll_interval_secs")]
+    pub poll_interval_secs: u64,
+    #[serde(default = "default_poll_max_secs")]
+    pub poll_max_secs: u64,
+    /// Batch-lane prospect writes of at least this many records go through
+    /// an import (the Import API: about three calls whatever its size,
+    /// against one call per prospect; the business unit may import 1,000
+    /// batches a day). A batch-lane chunk is at most `batch_burst` records
+    /// and one message's worth. The immediate lane never waits for one.
+    #[serde(default = "default_import_threshold")]
+    pub import_threshold: usize,
+    /// An import's status is first asked this long after it is submitted,
+    /// then at doubling intervals up to a minute (each ask is a call).
+    #[serde(default = "default_import_poll_secs")]
+    pub import_poll_secs: u64,
     /// The API calls this connection may make to the business unit in any
     /// 24 hours, across every replica of every tier (I8); see
     /// [`SalesforceEndpoint::api_daily_allowance`]. Unlike `daily_quota`

@@ -32,6 +32,8 @@ pub(crate) struct SoqlFeed<'a, T> {
     pub sobject: &'a str,
     pub select: &'a [String],
     pub convert: &'a (dyn Fn(&Row) -> Result<T, ConnectorError> + Sync),
+    /// Whether the engine's integration user saved the record last.
+    pub own: &'a (dyn Fn(&T) -> bool + Sync),
 }
 
 impl<T> SoqlFeed<'_, T> {
@@ -94,5 +96,9 @@ impl<T: Send> PageSource for SoqlFeed<'_, T> {
 
     async fn more_positions(&self, locator: &str) -> Result<Page<()>, ConnectorError> {
         self.light(query::next_page(self.http, locator, None).await?)
+    }
+
+    fn is_own(&self, record: &T) -> bool {
+        (self.own)(record)
     }
 }

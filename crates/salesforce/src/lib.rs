@@ -125,7 +125,7 @@ impl SalesforceCrm {
             reads,
             integration_user,
             overlap: Overlap::new(Duration::from_secs(endpoint.overlap_secs)),
-            polls: PollGate::new(Duration::from_secs(endpoint.poll_interval_secs)),
+            polls: PollGate::new(Duration::from_secs(endpoint.poll_interval_secs), Duration::from_secs(endpoint.poll_max_secs)),
             bulk_threshold: endpoint.bulk_threshold,
         })
     }
@@ -141,23 +141,25 @@ impl SalesforceCrm {
         self.usage.over()
     }
 
-    /// Changes of `sobject`, read as `convert` says.
+    /// Changes of `sobject`, read as `convert` says; `own` says which
+    /// records the engine itself saved last (not activity for the poll gate).
     async fn changes<T: Send>(
         &self,
         sobject: &str,
         select: &[String],
         convert: &(dyn Fn(&Row) -> Result<T, ConnectorError> + Sync),
+        own: &(dyn Fn(&T) -> bool + Sync),
         cursor: Option<&Cursor>,
         limit: usize,
     ) -> Result<ChangePage<T>, ConnectorError> {
-        let source = SoqlFeed { http: &self.http, sobject, select, convert };
+        let source = SoqlFeed { http: &self.http, sobject, select, convert, own };
         StampFeed::new(&source, self.overlap).polled_by(&self.polls).changes(cursor, limit).await
     }
 
     /// Whether `sobject`'s feed has changes after `cursor`.
     async fn pending(&self, sobject: &str, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
         // A pending check reads positions only: nothing to select or convert.
-        let source = SoqlFeed { http: &self.http, sobject, select: &[], convert: &|_| Ok(()) };
+        let source = SoqlFeed { http: &self.http, sobject, select: &[], convert: &|_| Ok(()), own: &|_| false };
         StampFeed::new(&source, self.overlap).pending(cursor).await
     }
 
@@ -188,7 +190,8 @@ impl CrmApi for SalesforceCrm {
     ) -> Result<ChangePage<CrmPersonRecord>, ConnectorError> {
         let sel = self.reads.person(object)?;
         let convert = |row: &Row| records::person(object, &sel.data, row);
-        self.changes(&sel.sobject, &sel.select, &convert, cursor, limit).await
+        let own = |r: &CrmPersonRecord| r.last_modified_by.as_deref() == Some(self.integration_user.as_str());
+        self.changes(&sel.sobject, &sel.select, &convert, &own, cursor, limit).await
     }
 
     async fn person_changes_pending(&self, object: CrmObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
@@ -261,7 +264,8 @@ impl CrmApi for SalesforceCrm {
     ) -> Result<ChangePage<CrmObjectRecord>, ConnectorError> {
         let sel = self.reads.object(object)?;
         let convert = |row: &Row| records::object(object, &sel.data, row);
-        self.changes(&sel.sobject, &sel.select, &convert, cursor, limit).await
+        // The engine never writes the objects it mirrors.
+        self.changes(&sel.sobject, &sel.select, &convert, &|_| false, cursor, limit).await
     }
 
     async fn object_changes_pending(&self, object: &MirrorObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {

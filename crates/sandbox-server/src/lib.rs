@@ -3,8 +3,9 @@
 //! Serves one sandbox CRM org and one MA business unit through the same
 //! paths, payloads, status codes and error bodies as Salesforce (OAuth 2.0,
 //! REST query and sObject Collections, Bulk API 2.0 ingest) and Account
-//! Engagement API v5 (prospects and users, and the sandbox's own extension
-//! for the MA's read-only mirrors), with their limits: 200 records per
+//! Engagement API v5 (prospects, users and the Import API, and the
+//! sandbox's own extension for the MA's read-only mirrors), with their
+//! limits: 200 records per
 //! collection call, the `Sforce-Limit-Info` header, daily quotas that answer
 //! with the real limit errors, five Account Engagement requests in flight.
 //! The HTTP connectors are tested against it, and ordinary Salesforce
@@ -18,6 +19,7 @@
 mod admin;
 mod bulk;
 mod errors;
+mod imports;
 mod mirrors;
 mod oauth;
 mod pardot;
@@ -161,7 +163,10 @@ fn router(st: Arc<state::AppState>) -> Router {
         .route("/services/data/{v}/jobs/ingest/{id}/failedResults", get(bulk::failed))
         .route("/services/data/{v}/jobs/ingest/{id}/failedResults/", get(bulk::failed))
         .route_layer(middleware::from_fn_with_state(st.clone(), oauth::salesforce_gate));
-    let pardot = pardot::routes().merge(mirrors::routes()).route_layer(middleware::from_fn_with_state(st.clone(), oauth::pardot_gate));
+    let pardot = pardot::routes()
+        .merge(mirrors::routes())
+        .merge(imports::routes())
+        .route_layer(middleware::from_fn_with_state(st.clone(), oauth::pardot_gate));
     let admin = Router::new()
         .route("/sandbox-admin/limits", get(admin::limits).put(admin::set_limits))
         .route("/sandbox-admin/expire-sessions", post(admin::expire_sessions))

@@ -8,6 +8,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub mod imports;
+
 pub const BUSINESS_UNIT_HEADER: &str = "Pardot-Business-Unit-Id";
 /// Prospects: list and create.
 pub const PROSPECTS_PATH: &str = "/api/v5/objects/prospects";
@@ -65,6 +67,13 @@ pub mod codes {
     pub const INVALID_BUSINESS_UNIT: i64 = 181;
     /// The access token is missing, invalid or expired.
     pub const INVALID_TOKEN: i64 = 184;
+    /// The requested operation is not valid (an import in a state that
+    /// does not allow it).
+    pub const INVALID_ACTION: i64 = 2;
+    /// Required parameters are missing.
+    pub const MISSING_PARAMETERS: i64 = 13;
+    /// An id that names nothing (an import).
+    pub const INVALID_ID: i64 = 16;
     /// crmsync's fence (sandbox): a newer writer has written this prospect.
     pub const FENCED: i64 = 10_001;
 }

@@ -338,7 +338,7 @@ pub async fn run(mode: Mode, exe: &str) -> Report {
             let ma = json!({
                 "kind": "account_engagement", "base_url": s.url, "business_unit_id": SANDBOX_BUSINESS_UNIT,
                 "oauth": {"login_url": s.url, "flow": "client_credentials", "client_id": SANDBOX_CLIENT_ID, "client_secret": {"file": secret}},
-                "overlap_secs": 3, "limit_probe_secs": 1,
+                "overlap_secs": 3, "limit_probe_secs": 1, "poll_interval_secs": 1, "poll_max_secs": 1,
             });
             app.set("ma", &ma.to_string()).await;
             Some(s)

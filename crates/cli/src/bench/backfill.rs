@@ -47,6 +47,9 @@ pub struct BackfillRun {
     pub cpu_ms_per_1k: std::collections::BTreeMap<String, f64>,
     /// API calls the sandbox server counted (HTTP mode only).
     pub api_calls: Option<u64>,
+    /// Of those, Account Engagement's and Salesforce's (I8 is per system).
+    pub api_calls_ma: Option<u64>,
+    pub api_calls_crm: Option<u64>,
     /// Changes the producers published (the rest they read were echoes or
     /// already known, I7). Between one and two a pair: when both sides of a
     /// pair are published before either is matched, the second brings
@@ -209,10 +212,11 @@ pub async fn run(config: &Config, base_url: &str, mode: Mode, pairs: u64, replic
     let actions = audit::action_counts(&pool, "default").await?;
     let count = |action: &str| actions.iter().find(|(a, _)| a == action).map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
     let (skipped_as_known, applied_unchanged) = (count("skipped:already_known"), count("no_change"));
-    let api_calls = match &server {
-        Some(s) => s.usage().await.ok().map(|l| l.salesforce_used + l.pardot_used),
+    let usage = match &server {
+        Some(s) => s.usage().await.ok(),
         None => None,
     };
+    let api_calls = usage.as_ref().map(|l| l.salesforce_used + l.pardot_used);
     if let Some(s) = server {
         s.stop().await;
     }
@@ -229,6 +233,8 @@ pub async fn run(config: &Config, base_url: &str, mode: Mode, pairs: u64, replic
         cpu_ms_per_1k: procs::per_thousand(&tier_costs, &services, records),
         tiers: tier_costs,
         api_calls,
+        api_calls_ma: usage.as_ref().map(|l| l.pardot_used),
+        api_calls_crm: usage.as_ref().map(|l| l.salesforce_used),
         published,
         skipped_as_known,
         applied_unchanged,

@@ -48,9 +48,14 @@ impl Mode {
         // The server's change notifications wake the producer; the poll is
         // only the fallback, as with a real org's change events.
         crm["poll_interval_secs"] = 1.into();
+        crm["poll_max_secs"] = 1.into();
         crm["overlap_secs"] = 3.into();
         let mut ma = server.ma_endpoint(&integration);
         ma["overlap_secs"] = 3.into();
+        // A benchmark measures the pipeline, not an idle connection's
+        // backoff: the MA's feed polls every second, as the CRM's.
+        ma["poll_interval_secs"] = 1.into();
+        ma["poll_max_secs"] = 1.into();
         settings.set("crm", &crm.to_string(), chrono::Utc::now())?;
         settings.set("ma", &ma.to_string(), chrono::Utc::now())?;
         connections::save(pool, "default", &settings).await?;

@@ -165,7 +165,7 @@ pub fn markdown(r: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| mode | replicas per tier | pairs | records | changes published | skipped as known | no change | converged in | records/s | × ceiling | peak queued messages | API calls |"
+            "| mode | replicas per tier | pairs | records | changes published | skipped as known | no change | converged in | records/s | × ceiling | peak queued messages | API calls (MA + CRM) |"
         );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for b in &r.backfill {
@@ -184,7 +184,10 @@ pub fn markdown(r: &Results) -> String {
                 b.records_per_second,
                 ratio,
                 b.peak_backlog_messages,
-                b.api_calls.map_or("–".into(), |c| c.to_string())
+                match (b.api_calls, b.api_calls_ma, b.api_calls_crm) {
+                    (Some(c), Some(ma), Some(crm)) => format!("{c} ({ma} + {crm})"),
+                    (c, ..) => c.map_or("–".into(), |c| c.to_string()),
+                }
             );
         }
         let _ = writeln!(s, "\n![Backfill throughput](throughput.svg)\n");

@@ -141,9 +141,10 @@ impl SandboxServer {
             // The demo's edits and the sync race within seconds.
             "overlap_secs": 5,
             // The sandbox's change notifications wake the producer, standing
-            // in for a real org's change events; polls stay frequent so
-            // the demo moves at a demo's pace.
+            // in for a real org's change events; polls stay frequent, idle
+            // or not, so the demo moves at a demo's pace.
             "poll_interval_secs": 2,
+            "poll_max_secs": 2,
         })
     }
 
@@ -158,6 +159,9 @@ impl SandboxServer {
             "oauth": {"login_url": self.url, "flow": "jwt_bearer", "client_id": CLIENT_ID, "username": username,
                       "private_key": {"file": self.files[1]}},
             "overlap_secs": 5,
+            // As the CRM's: a demo's pace, not an idle connection's.
+            "poll_interval_secs": 2,
+            "poll_max_secs": 2,
         })
     }
 

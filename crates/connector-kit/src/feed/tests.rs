@@ -100,6 +100,11 @@ impl PageSource for FakeApi {
         let (from, offset) = self.locate(locator);
         Ok(self.page_at(from, offset, self.page).positions_only())
     }
+
+    /// The engine's own writes, in this API, have keys starting `own`.
+    fn is_own(&self, record: &String) -> bool {
+        record.starts_with("own")
+    }
 }
 
 fn minute() -> Overlap {
@@ -209,7 +214,7 @@ async fn pending_asks_for_one_record_on_a_fresh_feed_and_none_mid_query() {
 #[tokio::test]
 async fn a_caught_up_feed_waits_for_its_poll_turn_and_one_with_more_does_not() {
     let api = FakeApi::new(2, &[1, 2, 3]);
-    let polls = PollGate::new(Duration::from_secs(3600));
+    let polls = PollGate::new(Duration::from_secs(3600), Duration::from_secs(3600));
     let feed = StampFeed::new(&api, minute()).polled_by(&polls);
     let first = feed.changes(None, 2).await.unwrap();
     assert!(first.has_more);
@@ -240,4 +245,33 @@ fn a_page_is_cut_after_the_last_new_record_that_fits() {
     assert!(cut_off);
     let back = StampCursor::load(Some(&cursor.save())).unwrap();
     assert_eq!(back.locator(), Some(REQUERY), "the marker survives storage");
+}
+
+#[tokio::test]
+async fn the_engines_own_writes_do_not_count_as_activity_but_a_users_change_does() {
+    let api = FakeApi::new(10, &[1]);
+    let polls = PollGate::new(Duration::from_secs(1), Duration::from_secs(3600));
+    let feed = StampFeed::new(&api, minute()).polled_by(&polls);
+    let wait = || polls.wait_of("Lead").unwrap();
+    let mut cursor = None;
+    drain(&feed, &mut cursor, 10).await;
+    assert_eq!(wait(), Duration::from_secs(1), "a change by someone else: the shortest wait");
+    // A change event (or a test) wakes the feed instead of sleeping.
+    api.commit("own01", 100_001);
+    polls.wake("Lead");
+    let page = feed.changes(cursor.as_ref(), 10).await.unwrap();
+    assert_eq!(page.records, ["own01"]);
+    assert_eq!(wait(), Duration::from_secs(2), "only the engine's writes: idle, the wait doubles");
+    polls.wake("Lead");
+    let page = feed.changes(Some(&page.next), 10).await.unwrap();
+    assert!(page.records.is_empty());
+    assert_eq!(wait(), Duration::from_secs(4), "nothing at all: idle");
+    api.commit("user01", 100_002);
+    polls.wake("Lead");
+    let page = feed.changes(Some(&page.next), 10).await.unwrap();
+    assert_eq!(page.records, ["user01"]);
+    assert_eq!(wait(), Duration::from_secs(1), "a user's change: back to the shortest");
+    api.calls();
+    feed.changes(Some(&page.next), 10).await.unwrap();
+    assert!(api.calls().is_empty(), "not yet its turn: no call");
 }
