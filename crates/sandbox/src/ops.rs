@@ -36,11 +36,19 @@ pub enum System {
 pub struct Sandbox {
     pool: PgPool,
     tenant: String,
+    /// The `changeOrigin` of its edits' change events (none: a user's edit).
+    change_origin: Option<String>,
 }
 
 impl Sandbox {
     pub fn new(pool: PgPool, tenant: impl Into<String>) -> Self {
-        Sandbox { pool, tenant: tenant.into() }
+        Sandbox { pool, tenant: tenant.into(), change_origin: None }
+    }
+
+    /// Edits made through an API rather than by hand: their change events
+    /// carry `origin` (see [`crate::cdc`]).
+    pub fn with_change_origin(&self, origin: impl Into<String>) -> Sandbox {
+        Sandbox { change_origin: Some(origin.into()), ..self.clone() }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -135,8 +143,20 @@ impl Sandbox {
         Self::writable(def)?;
         let doc = Self::document(def, values)?;
         let actor = self.actor(def, actor).await?;
-        let mut conn = self.pool.acquire().await?;
-        match store::update(&mut conn, def, &self.tenant, id, &doc, &actor, store::Conditions::default()).await? {
+        let written = match &self.change_origin {
+            None => {
+                let mut conn = self.pool.acquire().await?;
+                store::update(&mut conn, def, &self.tenant, id, &doc, &actor, store::Conditions::default()).await?
+            }
+            Some(origin) => {
+                let mut tx = self.pool.begin().await?;
+                crate::cdc::set_origin(&mut tx, origin).await?;
+                let written = store::update(&mut tx, def, &self.tenant, id, &doc, &actor, store::Conditions::default()).await?;
+                tx.commit().await?;
+                written
+            }
+        };
+        match written {
             RowWrite::Written { .. } => Ok(()),
             _ => Err(OpsError::NotFound { object: def.name, id: id.to_owned(), tenant: self.tenant.clone() }),
         }
