@@ -46,8 +46,8 @@ pub mod error_codes {
     pub const TOPIC_NOT_FOUND: &str = "sfdc.platform.eventbus.grpc.topic.not.found";
     /// The topic name is blank.
     pub const TOPIC_EMPTY: &str = "sfdc.platform.eventbus.grpc.topic.validation.empty";
-    /// No schema with that id.
-    pub const SCHEMA_NOT_FOUND: &str = "sfdc.platform.eventbus.grpc.schema.meta.permission";
+    /// No schema with that id that the caller may read.
+    pub const SCHEMA_ACCESS: &str = "sfdc.platform.eventbus.grpc.schema.meta.permission";
     /// The schema id is blank.
     pub const SCHEMA_EMPTY: &str = "sfdc.platform.eventbus.grpc.schema.validation.failed";
     /// A CUSTOM replay id that is not valid or no longer retained (72 hours).
@@ -60,8 +60,6 @@ pub mod error_codes {
     pub const TOPIC_MISMATCH: &str = "sfdc.platform.eventbus.grpc.subscription.fetch.topic.mismatch";
     /// The org's event delivery allocation (last 24 hours) is used up.
     pub const DELIVERY_LIMIT_EXCEEDED: &str = "sfdc.platform.eventbus.grpc.subscription.limit.exceeded";
-    /// The topic cannot be published to (change event topics).
-    pub const PUBLISH_NOT_ALLOWED: &str = "sfdc.platform.eventbus.grpc.publish.topic.cannot.publish";
 }
 
 /// Replay ids as the sandbox writes them: a position in its event log as an
