@@ -409,3 +409,95 @@ async fn topics_and_schemas_are_served_and_calls_need_a_session() {
     stop.cancel();
     app.cleanup().await;
 }
+
+/// The Python client's interpreter, with its environment: installed on first
+/// use by `scripts/pubsub-python.sh` (scripts/test.sh runs it up front).
+fn python(root: &std::path::Path) -> (String, [(String, String); 2]) {
+    let out = std::process::Command::new("bash").arg("scripts/pubsub-python.sh").current_dir(root).output().expect("run bash");
+    assert!(out.status.success(), "installing the Python client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let py = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let dir = std::path::Path::new(&py).ancestors().nth(3).unwrap().to_owned();
+    let env = [
+        ("PUBSUB_GEN_DIR".to_owned(), dir.join("gen").display().to_string()),
+        ("PUBSUB_PUBLISHED_DIR".to_owned(), dir.join("published").display().to_string()),
+    ];
+    (py, env)
+}
+
+fn json_lines(out: &std::process::Output) -> Vec<Value> {
+    assert!(out.status.success(), "the Python client failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+}
+
+#[tokio::test]
+async fn a_client_generated_from_salesforces_published_proto_reads_the_events() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (py, env) = python(&root);
+    // Our proto and Salesforce's describe the same wire.
+    let compared = std::process::Command::new(&py)
+        .args(["tests/python/pubsub_client.py", "compare-proto", "crates/pubsub/proto/pubsub_api.proto"])
+        .envs(env.clone())
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let compared = &json_lines(&compared)[0];
+    assert_eq!(compared["same_descriptors"], true, "{compared}");
+    assert_eq!(compared["package"], "eventbus.v1");
+
+    let (app, stop, url, client) = served(quick()).await;
+    let token = TestApp::sandbox_token(&url).await;
+    let created: Value = reqwest::Client::new()
+        .post(format!("{url}/services/data/v60.0/composite/sobjects"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .header("Sforce-Call-Options", "client=wire-test")
+        .json(&json!({"allOrNone": false, "records": [{"attributes": {"type": "Lead"}, "FirstName": "Grace", "LastName": "Hopper",
+                       "Company": "Navy", "Email": "grace@navy.example", "City": "Arlington"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created[0]["id"].as_str().unwrap().to_owned();
+    app.update(&schema::LEAD, &id, &[("Title", "Rear Admiral"), ("FirstName", "")]).await;
+    sequenced(&app.pool).await;
+
+    let target = client_target(&client);
+    let out = tokio::process::Command::new(&py)
+        .args(["tests/python/pubsub_client.py", "subscribe", "--target", &target, "--topic", LEADS, "--events", "2"])
+        .args(["--token", &client.token, "--instance-url", &client.instance_url, "--tenant-id", &client.tenant_id])
+        .envs(env)
+        .current_dir(&root)
+        .output()
+        .await
+        .unwrap();
+    let lines = json_lines(&out);
+    assert_eq!(lines[0], json!({"topic": LEADS, "can_subscribe": true, "can_publish": false, "tenant_guid": client.tenant_id}));
+    let (create, update) = (&lines[1], &lines[2]);
+    assert_eq!(create["header"]["entityName"], "Lead");
+    assert_eq!(create["header"]["changeType"], "CREATE");
+    assert_eq!(create["header"]["recordIds"], json!([id]));
+    assert_eq!(create["header"]["changeOrigin"], "com/salesforce/api/rest/60.0;client=wire-test");
+    assert_eq!(create["header"]["changedFields"], json!([]));
+    assert_eq!(create["fields"]["Name"], json!({"Salutation": null, "FirstName": "Grace", "LastName": "Hopper"}));
+    assert_eq!(create["fields"]["Email"], "grace@navy.example");
+    assert_eq!(create["fields"]["Address"]["City"], "Arlington");
+    assert!(create["fields"]["CreatedDate"].as_i64().unwrap() > 1_700_000_000_000);
+    assert_eq!(update["header"]["changeType"], "UPDATE");
+    assert_eq!(update["header"]["changeOrigin"], "");
+    // Edited by the admin, created by the integration user: the modifier changed too.
+    assert_eq!(update["header"]["changedFields"], json!(["Title", "LastModifiedDate", "LastModifiedById", "Name.FirstName"]));
+    assert_eq!(update["fields"]["LastModifiedById"], app.admins().await.1.as_str());
+    assert_eq!(update["header"]["nulledFields"], json!(["Name.FirstName"]));
+    assert_eq!(update["fields"]["Title"], "Rear Admiral");
+    assert!(update["fields"].get("Company").is_none(), "unchanged fields are null: {}", update["fields"]);
+    assert!(update["replay_id"].as_i64().unwrap() > create["replay_id"].as_i64().unwrap());
+    assert_eq!(create["header"]["transactionKey"].as_str().unwrap().len(), 36);
+    stop.cancel();
+    app.cleanup().await;
+}
+
+/// `host:port` of the client's Pub/Sub URL, as grpcio takes it.
+fn client_target(client: &PubSub) -> String {
+    client.url.trim_start_matches("http://").to_owned()
+}

@@ -23,6 +23,8 @@ use crate::TestApp;
 #[derive(Debug, Clone)]
 pub struct PubSub {
     client: PubSubClient<Channel>,
+    /// The Pub/Sub API's URL.
+    pub url: String,
     pub token: String,
     pub instance_url: String,
     pub tenant_id: String,
@@ -57,6 +59,7 @@ impl PubSub {
         let channel = Channel::from_shared(pubsub_url.to_owned()).expect("a URL").connect().await.expect("reach the Pub/Sub API");
         PubSub {
             client: PubSubClient::new(channel),
+            url: pubsub_url.to_owned(),
             token: token["access_token"].as_str().expect("a token").to_owned(),
             instance_url: token["instance_url"].as_str().expect("an instance URL").to_owned(),
             tenant_id: org_of(&token),
