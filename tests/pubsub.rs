@@ -236,7 +236,7 @@ async fn an_expired_or_unknown_replay_id_is_refused_as_salesforce_refuses_it() {
     let l = limits(&url).await;
     admin(&url, reqwest::Method::PUT, "limits", serde_json::to_value(Limits { cdc_retention_secs: 1, ..l }).unwrap()).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let refusal = |r: Result<Subscription, tonic::Status>| r.err().expect("refused");
+    let refusal = |r: Result<Subscription, tonic::Status>| r.expect_err("refused");
     for stale in [replay_id::encode(old), replay_id::encode(old + 1_000_000), b"not a replay id".to_vec()] {
         let status = refusal(client.subscribe(LEADS, ReplayPreset::Custom, stale, 1).await);
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -271,7 +271,7 @@ async fn a_used_up_delivery_allocation_ends_the_subscription() {
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(error_code(&status), error_codes::DELIVERY_LIMIT_EXCEEDED);
     assert!(status.message().starts_with("You have exceeded the event delivery limit for your org."));
-    let again = client.subscribe(LEADS, ReplayPreset::Earliest, vec![], 1).await.err().expect("refused at once");
+    let again = client.subscribe(LEADS, ReplayPreset::Earliest, vec![], 1).await.expect_err("refused at once");
     assert_eq!(error_code(&again), error_codes::DELIVERY_LIMIT_EXCEEDED);
     let l = limits(&url).await;
     assert_eq!((l.cdc_delivered, l.cdc_delivery_daily), (3, 3));
@@ -500,4 +500,30 @@ async fn a_client_generated_from_salesforces_published_proto_reads_the_events() 
 /// `host:port` of the client's Pub/Sub URL, as grpcio takes it.
 fn client_target(client: &PubSub) -> String {
     client.url.trim_start_matches("http://").to_owned()
+}
+
+#[tokio::test]
+async fn tracking_compiled_again_keeps_capturing_and_the_ma_is_never_captured() {
+    let app = TestApp::spawn().await;
+    // As a later migration would: recompile every tracking trigger from its own columns.
+    sqlx::query(
+        "SELECT sandbox.track_columns(tr.tgrelid::regclass, (string_to_array(encode(tr.tgargs, 'escape'), '\\000'))[1:tr.tgnargs]) \
+         FROM pg_trigger tr WHERE tr.tgname = 'track'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let lead = app.create_lead(&[("LastName", "Kept"), ("Company", "A")]).await;
+    app.update(&schema::LEAD, &lead, &[("Title", "CEO")]).await;
+    app.create_prospect(&[("email", "never@captured.example")]).await;
+    let captured: Vec<(String, String)> =
+        sqlx::query_as("SELECT entity, change_type FROM sandbox.cdc_pending ORDER BY id").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(captured, [("Lead".to_owned(), "CREATE".to_owned()), ("Lead".to_owned(), "UPDATE".to_owned())]);
+    let ma_captures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sandbox.cdc_captured WHERE relation::text LIKE 'ma.%' OR relation::text LIKE 'cs.%'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(ma_captures, 0);
+    app.cleanup().await;
 }

@@ -2,12 +2,12 @@
 //! publishes over the Pub/Sub API, kept in PostgreSQL for
 //! `crmsync sandbox serve` to deliver.
 //!
-//! - Capture (migration `0010_change_events.sql`): a statement trigger on
-//!   each CRM table records what every write changed, for the entities the
-//!   org selected (Setup > Change Data Capture; [`ChangeLog::select`]),
-//!   whoever wrote it. A write names its origin (the `changeOrigin` header
-//!   field) in the transaction-local setting [`ORIGIN_SETTING`]; a commit
-//!   that captured anything notifies [`CHANNEL`].
+//! - Capture (migration `0010_change_events.sql`): the row trigger that
+//!   stamps each write of a CRM table also copies the row and the columns
+//!   it changed, for the entities the org selected (Setup > Change Data
+//!   Capture; [`ChangeLog::select`]), whoever wrote it. A write names its
+//!   origin (the `changeOrigin` header field) in the transaction-local
+//!   setting [`ORIGIN_SETTING`]; a commit is announced on [`CHANNEL`].
 //! - Sequencing ([`sequence`]): committed changes become events with replay
 //!   ids in commit order, one per record and transaction.
 //! - Reading ([`ChangeLog`]): the events of an org after a replay id, for
@@ -27,8 +27,9 @@ use sqlx::PgPool;
 
 pub use sequencer::{OVERFLOW_THRESHOLD, sequence};
 
-/// The channel a commit that captured changes notifies.
-pub const CHANNEL: &str = "crmsync_cdc";
+/// The channel a commit to a sandbox table is announced on (payload: the
+/// table, `crm.leads`...), by the tables' `notify` triggers.
+pub const CHANNEL: &str = "crmsync_sandbox";
 
 /// The transaction-local setting a write names its change origin in.
 pub const ORIGIN_SETTING: &str = "crmsync.change_origin";

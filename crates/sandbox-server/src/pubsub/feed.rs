@@ -21,9 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
 
-/// The channel the sandbox tables announce commits on.
-const COMMITS: &str = "crmsync_sandbox";
-
 /// How often the task sequences without being told to.
 const SWEEP: Duration = Duration::from_secs(10);
 
@@ -62,7 +59,7 @@ async fn last_replay_id(pool: &PgPool) -> Result<i64, sqlx::Error> {
 async fn run(st: &AppState, tip: &watch::Sender<i64>, stop: CancellationToken) -> Result<(), sqlx::Error> {
     let log = ChangeLog::new(st.pool.clone(), &st.config.crm_tenant);
     let mut listener = PgListener::connect_with(&st.pool).await?;
-    listener.listen(COMMITS).await?;
+    listener.listen(cdc::CHANNEL).await?;
     let mut pruned = Instant::now() - PRUNE_EVERY;
     loop {
         let threshold = st.limits.lock().await.cdc_overflow_threshold;
