@@ -11,7 +11,7 @@ use crmsync_pubsub::{error_codes, metadata, replay_id};
 use crmsync_sandbox::schema;
 use crmsync_sandbox_server::{CdcSettings, Limits};
 use crmsync_tests::TestApp;
-use crmsync_tests::pubsub::{Decoded, PubSub, Subscription, sequenced};
+use crmsync_tests::pubsub::{Decoded, PubSub, Subscription};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -153,7 +153,6 @@ async fn a_subscriber_gets_no_more_events_than_it_asked_for() {
     for i in 0..5 {
         app.create_lead(&[("LastName", &format!("Flow {i}")), ("Company", "Acme")]).await;
     }
-    sequenced(&app.pool).await;
     let mut sub = client.subscribe(LEADS, ReplayPreset::Earliest, vec![], 2).await.unwrap();
     let first = sub.next(WAIT).await.unwrap().unwrap();
     assert_eq!(first.events.len(), 2);
@@ -258,7 +257,6 @@ async fn a_used_up_delivery_allocation_ends_the_subscription() {
     for i in 0..5 {
         app.create_lead(&[("LastName", &format!("Busy {i}")), ("Company", "Acme")]).await;
     }
-    sequenced(&app.pool).await;
     let mut sub = client.subscribe(LEADS, ReplayPreset::Earliest, vec![], 10).await.unwrap();
     let mut delivered = 0;
     let status = loop {
@@ -460,7 +458,6 @@ async fn a_client_generated_from_salesforces_published_proto_reads_the_events() 
         .unwrap();
     let id = created[0]["id"].as_str().unwrap().to_owned();
     app.update(&schema::LEAD, &id, &[("Title", "Rear Admiral"), ("FirstName", "")]).await;
-    sequenced(&app.pool).await;
 
     let target = client_target(&client);
     let out = tokio::process::Command::new(&py)

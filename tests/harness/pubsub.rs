@@ -31,21 +31,6 @@ pub struct PubSub {
     schemas: HashMap<String, (Schema, Vec<FieldShape>)>,
 }
 
-/// Waits until every committed change has been sequenced into events (the
-/// server's feed does it right after each commit).
-pub async fn sequenced(pool: &sqlx::PgPool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM sandbox.cdc_pending").fetch_one(pool).await.expect("the capture tables");
-        if pending == 0 {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{pending} changes still unsequenced");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The org id in a token answer's `id` URL (`.../id/<org>/<user>`).
 pub fn org_of(token: &Value) -> String {
     let id = token["id"].as_str().expect("an id URL");

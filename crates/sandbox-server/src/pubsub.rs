@@ -58,7 +58,7 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + '
 pub struct Service {
     st: Arc<AppState>,
     log: ChangeLog,
-    tip: feed::Tip,
+    feed: feed::Feed,
     schemas: Arc<Mutex<HashMap<String, Arc<EventSchema>>>>,
     stop: CancellationToken,
 }
@@ -89,9 +89,9 @@ fn internal(e: impl std::fmt::Display) -> Status {
 impl Service {
     /// The service, with its feed running until `stop` is cancelled.
     pub fn start(st: Arc<AppState>, stop: CancellationToken) -> Service {
-        let tip = feed::start(st.clone(), stop.clone());
+        let feed = feed::Feed::start(st.clone(), stop.clone());
         let log = ChangeLog::new(st.pool.clone(), &st.config.crm_tenant);
-        Service { st, log, tip, schemas: Default::default(), stop }
+        Service { st, log, feed, schemas: Default::default(), stop }
     }
 
     /// The caller's session, from the call's metadata.

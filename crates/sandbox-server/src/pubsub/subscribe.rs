@@ -9,7 +9,7 @@
 //! FetchRequest adds its `num_requested` to what the server owes; the
 //! server never sends more events than that, 100 per response at most, and
 //! says in `pending_num_requested` how many it still owes. New events reach
-//! the stream as soon as they are sequenced ([`super::feed`]). An idle
+//! the stream as soon as their transaction commits ([`super::feed`]). An idle
 //! stream gets an empty FetchResponse with the latest replay id every
 //! `pubsub_keepalive_ms` (Salesforce: within 270 s). When the org's
 //! delivery allocation for the last 24 hours is used up, the stream ends
@@ -52,6 +52,10 @@ pub(super) async fn start(svc: Service, mut requests: Streaming<FetchRequest>) -
     if first.num_requested <= 0 {
         return Err(invalid_count());
     }
+    // Counted live from here, so what commits from now on is sequenced at
+    // once; what committed before is sequenced now, before the start is set.
+    let live = svc.feed.live();
+    svc.feed.sequence().await.map_err(internal)?;
     let log = &svc.log;
     let cursor = match ReplayPreset::try_from(first.replay_preset) {
         Ok(ReplayPreset::Latest) => log.tip().await.map_err(internal)?,
@@ -89,8 +93,15 @@ pub(super) async fn start(svc: Service, mut requests: Streaming<FetchRequest>) -
         return Err(limit_exceeded());
     }
     let (tx, rx) = mpsc::channel(4);
-    let subscription =
-        Subscription { svc, topic: topic.name(), entity, cursor, pending: i64::from(first.num_requested), schemas: HashMap::new() };
+    let subscription = Subscription {
+        svc,
+        _live: live,
+        topic: topic.name(),
+        entity,
+        cursor,
+        pending: i64::from(first.num_requested),
+        schemas: HashMap::new(),
+    };
     tokio::spawn(subscription.run(requests, tx));
     Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })))
 }
@@ -98,6 +109,7 @@ pub(super) async fn start(svc: Service, mut requests: Streaming<FetchRequest>) -
 #[derive(Debug)]
 struct Subscription {
     svc: Service,
+    _live: super::feed::Live,
     topic: String,
     entity: Option<String>,
     /// The replay id up to which the subscriber has everything it asked for.
@@ -119,7 +131,7 @@ impl Service {
 
 impl Subscription {
     async fn run(mut self, mut requests: Streaming<FetchRequest>, tx: Responses) {
-        let mut tip = self.svc.tip.clone();
+        let mut tip = self.svc.feed.watch();
         let mut requests_open = true;
         let mut last_sent = Instant::now();
         loop {
