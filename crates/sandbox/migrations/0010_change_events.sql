@@ -215,13 +215,15 @@ CREATE FUNCTION sandbox.cdc_capture(tbl regclass, entity text, cols text[]) RETU
 DECLARE
     capture  text := format('sandbox.%I', 'cdc_' || replace(tbl::text, '.', '_'));
     ent      text := coalesce(quote_literal(entity), '(c.new).object_type');
-    vals     text := '';
-    pending  text;
-    tracked  text[];
-    col      text;
+    vals      text := '';
+    unchanged text := '';
+    pending   text;
+    tracked   text[];
+    col       text;
 BEGIN
     FOREACH col IN ARRAY cols LOOP
         vals := vals || format('%L, (c.new).%I, ', col, col);
+        unchanged := unchanged || format('CASE WHEN %L = ANY(c.changed) THEN NULL ELSE %L END, ', to_json(col)::text, col);
     END LOOP;
     EXECUTE format('CREATE TABLE %s (id bigint NOT NULL DEFAULT nextval(''sandbox.cdc_change_seq''), '
                    'xid xid8 NOT NULL DEFAULT pg_current_xact_id(), origin text NOT NULL, changed text[], '
@@ -256,9 +258,9 @@ CROSS JOIN LATERAL (SELECT CASE WHEN c.changed IS NULL THEN 'CREATE'
                        THEN jsonb_build_object('last_modified_by', (c.new).last_modified_by) ELSE '{}' END$u$
         ELSE
             -- The changed columns' values (those it names, JSON-quoted) and the modification stamp.
-            format($u$(SELECT jsonb_object_agg(f.key, f.value)
-                         FROM jsonb_each(jsonb_build_object(%1$s'modstamp', (c.new).modstamp, 'last_modified_by', (c.new).last_modified_by)) f
-                        WHERE f.key = 'modstamp' OR to_json(f.key)::text = ANY(c.changed))$u$, vals)
+            format($u$jsonb_build_object(%1$s'modstamp', (c.new).modstamp, 'last_modified_by', (c.new).last_modified_by)
+                      - array_remove(ARRAY[%2$sCASE WHEN '"last_modified_by"' = ANY(c.changed) THEN NULL ELSE 'last_modified_by' END], NULL)$u$,
+                   vals, unchanged)
         END,
         capture);
     INSERT INTO sandbox.cdc_captured VALUES (tbl, entity, cols, capture, pending)
