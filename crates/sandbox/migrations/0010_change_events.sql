@@ -16,17 +16,21 @@
 -- The capture is what the sandbox's own write path pays, so it does as
 -- little as it can: the row trigger that already stamps each write (0006,
 -- 0008) also copies the new row as it is (a composite value, no per-field
--- conversion) with the names of the columns it changed, into a table
--- without indexes. Turning captures into field values, diffs and events is
--- the sequencer's work (crates/sandbox/src/cdc), after the commit. Measured
--- as PostgreSQL backend CPU for 20,000 leads (median of 8 runs, 2 shared
--- cores): one INSERT of 20,000 rows 820 -> 980 ms, 20,000 one-row INSERTs
--- 1,055 -> 1,185 ms, 20,000 rows UPDATEd 200 a statement 675 -> 850 ms;
--- about 6 to 9 us a row. The alternatives measured cost more: fields built
--- as jsonb in the trigger, or a capture trigger of its own copying the old
--- and new rows, 17 to 25 us a row. A commit is announced on the existing
--- `crmsync_sandbox` channel (the tables' `notify` triggers), which the
--- sequencer listens to.
+-- conversion, without its field stamps) with the names of the columns it
+-- changed, into a table without indexes. Turning captures into field
+-- values, diffs and events is the sequencer's work (crates/sandbox/src/cdc),
+-- after the commit. Measured for 20,000 leads as PostgreSQL backend CPU
+-- (median of 12 runs on 2 shared cores) and write-ahead log:
+--   one INSERT of 20,000 rows        865 -> 1,060 ms   35 -> 41 MB
+--   20,000 one-row INSERTs         1,125 -> 1,340 ms   27 -> 33 MB
+--   UPDATEs of 200 rows each         780 ->   905 ms   38 -> 45 MB
+-- about 6 to 11 us and 0.3 kB a row; wall-clock times stayed within the
+-- machine's noise. What was measured and dropped: fields built as jsonb in
+-- a trigger (17 us a row), a capture trigger of its own copying the old and
+-- new rows (up to 25 us, and twice the log), copying the field stamps
+-- (another 20 to 45 MB of log per 20,000 rows). A commit is announced on the
+-- existing `crmsync_sandbox` channel (the tables' `notify` triggers), which
+-- the sequencer listens to.
 
 -- Replay ids are handed out by the sequencer in the order transactions
 -- become visible (their commit order): it numbers only the changes of
@@ -147,6 +151,7 @@ DECLARE
     on_insert text := '';
     on_update text := '';
     capture   text := '';
+    snapshot  text := '';
     cdc       sandbox.cdc_captured;
     col       text;
 BEGIN
@@ -163,17 +168,22 @@ BEGIN
                 capture := capture || format(E'\n            IF NEW.%1$I IS DISTINCT FROM OLD.%1$I THEN also := also || %2$L::text; END IF;', col, to_json(col)::text);
             END IF;
         END LOOP;
+        -- The copy leaves out the field stamps, most of a row's bytes
+        -- (and of the write-ahead log a capture costs).
         capture := format($c$
     IF sandbox.cdc_selected(NEW.tenant, %1$s) THEN
+        snap := NEW;
+        snap.field_stamps := NULL;
         IF TG_OP = 'INSERT' THEN
-            INSERT INTO %2$s (origin, new) VALUES (coalesce(current_setting('crmsync.change_origin', true), ''), NEW);
+            INSERT INTO %2$s (origin, new) VALUES (coalesce(current_setting('crmsync.change_origin', true), ''), snap);
         ELSE%3$s
             INSERT INTO %2$s (origin, changed, old_fields, new)
-            VALUES (coalesce(current_setting('crmsync.change_origin', true), ''), changed || also, %4$s, NEW);
+            VALUES (coalesce(current_setting('crmsync.change_origin', true), ''), changed || also, %4$s, snap);
         END IF;
     END IF;$c$,
             coalesce(quote_literal(cdc.entity), 'NEW.object_type'), cdc.capture_table, capture,
             CASE WHEN cdc.entity IS NULL THEN 'OLD.fields' ELSE 'NULL' END);
+        snapshot := format(E'\n    snap    %s;', tbl);
     END IF;
     EXECUTE format($f$
 CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $body$
@@ -182,7 +192,7 @@ DECLARE
     -- One stamp as JSON text; the changed columns' keys are joined around it.
     mark    text := jsonb_build_object('at', ts, 'by', NEW.last_modified_by)::text;
     changed text[] := '{}';
-    also    text[] := '{}';
+    also    text[] := '{}';%s
 BEGIN
     IF TG_OP = 'INSERT' THEN%s
         NEW.field_stamps := '{}'::jsonb;
@@ -199,7 +209,7 @@ BEGIN
     NEW.mod_xid := pg_current_xact_id();%s
     RETURN NEW;
 END $body$
-$f$, fn, on_insert, on_update, capture);
+$f$, fn, snapshot, on_insert, on_update, capture);
     EXECUTE format('DROP TRIGGER IF EXISTS track ON %s', tbl);
     EXECUTE format('CREATE TRIGGER track BEFORE INSERT OR UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION %s(%s)',
                    tbl, fn, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(cols) AS c));
