@@ -35,6 +35,16 @@ const IDLE_SWEEP: Duration = Duration::from_secs(300);
 /// How often events past retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// The oldest commit time a retention of `secs` keeps (any retention too
+/// long to compute keeps everything since 1970).
+pub fn retained_since(secs: u64) -> chrono::DateTime<Utc> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<Utc>::UNIX_EPOCH)
+}
+
 /// The event log's feed: sequencing, and the newest replay id for
 /// subscriptions to wait on.
 #[derive(Debug, Clone)]
@@ -124,8 +134,7 @@ impl Feed {
                 sequenced = Instant::now();
             }
             if pruned.elapsed() >= PRUNE_EVERY {
-                let retention = self.st.limits.lock().await.cdc_retention_secs;
-                let before = Utc::now() - chrono::Duration::seconds(i64::try_from(retention).unwrap_or(i64::MAX / 2_000));
+                let before = retained_since(self.st.limits.lock().await.cdc_retention_secs);
                 if let Err(e) = log.prune(before).await {
                     tracing::warn!(error = %e, "pruning change events failed");
                 }
@@ -156,5 +165,17 @@ impl Feed {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_retention_gives_a_cutoff() {
+        assert!(retained_since(60) > Utc::now() - chrono::Duration::seconds(61));
+        assert_eq!(retained_since(u64::MAX), chrono::DateTime::<Utc>::UNIX_EPOCH);
+        assert_eq!(retained_since(i64::MAX as u64), chrono::DateTime::<Utc>::UNIX_EPOCH);
     }
 }

@@ -124,8 +124,7 @@ type Responses = mpsc::Sender<Result<FetchResponse, Status>>;
 impl Service {
     /// Events committed before this have expired.
     async fn retained_since(&self) -> chrono::DateTime<Utc> {
-        let secs = self.st.limits.lock().await.cdc_retention_secs;
-        Utc::now() - chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2_000))
+        super::feed::retained_since(self.st.limits.lock().await.cdc_retention_secs)
     }
 }
 
@@ -146,7 +145,7 @@ impl Subscription {
                     return;
                 }
             }
-            let keepalive = Duration::from_millis(self.svc.st.limits.lock().await.pubsub_keepalive_ms.max(10));
+            let keepalive = Duration::from_millis(self.svc.st.limits.lock().await.pubsub_keepalive_ms.clamp(10, 86_400_000));
             tokio::select! {
                 _ = self.svc.stop.cancelled() => return,
                 _ = tx.closed() => return,
