@@ -103,8 +103,8 @@ impl Feed {
 
     /// Sequences every change committed so far, and wakes subscriptions if
     /// there are new events (sequenced here or by another server on the
-    /// database).
-    pub async fn sequence(&self) -> Result<(), sqlx::Error> {
+    /// database). Returns how many events it wrote.
+    pub async fn sequence(&self) -> Result<usize, sqlx::Error> {
         let threshold = self.st.limits.lock().await.cdc_overflow_threshold;
         let n = cdc::sequence(&self.st.pool, threshold).await?;
         if n > 0 {
@@ -113,7 +113,7 @@ impl Feed {
         let last: i64 =
             sqlx::query_scalar("SELECT last_replay_id FROM sandbox.cdc_sequencer WHERE id = 1").fetch_one(&self.st.pool).await?;
         self.tip.send_if_modified(|t| std::mem::replace(t, last) != last);
-        Ok(())
+        Ok(n)
     }
 
     fn subscribed(&self) -> bool {
@@ -127,9 +127,12 @@ impl Feed {
         let mut pruned = Instant::now() - PRUNE_EVERY;
         let mut sequenced = Instant::now() - IDLE_SWEEP;
         loop {
+            let mut more = false;
             if self.subscribed() || sequenced.elapsed() >= IDLE_SWEEP {
-                if let Err(e) = self.sequence().await {
-                    tracing::warn!(error = %e, "sequencing change events failed; trying again");
+                match self.sequence().await {
+                    // A call stops after a number of rounds: there may be more.
+                    Ok(n) => more = n > 0,
+                    Err(e) => tracing::warn!(error = %e, "sequencing change events failed; trying again"),
                 }
                 sequenced = Instant::now();
             }
@@ -139,6 +142,9 @@ impl Feed {
                     tracing::warn!(error = %e, "pruning change events failed");
                 }
                 pruned = Instant::now();
+            }
+            if more {
+                continue;
             }
             let wait = if self.subscribed() { SWEEP } else { IDLE_SWEEP.saturating_sub(sequenced.elapsed()) };
             let deadline = tokio::time::sleep(wait.min(PRUNE_EVERY));

@@ -65,18 +65,25 @@ struct Switches {
     overflows: i32,
 }
 
-/// Sequences every committed change; returns how many events it wrote.
+/// Rounds per call at most: under a steady stream of writes a call ends,
+/// and the caller comes back for the rest.
+const ROUNDS_PER_CALL: usize = 20;
+
+/// Sequences the committed changes (all of them, unless writes keep coming
+/// faster than [`ROUNDS_PER_CALL`] rounds take); returns how many events it
+/// wrote.
 pub async fn sequence(pool: &PgPool, overflow_threshold: u64) -> Result<usize, sqlx::Error> {
     let mut total = 0;
-    loop {
+    for _ in 0..ROUNDS_PER_CALL {
         let mut tx = pool.begin().await?;
         let n = round(&mut tx, overflow_threshold).await?;
         tx.commit().await?;
         if n == 0 {
-            return Ok(total);
+            break;
         }
         total += n;
     }
+    Ok(total)
 }
 
 async fn round(conn: &mut PgConnection, overflow_threshold: u64) -> Result<usize, sqlx::Error> {
