@@ -19,6 +19,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The deployment files (Dockerfile, compose, Kubernetes, KEDA, Prometheus,
 # Grafana), offline; installs its pinned tools into .ci-tools/ on first use.
 bash scripts/validate-deploy.sh
+# The Pub/Sub API wire test's Python client (grpcio-tools stubs from
+# Salesforce's published proto, the avro package), pinned, into .ci-tools/
+# on first use, so a fresh machine has it before the tests run.
+bash scripts/pubsub-python.sh >/dev/null
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@" || status=$?

@@ -30,6 +30,7 @@ use uuid::Uuid;
 pub use crmsync_domain::Lane;
 
 pub mod faults;
+pub mod pubsub;
 
 /// A whole HTTP/1.0 answer (status line, headers, body) for `path` at
 /// `addr`, or nothing when nothing answers: for a tier's health and metrics.
@@ -588,6 +589,19 @@ impl TestApp {
         let url = server.url().to_owned();
         tokio::spawn(server.serve(stop));
         url
+    }
+
+    /// Serves this test's sandbox over HTTP and the Pub/Sub API (gRPC),
+    /// each on a free loopback port; returns (the HTTP URL, the Pub/Sub URL).
+    pub async fn serve_sandbox_pubsub(&self, limits: crmsync_sandbox_server::Limits, stop: CancellationToken) -> (String, String) {
+        let mut server =
+            crmsync_sandbox_server::Server::bind(Self::sandbox_server_config(limits), "127.0.0.1:0".parse().unwrap(), self.pool.clone())
+                .await
+                .expect("sandbox server");
+        server.bind_pubsub("127.0.0.1:0".parse().unwrap()).await.expect("the Pub/Sub listener");
+        let urls = (server.url().to_owned(), server.pubsub_url().expect("bound").to_owned());
+        tokio::spawn(server.serve(stop));
+        urls
     }
 
     /// Stops everything and drops the test's database and queues.

@@ -442,7 +442,8 @@ impl std::str::FromStr for KeyValue {
 #[derive(Debug, Subcommand)]
 pub enum SandboxCmd {
     /// Serve the sandbox over HTTP as Salesforce (OAuth 2.0, REST query,
-    /// sObject Collections, Bulk API 2.0) and Account Engagement API v5.
+    /// sObject Collections, Bulk API 2.0) and Account Engagement API v5, and
+    /// its change events over the Salesforce Pub/Sub API (gRPC).
     Serve(ServeArgs),
     /// Fill a tenant with the realistic data set.
     Seed {
@@ -650,4 +651,10 @@ pub struct ServeArgs {
     /// How long an access token lives.
     #[arg(long, default_value_t = 7_200)]
     pub token_ttl_secs: u64,
+    /// Where the Pub/Sub API (gRPC, plain HTTP/2) listens: Change Data
+    /// Capture events of the CRM org. Default 127.0.0.1:7443 (Salesforce's
+    /// port); when that is taken and no address was given, the server goes
+    /// on without it and says so.
+    #[arg(long)]
+    pub pubsub_bind: Option<std::net::SocketAddr>,
 }

@@ -203,9 +203,22 @@ async fn serve(pool: PgPool, args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    let server = crmsync_sandbox_server::Server::bind(config, args.bind, pool).await?;
-    // The line scripts and tests wait for.
+    let mut server = crmsync_sandbox_server::Server::bind(config, args.bind, pool).await?;
+    let pubsub = args.pubsub_bind.unwrap_or(([127, 0, 0, 1], 7443).into());
+    match server.bind_pubsub(pubsub).await {
+        Ok(()) => {}
+        // The default port is taken (another sandbox server, say): serve the rest.
+        Err(e) if args.pubsub_bind.is_none() && e.kind() == std::io::ErrorKind::AddrInUse => {
+            crate::out::err_line(format_args!("Pub/Sub API not served: {pubsub} is in use (choose another address with --pubsub-bind)"));
+        }
+        Err(e) => return Err(e).with_context(|| format!("binding the Pub/Sub API to {pubsub}")),
+    }
+    // The line scripts and tests wait for (the only one on stdout: they
+    // may stop reading after it).
     outln!("sandbox serving at {}", server.url());
+    if let Some(url) = server.pubsub_url() {
+        crate::out::err_line(format_args!("pubsub serving at {url}"));
+    }
     server.serve(crmsync_infra::shutdown::on_signals()).await?;
     Ok(())
 }

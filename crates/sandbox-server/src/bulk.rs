@@ -1,14 +1,17 @@
 //! Bulk API 2.0 ingest jobs: create a job, upload CSV, mark it
 //! `UploadComplete`, poll it while it runs, read its successful and failed
 //! results as CSV. The records go through the same writes as sObject
-//! Collections, 200 at a time, each row with its own result.
+//! Collections, 200 at a time, each row with its own result; their change
+//! events name the Bulk API (`com/salesforce/api/bulkapi/<version>`, the
+//! API name Salesforce documents for changeOrigin) and the client the job's
+//! creation named in `Sforce-Call-Options`.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use crmsync_connector::CrmApi;
 use crmsync_sandbox::schema::Kind;
@@ -30,6 +33,8 @@ pub struct Job {
     pub info: JobInfo,
     data: Vec<u8>,
     session: Session,
+    /// The `changeOrigin` of the job's writes.
+    origin: String,
     header: Vec<String>,
     successful: Vec<Vec<String>>,
     failed: Vec<Vec<String>>,
@@ -39,6 +44,8 @@ pub struct Job {
 pub async fn create(
     State(st): State<Arc<AppState>>,
     Extension(session): Extension<Session>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
     Json(req): Json<CreateJob>,
 ) -> Result<(StatusCode, Json<JobInfo>), SfError> {
     Table::resolve(&req.object)?;
@@ -61,6 +68,7 @@ pub async fn create(
         info: info.clone(),
         data: Vec::new(),
         session,
+        origin: rest::change_origin("bulkapi", &version, &headers),
         header: Vec::new(),
         successful: Vec::new(),
         failed: Vec::new(),
@@ -171,12 +179,12 @@ fn cell(kind: Option<Kind>, column: &str, text: &str) -> Option<Value> {
 
 /// Runs an uploaded job to its end.
 async fn run(st: &AppState, handle: &Arc<Mutex<Job>>) {
-    let (object, operation, data, session) = {
+    let (object, operation, data, session, origin) = {
         let mut job = handle.lock().await;
         job.info.state = JobState::InProgress;
-        (job.info.object.clone(), job.info.operation, std::mem::take(&mut job.data), job.session.clone())
+        (job.info.object.clone(), job.info.operation, std::mem::take(&mut job.data), job.session.clone(), job.origin.clone())
     };
-    let outcome = process(st, &object, operation, &data, &session).await;
+    let outcome = process(st, &object, operation, &data, &session, &origin).await;
     let mut job = handle.lock().await;
     match outcome {
         Ok((header, successful, failed)) => {
@@ -196,7 +204,14 @@ async fn run(st: &AppState, handle: &Arc<Mutex<Job>>) {
 
 type Results = (Vec<String>, Vec<Vec<String>>, Vec<Vec<String>>);
 
-async fn process(st: &AppState, object: &str, operation: BulkOperation, data: &[u8], session: &Session) -> Result<Results, String> {
+async fn process(
+    st: &AppState,
+    object: &str,
+    operation: BulkOperation,
+    data: &[u8],
+    session: &Session,
+    origin: &str,
+) -> Result<Results, String> {
     let (header, rows) = salesforce::read_csv(data).map_err(|e| format!("InvalidBatch : the CSV cannot be read: {e}"))?;
     let def = match Table::resolve(object).map_err(|_| format!("InvalidJob : unknown object {object}"))? {
         Table::Standard { def, .. } => Some(def),
@@ -226,7 +241,7 @@ async fn process(st: &AppState, object: &str, operation: BulkOperation, data: &[
             })
             .collect();
         let prepared = records.iter().map(|r| rest::prepare(mode, session, &integration, r)).collect();
-        let results: Vec<SaveResult> = rest::write(st, mode, prepared).await.map_err(|e| format!("{:?}", e.errors))?;
+        let results: Vec<SaveResult> = rest::write(st, mode, prepared, origin).await.map_err(|e| format!("{:?}", e.errors))?;
         for (row, result) in chunk.iter().zip(results) {
             let id = result.id.clone().unwrap_or_default();
             if result.success {

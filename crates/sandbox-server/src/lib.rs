@@ -11,10 +11,15 @@
 //! The HTTP connectors are tested against it, and ordinary Salesforce
 //! clients can talk to it.
 //!
+//! With [`Server::bind_pubsub`] it also serves the Salesforce Pub/Sub API
+//! (gRPC) on a listener of its own: Change Data Capture events of the CRM
+//! org, see [`pubsub`].
+//!
 //! `/sandbox-admin` changes the limits at run time and expires sessions, so
-//! tests can hit a quota or a token expiry on purpose, and reports what the
-//! server saw (the most AE requests in flight at once); it is open to anyone
-//! who can reach the port, so the server binds to loopback by default.
+//! tests can hit a quota or a token expiry on purpose, switches change
+//! events (selection, gap and overflow events), and reports what the server
+//! saw (the most AE requests in flight at once); it is open to anyone who
+//! can reach the port, so the server binds to loopback by default.
 
 mod admin;
 mod bulk;
@@ -23,6 +28,7 @@ mod imports;
 mod mirrors;
 mod oauth;
 mod pardot;
+pub mod pubsub;
 mod rest;
 mod soql_sql;
 mod state;
@@ -40,6 +46,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use admin::CdcSettings;
 pub use state::{Limits, Stats};
 
 /// What the server serves, and to whom.
@@ -91,6 +98,11 @@ impl Default for Limits {
             pardot_used: 0,
             pardot_concurrency: crmsync_wire::pardot::MAX_CONCURRENT_REQUESTS,
             token_ttl_secs: 2 * 60 * 60,
+            cdc_retention_secs: state::defaults::cdc_retention_secs(),
+            cdc_delivery_daily: state::defaults::cdc_delivery_daily(),
+            cdc_delivered: 0,
+            pubsub_keepalive_ms: state::defaults::pubsub_keepalive_ms(),
+            cdc_overflow_threshold: state::defaults::cdc_overflow_threshold(),
         }
     }
 }
@@ -99,6 +111,8 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
+    /// The Pub/Sub API's listener and URL, when bound.
+    pubsub: Option<(TcpListener, String)>,
     state: Arc<state::AppState>,
 }
 
@@ -129,8 +143,17 @@ impl Server {
             pardot_in_flight_high: AtomicUsize::new(0),
             pardot_concurrency_refused: Default::default(),
             org_id,
+            deliveries: Default::default(),
         });
-        Ok(Server { listener, state })
+        Ok(Server { listener, pubsub: None, state })
+    }
+
+    /// Binds `addr` for the Pub/Sub API (gRPC, plain HTTP/2) as well.
+    pub async fn bind_pubsub(&mut self, addr: SocketAddr) -> std::io::Result<()> {
+        let listener = TcpListener::bind(addr).await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        self.pubsub = Some((listener, url));
+        Ok(())
     }
 
     /// The address clients reach the server at.
@@ -138,11 +161,32 @@ impl Server {
         &self.state.config.public_url
     }
 
+    /// The address of the Pub/Sub API, when bound.
+    pub fn pubsub_url(&self) -> Option<&str> {
+        self.pubsub.as_ref().map(|(_, url)| url.as_str())
+    }
+
     /// Serves until `shutdown` is cancelled, then finishes the requests in
-    /// flight.
+    /// flight (a Pub/Sub subscription ends).
     pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let pubsub = self.pubsub.map(|(listener, _)| {
+            let service = pubsub::Service::start(self.state.clone(), shutdown.clone());
+            let shutdown = shutdown.clone();
+            tonic::transport::Server::builder()
+                .add_service(crmsync_pubsub::proto::pub_sub_server::PubSubServer::new(service))
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async move {
+                    shutdown.cancelled().await;
+                })
+        });
         let app = router(self.state);
-        axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+        let http = axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
+        match pubsub {
+            None => http.await,
+            Some(grpc) => {
+                let grpc = async move { grpc.await.map_err(std::io::Error::other) };
+                tokio::try_join!(async move { http.await }, grpc).map(|_| ())
+            }
+        }
     }
 }
 
@@ -171,7 +215,11 @@ fn router(st: Arc<state::AppState>) -> Router {
         .route("/sandbox-admin/limits", get(admin::limits).put(admin::set_limits))
         .route("/sandbox-admin/expire-sessions", post(admin::expire_sessions))
         .route("/sandbox-admin/stats", get(admin::stats))
-        .route("/sandbox-admin/sessions", delete(admin::expire_sessions));
+        .route("/sandbox-admin/sessions", delete(admin::expire_sessions))
+        .route("/sandbox-admin/cdc", get(admin::cdc))
+        .route("/sandbox-admin/cdc/entities", put(admin::select_entities))
+        .route("/sandbox-admin/cdc/gaps", post(admin::request_gaps))
+        .route("/sandbox-admin/cdc/overflows", post(admin::request_overflows));
     Router::new()
         .route("/services/oauth2/token", post(oauth::token))
         .route("/services/data", get(rest::versions))

@@ -1,6 +1,10 @@
 //! Salesforce REST: `query` and `queryAll` with `nextRecordsUrl` paging, and
 //! sObject Collections create, update, upsert by external id and delete, at
 //! most 200 records a call, one result per record (`allOrNone` false).
+//!
+//! Writes name their origin for the change events they cause
+//! (`changeOrigin`): the API and its version, and the client id a request
+//! gives in `Sforce-Call-Options: client=<id>`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,6 +105,26 @@ pub async fn query_more(
     Ok(Json(QueryResult { total_size: (page.len() + rest_len) as u64, done: rest_len == 0, next_records_url, records }))
 }
 
+/// The header a client names itself in (`client=<id>`, among other options).
+const CALL_OPTIONS_HEADER: &str = "sforce-call-options";
+
+/// The `changeOrigin` of a write through `api` (`rest`, `bulkapi`) at path
+/// version `v60.0`, as Salesforce writes it:
+/// `com/salesforce/api/rest/60.0;client=<id>`, the client part only when the
+/// request named one.
+pub(crate) fn change_origin(api: &str, version: &str, headers: &HeaderMap) -> String {
+    let version = version.strip_prefix('v').unwrap_or(version);
+    let client = headers
+        .get(CALL_OPTIONS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split([',', ';']).find_map(|p| p.trim().strip_prefix("client=")).map(str::trim))
+        .filter(|c| !c.is_empty());
+    match client {
+        Some(c) => format!("com/salesforce/api/{api}/{version};client={c}"),
+        None => format!("com/salesforce/api/{api}/{version}"),
+    }
+}
+
 /// The objects the sandbox writes through the API.
 fn writable(name: &str) -> Result<CrmObject, SaveError> {
     match name.to_ascii_lowercase().as_str() {
@@ -195,7 +219,9 @@ pub(crate) async fn write(
     st: &AppState,
     mode: Mode,
     prepared: Vec<Result<(CrmObject, CrmWrite), SaveError>>,
+    origin: &str,
 ) -> Result<Vec<SaveResult>, SfError> {
+    let crm = st.crm.with_change_origin(origin);
     let mut out: Vec<Option<SaveResult>> = vec![None; prepared.len()];
     let mut i = 0;
     while i < prepared.len() {
@@ -214,7 +240,7 @@ pub(crate) async fn write(
                     }
                     j += 1;
                 }
-                let outcomes = st.crm.write_people(object, &group).await?;
+                let outcomes = crm.write_people(object, &group).await?;
                 for (k, outcome) in outcomes.into_iter().enumerate() {
                     out[i + k] = Some(result_of(mode, outcome));
                 }
@@ -225,7 +251,13 @@ pub(crate) async fn write(
     Ok(out.into_iter().map(|r| r.expect("every record has a result")).collect())
 }
 
-async fn collection(st: &AppState, session: &Session, mode: Mode, body: CollectionRequest) -> Result<Json<Vec<SaveResult>>, SfError> {
+async fn collection(
+    st: &AppState,
+    session: &Session,
+    mode: Mode,
+    body: CollectionRequest,
+    origin: &str,
+) -> Result<Json<Vec<SaveResult>>, SfError> {
     if body.records.len() > salesforce::MAX_COLLECTION_RECORDS {
         return Err(SfError::bad_request(
             codes::EXCEEDED_ID_LIMIT,
@@ -237,29 +269,34 @@ async fn collection(st: &AppState, session: &Session, mode: Mode, body: Collecti
     }
     let integration = st.crm.integration_user().to_owned();
     let prepared = body.records.iter().map(|r| prepare(mode, session, &integration, r)).collect();
-    Ok(Json(write(st, mode, prepared).await?))
+    Ok(Json(write(st, mode, prepared, origin).await?))
 }
 
 pub async fn create(
     State(st): State<Arc<AppState>>,
     Extension(session): Extension<Session>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
     Json(body): Json<CollectionRequest>,
 ) -> Result<Json<Vec<SaveResult>>, SfError> {
-    collection(&st, &session, Mode::Create, body).await
+    collection(&st, &session, Mode::Create, body, &change_origin("rest", &version, &headers)).await
 }
 
 pub async fn update(
     State(st): State<Arc<AppState>>,
     Extension(session): Extension<Session>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
     Json(body): Json<CollectionRequest>,
 ) -> Result<Json<Vec<SaveResult>>, SfError> {
-    collection(&st, &session, Mode::Update, body).await
+    collection(&st, &session, Mode::Update, body, &change_origin("rest", &version, &headers)).await
 }
 
 pub async fn upsert(
     State(st): State<Arc<AppState>>,
     Extension(session): Extension<Session>,
-    Path((_version, object, field)): Path<(String, String, String)>,
+    Path((version, object, field)): Path<(String, String, String)>,
+    headers: HeaderMap,
     Json(mut body): Json<CollectionRequest>,
 ) -> Result<Json<Vec<SaveResult>>, SfError> {
     if field != EXTERNAL_ID_FIELD {
@@ -269,7 +306,7 @@ pub async fn upsert(
     for r in &mut body.records {
         r.entry("attributes").or_insert_with(|| serde_json::json!({"type": object}));
     }
-    collection(&st, &session, Mode::Upsert, body).await
+    collection(&st, &session, Mode::Upsert, body, &change_origin("rest", &version, &headers)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,8 +315,13 @@ pub struct Ids {
 }
 
 /// `DELETE /composite/sobjects?ids=...`: moves records to the recycle bin.
-pub async fn delete(State(st): State<Arc<AppState>>, QueryParams(p): QueryParams<Ids>) -> Result<Json<Vec<SaveResult>>, SfError> {
-    let sandbox = Sandbox::new(st.pool.clone(), st.config.crm_tenant.clone());
+pub async fn delete(
+    State(st): State<Arc<AppState>>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
+    QueryParams(p): QueryParams<Ids>,
+) -> Result<Json<Vec<SaveResult>>, SfError> {
+    let sandbox = Sandbox::new(st.pool.clone(), st.config.crm_tenant.clone()).with_change_origin(change_origin("rest", &version, &headers));
     let mut out = Vec::new();
     let ids: Vec<&str> = p.ids.split(',').filter(|s| !s.is_empty()).collect();
     if ids.len() > salesforce::MAX_COLLECTION_RECORDS {

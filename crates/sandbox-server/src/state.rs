@@ -2,7 +2,7 @@
 //! their counters, query locators and Bulk jobs, all in memory (a restart
 //! logs every client out, as a real org's session reset would).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -53,6 +53,43 @@ pub struct Limits {
     pub pardot_concurrency: usize,
     /// How long a token lives.
     pub token_ttl_secs: u64,
+    /// How long change events are kept (Salesforce: 72 hours); a replay id
+    /// older than that has expired.
+    #[serde(default = "defaults::cdc_retention_secs")]
+    pub cdc_retention_secs: u64,
+    /// Change events the Pub/Sub API delivers to subscribers in any 24
+    /// hours (Developer Edition: 10,000); past it, Subscribe fails with
+    /// Salesforce's `subscription.limit.exceeded`.
+    #[serde(default = "defaults::cdc_delivery_daily")]
+    pub cdc_delivery_daily: u64,
+    /// Events delivered in the last 24 hours (setting it restarts the
+    /// window at that count).
+    #[serde(default)]
+    pub cdc_delivered: u64,
+    /// How long an idle subscription waits before an empty keepalive
+    /// response (Salesforce: within 270 seconds).
+    #[serde(default = "defaults::pubsub_keepalive_ms")]
+    pub pubsub_keepalive_ms: u64,
+    /// Changes of one transaction published one by one; the rest make one
+    /// overflow event per entity (Salesforce: 100,000).
+    #[serde(default = "defaults::cdc_overflow_threshold")]
+    pub cdc_overflow_threshold: u64,
+}
+
+/// Defaults of the change event limits, for configurations that predate them.
+pub(crate) mod defaults {
+    pub fn cdc_retention_secs() -> u64 {
+        72 * 60 * 60
+    }
+    pub fn cdc_delivery_daily() -> u64 {
+        10_000
+    }
+    pub fn pubsub_keepalive_ms() -> u64 {
+        270_000
+    }
+    pub fn cdc_overflow_threshold() -> u64 {
+        crmsync_sandbox::cdc::OVERFLOW_THRESHOLD
+    }
 }
 
 /// A query's remaining records: their ids, in order (the rows are read when
@@ -65,6 +102,9 @@ pub struct Locator {
     pub batch: usize,
     pub created: Instant,
 }
+
+/// The window of the event delivery allocation.
+pub const DELIVERY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How long a query locator stays valid.
 pub const LOCATOR_TTL: Duration = Duration::from_secs(15 * 60);
@@ -87,6 +127,8 @@ pub struct AppState {
     pub pardot_in_flight_high: AtomicUsize,
     pub pardot_concurrency_refused: AtomicU64,
     pub org_id: String,
+    /// Change events delivered, by when, for the 24-hour delivery allocation.
+    pub deliveries: Mutex<VecDeque<(Instant, u64)>>,
 }
 
 impl AppState {
@@ -99,6 +141,53 @@ impl AppState {
             l.salesforce_used = 0;
             l.pardot_used = 0;
         }
+    }
+
+    /// The limits as they stand, with the events delivered in the last 24
+    /// hours.
+    pub async fn current_limits(&self) -> Limits {
+        let mut l = self.limits.lock().await;
+        let mut window = self.deliveries.lock().await;
+        while window.front().is_some_and(|(at, _)| at.elapsed() >= DELIVERY_WINDOW) {
+            window.pop_front();
+        }
+        l.cdc_delivered = window.iter().map(|(_, n)| n).sum();
+        l.clone()
+    }
+
+    /// Replaces the limits; a changed delivery count restarts the window at it.
+    pub async fn set_limits(&self, new: Limits) -> Limits {
+        let mut l = self.limits.lock().await;
+        let mut window = self.deliveries.lock().await;
+        let current: u64 = window.iter().map(|(_, n)| n).sum();
+        if new.cdc_delivered != current {
+            window.clear();
+            window.push_back((Instant::now(), new.cdc_delivered));
+        }
+        *l = new;
+        l.clone()
+    }
+
+    /// Change events that may still be delivered in the current 24 hours.
+    pub async fn delivery_allowance(&self) -> u64 {
+        let l = self.current_limits().await;
+        l.cdc_delivery_daily.saturating_sub(l.cdc_delivered)
+    }
+
+    /// Counts up to `n` events as delivered, as many as the allocation
+    /// still allows; returns how many.
+    pub async fn reserve_deliveries(&self, n: u64) -> u64 {
+        let l = self.limits.lock().await;
+        let mut window = self.deliveries.lock().await;
+        while window.front().is_some_and(|(at, _)| at.elapsed() >= DELIVERY_WINDOW) {
+            window.pop_front();
+        }
+        let used: u64 = window.iter().map(|(_, n)| n).sum();
+        let granted = n.min(l.cdc_delivery_daily.saturating_sub(used));
+        if granted > 0 {
+            window.push_back((Instant::now(), granted));
+        }
+        granted
     }
 
     pub fn base_url(&self) -> &str {

@@ -25,6 +25,8 @@ pub struct SandboxCrm {
     pool: PgPool,
     tenant: String,
     integration_user: String,
+    /// The `changeOrigin` its writes' change events carry (see [`crate::cdc`]).
+    change_origin: Option<String>,
 }
 
 fn def_of(object: CrmObject) -> Result<&'static ObjectDef, ConnectorError> {
@@ -75,7 +77,13 @@ impl SandboxCrm {
             .fetch_one(&pool)
             .await
             .map_err(db_error)?;
-        Ok(SandboxCrm { pool, tenant: tenant.to_owned(), integration_user: id })
+        Ok(SandboxCrm { pool, tenant: tenant.to_owned(), integration_user: id, change_origin: None })
+    }
+
+    /// This org, writing as an API client: the change events of its writes
+    /// carry `origin` as their `changeOrigin` (`com/salesforce/api/rest/60.0;client=crmsync`).
+    pub fn with_change_origin(&self, origin: impl Into<String>) -> SandboxCrm {
+        SandboxCrm { change_origin: Some(origin.into()), ..self.clone() }
     }
 
     /// Leads and contacts matching `condition` (on table alias `t`, with `$1`
@@ -419,6 +427,9 @@ impl CrmApi for SandboxCrm {
             )));
         }
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        if let Some(origin) = &self.change_origin {
+            crate::cdc::set_origin(&mut tx, origin).await.map_err(db_error)?;
+        }
         let rules = rules::Rules::load(&mut tx, def, &self.tenant).await.map_err(db_error)?;
         let users = self.users_of(&mut tx, writes).await.map_err(db_error)?;
         // The org's rules read other rows (duplicates) and a record named

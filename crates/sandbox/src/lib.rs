@@ -6,6 +6,7 @@
 //! a place to try a configuration safely: [`ops`] edits records by hand (as
 //! the command line does) and [`seed`] fills it with a realistic data set.
 
+pub mod cdc;
 pub mod crm;
 pub mod cs;
 pub mod factory;

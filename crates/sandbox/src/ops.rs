@@ -40,11 +40,19 @@ pub enum System {
 pub struct Sandbox {
     pool: PgPool,
     tenant: String,
+    /// The `changeOrigin` of its edits' change events (none: a user's edit).
+    change_origin: Option<String>,
 }
 
 impl Sandbox {
     pub fn new(pool: PgPool, tenant: impl Into<String>) -> Self {
-        Sandbox { pool, tenant: tenant.into() }
+        Sandbox { pool, tenant: tenant.into(), change_origin: None }
+    }
+
+    /// Edits made through an API rather than by hand: their change events
+    /// carry `origin` (see [`crate::cdc`]).
+    pub fn with_change_origin(&self, origin: impl Into<String>) -> Sandbox {
+        Sandbox { change_origin: Some(origin.into()), ..self.clone() }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -167,8 +175,20 @@ impl Sandbox {
         Self::writable(def)?;
         let doc = Self::document(def, values)?;
         let actor = self.actor(def, actor).await?;
-        let mut conn = self.pool.acquire().await?;
-        self.update_on(&mut conn, def, id, &doc, &actor).await
+        match &self.change_origin {
+            None => {
+                let mut conn = self.pool.acquire().await?;
+                self.update_on(&mut conn, def, id, &doc, &actor).await
+            }
+            // The origin is the transaction's: the change capture reads it.
+            Some(origin) => {
+                let mut tx = self.pool.begin().await?;
+                crate::cdc::set_origin(&mut tx, origin).await?;
+                self.update_on(&mut tx, def, id, &doc, &actor).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
     }
 
     /// The values that move a record to its system's recycle bin, or out.
