@@ -104,6 +104,12 @@ pub enum BenchCmd {
         /// Linked pairs the edits go round.
         #[arg(long, default_value_t = 2000)]
         pairs: i64,
+        /// The side the edits are made on.
+        #[arg(long, value_enum, default_value_t = crate::bench::latency::Direction::MaToCrm)]
+        direction: crate::bench::latency::Direction,
+        /// How the tiers reach the sandbox systems.
+        #[arg(long, value_enum, default_value_t = crate::bench::mode::Mode::Direct)]
+        mode: crate::bench::mode::Mode,
         /// Also write the figures as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,

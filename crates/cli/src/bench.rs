@@ -5,8 +5,10 @@
 //! time. Figures are printed, and written as JSON when asked; nothing is
 //! asserted: the machine's load moves them, ratios are what to compare.
 
+pub mod api;
 pub mod backfill;
 pub mod ceiling;
+pub mod idle;
 pub mod latency;
 pub mod mode;
 pub mod procs;
@@ -196,16 +198,27 @@ async fn one_run(
 }
 
 /// `crmsync bench latency`: one steady-load run per rate, as a table.
-pub async fn latency_cmd(config: &Config, rates: &[f64], seconds: f64, pairs: i64, out: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn latency_cmd(
+    config: &Config,
+    (mode, direction): (mode::Mode, latency::Direction),
+    rates: &[f64],
+    seconds: f64,
+    pairs: i64,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let base_url = config.database.url.expose_secret().to_owned();
-    let logs = PathBuf::from(".bench/logs");
+    let logs = std::fs::canonicalize(".").map(|d| d.join(".bench/logs"))?;
     std::fs::create_dir_all(&logs)?;
-    outln!("immediate lane: MA edits round {pairs} linked pairs for {seconds} s per rate; latency from MA commit to CRM commit");
+    outln!(
+        "immediate lane, {}: {} edits round {pairs} linked pairs for {seconds} s per rate; latency from commit to commit",
+        mode.as_str(),
+        direction.as_str()
+    );
     outln!("| offered/s | achieved/s | edits | synced | merged | p50 | p95 | p99 | max |");
     outln!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut runs = Vec::new();
     for &rate in rates {
-        let r = latency::run(config, &base_url, mode::Mode::Direct, rate, seconds, pairs, &logs)
+        let r = latency::run(config, &base_url, mode, direction, rate, seconds, pairs, &logs)
             .await
             .with_context(|| format!("the run at {rate}/s"))?;
         outln!(

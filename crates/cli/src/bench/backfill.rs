@@ -50,6 +50,8 @@ pub struct BackfillRun {
     /// Of those, Account Engagement's and Salesforce's (I8 is per system).
     pub api_calls_ma: Option<u64>,
     pub api_calls_crm: Option<u64>,
+    /// The calls as the engine counted them, per system and endpoint kind.
+    pub api_by_kind: Option<super::api::Calls>,
     /// Changes the producers published (the rest they read were echoes or
     /// already known, I7). Between one and two a pair: when both sides of a
     /// pair are published before either is matched, the second brings
@@ -157,6 +159,7 @@ pub async fn run(config: &Config, base_url: &str, mode: Mode, pairs: u64, replic
     let server = mode.connect(&pool, &url, work_dir).await?;
     let run_name = format!("backfill-{}-{pairs}-{replicas}", mode.as_str());
     let counts = [("producer", replicas), ("matcher", replicas), ("applier", replicas)];
+    let calls_before = if server.is_some() { Some(super::api::snapshot(&config).await?) } else { None };
     let db_started = db_now(&pool).await?;
     let started = Instant::now();
     let tiers = Tiers::spawn(&url, &prefix, &counts, work_dir, &run_name)?;
@@ -206,6 +209,10 @@ pub async fn run(config: &Config, base_url: &str, mode: Mode, pairs: u64, replic
         _ => seen,
     };
     bar.finish_and_clear();
+    let api_by_kind = match &calls_before {
+        Some(before) => Some(super::api::since(&super::api::snapshot(&config).await?, before)),
+        None => None,
+    };
     let (tier_costs, services) = sampler.finish().await;
     tiers.stop().await;
     let published = feeds::all(&pool, "default").await?.iter().map(|f| u64::try_from(f.published).unwrap_or(0)).sum();
@@ -235,6 +242,7 @@ pub async fn run(config: &Config, base_url: &str, mode: Mode, pairs: u64, replic
         api_calls,
         api_calls_ma: usage.as_ref().map(|l| l.pardot_used),
         api_calls_crm: usage.as_ref().map(|l| l.salesforce_used),
+        api_by_kind,
         published,
         skipped_as_known,
         applied_unchanged,

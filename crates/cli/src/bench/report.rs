@@ -37,6 +37,8 @@ pub struct Results {
     pub steady: Vec<LatencyRun>,
     /// The backfill with the large backlog, for memory and CPU per record.
     pub cost: Vec<BackfillRun>,
+    /// An idle connection's API calls.
+    pub idle: Vec<super::idle::IdleRun>,
 }
 
 fn first_line(cmd: &str, args: &[&str]) -> String {
@@ -120,6 +122,28 @@ fn rss_drift(run: &BackfillRun, tier: &str) -> (f64, f64) {
     (early, late)
 }
 
+/// The engine's own CPU (producer, matcher and applier together) per
+/// 1,000 records over HTTP next to the direct mode, for each replica count
+/// both modes ran with.
+fn engine_cpu(s: &mut String, runs: &[BackfillRun]) {
+    let engine = |b: &BackfillRun| ["producer", "matcher", "applier"].iter().filter_map(|t| b.cpu_ms_per_1k.get(*t)).sum::<f64>();
+    let mut lines = Vec::new();
+    for http in runs.iter().filter(|b| b.mode == super::mode::Mode::Http) {
+        let direct = runs.iter().find(|b| b.mode == super::mode::Mode::Direct && b.replicas_per_tier == http.replicas_per_tier);
+        if let Some(direct) = direct {
+            let (h, d) = (engine(http), engine(direct));
+            lines.push(format!(
+                "{} per tier: {h:.0} ms over HTTP, {d:.0} ms direct, **{:.1}×**",
+                http.replicas_per_tier,
+                h / d.max(f64::MIN_POSITIVE)
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(s, "The engine's CPU (producer + matcher + applier) per 1,000 records: {}.\n", lines.join("; "));
+    }
+}
+
 /// The Markdown page.
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
@@ -193,23 +217,33 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(s, "\n![Backfill throughput](throughput.svg)\n");
         let rows = r.backfill.iter().map(|b| (vec![b.mode.as_str().to_owned(), b.replicas_per_tier.to_string()], &b.cpu_ms_per_1k));
         cost_table(&mut s, "records", &["mode", "replicas"], rows);
+        engine_cpu(&mut s, &r.backfill);
+        let rows = r.backfill.iter().filter_map(|b| {
+            b.api_by_kind.as_ref().map(|c| (vec![b.mode.as_str().to_owned(), b.replicas_per_tier.to_string()], c, b.records))
+        });
+        super::api::table(&mut s, "records", &["mode", "replicas"], rows);
     }
     if !r.steady.is_empty() {
         let _ = writeln!(s, "## Steady immediate lane\n");
         let _ = writeln!(
             s,
-            "MA edits on linked pairs at a fixed offered rate; latency from the edit's commit in the MA to the same value's commit \
-             in the CRM, both read from row triggers. *Merged* edits were overtaken by a newer edit of the same pair before they \
+            "Edits on linked pairs at a fixed offered rate, on one side (MA → CRM: prospect edits; CRM → MA: lead edits, which \
+             over HTTP reach the engine as the org's change events); latency from the edit's commit on its side to the same \
+             value's commit on the other, both read from row triggers. *Merged* edits were overtaken by a newer edit of the same pair before they \
              were written (the newer value is what synced). *Sustained*: committed at ≥ 95% of the offered rate, and the \
              pipeline less than 1 s behind when the load stopped.\n"
         );
-        let _ = writeln!(s, "| mode | offered/s | achieved/s | synced | merged | p50 | p95 | p99 | max | behind at end | sustained |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(
+            s,
+            "| mode | direction | offered/s | achieved/s | synced | merged | p50 | p95 | p99 | max | behind at end | sustained |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for l in &r.steady {
             let _ = writeln!(
                 s,
-                "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 l.mode.as_str(),
+                l.direction.as_str(),
                 l.offered_per_second,
                 l.achieved_per_second,
                 l.synced,
@@ -223,8 +257,15 @@ pub fn markdown(r: &Results) -> String {
             );
         }
         let _ = writeln!(s, "\n![Latency](latency.svg)\n");
-        let rows = r.steady.iter().map(|l| (vec![l.mode.as_str().to_owned(), format!("{:.0}", l.offered_per_second)], &l.cpu_ms_per_1k));
-        cost_table(&mut s, "edits", &["mode", "offered/s"], rows);
+        let key =
+            |l: &LatencyRun| vec![l.mode.as_str().to_owned(), l.direction.as_str().to_owned(), format!("{:.0}", l.offered_per_second)];
+        let rows = r.steady.iter().map(|l| (key(l), &l.cpu_ms_per_1k));
+        cost_table(&mut s, "edits", &["mode", "direction", "offered/s"], rows);
+        let rows = r.steady.iter().filter_map(|l| l.api_calls.as_ref().map(|c| (key(l), c, l.edits)));
+        super::api::table(&mut s, "edits", &["mode", "direction", "offered/s"], rows);
+    }
+    if !r.idle.is_empty() {
+        super::idle::markdown(&mut s, &r.idle);
     }
     if !r.cost.is_empty() {
         let _ = writeln!(s, "## Cost with a large backlog\n");
@@ -349,8 +390,9 @@ fn latency_svg(path: &Path, runs: &[LatencyRun]) -> Plot {
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     let mut colour = 0;
-    for mode in [super::mode::Mode::Direct, super::mode::Mode::Http] {
-        let of_mode: Vec<&LatencyRun> = runs.iter().filter(|r| r.mode == mode).collect();
+    let directions = [super::latency::Direction::MaToCrm, super::latency::Direction::CrmToMa];
+    for (mode, direction) in [super::mode::Mode::Direct, super::mode::Mode::Http].into_iter().flat_map(|m| directions.map(|d| (m, d))) {
+        let of_mode: Vec<&LatencyRun> = runs.iter().filter(|r| r.mode == mode && r.direction == direction).collect();
         if of_mode.is_empty() {
             continue;
         }
@@ -360,7 +402,7 @@ fn latency_svg(path: &Path, runs: &[LatencyRun]) -> Plot {
             let points: Vec<(f64, f64)> = of_mode.iter().map(|r| (r.offered_per_second, pick(r).max(1.0))).collect();
             chart
                 .draw_series(LineSeries::new(points.clone(), style.stroke_width(2)).point_size(4))?
-                .label(format!("{} {what}", mode.as_str()))
+                .label(format!("{} {} {what}", mode.as_str(), direction.as_str()))
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 12, y)], style.stroke_width(2)));
         }
     }

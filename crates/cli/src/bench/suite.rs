@@ -14,9 +14,10 @@ use crmsync_infra::Config;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
+use super::latency::Direction;
 use super::mode::Mode;
 use super::report::{self, Machine, Results};
-use super::{backfill, ceiling, latency};
+use super::{backfill, ceiling, idle, latency};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ValueEnum)]
 pub enum Scenario {
@@ -24,13 +25,15 @@ pub enum Scenario {
     Backfill,
     Steady,
     Cost,
+    /// An idle connection's API calls (over HTTP only).
+    Idle,
 }
 
 /// What to run, and how big.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuiteArgs {
     /// Scenarios to run (all by default).
-    #[arg(long = "scenario", value_enum, default_values_t = [Scenario::Ceiling, Scenario::Backfill, Scenario::Steady, Scenario::Cost])]
+    #[arg(long = "scenario", value_enum, default_values_t = [Scenario::Ceiling, Scenario::Backfill, Scenario::Steady, Scenario::Cost, Scenario::Idle])]
     pub scenarios: Vec<Scenario>,
     /// How the tiers reach the sandbox systems.
     #[arg(long = "mode", value_enum, default_values_t = [Mode::Direct, Mode::Http])]
@@ -44,6 +47,9 @@ pub struct SuiteArgs {
     /// Steady lane: offered changes a second, one run per value.
     #[arg(long = "rate", default_values_t = [100.0, 500.0, 2000.0])]
     pub rates: Vec<f64>,
+    /// Steady lane: the sides edits are made on, one run per value.
+    #[arg(long = "direction", value_enum, default_values_t = [Direction::MaToCrm, Direction::CrmToMa])]
+    pub directions: Vec<Direction>,
     /// Steady lane: how long each rate is offered.
     #[arg(long, default_value_t = 20.0)]
     pub seconds: f64,
@@ -58,6 +64,15 @@ pub struct SuiteArgs {
     /// it takes hours on a small machine.
     #[arg(long, default_value_t = 1.0)]
     pub http_scale: f64,
+    /// Idle: linked pairs synced before nothing changes.
+    #[arg(long, default_value_t = 1_000)]
+    pub idle_pairs: i64,
+    /// Idle: seconds before the window, for the feeds to back off.
+    #[arg(long, default_value_t = 240)]
+    pub idle_warmup_secs: u64,
+    /// Idle: seconds the calls are counted over.
+    #[arg(long, default_value_t = 600)]
+    pub idle_secs: u64,
     /// Ceiling: messages moved (by default as many as the backfill's records).
     #[arg(long)]
     pub ceiling_messages: Option<u64>,
@@ -87,7 +102,14 @@ pub async fn run(config: &Config, args: SuiteArgs) -> anyhow::Result<()> {
     let base_url = config.database.url.expose_secret().to_owned();
     std::fs::create_dir_all(&args.work_dir)?;
     let work_dir = std::fs::canonicalize(&args.work_dir)?;
-    let mut results = Results { machine: Machine::describe(), ceiling: None, backfill: Vec::new(), steady: Vec::new(), cost: Vec::new() };
+    let mut results = Results {
+        machine: Machine::describe(),
+        ceiling: None,
+        backfill: Vec::new(),
+        steady: Vec::new(),
+        cost: Vec::new(),
+        idle: Vec::new(),
+    };
     let m = &results.machine;
     outln!("crmsync bench suite: {} cores, {:.0} GB, {} build, commit {}", m.cores, m.memory_gb, m.build, m.commit);
     let wants = |s| args.scenarios.contains(&s);
@@ -126,13 +148,14 @@ pub async fn run(config: &Config, args: SuiteArgs) -> anyhow::Result<()> {
     if wants(Scenario::Steady) {
         outln!("\n## steady immediate lane: {} s per rate round {} pairs", args.seconds, args.steady_pairs);
         for &mode in &args.modes {
-            for &rate in &args.rates {
-                let l = latency::run(config, &base_url, mode, rate, args.seconds, args.steady_pairs, &work_dir)
+            for (&direction, &rate) in args.directions.iter().flat_map(|d| args.rates.iter().map(move |r| (d, r))) {
+                let l = latency::run(config, &base_url, mode, direction, rate, args.seconds, args.steady_pairs, &work_dir)
                     .await
-                    .with_context(|| format!("the steady lane, {}, {rate}/s", mode.as_str()))?;
+                    .with_context(|| format!("the steady lane, {}, {}, {rate}/s", mode.as_str(), direction.as_str()))?;
                 outln!(
-                    "  {} at {rate:.0}/s: achieved {:.0}/s, p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms, {}",
+                    "  {} {} at {rate:.0}/s: achieved {:.0}/s, p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms, {}",
                     mode.as_str(),
+                    direction.as_str(),
                     l.achieved_per_second,
                     l.p50_ms,
                     l.p95_ms,
@@ -166,6 +189,27 @@ pub async fn run(config: &Config, args: SuiteArgs) -> anyhow::Result<()> {
             results.cost.push(c);
             report::write(&args.out, &results)?;
         }
+    }
+    if wants(Scenario::Idle) && args.modes.contains(&Mode::Http) {
+        outln!(
+            "\n## idle: {} pairs synced, then nothing for {} s (after {} s of warm-up)",
+            args.idle_pairs,
+            args.idle_secs,
+            args.idle_warmup_secs
+        );
+        let warmup = std::time::Duration::from_secs(args.idle_warmup_secs);
+        let window = std::time::Duration::from_secs(args.idle_secs);
+        let i = idle::run(config, &base_url, args.idle_pairs, warmup, window, &work_dir).await.context("the idle run")?;
+        outln!(
+            "  {:.0} API calls a day (CRM {:.0}, MA {:.0}); answered in the window: CRM {}, MA {}",
+            i.per_day(),
+            i.per_day_crm,
+            i.per_day_ma,
+            i.answered_crm,
+            i.answered_ma
+        );
+        results.idle.push(i);
+        report::write(&args.out, &results)?;
     }
     outln!("\nwritten to {}", args.out.join("results.md").display());
     Ok(())
