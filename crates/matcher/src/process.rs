@@ -300,13 +300,21 @@ impl Matcher {
         let mut crm_emails: Vec<Email> = Vec::new();
         let mut crm_ids: Vec<CrmId> = Vec::new();
         let mut ma_emails: Vec<Email> = Vec::new();
+        // Prospects that name their CRM record are matched by it (R1); their
+        // email is looked up only if that record is gone or converted. Over
+        // an API a look-up by email is a query per CRM object, by id one for
+        // the object the id names: a first sync of pairs costs half the calls.
+        let mut email_unless_found: Vec<(CrmId, Email)> = Vec::new();
         for item in items {
             match item.candidate {
                 Candidate::Prospect { p, email, crm_id, .. } => {
                     if prospect_needs_crm_lookup(ix.prospect(p.id).map(IdentityRow::as_ref).as_ref()) {
-                        crm_emails.push(email.clone());
-                        if let Some(id) = crm_id.as_ref().filter(|id| ix.crm(id).is_none()) {
-                            crm_ids.push(id.clone());
+                        match crm_id.as_ref().filter(|id| ix.crm(id).is_none()) {
+                            Some(id) => {
+                                crm_ids.push(id.clone());
+                                email_unless_found.push((id.clone(), email.clone()));
+                            }
+                            None => crm_emails.push(email.clone()),
                         }
                     }
                 }
@@ -338,12 +346,24 @@ impl Matcher {
                 found.add_crm(r);
             }
         }
-        // A prospect's linked lead usually has the prospect's email, so the
-        // email look-up above has read it already: in a first sync that was
-        // one CRM record read twice for every prospect.
         crm_ids.retain(|id| !found.crm_by_id.contains_key(id));
         if !crm_ids.is_empty() {
             for r in systems.crm.people_by_id(&crm_ids).await? {
+                found.add_crm(r);
+            }
+        }
+        // The prospects whose record was not there, or was converted: by
+        // email after all, as if they named none.
+        let mut fallback: Vec<Email> = email_unless_found
+            .into_iter()
+            .filter(|(id, _)| found.crm_by_id.get(id).is_none_or(|(c, _)| c.is_converted))
+            .map(|(_, e)| e)
+            .filter(|e| !crm_emails.contains(e))
+            .collect();
+        fallback.sort();
+        fallback.dedup();
+        if !fallback.is_empty() {
+            for r in systems.crm.people_by_email(&fallback).await? {
                 found.add_crm(r);
             }
         }
