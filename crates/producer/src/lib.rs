@@ -98,6 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         lease_ttl: config.producer.lease_ttl(),
         page_size: config.producer.page_size,
         records_per_message: config.producer.records_per_message,
+        api_records_per_message: config.producer.api_records_per_message,
     };
     info!(replica = %owner, "producer started");
     health.working();

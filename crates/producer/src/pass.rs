@@ -64,6 +64,8 @@ pub struct PassContext<'a> {
     pub lease_ttl: Duration,
     pub page_size: usize,
     pub records_per_message: usize,
+    /// The same for a connection with a system reached over a real API.
+    pub api_records_per_message: usize,
 }
 
 /// The identities of a page's records, found by the records' keys.
@@ -253,6 +255,7 @@ pub fn change_messages(
 async fn publish(
     ctx: &PassContext<'_>,
     connection_id: &str,
+    per_message: usize,
     h: &mut Held,
     page: Page,
     lane: Lane,
@@ -261,7 +264,7 @@ async fn publish(
     // Each record starts its own trace here (I5); the span ends once the
     // record is confirmed published, or the page failed.
     let mut spans = RecordSpans::default();
-    let out = change_messages(connection_id, &page.keep, lane, ctx.records_per_message, &mut spans);
+    let out = change_messages(connection_id, &page.keep, lane, per_message, &mut spans);
     stats.messages += out.len();
     // Confirmed by the broker before the cursor moves: a crash in between
     // publishes the page again, never skips it.
@@ -320,6 +323,10 @@ pub async fn run_pass(
     let mut stats = PassStats::default();
     // First pages with real changes, to choose the lane.
     let first_limit = ctx.page_size.max(settings.batch_threshold + 1);
+    // Over an API every message costs calls downstream (a look-up, a read
+    // before writing, a write or an import per message and system), so a
+    // connection with one carries more records a message (I8).
+    let per_message = if settings.ma.is_api() || settings.crm.is_api() { ctx.api_records_per_message } else { ctx.records_per_message };
     let mut first: Vec<Option<Page>> = Vec::with_capacity(held.len());
     for h in held.iter_mut() {
         let mut found = None;
@@ -336,7 +343,7 @@ pub async fn run_pass(
                 h.open = false;
                 break;
             }
-            publish(ctx, connection_id, h, page, Lane::Immediate, &mut stats).await?;
+            publish(ctx, connection_id, per_message, h, page, Lane::Immediate, &mut stats).await?;
         }
         first.push(found);
     }
@@ -353,7 +360,7 @@ pub async fn run_pass(
             break;
         }
         if let Some(page) = page {
-            publish(ctx, connection_id, h, page, lane, &mut stats).await?;
+            publish(ctx, connection_id, per_message, h, page, lane, &mut stats).await?;
         }
         // The rest of the pass follows the lane chosen.
         while h.open {
@@ -363,7 +370,7 @@ pub async fn run_pass(
                 keep_cursor(ctx, connection_id, h, page).await?;
                 break;
             }
-            publish(ctx, connection_id, h, page, lane, &mut stats).await?;
+            publish(ctx, connection_id, per_message, h, page, lane, &mut stats).await?;
             // Long passes keep their leases alive; a pass that lost the
             // connection's stops (another replica's pass has begun).
             match feeds::lease(ctx.pool, connection_id, feeds::PASS, ctx.owner, ctx.lease_ttl).await? {
