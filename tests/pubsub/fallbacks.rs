@@ -10,7 +10,9 @@ use crmsync_sandbox_server::Limits;
 use crmsync_tests::{TestApp, Tier};
 use serde_json::json;
 
-use super::engine::{World, calls, feed, lead_events_stored, lead_id, limits, pairs, quick, quiet, replay, retitle, set_limits, until_title};
+use super::engine::{
+    World, calls, feed, lead_events_stored, lead_id, limits, pairs, quick, quiet, replay, retitle, set_limits, until_title,
+};
 
 /// Retitles leads `ns` in a transaction that stays open while lead
 /// `moving` is edited and synced for longer than the overlap window (3 s),
@@ -36,8 +38,11 @@ async fn behind_the_cursor(app: &TestApp, ns: &[i64], title: &str, moving: i64, 
         tokio::time::sleep(Duration::from_millis(800)).await;
     }
     before_commit().await;
-    let stamped: DateTime<Utc> =
-        sqlx::query_scalar("SELECT modstamp FROM crm.leads WHERE id = $1").bind(lead_id(app, ns[0]).await).fetch_one(&mut *tx).await.unwrap();
+    let stamped: DateTime<Utc> = sqlx::query_scalar("SELECT modstamp FROM crm.leads WHERE id = $1")
+        .bind(lead_id(app, ns[0]).await)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     Utc::now() - stamped
 }
@@ -137,7 +142,8 @@ async fn a_used_up_event_allocation_falls_back_to_polling_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_not_selected_for_change_events_is_polled() {
     let mut w = World::new(quick()).await;
-    let resp = reqwest::Client::new().put(format!("{}/sandbox-admin/cdc/entities", w.url)).json(&json!({"Lead": false})).send().await.unwrap();
+    let resp =
+        reqwest::Client::new().put(format!("{}/sandbox-admin/cdc/entities", w.url)).json(&json!({"Lead": false})).send().await.unwrap();
     assert!(resp.status().is_success());
     pairs(&w.app, 2).await;
     w.app.start_pipeline(1, 1);

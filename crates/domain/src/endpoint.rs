@@ -324,7 +324,10 @@ mod tests {
         let SystemEndpoint::Salesforce(sf) = e else { panic!() };
         assert_eq!((sf.api_version.as_str(), sf.api_share, sf.overlap_secs), ("v60.0", 0.5, 60));
         assert!(sf.change_events);
-        assert_eq!((sf.pubsub_url.as_str(), sf.sweep_secs, sf.call_client.as_str()), ("https://api.pubsub.salesforce.com:7443", 3_600, "crmsync"));
+        assert_eq!(
+            (sf.pubsub_url.as_str(), sf.sweep_secs, sf.call_client.as_str()),
+            ("https://api.pubsub.salesforce.com:7443", 3_600, "crmsync")
+        );
         let stored = serde_json::to_value(&sf).unwrap();
         for key in ["change_events", "pubsub_url", "sweep_secs", "call_client"] {
             assert!(stored.get(key).is_none(), "{key} at its default is not stored (an older release refuses unknown keys)");

@@ -79,13 +79,7 @@ fn keys(connection_id: &str, endpoint: &impl serde::Serialize, settings: &Connec
 
 impl SystemsFactory {
     pub fn new(sandbox: SandboxFactory, allowances: ApiAllowances) -> Self {
-        SystemsFactory {
-            sandbox,
-            salesforce: Mutex::default(),
-            account_engagement: Mutex::default(),
-            allowances,
-            signals: Arc::default(),
-        }
+        SystemsFactory { sandbox, salesforce: Mutex::default(), account_engagement: Mutex::default(), allowances, signals: Arc::default() }
     }
 
     /// Where this factory's connectors say that a connection has changes to

@@ -124,7 +124,10 @@ mod tests {
             ("diffFields".into(), Avro::Array(vec![])),
             ("changedFields".into(), Avro::Array(vec![])),
         ]);
-        let event = Avro::Record(vec![("ChangeEventHeader".into(), header), ("Title".into(), Avro::Union(1, Box::new(Avro::String("CTO".into()))))]);
+        let event = Avro::Record(vec![
+            ("ChangeEventHeader".into(), header),
+            ("Title".into(), Avro::Union(1, Box::new(Avro::String("CTO".into())))),
+        ]);
         let payload = GenericDatumWriter::builder(&schema).build().unwrap().write_value_to_vec(event).unwrap();
         let read = HeaderReader::new(&json).unwrap().read(&payload).unwrap();
         assert_eq!(
