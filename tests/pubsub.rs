@@ -1,7 +1,8 @@
 //! `crmsync sandbox serve` as Salesforce's Pub/Sub API: change events of
 //! the sandbox CRM, subscribed to with a gRPC client, decoded from Avro with
-//! the schemas the server hands out; and the same events read by a client
-//! that is not ours (Python, generated from Salesforce's published proto).
+//! the schemas the server hands out; the same events read by a client that
+//! is not ours (Python, generated from Salesforce's published proto); and
+//! the engine's Salesforce connector living on them (`engine`, `fallbacks`).
 
 use std::time::Duration;
 
@@ -14,6 +15,12 @@ use crmsync_tests::TestApp;
 use crmsync_tests::pubsub::{Decoded, PubSub, Subscription};
 use serde_json::{Value, json};
 use tonic::Code;
+
+// The engine on change events, through the real tiers.
+#[path = "pubsub/engine.rs"]
+mod engine;
+#[path = "pubsub/fallbacks.rs"]
+mod fallbacks;
 
 const WAIT: Duration = Duration::from_secs(10);
 const LEADS: &str = "/data/LeadChangeEvent";
@@ -356,6 +363,11 @@ async fn only_selected_entities_publish_change_events() {
 
     let topic = client.topic("/data/Subscription__ChangeEvent").await.unwrap();
     assert!(topic.can_subscribe && !topic.can_publish);
+    // As Salesforce answers for an object not selected: no such topic.
+    let unselected = client.topic(LEADS).await.unwrap_err();
+    assert_eq!((unselected.code(), error_code(&unselected)), (Code::NotFound, error_codes::TOPIC_NOT_FOUND));
+    let refused = client.subscribe(LEADS, ReplayPreset::Latest, vec![], 1).await.unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
     let unknown = client.topic("/data/Nothing__ChangeEvent").await.unwrap_err();
     assert_eq!((unknown.code(), error_code(&unknown)), (Code::NotFound, error_codes::TOPIC_NOT_FOUND));
     stop.cancel();

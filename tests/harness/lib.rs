@@ -574,12 +574,27 @@ impl TestApp {
     }
 
     /// Points the connection's CRM at a Salesforce endpoint with `oauth`.
+    /// Change events are off (the feeds poll every second) unless `extra`
+    /// turns them on: see [`TestApp::use_salesforce_events`].
     pub async fn use_salesforce_with(&self, oauth: Value, extra: Value) {
-        let mut endpoint = serde_json::json!({"kind": "salesforce", "oauth": oauth, "overlap_secs": 3, "usage_probe_secs": 1, "poll_interval_secs": 1, "poll_max_secs": 1});
+        let mut endpoint = serde_json::json!({"kind": "salesforce", "oauth": oauth, "overlap_secs": 3, "usage_probe_secs": 1,
+                                              "poll_interval_secs": 1, "poll_max_secs": 1, "change_events": false});
         if let (Some(e), Some(x)) = (endpoint.as_object_mut(), extra.as_object()) {
             e.extend(x.clone());
         }
         self.set("crm", &endpoint.to_string()).await;
+    }
+
+    /// As [`TestApp::use_salesforce`], with the org's change events from
+    /// the Pub/Sub API at `pubsub_url` and polling effectively off: a feed
+    /// with live events sweeps once an hour (one that falls back to
+    /// polling polls every second).
+    pub async fn use_salesforce_events(&self, url: &str, pubsub_url: &str, extra: Value) {
+        let mut endpoint = serde_json::json!({"change_events": true, "pubsub_url": pubsub_url, "sweep_secs": 3600});
+        if let (Some(e), Some(x)) = (endpoint.as_object_mut(), extra.as_object()) {
+            e.extend(x.clone());
+        }
+        self.use_salesforce(url, endpoint).await;
     }
 
     /// Serves this test's sandbox with `config`; returns its URL.

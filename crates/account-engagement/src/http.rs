@@ -57,7 +57,7 @@ impl HttpApi for V5 {
         tracing::info_span!("account_engagement_http", method = %call.method, path = %call.path, status = tracing::field::Empty)
     }
 
-    fn decorate(&self, request: RequestBuilder) -> RequestBuilder {
+    fn decorate(&self, request: RequestBuilder, _call: &Call) -> RequestBuilder {
         request.header(BUSINESS_UNIT_HEADER, &self.business_unit)
     }
 

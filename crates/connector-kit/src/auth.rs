@@ -120,6 +120,8 @@ pub struct Token {
     pub(crate) instance_url: String,
     /// The user the token acts as.
     pub(crate) user_id: String,
+    /// The org the user is in (empty if the token answer did not say).
+    pub(crate) org_id: String,
 }
 
 impl Token {
@@ -136,6 +138,12 @@ impl Token {
     /// The Salesforce user the token acts as, as the token answer names it.
     pub fn user_id(&self) -> &str {
         &self.user_id
+    }
+
+    /// The org the token's user is in (from the token answer's `id` URL;
+    /// empty if it named none): the Pub/Sub API's `tenantid`.
+    pub fn org_id(&self) -> &str {
+        &self.org_id
     }
 }
 

@@ -45,8 +45,8 @@ pub trait HttpApi: Debug + Send + Sync {
     fn span(&self, call: &Call) -> tracing::Span;
 
     /// Headers every request carries besides the bearer token (a business
-    /// unit, call options).
-    fn decorate(&self, request: RequestBuilder) -> RequestBuilder {
+    /// unit, call options), which may depend on the call (whom it acts as).
+    fn decorate(&self, request: RequestBuilder, _call: &Call) -> RequestBuilder {
         request
     }
 
@@ -91,6 +91,19 @@ impl<A: HttpApi> HttpClient<A> {
         self.sender.pacing()
     }
 
+    /// The send loop this client's calls go through: another transport of
+    /// the same API (the Pub/Sub API's gRPC calls) runs its exchanges
+    /// through it, so the gates, retries and re-login are shared.
+    pub fn sender(&self) -> &Sender {
+        &self.sender
+    }
+
+    /// Forgets `stale` (a token an answer refused, over any transport), so
+    /// the next [`HttpClient::token`] logs in again.
+    pub async fn forget_token(&self, user: Option<&str>, stale: &Arc<Token>) {
+        self.login.forget(user, stale).await;
+    }
+
     /// Whether the login can act as another user (the JWT bearer flow).
     pub fn can_act_as(&self) -> bool {
         self.login.can_act_as()
@@ -99,6 +112,12 @@ impl<A: HttpApi> HttpClient<A> {
     /// The token for `user` (the integration user when `None`), logging in
     /// if there is none yet.
     pub async fn token(&self, user: Option<&str>) -> Result<Arc<Token>, CallError<A::Failure>> {
+        self.token_for(user).await
+    }
+
+    /// [`HttpClient::token`] for an exchange over another transport, which
+    /// fails in its own terms.
+    pub async fn token_for<F>(&self, user: Option<&str>) -> Result<Arc<Token>, CallError<F>> {
         self.login.token(&self.sender, user).await
     }
 
@@ -110,7 +129,7 @@ impl<A: HttpApi> HttpClient<A> {
     /// The request of one attempt.
     fn request(&self, call: &Call, token: &Token) -> RequestBuilder {
         let url = format!("{}{}", self.api.base_url(token), call.path);
-        let mut req = self.api.decorate(self.client.request(call.method.clone(), &url).bearer_auth(token.access().expose_secret()));
+        let mut req = self.api.decorate(self.client.request(call.method.clone(), &url).bearer_auth(token.access().expose_secret()), call);
         if !call.query.is_empty() {
             req = req.query(&call.query);
         }

@@ -53,7 +53,7 @@ pub use crate::gate::{Admission, CallGate, CallOutcome, CallResult, EndpointKind
 pub use crate::http::{HttpApi, HttpClient};
 pub use crate::login::Login;
 pub use crate::pacing::Pacing;
-pub use crate::poll::{PollGate, Polled, next_wait};
+pub use crate::poll::{Listening, PollGate, Polled, next_wait};
 pub use crate::quota::{DailyLimitGate, DailyQuota, Slots};
 pub use crate::send::{Attempted, CallError, Exchange, Failure, Judgement, Sender, Verdict, login_error};
 pub use crate::usage::UsageGate;

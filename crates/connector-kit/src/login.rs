@@ -120,7 +120,8 @@ fn token_of(body: &[u8]) -> Result<Token, ConnectorError> {
         serde_json::from_slice(body).map_err(|e| ConnectorError::Fatal(format!("the Salesforce token answer cannot be read: {e}")))?;
     let instance_url = check_base_url(&t.instance_url)?;
     let user_id = t.user_id().ok_or_else(|| ConnectorError::Fatal("the Salesforce token answer names no user".into()))?.to_owned();
-    Ok(Token { access: SecretString::from(t.access_token), instance_url, user_id })
+    let org_id = t.org_id().unwrap_or_default().to_owned();
+    Ok(Token { access: SecretString::from(t.access_token), instance_url, user_id, org_id })
 }
 
 impl Exchange for TokenRequest<'_> {
@@ -171,6 +172,7 @@ mod tests {
         let ok = br#"{"access_token":"00D!tok","instance_url":"https://acme.my.salesforce.com/","id":"https://login.salesforce.com/id/00Dxx0000001gPLEAY/005xx000001Sv6eAAC","token_type":"Bearer","issued_at":"1"}"#;
         let t = token_of(ok).unwrap();
         assert_eq!((t.instance_url(), t.user_id()), ("https://acme.my.salesforce.com", "005xx000001Sv6eAAC"));
+        assert_eq!(t.org_id(), "00Dxx0000001gPLEAY");
         assert!(!format!("{t:?}").contains("00D!tok"));
         assert!(token_of(b"{}").is_err());
     }

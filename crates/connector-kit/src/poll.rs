@@ -16,7 +16,14 @@
 //! polling at the fast pace.
 //!
 //! Something that learns of a change another way (a change event) calls
-//! [`PollGate::wake`]: the feed's next poll goes at once.
+//! [`PollGate::wake`]: the feed's next poll goes at once. While such a
+//! signal is live for a feed ([`PollGate::listen`]), polling is only a
+//! reconciliation sweep: a caught-up feed waits the sweep interval, except
+//! that a poll which found changes is followed by one more a look-back
+//! later (so the stamp cursor's look back over its overlap window, which
+//! finds late commits, is not left to the next sweep). When the signal is
+//! lost ([`PollGate::unlisten`]) the feed polls at once, then backs off as
+//! before.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -51,19 +58,44 @@ pub fn next_wait(previous: Option<Duration>, how: Polled, min: Duration, max: Du
     }
 }
 
+/// How a feed with a live change signal polls: a sweep every `sweep`, and
+/// one poll `look_back` after a poll that found changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    pub sweep: Duration,
+    pub look_back: Duration,
+}
+
+impl Listening {
+    /// The wait after a poll that ended `how` (`More` never waits).
+    fn wait(self, how: Polled) -> Duration {
+        match how {
+            Polled::More => Duration::ZERO,
+            Polled::Active => self.look_back.min(self.sweep),
+            Polled::Idle => self.sweep,
+        }
+    }
+}
+
 /// Each feed's next turn to poll.
 #[derive(Debug)]
 pub struct PollGate {
     min: Duration,
     max: Duration,
     turns: Mutex<HashMap<String, Turn>>,
+    /// Feeds whose changes are signalled another way, and how they poll.
+    listening: Mutex<HashMap<String, Listening>>,
 }
 
 impl PollGate {
     /// Waits `min` after activity, doubling while idle up to `max` (raised
     /// to `min` if below it). A zero `min` and `max` never hold back.
     pub fn new(min: Duration, max: Duration) -> Self {
-        PollGate { min, max: max.max(min), turns: Mutex::default() }
+        PollGate { min, max: max.max(min), turns: Mutex::default(), listening: Mutex::default() }
+    }
+
+    fn listening(&self) -> std::sync::MutexGuard<'_, HashMap<String, Listening>> {
+        self.listening.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn turns(&self) -> std::sync::MutexGuard<'_, HashMap<String, Turn>> {
@@ -77,10 +109,17 @@ impl PollGate {
 
     /// Records how a query of `feed` ended at `now`.
     pub fn polled(&self, feed: &str, how: Polled, now: Instant) {
+        let listening = self.listening().get(feed).copied();
         let mut turns = self.turns();
         let previous = turns.get(feed).map(|t| t.wait);
+        // The adaptive wait goes on being kept while listening, so that a
+        // lost signal falls back to the pace the feed had.
         let wait = next_wait(previous, how, self.min, self.max);
-        let due = if how == Polled::More { now } else { now + wait };
+        let due = match (how, listening) {
+            (Polled::More, _) => now,
+            (_, Some(l)) => now + l.wait(how),
+            (_, None) => now + wait,
+        };
         turns.insert(feed.to_owned(), Turn { due, wait });
     }
 
@@ -89,6 +128,26 @@ impl PollGate {
         if let Some(t) = self.turns().get_mut(feed) {
             t.due = Instant::now();
         }
+    }
+
+    /// `feed`'s changes are signalled from now on (its change events are
+    /// live): caught up, it polls as `listening` says. Its current turn is
+    /// kept (the first sweep starts after the next poll).
+    pub fn listen(&self, feed: &str, listening: Listening) {
+        self.listening().insert(feed.to_owned(), listening);
+    }
+
+    /// `feed`'s signal is lost: it polls at once (what happened while the
+    /// signal was failing is read now), then backs off as any feed does.
+    pub fn unlisten(&self, feed: &str) {
+        if self.listening().remove(feed).is_some() {
+            self.wake(feed);
+        }
+    }
+
+    /// Whether `feed`'s changes are signalled.
+    pub fn is_listening(&self, feed: &str) -> bool {
+        self.listening().contains_key(feed)
     }
 
     /// How long `feed` waits after its last poll (none before the first).
@@ -142,5 +201,34 @@ mod tests {
         off.polled("Lead", Polled::Idle, t0);
         off.polled("Lead", Polled::Idle, t0);
         assert!(off.may_poll("Lead", t0), "a zero interval never holds back");
+    }
+
+    #[test]
+    fn a_listening_feed_sweeps_looks_back_once_after_changes_and_polls_at_once_when_the_signal_is_lost() {
+        let gate = PollGate::new(5 * S, 120 * S);
+        let t0 = Instant::now();
+        gate.polled("Lead", Polled::Idle, t0);
+        gate.listen("Lead", Listening { sweep: 3600 * S, look_back: 60 * S });
+        assert!(gate.is_listening("Lead") && !gate.is_listening("Contact"));
+        assert!(gate.may_poll("Lead", t0 + 5 * S), "the turn in hand is kept");
+        gate.polled("Lead", Polled::Idle, t0 + 5 * S);
+        assert!(!gate.may_poll("Lead", t0 + 3000 * S), "caught up: the next poll is the sweep");
+        assert!(gate.may_poll("Lead", t0 + 3605 * S));
+        gate.polled("Lead", Polled::Active, t0 + 3605 * S);
+        assert!(!gate.may_poll("Lead", t0 + 3660 * S));
+        assert!(gate.may_poll("Lead", t0 + 3665 * S), "changes found: one look back a window later");
+        gate.polled("Lead", Polled::More, t0 + 3665 * S);
+        assert!(gate.may_poll("Lead", t0 + 3665 * S), "more pages never wait");
+        gate.polled("Lead", Polled::Idle, t0 + 3665 * S);
+        gate.wake("Lead");
+        assert!(gate.may_poll("Lead", Instant::now()), "an event wakes it");
+        gate.polled("Lead", Polled::Idle, Instant::now());
+        gate.unlisten("Lead");
+        assert!(!gate.is_listening("Lead"));
+        assert!(gate.may_poll("Lead", Instant::now()), "the signal lost: a poll at once");
+        gate.polled("Lead", Polled::Idle, t0 + 4000 * S);
+        assert!(gate.may_poll("Lead", t0 + 4120 * S), "then the adaptive pace, which was kept");
+        gate.unlisten("Contact");
+        assert!(gate.may_poll("Contact", t0), "unlistening a feed that never listened changes nothing");
     }
 }

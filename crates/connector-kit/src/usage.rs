@@ -7,7 +7,8 @@
 //! org into `REQUEST_LIMIT_EXCEEDED`. Usage is only learnt from answers, so
 //! while over the share one call (a probe) is let through now and then to
 //! learn whether usage has fallen (the limit is a rolling 24 hours).
-//! Logins do not count against the limit and are never held back.
+//! Logins and change-event calls (the Pub/Sub API) do not count against the
+//! limit and are never held back.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -133,7 +134,7 @@ impl UsageGate {
 #[async_trait]
 impl CallGate for UsageGate {
     async fn admit(&self, kind: EndpointKind) -> Result<Admission, ConnectorError> {
-        if kind != EndpointKind::Auth {
+        if !matches!(kind, EndpointKind::Auth | EndpointKind::Events) {
             self.wait_turn().await?;
         }
         Ok(Admission::go())
@@ -176,7 +177,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_call_over_the_share_gives_up_as_transient_after_its_wait_but_a_login_goes() {
+    async fn a_call_over_the_share_gives_up_as_transient_after_its_wait_but_a_login_or_a_subscription_goes() {
         let pacing = Pacing {
             backoff_base: Duration::from_millis(5),
             budget_wait: Duration::from_millis(50),
@@ -188,6 +189,7 @@ mod tests {
         gate.record(EndpointKind::Query, &answered).await;
         let start = Instant::now();
         assert!(gate.admit(EndpointKind::Auth).await.is_ok(), "logins are not counted by the org");
+        assert!(gate.admit(EndpointKind::Events).await.is_ok(), "nor are change-event subscriptions");
         let err = gate.admit(EndpointKind::Query).await.unwrap_err();
         assert!(start.elapsed() >= Duration::from_millis(50));
         assert_eq!(

@@ -212,6 +212,25 @@ impl StampCursor {
         records.into_iter().any(|(stamp, key)| !self.delivered(stamp, key))
     }
 
+    /// Reads again, from `to`, what the cursor may have passed: a signal
+    /// (a change event saying that one transaction changed more records
+    /// than it could list) tells of changes stamped as early as `to` that
+    /// committed only now, later than the overlap window allows for. The
+    /// settled point goes back to `to` (never forward) and a light rescan
+    /// starts from it: records still at the stamp they were delivered at
+    /// are passed over; the others, those delivered before the settled
+    /// point had moved past them included, are delivered again (the engine
+    /// drops what it already knows). A cursor that has read nothing yet
+    /// has nothing to read again.
+    pub fn look_back_to(&mut self, to: Timestamp) {
+        let Some(settled) = self.settled else { return };
+        self.settled = Some(settled.min(to));
+        self.pos = None;
+        self.scan_start = None;
+        self.locator = None;
+        self.light = true;
+    }
+
     /// Where a pending check starts: everything not yet settled.
     pub fn pending_from(&self) -> Option<Timestamp> {
         self.settled

@@ -76,6 +76,30 @@ fn default_usage_probe_secs() -> u64 {
 fn default_concurrency() -> usize {
     5
 }
+fn default_pubsub_url() -> String {
+    "https://api.pubsub.salesforce.com:7443".to_owned()
+}
+fn is_default_pubsub_url(url: &str) -> bool {
+    url == default_pubsub_url()
+}
+fn yes() -> bool {
+    true
+}
+fn is_yes(b: &bool) -> bool {
+    *b
+}
+fn default_sweep_secs() -> u64 {
+    3_600
+}
+fn is_default_sweep_secs(secs: &u64) -> bool {
+    *secs == default_sweep_secs()
+}
+fn default_call_client() -> String {
+    "crmsync".to_owned()
+}
+fn is_default_call_client(client: &str) -> bool {
+    client == default_call_client()
+}
 
 /// A Salesforce org reached through its REST APIs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,9 +126,38 @@ pub struct SalesforceEndpoint {
     /// Each poll that finds nothing new (or only the engine's own writes)
     /// doubles the wait, up to this. Five idle feeds at 2 minutes are
     /// 3,600 calls a day; a change brings the wait back to
-    /// `poll_interval_secs`.
+    /// `poll_interval_secs`. Polling is what a feed does without change
+    /// events (see `change_events`).
     #[serde(default = "default_poll_max_secs")]
     pub poll_max_secs: u64,
+    /// Whether the connector listens for the org's change events (Change
+    /// Data Capture over the Pub/Sub API) instead of polling: an event
+    /// wakes its object's feed, and a feed with live events only queries
+    /// as a reconciliation sweep (`sweep_secs`). A feed whose events are
+    /// not to be had (the object is not selected for Change Data Capture,
+    /// the org's event allocation is used up, the Pub/Sub API cannot be
+    /// reached) polls as above meanwhile, and its subscription is tried
+    /// again later. (Settings written with a default are left out when
+    /// stored, so an older release still reads them.)
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub change_events: bool,
+    /// Where the Pub/Sub API is: Salesforce's, over TLS verified against the
+    /// platform's roots; plain `http://` only to this machine (the sandbox
+    /// server's listener).
+    #[serde(default = "default_pubsub_url", skip_serializing_if = "is_default_pubsub_url")]
+    pub pubsub_url: String,
+    /// With a feed's change events live, it queries the org this often
+    /// anyway (a reconciliation sweep), and once more an overlap window
+    /// after a query that found changes (late commits).
+    #[serde(default = "default_sweep_secs", skip_serializing_if = "is_default_sweep_secs")]
+    pub sweep_secs: u64,
+    /// The client id the engine's calls name in `Sforce-Call-Options:
+    /// client=<id>`, which the org writes into the `changeOrigin` of the
+    /// change events its writes cause: events naming it are the engine's
+    /// own and wake nothing (I7). Calls made as another user (a CSM's
+    /// logged-in CSQL sync) carry none: those writes are that user's.
+    #[serde(default = "default_call_client", skip_serializing_if = "is_default_call_client")]
+    pub call_client: String,
     /// Batch-lane writes of at least this many records go through a Bulk
     /// API 2.0 job (a job costs about six calls whatever its size, a
     /// collection call one per 200 records, so Bulk pays from about 1,200).
@@ -270,6 +323,21 @@ mod tests {
         .unwrap();
         let SystemEndpoint::Salesforce(sf) = e else { panic!() };
         assert_eq!((sf.api_version.as_str(), sf.api_share, sf.overlap_secs), ("v60.0", 0.5, 60));
+        assert!(sf.change_events);
+        assert_eq!(
+            (sf.pubsub_url.as_str(), sf.sweep_secs, sf.call_client.as_str()),
+            ("https://api.pubsub.salesforce.com:7443", 3_600, "crmsync")
+        );
+        let stored = serde_json::to_value(&sf).unwrap();
+        for key in ["change_events", "pubsub_url", "sweep_secs", "call_client"] {
+            assert!(stored.get(key).is_none(), "{key} at its default is not stored (an older release refuses unknown keys)");
+        }
+        let mut off = sf.clone();
+        off.change_events = false;
+        off.pubsub_url = "http://127.0.0.1:7443".into();
+        let stored = serde_json::to_value(&off).unwrap();
+        assert_eq!((stored["change_events"].clone(), stored["pubsub_url"].clone()), (false.into(), "http://127.0.0.1:7443".into()));
+        assert_eq!(serde_json::from_value::<SalesforceEndpoint>(stored).unwrap(), off);
         assert_eq!(
             sf.oauth.flow,
             OAuthFlow::ClientCredentials { client_id: "3MVG9".into(), client_secret: SecretSource::Env("SF_SECRET".into()) }

@@ -5,9 +5,10 @@
 //! it, is leased, so any number of replicas can run and no connection is
 //! polled by two at once; a replica that dies loses its leases when they
 //! expire and another takes over from the stored cursors. Polling runs
-//! every `producer.poll_interval_ms` and, when the source can notify (the
-//! sandbox does, with PostgreSQL NOTIFY at commit), as soon as a change
-//! commits.
+//! every `producer.poll_interval_ms` and, when the source can notify, as
+//! soon as a change commits: the sandbox with PostgreSQL NOTIFY at commit,
+//! a Salesforce org through its change events, which its connector hears
+//! (a pass then reads that connection's feeds).
 
 mod feed;
 mod pass;
@@ -103,8 +104,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     info!(replica = %owner, "producer started");
     health.working();
     let mut backoff = config.producer.poll_interval();
+    let signals = factory.change_signals().clone();
     // What the next pass reads: every feed (`None`) or the notified ones.
     let mut only: Option<HashSet<String>> = None;
+    // And, in a pass that is not full, the connections whose change
+    // events said they have changes (every feed of theirs is read).
+    let mut signalled: HashSet<String> = HashSet::new();
+    let mut events_only = false;
     let mut last_full = Instant::now();
     // Connections another replica's pass held at the last try. Notifications
     // (one per commit to a source table: thousands a second in a backfill)
@@ -120,10 +126,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             ids = connections::ids(&services.pool).await.unwrap_or_default();
         }
         for connection_id in ids.iter().cloned() {
-            if only.is_some() && standing_by.contains(&connection_id) {
+            let feeds = if signalled.contains(&connection_id) {
+                None
+            } else if only.is_some() && (standing_by.contains(&connection_id) || events_only) {
                 continue;
-            }
-            match poll_connection(&ctx, &factory, &connection_id, only.as_ref()).await {
+            } else {
+                only.as_ref()
+            };
+            match poll_connection(&ctx, &factory, &connection_id, feeds).await {
                 Ok(true) => {
                     standing_by.remove(&connection_id);
                 }
@@ -139,16 +149,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         // Failures back off; success polls at the configured pace.
         backoff = if failed { (backoff * 2).min(Duration::from_secs(10)) } else { config.producer.poll_interval() };
-        let notified = tokio::select! {
+        let (notified, by_events) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => false,
-            _ = wake.notified(), if !failed => true,
+            _ = tokio::time::sleep(backoff) => (false, false),
+            _ = wake.notified(), if !failed => (true, false),
+            _ = signals.signalled(), if !failed => (true, true),
         };
         let tables = std::mem::take(&mut *dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        signalled = signals.take();
+        // Woken by change events alone: only the connections they name.
+        events_only = by_events && tables.is_empty();
         // Every feed is still read once a poll interval, however often
         // notifications come: the overlap window's look back (a late
         // commit) depends on it.
         only = (notified && last_full.elapsed() < config.producer.poll_interval()).then_some(tables);
+        if only.is_none() {
+            signalled.clear();
+        }
     }
     let _ = feeds::release_all(&services.pool, &owner).await;
     listener.abort();

@@ -8,17 +8,20 @@
 //! `Sforce-Query-Options: batchSize`; a query locator expires after 15
 //! minutes (`INVALID_QUERY_LOCATOR`), and the feed then starts over from the
 //! cursor. Light pages (rescans, pending checks) select `Id` and
-//! `SystemModstamp` only.
+//! `SystemModstamp` only; a pending check of a feed woken by change events
+//! also `LastModifiedById`, to pass over the engine's own writes, which
+//! such a feed does not read (their events wake nothing), so that they do
+//! not look like unread changes forever.
 //!
 //! [`StampFeed`]: crmsync_connector_kit::StampFeed
 
 use crmsync_connector::ConnectorError;
-use crmsync_connector_kit::row::Row;
+use crmsync_connector_kit::row::{Row, text};
 use crmsync_connector_kit::{Page, PageSize, PageSource, Positioned};
 use crmsync_domain::Timestamp;
 use crmsync_wire::salesforce::codes;
 
-use crate::fields::{ID, SYSTEM_MODSTAMP};
+use crate::fields::{ID, LAST_MODIFIED_BY, SYSTEM_MODSTAMP};
 use crate::http::{CallError, Http};
 use crate::query::{self, Rows};
 use crate::records;
@@ -34,6 +37,8 @@ pub(crate) struct SoqlFeed<'a, T> {
     pub convert: &'a (dyn Fn(&Row) -> Result<T, ConnectorError> + Sync),
     /// Whether the engine's integration user saved the record last.
     pub own: &'a (dyn Fn(&T) -> bool + Sync),
+    /// In pending checks, rows this user saved last are not pending.
+    pub pending_skips: Option<&'a str>,
 }
 
 impl<T> SoqlFeed<'_, T> {
@@ -58,8 +63,17 @@ impl<T> SoqlFeed<'_, T> {
         self.positioned(rows, |_| Ok(()))
     }
 
-    fn position_select() -> [String; 2] {
-        [ID.to_owned(), SYSTEM_MODSTAMP.to_owned()]
+    fn position_select() -> Vec<String> {
+        vec![ID.to_owned(), SYSTEM_MODSTAMP.to_owned()]
+    }
+
+    /// A pending check's page: positions, less the rows `pending_skips`
+    /// saved last.
+    fn pending_page(&self, mut rows: Rows) -> Result<Page<()>, ConnectorError> {
+        if let Some(me) = self.pending_skips {
+            rows.records.retain(|row| text(row, LAST_MODIFIED_BY).as_deref() != Some(me));
+        }
+        self.light(rows)
     }
 }
 
@@ -85,17 +99,27 @@ impl<T: Send> PageSource for SoqlFeed<'_, T> {
     }
 
     async fn positions(&self, from: Option<Timestamp>, size: PageSize) -> Result<Page<()>, ConnectorError> {
-        let q = query::change_query(&Self::position_select(), self.sobject, from);
+        let mut select = Self::position_select();
+        // Pending checks of a feed that has read before (not a rescan's
+        // light pages, which must meet every record, nor a fresh feed's one
+        // row) may pass over the engine's own writes.
+        let pending = size == PageSize::Default && self.pending_skips.is_some();
+        if pending {
+            select.push(LAST_MODIFIED_BY.to_owned());
+        }
+        let q = query::change_query(&select, self.sobject, from);
         let (q, batch) = match size {
             PageSize::One => (q.limit(1), None),
             PageSize::Default => (q, None),
             PageSize::Largest => (q, Some(LIGHT_PAGE)),
         };
-        self.light(query::first_page(self.http, &q, true, batch).await?)
+        let rows = query::first_page(self.http, &q, true, batch).await?;
+        if pending { self.pending_page(rows) } else { self.light(rows) }
     }
 
+    /// Only pending checks page on.
     async fn more_positions(&self, locator: &str) -> Result<Page<()>, ConnectorError> {
-        self.light(query::next_page(self.http, locator, None).await?)
+        self.pending_page(query::next_page(self.http, locator, None).await?)
     }
 
     fn is_own(&self, record: &T) -> bool {

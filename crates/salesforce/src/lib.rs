@@ -12,10 +12,13 @@
 //! - `query`: SOQL text, `IN` chunks and paging;
 //! - `feed`: an object's change feed as a page source;
 //! - `records`: rows turned into domain records;
-//! - `write`: sObject Collections writes; `bulk`: Bulk API 2.0 jobs.
+//! - `write`: sObject Collections writes; `bulk`: Bulk API 2.0 jobs;
+//! - `events`: the org's change events (Pub/Sub API), which wake the feeds
+//!   so that an idle feed only sweeps.
 
 mod bulk;
 mod errors;
+mod events;
 mod feed;
 mod fields;
 mod http;
@@ -25,20 +28,22 @@ mod write;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use crmsync_connector::stamp_cursor::Overlap;
+use crmsync_connector::stamp_cursor::{Overlap, StampCursor};
 use crmsync_connector::{ChangePage, ConnectorError, CrmApi, CrmWrite, Cursor, WriteOutcome};
 use crmsync_connector_kit::row::Row;
 pub use crmsync_connector_kit::{ApiUsage, Pacing};
-use crmsync_connector_kit::{CallGate, Gates, HttpClient, Login, PollGate, StampFeed, UsageGate};
+use crmsync_connector_kit::{CallGate, Gates, HttpClient, Listening, Login, PollGate, REQUERY, StampFeed, UsageGate};
 use crmsync_domain::endpoint::SalesforceEndpoint;
 use crmsync_domain::mirror::{CrmObjectRecord, MirrorObject};
 use crmsync_domain::records::CrmPersonRecord;
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, CrmObject, Email};
 
+pub use crate::events::Wake;
+use crate::events::{Events, Settings};
 use crate::feed::SoqlFeed;
 pub use crate::fields::ReadSet;
 use crate::http::{Http, Rest};
@@ -46,13 +51,15 @@ use crate::http::{Http, Rest};
 /// A Salesforce org behind [`CrmApi`].
 #[derive(Debug)]
 pub struct SalesforceCrm {
-    http: Http,
+    http: Arc<Http>,
     /// The org's usage as answers report it; one of the client's gates.
     usage: Arc<UsageGate>,
     reads: ReadSet,
     integration_user: String,
     overlap: Overlap,
-    polls: PollGate,
+    polls: Arc<PollGate>,
+    /// The org's change events, unless the endpoint turned them off.
+    events: Option<Events>,
     bulk_threshold: usize,
 }
 
@@ -61,6 +68,14 @@ pub struct SalesforceCrm {
 fn check_field(field: &str) -> Result<(), ConnectorError> {
     let ok = !field.is_empty() && field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
     if ok { Ok(()) } else { Err(ConnectorError::Fatal(format!("{field:?} is not a Salesforce field name"))) }
+}
+
+/// The client id of `Sforce-Call-Options`: it travels in a header and
+/// comes back inside `changeOrigin` (`...;client=<id>`), so it is kept to
+/// characters that cannot end either.
+fn check_client(client: &str) -> Result<(), ConnectorError> {
+    let ok = !client.is_empty() && client.len() <= 64 && client.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    if ok { Ok(()) } else { Err(ConnectorError::Fatal(format!("call_client {client:?} must be 1 to 64 letters, digits or -_./"))) }
 }
 
 /// `v60.0`: the version is part of every path.
@@ -80,19 +95,21 @@ impl SalesforceCrm {
     /// Like [`SalesforceCrm::connect`], reading a connection's field mapping
     /// and custom objects from its settings.
     /// Every call passes `allowance` (the connection's daily API allowance,
-    /// shared by every replica) before the org's usage gate.
+    /// shared by every replica) before the org's usage gate; `wake` hears
+    /// when a change event says a feed has changes to read.
     pub async fn from_settings(
         endpoint: &SalesforceEndpoint,
         settings: &ConnectionSettings,
         allowance: Arc<dyn CallGate>,
+        wake: Option<Wake>,
     ) -> Result<Self, ConnectorError> {
         let pacing = Pacing { budget_probe: Duration::from_secs(endpoint.usage_probe_secs.max(1)), ..Pacing::default() };
-        Self::connect_gated(endpoint, ReadSet::new(&settings.field_map, &settings.custom_objects), pacing, Some(allowance)).await
+        Self::connect_gated(endpoint, ReadSet::new(&settings.field_map, &settings.custom_objects), pacing, Some(allowance), wake).await
     }
 
     /// [`SalesforceCrm::connect`] with other timings (tests shorten them).
     pub async fn connect_with(endpoint: &SalesforceEndpoint, reads: ReadSet, pacing: Pacing) -> Result<Self, ConnectorError> {
-        Self::connect_gated(endpoint, reads, pacing, None).await
+        Self::connect_gated(endpoint, reads, pacing, None, None).await
     }
 
     async fn connect_gated(
@@ -100,8 +117,10 @@ impl SalesforceCrm {
         reads: ReadSet,
         pacing: Pacing,
         allowance: Option<Arc<dyn CallGate>>,
+        wake: Option<Wake>,
     ) -> Result<Self, ConnectorError> {
         check_version(&endpoint.api_version)?;
+        check_client(&endpoint.call_client)?;
         if endpoint.api_share.is_nan() || endpoint.api_share <= 0.0 {
             return Err(ConnectorError::Fatal(format!("api_share {} must be above 0", endpoint.api_share)));
         }
@@ -113,19 +132,33 @@ impl SalesforceCrm {
         let usage = Arc::new(UsageGate::new("Salesforce", endpoint.api_share, pacing.clone()));
         let mut gates: Vec<Arc<dyn CallGate>> = allowance.into_iter().collect();
         gates.push(usage.clone());
-        let http = HttpClient::new(Rest::new(&endpoint.api_version), login, Arc::new(Gates::new(gates)), timeout, pacing)?;
+        let rest = Rest::new(&endpoint.api_version, &endpoint.call_client);
+        let http = Arc::new(HttpClient::new(rest, login, Arc::new(Gates::new(gates)), timeout, pacing)?);
         // One login now: bad credentials fail here, and the token names
         // the integration user whose changes are the engine's own.
         let token = http.token(None).await?;
         let integration_user = CrmId::parse(token.user_id()).map_or_else(|_| token.user_id().to_owned(), |id| id.to_string());
         tracing::info!(user = %integration_user, "logged in to Salesforce");
+        let polls = Arc::new(PollGate::new(Duration::from_secs(endpoint.poll_interval_secs), Duration::from_secs(endpoint.poll_max_secs)));
+        let events = if endpoint.change_events {
+            let listening = Listening {
+                sweep: Duration::from_secs(endpoint.sweep_secs.max(1)),
+                // One look back a window after changes: late commits.
+                look_back: Duration::from_secs(endpoint.overlap_secs.max(1)),
+            };
+            let settings = Settings { url: endpoint.pubsub_url.clone(), client: endpoint.call_client.clone(), listening };
+            Some(Events::new(http.clone(), polls.clone(), settings, wake)?)
+        } else {
+            None
+        };
         Ok(SalesforceCrm {
             http,
             usage,
             reads,
             integration_user,
             overlap: Overlap::new(Duration::from_secs(endpoint.overlap_secs)),
-            polls: PollGate::new(Duration::from_secs(endpoint.poll_interval_secs), Duration::from_secs(endpoint.poll_max_secs)),
+            polls,
+            events,
             bulk_threshold: endpoint.bulk_threshold,
         })
     }
@@ -143,23 +176,60 @@ impl SalesforceCrm {
 
     /// Changes of `sobject`, read as `convert` says; `own` says which
     /// records the engine itself saved last (not activity for the poll gate).
+    /// With change events, the call also does what the events received
+    /// before it ask (see `events`): a look back, records read by id (gap
+    /// events), a query however long the sweep; and the cursor it hands
+    /// out carries the replay id of what it covers. `written`: the engine
+    /// writes these records (its own writes' events are echoes).
+    #[allow(clippy::too_many_arguments)]
     async fn changes<T: Send>(
         &self,
         sobject: &str,
         select: &[String],
         convert: &(dyn Fn(&Row) -> Result<T, ConnectorError> + Sync),
         own: &(dyn Fn(&T) -> bool + Sync),
+        id_of: &(dyn Fn(&T) -> &str + Sync),
+        written: bool,
         cursor: Option<&Cursor>,
         limit: usize,
     ) -> Result<ChangePage<T>, ConnectorError> {
-        let source = SoqlFeed { http: &self.http, sobject, select, convert, own };
-        StampFeed::new(&source, self.overlap).polled_by(&self.polls).changes(cursor, limit).await
+        let source = SoqlFeed { http: &self.http, sobject, select, convert, own, pending_skips: None };
+        let feed = StampFeed::new(&source, self.overlap).polled_by(&self.polls);
+        let Some(events) = &self.events else { return feed.changes(cursor, limit).await };
+        let reading = events.begin(sobject, written, cursor);
+        let looked_back;
+        let mut from = cursor;
+        if let Some(to) = reading.plan().look_back {
+            let mut state = StampCursor::load(cursor)?;
+            state.look_back_to(to);
+            looked_back = state.save();
+            from = Some(&looked_back);
+        }
+        // Whether the call's first query begins now (not a locator of a
+        // query from before the events it answers for).
+        let fresh = StampCursor::load(from)?.locator().is_none_or(|l| l == REQUERY) && self.polls.may_poll(sobject, Instant::now());
+        let mut page = feed.changes(from, limit).await?;
+        let ids = &reading.plan().ids;
+        if !ids.is_empty() {
+            // Gap events' records, whatever their stamps.
+            let have: HashSet<&str> = page.records.iter().map(id_of).collect();
+            let wanted: Vec<String> = ids.iter().filter(|id| !have.contains(id.as_str())).cloned().collect();
+            let rows = query::all_rows_of(&self.http, &query::in_queries(select, sobject, fields::ID, &wanted, None), true).await?;
+            for row in &rows {
+                page.records.push(convert(row)?);
+            }
+        }
+        page.next = reading.finish(&self.polls, fresh, page.next);
+        Ok(page)
     }
 
-    /// Whether `sobject`'s feed has changes after `cursor`.
-    async fn pending(&self, sobject: &str, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
+    /// Whether `sobject`'s feed has changes after `cursor`. With change
+    /// events, the engine's own writes to the records it writes (`written`)
+    /// are not: the feed does not read them (their events are echoes).
+    async fn pending(&self, sobject: &str, written: bool, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
         // A pending check reads positions only: nothing to select or convert.
-        let source = SoqlFeed { http: &self.http, sobject, select: &[], convert: &|_| Ok(()), own: &|_| false };
+        let pending_skips = (written && self.events.is_some()).then_some(self.integration_user.as_str());
+        let source = SoqlFeed { http: &self.http, sobject, select: &[], convert: &|_| Ok(()), own: &|_| false, pending_skips };
         StampFeed::new(&source, self.overlap).pending(cursor).await
     }
 
@@ -191,11 +261,11 @@ impl CrmApi for SalesforceCrm {
         let sel = self.reads.person(object)?;
         let convert = |row: &Row| records::person(object, &sel.data, row);
         let own = |r: &CrmPersonRecord| r.last_modified_by.as_deref() == Some(self.integration_user.as_str());
-        self.changes(&sel.sobject, &sel.select, &convert, &own, cursor, limit).await
+        self.changes(&sel.sobject, &sel.select, &convert, &own, &|r| r.id.as_str(), true, cursor, limit).await
     }
 
     async fn person_changes_pending(&self, object: CrmObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
-        self.pending(fields::person_sobject(object)?, cursor).await
+        self.pending(fields::person_sobject(object)?, true, cursor).await
     }
 
     async fn people_by_id(&self, ids: &[CrmId]) -> Result<Vec<CrmPersonRecord>, ConnectorError> {
@@ -264,13 +334,13 @@ impl CrmApi for SalesforceCrm {
     ) -> Result<ChangePage<CrmObjectRecord>, ConnectorError> {
         let sel = self.reads.object(object)?;
         let convert = |row: &Row| records::object(object, &sel.data, row);
-        // The engine never writes the objects it mirrors.
-        self.changes(&sel.sobject, &sel.select, &convert, &|_| false, cursor, limit).await
+        // Objects it mirrors: not the engine's writes to judge as its own.
+        self.changes(&sel.sobject, &sel.select, &convert, &|_| false, &|r| r.id.as_str(), false, cursor, limit).await
     }
 
     async fn object_changes_pending(&self, object: &MirrorObject, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
         let sel = self.reads.object(object)?;
-        self.pending(&sel.sobject, cursor).await
+        self.pending(&sel.sobject, false, cursor).await
     }
 
     async fn objects_where(&self, object: &MirrorObject, field: &str, values: &[String]) -> Result<Vec<CrmObjectRecord>, ConnectorError> {
@@ -301,6 +371,10 @@ mod tests {
             assert!(check_field(bad).is_err(), "{bad:?}");
         }
         assert!(check_version("v60.0").is_ok());
+        assert!(check_client("crmsync").is_ok() && check_client("acme/crmsync-1.2").is_ok());
+        for bad in ["", "a;b", "a,b", "a b", "a=b"] {
+            assert!(check_client(bad).is_err(), "{bad:?}");
+        }
         for bad in ["60.0", "v60", "v60.x", "v../x.0"] {
             assert!(check_version(bad).is_err(), "{bad:?}");
         }

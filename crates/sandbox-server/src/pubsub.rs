@@ -11,8 +11,9 @@
 //!   calls do not count against the REST API's daily requests.
 //! - Topics: `/data/<Entity>ChangeEvent` (`Lead`, `Contact`, `Account`,
 //!   `Opportunity`, `OpportunityContactRole`), `/data/<Name>__ChangeEvent`
-//!   for the custom object `<Name>__c`, and `/data/ChangeEvents` for every
-//!   selected entity. `GetTopic` says they can be subscribed to, not
+//!   for the custom object `<Name>__c`, each while its entity is selected
+//!   (`NOT_FOUND` otherwise, as Salesforce answers), and
+//!   `/data/ChangeEvents` for every selected entity. `GetTopic` says they can be subscribed to, not
 //!   published to; `Publish` answers each event with a `PUBLISH` error.
 //! - `GetSchema`: each entity's Avro schema (see [`avro`]).
 //! - `Subscribe`: see [`subscribe`]. `ManagedSubscribe` (a Salesforce beta)
@@ -118,19 +119,25 @@ impl Service {
         Ok(())
     }
 
-    /// A topic of this org, and the entity it is about (`None`: all).
+    /// A topic of this org, and the entity it is about (`None`: all). An
+    /// entity's topic exists while the entity is selected for Change Data
+    /// Capture: Salesforce answers `NOT_FOUND` for the channel of an
+    /// object that is not (a subscription already open is left alone).
     async fn topic(&self, name: &str) -> Result<(Topic, Option<String>), Status> {
         if name.trim().is_empty() {
             return Err(error(Code::InvalidArgument, error_codes::TOPIC_EMPTY, "The topic name is blank."));
         }
         let not_found = || error(Code::NotFound, error_codes::TOPIC_NOT_FOUND, &format!("Topic not found: {name}."));
-        match Topic::parse(name).ok_or_else(not_found)? {
-            Topic::All => Ok((Topic::All, None)),
-            Topic::Entity(e) if entities::STANDARD.contains(&e.as_str()) => Ok((Topic::of(&e), Some(e))),
-            Topic::Entity(e) if e.ends_with("__c") && self.log.custom_object_exists(&e).await.map_err(internal)? => {
-                Ok((Topic::of(&e), Some(e)))
-            }
-            Topic::Entity(_) => Err(not_found()),
+        let entity = match Topic::parse(name).ok_or_else(not_found)? {
+            Topic::All => return Ok((Topic::All, None)),
+            Topic::Entity(e) => e,
+        };
+        let known = entities::STANDARD.contains(&entity.as_str())
+            || (entity.ends_with("__c") && self.log.custom_object_exists(&entity).await.map_err(internal)?);
+        if known && self.log.is_selected(&entity).await.map_err(internal)? {
+            Ok((Topic::of(&entity), Some(entity)))
+        } else {
+            Err(not_found())
         }
     }
 

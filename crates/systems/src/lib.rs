@@ -7,11 +7,13 @@
 //! Engagement, its users), one per connection and endpoint, and made anew
 //! when the settings they were made from change. Every call an HTTP
 //! connector makes passes its connection's API allowance first (see
-//! `allowance`).
+//! `allowance`). A connector that hears of changes by itself (Salesforce's
+//! change events) says so through the factory's [`ChangeSignals`], so the
+//! producer reads that connection at once instead of at its next poll.
 
 pub mod allowance;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -22,9 +24,36 @@ use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
 use crmsync_salesforce::SalesforceCrm;
 use crmsync_sandbox::SandboxFactory;
 use sqlx::PgPool;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 use crate::allowance::ApiAllowances;
+
+/// The connections whose connectors heard of changes to read now (a change
+/// event came), for whoever reads the feeds to wait on.
+#[derive(Debug, Default)]
+pub struct ChangeSignals {
+    connections: std::sync::Mutex<HashSet<String>>,
+    notify: Notify,
+}
+
+impl ChangeSignals {
+    /// `connection_id` has changes to read.
+    pub fn signal(&self, connection_id: &str) {
+        self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(connection_id.to_owned());
+        self.notify.notify_one();
+    }
+
+    /// Until a connection is signalled (at once if one was since the last
+    /// [`ChangeSignals::take`]).
+    pub async fn signalled(&self) {
+        self.notify.notified().await;
+    }
+
+    /// The connections signalled since the last call.
+    pub fn take(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
 
 /// Connectors by endpoint, each with the settings it was made from.
 type Cache<T> = Mutex<HashMap<String, (String, Arc<T>)>>;
@@ -36,6 +65,7 @@ pub struct SystemsFactory {
     salesforce: Cache<SalesforceCrm>,
     account_engagement: Cache<AccountEngagementMa>,
     allowances: ApiAllowances,
+    signals: Arc<ChangeSignals>,
 }
 
 /// The cache key of a connection's endpoint, and what a connector is made
@@ -49,7 +79,13 @@ fn keys(connection_id: &str, endpoint: &impl serde::Serialize, settings: &Connec
 
 impl SystemsFactory {
     pub fn new(sandbox: SandboxFactory, allowances: ApiAllowances) -> Self {
-        SystemsFactory { sandbox, salesforce: Mutex::default(), account_engagement: Mutex::default(), allowances }
+        SystemsFactory { sandbox, salesforce: Mutex::default(), account_engagement: Mutex::default(), allowances, signals: Arc::default() }
+    }
+
+    /// Where this factory's connectors say that a connection has changes to
+    /// read now.
+    pub fn change_signals(&self) -> &Arc<ChangeSignals> {
+        &self.signals
     }
 
     /// The factory the configuration names (the sandbox's own database, or
@@ -91,7 +127,10 @@ impl SystemsFactory {
                     return Ok(crm.clone());
                 }
                 let allowance = self.allowances.gate(connection_id, Side::Crm, endpoint.api_daily_allowance);
-                let crm = Arc::new(SalesforceCrm::from_settings(endpoint, settings, allowance).await?);
+                let signals = self.signals.clone();
+                let id = connection_id.to_owned();
+                let wake: crmsync_salesforce::Wake = Arc::new(move || signals.signal(&id));
+                let crm = Arc::new(SalesforceCrm::from_settings(endpoint, settings, allowance, Some(wake)).await?);
                 tracing::debug!(url = %endpoint.oauth.login_url, "connected to Salesforce");
                 cache.insert(key, (made_from, crm.clone()));
                 Ok(crm)

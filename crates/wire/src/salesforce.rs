@@ -12,6 +12,10 @@ pub const API_VERSION: &str = "v60.0";
 pub const LIMIT_INFO_HEADER: &str = "Sforce-Limit-Info";
 /// Asks a query for smaller or larger batches: `batchSize=200` (200 to 2,000).
 pub const QUERY_OPTIONS_HEADER: &str = "Sforce-Query-Options";
+/// Names the client making a call: `client=<id>` (REST and Bulk API 2.0).
+/// The org writes it into the `changeOrigin` of the change events the
+/// call's writes cause: `com/salesforce/api/rest/60.0;client=<id>`.
+pub const CALL_OPTIONS_HEADER: &str = "Sforce-Call-Options";
 /// At most this many records per sObject Collections call.
 pub const MAX_COLLECTION_RECORDS: usize = 200;
 
@@ -62,6 +66,11 @@ impl TokenResponse {
     /// The user id at the end of `id`.
     pub fn user_id(&self) -> Option<&str> {
         self.id.rsplit('/').next().filter(|s| !s.is_empty())
+    }
+
+    /// The org id before the user id in `id` (the Pub/Sub API's `tenantid`).
+    pub fn org_id(&self) -> Option<&str> {
+        self.id.rsplit('/').nth(1).filter(|s| !s.is_empty())
     }
 }
 
@@ -348,7 +357,7 @@ mod tests {
     }
 
     #[test]
-    fn the_token_names_its_user() {
+    fn the_token_names_its_user_and_org() {
         let t = TokenResponse {
             access_token: "x".into(),
             instance_url: "https://example.my.salesforce.com".into(),
@@ -358,5 +367,6 @@ mod tests {
             scope: None,
         };
         assert_eq!(t.user_id(), Some("0055g000000AbCdEAK"));
+        assert_eq!(t.org_id(), Some("00D5g000000AbCdEAK"));
     }
 }

@@ -201,6 +201,31 @@ fn a_stored_light_cursor_never_holds_a_servers_locator() {
 }
 
 #[test]
+fn a_look_back_rereads_a_commit_later_than_the_window_and_passes_over_the_rest() {
+    let window = Overlap { window: Duration::from_secs(2), rescan_every: Duration::from_millis(500) };
+    let recs = |ids: &[(&str, i64)]| ids.iter().map(|(id, t)| Rec { id: (*id).into(), stamp: ms(*t), commits: ms(*t) }).collect::<Vec<_>>();
+    let mut cursor = StampCursor::default();
+    let mut untouched = cursor.clone();
+    untouched.look_back_to(ms(0));
+    assert_eq!(untouched, StampCursor::default(), "nothing read, nothing to read again");
+    cursor.accept(recs(&[("a", 1_000), ("b", 9_000)]), ms(10_000), None, window);
+    cursor.accept(Vec::<Rec>::new(), ms(20_000), None, window);
+    cursor.pass_over(recs(&[("b", 9_000)]), ms(20_100), None, REQUERY, window);
+    assert!(cursor.pending_from() > Some(ms(9_000)), "settled past everything");
+    // "late" was stamped at 5 s and committed at 20 s, far outside the
+    // window: the cursor has passed it. A look back from 4 s finds it.
+    cursor.look_back_to(ms(4_000));
+    assert_eq!((cursor.query_from(), cursor.light(), cursor.locator()), (Some(ms(4_000)), true, None));
+    assert!(cursor.pass_over(recs(&[("late", 5_000), ("b", 9_000)]), ms(20_200), None, REQUERY, window), "stops before what is new");
+    let (fresh, more) = cursor.accept(recs(&[("late", 5_000), ("b", 9_000)]), ms(20_300), None, window);
+    let ids: Vec<&str> = fresh.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!((ids, more), (vec!["late", "b"], false), "b, delivered before the settled point passed it, comes again");
+    let mut later = cursor.clone();
+    later.look_back_to(ms(30_000));
+    assert_eq!(later.query_from(), cursor.pending_from(), "a look back never moves the settled point forward");
+}
+
+#[test]
 fn a_cursor_from_another_feed_kind_is_refused_with_a_reason() {
     let err = StampCursor::load(Some(&Cursor(serde_json::json!({"xid": 5, "pos": 3})))).unwrap_err();
     assert!(err.to_string().contains("reset the feed"), "{err}");
