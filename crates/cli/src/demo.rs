@@ -473,8 +473,9 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         connections::save(&pool, CONNECTION, &settings).await?;
         outln!(
             "   --http: the CRM is reached as a Salesforce org and the MA as an Account Engagement business unit at {} \
-             (OAuth JWT bearer, REST query, sObject Collections, API v5)",
-            server.url()
+             (OAuth JWT bearer, REST query, sObject Collections, API v5); the org's change events at {} (Pub/Sub API)",
+            server.url(),
+            server.pubsub_url()
         );
         Some(server)
     } else {

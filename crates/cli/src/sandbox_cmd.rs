@@ -213,11 +213,12 @@ async fn serve(pool: PgPool, args: ServeArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("binding the Pub/Sub API to {pubsub}")),
     }
-    // The line scripts and tests wait for (the only one on stdout: they
-    // may stop reading after it).
+    // The line scripts and tests wait for first (they may stop reading
+    // after it: output to a closed pipe is dropped), then the Pub/Sub
+    // API's, when it is served.
     outln!("sandbox serving at {}", server.url());
     if let Some(url) = server.pubsub_url() {
-        crate::out::err_line(format_args!("pubsub serving at {url}"));
+        outln!("pubsub serving at {url}");
     }
     server.serve(crmsync_infra::shutdown::on_signals()).await?;
     Ok(())

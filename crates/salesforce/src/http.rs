@@ -94,6 +94,7 @@ mod tests {
 
     #[test]
     fn the_integration_users_calls_name_the_engine_and_calls_as_another_user_do_not() {
+        crmsync_connector_kit::install_crypto_provider();
         let rest = Rest::new("v60.0", "crmsync");
         let client = reqwest::Client::new();
         let header = |call: &Call| {

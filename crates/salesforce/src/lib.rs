@@ -58,8 +58,13 @@ pub struct SalesforceCrm {
     integration_user: String,
     overlap: Overlap,
     polls: Arc<PollGate>,
-    /// The org's change events, unless the endpoint turned them off.
+    /// The org's change events, unless the endpoint turned them off or no
+    /// one reads the feeds through this connector.
     events: Option<Events>,
+    /// Whether the endpoint has change events on: then the producer's
+    /// feeds skip the engine's own writes (echoes) and so does a pending
+    /// check, whichever connector makes it (`status`, `wait-idle`).
+    change_events: bool,
     bulk_threshold: usize,
 }
 
@@ -95,8 +100,10 @@ impl SalesforceCrm {
     /// Like [`SalesforceCrm::connect`], reading a connection's field mapping
     /// and custom objects from its settings.
     /// Every call passes `allowance` (the connection's daily API allowance,
-    /// shared by every replica) before the org's usage gate; `wake` hears
-    /// when a change event says a feed has changes to read.
+    /// shared by every replica) before the org's usage gate. With `wake`
+    /// (someone reads the feeds and hears it), the connector subscribes to
+    /// the org's change events if the endpoint allows; without it, feeds
+    /// poll (a one-off read has no use for a stream).
     pub async fn from_settings(
         endpoint: &SalesforceEndpoint,
         settings: &ConnectionSettings,
@@ -140,14 +147,14 @@ impl SalesforceCrm {
         let integration_user = CrmId::parse(token.user_id()).map_or_else(|_| token.user_id().to_owned(), |id| id.to_string());
         tracing::info!(user = %integration_user, "logged in to Salesforce");
         let polls = Arc::new(PollGate::new(Duration::from_secs(endpoint.poll_interval_secs), Duration::from_secs(endpoint.poll_max_secs)));
-        let events = if endpoint.change_events {
+        let events = if let (true, Some(wake)) = (endpoint.change_events, wake) {
             let listening = Listening {
                 sweep: Duration::from_secs(endpoint.sweep_secs.max(1)),
                 // One look back a window after changes: late commits.
                 look_back: Duration::from_secs(endpoint.overlap_secs.max(1)),
             };
             let settings = Settings { url: endpoint.pubsub_url.clone(), client: endpoint.call_client.clone(), listening };
-            Some(Events::new(http.clone(), polls.clone(), settings, wake)?)
+            Some(Events::new(http.clone(), polls.clone(), settings, Some(wake))?)
         } else {
             None
         };
@@ -159,6 +166,7 @@ impl SalesforceCrm {
             overlap: Overlap::new(Duration::from_secs(endpoint.overlap_secs)),
             polls,
             events,
+            change_events: endpoint.change_events,
             bulk_threshold: endpoint.bulk_threshold,
         })
     }
@@ -224,11 +232,13 @@ impl SalesforceCrm {
     }
 
     /// Whether `sobject`'s feed has changes after `cursor`. With change
-    /// events, the engine's own writes to the records it writes (`written`)
-    /// are not: the feed does not read them (their events are echoes).
+    /// events on the endpoint, the engine's own writes to the records it
+    /// writes (`written`) are not: the producer's feed does not read them
+    /// (their events are echoes), though this connector may be a one-off's
+    /// with no events of its own.
     async fn pending(&self, sobject: &str, written: bool, cursor: Option<&Cursor>) -> Result<bool, ConnectorError> {
         // A pending check reads positions only: nothing to select or convert.
-        let pending_skips = (written && self.events.is_some()).then_some(self.integration_user.as_str());
+        let pending_skips = (written && self.change_events).then_some(self.integration_user.as_str());
         let source = SoqlFeed { http: &self.http, sobject, select: &[], convert: &|_| Ok(()), own: &|_| false, pending_skips };
         StampFeed::new(&source, self.overlap).pending(cursor).await
     }

@@ -66,6 +66,9 @@ pub struct SystemsFactory {
     account_engagement: Cache<AccountEngagementMa>,
     allowances: ApiAllowances,
     signals: Arc<ChangeSignals>,
+    /// Whether its Salesforce connectors subscribe to change events: only
+    /// for the producer, which reads the feeds (see [`Self::hearing_changes`]).
+    hears_changes: bool,
 }
 
 /// The cache key of a connection's endpoint, and what a connector is made
@@ -79,7 +82,24 @@ fn keys(connection_id: &str, endpoint: &impl serde::Serialize, settings: &Connec
 
 impl SystemsFactory {
     pub fn new(sandbox: SandboxFactory, allowances: ApiAllowances) -> Self {
-        SystemsFactory { sandbox, salesforce: Mutex::default(), account_engagement: Mutex::default(), allowances, signals: Arc::default() }
+        SystemsFactory {
+            sandbox,
+            salesforce: Mutex::default(),
+            account_engagement: Mutex::default(),
+            allowances,
+            signals: Arc::default(),
+            hears_changes: false,
+        }
+    }
+
+    /// This factory's Salesforce connectors subscribe to the org's change
+    /// events (where their endpoints allow it) and say through
+    /// [`Self::change_signals`] which connection has changes. Only the
+    /// producer reads feeds; the other tiers and the CLI's one-off reads
+    /// (a report's mirror check) would only hold streams open for nothing.
+    pub fn hearing_changes(mut self) -> Self {
+        self.hears_changes = true;
+        self
     }
 
     /// Where this factory's connectors say that a connection has changes to
@@ -127,10 +147,11 @@ impl SystemsFactory {
                     return Ok(crm.clone());
                 }
                 let allowance = self.allowances.gate(connection_id, Side::Crm, endpoint.api_daily_allowance);
-                let signals = self.signals.clone();
-                let id = connection_id.to_owned();
-                let wake: crmsync_salesforce::Wake = Arc::new(move || signals.signal(&id));
-                let crm = Arc::new(SalesforceCrm::from_settings(endpoint, settings, allowance, Some(wake)).await?);
+                let wake = self.hears_changes.then(|| {
+                    let (signals, id) = (self.signals.clone(), connection_id.to_owned());
+                    Arc::new(move || signals.signal(&id)) as crmsync_salesforce::Wake
+                });
+                let crm = Arc::new(SalesforceCrm::from_settings(endpoint, settings, allowance, wake).await?);
                 tracing::debug!(url = %endpoint.oauth.login_url, "connected to Salesforce");
                 cache.insert(key, (made_from, crm.clone()));
                 Ok(crm)

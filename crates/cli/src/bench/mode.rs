@@ -45,8 +45,8 @@ impl Mode {
             sqlx::query_scalar("SELECT email FROM crm.users WHERE tenant = 'default' AND is_integration").fetch_one(pool).await?;
         let mut settings = connections::load(pool, "default").await?;
         let mut crm = server.crm_endpoint(&integration);
-        // The server's change notifications wake the producer; the poll is
-        // only the fallback, as with a real org's change events.
+        // The org's change events wake the producer (see `crm_endpoint`);
+        // the poll is only the fallback where they fail.
         crm["poll_interval_secs"] = 1.into();
         crm["poll_max_secs"] = 1.into();
         crm["overlap_secs"] = 3.into();

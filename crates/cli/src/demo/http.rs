@@ -32,6 +32,8 @@ const BUSINESS_UNIT: &str = "0Uv000000000001AAA";
 pub struct SandboxServer {
     child: Child,
     url: String,
+    /// The server's Pub/Sub API (Salesforce's change events).
+    pubsub_url: String,
     /// The run's files: the client secret, the key pair.
     files: Vec<PathBuf>,
 }
@@ -93,7 +95,8 @@ impl SandboxServer {
         let (private_key, public_key) = key_pair(work_dir).await?;
         let log = std::fs::File::create(logs.join("sandbox-serve.log"))?;
         let mut cmd = Command::new(exe);
-        cmd.args(["sandbox", "serve", "--bind", "127.0.0.1:0", "--client-id", CLIENT_ID, "--salesforce-daily-limit"])
+        cmd.args(["sandbox", "serve", "--bind", "127.0.0.1:0", "--pubsub-bind", "127.0.0.1:0", "--client-id", CLIENT_ID])
+            .arg("--salesforce-daily-limit")
             .arg(salesforce_daily.to_string())
             .args(["--pardot-daily-limit", &pardot_daily.to_string(), "--business-unit-id", BUSINESS_UNIT])
             .arg("--client-secret-file")
@@ -115,15 +118,25 @@ impl SandboxServer {
             Ok(Ok(Some(line))) => line.strip_prefix("sandbox serving at ").map(str::to_owned),
             _ => None,
         };
-        let Some(url) = url else {
+        let second = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+        let pubsub_url = match second {
+            Ok(Ok(Some(line))) => line.strip_prefix("pubsub serving at ").map(str::to_owned),
+            _ => None,
+        };
+        let (Some(url), Some(pubsub_url)) = (url, pubsub_url) else {
             let _ = child.kill().await;
             bail!("crmsync sandbox serve did not start; see {}", logs.join("sandbox-serve.log").display());
         };
-        Ok(SandboxServer { child, url, files: vec![secret, private_key, public_key] })
+        Ok(SandboxServer { child, url, pubsub_url, files: vec![secret, private_key, public_key] })
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The server's Pub/Sub API.
+    pub fn pubsub_url(&self) -> &str {
+        &self.pubsub_url
     }
 
     /// The server process's pid, for a benchmark's cost sampler.
@@ -140,9 +153,12 @@ impl SandboxServer {
                       "private_key": {"file": self.files[1]}},
             // The demo's edits and the sync race within seconds.
             "overlap_secs": 5,
-            // The sandbox's change notifications wake the producer, standing
-            // in for a real org's change events; polls stay frequent, idle
-            // or not, so the demo moves at a demo's pace.
+            // The org's change events, as a real org's through the Pub/Sub
+            // API: an edit wakes its feed at once, and a feed with live
+            // events only sweeps. Polls, where a feed falls back to them,
+            // stay frequent so the demo moves at a demo's pace.
+            "change_events": true,
+            "pubsub_url": self.pubsub_url,
             "poll_interval_secs": 2,
             "poll_max_secs": 2,
         })

@@ -266,7 +266,7 @@ mod tests {
         let used_up = of(Code::ResourceExhausted, error_codes::DELIVERY_LIMIT_EXCEEDED);
         assert!(used_up.allocation_used_up() && used_up.judge() == Judgement::Refused, "no retry in place: fall back to polling");
         assert_eq!(of(Code::ResourceExhausted, "").judge(), Judgement::Retry { unprocessed: true }, "a busy server is retried");
-        assert!(matches!(used_up.clone().into_connector(), ConnectorError::Fatal(m) if m.contains("limit.exceeded")));
+        assert!(matches!(used_up.into_connector(), ConnectorError::Fatal(m) if m.contains("limit.exceeded")));
         assert!(matches!(of(Code::Unavailable, "").into_connector(), ConnectorError::Transient(_)));
     }
 

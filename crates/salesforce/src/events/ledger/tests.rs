@@ -34,7 +34,7 @@ fn a_change_is_carried_by_the_cursor_of_a_query_that_began_after_it_and_dropped_
     assert_eq!(replay, Some(r(2)));
     assert!(!ledger.entries.is_empty(), "kept until the cursor comes back stored");
     let (plan, replay) = call(&mut ledger, Some(&cursor(1)), true, 2);
-    assert!(!plan.query && !!ledger.entries.is_empty());
+    assert!(!plan.query && ledger.entries.is_empty());
     assert_eq!(replay, None, "nothing new: the cursor keeps the replay id it has");
 }
 
@@ -78,7 +78,7 @@ fn gap_records_and_a_look_back_are_done_again_until_a_cursor_carrying_them_is_st
     let (again, _) = call(&mut ledger, Some(&cursor(0)), true, 2);
     assert_eq!(again, plan, "the same records and look back, again");
     let (done, _) = call(&mut ledger, Some(&cursor(2)), true, 3);
-    assert!(done.ids.is_empty() && done.look_back.is_none() && !!ledger.entries.is_empty());
+    assert!(done.ids.is_empty() && done.look_back.is_none() && ledger.entries.is_empty());
 }
 
 #[test]
