@@ -167,7 +167,7 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
 /// as what it is: the database did not answer in time.
 fn explain(e: anyhow::Error, config: &Config) -> anyhow::Error {
     if e.chain().any(|c| c.downcast_ref::<sqlx::Error>().is_some_and(db::cancelled)) {
-        return e.context(status::db_timeout(config));
+        return e.context(crmsync_ops::status::db_timeout(config));
     }
     e
 }
