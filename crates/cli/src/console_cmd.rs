@@ -1,0 +1,62 @@
+//! `crmsync console add-user | add-token`: the console's users and API
+//! tokens, made from the command line (the console itself has no page that
+//! makes them yet). Both are written to the admin audit log.
+
+use std::io::BufRead;
+
+use anyhow::Context;
+use crmsync_console::users::{self, Role};
+use crmsync_store::admin_audit::Actor;
+use sqlx::PgPool;
+
+use crate::args::{ConsoleCmd, ConsoleRole};
+
+pub async fn run(pool: &PgPool, cmd: ConsoleCmd) -> anyhow::Result<()> {
+    match cmd {
+        // Served by the caller, which owns the signal handling.
+        ConsoleCmd::Serve => {}
+        ConsoleCmd::AddUser { name, role, password_file } => {
+            let password = match password_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    first_line(&text)
+                }
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
+                    first_line(&line)
+                }
+            };
+            let role = match role {
+                ConsoleRole::Admin => Role::Admin,
+                ConsoleRole::Viewer => Role::Viewer,
+            };
+            users::add(pool, &Actor::cli(), &name, role, &password).await?;
+            outln!("console user {name} added ({})", role.as_str());
+        }
+        ConsoleCmd::AddToken { user, name } => {
+            let token = users::add_token(pool, &Actor::cli(), &user, &name).await?;
+            // The token alone on standard output, for scripts to capture;
+            // it is not kept, so it cannot be shown again.
+            outln!("{token}");
+            crate::out::err_line(format_args!("API token {name:?} for {user}: keep it now, it cannot be shown again"));
+        }
+    }
+    Ok(())
+}
+
+/// A password as a file or a pipe holds it: the first line, without its
+/// line ending (other whitespace is part of the password).
+fn first_line(text: &str) -> String {
+    text.split('\n').next().unwrap_or_default().trim_end_matches('\r').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_password_is_the_first_line_without_its_ending() {
+        assert_eq!(super::first_line("  pass word \r\nsecond"), "  pass word ");
+        assert_eq!(super::first_line("no newline"), "no newline");
+        assert_eq!(super::first_line(""), "");
+    }
+}

@@ -1,0 +1,89 @@
+//! The admin console (issue 28): a web UI and a JSON API for the people who
+//! run the sync, served by `crmsync console`.
+//!
+//! Stateless like the tiers: every session, failed-sign-in count and audit
+//! entry is in PostgreSQL, so any number of replicas can run behind a load
+//! balancer. Pages are rendered on the server (no script, one small
+//! stylesheet in the binary); each is also JSON, at the same path with
+//! `Accept: application/json`. What the console shows and changes goes
+//! through the same code as the CLI's (`crmsync_ops`), so the two cannot
+//! drift apart.
+
+pub mod pages;
+pub mod session;
+pub mod sign_in;
+pub mod users;
+mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{get, post};
+use crmsync_infra::{CancellationToken, Config, db};
+use sqlx::PgPool;
+
+/// What every request handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub config: Arc<Config>,
+}
+
+/// A console bound to its address, not yet serving.
+#[derive(Debug)]
+pub struct Console {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+}
+
+impl Console {
+    /// Connects to PostgreSQL (which must be migrated) and binds
+    /// `console.listen` (port 0 picks a free port: see [`Console::addr`]).
+    pub async fn bind(config: Config) -> anyhow::Result<Console> {
+        let pool = db::connect(&config.database).await.context("connecting to PostgreSQL")?;
+        db::ensure_migrated(&pool).await?;
+        Self::bind_with(config, pool).await
+    }
+
+    /// As [`Console::bind`], on a pool the caller made.
+    pub async fn bind_with(config: Config, pool: PgPool) -> anyhow::Result<Console> {
+        let listener = tokio::net::TcpListener::bind(&config.console.listen)
+            .await
+            .with_context(|| format!("binding the console to {} (console.listen)", config.console.listen))?;
+        Ok(Console { listener, state: AppState { pool, config: Arc::new(config) } })
+    }
+
+    /// The address it listens at.
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes the requests in
+    /// hand.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr()?, "console serving");
+        axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        Ok(())
+    }
+}
+
+/// Runs the console until `shutdown` is cancelled (`crmsync console`).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Console::bind(config).await?.serve(shutdown).await
+}
+
+/// Every route. Each page answers HTML, or JSON to `Accept: application/json`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(pages::overview))
+        .route("/connections/{id}", get(pages::connection))
+        .route("/connections/{id}/settings", post(pages::change_setting))
+        .route("/audit", get(pages::audit))
+        .route("/sign-in", get(sign_in::form).post(sign_in::submit))
+        .route("/sign-out", post(sign_in::sign_out))
+        .route("/style.css", get(view::stylesheet))
+        .route("/livez", get(|| async { "ok" }))
+        .with_state(state)
+}
