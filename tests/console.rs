@@ -1,0 +1,381 @@
+//! The admin console (issue 28) served for real against the test's
+//! PostgreSQL: sign-in with argon2id passwords and slowed-down failures,
+//! session cookies, CSRF tokens on every change, viewers refused, a setting
+//! changed through the same guard as the CLI and written to the admin audit
+//! log, the JSON twins of the pages, and API tokens.
+
+use std::collections::HashMap;
+
+use crmsync_console::users::{self, Role};
+use crmsync_infra::CancellationToken;
+use crmsync_store::admin_audit::{self, Actor};
+use crmsync_store::connections;
+use crmsync_tests::TestApp;
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, LOCATION, SET_COOKIE};
+use serde_json::{Value, json};
+
+const ADMIN_PASSWORD: &str = "correct horse battery staple";
+const VIEWER_PASSWORD: &str = "viewer sees all, changes none";
+
+/// Serves the console for this test on a free port; its URL.
+async fn serve(app: &TestApp, secure_cookies: bool, stop: &CancellationToken) -> String {
+    // reqwest is built without a crypto provider; the test's clients need one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = app.config.clone();
+    config.console.listen = "127.0.0.1:0".into();
+    config.console.secure_cookies = secure_cookies;
+    let console = crmsync_console::Console::bind(config).await.expect("console binds");
+    let url = format!("http://{}", console.addr().unwrap());
+    tokio::spawn(console.serve(stop.clone()));
+    url
+}
+
+/// A browser, as far as the console can tell: it keeps cookies, follows no
+/// redirect by itself, and fills in forms.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookies: HashMap<String, String>,
+    /// Every Set-Cookie header seen, whole, to check their attributes.
+    set_cookies: Vec<String>,
+}
+
+impl Browser {
+    fn new(base: &str) -> Browser {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Browser { http, base: base.to_owned(), cookies: HashMap::new(), set_cookies: Vec::new() }
+    }
+
+    fn keep(&mut self, r: &reqwest::Response) {
+        for h in r.headers().get_all(SET_COOKIE) {
+            let text = h.to_str().unwrap().to_owned();
+            let pair = text.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+            self.set_cookies.push(text);
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    async fn get(&mut self, path: &str) -> (StatusCode, String) {
+        let r = self.http.get(format!("{}{path}", self.base)).header("cookie", self.cookie_header()).send().await.unwrap();
+        self.keep(&r);
+        (r.status(), r.text().await.unwrap())
+    }
+
+    /// Posts a form; (status, Location header, body).
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (StatusCode, Option<String>, String) {
+        let r = self.http.post(format!("{}{path}", self.base)).header("cookie", self.cookie_header()).form(form).send().await.unwrap();
+        self.keep(&r);
+        let location = r.headers().get(LOCATION).map(|l| l.to_str().unwrap().to_owned());
+        (r.status(), location, r.text().await.unwrap())
+    }
+
+    /// Signs in through the form; the answer's status.
+    async fn sign_in(&mut self, name: &str, password: &str) -> StatusCode {
+        let (status, form) = self.get("/sign-in").await;
+        assert_eq!(status, StatusCode::OK);
+        let csrf = csrf_of(&form);
+        self.post("/sign-in", &[("name", name), ("password", password), ("csrf", &csrf)]).await.0
+    }
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_of(page: &str) -> String {
+    let at = page.find(r#"name="csrf" value=""#).expect("a form with a CSRF token");
+    let rest = &page[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// A user made through the library, as `crmsync console add-user` makes one.
+async fn user(app: &TestApp, name: &str, role: Role, password: &str) {
+    users::add(&app.pool, &Actor { name: "test".into(), via: "cli" }, name, role, password).await.unwrap();
+}
+
+async fn budget(app: &TestApp) -> u32 {
+    connections::load(&app.pool, "default").await.unwrap().batch_budget_per_hour
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_takes_the_right_password_and_slows_down_wrong_ones() {
+    let app = TestApp::spawn().await;
+    let stop = CancellationToken::new();
+    let url = serve(&app, false, &stop).await;
+
+    // The password comes on standard input, and only its argon2id hash is kept.
+    let stdin = format!("{ADMIN_PASSWORD}\n");
+    let (ok, out, err) =
+        app.run_cli_with(crmsync_tests::crmsync_exe!(), &["console", "add-user", "ops", "--role", "admin"], &[], Some(&stdin)).await;
+    assert!(ok, "{out}\n{err}");
+    let stored: String =
+        sqlx::query_scalar("SELECT password_hash FROM console_users WHERE name = 'ops'").fetch_one(&app.pool).await.unwrap();
+    assert!(stored.starts_with("$argon2id$") && !stored.contains(ADMIN_PASSWORD), "{stored}");
+    // A short password is refused.
+    let (ok, _, err) =
+        app.run_cli_with(crmsync_tests::crmsync_exe!(), &["console", "add-user", "weak", "--role", "viewer"], &[], Some("short\n")).await;
+    assert!(!ok && err.contains("at least 12 characters"), "{err}");
+
+    let mut browser = Browser::new(&url);
+    // Not signed in: pages send to the sign-in form, JSON is refused.
+    let r = browser.http.get(format!("{url}/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[LOCATION], "/sign-in");
+    let r = browser.http.get(format!("{url}/")).header(ACCEPT, "application/json").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // A sign-in form without its CSRF token is refused, right password or not.
+    browser.get("/sign-in").await;
+    let (status, _, _) = browser.post("/sign-in", &[("name", "ops"), ("password", ADMIN_PASSWORD)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!browser.cookies.contains_key("crmsync_session"));
+
+    // A wrong password, then the right one.
+    assert_eq!(browser.sign_in("ops", "not the password at all").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(browser.sign_in("nobody", ADMIN_PASSWORD).await, StatusCode::UNAUTHORIZED);
+    assert!(!browser.cookies.contains_key("crmsync_session"));
+    assert_eq!(browser.sign_in("ops", ADMIN_PASSWORD).await, StatusCode::SEE_OTHER);
+    let session = browser.set_cookies.iter().find(|c| c.starts_with("crmsync_session=")).expect("a session cookie").clone();
+    assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict") && !session.contains("Secure"), "{session}");
+    let (status, page) = browser.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Overview") && page.contains(r#"href="/connections/default""#), "{page}");
+    // No page shows a credential: not the session's token, not the hash.
+    let token = browser.cookies["crmsync_session"].clone();
+    for path in ["/", "/connections/default", "/audit"] {
+        let (_, page) = browser.get(path).await;
+        assert!(!page.contains(&token) && !page.contains("$argon2id$"), "{path} shows a credential");
+    }
+    // Only the session token's digest is stored.
+    let found: i64 = sqlx::query_scalar("SELECT count(*) FROM console_sessions WHERE token_hash = $1")
+        .bind(users::digest(&token))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(found, 1);
+
+    // Failures in a row lock the user out, even from the right password,
+    // and the lock is in PostgreSQL, for every replica.
+    let mut other = Browser::new(&url);
+    for _ in 0..users::FREE_ATTEMPTS {
+        assert_eq!(other.sign_in("ops", "still not the password").await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(other.sign_in("ops", ADMIN_PASSWORD).await, StatusCode::TOO_MANY_REQUESTS);
+    let (failed, locked): (i32, bool) =
+        sqlx::query_as("SELECT failed_signins, locked_until > now() + interval '20 seconds' FROM console_users WHERE name = 'ops'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((failed, locked), (users::FREE_ATTEMPTS, true));
+    let another_replica = serve(&app, false, &stop).await;
+    assert_eq!(Browser::new(&another_replica).sign_in("ops", ADMIN_PASSWORD).await, StatusCode::TOO_MANY_REQUESTS);
+    // Once the lock is over, the right password works again and clears the count.
+    sqlx::query("UPDATE console_users SET locked_until = now() WHERE name = 'ops'").execute(&app.pool).await.unwrap();
+    assert_eq!(other.sign_in("ops", ADMIN_PASSWORD).await, StatusCode::SEE_OTHER);
+    let failed: i32 = sqlx::query_scalar("SELECT failed_signins FROM console_users WHERE name = 'ops'").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(failed, 0);
+
+    // Signing out ends the session in PostgreSQL, not only in the browser.
+    let (_, page) = browser.get("/").await;
+    let (status, location, _) = browser.post("/sign-out", &[("csrf", &csrf_of(&page))]).await;
+    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/sign-in")));
+    let r = browser.http.get(format!("{url}/")).header("cookie", format!("crmsync_session={token}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "the old session cookie still opens the console");
+
+    // Behind HTTPS (console.secure_cookies), the cookies are Secure.
+    let secure = serve(&app, true, &stop).await;
+    let mut behind_tls = Browser::new(&secure);
+    assert_eq!(behind_tls.sign_in("ops", ADMIN_PASSWORD).await, StatusCode::SEE_OTHER);
+    let session = behind_tls.set_cookies.iter().find(|c| c.starts_with("crmsync_session=")).unwrap();
+    assert!(session.contains("Secure") && session.contains("HttpOnly"), "{session}");
+
+    stop.cancel();
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_needs_its_csrf_token_and_an_admin_and_lands_in_the_settings_and_the_audit_log() {
+    let app = TestApp::spawn().await;
+    let stop = CancellationToken::new();
+    let url = serve(&app, false, &stop).await;
+    user(&app, "ops", Role::Admin, ADMIN_PASSWORD).await;
+    user(&app, "watcher", Role::Viewer, VIEWER_PASSWORD).await;
+    let before = budget(&app).await;
+
+    let mut admin = Browser::new(&url);
+    assert_eq!(admin.sign_in("ops", ADMIN_PASSWORD).await, StatusCode::SEE_OTHER);
+    let (status, page) = admin.get("/connections/default").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("batch_budget_per_hour") && page.contains("csql.record_type"), "{page}");
+    let csrf = csrf_of(&page);
+
+    // Without the CSRF token (as a forged form from another page would be).
+    let change = [("key", "batch_budget_per_hour"), ("value", "6000")];
+    let (status, _, _) = admin.post("/connections/default/settings", &change).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = admin.post("/connections/default/settings", &[change[0], change[1], ("csrf", "forged")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(budget(&app).await, before);
+
+    // A viewer sees the settings, with no form to change them, and is
+    // refused a change even with its own CSRF token.
+    let mut viewer = Browser::new(&url);
+    assert_eq!(viewer.sign_in("watcher", VIEWER_PASSWORD).await, StatusCode::SEE_OTHER);
+    let (status, page) = viewer.get("/connections/default").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("batch_budget_per_hour") && !page.contains(r#"action="/connections/default/settings""#));
+    let (_, overview) = viewer.get("/").await;
+    let viewer_csrf = csrf_of(&overview);
+    let (status, _, body) = viewer.post("/connections/default/settings", &[change[0], change[1], ("csrf", &viewer_csrf)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(budget(&app).await, before);
+
+    // A value the CLI would refuse is refused the same way.
+    let (status, _, body) =
+        admin.post("/connections/default/settings", &[("key", "batch_budget_per_hour"), ("value", "lots"), ("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("a positive whole number"), "{body}");
+    assert_eq!(budget(&app).await, before);
+
+    // The admin's change lands in the connection's settings...
+    let (status, _, body) = admin.post("/connections/default/settings", &[change[0], change[1], ("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("batch_budget_per_hour: 12000 → 6000"), "{body}");
+    assert_eq!(budget(&app).await, 6000);
+
+    // ...and in the admin audit log: who, through what, before and after.
+    let entries = admin_audit::recent(&app.pool, Some("default"), None, 10).await.unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let e = &entries[0];
+    assert_eq!((e.actor.as_str(), e.via.as_str(), e.action.as_str()), ("ops", "console", "setting.set"));
+    assert_eq!(e.target.as_deref(), Some("batch_budget_per_hour"));
+    assert_eq!((e.before.clone(), e.after.clone()), (Some(json!(before)), Some(json!(6000))));
+    let (status, page) = viewer.get("/audit").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("batch_budget_per_hour") && page.contains("ops") && page.contains("6000"), "{page}");
+
+    // The CLI's changes are in the same log, as the operating-system user.
+    let (ok, out, err) = app
+        .run_cli_with(crmsync_tests::crmsync_exe!(), &["connection", "set", "default", "batch_burst", "7"], &[("USER", "alice")], None)
+        .await;
+    assert!(ok, "{out}\n{err}");
+    let newest = &admin_audit::recent(&app.pool, None, None, 1).await.unwrap()[0];
+    assert_eq!((newest.actor.as_str(), newest.via.as_str()), ("cli:alice", "cli"));
+    assert_eq!((newest.before.clone(), newest.after.clone()), (Some(json!(5)), Some(json!(7))));
+
+    // A switch that needs confirming is refused with what changes with it,
+    // and goes through once confirmed, as `--yes` does on the CLI.
+    let (status, _, body) =
+        admin.post("/connections/default/settings", &[("key", "csql.record_type"), ("value", "opportunity"), ("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("Confirm: set csql.record_type to opportunity"), "{body}");
+    let record_type = || async { connections::load(&app.pool, "default").await.unwrap().csql.record_type.to_string() };
+    assert_eq!(record_type().await, "lead");
+    let confirmed = [("key", "csql.record_type"), ("value", "opportunity"), ("confirm", "yes"), ("csrf", csrf.as_str())];
+    let (status, _, body) = admin.post("/connections/default/settings", &confirmed).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(record_type().await, "opportunity");
+
+    stop.cancel();
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_api_answers_api_tokens_with_the_same_figures_as_the_cli() {
+    let mut app = TestApp::spawn().await;
+    let stop = CancellationToken::new();
+    let url = serve(&app, false, &stop).await;
+    user(&app, "ops", Role::Admin, ADMIN_PASSWORD).await;
+    user(&app, "watcher", Role::Viewer, VIEWER_PASSWORD).await;
+    for n in 0..3 {
+        app.create_prospect(&[("email", &format!("json{n}@console.example")), ("lastName", "Json")]).await;
+    }
+    app.start_pipeline(1, 1);
+    app.settle().await;
+
+    // Tokens are made by the CLI, printed once; only their digest is kept.
+    let exe = crmsync_tests::crmsync_exe!();
+    let (ok, admin_token, err) = app.run_cli(exe, &["console", "add-token", "ops", "--name", "deploy-script"]).await;
+    assert!(ok, "{err}");
+    let admin_token = admin_token.trim().to_owned();
+    assert!(admin_token.starts_with(users::TOKEN_PREFIX), "{admin_token}");
+    let (ok, viewer_token, _) = app.run_cli(exe, &["console", "add-token", "watcher"]).await;
+    assert!(ok);
+    let viewer_token = viewer_token.trim().to_owned();
+    let stored = |bytes: Vec<u8>| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM console_api_tokens WHERE token_hash = $1")
+                .bind(bytes)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(stored(users::digest(&admin_token)).await, 1);
+    assert_eq!(stored(admin_token.as_bytes().to_vec()).await, 0);
+
+    let http = reqwest::Client::new();
+    let get = |path: &str, token: &str| {
+        http.get(format!("{url}{path}")).header(ACCEPT, "application/json").header(AUTHORIZATION, format!("Bearer {token}")).send()
+    };
+
+    // The overview's JSON twin is `crmsync status --json`.
+    let r = get("/", &viewer_token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let overview: Value = r.json().await.unwrap();
+    let (ok, cli, err) = app.run_cli(exe, &["status", "--json"]).await;
+    assert!(ok, "{err}");
+    let cli: Value = serde_json::from_str(&cli).unwrap();
+    assert_eq!(overview["connections"][0]["id"], "default");
+    assert_eq!(overview["connections"][0]["identities"], cli["connections"][0]["identities"]);
+    assert_eq!(overview["connections"][0]["identities"]["pending_assignment"], 3, "{overview}");
+    assert_eq!(overview["connections"][0]["batch_lane"], cli["connections"][0]["batch_lane"]);
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&overview), keys(&cli));
+
+    // The settings' JSON twin: every settable key with its value.
+    let settings: Value = get("/connections/default", &viewer_token).await.unwrap().json().await.unwrap();
+    let budget_row = settings["settable"].as_array().unwrap().iter().find(|s| s["key"] == "batch_budget_per_hour").unwrap();
+    assert_eq!(budget_row["value"], 12_000);
+    let audit: Value = get("/audit", &viewer_token).await.unwrap().json().await.unwrap();
+    assert!(audit["entries"].as_array().unwrap().iter().any(|e| e["action"] == "token.add" && e["target"] == "ops"), "{audit}");
+
+    // A token that is not ours opens nothing.
+    let r = get("/", "crmsync_not-a-token").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Changes with a token need no CSRF token (a browser never sends the
+    // header by itself), but still an admin.
+    let post = |token: &str, body: Value| {
+        http.post(format!("{url}/connections/default/settings"))
+            .header(ACCEPT, "application/json")
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .json(&body)
+            .send()
+    };
+    let r = post(&viewer_token, json!({"key": "batch_threshold", "value": "50"})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(connections::load(&app.pool, "default").await.unwrap().batch_threshold, 400);
+    let r = post(&admin_token, json!({"key": "batch_threshold", "value": "50"})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let changed: Value = r.json().await.unwrap();
+    assert_eq!((changed["before"].clone(), changed["after"].clone()), (json!(400), json!(50)));
+    assert_eq!(connections::load(&app.pool, "default").await.unwrap().batch_threshold, 50);
+    let newest = &admin_audit::recent(&app.pool, Some("default"), None, 1).await.unwrap()[0];
+    assert_eq!((newest.actor.as_str(), newest.via.as_str()), ("ops", "api"));
+    let r = post(&admin_token, json!({"key": "csql.record_type", "value": "opportunity"})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(refused["needs_confirmation"], true, "{refused}");
+
+    stop.cancel();
+    app.cleanup().await;
+}
