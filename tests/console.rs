@@ -131,6 +131,12 @@ async fn signing_in_takes_the_right_password_and_slows_down_wrong_ones() {
     let r = browser.http.get(format!("{url}/")).header(ACCEPT, "application/json").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
+    // No other site may frame a page (to trick a click), and none runs a script.
+    let r = browser.http.get(format!("{url}/sign-in")).send().await.unwrap();
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    let policy = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("frame-ancestors 'none'") && policy.contains("script-src 'none'"), "{policy}");
+
     // A sign-in form without its CSRF token is refused, right password or not.
     browser.get("/sign-in").await;
     let (status, _, _) = browser.post("/sign-in", &[("name", "ops"), ("password", ADMIN_PASSWORD)]).await;
@@ -377,5 +383,31 @@ async fn the_json_api_answers_api_tokens_with_the_same_figures_as_the_cli() {
     assert_eq!(refused["needs_confirmation"], true, "{refused}");
 
     stop.cancel();
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crmsync_console_serves_until_sigterm() {
+    let app = TestApp::spawn().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = app
+        .cli_command(crmsync_tests::crmsync_exe!())
+        .arg("console")
+        .env("CRMSYNC_CONSOLE__LISTEN", &addr)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start crmsync console");
+    let console = crmsync_tests::TierProcess::new(crmsync_tests::Tier::Applier, child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut answer = String::new();
+    while std::time::Instant::now() < deadline && !answer.ends_with("ok") {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        answer = crmsync_tests::http_get(&addr, "/livez").await;
+    }
+    assert!(answer.starts_with("HTTP/1.0 200") && answer.ends_with("ok"), "{answer}");
+    // Pages need a sign-in.
+    assert!(crmsync_tests::http_get(&addr, "/").await.contains("location: /sign-in"));
+    assert!(console.terminate().await, "crmsync console did not exit 0 on SIGTERM");
     app.cleanup().await;
 }

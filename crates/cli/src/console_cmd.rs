@@ -54,6 +54,15 @@ fn first_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn every_action_of_the_console_is_a_command_of_the_cli() {
+        use clap::Parser;
+        for (route, command) in crmsync_console::ACTIONS {
+            let parsed = crate::args::Cli::try_parse_from(command.split_whitespace());
+            assert!(parsed.is_ok(), "{route}: `{command}` is not a command: {}", parsed.unwrap_err());
+        }
+    }
+
+    #[test]
     fn the_password_is_the_first_line_without_its_ending() {
         assert_eq!(super::first_line("  pass word \r\nsecond"), "  pass word ");
         assert_eq!(super::first_line("no newline"), "no newline");

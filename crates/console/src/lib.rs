@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
 use axum::routing::{get, post};
 use crmsync_infra::{CancellationToken, Config, db};
 use sqlx::PgPool;
@@ -85,5 +87,30 @@ pub fn router(state: AppState) -> Router {
         .route("/sign-out", post(sign_in::sign_out))
         .route("/style.css", get(view::stylesheet))
         .route("/livez", get(|| async { "ok" }))
+        .layer(axum::middleware::map_response(guarded))
         .with_state(state)
 }
+
+/// What a browser is told about every answer: never to frame it (no other
+/// site can overlay a page and trick a click on its buttons), to load
+/// nothing from elsewhere and run no script, to post forms only here, and
+/// not to keep pages that show settings in its cache.
+async fn guarded(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; script-src 'none'; frame-ancestors 'none'; form-action 'self'"),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Every change the console makes, with an example of the CLI command that
+/// makes the same change, so that scripts and the UI never drift apart (a
+/// test of the CLI parses each with its own parser). A new action adds its
+/// line here.
+pub const ACTIONS: &[(&str, &str)] =
+    &[("POST /connections/{id}/settings", "crmsync connection set default csql.record_type opportunity --yes")];
