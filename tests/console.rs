@@ -357,6 +357,8 @@ async fn the_json_api_answers_api_tokens_with_the_same_figures_as_the_cli() {
     // A token that is not ours opens nothing.
     let r = get("/", "crmsync_not-a-token").await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = get("/connections/nonesuch", &viewer_token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // Changes with a token need no CSRF token (a browser never sends the
     // header by itself), but still an admin.
@@ -381,6 +383,12 @@ async fn the_json_api_answers_api_tokens_with_the_same_figures_as_the_cli() {
     assert_eq!(r.status(), StatusCode::CONFLICT);
     let refused: Value = r.json().await.unwrap();
     assert_eq!(refused["needs_confirmation"], true, "{refused}");
+
+    // A revoked token opens nothing from its next request on.
+    let (ok, _, err) = app.run_cli(exe, &["console", "revoke-token", "ops", "--name", "deploy-script"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(get("/", &admin_token).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(get("/", &viewer_token).await.unwrap().status(), StatusCode::OK);
 
     stop.cancel();
     app.cleanup().await;

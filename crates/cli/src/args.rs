@@ -109,6 +109,13 @@ pub enum ConsoleCmd {
         #[arg(long, default_value = "api")]
         name: String,
     },
+    /// Revoke a user's API tokens of this name: they open nothing from
+    /// their next request on.
+    RevokeToken {
+        user: String,
+        #[arg(long, default_value = "api")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,6 +1,6 @@
-//! `crmsync console add-user | add-token`: the console's users and API
-//! tokens, made from the command line (the console itself has no page that
-//! makes them yet). Both are written to the admin audit log.
+//! `crmsync console add-user | add-token | revoke-token`: the console's
+//! users and API tokens, from the command line (the console itself has no
+//! page for them yet). Each is written to the admin audit log.
 
 use std::io::BufRead;
 
@@ -40,6 +40,10 @@ pub async fn run(pool: &PgPool, cmd: ConsoleCmd) -> anyhow::Result<()> {
             // it is not kept, so it cannot be shown again.
             outln!("{token}");
             crate::out::err_line(format_args!("API token {name:?} for {user}: keep it now, it cannot be shown again"));
+        }
+        ConsoleCmd::RevokeToken { user, name } => {
+            let n = users::revoke_tokens(pool, &Actor::cli(), &user, &name).await?;
+            outln!("{n} API token(s) {name:?} of {user} revoked");
         }
     }
     Ok(())

@@ -73,7 +73,8 @@ pub async fn submit(State(state): State<AppState>, jar: CookieJar, Form(f): Form
                 UserError::BadCredentials => StatusCode::UNAUTHORIZED,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
-            tracing::info!(user = %f.name, %status, "console: sign-in refused");
+            // Debug-formatted: the name is whatever the form sent, line breaks included.
+            tracing::info!(user = ?f.name, %status, "console: sign-in refused");
             (status, jar, form_page(&next, Some(&e.to_string()))).into_response()
         }
     }

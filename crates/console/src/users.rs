@@ -67,6 +67,8 @@ pub enum UserError {
     Exists(String),
     #[error("no console user named {0:?}")]
     Unknown(String),
+    #[error("{user:?} has no unrevoked API token named {name:?}")]
+    NoToken { user: String, name: String },
     #[error("a password needs at least {MIN_PASSWORD_CHARS} characters")]
     WeakPassword,
     #[error("a user name is 1 to 64 letters, digits, '.', '_', '-' or '@'")]
@@ -178,6 +180,36 @@ pub async fn add_token(pool: &PgPool, actor: &Actor, user: &str, token_name: &st
     admin_audit::record(&mut *tx, &entry).await?;
     tx.commit().await?;
     Ok(token)
+}
+
+/// Revokes a user's API tokens of that name (`crmsync console
+/// revoke-token`); how many there were. A revoked token opens nothing from
+/// its next request on.
+pub async fn revoke_tokens(pool: &PgPool, actor: &Actor, user: &str, token_name: &str) -> Result<u64, UserError> {
+    let mut tx = pool.begin().await?;
+    let revoked = sqlx::query(
+        "UPDATE console_api_tokens t SET revoked_at = now() FROM console_users u \
+         WHERE u.name = $1 AND t.user_id = u.id AND t.name = $2 AND t.revoked_at IS NULL",
+    )
+    .bind(user)
+    .bind(token_name)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if revoked == 0 {
+        return Err(UserError::NoToken { user: user.to_owned(), name: token_name.to_owned() });
+    }
+    let entry = NewEntry {
+        actor,
+        connection_id: None,
+        action: "token.revoke",
+        target: Some(user),
+        before: Some(serde_json::json!({ "token_name": token_name, "tokens": revoked })),
+        after: None,
+    };
+    admin_audit::record(&mut *tx, &entry).await?;
+    tx.commit().await?;
+    Ok(revoked)
 }
 
 /// The user an API token belongs to, if it is one of ours and not revoked.

@@ -72,20 +72,38 @@ pub async fn record<'e>(e: impl PgExecutor<'e>, entry: &NewEntry<'_>) -> Result<
 
 /// The newest entries first, all connections' or one's, at most `limit`,
 /// older than entry `before_id` when given (the next page).
+///
+/// Two statements rather than one with `$1 IS NULL OR ...`: a prepared
+/// statement's generic plan could not use the per-connection index for
+/// that, and would scan the whole log backwards for a quiet connection.
 pub async fn recent<'e>(
     e: impl PgExecutor<'e>,
     connection_id: Option<&str>,
     before_id: Option<i64>,
     limit: i64,
 ) -> Result<Vec<Entry>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, at, actor, via, connection_id, action, target, before, after FROM admin_audit \
-         WHERE ($1::text IS NULL OR connection_id = $1) AND ($2::bigint IS NULL OR id < $2) \
-         ORDER BY id DESC LIMIT $3",
-    )
-    .bind(connection_id)
-    .bind(before_id)
-    .bind(limit)
-    .fetch_all(e)
-    .await
+    let before_id = before_id.unwrap_or(i64::MAX);
+    match connection_id {
+        Some(c) => {
+            sqlx::query_as(
+                "SELECT id, at, actor, via, connection_id, action, target, before, after FROM admin_audit \
+                 WHERE connection_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+            )
+            .bind(c)
+            .bind(before_id)
+            .bind(limit)
+            .fetch_all(e)
+            .await
+        }
+        None => {
+            sqlx::query_as(
+                "SELECT id, at, actor, via, connection_id, action, target, before, after FROM admin_audit \
+                 WHERE id < $1 ORDER BY id DESC LIMIT $2",
+            )
+            .bind(before_id)
+            .bind(limit)
+            .fetch_all(e)
+            .await
+        }
+    }
 }
