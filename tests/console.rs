@@ -220,6 +220,8 @@ async fn a_change_needs_its_csrf_token_and_an_admin_and_lands_in_the_settings_an
     let (status, page) = admin.get("/connections/default").await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("batch_budget_per_hour") && page.contains("csql.record_type"), "{page}");
+    // The field mapping, field by field with its behaviour.
+    assert!(page.contains("<td><code>jobTitle</code></td><td><code>Title</code></td><td><code>Title</code></td><td>most_recent"), "{page}");
     let csrf = csrf_of(&page);
 
     // Without the CSRF token (as a forged form from another page would be).
@@ -269,7 +271,12 @@ async fn a_change_needs_its_csrf_token_and_an_admin_and_lands_in_the_settings_an
 
     // The CLI's changes are in the same log, as the operating-system user.
     let (ok, out, err) = app
-        .run_cli_with(crmsync_tests::crmsync_exe!(), &["connection", "set", "default", "batch_burst", "7"], &[("USER", "alice")], None)
+        .run_cli_with(
+            crmsync_tests::crmsync_exe!(),
+            &["connection", "set", "default", "batch_burst", "7"],
+            &[("SUDO_USER", ""), ("USER", "alice")],
+            None,
+        )
         .await;
     assert!(ok, "{out}\n{err}");
     let newest = &admin_audit::recent(&app.pool, None, None, 1).await.unwrap()[0];

@@ -10,6 +10,8 @@ use axum::Json;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use crmsync_domain::mapping::SyncBehaviour;
+use crmsync_domain::merge::Side;
 use crmsync_domain::settings::{ConnectionSettings, KEYS};
 use crmsync_ops::settings::{self, Changed};
 use crmsync_ops::status::{self, Status, human};
@@ -180,9 +182,33 @@ fn settings_body(who: &Principal, id: &str, s: &ConnectionSettings, settable: &[
                 }
             }
         }
+        h2 { "Field mapping" }
+        p.help { "Changed with the connection's settings; a page to change it, with a preview, is to come." }
+        table {
+            tr { th { "MA field" } th { "Lead field" } th { "Contact field" } th { "Behaviour" } th { "Blank overwrites" } }
+            @for f in s.field_map.iter() {
+                tr {
+                    td { code { (f.ma) } }
+                    td { @if let Some(l) = &f.lead { code { (l) } } }
+                    td { @if let Some(c) = &f.contact { code { (c) } } }
+                    td {
+                        (f.sync.as_str())
+                        @if f.sync == SyncBehaviour::ReadOnly { " (from the " (side_name(f.read_only_source())) ")" }
+                    }
+                    td { @if f.blank_overwrites { "yes" } @else { "no" } }
+                }
+            }
+        }
         h2 { "Every setting" }
         pre { (serde_json::to_string_pretty(s).unwrap_or_default()) }
         (nothing())
+    }
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Ma => "MA",
+        Side::Crm => "CRM",
     }
 }
 

@@ -18,9 +18,13 @@ pub struct Actor {
 
 impl Actor {
     /// The person running the `crmsync` command, as the operating system
-    /// names them: the CLI has no sign-in of its own.
+    /// names them: the CLI has no sign-in of its own. Under sudo, the
+    /// person who ran sudo, not root.
     pub fn cli() -> Actor {
-        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".to_owned());
+        let user = ["SUDO_USER", "USER", "LOGNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| "unknown".to_owned());
         Actor { name: format!("cli:{user}"), via: "cli" }
     }
 }
