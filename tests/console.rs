@@ -188,6 +188,27 @@ async fn signing_in_takes_the_right_password_and_slows_down_wrong_ones() {
     let failed: i32 = sqlx::query_scalar("SELECT failed_signins FROM console_users WHERE name = 'ops'").fetch_one(&app.pool).await.unwrap();
     assert_eq!(failed, 0);
 
+    // Guesses sent all at once are each counted before any password is
+    // checked: no more than the free attempts are tried, the rest refused.
+    let mut guessers = Vec::new();
+    for _ in 0..12 {
+        let mut b = Browser::new(&url);
+        let (_, form) = b.get("/sign-in").await;
+        guessers.push((csrf_of(&form), b.cookie_header(), b.http.clone()));
+    }
+    let guesses = guessers.iter().map(|(csrf, cookie, http)| {
+        http.post(format!("{url}/sign-in"))
+            .header("cookie", cookie)
+            .form(&[("name", "ops"), ("password", "a guess in parallel"), ("csrf", csrf)])
+            .send()
+    });
+    let answers: Vec<StatusCode> = futures::future::join_all(guesses).await.into_iter().map(|r| r.unwrap().status()).collect();
+    let tried = answers.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    let refused = answers.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((tried, refused), (users::FREE_ATTEMPTS as usize, 12 - users::FREE_ATTEMPTS as usize), "{answers:?}");
+    sqlx::query("UPDATE console_users SET locked_until = now() WHERE name = 'ops'").execute(&app.pool).await.unwrap();
+    assert_eq!(other.sign_in("ops", ADMIN_PASSWORD).await, StatusCode::SEE_OTHER);
+
     // Signing out ends the session in PostgreSQL, not only in the browser.
     let (_, page) = browser.get("/").await;
     let (status, location, _) = browser.post("/sign-out", &[("csrf", &csrf_of(&page))]).await;

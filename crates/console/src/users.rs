@@ -2,9 +2,11 @@
 //!
 //! Passwords are kept as argon2id hashes. A failed sign-in is counted in
 //! PostgreSQL, so the count holds whichever replica the next attempt
-//! reaches; past [`FREE_ATTEMPTS`] failures in a row each one locks the user
-//! out for twice as long as the last, up to [`MAX_LOCKOUT_SECS`], and while
-//! locked even the right password is refused without being checked.
+//! reaches, and is taken before the password is checked, so parallel
+//! guesses are counted too; past [`FREE_ATTEMPTS`] failures in a row each
+//! one locks the user out for twice as long as the last, up to
+//! [`MAX_LOCKOUT_SECS`], and while locked even the right password is
+//! refused without being checked.
 //! Session and API tokens are 256 random bits; only their SHA-256 digests
 //! are stored.
 
@@ -224,45 +226,49 @@ pub async fn by_token(pool: &PgPool, token: &str) -> Result<Option<User>, sqlx::
     Ok(row.and_then(|(id, name, role)| Some(User { id, name, role: Role::parse(&role)? })))
 }
 
-/// Checks a sign-in: the user, or why not. Counts a failure against the
-/// user, and clears the count on success.
+/// Checks a sign-in: the user, or why not.
+///
+/// The attempt is counted as a failure before the password is checked, in
+/// the statement that checks the lock: attempts sent in parallel (to one
+/// replica or several) are each counted, so no more than
+/// [`FREE_ATTEMPTS`] get their password checked before the lock holds.
+/// The right password then clears the count.
 pub async fn sign_in(pool: &PgPool, name: &str, password: &str) -> Result<User, UserError> {
-    let row: Option<(i64, String, String, Option<i64>)> = sqlx::query_as(
-        "SELECT id, role, password_hash, ceil(extract(epoch FROM locked_until - now()))::bigint FROM console_users WHERE name = $1",
+    let row: Option<(i64, String, String)> = sqlx::query_as(
+        "UPDATE console_users SET failed_signins = failed_signins + 1, \
+         locked_until = CASE WHEN failed_signins + 1 >= $2 \
+           THEN now() + make_interval(secs => least($4::float8, $3::float8 * power(2, failed_signins + 1 - $2))) \
+           ELSE locked_until END \
+         WHERE name = $1 AND (locked_until IS NULL OR locked_until <= now()) \
+         RETURNING id, role, password_hash",
     )
     .bind(name)
+    .bind(FREE_ATTEMPTS)
+    .bind(FIRST_LOCKOUT_SECS as f64)
+    .bind(MAX_LOCKOUT_SECS as f64)
     .fetch_optional(pool)
     .await?;
     let password = password.to_owned();
-    let Some((id, role, stored, locked_for)) = row else {
-        let _ = tokio::task::spawn_blocking(move || verify(&password, &DECOY)).await;
-        return Err(UserError::BadCredentials);
+    let Some((id, role, stored)) = row else {
+        let locked_for: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT ceil(extract(epoch FROM locked_until - now()))::bigint FROM console_users WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
+        return match locked_for {
+            // Locked (or unlocked a moment ago, after the statement above).
+            Some(secs) => Err(UserError::LockedOut(secs.unwrap_or(1).max(1))),
+            None => {
+                let _ = tokio::task::spawn_blocking(move || verify(&password, &DECOY)).await;
+                Err(UserError::BadCredentials)
+            }
+        };
     };
-    if let Some(secs) = locked_for.filter(|s| *s > 0) {
-        return Err(UserError::LockedOut(secs));
-    }
     let ok = tokio::task::spawn_blocking(move || verify(&password, &stored)).await.unwrap_or(false);
     if !ok {
-        // One statement: concurrent failures on several replicas all count.
-        sqlx::query(
-            "UPDATE console_users SET failed_signins = failed_signins + 1, \
-             locked_until = CASE WHEN failed_signins + 1 >= $2 \
-               THEN now() + make_interval(secs => least($4::float8, $3::float8 * power(2, failed_signins + 1 - $2))) \
-               ELSE locked_until END \
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(FREE_ATTEMPTS)
-        .bind(FIRST_LOCKOUT_SECS as f64)
-        .bind(MAX_LOCKOUT_SECS as f64)
-        .execute(pool)
-        .await?;
         return Err(UserError::BadCredentials);
     }
-    sqlx::query("UPDATE console_users SET failed_signins = 0, locked_until = NULL WHERE id = $1 AND failed_signins > 0")
-        .bind(id)
-        .execute(pool)
-        .await?;
+    sqlx::query("UPDATE console_users SET failed_signins = 0, locked_until = NULL WHERE id = $1").bind(id).execute(pool).await?;
     let role = Role::parse(&role).ok_or(UserError::BadCredentials)?;
     Ok(User { id, name: name.to_owned(), role })
 }
