@@ -304,6 +304,25 @@ async fn a_change_needs_its_csrf_token_and_an_admin_and_lands_in_the_settings_an
     assert_eq!((newest.actor.as_str(), newest.via.as_str()), ("cli:alice", "cli"));
     assert_eq!((newest.before.clone(), newest.after.clone()), (Some(json!(5)), Some(json!(7))));
 
+    // A script using a session sends the token as a header with JSON.
+    let json_change = |csrf: Option<&str>| {
+        let mut r = admin
+            .http
+            .post(format!("{url}/connections/default/settings"))
+            .header("cookie", admin.cookie_header())
+            .header(ACCEPT, "application/json")
+            .json(&json!({"key": "batch_burst", "value": "8"}));
+        if let Some(c) = csrf {
+            r = r.header("x-csrf-token", c);
+        }
+        r.send()
+    };
+    assert_eq!(json_change(None).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(json_change(Some("forged")).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(connections::load(&app.pool, "default").await.unwrap().batch_burst, 7);
+    assert_eq!(json_change(Some(&csrf)).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(connections::load(&app.pool, "default").await.unwrap().batch_burst, 8);
+
     // A switch that needs confirming is refused with what changes with it,
     // and goes through once confirmed, as `--yes` does on the CLI.
     let (status, _, body) =

@@ -201,7 +201,6 @@ fn settings_body(who: &Principal, id: &str, s: &ConnectionSettings, settable: &[
         }
         h2 { "Every setting" }
         pre { (serde_json::to_string_pretty(s).unwrap_or_default()) }
-        (nothing())
     }
 }
 
