@@ -466,3 +466,90 @@ async fn crmsync_console_serves_until_sigterm() {
     assert!(console.terminate().await, "crmsync console did not exit 0 on SIGTERM");
     app.cleanup().await;
 }
+
+/// An open sync error of `category` whose reason and record quote an email.
+async fn sync_error(app: &TestApp, category: crmsync_domain::SyncErrorCategory, record: &str) -> i64 {
+    use crmsync_store::sync_errors::NewSyncError;
+    let error = NewSyncError {
+        stage: "apply",
+        object: "prospect".into(),
+        record_id: record.into(),
+        issue: crmsync_domain::SyncIssue::new(category, "DUPLICATES_DETECTED: a lead with email jane.doe@pii.example exists"),
+        change_id: None,
+        payload: Some(json!({"email": "jane.doe@pii.example", "lastName": "Doe"})),
+    };
+    crmsync_store::sync_errors::record_many(&app.pool, "default", &[error]).await.unwrap();
+    sqlx::query_scalar("SELECT id FROM sync_errors WHERE record_id = $1").bind(record).fetch_one(&app.pool).await.unwrap()
+}
+
+async fn error_status(app: &TestApp, id: i64) -> String {
+    sqlx::query_scalar("SELECT status FROM sync_errors WHERE id = $1").bind(id).fetch_one(&app.pool).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_errors_are_shown_without_emails_and_dismissed_by_admins_only() {
+    use crmsync_domain::SyncErrorCategory::{DuplicateRule, ValidationRule};
+    let app = TestApp::spawn().await;
+    let stop = CancellationToken::new();
+    let url = serve(&app, false, &stop).await;
+    user(&app, "ops", Role::Admin, ADMIN_PASSWORD).await;
+    user(&app, "watcher", Role::Viewer, VIEWER_PASSWORD).await;
+    let first = sync_error(&app, DuplicateRule, "101").await;
+    let second = sync_error(&app, DuplicateRule, "102").await;
+    let other = sync_error(&app, ValidationRule, "103").await;
+
+    let mut viewer = Browser::new(&url);
+    assert_eq!(viewer.sign_in("watcher", VIEWER_PASSWORD).await, StatusCode::SEE_OTHER);
+    let (status, page) = viewer.get("/errors").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("3 sync error(s)") && page.contains("duplicate_rule") && page.contains("validation_rule"), "{page}");
+    assert!(!page.contains("jane.doe@pii.example") && page.contains("&lt;email&gt;"), "{page}");
+    assert!(!page.contains(r#"action="/errors/dismiss""#), "a viewer is offered a dismissal");
+    let (status, page) = viewer.get(&format!("/errors/{first}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("The record as detected") && !page.contains("jane.doe@pii.example"), "{page}");
+    let (_, filtered) = viewer.get("/errors?category=validation_rule").await;
+    assert!(filtered.contains("1 sync error(s)"), "{filtered}");
+    assert_eq!(viewer.get("/errors/999999").await.0, StatusCode::NOT_FOUND);
+
+    // A viewer's dismissal is refused, CSRF token or not.
+    let csrf = csrf_of(&page);
+    let (status, _, _) = viewer.post("/errors/dismiss", &[("id", &first.to_string()), ("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(error_status(&app, first).await, "open");
+
+    // An admin dismisses a whole category of one connection; the other stays.
+    let mut admin = Browser::new(&url);
+    assert_eq!(admin.sign_in("ops", ADMIN_PASSWORD).await, StatusCode::SEE_OTHER);
+    let (_, page) = admin.get("/errors").await;
+    assert!(page.contains("Dismiss all 2"), "{page}");
+    let csrf = csrf_of(&page);
+    let (status, _, _) = admin.post("/errors/dismiss", &[("connection", "default"), ("category", "duplicate_rule")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a dismissal without its CSRF token");
+    let (status, _, body) =
+        admin.post("/errors/dismiss", &[("connection", "default"), ("category", "duplicate_rule"), ("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("Dismissed 2 open sync error(s)"), "{body}");
+    assert_eq!((error_status(&app, first).await, error_status(&app, second).await), ("dismissed".into(), "dismissed".into()));
+    assert_eq!(error_status(&app, other).await, "open");
+    let newest = &admin_audit::recent(&app.pool, Some("default"), None, 1).await.unwrap()[0];
+    assert_eq!((newest.actor.as_str(), newest.via.as_str(), newest.action.as_str()), ("ops", "console", "errors.dismiss"));
+    assert_eq!(newest.before, Some(json!({ "open": [first, second] })));
+
+    // The CLI's dismissal is audited the same way.
+    let (ok, out, err) = app
+        .run_cli_with(
+            crmsync_tests::crmsync_exe!(),
+            &["errors", "dismiss", &other.to_string()],
+            &[("SUDO_USER", ""), ("USER", "bob")],
+            None,
+        )
+        .await;
+    assert!(ok && out.contains("dismissed 1"), "{out}\n{err}");
+    assert_eq!(error_status(&app, other).await, "dismissed");
+    let newest = &admin_audit::recent(&app.pool, Some("default"), None, 1).await.unwrap()[0];
+    assert_eq!((newest.actor.as_str(), newest.action.as_str()), ("cli:bob", "errors.dismiss"));
+
+    stop.cancel();
+    app.cleanup().await;
+}

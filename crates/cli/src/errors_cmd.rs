@@ -70,9 +70,8 @@ pub async fn run(config: &Config, cmd: ErrorsCmd, pii: Pii) -> anyhow::Result<Ex
         }
         ErrorsCmd::Dismiss { ids, category, connection } => {
             let pool = crate::connect(config).await?;
-            let found = sync_errors::find(&pool, &targets(ids, category, connection), None).await?;
-            let ids: Vec<i64> = found.iter().map(|e| e.id).collect();
-            let closed = sync_errors::close(&pool, &ids, "dismissed", chrono::Utc::now()).await?;
+            let actor = crmsync_store::admin_audit::Actor::cli();
+            let closed = crmsync_ops::errors::dismiss(&pool, &actor, &targets(ids, category, connection)).await?;
             outln!("dismissed {closed} open sync error(s)");
         }
         ErrorsCmd::Export { filter, format, output } => {

@@ -9,6 +9,7 @@
 //! through the same code as the CLI's (`crmsync_ops`), so the two cannot
 //! drift apart.
 
+pub mod errors;
 pub mod pages;
 pub mod session;
 pub mod sign_in;
@@ -83,6 +84,9 @@ pub fn router(state: AppState) -> Router {
         .route("/connections/{id}", get(pages::connection))
         .route("/connections/{id}/settings", post(pages::change_setting))
         .route("/audit", get(pages::audit))
+        .route("/errors", get(errors::list))
+        .route("/errors/{id}", get(errors::show))
+        .route("/errors/dismiss", post(errors::dismiss))
         .route("/sign-in", get(sign_in::form).post(sign_in::submit))
         .route("/sign-out", post(sign_in::sign_out))
         .route("/style.css", get(view::stylesheet))
@@ -112,5 +116,8 @@ async fn guarded(mut response: Response) -> Response {
 /// makes the same change, so that scripts and the UI never drift apart (a
 /// test of the CLI parses each with its own parser). A new action adds its
 /// line here.
-pub const ACTIONS: &[(&str, &str)] =
-    &[("POST /connections/{id}/settings", "crmsync connection set default csql.record_type opportunity --yes")];
+pub const ACTIONS: &[(&str, &str)] = &[
+    ("POST /connections/{id}/settings", "crmsync connection set default csql.record_type opportunity --yes"),
+    ("POST /errors/dismiss (an id)", "crmsync errors dismiss 42"),
+    ("POST /errors/dismiss (a category)", "crmsync errors dismiss --category invalid_email -c default"),
+];

@@ -26,12 +26,12 @@ use crate::session::{Principal, wants_json};
 use crate::view::{compact, csrf_field, nothing, page};
 
 /// An answer in the form asked for: JSON, or the page.
-fn answer(headers: &HeaderMap, status: StatusCode, json: impl FnOnce() -> Value, html: impl FnOnce() -> Markup) -> Response {
+pub(crate) fn answer(headers: &HeaderMap, status: StatusCode, json: impl FnOnce() -> Value, html: impl FnOnce() -> Markup) -> Response {
     if wants_json(headers) { (status, Json(json())).into_response() } else { (status, html()).into_response() }
 }
 
 /// A failure of the database or of a service, said plainly.
-fn unavailable(headers: &HeaderMap, who: Option<&Principal>, e: &anyhow::Error) -> Response {
+pub(crate) fn unavailable(headers: &HeaderMap, who: Option<&Principal>, e: &anyhow::Error) -> Response {
     tracing::warn!(error = %format!("{e:#}"), "console: a page could not be read");
     let msg = format!("{e:#}");
     answer(headers, StatusCode::SERVICE_UNAVAILABLE, || json!({ "error": msg }), || page("Unavailable", who, html! { p.error { (msg) } }))
