@@ -350,7 +350,11 @@ async fn the_json_api_answers_api_tokens_with_the_same_figures_as_the_cli() {
     for n in 0..3 {
         app.create_prospect(&[("email", &format!("json{n}@console.example")), ("lastName", "Json")]).await;
     }
+    let lead = app.create_lead(&[("LastName", "Pair"), ("Company", "Acme"), ("Email", "pair@console.example"), ("Title", "CTO")]).await;
+    let prospect = app.create_prospect(&[("email", "pair@console.example"), ("lastName", "Pair"), ("crmLeadFid", &lead[..15])]).await;
     app.start_pipeline(1, 1);
+    app.settle().await;
+    app.update(&crmsync_sandbox::schema::PROSPECT, &prospect.to_string(), &[("jobTitle", "CEO")]).await;
     app.settle().await;
 
     // Tokens are made by the CLI, printed once; only their digest is kept.
@@ -430,6 +434,29 @@ async fn the_json_api_answers_api_tokens_with_the_same_figures_as_the_cli() {
     assert_eq!(r.status(), StatusCode::CONFLICT);
     let refused: Value = r.json().await.unwrap();
     assert_eq!(refused["needs_confirmation"], true, "{refused}");
+
+    // A record is found by email, prospect id or CRM id (either length),
+    // with its link and its history; its email is not shown.
+    let mut found = Vec::new();
+    for q in ["pair@console.example", &prospect.to_string(), &lead, &lead[..15]] {
+        let r = get(&format!("/records?q={}", q.replace('@', "%40")), &viewer_token).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{q}");
+        found.push(r.json::<Value>().await.unwrap());
+    }
+    let first = &found[0]["identities"][0];
+    assert!(found.iter().all(|f| f["identities"][0]["identity"]["id"] == first["identity"]["id"]), "{found:?}");
+    assert_eq!(first["identity"]["status"], "linked");
+    assert_eq!(first["identity"]["crm_id"], lead.as_str());
+    assert_eq!(first["identity"]["email"], "<email>");
+    let history = first["history"].as_array().unwrap();
+    assert!(
+        history.iter().any(|e| e["source_side"] == "ma" && e["writes"]["crm"].as_array().is_some_and(|w| w.contains(&json!("jobTitle")))),
+        "the prospect's title change and its write to the lead: {history:?}"
+    );
+    let r = get("/records?q=nobody%40console.example", &viewer_token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = get("/records?q=not+a+key", &viewer_token).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // A revoked token opens nothing from its next request on.
     let (ok, _, err) = app.run_cli(exe, &["console", "revoke-token", "ops", "--name", "deploy-script"]).await;

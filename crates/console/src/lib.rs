@@ -11,6 +11,7 @@
 
 pub mod errors;
 pub mod pages;
+pub mod records;
 pub mod session;
 pub mod sign_in;
 pub mod users;
@@ -84,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route("/connections/{id}", get(pages::connection))
         .route("/connections/{id}/settings", post(pages::change_setting))
         .route("/audit", get(pages::audit))
+        .route("/records", get(records::lookup))
         .route("/errors", get(errors::list))
         .route("/errors/{id}", get(errors::show))
         .route("/errors/dismiss", post(errors::dismiss))

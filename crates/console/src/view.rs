@@ -48,6 +48,7 @@ pub fn page(title: &str, who: Option<&Principal>, body: Markup) -> Markup {
                     strong { "crmsync" }
                     @if who.is_some() {
                         a href="/" { "Overview" }
+                        a href="/records" { "Records" }
                         a href="/errors" { "Sync errors" }
                         a href="/audit" { "Audit log" }
                     }
