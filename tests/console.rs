@@ -514,7 +514,7 @@ async fn error_status(app: &TestApp, id: i64) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_errors_are_shown_without_emails_and_dismissed_by_admins_only() {
+async fn sync_errors_are_shown_without_emails_and_retried_or_dismissed_by_admins_only() {
     use crmsync_domain::SyncErrorCategory::{DuplicateRule, ValidationRule};
     let app = TestApp::spawn().await;
     let stop = CancellationToken::new();
@@ -540,8 +540,8 @@ async fn sync_errors_are_shown_without_emails_and_dismissed_by_admins_only() {
     assert_eq!(viewer.get("/errors/999999").await.0, StatusCode::NOT_FOUND);
 
     // A viewer's dismissal is refused, CSRF token or not.
-    let csrf = csrf_of(&page);
-    let (status, _, _) = viewer.post("/errors/dismiss", &[("id", &first.to_string()), ("csrf", &csrf)]).await;
+    let viewer_csrf = csrf_of(&page);
+    let (status, _, _) = viewer.post("/errors/dismiss", &[("id", &first.to_string()), ("csrf", &viewer_csrf)]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(error_status(&app, first).await, "open");
 
@@ -563,17 +563,35 @@ async fn sync_errors_are_shown_without_emails_and_dismissed_by_admins_only() {
     assert_eq!((newest.actor.as_str(), newest.via.as_str(), newest.action.as_str()), ("ops", "console", "errors.dismiss"));
     assert_eq!(newest.before, Some(json!({ "open": [first, second] })));
 
+    // A retry reads the record again from its source and sends it through
+    // the pipeline; a record gone from its source keeps its error.
+    let prospect = app.create_prospect(&[("email", "retry@console.example"), ("lastName", "Retry")]).await;
+    let real = sync_error(&app, ValidationRule, &prospect.to_string()).await;
+    let ghost = sync_error(&app, ValidationRule, "424242").await;
+    let retry = [("connection", "default"), ("category", "validation_rule"), ("csrf", viewer_csrf.as_str())];
+    assert_eq!(viewer.post("/errors/retry", &retry).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(error_status(&app, real).await, "open");
+    let queued_before = app.queued(crmsync_infra::amqp::Stage::Match, crmsync_tests::Lane::Immediate).await;
+    let (status, _, body) =
+        admin.post("/errors/retry", &[("connection", "default"), ("category", "validation_rule"), ("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("Retried 1 record(s)") && body.contains("prospect 424242: no longer in its source"), "{body}");
+    assert_eq!((error_status(&app, real).await, error_status(&app, ghost).await), ("retried".into(), "open".into()));
+    assert!(app.queued(crmsync_infra::amqp::Stage::Match, crmsync_tests::Lane::Immediate).await > queued_before, "nothing was sent");
+    let newest = &admin_audit::recent(&app.pool, Some("default"), None, 1).await.unwrap()[0];
+    assert_eq!((newest.action.as_str(), newest.before.clone()), ("errors.retry", Some(json!({ "open": [real] }))));
+
     // The CLI's dismissal is audited the same way.
     let (ok, out, err) = app
         .run_cli_with(
             crmsync_tests::crmsync_exe!(),
-            &["errors", "dismiss", &other.to_string()],
+            &["errors", "dismiss", &ghost.to_string()],
             &[("SUDO_USER", ""), ("USER", "bob")],
             None,
         )
         .await;
     assert!(ok && out.contains("dismissed 1"), "{out}\n{err}");
-    assert_eq!(error_status(&app, other).await, "dismissed");
+    assert_eq!(error_status(&app, ghost).await, "dismissed");
     let newest = &admin_audit::recent(&app.pool, Some("default"), None, 1).await.unwrap()[0];
     assert_eq!((newest.actor.as_str(), newest.action.as_str()), ("cli:bob", "errors.dismiss"));
 

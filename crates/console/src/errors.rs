@@ -1,9 +1,12 @@
 //! The sync-error pages (I6): counts per connection and category, the
 //! errors with filters, one error in full with the record as detected, and
-//! dismissing one or a whole category (admins). Emails are redacted as the
+//! retrying or dismissing one or a whole category (admins). Emails are redacted as the
 //! CLI redacts them by default ([`crmsync_ops::pii`]).
 //!
-//! Retrying is not here yet: `crmsync errors retry` does it.
+//! Retrying reads each record again from its source and sends it through
+//! the pipeline, as `crmsync errors retry` does (the same function); the
+//! errors of dead-lettered messages are still retried from the CLI, which
+//! replays them from their queue.
 
 use axum::Json;
 use axum::extract::{FromRequest, Path, Query, Request, State};
@@ -100,6 +103,12 @@ fn list_body(who: &Principal, q: &ErrorQuery, counts: &[(String, String, i64)], 
                     td.n { (n) }
                     @if let (true, Some(csrf)) = (open, csrf) {
                         td {
+                            form.inline method="post" action="/errors/retry" {
+                                (csrf_field(csrf))
+                                input type="hidden" name="connection" value=(connection);
+                                input type="hidden" name="category" value=(category);
+                                button type="submit" { "Retry all " (n) }
+                            }
                             form.inline method="post" action="/errors/dismiss" {
                                 (csrf_field(csrf))
                                 input type="hidden" name="connection" value=(connection);
@@ -173,7 +182,12 @@ pub async fn show(State(state): State<AppState>, who: Principal, Path(id): Path<
                         pre { (serde_json::to_string_pretty(payload).unwrap_or_default()) }
                     }
                     @if let Some(csrf) = csrf {
-                        form method="post" action="/errors/dismiss" {
+                        form.inline method="post" action="/errors/retry" {
+                            (csrf_field(csrf))
+                            input type="hidden" name="id" value=(e.id);
+                            button type="submit" { "Retry" }
+                        }
+                        form.inline method="post" action="/errors/dismiss" {
                             (csrf_field(csrf))
                             input type="hidden" name="id" value=(e.id);
                             button type="submit" { "Dismiss" }
@@ -185,10 +199,10 @@ pub async fn show(State(state): State<AppState>, who: Principal, Path(id): Path<
     )
 }
 
-/// What to dismiss: one error by id, or every open error of a category
-/// (of one connection, or all).
+/// The errors an action works on: one by id, or every open error of a
+/// category (of one connection, or all).
 #[derive(Debug, Deserialize)]
-struct Dismissal {
+struct Targets {
     #[serde(default)]
     id: Option<i64>,
     #[serde(default)]
@@ -199,42 +213,44 @@ struct Dismissal {
     csrf: Option<String>,
 }
 
+/// Reads an action's targets from a form or JSON and checks that this
+/// caller may act (an admin; a session's request with its CSRF token).
+async fn targeted(state: &AppState, who: &Principal, req: Request) -> Result<(HeaderMap, Filter), Response> {
+    let headers = req.headers().clone();
+    let is_json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("application/json"));
+    let t = if is_json {
+        Json::<Targets>::from_request(req, state).await.map(|Json(d)| d).map_err(IntoResponse::into_response)?
+    } else {
+        axum::Form::<Targets>::from_request(req, state).await.map(|axum::Form(d)| d).map_err(IntoResponse::into_response)?
+    };
+    let refuse = |code: StatusCode, msg: &'static str| {
+        answer(&headers, code, || json!({ "error": msg }), || page("Refused", Some(who), html! { p.error { (msg) } }))
+    };
+    if let Err(refusal) = who.may_change(t.csrf.as_deref(), &headers) {
+        return Err(refuse(StatusCode::FORBIDDEN, refusal.message()));
+    }
+    let set = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let targets = Filter {
+        ids: t.id.into_iter().collect(),
+        connection_id: set(t.connection),
+        category: set(t.category),
+        status: Some("open".into()),
+        ..Filter::default()
+    };
+    if targets.ids.is_empty() && targets.category.is_none() {
+        return Err(refuse(StatusCode::BAD_REQUEST, "name an error (id) or a category"));
+    }
+    Ok((headers, targets))
+}
+
 /// `POST /errors/dismiss`, as `crmsync errors dismiss <id>` or `crmsync
 /// errors dismiss --category <c> [-c <connection>]`: a form or JSON
 /// (`{"id"}` or `{"category", "connection"}`). Admins only.
 pub async fn dismiss(State(state): State<AppState>, who: Principal, req: Request) -> Response {
-    let headers = req.headers().clone();
-    let is_json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("application/json"));
-    let parsed = if is_json {
-        Json::<Dismissal>::from_request(req, &state).await.map(|Json(d)| d).map_err(IntoResponse::into_response)
-    } else {
-        axum::Form::<Dismissal>::from_request(req, &state).await.map(|axum::Form(d)| d).map_err(IntoResponse::into_response)
-    };
-    let d = match parsed {
-        Ok(d) => d,
+    let (headers, targets) = match targeted(&state, &who, req).await {
+        Ok(t) => t,
         Err(refused) => return refused,
     };
-    if let Err(refusal) = who.may_change(d.csrf.as_deref(), &headers) {
-        let msg = refusal.message();
-        return answer(
-            &headers,
-            StatusCode::FORBIDDEN,
-            || json!({ "error": msg }),
-            || page("Refused", Some(&who), html! { p.error { (msg) } }),
-        );
-    }
-    let set = |v: Option<String>| v.filter(|s| !s.is_empty());
-    let targets =
-        Filter { ids: d.id.into_iter().collect(), connection_id: set(d.connection), category: set(d.category), ..Filter::default() };
-    if targets.ids.is_empty() && targets.category.is_none() {
-        let msg = "name an error (id) or a category to dismiss";
-        return answer(
-            &headers,
-            StatusCode::BAD_REQUEST,
-            || json!({ "error": msg }),
-            || page("Refused", Some(&who), html! { p.error { (msg) } }),
-        );
-    }
     match crmsync_ops::errors::dismiss(&state.pool, &who.actor(), &targets).await {
         Ok(closed) => {
             tracing::info!(user = %who.user.name, closed, "console: sync errors dismissed");
@@ -247,4 +263,44 @@ pub async fn dismiss(State(state): State<AppState>, who: Principal, req: Request
         }
         Err(e) => unavailable(&headers, Some(&who), &e.into()),
     }
+}
+
+/// `POST /errors/retry`, as `crmsync errors retry <id>` or `--category
+/// <c> [-c <connection>]`: each record is read again from its source and
+/// sent through the pipeline; its error closes as `retried` once the
+/// broker has it. Errors of dead-lettered messages are left to the CLI,
+/// which replays them from their queue. Admins only.
+pub async fn retry(State(state): State<AppState>, who: Principal, req: Request) -> Response {
+    let (headers, targets) = match targeted(&state, &who, req).await {
+        Ok(t) => t,
+        Err(refused) => return refused,
+    };
+    let found = match sync_errors::find(&state.pool, &targets, None).await {
+        Ok(f) => f,
+        Err(e) => return unavailable(&headers, Some(&who), &e.into()),
+    };
+    let messages = found.iter().filter(|e| e.object == "message").count();
+    let done = match crmsync_ops::errors::retry_records(&state.config, &state.pool, &who.actor(), &found, |_| {}).await {
+        Ok(d) => d,
+        Err(e) => return unavailable(&headers, Some(&who), &e),
+    };
+    tracing::info!(user = %who.user.name, retried = done.retried, "console: sync errors retried");
+    let pii = Pii::default();
+    let gone: Vec<String> = done.gone.iter().map(|r| format!("{} {}", r.object, pii.text(&r.id))).collect();
+    let unsupported: Vec<String> = done.unsupported.iter().map(|(r, why)| format!("{} {}: {why}", r.object, pii.text(&r.id))).collect();
+    answer(
+        &headers,
+        StatusCode::OK,
+        || json!({ "retried": done.retried, "gone": gone, "unsupported": unsupported, "messages_left": messages }),
+        || {
+            let body = html! {
+                p.notice { "Retried " (done.retried) " record(s): they are back in the pipeline; a record that fails again gets a new open error." }
+                @for g in &gone { p.error { (g) ": no longer in its source; dismiss it" } }
+                @for u in &unsupported { p.error { (u) } }
+                @if messages > 0 { p.help { (messages) " dead-lettered message(s) are replayed with `crmsync errors retry`." } }
+                p { a href="/errors" { "Back to the sync errors" } }
+            };
+            page("Sync errors retried", Some(&who), body)
+        },
+    )
 }

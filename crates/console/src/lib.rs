@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/errors", get(errors::list))
         .route("/errors/{id}", get(errors::show))
         .route("/errors/dismiss", post(errors::dismiss))
+        .route("/errors/retry", post(errors::retry))
         .route("/sign-in", get(sign_in::form).post(sign_in::submit))
         .route("/sign-out", post(sign_in::sign_out))
         .route("/style.css", get(view::stylesheet))
