@@ -53,7 +53,8 @@ fn overview_body(s: &Status) -> Markup {
         table {
             tr {
                 th { "Connection" } th { "In sync" } th { "Pending assignment" } th { "Being created" } th { "Creation failed" }
-                th { "Batch backlog" } th { "Budget / hour" } th { "Used, last hour" } th { "Done in" } th { "Open sync errors" }
+                th { "Batch backlog" } th { "Budget / hour" } th { "Used, last hour" } th { "Done in" } th { "API calls, 24 h" }
+                th { "Open sync errors" }
             }
             @for c in &s.connections {
                 tr {
@@ -66,7 +67,16 @@ fn overview_body(s: &Status) -> Markup {
                     td.n { (c.batch_lane.budget_per_hour) }
                     td.n { (c.batch_lane.used_last_hour) " (" (format!("{:.0}", c.batch_lane.used_share * 100.0)) "%)" }
                     td { (human(std::time::Duration::from_secs(c.batch_lane.eta_secs))) }
-                    td.n { (c.sync_errors.values().sum::<i64>()) }
+                    td {
+                        @for a in &c.api {
+                            div {
+                                (a.system) " " (a.used_24h)
+                                @if let Some(n) = a.allowance { " of " (n) }
+                            }
+                        }
+                        @if c.api.is_empty() { span.help { "no real API" } }
+                    }
+                    td.n { a href=(format!("/errors?connection={}", c.id)) { (c.sync_errors.values().sum::<i64>()) } }
                 }
             }
         }
