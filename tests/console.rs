@@ -488,6 +488,7 @@ async fn crmsync_console_serves_until_sigterm() {
         answer = crmsync_tests::http_get(&addr, "/livez").await;
     }
     assert!(answer.starts_with("HTTP/1.0 200") && answer.ends_with("ok"), "{answer}");
+    assert!(crmsync_tests::http_get(&addr, "/readyz").await.starts_with("HTTP/1.0 200"));
     // Pages need a sign-in.
     assert!(crmsync_tests::http_get(&addr, "/").await.contains("location: /sign-in"));
     assert!(console.terminate().await, "crmsync console did not exit 0 on SIGTERM");

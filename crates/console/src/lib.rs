@@ -94,8 +94,20 @@ pub fn router(state: AppState) -> Router {
         .route("/sign-out", post(sign_in::sign_out))
         .route("/style.css", get(view::stylesheet))
         .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .layer(axum::middleware::map_response(guarded))
         .with_state(state)
+}
+
+/// `GET /readyz`: 200 while PostgreSQL answers (within 2 s), which is all
+/// the console needs to serve its pages; 503 otherwise, so a load balancer
+/// sends requests to another replica.
+async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> (axum::http::StatusCode, &'static str) {
+    let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => (axum::http::StatusCode::OK, "ready"),
+        _ => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "PostgreSQL does not answer"),
+    }
 }
 
 /// What a browser is told about every answer: never to frame it (no other
