@@ -1,99 +1,23 @@
 //! The admin console (issue 28) served for real against the test's
-//! PostgreSQL: sign-in with argon2id passwords and slowed-down failures,
-//! session cookies, CSRF tokens on every change, viewers refused, a setting
-//! changed through the same guard as the CLI and written to the admin audit
-//! log, the JSON twins of the pages, and API tokens.
-
-use std::collections::HashMap;
+//! PostgreSQL (and the pipeline where figures and history need it):
+//! sign-in with argon2id passwords and slowed-down failures, session
+//! cookies, CSRF tokens on every change, viewers refused, a setting changed
+//! through the same guard as the CLI and written to the admin audit log,
+//! sync errors retried and dismissed, record lookup with its history, the
+//! JSON twins of the pages, API tokens, and the `crmsync console` binary.
 
 use crmsync_console::users::{self, Role};
 use crmsync_infra::CancellationToken;
 use crmsync_store::admin_audit::{self, Actor};
 use crmsync_store::connections;
 use crmsync_tests::TestApp;
+use crmsync_tests::console::{Browser, csrf_of, serve};
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, LOCATION, SET_COOKIE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, LOCATION};
 use serde_json::{Value, json};
 
 const ADMIN_PASSWORD: &str = "correct horse battery staple";
 const VIEWER_PASSWORD: &str = "viewer sees all, changes none";
-
-/// Serves the console for this test on a free port; its URL.
-async fn serve(app: &TestApp, secure_cookies: bool, stop: &CancellationToken) -> String {
-    // reqwest is built without a crypto provider; the test's clients need one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut config = app.config.clone();
-    config.console.listen = "127.0.0.1:0".into();
-    config.console.secure_cookies = secure_cookies;
-    let console = crmsync_console::Console::bind(config).await.expect("console binds");
-    let url = format!("http://{}", console.addr().unwrap());
-    tokio::spawn(console.serve(stop.clone()));
-    url
-}
-
-/// A browser, as far as the console can tell: it keeps cookies, follows no
-/// redirect by itself, and fills in forms.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    cookies: HashMap<String, String>,
-    /// Every Set-Cookie header seen, whole, to check their attributes.
-    set_cookies: Vec<String>,
-}
-
-impl Browser {
-    fn new(base: &str) -> Browser {
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Browser { http, base: base.to_owned(), cookies: HashMap::new(), set_cookies: Vec::new() }
-    }
-
-    fn keep(&mut self, r: &reqwest::Response) {
-        for h in r.headers().get_all(SET_COOKIE) {
-            let text = h.to_str().unwrap().to_owned();
-            let pair = text.split(';').next().unwrap();
-            let (name, value) = pair.split_once('=').unwrap();
-            if value.is_empty() {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_owned(), value.to_owned());
-            }
-            self.set_cookies.push(text);
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
-    }
-
-    async fn get(&mut self, path: &str) -> (StatusCode, String) {
-        let r = self.http.get(format!("{}{path}", self.base)).header("cookie", self.cookie_header()).send().await.unwrap();
-        self.keep(&r);
-        (r.status(), r.text().await.unwrap())
-    }
-
-    /// Posts a form; (status, Location header, body).
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (StatusCode, Option<String>, String) {
-        let r = self.http.post(format!("{}{path}", self.base)).header("cookie", self.cookie_header()).form(form).send().await.unwrap();
-        self.keep(&r);
-        let location = r.headers().get(LOCATION).map(|l| l.to_str().unwrap().to_owned());
-        (r.status(), location, r.text().await.unwrap())
-    }
-
-    /// Signs in through the form; the answer's status.
-    async fn sign_in(&mut self, name: &str, password: &str) -> StatusCode {
-        let (status, form) = self.get("/sign-in").await;
-        assert_eq!(status, StatusCode::OK);
-        let csrf = csrf_of(&form);
-        self.post("/sign-in", &[("name", name), ("password", password), ("csrf", &csrf)]).await.0
-    }
-}
-
-/// The CSRF token a page's forms carry.
-fn csrf_of(page: &str) -> String {
-    let at = page.find(r#"name="csrf" value=""#).expect("a form with a CSRF token");
-    let rest = &page[at + r#"name="csrf" value=""#.len()..];
-    rest[..rest.find('"').unwrap()].to_owned()
-}
 
 /// A user made through the library, as `crmsync console add-user` makes one.
 async fn user(app: &TestApp, name: &str, role: Role, password: &str) {
