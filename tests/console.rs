@@ -140,12 +140,32 @@ async fn signing_in_takes_the_right_password_and_slows_down_wrong_ones() {
     let r = browser.http.get(format!("{url}/")).header("cookie", format!("crmsync_session={token}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "the old session cookie still opens the console");
 
+    // A new password (from a file) ends the user's sessions; the old one
+    // no longer opens the console.
+    let mut signed_in = Browser::new(&url);
+    assert_eq!(signed_in.sign_in("ops", ADMIN_PASSWORD).await, StatusCode::SEE_OTHER);
+    let file = app.secret_file("new-password", "a new password for ops\n");
+    let (ok, out, err) = app.run_cli(crmsync_tests::crmsync_exe!(), &["console", "set-password", "ops", "--password-file", &file]).await;
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(signed_in.get("/").await.0, StatusCode::SEE_OTHER, "a session from before the new password");
+    assert_eq!(Browser::new(&url).sign_in("ops", ADMIN_PASSWORD).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(signed_in.sign_in("ops", "a new password for ops").await, StatusCode::SEE_OTHER);
+    let (ok, _, err) = app.run_cli(crmsync_tests::crmsync_exe!(), &["console", "set-password", "ops", "--password-file", &file]).await;
+    assert!(ok, "{err}");
+
     // Behind HTTPS (console.secure_cookies), the cookies are Secure.
     let secure = serve(&app, true, &stop).await;
     let mut behind_tls = Browser::new(&secure);
-    assert_eq!(behind_tls.sign_in("ops", ADMIN_PASSWORD).await, StatusCode::SEE_OTHER);
+    assert_eq!(behind_tls.sign_in("ops", "a new password for ops").await, StatusCode::SEE_OTHER);
     let session = behind_tls.set_cookies.iter().find(|c| c.starts_with("crmsync_session=")).unwrap();
     assert!(session.contains("Secure") && session.contains("HttpOnly"), "{session}");
+
+    // A removed user's sessions end with it.
+    let (ok, _, err) = app.run_cli(crmsync_tests::crmsync_exe!(), &["console", "remove-user", "ops"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(behind_tls.get("/").await.0, StatusCode::SEE_OTHER);
+    let actions: Vec<String> = admin_audit::recent(&app.pool, None, None, 10).await.unwrap().into_iter().map(|e| e.action).collect();
+    assert_eq!(actions[..3], ["user.remove", "user.set_password", "user.set_password"], "{actions:?}");
 
     stop.cancel();
     app.cleanup().await;

@@ -109,6 +109,18 @@ pub enum ConsoleCmd {
         #[arg(long, default_value = "api")]
         name: String,
     },
+    /// Set a console user's password (read as `add-user` reads it); the
+    /// user's sessions end and any lockout is lifted.
+    SetPassword {
+        name: String,
+        /// Read the password from this file (its first line) instead of
+        /// standard input.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Remove a console user, with its sessions and API tokens (its
+    /// entries in the audit log stay).
+    RemoveUser { name: String },
     /// Revoke a user's API tokens of this name: they open nothing from
     /// their next request on.
     RevokeToken {

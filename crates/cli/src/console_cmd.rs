@@ -1,5 +1,5 @@
-//! `crmsync console add-user | add-token | revoke-token`: the console's
-//! users and API tokens, from the command line (the console itself has no
+//! `crmsync console add-user | set-password | remove-user | add-token |
+//! revoke-token`: the console's users and API tokens, from the command line (the console itself has no
 //! page for them yet). Each is written to the admin audit log.
 
 use std::io::BufRead;
@@ -16,17 +16,7 @@ pub async fn run(pool: &PgPool, cmd: ConsoleCmd) -> anyhow::Result<()> {
         // Served by the caller, which owns the signal handling.
         ConsoleCmd::Serve => {}
         ConsoleCmd::AddUser { name, role, password_file } => {
-            let password = match password_file {
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-                    first_line(&text)
-                }
-                None => {
-                    let mut line = String::new();
-                    std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
-                    first_line(&line)
-                }
-            };
+            let password = read_password(password_file)?;
             let role = match role {
                 ConsoleRole::Admin => Role::Admin,
                 ConsoleRole::Viewer => Role::Viewer,
@@ -41,12 +31,32 @@ pub async fn run(pool: &PgPool, cmd: ConsoleCmd) -> anyhow::Result<()> {
             outln!("{token}");
             crate::out::err_line(format_args!("API token {name:?} for {user}: keep it now, it cannot be shown again"));
         }
+        ConsoleCmd::SetPassword { name, password_file } => {
+            users::set_password(pool, &Actor::cli(), &name, &read_password(password_file)?).await?;
+            outln!("console user {name}: password set; their sessions are ended");
+        }
+        ConsoleCmd::RemoveUser { name } => {
+            users::remove(pool, &Actor::cli(), &name).await?;
+            outln!("console user {name} removed, with their sessions and API tokens");
+        }
         ConsoleCmd::RevokeToken { user, name } => {
             let n = users::revoke_tokens(pool, &Actor::cli(), &user, &name).await?;
             outln!("{n} API token(s) {name:?} of {user} revoked");
         }
     }
     Ok(())
+}
+
+/// The password from `--password-file`, or else standard input.
+fn read_password(file: Option<std::path::PathBuf>) -> anyhow::Result<String> {
+    Ok(match file {
+        Some(path) => first_line(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?),
+        None => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
+            first_line(&line)
+        }
+    })
 }
 
 /// A password as a file or a pipe holds it: the first line, without its

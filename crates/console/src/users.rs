@@ -155,6 +155,52 @@ pub async fn add(pool: &PgPool, actor: &Actor, name: &str, role: Role, password:
     Ok(id)
 }
 
+/// Sets a user's password (`crmsync console set-password`), ends the
+/// user's sessions (whoever knew the old one is signed out) and clears
+/// any lockout; recorded in the admin audit log (without the password).
+pub async fn set_password(pool: &PgPool, actor: &Actor, name: &str, password: &str) -> Result<(), UserError> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(UserError::WeakPassword);
+    }
+    let password = password.to_owned();
+    let hashed = tokio::task::spawn_blocking(move || hash(&password)).await.map_err(|e| UserError::Hash(e.to_string()))??;
+    let mut tx = pool.begin().await?;
+    let id: Option<i64> = sqlx::query_scalar(
+        "UPDATE console_users SET password_hash = $2, failed_signins = 0, locked_until = NULL, updated_at = now() \
+         WHERE name = $1 RETURNING id",
+    )
+    .bind(name)
+    .bind(hashed)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let id = id.ok_or_else(|| UserError::Unknown(name.to_owned()))?;
+    sqlx::query("DELETE FROM console_sessions WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
+    let entry = NewEntry { actor, connection_id: None, action: "user.set_password", target: Some(name), before: None, after: None };
+    admin_audit::record(&mut *tx, &entry).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Removes a user (`crmsync console remove-user`) with its sessions and API
+/// tokens; recorded in the admin audit log, which keeps the user's entries.
+pub async fn remove(pool: &PgPool, actor: &Actor, name: &str) -> Result<(), UserError> {
+    let mut tx = pool.begin().await?;
+    let role: Option<String> =
+        sqlx::query_scalar("DELETE FROM console_users WHERE name = $1 RETURNING role").bind(name).fetch_optional(&mut *tx).await?;
+    let role = role.ok_or_else(|| UserError::Unknown(name.to_owned()))?;
+    let entry = NewEntry {
+        actor,
+        connection_id: None,
+        action: "user.remove",
+        target: Some(name),
+        before: Some(serde_json::json!({ "role": role })),
+        after: None,
+    };
+    admin_audit::record(&mut *tx, &entry).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Adds an API token for a user (`crmsync console add-token`); returns the
 /// token, which is shown this once and never stored.
 pub async fn add_token(pool: &PgPool, actor: &Actor, user: &str, token_name: &str) -> Result<String, UserError> {
