@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 pub use crmsync_domain::Lane;
 
+pub mod console;
 pub mod faults;
 pub mod pubsub;
 

@@ -73,6 +73,67 @@ pub enum Command {
     /// Benchmarks that print figures (nothing is asserted).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// The admin console: a web UI and JSON API on `console.listen`
+    /// (127.0.0.1:8790 by default), and its users. Without a subcommand:
+    /// serve.
+    Console {
+        #[command(subcommand)]
+        cmd: Option<ConsoleCmd>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsoleCmd {
+    /// Serve the console until SIGTERM (any number of replicas: their
+    /// state is in PostgreSQL).
+    Serve,
+    /// Add a console user. The password is read from standard input (its
+    /// first line) or from `--password-file`, never from the command line,
+    /// where other users of the machine could read it.
+    AddUser {
+        name: String,
+        /// admin changes settings; viewer sees everything and changes nothing.
+        #[arg(long, value_enum)]
+        role: ConsoleRole,
+        /// Read the password from this file (its first line) instead of
+        /// standard input.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Add an API token for a console user (`Authorization: Bearer` on the
+    /// JSON API); printed this once, only its digest is kept.
+    AddToken {
+        /// The user the token acts as, with that user's role.
+        user: String,
+        /// What the token is for (shown in the audit log).
+        #[arg(long, default_value = "api")]
+        name: String,
+    },
+    /// Set a console user's password (read as `add-user` reads it); the
+    /// user's sessions end and any lockout is lifted.
+    SetPassword {
+        name: String,
+        /// Read the password from this file (its first line) instead of
+        /// standard input.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Remove a console user, with its sessions and API tokens (its
+    /// entries in the audit log stay).
+    RemoveUser { name: String },
+    /// Revoke a user's API tokens of this name: they open nothing from
+    /// their next request on.
+    RevokeToken {
+        user: String,
+        #[arg(long, default_value = "api")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConsoleRole {
+    Admin,
+    Viewer,
 }
 
 #[derive(Debug, Subcommand)]

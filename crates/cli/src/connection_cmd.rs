@@ -2,15 +2,15 @@
 //!
 //! Changing a CSQL option goes through its guard (R9): `csql.target` cannot
 //! switch while either CS object (lead or opportunity) holds records, and `csql.record_type`
-//! first says what configuration changes with it and needs `--yes`.
+//! first says what configuration changes with it and needs `--yes`. Every
+//! change is written to the admin audit log, as the console's are.
 
-use anyhow::{Context, bail};
-use crmsync_connector::ConnectorFactory;
-use crmsync_domain::csql::{self, CsqlRecordType, CsqlSwitchError};
+use anyhow::bail;
 use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
 use crmsync_infra::Config;
+use crmsync_ops::settings;
+use crmsync_store::admin_audit::Actor;
 use crmsync_store::connections;
-use crmsync_systems::SystemsFactory;
 use sqlx::PgPool;
 
 use crate::args::ConnectionCmd;
@@ -62,53 +62,14 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: ConnectionCmd) -> anyhow::
     Ok(())
 }
 
-/// Changes one setting of a connection, through its guard; returns what
-/// changed with it, to be shown.
+/// Changes one setting of a connection, through its guard (see
+/// [`crmsync_ops::settings::set`]), recorded in the admin audit log as the
+/// operating-system user running the command; returns what changed with
+/// it, to be shown.
 pub async fn set(config: &Config, pool: &PgPool, id: &str, key: &str, value: &str, confirmed: bool) -> anyhow::Result<Vec<String>> {
-    let before = connections::load(pool, id).await?;
-    let mut after = before.clone();
-    after.set(key, value, chrono::Utc::now())?;
-    let mut notes = Vec::new();
-    let mut switch_cs_config = None;
-    if key.starts_with("csql.") {
-        let factory = SystemsFactory::from_config(config, pool).await?;
-        let cs = match &before.cs {
-            Some(_) => factory.systems(id, &before).await?.cs,
-            None => None,
-        };
-        if after.csql.target != before.csql.target {
-            let Some(cs) = &cs else {
-                bail!("connection {id} has no CS platform: set one first (crmsync connection set {id} cs <CS tenant>)");
-            };
-            // Both objects, whatever the record type: a record-type switch
-            // leaves the other object's records where they were (R9).
-            let mut counts = Vec::new();
-            for kind in [CsqlRecordType::Lead, CsqlRecordType::Opportunity] {
-                counts.push((kind, cs.csql_count(kind).await.context("counting CS records")?));
-            }
-            csql::check_target_switch(&before.csql, after.csql.target, &counts)?;
-        }
-        if after.csql.record_type != before.csql.record_type {
-            let renewal = match &cs {
-                Some(cs) => cs.renewal_center_configured().await?,
-                None => false,
-            };
-            notes = csql::check_record_type_switch(&before.csql, after.csql.record_type, renewal, confirmed).map_err(|e| match e {
-                CsqlSwitchError::NeedsConfirmation { .. } => anyhow::anyhow!("{e}\nrun it again with --yes to switch"),
-                other => other.into(),
-            })?;
-        }
-        // Applied even when unchanged: running the command again finishes
-        // a switch whose CS half failed.
-        if key == "csql.record_type" {
-            switch_cs_config = cs;
-        }
+    match settings::set(config, pool, &Actor::cli(), id, key, value, confirmed).await {
+        Ok(changed) => Ok(changed.notes),
+        Err(e) if settings::needs_confirmation(&e) => Err(anyhow::anyhow!("{e}\nrun it again with --yes to switch")),
+        Err(e) => Err(e),
     }
-    connections::save(pool, id, &after).await?;
-    if let Some(cs) = switch_cs_config {
-        cs.switch_csql_record_type(after.csql.record_type)
-            .await
-            .with_context(|| format!("{key} is saved, but the CS configuration did not switch; run the command again"))?;
-    }
-    Ok(notes)
 }

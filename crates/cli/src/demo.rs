@@ -370,7 +370,7 @@ async fn burst(pool: &PgPool, probe: &Probe, tiers: &mut [Tier], logs: &Path, ti
             first_eta = Some((f.backlog, f.eta));
         }
         bar.set_position(edited.saturating_sub(f.backlog as u64));
-        bar.set_message(format!("backlog {} · {}/hour · done in {}", f.backlog, f.budget_per_hour, crate::status::human(f.eta)));
+        bar.set_message(format!("backlog {} · {}/hour · done in {}", f.backlog, f.budget_per_hour, crmsync_ops::status::human(f.eta)));
         if f.backlog > 50 && !shown_metrics && started.elapsed() > Duration::from_secs(6) {
             shown_metrics = true;
             bar.suspend(|| crate::out::line(format_args!("   the same figures as Prometheus metrics (http://{METRICS_ADDR}/metrics):")))?;

@@ -5,27 +5,19 @@
 //! (`dead_letters`). What they print keeps emails redacted unless the
 //! operator asks (`crate::pii`).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use crmsync_connector::ConnectorFactory;
-use crmsync_domain::Lane;
 use crmsync_infra::Config;
-use crmsync_infra::broker::Broker;
-use crmsync_producer::RecordName;
-use crmsync_store::connections;
+use crmsync_ops::errors;
+use crmsync_store::admin_audit::Actor;
 use crmsync_store::sync_errors::{self, Filter, SyncErrorDetail};
-use crmsync_systems::SystemsFactory;
 use sqlx::PgPool;
 
 use crate::args::{ErrorFilter, ErrorStatus, ErrorsCmd, ExportFormat};
 use crate::dead_letters;
 use crate::pii::Pii;
-
-/// Records retried per published batch of changes (and per source read).
-const RETRY_CHUNK: usize = 500;
 
 fn filter_of(f: &ErrorFilter) -> Filter {
     let status = match f.status {
@@ -70,9 +62,7 @@ pub async fn run(config: &Config, cmd: ErrorsCmd, pii: Pii) -> anyhow::Result<Ex
         }
         ErrorsCmd::Dismiss { ids, category, connection } => {
             let pool = crate::connect(config).await?;
-            let found = sync_errors::find(&pool, &targets(ids, category, connection), None).await?;
-            let ids: Vec<i64> = found.iter().map(|e| e.id).collect();
-            let closed = sync_errors::close(&pool, &ids, "dismissed", chrono::Utc::now()).await?;
+            let closed = errors::dismiss(&pool, &Actor::cli(), &targets(ids, category, connection)).await?;
             outln!("dismissed {closed} open sync error(s)");
         }
         ErrorsCmd::Export { filter, format, output } => {
@@ -161,7 +151,6 @@ async fn show(pool: &PgPool, id: i64, pii: Pii) -> anyhow::Result<()> {
 /// Each error is closed as `retried` only once its record (or message) is
 /// confirmed back in the pipeline.
 async fn retry(config: &Config, pool: &PgPool, targets: Filter) -> anyhow::Result<ExitCode> {
-    let started = chrono::Utc::now();
     let found = sync_errors::find(pool, &targets, None).await?;
     if found.is_empty() {
         outln!("no open sync error to retry");
@@ -173,48 +162,24 @@ async fn retry(config: &Config, pool: &PgPool, targets: Filter) -> anyhow::Resul
         let ids: Vec<String> = messages.iter().map(|e| e.record_id.clone()).collect();
         failed |= dead_letters::replay(config, pool, None, &ids, false).await? != ExitCode::SUCCESS;
     }
-    let mut by_connection: BTreeMap<&str, Vec<&SyncErrorDetail>> = BTreeMap::new();
-    for e in records {
-        by_connection.entry(e.connection_id.as_str()).or_default().push(e);
-    }
-    if by_connection.is_empty() {
+    if records.is_empty() {
         return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
-    let broker = Broker::new(&config.amqp, "crmsync-errors");
-    broker.live().await.context("connecting to RabbitMQ")?;
-    let factory = SystemsFactory::from_config(config, pool).await?;
-    let progress = crate::progress::bar(found.len() as u64, "retrying");
-    let (mut retried, mut gone) = (0u64, 0u64);
-    for (connection_id, errors) in by_connection {
-        let settings = connections::load(pool, connection_id).await?;
-        let systems = factory.systems(connection_id, &settings).await?;
-        // More than the threshold at once takes the paced lane, as a burst
-        // of real changes would (R7).
-        let lane = Lane::for_pass(errors.len(), settings.batch_threshold);
-        for chunk in errors.chunks(RETRY_CHUNK) {
-            let names: Vec<RecordName> = chunk.iter().map(|e| RecordName { object: e.object.clone(), id: e.record_id.clone() }).collect();
-            let done = crmsync_producer::redetect(&broker, &systems, connection_id, &names, lane, config.producer.records_per_message)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let closed: Vec<i64> =
-                chunk.iter().filter(|e| done.published.iter().any(|r| r.object == e.object && r.id == e.record_id)).map(|e| e.id).collect();
-            retried += sync_errors::close(pool, &closed, "retried", started).await?;
-            for r in &done.gone {
-                gone += 1;
-                progress.println(format!("  {} {}: no longer in its source; dismiss it", r.object, r.id));
-            }
-            for (r, why) in &done.unsupported {
-                failed = true;
-                progress.println(format!("  {} {}: {why}", r.object, r.id));
-            }
-            progress.inc(chunk.len() as u64);
-        }
-    }
+    let progress = crate::progress::bar(records.len() as u64, "retrying");
+    let records: Vec<SyncErrorDetail> = records.into_iter().cloned().collect();
+    let done = errors::retry_records(config, pool, &Actor::cli(), &records, |n| progress.inc(n as u64)).await;
     progress.finish_and_clear();
-    broker.close().await;
-    outln!("retried {retried} record(s): they are back in the pipeline; a record that fails again gets a new open error");
-    if gone > 0 {
-        outln!("{gone} record(s) are no longer in their source");
+    let done = done?;
+    for r in &done.gone {
+        outln!("  {} {}: no longer in its source; dismiss it", r.object, r.id);
+    }
+    for (r, why) in &done.unsupported {
+        failed = true;
+        outln!("  {} {}: {why}", r.object, r.id);
+    }
+    outln!("retried {} record(s): they are back in the pipeline; a record that fails again gets a new open error", done.retried);
+    if !done.gone.is_empty() {
+        outln!("{} record(s) are no longer in their source", done.gone.len());
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

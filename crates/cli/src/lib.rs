@@ -10,12 +10,13 @@ pub mod out;
 pub mod args;
 pub mod bench;
 pub mod connection_cmd;
+mod console_cmd;
 mod dead_letters;
 pub mod demo;
 mod errors_cmd;
 mod mirror_check;
-pub mod pii;
 pub mod progress;
+pub use crmsync_ops::pii;
 pub mod report;
 mod sandbox_cmd;
 mod status;
@@ -77,6 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Producer => "crmsync-producer",
         Command::Matcher => "crmsync-matcher",
         Command::Applier => "crmsync-applier",
+        Command::Console { cmd: None | Some(args::ConsoleCmd::Serve) } => "crmsync-console",
         _ => "crmsync",
     };
     let telemetry = match &cli.command {
@@ -87,7 +89,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quiet.log_filter = "warn".into();
             telemetry::init(&quiet, service)
         }
-        Command::Producer | Command::Matcher | Command::Applier => telemetry::init(&config.telemetry, service),
+        Command::Producer | Command::Matcher | Command::Applier | Command::Console { cmd: None | Some(args::ConsoleCmd::Serve) } => {
+            telemetry::init(&config.telemetry, service)
+        }
         // An operator command says itself what it could not reach; lapin
         // would also log, as an error, every passive declare of a queue not
         // declared yet, which is an answer, not a failure.
@@ -148,6 +152,11 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             let cmd = cmd.unwrap_or(args::ErrorsCmd::List { filter, limit, json: false });
             return errors_cmd::run(&config, cmd, pii).await;
         }
+        Command::Console { cmd: None | Some(args::ConsoleCmd::Serve) } => {
+            let stop = shutdown::on_signals();
+            within_grace(crmsync_console::run(config.clone(), stop.clone()), &stop, config.shutdown.grace()).await?;
+        }
+        Command::Console { cmd: Some(cmd) } => console_cmd::run(&connect(&config).await?, cmd).await?,
         Command::Connection(cmd) => connection_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Demo(args) => return demo::run(&config, args).await,
@@ -167,7 +176,7 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
 /// as what it is: the database did not answer in time.
 fn explain(e: anyhow::Error, config: &Config) -> anyhow::Error {
     if e.chain().any(|c| c.downcast_ref::<sqlx::Error>().is_some_and(db::cancelled)) {
-        return e.context(status::db_timeout(config));
+        return e.context(crmsync_ops::status::db_timeout(config));
     }
     e
 }

@@ -276,7 +276,7 @@ pub fn print(r: &Report) -> std::io::Result<()> {
             "                {} field(s) waiting in the batch lane (backlog {}, done in {}): not failures",
             r.waiting_in_batch_lane.len(),
             r.batch_backlog,
-            crate::status::human(std::time::Duration::from_secs(r.batch_eta_secs))
+            crmsync_ops::status::human(std::time::Duration::from_secs(r.batch_eta_secs))
         );
         for m in r.waiting_in_batch_lane.iter().take(10) {
             outln!("                ⧗ prospect {} / {}: {} waiting in the batch lane", m.prospect_id, m.crm_id, m.field);

@@ -33,6 +33,7 @@ pub struct Config {
     pub applier: WorkerConfig,
     pub telemetry: TelemetryConfig,
     pub shutdown: ShutdownConfig,
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,6 +274,27 @@ impl ShutdownConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig { log_format: LogFormat::Text, log_filter: "info,sqlx=warn,lapin=warn".into(), http_listen: None }
+    }
+}
+
+/// The admin console (`crmsync console`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Where the console's web UI and JSON API listen. Loopback by default:
+    /// put it behind a TLS-terminating proxy to reach it from elsewhere.
+    pub listen: String,
+    /// Mark the console's cookies `Secure` (sent over HTTPS only). Turn it
+    /// on whenever the console is reached over HTTPS, as it is behind a
+    /// TLS-terminating proxy; browsers drop Secure cookies over plain HTTP.
+    pub secure_cookies: bool,
+    /// How long a sign-in lasts.
+    pub session_ttl_secs: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { listen: "127.0.0.1:8790".into(), secure_cookies: false, session_ttl_secs: 8 * 3600 }
     }
 }
 

@@ -148,3 +148,39 @@ pub async fn finished<'e>(e: impl PgExecutor<'e>, connection_id: &str, stage: &s
     .fetch_all(e)
     .await
 }
+
+/// One entry of an identity's history, as the console's record page shows
+/// it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct HistoryEntry {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub change_id: Uuid,
+    pub stage: String,
+    pub source_side: String,
+    pub source_object: String,
+    pub source_id: String,
+    pub action: String,
+    /// `{"ma": [field...], "crm": [field...]}`: names, never values.
+    pub writes: Value,
+    pub detail: Option<String>,
+    pub lane: String,
+}
+
+/// What the engine did for one identity, newest first, at most `limit`
+/// entries (by the identity's own index).
+pub async fn history<'e>(
+    e: impl PgExecutor<'e>,
+    connection_id: &str,
+    identity_id: Uuid,
+    limit: i64,
+) -> Result<Vec<HistoryEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT at, change_id, stage, source_side, source_object, source_id, action, writes, detail, lane FROM audit_log \
+         WHERE identity_id = $1 AND connection_id = $2 ORDER BY at DESC, id DESC LIMIT $3",
+    )
+    .bind(identity_id)
+    .bind(connection_id)
+    .bind(limit)
+    .fetch_all(e)
+    .await
+}

@@ -1,7 +1,7 @@
 //! Connections and their settings (shared by every replica of every tier).
 
 use crmsync_domain::settings::ConnectionSettings;
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -26,6 +26,19 @@ impl From<ConnectionError> for sqlx::Error {
 pub async fn load(pool: &PgPool, id: &str) -> Result<ConnectionSettings, ConnectionError> {
     let raw: Option<serde_json::Value> =
         sqlx::query_scalar("SELECT settings FROM connections WHERE id = $1").bind(id).fetch_optional(pool).await?;
+    parse(id, raw)
+}
+
+/// As [`load`], locking the connection's row until the transaction ends:
+/// a change read, checked and saved in it cannot lose another made at the
+/// same time (by another console replica, or the CLI).
+pub async fn load_for_update<'e>(e: impl PgExecutor<'e>, id: &str) -> Result<ConnectionSettings, ConnectionError> {
+    let raw: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT settings FROM connections WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(e).await?;
+    parse(id, raw)
+}
+
+fn parse(id: &str, raw: Option<serde_json::Value>) -> Result<ConnectionSettings, ConnectionError> {
     let raw = raw.ok_or_else(|| ConnectionError::Unknown(id.to_owned()))?;
     serde_json::from_value(raw).map_err(|e| ConnectionError::Corrupt { id: id.to_owned(), error: e.to_string() })
 }
@@ -36,15 +49,15 @@ pub async fn ids(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
 }
 
 /// Stores a connection's settings (creating the connection if new).
-pub async fn save(pool: &PgPool, id: &str, settings: &ConnectionSettings) -> Result<(), sqlx::Error> {
-    let value = serde_json::to_value(settings).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+pub async fn save<'e>(e: impl PgExecutor<'e>, id: &str, settings: &ConnectionSettings) -> Result<(), sqlx::Error> {
+    let value = serde_json::to_value(settings).map_err(|err| sqlx::Error::Protocol(err.to_string()))?;
     sqlx::query(
         "INSERT INTO connections (id, settings) VALUES ($1, $2) \
          ON CONFLICT (id) DO UPDATE SET settings = EXCLUDED.settings, updated_at = now()",
     )
     .bind(id)
     .bind(value)
-    .execute(pool)
+    .execute(e)
     .await?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! that must not be made by a stale lock holder take its fencing token and
 //! are refused when a newer token already wrote the row.
 
+pub mod admin_audit;
 pub mod audit;
 pub mod connections;
 pub mod csql_links;

@@ -1,7 +1,9 @@
-//! One policy for personal data in what the CLI prints: email addresses are
-//! redacted by default, everywhere the engine's own records are shown
-//! (`errors` list, show and export, `errors dead-letters`, `report`,
-//! `status`), and shown only when the operator asks with `--show-pii`.
+//! One policy for personal data in what the CLI prints and the console
+//! shows: email addresses are redacted by default, everywhere the engine's
+//! own records are shown (`errors` list, show and export, `errors
+//! dead-letters`, `report`, `status`, the console's sync-error pages), and
+//! shown only when the operator asks with `--show-pii` (the console never
+//! shows them yet).
 //!
 //! Sync errors quote what the systems said ("a lead with email ... exists")
 //! and keep the record as detected; dead-lettered messages carry whole

@@ -1,0 +1,300 @@
+//! The operator's view per connection (identities, feeds, the batch lane,
+//! the API calls of the last 24 hours against the allowance, CSQLs, open
+//! sync errors) and what is queued on the broker: what `crmsync status`
+//! prints (as text, or as JSON: the [`Status`] shape) and the console's
+//! overview shows, gathered by the one function, [`gather`].
+//!
+//! Read-only (I10): it declares nothing on the broker (depths are
+//! passive declares; a queue nobody declared yet is said to be so) and
+//! writes nothing in PostgreSQL. It answers within its timeouts whatever
+//! state the services are in: PostgreSQL is read within
+//! `database.command_timeout_ms`, and the broker's connection and every
+//! call on it within `amqp.timeout_ms`. What it could not reach it names,
+//! after printing what it could, and it then exits 1.
+
+use std::collections::BTreeMap;
+
+use crmsync_domain::Lane;
+use crmsync_infra::amqp::Stage;
+use crmsync_infra::inspect::Inspector;
+use crmsync_infra::{Config, db};
+use crmsync_store::{connections, csql_links, feeds, identities, sync_errors};
+use crmsync_systems::allowance::{ApiAllowances, batch_eta, connection_usage, system_name};
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// Everything `status` says; `status --json` prints it as it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// True when PostgreSQL, the broker and (for real APIs) Redis answered.
+    pub ok: bool,
+    /// Per connection; empty when PostgreSQL could not be read.
+    pub connections: Vec<ConnectionStatus>,
+    /// Why PostgreSQL could not be read; null when it was.
+    pub database_error: Option<String>,
+    /// Why the API calls (counted in Redis) could not be read; null when
+    /// they were, or no connection reaches a real API.
+    pub redis_error: Option<String>,
+    pub broker: BrokerStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionStatus {
+    pub id: String,
+    pub identities: Identities,
+    pub feeds: Vec<FeedStatus>,
+    pub batch_lane: BatchLane,
+    /// Per system reached over a real API: its calls in the last 24 hours.
+    pub api: Vec<ApiStatus>,
+    pub csqls: Csqls,
+    /// Open sync errors per category.
+    pub sync_errors: BTreeMap<String, i64>,
+}
+
+/// Identities by where they stand.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identities {
+    pub in_sync: i64,
+    pub pending_assignment: i64,
+    /// Waiting for their lead or prospect to be created.
+    pub being_created: i64,
+    /// Whose creation was refused: an open sync error names why.
+    pub creation_failed: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedStatus {
+    pub feed: String,
+    pub published: i64,
+    pub echoes_dropped: i64,
+    pub leased_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchLane {
+    pub backlog: i64,
+    pub budget_per_hour: u32,
+    pub used_last_hour: i64,
+    /// The share of the budget the last hour used (1.0: all of it).
+    pub used_share: f64,
+    /// Until the backlog is done, given both the budget and the API
+    /// allowances (the later of the two).
+    pub eta_secs: u64,
+    /// Until the backlog is done at the budget's pace alone.
+    pub budget_eta_secs: u64,
+}
+
+/// A connection's calls to one system over the last 24 hours (I8).
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiStatus {
+    /// `crm` or `ma`.
+    pub system: &'static str,
+    pub used_24h: u64,
+    /// `api_daily_allowance`; null when none is set.
+    pub allowance: Option<u64>,
+    /// Every call per endpoint kind (query, write, bulk, import, events...).
+    pub by_kind: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Csqls {
+    pub target: String,
+    pub record_type: String,
+    pub sync_user: String,
+    pub cs_platform: bool,
+    /// CSQLs per outcome (synced, refused, rejected).
+    pub outcomes: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerStatus {
+    pub reachable: bool,
+    /// Why the broker (or one of its answers) could not be had; null if
+    /// every queue was read.
+    pub error: Option<String>,
+    /// The queues read, in order; those not read are not listed.
+    pub queues: Vec<QueueStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStatus {
+    pub queue: String,
+    pub stage: &'static str,
+    /// `immediate` or `batch` for a work queue, null for a dead-letter queue.
+    pub lane: Option<&'static str>,
+    /// Messages ready; null when the queue has not been declared yet.
+    pub messages: Option<u32>,
+}
+
+/// What a read-only command says when PostgreSQL did not answer in time.
+pub fn db_timeout(config: &Config) -> String {
+    format!("PostgreSQL did not answer within {} ms (database.command_timeout_ms)", config.database.command_timeout_ms)
+}
+
+/// Why a database read failed, for people: a statement PostgreSQL
+/// cancelled at the timeout says so.
+fn db_failure(e: &anyhow::Error, config: &Config) -> String {
+    let cancelled = e.chain().any(|c| c.downcast_ref::<sqlx::Error>().is_some_and(db::cancelled));
+    if cancelled { db_timeout(config) } else { format!("{e:#}") }
+}
+
+async fn connection(
+    pool: &PgPool,
+    allowances: &ApiAllowances,
+    redis_error: &mut Option<String>,
+    id: &str,
+) -> anyhow::Result<ConnectionStatus> {
+    let statuses = identities::status_counts(pool, id).await?;
+    let count = |s: &str| statuses.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+    let creation_failed = sync_errors::creations_refused(pool, id).await?;
+    let identities = Identities {
+        in_sync: count("linked"),
+        pending_assignment: count("pending_assignment"),
+        being_created: (count("creating_crm") + count("creating_ma") - creation_failed).max(0),
+        creation_failed,
+    };
+    let feeds = feeds::all(pool, id)
+        .await?
+        .into_iter()
+        .map(|f| FeedStatus { feed: f.feed, published: f.published, echoes_dropped: f.suppressed, leased_by: f.lease_owner })
+        .collect();
+    let b = crmsync_applier::batch_figures(pool, id).await?;
+    let settings = crmsync_store::connections::load(pool, id).await?;
+    // Redis unreachable: the calls are not shown (and the status says why),
+    // and it is not asked again for the other connections.
+    let usage = match redis_error {
+        Some(_) => Vec::new(),
+        None => connection_usage(allowances, id, &settings).await.unwrap_or_else(|e| {
+            *redis_error = Some(format!("Redis (API calls of the last 24 h): {e}"));
+            Vec::new()
+        }),
+    };
+    let eta = batch_eta(b.eta, u64::try_from(b.backlog).unwrap_or(0), u64::try_from(b.used_last_hour).unwrap_or(0), &usage);
+    let batch_lane = BatchLane {
+        backlog: b.backlog,
+        budget_per_hour: b.budget_per_hour,
+        used_last_hour: b.used_last_hour,
+        used_share: b.used_share(),
+        eta_secs: eta.as_secs(),
+        budget_eta_secs: b.eta.as_secs(),
+    };
+    let api = usage
+        .into_iter()
+        .map(|(side, u)| ApiStatus { system: system_name(side), used_24h: u.used, allowance: u.allowance, by_kind: u.by_kind })
+        .collect();
+    let csqls = Csqls {
+        target: settings.csql.target.to_string(),
+        record_type: settings.csql.record_type.to_string(),
+        sync_user: settings.csql.sync_user.to_string(),
+        cs_platform: settings.cs.is_some(),
+        outcomes: csql_links::outcome_counts(pool, id).await?.into_iter().collect(),
+    };
+    let sync_errors = sync_errors::open_counts(pool, id).await?.into_iter().collect();
+    Ok(ConnectionStatus { id: id.to_owned(), identities, feeds, batch_lane, api, csqls, sync_errors })
+}
+
+/// Reads every connection's figures (or `only`'s) from PostgreSQL, on
+/// `pool` when given (a server that keeps one), else on a pool of its own
+/// whose statements time out as a read-only command's do.
+async fn connections(
+    config: &Config,
+    pool: Option<&PgPool>,
+    only: Option<&str>,
+    redis_error: &mut Option<String>,
+) -> anyhow::Result<Vec<ConnectionStatus>> {
+    if let Some(pool) = pool {
+        return connections_on(config, pool, only, redis_error).await;
+    }
+    let pool = db::connect_reading(&config.database).await?;
+    db::ensure_migrated(&pool).await?;
+    let out = connections_on(config, &pool, only, redis_error).await;
+    pool.close().await;
+    out
+}
+
+async fn connections_on(
+    config: &Config,
+    pool: &PgPool,
+    only: Option<&str>,
+    redis_error: &mut Option<String>,
+) -> anyhow::Result<Vec<ConnectionStatus>> {
+    // Redis is reached only for connections with a real API.
+    let allowances = ApiAllowances::new(&config.redis);
+    let ids = match only {
+        Some(id) => {
+            connections::load(pool, id).await?;
+            vec![id.to_owned()]
+        }
+        None => connections::ids(pool).await?,
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(connection(pool, &allowances, redis_error, &id).await?);
+    }
+    Ok(out)
+}
+
+/// Reads the depth of every queue of these connections, stopping at the
+/// first call the broker does not answer.
+async fn broker(config: &Config, connections: &[String]) -> BrokerStatus {
+    let inspector = Inspector::new(&config.amqp, "crmsync-status");
+    if let Err(e) = inspector.connect().await {
+        return BrokerStatus { reachable: false, error: Some(format!("unreachable: {e}")), queues: Vec::new() };
+    }
+    let topology = inspector.topology().clone();
+    let mut asked: Vec<(String, Stage, Option<Lane>)> =
+        topology.work_queues(connections).into_iter().map(|(stage, lane, q)| (q, stage, Some(lane))).collect();
+    asked.extend([Stage::Match, Stage::Apply].map(|stage| (topology.dead_queue(stage), stage, None)));
+    let mut status = BrokerStatus { reachable: true, error: None, queues: Vec::new() };
+    for (queue, stage, lane) in asked {
+        match inspector.depth(&queue).await {
+            Ok(messages) => status.queues.push(QueueStatus { queue, stage: stage.as_str(), lane: lane.map(Lane::as_str), messages }),
+            Err(e) => {
+                status.error = Some(format!("{queue}: {e}"));
+                break;
+            }
+        }
+    }
+    inspector.close().await;
+    status
+}
+
+/// Gathers the status, each service within its timeout, reading
+/// PostgreSQL on `pool` when given (else on a pool of its own).
+pub async fn gather(config: &Config, pool: Option<&PgPool>, only: Option<&str>) -> Status {
+    let limit = config.database.command_timeout();
+    let mut redis_error = None;
+    let (connections, database_error) = match tokio::time::timeout(limit, connections(config, pool, only, &mut redis_error)).await {
+        Ok(Ok(c)) => (c, None),
+        Ok(Err(e)) => (Vec::new(), Some(db_failure(&e, config))),
+        Err(_) => (Vec::new(), Some(db_timeout(config))),
+    };
+    // Without PostgreSQL the connections are not known: the one asked for,
+    // or none (the shared queues are still read).
+    let ids: Vec<String> = match (&database_error, only) {
+        (None, _) => connections.iter().map(|c| c.id.clone()).collect(),
+        (Some(_), Some(id)) => vec![id.to_owned()],
+        (Some(_), None) => Vec::new(),
+    };
+    let broker = broker(config, &ids).await;
+    Status {
+        ok: database_error.is_none() && broker.error.is_none() && redis_error.is_none(),
+        connections,
+        database_error,
+        redis_error,
+        broker,
+    }
+}
+
+/// A duration for people: "2 h 05 min", "3 min 20 s", "40 s", "now";
+/// "never" past a year (a lane the allowance leaves nothing to).
+pub fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s > 365 * 86_400 => "never (raise the API allowance)".into(),
+        0 => "now".into(),
+        1..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {:02} s", s / 60, s % 60),
+        _ => format!("{} h {:02} min", s / 3600, (s % 3600) / 60),
+    }
+}
