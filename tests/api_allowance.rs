@@ -13,25 +13,9 @@ use crmsync_systems::allowance::ApiAllowances;
 use crmsync_tests::{TestApp, crmsync_exe};
 use serde_json::{Value, json};
 
-/// `n` leads with a title and, for each, a prospect with the same email.
+/// `n` leads and, for each, a prospect with the same email (`a<n>@allowance.example`).
 async fn pairs(app: &TestApp, n: i64) {
-    sqlx::query(
-        "INSERT INTO crm.leads (tenant, last_name, company, email, title, last_modified_by, created_by) \
-         SELECT 'default', 'Lead ' || g, 'Acme', 'a' || g || '@allowance.example', 'T' || g, 'x', 'x' \
-         FROM generate_series(1, $1) g",
-    )
-    .bind(n)
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO ma.prospects (tenant, email, last_name, last_modified_by) \
-         SELECT 'default', 'a' || g || '@allowance.example', 'Lead ' || g, 'x' FROM generate_series(1, $1) g",
-    )
-    .bind(n)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    app.seed_pairs(n, "a", "allowance.example").await;
 }
 
 /// A marketer retitles prospects `from..=to` in one transaction.

@@ -12,25 +12,9 @@ use crmsync_sandbox_server::Limits;
 use crmsync_tests::TestApp;
 use serde_json::{Value, json};
 
-/// `n` leads and, for each, a prospect with the same email and no title.
+/// `n` leads and, for each, a prospect with the same email (`p<n>@http.example`).
 async fn pairs(app: &TestApp, n: i64) {
-    sqlx::query(
-        "INSERT INTO crm.leads (tenant, last_name, company, email, title, last_modified_by, created_by) \
-         SELECT 'default', 'Lead ' || g, 'Acme', 'p' || g || '@http.example', 'T' || g, 'x', 'x' \
-         FROM generate_series(1, $1) g",
-    )
-    .bind(n)
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO ma.prospects (tenant, email, last_name, last_modified_by) \
-         SELECT 'default', 'p' || g || '@http.example', 'Lead ' || g, 'x' FROM generate_series(1, $1) g",
-    )
-    .bind(n)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    app.seed_pairs(n, "p", "http.example").await;
 }
 
 /// The lead of pair `n`.

@@ -291,6 +291,32 @@ impl TestApp {
         self.probe.wait_idle(&ids, Duration::from_secs(60), |_| {}).await.expect("pipeline settles")
     }
 
+    /// `n` leads in the sandbox CRM and, for each, a prospect with the same
+    /// email (`<prefix><i>@<domain>`, i from 1) and last name, and no title
+    /// (the leads' is `T<i>`): pairs the matcher links on its first pass.
+    pub async fn seed_pairs(&self, n: i64, prefix: &str, domain: &str) {
+        sqlx::query(
+            "INSERT INTO crm.leads (tenant, last_name, company, email, title, last_modified_by, created_by) \
+             SELECT 'default', 'Lead ' || g, 'Acme', $2 || g || '@' || $3, 'T' || g, 'x', 'x' FROM generate_series(1, $1) g",
+        )
+        .bind(n)
+        .bind(prefix)
+        .bind(domain)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO ma.prospects (tenant, email, last_name, last_modified_by) \
+             SELECT 'default', $2 || g || '@' || $3, 'Lead ' || g, 'x' FROM generate_series(1, $1) g",
+        )
+        .bind(n)
+        .bind(prefix)
+        .bind(domain)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
     /// Changes a connection setting as `crmsync connection set` does.
     pub async fn set(&self, key: &str, value: &str) {
         let mut s = connections::load(&self.pool, "default").await.unwrap();

@@ -52,24 +52,9 @@ pub(super) fn quick() -> Limits {
     Limits { pubsub_keepalive_ms: 500, ..Limits::default() }
 }
 
-/// `n` leads and, for each, a prospect with the same email.
+/// `n` leads and, for each, a prospect with the same email (`c<n>@cdc.example`).
 pub(super) async fn pairs(app: &TestApp, n: i64) {
-    sqlx::query(
-        "INSERT INTO crm.leads (tenant, last_name, company, email, title, last_modified_by, created_by) \
-         SELECT 'default', 'Lead ' || g, 'Acme', 'c' || g || '@cdc.example', 'T' || g, 'x', 'x' FROM generate_series(1, $1) g",
-    )
-    .bind(n)
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO ma.prospects (tenant, email, last_name, last_modified_by) \
-         SELECT 'default', 'c' || g || '@cdc.example', 'Lead ' || g, 'x' FROM generate_series(1, $1) g",
-    )
-    .bind(n)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    app.seed_pairs(n, "c", "cdc.example").await;
 }
 
 pub(super) async fn lead_id(app: &TestApp, n: i64) -> String {
