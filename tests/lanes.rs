@@ -330,3 +330,67 @@ async fn an_applier_stopped_mid_backlog_gives_its_paced_work_back_at_once_and_no
     assert_eq!(batch_times(&app, "default").await.len(), 30, "every record applied once");
     app.cleanup().await;
 }
+
+/// Waits until lead `email` has `title`; how long that took (fails past 60 s).
+async fn until_lead_title(app: &TestApp, email: &str, title: &str) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let now: Option<String> =
+            sqlx::query_scalar("SELECT title FROM crm.leads WHERE email = $1").bind(email).fetch_one(&app.pool).await.unwrap();
+        if now.as_deref() == Some(title) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "lead {email} never got title {title:?} (has {now:?})");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_for_a_connection_that_does_not_exist_are_dead_lettered_and_stall_no_lane() {
+    use crmsync_domain::Lane;
+    use crmsync_domain::messages::{Change, ChangeBatch, MESSAGE_VERSION};
+    use crmsync_domain::records::SourceRecord;
+    use crmsync_infra::amqp::Stage;
+    use crmsync_sandbox::schema::PROSPECT;
+
+    let mut app = TestApp::spawn().await;
+    app.seed_pairs(1, "g", "ghost.example").await;
+    app.start_pipeline(1, 1);
+    app.settle().await;
+    let prospect: i64 =
+        sqlx::query_scalar("SELECT id FROM ma.prospects WHERE email = 'g1@ghost.example'").fetch_one(&app.pool).await.unwrap();
+
+    // A quiet lane first: a prospect edit reaching its lead.
+    app.update(&PROSPECT, &prospect.to_string(), &[("jobTitle", "Quiet")]).await;
+    let quiet = until_lead_title(&app, "g1@ghost.example", "Quiet").await;
+
+    // Twenty messages for a connection that does not exist (never created,
+    // or deleted while they waited): more than the matcher's slots.
+    let ma = crmsync_sandbox::SandboxMa::connect(app.pool.clone(), "default").await.unwrap();
+    let record = crmsync_connector::MaApi::prospects_by_id(&ma, &[prospect]).await.unwrap().remove(0);
+    for _ in 0..20 {
+        let ghost = ChangeBatch {
+            v: MESSAGE_VERSION,
+            batch_id: uuid::Uuid::now_v7(),
+            connection_id: "ghost".into(),
+            lane: Lane::Immediate,
+            detected_at: chrono::Utc::now(),
+            changes: vec![Change { change_id: uuid::Uuid::now_v7(), record: SourceRecord::Prospect(record.clone()), trace: None }],
+        };
+        app.publish_changes(&ghost).await;
+    }
+    app.update(&PROSPECT, &prospect.to_string(), &[("jobTitle", "Behind ghosts")]).await;
+    let behind = until_lead_title(&app, "g1@ghost.example", "Behind ghosts").await;
+    println!("a real change on a quiet lane: {quiet:?}; behind 20 messages for a missing connection: {behind:?}");
+
+    // Each is given back (counting a delivery) until the delivery limit,
+    // then dead-lettered: none is retried in place for ever.
+    let start = std::time::Instant::now();
+    while app.dead_letters(Stage::Match).await < 20 {
+        assert!(start.elapsed() < Duration::from_secs(60), "only {} of 20 dead-lettered", app.dead_letters(Stage::Match).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.dead_letters(Stage::Match).await, 20);
+    assert_eq!(app.queued(Stage::Match, Lane::Immediate).await, 0);
+    app.cleanup().await;
+}

@@ -15,6 +15,12 @@
 //!   blocking the queue behind it, never crashing the worker.
 //! - `Requeue`: stopped between durable steps (a shutdown): returned to the
 //!   queue at once, without a retry here.
+//! - `Misaddressed`: the message names what does not exist (a connection
+//!   never created, or deleted while its messages waited). Retried in place
+//!   it would hold a consumer slot forever, and a few of them stall the
+//!   lane for every connection; it is given back to the queue at once
+//!   instead, which counts the delivery, and past the queue's
+//!   delivery limit the broker dead-letters it (`crmsync dead-letters`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +57,18 @@ pub enum StageError {
     /// long unit of work between two of its steps, each one durable).
     #[error("given back: {0}")]
     Requeue(String),
+    /// Names what does not exist here: back to the queue at once, counting
+    /// a delivery, so that it ends dead-lettered (see the module).
+    #[error("misaddressed: {0}")]
+    Misaddressed(String),
+}
+
+impl StageError {
+    /// `Misaddressed` when what the message names is `missing`, else a
+    /// transient `Retry`.
+    pub fn missing_or_retry(missing: bool, reason: String) -> StageError {
+        if missing { StageError::Misaddressed(reason) } else { StageError::Retry(reason) }
+    }
 }
 
 impl From<sqlx::Error> for StageError {
@@ -213,6 +231,22 @@ async fn settle_in_span<H: Handler>(
     opts: &ConsumeOptions,
     shutdown: &CancellationToken,
 ) {
+    let attempts = attempt_until_settled(handler, delivery, channel, opts, shutdown).await;
+    // Recorded once, when settled: a span field recorded at every attempt
+    // is appended again to every later log line of the span, so a long
+    // retry's lines grew with all its earlier attempts. Retry lines carry
+    // their own attempt number.
+    tracing::Span::current().record("crmsync.attempts", attempts);
+}
+
+/// Handles `delivery` until it is settled; how many attempts that took.
+async fn attempt_until_settled<H: Handler>(
+    handler: Arc<H>,
+    delivery: Delivery,
+    channel: &Channel,
+    opts: &ConsumeOptions,
+    shutdown: &CancellationToken,
+) -> u64 {
     let mut backoff = opts.backoff;
     let mut attempts: u64 = 0;
     let delivery = Arc::new(delivery);
@@ -222,7 +256,6 @@ async fn settle_in_span<H: Handler>(
         let d = delivery.clone();
         let started = std::time::Instant::now();
         attempts += 1;
-        tracing::Span::current().record("crmsync.attempts", attempts);
         let result = tokio::spawn(async move { h.handle(&d).await }.in_current_span()).await;
         let outcome = match result {
             Ok(r) => r,
@@ -235,6 +268,7 @@ async fn settle_in_span<H: Handler>(
             Err(StageError::Retry(_)) => "retry",
             Err(StageError::Poison(_)) => "dead_lettered",
             Err(StageError::Requeue(_)) => "requeued",
+            Err(StageError::Misaddressed(_)) => "misaddressed",
         };
         metrics::counter!("crmsync_messages_total", "tier" => tier, "stage" => stage, "outcome" => settled).increment(1);
         match outcome {
@@ -243,34 +277,42 @@ async fn settle_in_span<H: Handler>(
                     // The broker will redeliver; the handler is idempotent.
                     warn!(error = %e, "ack failed");
                 }
-                return;
+                return attempts;
             }
             Err(StageError::Poison(reason)) => {
                 // Reasons quote systems and payloads: no email in clear (I5).
                 let reason = redact(&reason);
                 error!(queue = %opts.queue, %reason, "dead-lettering a message that cannot succeed");
                 let _ = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await;
-                return;
+                return attempts;
             }
             Err(StageError::Requeue(reason)) => {
                 info!(queue = %opts.queue, %reason, "giving the delivery back to the queue");
                 let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                return;
+                return attempts;
+            }
+            Err(StageError::Misaddressed(reason)) => {
+                let reason = redact(&reason);
+                warn!(queue = %opts.queue, %reason, attempts, "giving back a message for what does not exist (dead-lettered past the delivery limit)");
+                // At once: a pause would hold the slot the lane needs, and
+                // the broker's delivery count is what ends it.
+                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                return attempts;
             }
             Err(StageError::Retry(_)) if !channel.status().connected() => {
                 // The delivery died with its channel: the broker has given
                 // it back to the queue, and retrying here would only race
                 // the replica that takes it next.
                 warn!(queue = %opts.queue, "channel lost; leaving the delivery to its redelivery");
-                return;
+                return attempts;
             }
             Err(StageError::Retry(reason)) => {
                 let reason = redact(&reason);
-                warn!(queue = %opts.queue, %reason, backoff_ms = backoff.as_millis() as u64, "retrying");
+                warn!(queue = %opts.queue, %reason, attempt = attempts, backoff_ms = backoff.as_millis() as u64, "retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                        return;
+                        return attempts;
                     }
                     _ = tokio::time::sleep(jitter(backoff)) => {}
                 }

@@ -13,6 +13,13 @@ pub enum ConnectionError {
     Db(#[from] sqlx::Error),
 }
 
+impl ConnectionError {
+    /// The connection does not exist (never created, or deleted).
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, ConnectionError::Unknown(_))
+    }
+}
+
 impl From<ConnectionError> for sqlx::Error {
     fn from(e: ConnectionError) -> Self {
         match e {
