@@ -397,6 +397,19 @@ async fn the_json_api_answers_api_tokens_with_the_same_figures_as_the_cli() {
         history.iter().any(|e| e["source_side"] == "ma" && e["writes"]["crm"].as_array().is_some_and(|w| w.contains(&json!("jobTitle")))),
         "the prospect's title change and its write to the lead: {history:?}"
     );
+    // Why the lead's title changed: the prospect's edit, old → new, and the
+    // write it made, old → new.
+    let title = history.iter().find(|e| e["written"]["crm"]["jobTitle"].is_array()).expect("the title's write");
+    assert_eq!(title["written"]["crm"]["jobTitle"], json!(["CTO", "CEO"]), "{title}");
+    assert_eq!(title["detected"]["jobTitle"][1], "CEO", "{title}");
+    assert_eq!(title["source_side"], "ma");
+    // Both sides now, read from the systems, emails redacted.
+    let now = &first["current"];
+    assert_eq!((now["prospect_found"].clone(), now["crm_found"].clone()), (json!(true), json!(true)), "{now}");
+    let field = |name: &str| now["fields"].as_array().unwrap().iter().find(|f| f["ma_field"] == name).unwrap().clone();
+    assert_eq!((field("jobTitle")["ma"].clone(), field("jobTitle")["crm"].clone()), (json!("CEO"), json!("CEO")));
+    assert_eq!(field("email")["ma"], "<email>");
+    assert!(now["fields"].as_array().unwrap().iter().all(|f| f["differs"] == false), "{now}");
     let r = get("/records?q=nobody%40console.example", &viewer_token).await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = get("/records?q=not+a+key", &viewer_token).await.unwrap();

@@ -378,6 +378,8 @@ async fn identity_lookups_and_the_redelivery_check_keep_to_their_connection_and_
         writes: serde_json::json!({}),
         detail: None,
         lane: "immediate",
+        field_values: None,
+        trace_id: None,
     };
     let (applied, matched, elsewhere) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     audit::insert_many(&app.pool, "default", &[entry(applied, "apply"), entry(matched, "match")]).await.unwrap();

@@ -42,6 +42,8 @@ fn entry(change: Uuid, stage: &'static str, lane: &'static str) -> AuditEntry {
         writes: json!({}),
         detail: None,
         lane,
+        field_values: None,
+        trace_id: None,
     }
 }
 

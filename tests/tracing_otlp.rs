@@ -193,6 +193,15 @@ async fn one_record_is_one_trace_from_detection_to_write_across_the_three_proces
         assert!(linked("crmsync-matcher", "publish"), "the matcher's publish span links to the record");
         assert!(linked("crmsync-matcher", "match_batch"), "the matcher's message span links to the record");
         assert!(linked("crmsync-applier", "apply_batch"), "the applier's message span links to the record");
+        // The record's history names the same trace, for the console's link.
+        let hex: String = trace.iter().map(|b| format!("{b:02x}")).collect();
+        let logged: Vec<String> = sqlx::query_scalar("SELECT stage FROM audit_log WHERE trace_id = $1 AND source_id = $2 ORDER BY stage")
+            .bind(&hex)
+            .bind(&record)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+        assert_eq!(logged, ["apply"], "the apply entry of the traced detection carries its trace id");
         complete += 1;
     }
     assert!(complete >= 1, "at least one detection of the prospect was traced to its write");

@@ -230,5 +230,7 @@ fn csql_audit(batch: &ApplyBatch, c: &CsqlCommand, action: &str, writes: Value, 
         writes,
         detail,
         lane: batch.lane.as_str(),
+        field_values: None,
+        trace_id: c.trace.as_ref().and_then(|t| t.trace_id()).map(str::to_owned),
     }
 }

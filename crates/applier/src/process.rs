@@ -31,7 +31,7 @@ use crmsync_store::audit::{self, AuditEntry};
 use crmsync_store::identities::{self, Applied, Keys, Written};
 use crmsync_store::mirror_outbox;
 use crmsync_store::sync_errors::{self, NewSyncError};
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use tracing::warn;
 use uuid::Uuid;
@@ -63,6 +63,12 @@ struct Work<'a> {
     crm: Option<CrmPlan>,
     ma: Option<MaPlan>,
     written: BTreeMap<&'static str, Vec<String>>,
+    /// Per side written: field -> [the value the engine knew it held, the
+    /// value written], for the record's history.
+    values: BTreeMap<&'static str, serde_json::Map<String, Value>>,
+    /// Per command: the edits it carried that were news, field -> [known
+    /// before, seen].
+    detected: Vec<Option<Value>>,
     created: Option<&'static str>,
     /// Sync errors, reported against the record whose change led here.
     issues: Vec<SyncIssue>,
@@ -244,6 +250,8 @@ impl Applier {
                     writes: json!({}),
                     detail: Some(m.key.text()),
                     lane: batch.lane.as_str(),
+                    field_values: None,
+                    trace_id: m.trace.as_ref().and_then(|t| t.trace_id()).map(str::to_owned),
                 })
                 .collect();
             audit::insert_many(&self.pool, &batch.connection_id, &audits).await?;
@@ -283,6 +291,7 @@ impl Applier {
                 let mut state = row.map(state_of);
                 let mut account_moved = false;
                 let mut email_move = None;
+                let detected = commands.iter().map(|c| state.as_ref().and_then(|s| detected_values(&s.fields, c))).collect();
                 if let Some(s) = &mut state {
                     s.fields.observe_all(map, commands.iter().flat_map(|c| c.observations.iter()));
                     // A contact's account, as its latest change says (R4).
@@ -303,6 +312,8 @@ impl Applier {
                     crm: None,
                     ma: None,
                     written: BTreeMap::new(),
+                    values: BTreeMap::new(),
+                    detected,
                     created: None,
                     issues: Vec::new(),
                     account_moved,
@@ -485,7 +496,9 @@ impl Applier {
                     };
                     match outcome {
                         WriteOutcome::Written { id, created, at } => {
+                            let values = w.values.entry("crm").or_default();
                             for f in &p.fields {
+                                values.insert(f.key.clone(), json!([s.fields.known(Side::Crm, &f.key), f.value]));
                                 s.fields.wrote(Side::Crm, &f.key, at, f.value.clone());
                             }
                             w.written.insert("crm", p.fields.iter().map(|f| f.key.clone()).collect());
@@ -585,7 +598,9 @@ impl Applier {
                 let record = s.prospect_id.map_or_else(|| s.id.to_string(), |p| p.to_string());
                 match outcome {
                     WriteOutcome::Written { id, created, at } => {
+                        let values = w.values.entry("ma").or_default();
                         for f in &p.fields {
+                            values.insert(f.key.clone(), json!([s.fields.known(Side::Ma, &f.key), f.value]));
                             s.fields.wrote(Side::Ma, &f.key, at, f.value.clone());
                         }
                         if !p.fields.is_empty() {
@@ -761,7 +776,14 @@ impl Applier {
                 }
             };
             let detail = (!w.issues.is_empty()).then(|| w.issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
-            for c in &w.commands {
+            for (c, detected) in w.commands.iter().zip(&w.detected) {
+                let mut field_values = serde_json::Map::new();
+                if let Some(d) = detected {
+                    field_values.insert("detected".into(), d.clone());
+                }
+                for (side, values) in w.values.iter().filter(|(_, v)| !v.is_empty()) {
+                    field_values.insert((*side).into(), Value::Object(values.clone()));
+                }
                 audits.push(AuditEntry {
                     change_id: c.command_id,
                     stage: "apply",
@@ -773,6 +795,8 @@ impl Applier {
                     writes: json!(w.written),
                     detail: detail.clone(),
                     lane,
+                    field_values: (!field_values.is_empty()).then_some(Value::Object(field_values)),
+                    trace_id: c.trace.as_ref().and_then(|t| t.trace_id()).map(str::to_owned),
                 });
                 if w.issues.is_empty() {
                     resolved.push((c.source.object.clone(), c.source.id.clone()));
@@ -842,6 +866,20 @@ fn plan_ma_writes(work: &mut [Work<'_>], map: &crmsync_domain::mapping::FieldMap
 }
 
 /// Records on each record's span what was done with it, as audited.
+/// The edits a command carried that differ from what the engine knew the
+/// source side held: field -> [before, seen]. `None` when there are none.
+fn detected_values(fields: &crmsync_domain::merge::IdentityFields, c: &ApplyCommand) -> Option<Value> {
+    let news: serde_json::Map<String, Value> = c
+        .observations
+        .iter()
+        .filter_map(|o| {
+            let before = fields.known(o.side, &o.field);
+            (!crmsync_domain::merge::same_value(&before, &o.value)).then(|| (o.field.clone(), json!([before, o.value])))
+        })
+        .collect();
+    (!news.is_empty()).then_some(Value::Object(news))
+}
+
 pub(crate) fn trace_outcomes(spans: &RecordSpans, audits: &[AuditEntry]) {
     for a in audits {
         let outcome = match a.action.as_str() {

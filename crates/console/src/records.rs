@@ -1,16 +1,21 @@
 //! Record lookup: one person by email, prospect id or CRM id (15 or 18
-//! characters), with its identity link and its history (every change the
-//! engine detected and every write, newest first: time, side, the mapped
-//! fields written (by their MA names; values are not kept), lane, outcome). Read-only; emails are redacted as everywhere in the
-//! console. Both sides' current values and "Sync now" are to come.
+//! characters), with its identity link, both sides' current values side by
+//! side (read from the systems, differences marked) and its history: every
+//! change the engine detected and every write, newest first, with time,
+//! side, fields old → new, lane, outcome and the record's trace id (a link
+//! when `console.trace_url` is set). Emails are redacted as everywhere in
+//! the console.
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use crmsync_domain::{CrmId, Email};
 use crmsync_ops::pii::Pii;
+use crmsync_ops::records::{FieldPair, SideBySide};
 use crmsync_store::audit::{self, HistoryEntry};
+use crmsync_store::connections;
 use crmsync_store::identities::{self, IdentityRow, Keys};
+use crmsync_systems::SystemsFactory;
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -93,7 +98,12 @@ pub async fn lookup(State(state): State<AppState>, who: Principal, Query(l): Que
         Ok(f) => f,
         Err(e) => return unavailable(&headers, Some(&who), &e.into()),
     };
+    let mut current = Vec::with_capacity(found.len());
+    for (i, _) in &found {
+        current.push(current_values(&state, &connection, i).await);
+    }
     let pii = Pii::default();
+    let trace_url = state.config.console.trace_url.as_deref();
     let status = if found.is_empty() { StatusCode::NOT_FOUND } else { StatusCode::OK };
     answer(
         &headers,
@@ -101,18 +111,69 @@ pub async fn lookup(State(state): State<AppState>, who: Principal, Query(l): Que
         || {
             let identities: Vec<Value> = found
                 .iter()
-                .map(|(i, h)| {
-                    let history: Vec<HistoryEntry> = h
-                        .iter()
-                        .map(|e| HistoryEntry { detail: e.detail.as_deref().map(|d| pii.text(d).into_owned()), ..e.clone() })
-                        .collect();
-                    json!({ "identity": identity_json(i, pii), "history": history })
+                .zip(&current)
+                .map(|((i, h), now)| {
+                    let history: Vec<Value> = h.iter().map(|e| history_json(e, pii, trace_url)).collect();
+                    let now = match now {
+                        Ok(v) => json!({ "prospect_found": v.prospect_found, "crm_found": v.crm_found, "fields": v.fields.iter().map(|f| pair_json(f, pii)).collect::<Vec<_>>() }),
+                        Err(e) => json!({ "error": pii.text(e) }),
+                    };
+                    json!({ "identity": identity_json(i, pii), "current": now, "history": history })
                 })
                 .collect();
             json!({ "identities": identities })
         },
-        || page("Record lookup", Some(&who), results(&connection, &q, &found, pii)),
+        || page("Record lookup", Some(&who), results(&connection, &q, &found, &current, pii, trace_url)),
     )
+}
+
+/// Both sides' values now, or why they could not be read (the history is
+/// shown either way).
+async fn current_values(state: &AppState, connection: &str, i: &IdentityRow) -> Result<SideBySide, String> {
+    let read = async {
+        let settings = connections::load(&state.pool, connection).await?;
+        let factory = SystemsFactory::from_config(&state.config, &state.pool).await?;
+        let crm = i.crm_object().zip(i.crm_id());
+        Ok::<_, anyhow::Error>(crmsync_ops::records::current(&factory, connection, &settings, i.prospect_id, crm).await?)
+    };
+    read.await.map_err(|e| format!("could not read the systems: {e:#}"))
+}
+
+/// A value as shown: emails redacted unless shown, like every other value
+/// the console prints.
+fn shown(v: &Value, pii: Pii) -> Value {
+    pii.json(v)
+}
+
+fn pair_json(f: &FieldPair, pii: Pii) -> Value {
+    json!({ "ma_field": f.ma_field, "crm_field": f.crm_field, "ma": shown(&f.ma, pii), "crm": shown(&f.crm, pii), "differs": f.differs })
+}
+
+/// The link to an entry's trace, when a tracing backend is configured.
+fn trace_link(trace_url: Option<&str>, trace_id: Option<&str>) -> Option<String> {
+    Some(trace_url?.replace("{trace_id}", trace_id?))
+}
+
+fn history_json(e: &HistoryEntry, pii: Pii, trace_url: Option<&str>) -> Value {
+    json!({
+        "at": e.at,
+        "change_id": e.change_id,
+        "stage": e.stage,
+        "source_side": e.source_side,
+        "source_object": e.source_object,
+        "source_id": pii.text(&e.source_id),
+        "action": e.action,
+        "lane": e.lane,
+        "writes": e.writes,
+        "detected": e.field_values.as_ref().and_then(|v| v.get("detected")).map(|v| shown(v, pii)),
+        "written": {
+            "ma": e.field_values.as_ref().and_then(|v| v.get("ma")).map(|v| shown(v, pii)),
+            "crm": e.field_values.as_ref().and_then(|v| v.get("crm")).map(|v| shown(v, pii)),
+        },
+        "detail": e.detail.as_deref().map(|d| pii.text(d).into_owned()),
+        "trace_id": e.trace_id,
+        "trace_url": trace_link(trace_url, e.trace_id.as_deref()),
+    })
 }
 
 fn form(connection: &str, q: &str, error: Option<&str>) -> Markup {
@@ -126,7 +187,35 @@ fn form(connection: &str, q: &str, error: Option<&str>) -> Markup {
     }
 }
 
-fn results(connection: &str, q: &str, found: &[(IdentityRow, Vec<HistoryEntry>)], pii: Pii) -> Markup {
+/// A value as one table cell: text as it is, blanks as a dash.
+fn cell(v: &Value, pii: Pii) -> String {
+    match shown(v, pii) {
+        Value::Null => "—".to_owned(),
+        Value::String(s) if s.is_empty() => "—".to_owned(),
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+/// `field: old → new` lines of one history entry's values.
+fn changes(values: Option<&Value>, pii: Pii) -> Markup {
+    let Some(Value::Object(fields)) = values else { return html! {} };
+    html! {
+        @for (field, v) in fields {
+            @let (old, new) = (v.get(0).unwrap_or(&Value::Null), v.get(1).unwrap_or(&Value::Null));
+            div.change { code { (field) } ": " span.old { (cell(old, pii)) } " → " span.new { (cell(new, pii)) } }
+        }
+    }
+}
+
+fn results(
+    connection: &str,
+    q: &str,
+    found: &[(IdentityRow, Vec<HistoryEntry>)],
+    current: &[Result<SideBySide, String>],
+    pii: Pii,
+    trace_url: Option<&str>,
+) -> Markup {
     let names = |writes: &Value, side: &str| -> String {
         writes
             .get(side)
@@ -134,10 +223,11 @@ fn results(connection: &str, q: &str, found: &[(IdentityRow, Vec<HistoryEntry>)]
             .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
             .unwrap_or_default()
     };
+    let values = |e: &HistoryEntry, key: &str| e.field_values.as_ref().and_then(|v| v.get(key)).cloned();
     html! {
         (form(connection, q, None))
         @if found.is_empty() { p { "No identity of connection " code { (connection) } " has that key." } }
-        @for (i, history) in found {
+        @for ((i, history), now) in found.iter().zip(current) {
             h2 { "Identity " code { (i.id) } }
             table {
                 tr { th { "Status" } td { (i.status) @if i.ma_recycled { " (prospect in the recycle bin)" } } }
@@ -146,19 +236,46 @@ fn results(connection: &str, q: &str, found: &[(IdentityRow, Vec<HistoryEntry>)]
                 tr { th { "Email" } td { @if let Some(e) = &i.email { (pii.text(e)) } } }
                 tr { th { "Linked" } td { @if let Some(t) = i.linked_at { (t.format("%Y-%m-%d %H:%M:%S")) } } }
             }
+            h3 { "Values now" }
+            @match now {
+                Err(e) => p.error { (pii.text(e)) },
+                Ok(v) => {
+                    @if !v.prospect_found && i.prospect_id.is_some() { p.error { "The prospect is not in the MA (deleted?)." } }
+                    @if !v.crm_found && i.crm_id.is_some() { p.error { "The CRM record is not in the CRM (deleted?)." } }
+                    table.values {
+                        tr { th { "MA field" } th { "MA value" } th { "CRM field" } th { "CRM value" } th {} }
+                        @for f in &v.fields {
+                            tr class=[f.differs.then_some("differs")] {
+                                td { code { (f.ma_field) } }
+                                td { (cell(&f.ma, pii)) }
+                                td { @if let Some(c) = &f.crm_field { code { (c) } } @else { "not mapped" } }
+                                td { (cell(&f.crm, pii)) }
+                                td { @if f.differs { strong { "differs" } } }
+                            }
+                        }
+                    }
+                }
+            }
             h3 { "History" }
-            table {
-                tr { th { "When (UTC)" } th { "Stage" } th { "From" } th { "Outcome" } th { "Fields written to the MA" } th { "Fields written to the CRM" } th { "Lane" } th { "Detail" } }
+            table.history {
+                tr { th { "When (UTC)" } th { "Stage" } th { "From" } th { "Outcome" } th { "Detected" } th { "Written to the MA" } th { "Written to the CRM" } th { "Lane" } th { "Detail" } th { "Trace" } }
                 @for e in history {
                     tr {
                         td { (e.at.format("%Y-%m-%d %H:%M:%S%.3f")) }
                         td { (e.stage) }
                         td { (e.source_side) " " (e.source_object) " " code { (pii.text(&e.source_id)) } }
                         td { (e.action) }
-                        td { (names(&e.writes, "ma")) }
-                        td { (names(&e.writes, "crm")) }
+                        td { (changes(values(e, "detected").as_ref(), pii)) }
+                        td { @if let Some(v) = values(e, "ma") { (changes(Some(&v), pii)) } @else { (names(&e.writes, "ma")) } }
+                        td { @if let Some(v) = values(e, "crm") { (changes(Some(&v), pii)) } @else { (names(&e.writes, "crm")) } }
                         td { (e.lane) }
                         td { @if let Some(d) = &e.detail { (pii.text(d)) } }
+                        td {
+                            @if let Some(t) = &e.trace_id {
+                                @if let Some(url) = trace_link(trace_url, Some(t)) { a href=(url) { code { (&t[..8]) "…" } } }
+                                @else { code title=(t) { (&t[..8]) "…" } }
+                            }
+                        }
                     }
                 }
             }

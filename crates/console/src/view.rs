@@ -25,6 +25,9 @@ pre { background: #fff; padding: 1em; overflow: auto; border: 1px solid #e2e5e9;
 .help { color: #5b6673; font-size: 13px; }
 form.inline { display: flex; gap: .4em; align-items: center; margin: 0; }
 button { cursor: pointer; }
+tr.differs td { background: #fff4e0; }
+.change .old { color: #8a4b00; text-decoration: line-through; }
+.change .new { color: #135c2a; }
 "#;
 
 /// `GET /style.css`.

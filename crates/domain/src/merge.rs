@@ -368,6 +368,12 @@ impl IdentityFields {
         self.0.get(field)
     }
 
+    /// What the engine knows `side` holds in `field` (null when nothing is
+    /// known): the "before" of a record's history.
+    pub fn known(&self, side: Side, field: &str) -> Value {
+        self.0.get(field).and_then(|f| f.side(side).known.as_ref()).map_or(Value::Null, |v| v.value.clone())
+    }
+
     /// The email this identity should be keyed by: the value its email field
     /// resolves to by its behaviour (R8: an email change moves the key).
     pub fn desired_email(&self, map: &crate::mapping::FieldMap) -> Option<crate::email::Email> {

@@ -61,6 +61,14 @@ pub struct TraceContext {
     pub tracestate: Option<String>,
 }
 
+impl TraceContext {
+    /// The W3C trace id (`00-<trace id>-<span id>-<flags>`): the same for
+    /// every span of the record, in every tier.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent.split('-').nth(1).filter(|t| t.len() == 32)
+    }
+}
+
 /// Identity-resolved work for the applier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApplyBatch {

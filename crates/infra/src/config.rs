@@ -290,11 +290,16 @@ pub struct ConsoleConfig {
     pub secure_cookies: bool,
     /// How long a sign-in lasts.
     pub session_ttl_secs: u64,
+    /// A link to one trace in the tracing backend, with `{trace_id}` where
+    /// the id goes (Jaeger: `http://jaeger:16686/trace/{trace_id}`; Tempo
+    /// through Grafana: its explore URL). Unset: trace ids are shown, not
+    /// linked.
+    pub trace_url: Option<String>,
 }
 
 impl Default for ConsoleConfig {
     fn default() -> Self {
-        ConsoleConfig { listen: "127.0.0.1:8790".into(), secure_cookies: false, session_ttl_secs: 8 * 3600 }
+        ConsoleConfig { listen: "127.0.0.1:8790".into(), secure_cookies: false, session_ttl_secs: 8 * 3600, trace_url: None }
     }
 }
 

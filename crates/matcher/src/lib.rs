@@ -39,8 +39,13 @@ pub struct MatchStage {
 
 impl MatchStage {
     /// Stores what matching produced and hands the commands on.
-    async fn finish(&self, batch: &ChangeBatch, out: Output) -> Result<(), StageError> {
+    async fn finish(&self, batch: &ChangeBatch, mut out: Output) -> Result<(), StageError> {
         let conn = batch.connection_id.as_str();
+        // Each entry names its record's trace, for the console's history.
+        for a in &mut out.audits {
+            let change = batch.changes.iter().find(|c| c.change_id == a.change_id);
+            a.trace_id = change.and_then(|c| c.trace.as_ref()?.trace_id()).map(str::to_owned);
+        }
         let mut tx = self.matcher.pool.begin().await?;
         sync_errors::resolve(&mut *tx, conn, "match", &out.resolved).await?;
         sync_errors::record_many(&mut *tx, conn, &out.errors).await?;

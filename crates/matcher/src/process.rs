@@ -85,6 +85,9 @@ fn audit(record: &SourceRecord, change_id: Uuid, identity: Option<Uuid>, action:
         writes: json!({}),
         detail: None,
         lane,
+        field_values: None,
+        // Filled in from the record's span when the stage stores it.
+        trace_id: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The audit log: one row per change and stage that finished it (applied,
-//! created, left pending, skipped, rejected), with the names of the fields
-//! written and never their values; and its running tallies (migration
+//! created, left pending, skipped, rejected), with the fields written, their
+//! values before and after and the record's trace id (migration 0016, for
+//! the console's record history); and its running tallies (migration
 //! 0012), which the figures that count finished changes read instead of
 //! the log.
 
@@ -21,6 +22,12 @@ pub struct AuditEntry {
     pub writes: Value,
     pub detail: Option<String>,
     pub lane: &'static str,
+    /// The values behind the entry, for the record's history (migration
+    /// 0016): `{"detected": {field: [before, seen]}, "ma" | "crm": {field:
+    /// [before, written]}}`. `None` where the stage changed no field.
+    pub field_values: Option<Value>,
+    /// The W3C trace id the record carries through the tiers.
+    pub trace_id: Option<String>,
 }
 
 /// Inserts entries; an entry already logged (a redelivery) is left alone.
@@ -43,9 +50,11 @@ pub async fn insert_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, entrie
     let identity_ids: Vec<Option<Uuid>> = entries.iter().map(|a| a.identity_id).collect();
     let writes: Vec<Value> = entries.iter().map(|a| a.writes.clone()).collect();
     let details: Vec<Option<String>> = entries.iter().map(|a| a.detail.clone()).collect();
+    let values: Vec<Option<Value>> = entries.iter().map(|a| a.field_values.clone()).collect();
+    let traces: Vec<Option<String>> = entries.iter().map(|a| a.trace_id.clone()).collect();
     sqlx::query(
-        "INSERT INTO audit_log (connection_id, change_id, stage, identity_id, source_side, source_object, source_id, action, writes, detail, lane) \
-         SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[]) \
+        "INSERT INTO audit_log (connection_id, change_id, stage, identity_id, source_side, source_object, source_id, action, writes, detail, lane, field_values, trace_id) \
+         SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[], $13::text[]) \
          ON CONFLICT (connection_id, change_id, stage) DO NOTHING",
     )
     .bind(connection_id)
@@ -59,6 +68,8 @@ pub async fn insert_many<'e>(e: impl PgExecutor<'e>, connection_id: &str, entrie
     .bind(writes)
     .bind(details)
     .bind(col(|a| a.lane.to_owned()))
+    .bind(values)
+    .bind(traces)
     .execute(e)
     .await?;
     Ok(())
@@ -160,10 +171,14 @@ pub struct HistoryEntry {
     pub source_object: String,
     pub source_id: String,
     pub action: String,
-    /// `{"ma": [field...], "crm": [field...]}`: names, never values.
+    /// `{"ma": [field...], "crm": [field...]}`: the fields written.
     pub writes: Value,
     pub detail: Option<String>,
     pub lane: String,
+    /// Before and after of what was detected and written (see
+    /// [`AuditEntry::field_values`]); null for entries of earlier releases.
+    pub field_values: Option<Value>,
+    pub trace_id: Option<String>,
 }
 
 /// What the engine did for one identity, newest first, at most `limit`
@@ -175,7 +190,7 @@ pub async fn history<'e>(
     limit: i64,
 ) -> Result<Vec<HistoryEntry>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT at, change_id, stage, source_side, source_object, source_id, action, writes, detail, lane FROM audit_log \
+        "SELECT at, change_id, stage, source_side, source_object, source_id, action, writes, detail, lane, field_values, trace_id FROM audit_log \
          WHERE identity_id = $1 AND connection_id = $2 ORDER BY at DESC, id DESC LIMIT $3",
     )
     .bind(identity_id)

@@ -1,0 +1,18 @@
+-- A record's history (issue 28): the console's record page answers "why did
+-- this field change", which needs the values, not only the field names, and
+-- a way to the record's trace.
+--
+-- `field_values` holds, for one apply entry, the edits the change carried
+-- (`detected`: field -> [what the engine knew the source side held, the
+-- value seen]) and what was written (`ma` / `crm`: field -> [the value the
+-- engine knew that side held, the value written]). The identity's own
+-- state (`identities.fields`) already keeps each field's known values, so
+-- the log adds history, not a new kind of data; like it, it is read only by
+-- the console, which redacts emails unless told otherwise.
+--
+-- `trace_id` is the W3C trace id the record carried through the tiers, so
+-- the console can link to the tracing backend.
+--
+-- Both nullable and without defaults: adding them rewrites nothing, and
+-- replicas of the previous release, which do not write them, keep working.
+ALTER TABLE audit_log ADD COLUMN field_values jsonb, ADD COLUMN trace_id text;
