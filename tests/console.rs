@@ -467,6 +467,11 @@ async fn sync_error(app: &TestApp, category: crmsync_domain::SyncErrorCategory, 
     sqlx::query_scalar("SELECT id FROM sync_errors WHERE record_id = $1").bind(record).fetch_one(&app.pool).await.unwrap()
 }
 
+/// Whether a page has a link to `href` (as HTML escapes it).
+fn page_links_to(page: &str, href: &str) -> bool {
+    page.contains(&format!(r#"href="{}""#, href.replace('&', "&amp;")))
+}
+
 async fn error_status(app: &TestApp, id: i64) -> String {
     sqlx::query_scalar("SELECT status FROM sync_errors WHERE id = $1").bind(id).fetch_one(&app.pool).await.unwrap()
 }
@@ -496,6 +501,15 @@ async fn sync_errors_are_shown_without_emails_and_retried_or_dismissed_by_admins
     let (_, filtered) = viewer.get("/errors?category=validation_rule").await;
     assert!(filtered.contains("1 sync error(s)"), "{filtered}");
     assert_eq!(viewer.get("/errors/999999").await.0, StatusCode::NOT_FOUND);
+    // The list's CSV export: every error the filters select, emails
+    // redacted, the CLI's columns.
+    assert!(page_links_to(&viewer.get("/errors?category=duplicate_rule").await.1, "/errors/export.csv?category=duplicate_rule"));
+    let (status, csv) = viewer.get("/errors/export.csv?category=duplicate_rule").await;
+    assert_eq!(status, StatusCode::OK);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("id,connection,status,category"), "{csv}");
+    assert_eq!(lines.len(), 3, "a header and the two duplicate_rule errors: {csv}");
+    assert!(!csv.contains("jane.doe@pii.example") && csv.contains("<email>"), "{csv}");
 
     // A viewer's dismissal is refused, CSRF token or not.
     let viewer_csrf = csrf_of(&page);

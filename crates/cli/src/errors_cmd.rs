@@ -197,38 +197,7 @@ async fn export(pool: &PgPool, filter: &Filter, format: ExportFormat, output: Op
                 writeln!(sink, "{}", serde_json::to_string(r)?)?;
             }
         }
-        ExportFormat::Csv => {
-            let mut w = csv::Writer::from_writer(&mut sink);
-            w.write_record([
-                "id",
-                "connection",
-                "status",
-                "category",
-                "stage",
-                "object",
-                "record",
-                "occurrences",
-                "first_seen_at",
-                "last_seen_at",
-                "reason",
-            ])?;
-            for r in &rows {
-                w.write_record([
-                    r.id.to_string(),
-                    r.connection_id.clone(),
-                    r.status.clone(),
-                    r.category.clone(),
-                    r.stage.clone(),
-                    r.object.clone(),
-                    r.record_id.clone(),
-                    r.occurrences.to_string(),
-                    r.first_seen_at.to_rfc3339(),
-                    r.last_seen_at.to_rfc3339(),
-                    r.reason.clone(),
-                ])?;
-            }
-            w.flush()?;
-        }
+        ExportFormat::Csv => crmsync_ops::errors::write_csv(&mut sink, &rows)?,
     }
     sink.flush()?;
     if let Some(path) = output {

@@ -1,6 +1,7 @@
 //! The sync-error pages (I6): counts per connection and category, the
 //! errors with filters, one error in full with the record as detected, and
-//! retrying or dismissing one or a whole category (admins). Emails are redacted as the
+//! retrying or dismissing one or a whole category (admins), and a CSV
+//! export of what the filters select. Emails are redacted as the
 //! CLI redacts them by default ([`crmsync_ops::pii`]).
 //!
 //! Retrying reads each record again from its source and sends it through
@@ -45,6 +46,15 @@ impl ErrorQuery {
         };
         Filter { connection_id: set(&self.connection), category: set(&self.category), status, ..Filter::default() }
     }
+}
+
+/// The CSV export of what the list shows.
+fn export_link(q: &ErrorQuery) -> String {
+    let params: Vec<(&str, &str)> = [("connection", &q.connection), ("category", &q.category), ("status", &q.status)]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.as_deref().filter(|v| !v.is_empty())?)))
+        .collect();
+    format!("/errors/export.csv?{}", serde_urlencoded::to_string(params).unwrap_or_default())
 }
 
 /// Free text on one line, at most `max` characters.
@@ -93,6 +103,7 @@ fn list_body(who: &Principal, q: &ErrorQuery, counts: &[(String, String, i64)], 
             }
             button type="submit" { "Show" }
         }
+        p { a href=(export_link(q)) { "Export these as CSV" } }
         p { (total) " sync error(s)" }
         table {
             tr { th { "Connection" } th { "Category" } th { "Errors" } @if open && csrf.is_some() { th { "" } } }
@@ -138,6 +149,24 @@ fn list_body(who: &Principal, q: &ErrorQuery, counts: &[(String, String, i64)], 
             p.help { (total - rows.len() as i64) " more: narrow the filters, or `crmsync errors export` writes them all." }
         }
     }
+}
+
+/// `GET /errors/export.csv`: every error the filters select (not only a
+/// page of them), as CSV, with the same columns and redaction as `crmsync
+/// errors export --format csv`.
+pub async fn export_csv(State(state): State<AppState>, who: Principal, Query(q): Query<ErrorQuery>, headers: HeaderMap) -> Response {
+    let rows = match sync_errors::find(&state.pool, &q.filter(), None).await {
+        Ok(rows) => rows,
+        Err(e) => return unavailable(&headers, Some(&who), &e.into()),
+    };
+    let pii = Pii::default();
+    let rows: Vec<SyncErrorDetail> = rows.iter().map(|e| pii.error(e)).collect();
+    let mut body = Vec::new();
+    if let Err(e) = crmsync_ops::errors::write_csv(&mut body, &rows) {
+        return unavailable(&headers, Some(&who), &e);
+    }
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8"), (header::CONTENT_DISPOSITION, "attachment; filename=\"sync-errors.csv\"")], body)
+        .into_response()
 }
 
 /// `GET /errors/{id}`: one error in full, with the record as detected.

@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(pages::audit))
         .route("/records", get(records::lookup))
         .route("/errors", get(errors::list))
+        .route("/errors/export.csv", get(errors::export_csv))
         .route("/errors/{id}", get(errors::show))
         .route("/errors/dismiss", post(errors::dismiss))
         .route("/errors/retry", post(errors::retry))

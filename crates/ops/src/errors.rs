@@ -1,5 +1,6 @@
 //! Retrying and dismissing sync errors, audited: what `crmsync errors
-//! retry | dismiss` and the console's sync-error pages both call.
+//! retry | dismiss` and the console's sync-error pages both call, and
+//! their CSV export.
 
 use std::collections::BTreeMap;
 
@@ -123,4 +124,33 @@ pub async fn dismiss(pool: &PgPool, actor: &Actor, targets: &Filter) -> Result<u
     }
     tx.commit().await?;
     Ok(closed)
+}
+
+/// The columns of a sync-error CSV export, the CLI's and the console's.
+const CSV_COLUMNS: [&str; 11] =
+    ["id", "connection", "status", "category", "stage", "object", "record", "occurrences", "first_seen_at", "last_seen_at", "reason"];
+
+/// Writes sync errors as CSV (a header line, then one row each), as
+/// `crmsync errors export --format csv` and the console's export both do.
+/// The rows are written as given: redact them first ([`crate::pii::Pii`]).
+pub fn write_csv(sink: impl std::io::Write, rows: &[SyncErrorDetail]) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(sink);
+    w.write_record(CSV_COLUMNS)?;
+    for r in rows {
+        w.write_record([
+            r.id.to_string(),
+            r.connection_id.clone(),
+            r.status.clone(),
+            r.category.clone(),
+            r.stage.clone(),
+            r.object.clone(),
+            r.record_id.clone(),
+            r.occurrences.to_string(),
+            r.first_seen_at.to_rfc3339(),
+            r.last_seen_at.to_rfc3339(),
+            r.reason.clone(),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
 }
