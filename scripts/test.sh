@@ -23,6 +23,8 @@ bash scripts/validate-deploy.sh
 # Salesforce's published proto, the avro package), pinned, into .ci-tools/
 # on first use, so a fresh machine has it before the tests run.
 bash scripts/pubsub-python.sh >/dev/null
+# The console's browser tests drive Debian's headless Chromium.
+bash scripts/browser.sh
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@" || status=$?

@@ -11,7 +11,7 @@ use crmsync_infra::CancellationToken;
 use crmsync_store::admin_audit::{self, Actor};
 use crmsync_store::connections;
 use crmsync_tests::TestApp;
-use crmsync_tests::console::{Browser, csrf_of, serve};
+use crmsync_tests::console::{Browser, csrf_of, serve, sync_error};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, LOCATION};
 use serde_json::{Value, json};
@@ -450,21 +450,6 @@ async fn crmsync_console_serves_until_sigterm() {
     assert!(crmsync_tests::http_get(&addr, "/").await.contains("location: /sign-in"));
     assert!(console.terminate().await, "crmsync console did not exit 0 on SIGTERM");
     app.cleanup().await;
-}
-
-/// An open sync error of `category` whose reason and record quote an email.
-async fn sync_error(app: &TestApp, category: crmsync_domain::SyncErrorCategory, record: &str) -> i64 {
-    use crmsync_store::sync_errors::NewSyncError;
-    let error = NewSyncError {
-        stage: "apply",
-        object: "prospect".into(),
-        record_id: record.into(),
-        issue: crmsync_domain::SyncIssue::new(category, "DUPLICATES_DETECTED: a lead with email jane.doe@pii.example exists"),
-        change_id: None,
-        payload: Some(json!({"email": "jane.doe@pii.example", "lastName": "Doe"})),
-    };
-    crmsync_store::sync_errors::record_many(&app.pool, "default", &[error]).await.unwrap();
-    sqlx::query_scalar("SELECT id FROM sync_errors WHERE record_id = $1").bind(record).fetch_one(&app.pool).await.unwrap()
 }
 
 /// Whether a page has a link to `href` (as HTML escapes it).

@@ -87,3 +87,18 @@ pub fn csrf_of(page: &str) -> String {
     let rest = &page[at + r#"name="csrf" value=""#.len()..];
     rest[..rest.find('"').unwrap()].to_owned()
 }
+
+/// An open sync error of `category` whose reason and record quote an email.
+pub async fn sync_error(app: &TestApp, category: crmsync_domain::SyncErrorCategory, record: &str) -> i64 {
+    use crmsync_store::sync_errors::NewSyncError;
+    let error = NewSyncError {
+        stage: "apply",
+        object: "prospect".into(),
+        record_id: record.into(),
+        issue: crmsync_domain::SyncIssue::new(category, "DUPLICATES_DETECTED: a lead with email jane.doe@pii.example exists"),
+        change_id: None,
+        payload: Some(serde_json::json!({"email": "jane.doe@pii.example", "lastName": "Doe"})),
+    };
+    crmsync_store::sync_errors::record_many(&app.pool, "default", &[error]).await.unwrap();
+    sqlx::query_scalar("SELECT id FROM sync_errors WHERE record_id = $1").bind(record).fetch_one(&app.pool).await.unwrap()
+}

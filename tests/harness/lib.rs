@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 pub use crmsync_domain::Lane;
 
+pub mod chromium;
 pub mod console;
 pub mod faults;
 pub mod pubsub;

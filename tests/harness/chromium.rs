@@ -1,0 +1,151 @@
+//! A real browser for the console's tests: Debian's headless Chromium,
+//! driven through its chromedriver over WebDriver (fantoccini), and the
+//! screenshots it takes kept as test artefacts.
+//!
+//! `scripts/browser.sh` installs both packages when they are missing (the
+//! test script runs it first); a machine without them fails these tests
+//! with that hint, never skips them.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+/// Where screenshots go: `$CRMSYNC_ARTEFACTS/console`, or the workspace's
+/// `target/artefacts/console`.
+pub fn artefacts() -> PathBuf {
+    let base = std::env::var_os("CRMSYNC_ARTEFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/artefacts"));
+    base.join("console")
+}
+
+/// One headless Chromium session, with the chromedriver that serves it.
+#[derive(Debug)]
+pub struct Chromium {
+    pub client: Client,
+    driver: tokio::process::Child,
+    /// Screenshots of this session are named `<prefix>-<name>.png`.
+    prefix: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+impl Chromium {
+    /// Starts chromedriver on a free port and opens a browser session.
+    pub async fn start(prefix: &str) -> Chromium {
+        let port = free_port();
+        let mut driver = tokio::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver runs (Debian's chromium-driver package: `bash scripts/browser.sh` installs it)");
+        let url = format!("http://127.0.0.1:{port}");
+        let caps = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                // No sandbox: tests run as root in containers, where
+                // Chromium's own sandbox cannot start.
+                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1000"],
+            },
+        });
+        let caps = caps.as_object().expect("an object").clone();
+        let mut last = None;
+        // chromedriver takes a moment to listen, Chromium another to start.
+        for _ in 0..100 {
+            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => {
+                    std::fs::create_dir_all(artefacts()).expect("the artefacts folder");
+                    return Chromium { client, driver, prefix: prefix.to_owned() };
+                }
+                Err(e) => last = Some(e),
+            }
+            if let Ok(Some(status)) = driver.try_wait() {
+                panic!("chromedriver exited: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no browser session from chromedriver: {last:?}");
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap_or_else(|e| panic!("opening {url}: {e}"));
+    }
+
+    /// The page's visible text.
+    pub async fn text(&self) -> String {
+        self.client.find(Locator::Css("body")).await.expect("a body").text().await.expect("its text")
+    }
+
+    pub async fn find(&self, css: &str) -> Element {
+        self.located(Locator::Css(css)).await
+    }
+
+    pub async fn xpath(&self, path: &str) -> Element {
+        self.located(Locator::XPath(path)).await
+    }
+
+    async fn located(&self, locator: Locator<'_>) -> Element {
+        match self.client.find(locator).await {
+            Ok(e) => e,
+            Err(e) => panic!(
+                "no {locator:?} on {}: {e}\n{}",
+                self.client.current_url().await.map(|u| u.to_string()).unwrap_or_default(),
+                self.text().await
+            ),
+        }
+    }
+
+    /// Types into an input, replacing what it held.
+    pub async fn fill(&self, css: &str, text: &str) {
+        let input = self.find(css).await;
+        input.clear().await.expect("cleared");
+        input.send_keys(text).await.expect("typed");
+    }
+
+    /// Clicks the button with this text (the first, in document order).
+    pub async fn click_button(&self, text: &str) {
+        let button = self.xpath(&format!("//button[contains(normalize-space(.), {})]", xpath_literal(text))).await;
+        button.click().await.unwrap_or_else(|e| panic!("clicking {text:?}: {e}"));
+    }
+
+    /// Signs in through the sign-in form.
+    pub async fn sign_in(&self, base: &str, name: &str, password: &str) {
+        self.goto(&format!("{base}/sign-in")).await;
+        self.fill("input[name=name]", name).await;
+        self.fill("input[name=password]", password).await;
+        self.click_button("Sign in").await;
+    }
+
+    /// Saves a screenshot of the page as `<prefix>-<name>.png`; its path.
+    pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let png = self.client.screenshot().await.expect("a screenshot");
+        let path = artefacts().join(format!("{}-{name}.png", self.prefix));
+        std::fs::write(&path, png).expect("the screenshot written");
+        path
+    }
+
+    /// Ends the session and its chromedriver.
+    pub async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill().await;
+    }
+}
+
+/// A string as an XPath literal (XPath has no escapes).
+fn xpath_literal(s: &str) -> String {
+    if !s.contains('\'') { format!("'{s}'") } else { format!("\"{s}\"") }
+}
