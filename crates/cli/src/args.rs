@@ -678,6 +678,10 @@ pub struct DemoArgs {
     /// Collections, Bulk API 2.0) instead of the embedded sandbox.
     #[arg(long)]
     pub http: bool,
+    /// Keep the admin console serving after the report, until Ctrl-C, to
+    /// look around the demo's final state.
+    #[arg(long)]
+    pub keep_console: bool,
 }
 
 #[derive(Debug, clap::Args)]

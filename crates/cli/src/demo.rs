@@ -10,7 +10,10 @@
 //! 5. saves CSQLs in the CS platform under each sync option (see `csql`),
 //! 6. sends a burst over the threshold to the batch lane and shows it drain,
 //! 7. stops the tiers with SIGTERM (they drain and exit 0),
-//! 8. prints a report that checks both sides against each other.
+//! 8. prints a report that checks both sides against each other,
+//! 9. and the admin console's address with the sign-in it made: the
+//!    console serves beside the tiers all along (`--keep-console` keeps it
+//!    serving after the report, until Ctrl-C).
 //!
 //! With `--http` the engine reaches the sandbox through `crmsync sandbox
 //! serve` and the real connectors instead (see `http`).
@@ -102,6 +105,47 @@ fn spawn(exe: &Path, tier: &str, n: usize, env: &[(&str, String)], logs: &Path) 
     }
     cmd.env("CRMSYNC_PRODUCER__REPLICA_ID", &name);
     Ok(Tier { name, child: cmd.spawn().with_context(|| format!("starting {tier}"))? })
+}
+
+/// The admin console served beside the tiers, with the admin made for it.
+struct DemoConsole {
+    process: Tier,
+    url: String,
+    user: &'static str,
+    password: String,
+}
+
+/// The console's default address when it is free (a bookmark keeps
+/// working from one demo to the next), else any free port.
+fn console_addr() -> std::io::Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:8790").or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))?;
+    listener.local_addr()
+}
+
+/// Makes an admin with a fresh random password in the demo's database and
+/// starts `crmsync console` on it; returns once it answers.
+async fn start_console(exe: &Path, env: &[(&str, String)], logs: &Path, pool: &PgPool) -> anyhow::Result<DemoConsole> {
+    use crmsync_console::users::{self, Role};
+    let user = "demo";
+    let password = users::random_token();
+    users::add(pool, &crmsync_store::admin_audit::Actor { name: "demo".into(), via: "cli" }, user, Role::Admin, &password)
+        .await
+        .context("creating the demo's console user")?;
+    let addr = console_addr()?;
+    let mut env = env.to_vec();
+    env.push(("CRMSYNC_CONSOLE__LISTEN", addr.to_string()));
+    let mut process = spawn(exe, "console", 1, &env, logs)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Some(status) = process.child.try_wait()? {
+            bail!("the console exited early ({status}); see {}", logs.join("console-1.log").display());
+        }
+        if Instant::now() > deadline {
+            bail!("the console did not listen at {addr} within 15 s; see {}", logs.join("console-1.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(DemoConsole { process, url: format!("http://{addr}"), user, password })
 }
 
 fn check_alive(tiers: &mut [Tier], logs: &Path) -> anyhow::Result<()> {
@@ -492,6 +536,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
             tiers.push(spawn(&exe, tier, i, &env, &logs)?);
         }
     }
+    let mut console = start_console(&exe, &env, &logs, &pool).await?;
     outln!(
         "2. Started {} producer(s), {} matcher(s), {} applier(s) as separate processes (logs in {})",
         args.producers.max(1),
@@ -499,6 +544,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         args.appliers.max(1),
         logs.display()
     );
+    outln!("   the admin console: {} (sign in as {} / {})", console.url, console.user, console.password);
     let probe = Probe::new(&config, &pool).await?;
     let timeout = Duration::from_secs(args.timeout_secs);
     let t = Instant::now();
@@ -551,6 +597,21 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         server.stop().await;
     }
     outln!("Demo finished in {:.0} s.", started.elapsed().as_secs_f64());
+    outln!();
+    outln!("The admin console: {}", console.url);
+    outln!("  sign in as {} / {} (an admin made for this demo)", console.user, console.password);
+    outln!("  pages: the overview, connection settings, sync errors, record lookup with history, the admin audit log");
+    if args.keep_console {
+        outln!("  serving until Ctrl-C");
+        tokio::signal::ctrl_c().await?;
+    } else {
+        outln!("  it stops with the demo; `bash scripts/demo.sh --keep-console` keeps it serving after the report");
+    }
+    for (name, status) in stop(std::slice::from_mut(&mut console.process)).await? {
+        if status != "exited 0" {
+            crate::out::err_line(format_args!("{name}: {status}"));
+        }
+    }
     Ok(if r.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
