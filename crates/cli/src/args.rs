@@ -175,6 +175,9 @@ pub enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The admin console's pages at scale (100,000 identities, 1,000,000
+    /// audit entries by default): p50/p95/max per page, as HTML and JSON.
+    Console(crate::bench::console::ConsoleArgs),
     /// RabbitMQ's own two-hop ceiling: persistent, confirmed messages through
     /// two quorum queues with consumers that do no work.
     Ceiling {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod backfill;
 pub mod ceiling;
+pub mod console;
 pub mod idle;
 pub mod latency;
 pub mod mode;

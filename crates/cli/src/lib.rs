@@ -161,6 +161,7 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Demo(args) => return demo::run(&config, args).await,
         Command::Bench(args::BenchCmd::Suite(args)) => bench::suite::run(&config, args).await?,
+        Command::Bench(args::BenchCmd::Console(args)) => bench::console::run(&config, args).await?,
         Command::Bench(args::BenchCmd::Budget { records, per_second, out }) => bench::budget(&config, records, per_second, out).await?,
         Command::Bench(args::BenchCmd::Latency { rates, seconds, pairs, direction, mode, out }) => {
             bench::latency_cmd(&config, (mode, direction), &rates, seconds, pairs, out).await?;
