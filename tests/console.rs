@@ -341,6 +341,16 @@ async fn the_json_api_answers_api_tokens_with_the_same_figures_as_the_cli() {
     assert_eq!(overview["connections"][0]["batch_lane"], cli["connections"][0]["batch_lane"]);
     let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(&overview), keys(&cli));
+    // When the last change was detected and written, and every tier's
+    // replica, seen and ready.
+    let c = &overview["connections"][0];
+    assert!(c["last_change_detected_at"].is_string() && c["last_write_minute"].is_string(), "{c}");
+    assert!(c["immediate_lane"]["applied_last_5_min"].as_i64().unwrap() >= 1, "the title's write: {c}");
+    let tiers: Vec<&str> =
+        overview["replicas"].as_array().unwrap().iter().filter(|r| r["ready"] == true).map(|r| r["tier"].as_str().unwrap()).collect();
+    for tier in ["applier", "matcher", "producer"] {
+        assert!(tiers.contains(&tier), "a ready {tier} replica: {}", overview["replicas"]);
+    }
 
     // The settings' JSON twin: every settable key with its value.
     let settings: Value = get("/connections/default", &viewer_token).await.unwrap().json().await.unwrap();

@@ -99,6 +99,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let services = Services::connect_patiently(&config, "crmsync-applier", &shutdown).await?;
     let health = Health::new("applier", &services);
     health.drain_on(shutdown.clone());
+    health.report(shutdown.clone());
     let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
     let factory = Arc::new(SystemsFactory::from_services(&config, &services).await?);
     let allowances = factory.allowances().clone();

@@ -27,6 +27,21 @@ fn text(s: &Status) -> std::io::Result<()> {
         if i.creation_failed > 0 {
             outln!("  creation failed      {} (see `crmsync errors`)", i.creation_failed);
         }
+        if i.recycled > 0 {
+            outln!("  recycled             {} (prospect in the MA's recycle bin)", i.recycled);
+        }
+        let ago = |at: Option<chrono::DateTime<chrono::Utc>>| {
+            at.map_or_else(
+                || "never".to_owned(),
+                |t| format!("{} ago", human(std::time::Duration::from_secs((chrono::Utc::now() - t).num_seconds().max(0).unsigned_abs()))),
+            )
+        };
+        outln!(
+            "  activity             last change detected {} · last write {} · immediate lane {:.1} records/s (last 5 min)",
+            ago(c.last_change_detected_at),
+            ago(c.last_write_minute),
+            c.immediate_lane.per_second
+        );
         for f in &c.feeds {
             outln!(
                 "  feed {:<30} published {:>8}  echoes dropped {:>8}  leased by {}",
@@ -72,6 +87,13 @@ fn text(s: &Status) -> std::io::Result<()> {
             outln!("  sync errors          none");
         } else {
             outln!("  sync errors          {}", c.sync_errors.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", "));
+        }
+    }
+    if !s.replicas.is_empty() {
+        outln!("Replicas (seen in the last 10 min)");
+        for r in &s.replicas {
+            let ready = if r.ready { "ready".to_owned() } else { format!("not ready: {}", r.not_ready.as_deref().unwrap_or("")) };
+            outln!("  {:<10} {:<40} seen {:>4} s ago  {ready}", r.tier, r.replica, r.seen_secs_ago);
         }
     }
     if let Some(e) = &s.database_error {

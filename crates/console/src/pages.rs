@@ -52,9 +52,9 @@ fn overview_body(s: &Status) -> Markup {
         @if let Some(e) = &s.redis_error { p.error { (e) } }
         table {
             tr {
-                th { "Connection" } th { "In sync" } th { "Pending assignment" } th { "Being created" } th { "Creation failed" }
-                th { "Batch backlog" } th { "Budget / hour" } th { "Used, last hour" } th { "Done in" } th { "API calls, 24 h" }
-                th { "Open sync errors" }
+                th { "Connection" } th { "In sync" } th { "Pending assignment" } th { "Being created" } th { "Creation failed" } th { "Recycled" }
+                th { "Immediate lane" } th { "Batch backlog" } th { "Budget / hour" } th { "Used, last hour" } th { "Done in" } th { "API calls, 24 h" }
+                th { "Last change detected" } th { "Last write" } th { "Open sync errors" }
             }
             @for c in &s.connections {
                 tr {
@@ -63,6 +63,8 @@ fn overview_body(s: &Status) -> Markup {
                     td.n { (c.identities.pending_assignment) }
                     td.n { (c.identities.being_created) }
                     td.n { (c.identities.creation_failed) }
+                    td.n { (c.identities.recycled) }
+                    td.n { (format!("{:.1}", c.immediate_lane.per_second)) "/s" }
                     td.n { (c.batch_lane.backlog) }
                     td.n { (c.batch_lane.budget_per_hour) }
                     td.n { (c.batch_lane.used_last_hour) " (" (format!("{:.0}", c.batch_lane.used_share * 100.0)) "%)" }
@@ -76,7 +78,24 @@ fn overview_body(s: &Status) -> Markup {
                         }
                         @if c.api.is_empty() { span.help { "no real API" } }
                     }
+                    td { (ago(c.last_change_detected_at)) }
+                    td { (ago(c.last_write_minute)) }
                     td.n { a href=(format!("/errors?connection={}", c.id)) { (c.sync_errors.values().sum::<i64>()) } }
+                }
+            }
+        }
+        h2 { "Replicas" }
+        @if s.replicas.is_empty() { p.help { "No replica of any tier has been seen in the last ten minutes." } }
+        @else {
+            table {
+                tr { th { "Tier" } th { "Replica" } th { "Seen" } th { "Ready" } }
+                @for r in &s.replicas {
+                    tr {
+                        td { (r.tier) }
+                        td { code { (r.replica) } }
+                        td { (human(std::time::Duration::from_secs(r.seen_secs_ago.unsigned_abs()))) " ago" }
+                        td { @if r.ready { "ready" } @else { span.error-text { "not ready: " (r.not_ready.as_deref().unwrap_or("")) } } }
+                    }
                 }
             }
         }
@@ -97,6 +116,17 @@ fn overview_body(s: &Status) -> Markup {
                     }
                 }
             }
+        }
+    }
+}
+
+/// How long ago, for people ("never" when not yet).
+fn ago(at: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    match at {
+        None => "never".into(),
+        Some(t) => {
+            let d = (chrono::Utc::now() - t).to_std().unwrap_or_default();
+            format!("{} ago", human(std::time::Duration::from_secs(d.as_secs())))
         }
     }
 }

@@ -26,6 +26,7 @@ pre { background: #fff; padding: 1em; overflow: auto; border: 1px solid #e2e5e9;
 form.inline { display: flex; gap: .4em; align-items: center; margin: 0; }
 button { cursor: pointer; }
 tr.differs td { background: #fff4e0; }
+.error-text { color: #a1260d; }
 .change .old { color: #8a4b00; text-decoration: line-through; }
 .change .new { color: #135c2a; }
 "#;

@@ -27,6 +27,23 @@ use crate::services::Services;
 /// How long one service may take to answer a readiness check.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How often a replica writes whether it is ready to PostgreSQL, for the
+/// console's overview and `status` (which call a replica unseen for three
+/// of these gone).
+pub const BEAT: Duration = Duration::from_secs(10);
+
+/// This process's name among its tier's replicas: the host (a pod's name
+/// in Kubernetes, a container's id in Docker) and the process id.
+pub fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
 /// What a tier's readiness is made of.
 #[derive(Debug)]
 pub struct Health {
@@ -62,6 +79,30 @@ impl Health {
             shutdown.cancelled().await;
             health.draining.store(true, Ordering::SeqCst);
             ::metrics::gauge!("crmsync_ready", "tier" => health.tier).set(0.0);
+        });
+    }
+
+    /// Writes this replica's readiness to PostgreSQL every [`BEAT`] until
+    /// `shutdown`, then once more as draining, so the overview shows each
+    /// replica of each tier without reaching into the replicas themselves.
+    pub fn report(self: &Arc<Self>, shutdown: CancellationToken) {
+        let health = self.clone();
+        let name = replica_name();
+        tokio::spawn(async move {
+            let _ = crmsync_store::replicas::forget_old(&health.pool).await;
+            let mut tick = tokio::time::interval(BEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.cancelled() => break,
+                }
+                let not = health.check().await.err().map(|n| n.join("; "));
+                if let Err(e) = crmsync_store::replicas::beat(&health.pool, health.tier, &name, not.as_deref()).await {
+                    tracing::debug!(error = %e, "could not write this replica's readiness");
+                }
+            }
+            let _ = crmsync_store::replicas::beat(&health.pool, health.tier, &name, Some("draining: shutting down")).await;
         });
     }
 

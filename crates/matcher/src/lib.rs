@@ -128,6 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let services = Services::connect_patiently(&config, "crmsync-matcher", &shutdown).await?;
     let health = Health::new("matcher", &services);
     health.drain_on(shutdown.clone());
+    health.report(shutdown.clone());
     let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
     let factory = Arc::new(SystemsFactory::from_services(&config, &services).await?);
     let stage = Arc::new(MatchStage {

@@ -36,7 +36,26 @@ pub struct Status {
     /// they were, or no connection reaches a real API.
     pub redis_error: Option<String>,
     pub broker: BrokerStatus,
+    /// The replicas of every tier seen in the last ten minutes, with
+    /// whether each was ready (empty when PostgreSQL could not be read).
+    pub replicas: Vec<ReplicaStatus>,
 }
+
+/// A replica of a tier, as it last said.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaStatus {
+    pub tier: String,
+    pub replica: String,
+    /// Seconds since it last wrote; past three beats it is gone.
+    pub seen_secs_ago: i64,
+    /// Ready when last seen and seen within three beats.
+    pub ready: bool,
+    /// Why not, when not: "gone", "draining: shutting down", "Redis: no answer"...
+    pub not_ready: Option<String>,
+}
+
+/// Replicas older than this are not shown.
+const REPLICAS_SHOWN_SECS: i64 = 600;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionStatus {
@@ -44,6 +63,11 @@ pub struct ConnectionStatus {
     pub identities: Identities,
     pub feeds: Vec<FeedStatus>,
     pub batch_lane: BatchLane,
+    pub immediate_lane: ImmediateLane,
+    /// When a feed last published a change; null before the first.
+    pub last_change_detected_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The minute of the last write to either system; null before the first.
+    pub last_write_minute: Option<chrono::DateTime<chrono::Utc>>,
     /// Per system reached over a real API: its calls in the last 24 hours.
     pub api: Vec<ApiStatus>,
     pub csqls: Csqls,
@@ -60,6 +84,17 @@ pub struct Identities {
     pub being_created: i64,
     /// Whose creation was refused: an open sync error names why.
     pub creation_failed: i64,
+    /// Whose prospect is in the MA's recycle bin (R8).
+    pub recycled: i64,
+}
+
+/// The immediate lane's recent pace.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImmediateLane {
+    /// Records applied in the last five minutes (and this one so far).
+    pub applied_last_5_min: i64,
+    /// The same, a second.
+    pub per_second: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,12 +187,20 @@ async fn connection(
         pending_assignment: count("pending_assignment"),
         being_created: (count("creating_crm") + count("creating_ma") - creation_failed).max(0),
         creation_failed,
+        recycled: identities::recycled_count(pool, id).await?,
     };
-    let feeds = feeds::all(pool, id)
-        .await?
+    let feeds = feeds::all(pool, id).await?;
+    let last_change_detected_at = feeds.iter().filter_map(|f| f.last_published_at).max();
+    let feeds = feeds
         .into_iter()
         .map(|f| FeedStatus { feed: f.feed, published: f.published, echoes_dropped: f.suppressed, leased_by: f.lease_owner })
         .collect();
+    let activity = crmsync_store::audit::activity(pool, id).await?;
+    // Five whole minutes and the one under way: about 5.5 on average.
+    let immediate_lane = ImmediateLane {
+        applied_last_5_min: activity.immediate_applied_recently,
+        per_second: activity.immediate_applied_recently as f64 / 330.0,
+    };
     let b = crmsync_applier::batch_figures(pool, id).await?;
     let settings = crmsync_store::connections::load(pool, id).await?;
     // Redis unreachable: the calls are not shown (and the status says why),
@@ -190,7 +233,18 @@ async fn connection(
         outcomes: csql_links::outcome_counts(pool, id).await?.into_iter().collect(),
     };
     let sync_errors = sync_errors::open_counts(pool, id).await?.into_iter().collect();
-    Ok(ConnectionStatus { id: id.to_owned(), identities, feeds, batch_lane, api, csqls, sync_errors })
+    Ok(ConnectionStatus {
+        id: id.to_owned(),
+        identities,
+        feeds,
+        batch_lane,
+        immediate_lane,
+        last_change_detected_at,
+        last_write_minute: activity.last_write_minute,
+        api,
+        csqls,
+        sync_errors,
+    })
 }
 
 /// Reads every connection's figures (or `only`'s) from PostgreSQL, on
@@ -201,15 +255,36 @@ async fn connections(
     pool: Option<&PgPool>,
     only: Option<&str>,
     redis_error: &mut Option<String>,
-) -> anyhow::Result<Vec<ConnectionStatus>> {
+) -> anyhow::Result<(Vec<ConnectionStatus>, Vec<ReplicaStatus>)> {
     if let Some(pool) = pool {
-        return connections_on(config, pool, only, redis_error).await;
+        return Ok((connections_on(config, pool, only, redis_error).await?, replicas(pool).await?));
     }
     let pool = db::connect_reading(&config.database).await?;
     db::ensure_migrated(&pool).await?;
-    let out = connections_on(config, &pool, only, redis_error).await;
+    let out = async { Ok((connections_on(config, &pool, only, redis_error).await?, replicas(&pool).await?)) }.await;
     pool.close().await;
     out
+}
+
+/// The replicas seen lately; one unseen for three beats is gone.
+async fn replicas(pool: &PgPool) -> anyhow::Result<Vec<ReplicaStatus>> {
+    let now = chrono::Utc::now();
+    let gone_after = 3 * crmsync_infra::health::BEAT.as_secs() as i64;
+    Ok(crmsync_store::replicas::recent(pool, REPLICAS_SHOWN_SECS)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let seen_secs_ago = (now - r.seen_at).num_seconds().max(0);
+            let gone = seen_secs_ago > gone_after;
+            ReplicaStatus {
+                tier: r.tier,
+                replica: r.replica,
+                seen_secs_ago,
+                ready: r.ready && !gone,
+                not_ready: if gone { Some("gone: not seen since".to_owned()) } else { r.not_ready },
+            }
+        })
+        .collect())
 }
 
 async fn connections_on(
@@ -264,11 +339,12 @@ async fn broker(config: &Config, connections: &[String]) -> BrokerStatus {
 pub async fn gather(config: &Config, pool: Option<&PgPool>, only: Option<&str>) -> Status {
     let limit = config.database.command_timeout();
     let mut redis_error = None;
-    let (connections, database_error) = match tokio::time::timeout(limit, connections(config, pool, only, &mut redis_error)).await {
-        Ok(Ok(c)) => (c, None),
-        Ok(Err(e)) => (Vec::new(), Some(db_failure(&e, config))),
-        Err(_) => (Vec::new(), Some(db_timeout(config))),
-    };
+    let ((connections, replicas), database_error) =
+        match tokio::time::timeout(limit, connections(config, pool, only, &mut redis_error)).await {
+            Ok(Ok(c)) => (c, None),
+            Ok(Err(e)) => (Default::default(), Some(db_failure(&e, config))),
+            Err(_) => (Default::default(), Some(db_timeout(config))),
+        };
     // Without PostgreSQL the connections are not known: the one asked for,
     // or none (the shared queues are still read).
     let ids: Vec<String> = match (&database_error, only) {
@@ -283,6 +359,7 @@ pub async fn gather(config: &Config, pool: Option<&PgPool>, only: Option<&str>) 
         database_error,
         redis_error,
         broker,
+        replicas,
     }
 }
 

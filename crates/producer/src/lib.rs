@@ -86,6 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let services = Services::connect_patiently(&config, "crmsync-producer", &shutdown).await?;
     let health = Health::new("producer", &services);
     health.drain_on(shutdown.clone());
+    health.report(shutdown.clone());
     let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
     let factory = SystemsFactory::from_services(&config, &services).await?.hearing_changes();
     let owner = replica_id(&config);

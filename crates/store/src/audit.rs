@@ -108,6 +108,30 @@ pub async fn lane_tally<'e>(e: impl PgExecutor<'e>, connection_id: &str, lane: &
     .await
 }
 
+/// A connection's recent activity, from the tallies: apply-stage entries
+/// of the immediate lane in the last five whole minutes and this one, and
+/// the minute of the last apply-stage entry of any lane (to the minute:
+/// the tallies keep no finer time, and reading the log itself would scan
+/// it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Activity {
+    pub immediate_applied_recently: i64,
+    pub last_write_minute: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Reads a connection's [`Activity`].
+pub async fn activity<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<Activity, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT coalesce(sum(applied) FILTER (WHERE lane = 'immediate' AND minute >= date_trunc('minute', now() - interval '5 minutes')), 0)::bigint \
+                  AS immediate_applied_recently, \
+                max(minute) FILTER (WHERE applied > 0 AND minute > '-infinity') AS last_write_minute \
+         FROM change_tallies WHERE connection_id = $1",
+    )
+    .bind(connection_id)
+    .fetch_one(e)
+    .await
+}
+
 /// Folds the tallies of minutes older than two hours (no figure reads them
 /// by minute any more) into one row per connection and lane, so the table
 /// holds a couple of hours of minutes whatever the log's age. Concurrent

@@ -78,7 +78,8 @@ pub async fn advance(
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE feeds SET cursor = $5, published = published + $6, suppressed = suppressed + $7, \
-            published_batch = published_batch + CASE WHEN $8 THEN $6 ELSE 0 END, polled_at = now() \
+            published_batch = published_batch + CASE WHEN $8 THEN $6 ELSE 0 END, polled_at = now(), \
+            last_published_at = CASE WHEN $6 > 0 THEN now() ELSE last_published_at END \
          WHERE connection_id = $1 AND feed = $2 AND lease_owner = $3 AND lease_token = $4",
     )
     .bind(connection_id)
@@ -110,11 +111,14 @@ pub struct FeedState {
     pub lease_owner: Option<String>,
     pub published: i64,
     pub suppressed: i64,
+    /// When the feed last published a change (migration 0017).
+    pub last_published_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub async fn all(pool: &PgPool, connection_id: &str) -> Result<Vec<FeedState>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT connection_id, feed, cursor, lease_owner, published, suppressed FROM feeds WHERE connection_id = $1 AND feed <> $2 ORDER BY feed",
+        "SELECT connection_id, feed, cursor, lease_owner, published, suppressed, last_published_at FROM feeds \
+         WHERE connection_id = $1 AND feed <> $2 ORDER BY feed",
     )
     .bind(connection_id)
     .bind(PASS)

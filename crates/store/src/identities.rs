@@ -532,6 +532,11 @@ pub async fn status_counts<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> R
         .await
 }
 
+/// Identities whose prospect is in the MA's recycle bin.
+pub async fn recycled_count<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM identities WHERE connection_id = $1 AND ma_recycled").bind(connection_id).fetch_one(e).await
+}
+
 /// A linked identity's keys, for checking both sides against each other.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LinkedRow {

@@ -11,4 +11,5 @@ pub mod csql_links;
 pub mod feeds;
 pub mod identities;
 pub mod mirror_outbox;
+pub mod replicas;
 pub mod sync_errors;
