@@ -122,16 +122,22 @@ fn verify(password: &str, stored: &str) -> bool {
 /// an unknown name takes as long to refuse as a wrong password.
 static DECOY: LazyLock<String> = LazyLock::new(|| hash(&random_token()).unwrap_or_default());
 
+/// A new password, checked for length and hashed off the async threads
+/// (argon2id takes tens of milliseconds of CPU on purpose).
+async fn hashed_password(password: &str) -> Result<String, UserError> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(UserError::WeakPassword);
+    }
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || hash(&password)).await.map_err(|e| UserError::Hash(e.to_string()))?
+}
+
 /// Adds a user (`crmsync console add-user`), recorded in the admin audit log.
 pub async fn add(pool: &PgPool, actor: &Actor, name: &str, role: Role, password: &str) -> Result<i64, UserError> {
     if !valid_name(name) {
         return Err(UserError::BadName);
     }
-    if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(UserError::WeakPassword);
-    }
-    let password = password.to_owned();
-    let hashed = tokio::task::spawn_blocking(move || hash(&password)).await.map_err(|e| UserError::Hash(e.to_string()))??;
+    let hashed = hashed_password(password).await?;
     let mut tx = pool.begin().await?;
     let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO console_users (name, role, password_hash) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING RETURNING id",
@@ -159,11 +165,7 @@ pub async fn add(pool: &PgPool, actor: &Actor, name: &str, role: Role, password:
 /// user's sessions (whoever knew the old one is signed out) and clears
 /// any lockout; recorded in the admin audit log (without the password).
 pub async fn set_password(pool: &PgPool, actor: &Actor, name: &str, password: &str) -> Result<(), UserError> {
-    if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(UserError::WeakPassword);
-    }
-    let password = password.to_owned();
-    let hashed = tokio::task::spawn_blocking(move || hash(&password)).await.map_err(|e| UserError::Hash(e.to_string()))??;
+    let hashed = hashed_password(password).await?;
     let mut tx = pool.begin().await?;
     let id: Option<i64> = sqlx::query_scalar(
         "UPDATE console_users SET password_hash = $2, failed_signins = 0, locked_until = NULL, updated_at = now() \
