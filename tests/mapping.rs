@@ -32,16 +32,38 @@ async fn pair(app: &TestApp, prefix: &str, i: i64) -> (String, i64) {
     (lead, prospect)
 }
 
-/// Apply-stage audit rows of the batch lane that wrote `side` (`ma`, `crm`).
+/// Pairs written on `side` (`ma`, `crm`) through the batch lane: both
+/// records of a re-synced pair are applied together, and each of their
+/// audit rows names the writes.
 async fn batch_writes(app: &TestApp, side: &str) -> i64 {
     sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log WHERE connection_id = 'default' AND stage = 'apply' AND lane = 'batch' \
+        "SELECT count(DISTINCT identity_id) FROM audit_log WHERE connection_id = 'default' AND stage = 'apply' AND lane = 'batch' \
          AND jsonb_array_length(coalesce(writes -> $1, '[]')) > 0",
     )
     .bind(side)
     .fetch_one(&app.pool)
     .await
     .unwrap()
+}
+
+/// Waits until `n` records in all have been applied through the batch
+/// lane, then for the pipeline to be idle. A re-sync is not a change the
+/// producer published, so the idle probe's counts do not wait for it.
+async fn resynced(app: &TestApp, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE connection_id = 'default' AND stage = 'apply' AND lane = 'batch'")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if done >= n {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{done} of {n} re-synced records applied through the batch lane");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    app.settle().await;
 }
 
 async fn last_admin_entry(app: &TestApp) -> admin_audit::Entry {
@@ -78,13 +100,19 @@ async fn a_behaviour_change_previews_exactly_what_saving_writes_through_the_batc
     assert_eq!((preview.linked, preview.ma_writes, preview.crm_writes), (6, 2, 2), "{preview:?}");
     assert_eq!(preview.sample.len(), 2);
     let s = &preview.sample[0];
-    assert_eq!((s.ma[0].field.as_str(), &s.ma[0].to), ("jobTitle", &Value::from(format!("MA{}", if s.prospect_id == pair(&app, "b", 1).await.1 { 1 } else { 2 }))));
+    assert_eq!(
+        (s.ma[0].field.as_str(), &s.ma[0].to),
+        ("jobTitle", &Value::from(format!("MA{}", if s.prospect_id == pair(&app, "b", 1).await.1 { 1 } else { 2 })))
+    );
     // A preview changes nothing.
-    assert_eq!(connections::load(&app.pool, "default").await.unwrap().field_map.by_ma_field("jobTitle").unwrap().sync, SyncBehaviour::MostRecent);
+    assert_eq!(
+        connections::load(&app.pool, "default").await.unwrap().field_map.by_ma_field("jobTitle").unwrap().sync,
+        SyncBehaviour::MostRecent
+    );
 
     let saved = mapping::save(&app.config, &app.pool, &admin(), "default", &edit).await.unwrap();
     assert_eq!(saved.resynced, 2, "one CRM record per affected pair");
-    app.settle().await;
+    resynced(&app, 2).await;
     for i in 1..=3 {
         let (lead, prospect) = pair(&app, "b", i).await;
         assert_eq!(app.prospect(prospect).await["job_title"], format!("MA{i}"), "pair {i}");
@@ -134,7 +162,7 @@ async fn a_custom_field_from_the_sandbox_schema_is_mapped_and_unmapped_and_inval
     assert_eq!((preview.ma_writes, preview.crm_writes), (2, 1), "{preview:?}");
     let saved = mapping::save(&app.config, &app.pool, &admin(), "default", &add).await.unwrap();
     assert_eq!(saved.resynced, 6, "both records of each of the 3 pairs");
-    app.settle().await;
+    resynced(&app, 6).await;
     for i in 1..=2 {
         assert_eq!(app.prospect(pair(&app, "c", i).await.1).await["preferred_language"], "fr");
     }
@@ -170,7 +198,13 @@ async fn a_custom_field_from_the_sandbox_schema_is_mapped_and_unmapped_and_inval
     assert!(e.contains("CRM lead field \"Title\" is mapped twice"), "{e}");
     let e = refuse(MappingEdit::Add(FieldMapping::new(field, Some("Shoe_Size__c"), None, SyncBehaviour::MostRecent))).await;
     assert!(e.contains("no lead field \"Shoe_Size__c\""), "{e}");
-    let e = refuse(MappingEdit::Set { ma: "city".into(), sync: SyncBehaviour::MaWins, blank_overwrites: false, source: Some(crmsync_domain::Side::Ma) }).await;
+    let e = refuse(MappingEdit::Set {
+        ma: "city".into(),
+        sync: SyncBehaviour::MaWins,
+        blank_overwrites: false,
+        source: Some(crmsync_domain::Side::Ma),
+    })
+    .await;
     assert!(e.contains("sets `source` but is not read_only"), "{e}");
     assert_eq!(connections::load(&app.pool, "default").await.unwrap().field_map, before);
     app.cleanup().await;
@@ -196,7 +230,7 @@ async fn a_record_edited_out_of_the_sync_scope_recycles_its_prospect_and_back_in
     let saved = scope::save(&app.config, &app.pool, &admin(), "default", &rules).await.unwrap();
     assert_eq!(saved.resynced, 1);
     assert_eq!(last_admin_entry(&app).await.action, "scope.set");
-    app.settle().await;
+    resynced(&app, 1).await;
     assert_eq!(app.prospect(prospect1).await["is_deleted"], true, "out of scope: in the MA recycle bin");
     assert_eq!(app.identity_status(prospect1).await.as_deref(), Some("recycled"));
 
@@ -220,7 +254,7 @@ async fn a_record_edited_out_of_the_sync_scope_recycles_its_prospect_and_back_in
     // Clearing the scope brings the first one back too, through the batch lane.
     let cleared = scope::save(&app.config, &app.pool, &admin(), "default", &SyncScope::default()).await.unwrap();
     assert_eq!((cleared.preview.entering, cleared.resynced), (1, 1));
-    app.settle().await;
+    resynced(&app, 2).await;
     assert_eq!(app.prospect(prospect1).await["is_deleted"], false);
     app.cleanup().await;
 }
@@ -259,7 +293,8 @@ async fn the_console_previews_and_saves_mapping_and_scope_changes_for_admins_onl
     let as_viewer = form(&with(&[("step", "save"), ("csrf", &viewer_csrf)]));
     let pairs: Vec<(&str, &str)> = as_viewer.iter().map(|(k, v)| (*k, v.as_str())).collect();
     assert_eq!(viewer.post("/connections/default/mapping", &pairs).await.0, StatusCode::FORBIDDEN);
-    let (status, _, _) = viewer.post("/connections/default/scope", &[("rules", "Status:is_blank"), ("step", "save"), ("csrf", &viewer_csrf)]).await;
+    let (status, _, _) =
+        viewer.post("/connections/default/scope", &[("rules", "Status:is_blank"), ("step", "save"), ("csrf", &viewer_csrf)]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _, _) = admin.post("/connections/default/scope", &[("rules", "Status:is_blank"), ("step", "save")]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -290,24 +325,47 @@ async fn the_console_previews_and_saves_mapping_and_scope_changes_for_admins_onl
     assert!(page.contains("mapped twice"), "{page}");
 
     // The scope page: a preview count, then saved.
-    let (status, _, page) =
-        admin.post("/connections/default/scope", &[("rules", "lead.Status:in:Open,Working\nEmail:contains:@"), ("step", "preview"), ("csrf", &csrf)]).await;
+    let (status, _, page) = admin
+        .post(
+            "/connections/default/scope",
+            &[("rules", "lead.Status:in:Open,Working\nEmail:contains:@"), ("step", "preview"), ("csrf", &csrf)],
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(page.contains("CRM records: 0 in scope, 0 out"), "{page}");
-    let (status, _, page) =
-        admin.post("/connections/default/scope", &[("rules", "lead.Status:in:Open,Working\nEmail:contains:@"), ("step", "save"), ("csrf", &csrf)]).await;
+    let (status, _, page) = admin
+        .post(
+            "/connections/default/scope",
+            &[("rules", "lead.Status:in:Open,Working\nEmail:contains:@"), ("step", "save"), ("csrf", &csrf)],
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     let saved = connections::load(&app.pool, "default").await.unwrap().sync_scope;
     assert_eq!(saved.conditions.len(), 2);
-    let (status, _, page) = admin.post("/connections/default/scope", &[("rules", "Status:like:x"), ("step", "save"), ("csrf", &csrf)]).await;
+    let (status, _, page) =
+        admin.post("/connections/default/scope", &[("rules", "Status:like:x"), ("step", "save"), ("csrf", &csrf)]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(page.contains("unknown operator"), "{page}");
 
     // The JSON twins.
-    let r = admin.http.get(format!("{url}/connections/default/scope")).header("cookie", admin.cookie_header()).header(ACCEPT, "application/json").send().await.unwrap();
+    let r = admin
+        .http
+        .get(format!("{url}/connections/default/scope"))
+        .header("cookie", admin.cookie_header())
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["sync_scope"][0]["field"], "Status");
-    let r = admin.http.get(format!("{url}/connections/default/mapping")).header("cookie", admin.cookie_header()).header(ACCEPT, "application/json").send().await.unwrap();
+    let r = admin
+        .http
+        .get(format!("{url}/connections/default/mapping"))
+        .header("cookie", admin.cookie_header())
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
     let body: Value = r.json().await.unwrap();
     assert!(body["mapping"]["available"]["lead"].as_array().unwrap().iter().any(|f| f["name"] == "Preferred_Language__c"), "{body}");
     stop.cancel();

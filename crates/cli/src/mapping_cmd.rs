@@ -28,7 +28,12 @@ fn behaviour(b: &BehaviourArgs) -> anyhow::Result<SyncBehaviour> {
 fn edit_of(change: MappingCmd) -> anyhow::Result<(MappingEdit, bool)> {
     Ok(match change {
         MappingCmd::Set { ma_field, behaviour: b } => (
-            MappingEdit::Set { ma: ma_field, sync: behaviour(&b)?, blank_overwrites: b.blank_overwrites, source: side(b.source.as_deref()) },
+            MappingEdit::Set {
+                ma: ma_field,
+                sync: behaviour(&b)?,
+                blank_overwrites: b.blank_overwrites,
+                source: side(b.source.as_deref()),
+            },
             b.preview,
         ),
         MappingCmd::Add { ma_field, lead, contact, behaviour: b } => {
@@ -80,7 +85,9 @@ pub async fn mapping(config: &Config, pool: &PgPool, id: &str, json: bool, chang
                 if f.blank_overwrites { "yes" } else { "no" }
             );
         }
-        for (system, list) in [("MA prospect", &listing.available.ma), ("CRM lead", &listing.available.lead), ("CRM contact", &listing.available.contact)] {
+        for (system, list) in
+            [("MA prospect", &listing.available.ma), ("CRM lead", &listing.available.lead), ("CRM contact", &listing.available.contact)]
+        {
             match list {
                 Ok(fields) => {
                     let names: Vec<String> =

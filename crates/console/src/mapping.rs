@@ -304,7 +304,14 @@ pub async fn change(State(state): State<AppState>, who: Principal, Path(id): Pat
             if wants_json(&headers) {
                 return (code, Json(json!({ "error": error }))).into_response();
             }
-            (code, page(&format!("Field mapping: {id}"), Some(&who), html! { p.error { (error) } p { a href=(format!("/connections/{id}/mapping")) { "Back" } } }))
+            (
+                code,
+                page(
+                    &format!("Field mapping: {id}"),
+                    Some(&who),
+                    html! { p.error { (error) } p { a href=(format!("/connections/{id}/mapping")) { "Back" } } },
+                ),
+            )
                 .into_response()
         }
     }
@@ -330,7 +337,8 @@ pub async fn show_scope(State(state): State<AppState>, who: Principal, Path(id):
 fn scope_body(who: &Principal, id: &str, current: &SyncScope, preview: Option<&ScopePreview>, rules_text: Option<&str>) -> Markup {
     let csrf = who.csrf().filter(|_| who.user.role == crate::users::Role::Admin);
     let action = format!("/connections/{id}/scope");
-    let text = rules_text.map(str::to_owned).unwrap_or_else(|| current.conditions.iter().map(Condition::to_rule).collect::<Vec<_>>().join("\n"));
+    let text =
+        rules_text.map(str::to_owned).unwrap_or_else(|| current.conditions.iter().map(Condition::to_rule).collect::<Vec<_>>().join("\n"));
     html! {
         p { a href=(format!("/connections/{id}")) { "Settings" } " · " a href=(format!("/connections/{id}/mapping")) { "Field mapping" } }
         @if current.is_empty() { p { "No rules: every CRM lead and contact syncs." } }

@@ -328,7 +328,10 @@ mod tests {
     #[test]
     fn rules_are_parsed_as_written_and_printed_back_the_same() {
         let c = Condition::parse("lead.Status:in:Open, Working").unwrap();
-        assert_eq!((c.object, c.field.as_str(), c.op, c.values.clone()), (Some(CrmObject::Lead), "Status", Operator::In, vec!["Open".into(), "Working".into()]));
+        assert_eq!(
+            (c.object, c.field.as_str(), c.op, c.values.clone()),
+            (Some(CrmObject::Lead), "Status", Operator::In, vec!["Open".into(), "Working".into()])
+        );
         assert_eq!(Condition::parse(&c.to_rule()).unwrap(), c);
         let c = Condition::parse("Title:contains:VP, Sales").unwrap();
         assert_eq!(c.values, vec!["VP, Sales".to_owned()], "only in splits on commas");

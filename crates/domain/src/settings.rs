@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::csql::{CsqlRecordType, CsqlSettings, CsqlSyncUser, CsqlTarget};
 use crate::mapping::FieldMap;
-use crate::scope::SyncScope;
 use crate::mirror::{CustomObject, CustomObjectError};
+use crate::scope::SyncScope;
 use crate::{CrmObject, Timestamp};
 
 /// The default lane threshold (R7): more changes than this in one pass go to
