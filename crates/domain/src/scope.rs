@@ -355,7 +355,7 @@ mod tests {
         /// whenever `equals` does.
         #[test]
         fn operators_agree_with_each_other(value in proptest::option::of("[ a-zA-Z0-9]{0,8}"), wanted in "[a-zA-Z0-9]{1,6}") {
-            let v = value.clone().map(Value::from);
+            let v = value.map(Value::from);
             let eq = cond("F", Operator::Equals, &[&wanted]).holds_for(v.as_ref());
             let ne = cond("F", Operator::NotEquals, &[&wanted]).holds_for(v.as_ref());
             let one_in = cond("F", Operator::In, &[&wanted]).holds_for(v.as_ref());
