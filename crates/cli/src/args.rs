@@ -380,6 +380,96 @@ pub enum ConnectionCmd {
         #[arg(long)]
         lookup_object: String,
     },
+    /// List the field mapping (R2) with the fields both systems have, or
+    /// change it: with `--preview`, only say what would be written.
+    Mapping {
+        id: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        change: Option<MappingCmd>,
+    },
+    /// Show the sync scope (which CRM records sync), or change it.
+    Scope {
+        id: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        change: Option<ScopeCmd>,
+    },
+}
+
+/// The behaviours a mapped field can have.
+fn sync_behaviours() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(crmsync_domain::mapping::SyncBehaviour::ALL.map(|b| b.as_str()))
+}
+
+/// How a mapped field syncs: the options `set` and `add` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BehaviourArgs {
+    /// crm_wins, ma_wins, most_recent or read_only.
+    #[arg(long, value_parser = sync_behaviours())]
+    pub sync: String,
+    /// A blank value may erase a filled one.
+    #[arg(long)]
+    pub blank_overwrites: bool,
+    /// For read_only: the side the value comes from (ma or crm; crm by default).
+    #[arg(long, value_parser = ["ma", "crm"])]
+    pub source: Option<String>,
+    /// Only show how many pairs would change on each side, with a sample.
+    #[arg(long)]
+    pub preview: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCmd {
+    /// Change a mapped field's behaviour; the affected pairs re-sync through the batch lane.
+    Set {
+        /// The MA field (the mapping's key).
+        ma_field: String,
+        #[command(flatten)]
+        behaviour: BehaviourArgs,
+    },
+    /// Map a field both systems have (see the list).
+    Add {
+        /// The MA (prospect) field.
+        ma_field: String,
+        /// The CRM lead field.
+        #[arg(long)]
+        lead: Option<String>,
+        /// The CRM contact field.
+        #[arg(long)]
+        contact: Option<String>,
+        #[command(flatten)]
+        behaviour: BehaviourArgs,
+    },
+    /// Stop syncing a mapped field.
+    Remove {
+        ma_field: String,
+        #[arg(long)]
+        preview: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScopeCmd {
+    /// Replace the rules: every `--rule` must hold for a CRM record to sync.
+    Set {
+        /// `[lead.|contact.]Field:operator[:value[,value...]]`, operator one of
+        /// equals, not_equals, in, is_blank, contains; e.g. `lead.Status:in:Open,Working`.
+        #[arg(long = "rule", required = true)]
+        rules: Vec<String>,
+        /// Only count the records and pairs in and out.
+        #[arg(long)]
+        preview: bool,
+    },
+    /// Remove every rule: every record syncs.
+    Clear {
+        #[arg(long)]
+        preview: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -52,6 +52,8 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: ConnectionCmd) -> anyhow::
             connections::save(pool, &id, &s).await?;
             outln!("{id}: custom object {name} is mirrored into the MA");
         }
+        ConnectionCmd::Mapping { id, json, change } => crate::mapping_cmd::mapping(config, pool, &id, json, change).await?,
+        ConnectionCmd::Scope { id, json, change } => crate::mapping_cmd::scope(config, pool, &id, json, change).await?,
         ConnectionCmd::Set { id, key, value, yes } => {
             for line in set(config, pool, &id, &key, &value, yes).await? {
                 outln!("  - {line}");

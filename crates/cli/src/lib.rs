@@ -14,6 +14,7 @@ mod console_cmd;
 mod dead_letters;
 pub mod demo;
 mod errors_cmd;
+mod mapping_cmd;
 mod mirror_check;
 pub mod progress;
 pub use crmsync_ops::pii;

@@ -159,6 +159,24 @@ pub struct MirrorState {
     pub prospects: std::collections::BTreeSet<i64>,
 }
 
+/// A field a system's object has, as its schema describes it (Salesforce's
+/// describe, Account Engagement's fields): what an admin can map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldInfo {
+    /// The name the API uses, and the field mapping refers to.
+    pub name: String,
+    /// `text`, `boolean`, `integer`, `number`, `date`...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A custom field (`__c`, or declared by the customer), not a standard one.
+    pub custom: bool,
+}
+
+/// What a connector without a schema call answers when asked for its fields.
+pub fn no_schema(system: &str) -> ConnectorError {
+    ConnectorError::Fatal(format!("{system} cannot list its fields through this connector"))
+}
+
 /// The marketing-automation system (Account Engagement).
 #[async_trait]
 pub trait MaApi: Send + Sync + Debug {
@@ -227,6 +245,12 @@ pub trait MaApi: Send + Sync + Debug {
 
     /// The CRM account whose prospect account each prospect shows.
     async fn prospect_accounts_of(&self, prospect_ids: &[i64]) -> Result<Vec<(i64, CrmId)>, ConnectorError>;
+
+    /// The prospect's data fields (no system fields: ids, links, stamps),
+    /// from the system's own schema: what a field mapping may name.
+    async fn prospect_fields(&self) -> Result<Vec<FieldInfo>, ConnectorError> {
+        Err(no_schema("the MA"))
+    }
 }
 
 /// The CRM (Sales Cloud): leads and contacts.
@@ -295,6 +319,14 @@ pub trait CrmApi: Send + Sync + Debug {
     /// Records of `object` whose `field` holds one of `values`; `Id` looks up
     /// by id. Deleted records are included (their `is_deleted` says so).
     async fn objects_where(&self, object: &MirrorObject, field: &str, values: &[String]) -> Result<Vec<CrmObjectRecord>, ConnectorError>;
+
+    /// The data fields of leads or contacts (no system fields), from the
+    /// system's own schema (Salesforce's describe): what a field mapping or
+    /// a sync scope rule may name.
+    async fn person_fields(&self, object: CrmObject) -> Result<Vec<FieldInfo>, ConnectorError> {
+        let _ = object;
+        Err(no_schema("the CRM"))
+    }
 }
 
 /// What a CSQL's sync did, reported on the CSQL for its CSM to see.

@@ -10,6 +10,7 @@
 //! drift apart.
 
 pub mod errors;
+pub mod mapping;
 pub mod pages;
 pub mod records;
 pub mod session;
@@ -84,6 +85,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(pages::overview))
         .route("/connections/{id}", get(pages::connection))
         .route("/connections/{id}/settings", post(pages::change_setting))
+        .route("/connections/{id}/mapping", get(mapping::show).post(mapping::change))
+        .route("/connections/{id}/scope", get(mapping::show_scope).post(mapping::change_scope))
         .route("/audit", get(pages::audit))
         .route("/records", get(records::lookup))
         .route("/errors", get(errors::list))
@@ -136,4 +139,14 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ("POST /connections/{id}/settings", "crmsync connection set default csql.record_type opportunity --yes"),
     ("POST /errors/dismiss (an id)", "crmsync errors dismiss 42"),
     ("POST /errors/dismiss (a category)", "crmsync errors dismiss --category invalid_email -c default"),
+    ("POST /connections/{id}/mapping (preview)", "crmsync connection mapping default set city --sync ma_wins --preview"),
+    ("POST /connections/{id}/mapping (set)", "crmsync connection mapping default set score --sync read_only --source ma"),
+    (
+        "POST /connections/{id}/mapping (add)",
+        "crmsync connection mapping default add Preferred_Language__c --lead Preferred_Language__c --contact Preferred_Language__c --sync most_recent",
+    ),
+    ("POST /connections/{id}/mapping (remove)", "crmsync connection mapping default remove Preferred_Language__c"),
+    ("POST /connections/{id}/scope (preview)", "crmsync connection scope default set --rule lead.Status:not_equals:Closed --preview"),
+    ("POST /connections/{id}/scope (set)", "crmsync connection scope default set --rule LeadSource:in:Web,Event --rule Email:contains:@"),
+    ("POST /connections/{id}/scope (clear)", "crmsync connection scope default clear"),
 ];

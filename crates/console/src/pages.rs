@@ -223,7 +223,8 @@ fn settings_body(who: &Principal, id: &str, s: &ConnectionSettings, settable: &[
             }
         }
         h2 { "Field mapping" }
-        p.help { "Changed with the connection's settings; a page to change it, with a preview, is to come." }
+        p { a href=(format!("/connections/{id}/mapping")) { "Change the field mapping (with a preview)" } " · "
+            a href=(format!("/connections/{id}/scope")) { "Sync scope" } }
         table {
             tr { th { "MA field" } th { "Lead field" } th { "Contact field" } th { "Behaviour" } th { "Blank overwrites" } }
             @for f in s.field_map.iter() {

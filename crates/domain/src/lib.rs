@@ -17,6 +17,7 @@
 //!   objects, and who sees them (R4-R6).
 //! - [`csql`]: customer-success-qualified leads synced to the CRM, with the
 //!   sync options and their guards (R9).
+//! - [`scope`]: which CRM records sync at all (the sync scope's rules).
 //! - [`settings`], [`endpoint`], [`lane`], [`sync_error`]: per-connection
 //!   settings and the systems they point at, lane choice (R7) and the named
 //!   sync-error categories (I6).
@@ -34,6 +35,7 @@ pub mod merge;
 pub mod messages;
 pub mod mirror;
 pub mod records;
+pub mod scope;
 pub mod settings;
 pub mod sync_error;
 pub mod time;

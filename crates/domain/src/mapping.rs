@@ -60,7 +60,7 @@ pub struct FieldMapping {
 }
 
 impl FieldMapping {
-    fn new(ma: &str, lead: Option<&str>, contact: Option<&str>, sync: SyncBehaviour) -> Self {
+    pub fn new(ma: &str, lead: Option<&str>, contact: Option<&str>, sync: SyncBehaviour) -> Self {
         FieldMapping {
             ma: ma.to_owned(),
             lead: lead.map(str::to_owned),
@@ -196,6 +196,120 @@ impl FieldMap {
     }
 }
 
+/// One change to a field mapping, as an admin makes it (`crmsync connection
+/// mapping`, the console's mapping page).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "edit", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MappingEdit {
+    /// A new mapped field.
+    Add(FieldMapping),
+    /// A mapped field's behaviour: `sync`, `blank_overwrites` and, for
+    /// `read_only`, `source`.
+    Set {
+        ma: String,
+        sync: SyncBehaviour,
+        #[serde(default)]
+        blank_overwrites: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<Side>,
+    },
+    /// A mapped field no longer synced.
+    Remove { ma: String },
+}
+
+impl MappingEdit {
+    /// The MA field the edit is about.
+    pub fn field(&self) -> &str {
+        match self {
+            MappingEdit::Add(f) => &f.ma,
+            MappingEdit::Set { ma, .. } | MappingEdit::Remove { ma } => ma,
+        }
+    }
+
+    /// What the admin audit log calls it.
+    pub fn action(&self) -> &'static str {
+        match self {
+            MappingEdit::Add(_) => "mapping.add",
+            MappingEdit::Set { .. } => "mapping.set",
+            MappingEdit::Remove { .. } => "mapping.remove",
+        }
+    }
+}
+
+/// Why an edit cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    #[error("MA field {0:?} is not mapped")]
+    NotMapped(String),
+    #[error("MA field {0:?} is already mapped; change its behaviour instead")]
+    AlreadyMapped(String),
+    #[error("the email field cannot be removed: it is how a prospect and its CRM record are matched (R1)")]
+    RemovingEmail,
+    #[error(transparent)]
+    Invalid(#[from] MappingError),
+}
+
+impl FieldMap {
+    /// The mapping with `edit` made, validated. The email mapping stays: it
+    /// is an identity key, not only a field.
+    pub fn edited(&self, edit: &MappingEdit) -> Result<FieldMap, EditError> {
+        let mut fields = self.fields.clone();
+        match edit {
+            MappingEdit::Add(f) => {
+                if self.by_ma_field(&f.ma).is_some() {
+                    return Err(EditError::AlreadyMapped(f.ma.clone()));
+                }
+                fields.push(f.clone());
+            }
+            MappingEdit::Set { ma, sync, blank_overwrites, source } => {
+                let f = fields.iter_mut().find(|f| f.ma == *ma).ok_or_else(|| EditError::NotMapped(ma.clone()))?;
+                f.sync = *sync;
+                f.blank_overwrites = *blank_overwrites;
+                // A read-only field flows from the CRM unless told otherwise;
+                // other behaviours have no source.
+                f.source = if *sync == SyncBehaviour::ReadOnly { Some(source.unwrap_or(Side::Crm)) } else { *source };
+            }
+            MappingEdit::Remove { ma } => {
+                if ma == EMAIL_FIELD {
+                    return Err(EditError::RemovingEmail);
+                }
+                let before = fields.len();
+                fields.retain(|f| f.ma != *ma);
+                if fields.len() == before {
+                    return Err(EditError::NotMapped(ma.clone()));
+                }
+            }
+        }
+        Ok(FieldMap::new(fields)?)
+    }
+
+    /// The mappings that differ between `self` and `other` (added, removed
+    /// or changed), by MA field name.
+    pub fn changed_fields(&self, other: &FieldMap) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for f in self.iter().chain(other.iter()) {
+            if self.by_ma_field(&f.ma) != other.by_ma_field(&f.ma) && !out.contains(&f.ma) {
+                out.push(f.ma.clone());
+            }
+        }
+        out
+    }
+}
+
+impl SyncBehaviour {
+    pub fn parse(s: &str) -> Option<SyncBehaviour> {
+        Some(match s.trim() {
+            "crm_wins" => SyncBehaviour::CrmWins,
+            "ma_wins" => SyncBehaviour::MaWins,
+            "most_recent" => SyncBehaviour::MostRecent,
+            "read_only" => SyncBehaviour::ReadOnly,
+            _ => return None,
+        })
+    }
+
+    pub const ALL: [SyncBehaviour; 4] = [SyncBehaviour::CrmWins, SyncBehaviour::MaWins, SyncBehaviour::MostRecent, SyncBehaviour::ReadOnly];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +355,47 @@ mod tests {
         assert!(serde_json::from_str::<FieldMap>(ok).is_ok());
         let bad = r#"[{"ma":"email","lead":"Email","sync":"most_recent","colour":"red"}]"#;
         assert!(serde_json::from_str::<FieldMap>(bad).is_err());
+    }
+
+    #[test]
+    fn a_behaviour_change_keeps_everything_else_and_read_only_gets_a_source() {
+        let map = FieldMap::default();
+        let edit = MappingEdit::Set { ma: "city".into(), sync: SyncBehaviour::MaWins, blank_overwrites: true, source: None };
+        let after = map.edited(&edit).unwrap();
+        let city = after.by_ma_field("city").unwrap();
+        assert_eq!((city.sync, city.blank_overwrites, city.source), (SyncBehaviour::MaWins, true, None));
+        assert_eq!(city.contact.as_deref(), Some("MailingCity"));
+        assert_eq!(map.changed_fields(&after), vec!["city".to_owned()]);
+        let ro = MappingEdit::Set { ma: "city".into(), sync: SyncBehaviour::ReadOnly, blank_overwrites: false, source: None };
+        assert_eq!(map.edited(&ro).unwrap().by_ma_field("city").unwrap().read_only_source(), Side::Crm);
+        let bad = MappingEdit::Set { ma: "city".into(), sync: SyncBehaviour::MaWins, blank_overwrites: false, source: Some(Side::Ma) };
+        assert!(matches!(map.edited(&bad), Err(EditError::Invalid(MappingError::SourceWithoutReadOnly(_)))));
+        let none = MappingEdit::Set { ma: "nope".into(), sync: SyncBehaviour::MaWins, blank_overwrites: false, source: None };
+        assert_eq!(map.edited(&none), Err(EditError::NotMapped("nope".into())));
+    }
+
+    #[test]
+    fn adding_and_removing_a_field_is_validated() {
+        let map = FieldMap::default();
+        let lang = FieldMapping::new("Preferred_Language__c", Some("Preferred_Language__c"), None, SyncBehaviour::MostRecent);
+        let after = map.edited(&MappingEdit::Add(lang.clone())).unwrap();
+        assert_eq!(after.by_crm_field(CrmObject::Lead, "Preferred_Language__c").unwrap().ma, "Preferred_Language__c");
+        assert_eq!(after.edited(&MappingEdit::Add(lang)), Err(EditError::AlreadyMapped("Preferred_Language__c".into())));
+        let back = after.edited(&MappingEdit::Remove { ma: "Preferred_Language__c".into() }).unwrap();
+        assert_eq!(back, map);
+        // A CRM field already mapped to another MA field is refused.
+        let dup = FieldMapping::new("title2", Some("Title"), None, SyncBehaviour::MostRecent);
+        assert!(matches!(map.edited(&MappingEdit::Add(dup)), Err(EditError::Invalid(MappingError::DuplicateCrmField(..)))));
+        let nowhere = FieldMapping::new("x", None, None, SyncBehaviour::MostRecent);
+        assert!(matches!(map.edited(&MappingEdit::Add(nowhere)), Err(EditError::Invalid(MappingError::Unmapped(_)))));
+        assert_eq!(map.edited(&MappingEdit::Remove { ma: EMAIL_FIELD.into() }), Err(EditError::RemovingEmail));
+        assert_eq!(map.edited(&MappingEdit::Remove { ma: "nope".into() }), Err(EditError::NotMapped("nope".into())));
+    }
+
+    #[test]
+    fn edits_read_from_json_reject_unknown_keys() {
+        let e: MappingEdit = serde_json::from_str(r#"{"edit":"set","ma":"city","sync":"ma_wins"}"#).unwrap();
+        assert_eq!(e.field(), "city");
+        assert!(serde_json::from_str::<MappingEdit>(r#"{"edit":"remove","ma":"city","colour":1}"#).is_err());
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::csql::{CsqlRecordType, CsqlSettings, CsqlSyncUser, CsqlTarget};
 use crate::mapping::FieldMap;
 use crate::mirror::{CustomObject, CustomObjectError};
+use crate::scope::SyncScope;
 use crate::{CrmObject, Timestamp};
 
 /// The default lane threshold (R7): more changes than this in one pass go to
@@ -52,6 +53,9 @@ pub struct ConnectionSettings {
     /// that "off" is not mistaken for "missing, take the default".
     pub lead_placeholder: Option<String>,
     pub field_map: FieldMap,
+    /// Which CRM records sync at all; empty (the default): every record.
+    #[serde(skip_serializing_if = "SyncScope::is_empty")]
+    pub sync_scope: SyncScope,
     /// The customer-success platform, if the connection has one (R9).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cs: Option<SystemEndpoint>,
@@ -74,6 +78,7 @@ impl Default for ConnectionSettings {
             batch_burst: DEFAULT_BATCH_BURST,
             lead_placeholder: Some(DEFAULT_LEAD_PLACEHOLDER.to_owned()),
             field_map: FieldMap::default(),
+            sync_scope: SyncScope::default(),
             custom_objects: Vec::new(),
             cs: None,
             csql: CsqlSettings::default(),

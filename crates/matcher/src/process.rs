@@ -221,6 +221,21 @@ impl Matcher {
             .await
             .map_err(|e| StageError::missing_or_retry(e.is_unknown(), e.to_string()))?;
         let systems = self.factory.systems(&batch.connection_id, &settings).await?;
+        // A CRM record outside the sync scope is matched as if deleted (its
+        // prospect goes to the recycle bin), and one back in scope as
+        // restored. Judged here too, with the settings of now, because a
+        // change may have been detected (or retried) under another scope.
+        let scoped;
+        let batch = if settings.sync_scope.is_empty() {
+            batch
+        } else {
+            let mut copy = batch.clone();
+            for change in copy.changes.iter_mut() {
+                settings.sync_scope.apply(&mut change.record);
+            }
+            scoped = copy;
+            &scoped
+        };
         let lane = batch.lane.as_str();
         let mut out = Output::default();
         let mut candidates = Vec::with_capacity(batch.changes.len());

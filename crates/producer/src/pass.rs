@@ -198,6 +198,12 @@ async fn read(
         let (keep, dropped) = csqls_worth_publishing(ctx.pool, connection_id, records, &h.me).await?;
         return Ok(Page { keep, dropped, next, has_more });
     }
+    // A CRM record outside the connection's sync scope is, for the sync, as
+    // if deleted: judged (and sent) so, its prospect is recycled (issue 28).
+    let mut records = records;
+    for r in records.iter_mut() {
+        settings.sync_scope.apply(r);
+    }
     let known = identities_of(ctx.pool, connection_id, &records).await?;
     let total = records.len();
     let keep: Vec<SourceRecord> = records

@@ -417,6 +417,14 @@ impl CrmApi for SandboxCrm {
         objects::objects_where(&self.pool, &self.tenant, object, field, values).await
     }
 
+    async fn person_fields(&self, object: CrmObject) -> Result<Vec<crmsync_connector::FieldInfo>, ConnectorError> {
+        match object {
+            CrmObject::Lead => Ok(crate::schema::data_fields(&LEAD)),
+            CrmObject::Contact => Ok(crate::schema::data_fields(&CONTACT)),
+            other => Err(ConnectorError::Fatal(format!("{other} is not a person object"))),
+        }
+    }
+
     async fn write_people(&self, object: CrmObject, writes: &[CrmWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
         let def = writable(object)?;
         if writes.len() > crmsync_connector::MAX_WRITES_PER_CALL {

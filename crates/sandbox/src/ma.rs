@@ -213,6 +213,10 @@ impl MaApi for SandboxMa {
         Ok(rows.into_iter().filter_map(|(p, a)| CrmId::parse(&a).ok().map(|a| (p, a))).collect())
     }
 
+    async fn prospect_fields(&self) -> Result<Vec<crmsync_connector::FieldInfo>, ConnectorError> {
+        Ok(crate::schema::data_fields(&PROSPECT))
+    }
+
     async fn write_prospects(&self, writes: &[ProspectWrite]) -> Result<Vec<WriteOutcome>, ConnectorError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let out = if distinct_ids(writes) {

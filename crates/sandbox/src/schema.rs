@@ -88,6 +88,7 @@ pub static PROSPECT: ObjectDef = ObjectDef {
         text("crmContactFid", "crm_contact_fid", 18),
         typed("assignedUserId", "assigned_user_id", Kind::Int),
         typed("isDeleted", "is_deleted", Kind::Bool),
+        text("Preferred_Language__c", "preferred_language", 40),
     ],
     required: &["email"],
     user_writable: true,
@@ -115,6 +116,7 @@ pub static LEAD: ObjectDef = ObjectDef {
         typed("IsConverted", "is_converted", Kind::Bool),
         text("ConvertedContactId", "converted_contact_id", 18),
         typed("IsDeleted", "is_deleted", Kind::Bool),
+        text("Preferred_Language__c", "preferred_language", 40),
     ],
     required: &["LastName", "Company"],
     user_writable: true,
@@ -138,6 +140,7 @@ pub static CONTACT: ObjectDef = ObjectDef {
         text("AccountId", "account_id", 18),
         text("OwnerId", "owner_id", 18),
         typed("IsDeleted", "is_deleted", Kind::Bool),
+        text("Preferred_Language__c", "preferred_language", 40),
     ],
     required: &["LastName"],
     user_writable: true,
@@ -279,6 +282,31 @@ pub static CSQL_OPPORTUNITY: ObjectDef = ObjectDef {
     required: &["Name", "CloseDate"],
     user_writable: true,
 };
+
+impl Kind {
+    /// The type as a schema listing names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Bool => "boolean",
+            Kind::Int => "integer",
+            Kind::Decimal => "number",
+            Kind::Date => "date",
+        }
+    }
+}
+
+/// The data fields of a person object (prospect, lead, contact), as the
+/// sandbox's schema describes them: every column but the system ones (ids,
+/// links, owner, lifecycle flags, what the engine itself writes), which
+/// no mapping may name.
+pub fn data_fields(def: &ObjectDef) -> Vec<crmsync_connector::FieldInfo> {
+    def.columns
+        .iter()
+        .filter(|c| !crate::store::is_attribute(c.api) && !matches!(c.api, "CSQL_Created_By__c" | "AccountId"))
+        .map(|c| crmsync_connector::FieldInfo { name: c.api.to_owned(), kind: c.kind.as_str().to_owned(), custom: c.api.ends_with("__c") })
+        .collect()
+}
 
 /// Every object, for look-up by name.
 pub static OBJECTS: [&ObjectDef; 8] =

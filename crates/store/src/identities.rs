@@ -570,3 +570,26 @@ pub async fn prospects_of_crm(pool: &PgPool, connection_id: &str, crm_ids: &[Str
     .fetch_all(pool)
     .await
 }
+
+/// An identity tied to both a prospect and a CRM record, linked or in the
+/// recycle bin: what a mapping or sync-scope change can affect.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PairRow {
+    pub id: Uuid,
+    pub status: String,
+    pub prospect_id: i64,
+    pub crm_object: String,
+    pub crm_id: String,
+}
+
+/// Every linked or recycled pair of a connection, in prospect order.
+pub async fn pairs<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<Vec<PairRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, status, prospect_id, crm_object, crm_id FROM identities \
+         WHERE connection_id = $1 AND status IN ('linked', 'recycled') AND prospect_id IS NOT NULL AND crm_id IS NOT NULL \
+         ORDER BY prospect_id",
+    )
+    .bind(connection_id)
+    .fetch_all(e)
+    .await
+}
