@@ -11,6 +11,7 @@
 
 pub mod errors;
 pub mod pages;
+pub mod pause;
 pub mod records;
 pub mod session;
 pub mod sign_in;
@@ -84,8 +85,11 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(pages::overview))
         .route("/connections/{id}", get(pages::connection))
         .route("/connections/{id}/settings", post(pages::change_setting))
+        .route("/connections/{id}/pause", post(pause::pause))
+        .route("/connections/{id}/resume", post(pause::resume))
         .route("/audit", get(pages::audit))
         .route("/records", get(records::lookup))
+        .route("/records/sync-now", post(records::sync_now))
         .route("/errors", get(errors::list))
         .route("/errors/{id}", get(errors::show))
         .route("/errors/dismiss", post(errors::dismiss))
@@ -135,4 +139,7 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ("POST /connections/{id}/settings", "crmsync connection set default csql.record_type opportunity --yes"),
     ("POST /errors/dismiss (an id)", "crmsync errors dismiss 42"),
     ("POST /errors/dismiss (a category)", "crmsync errors dismiss --category invalid_email -c default"),
+    ("POST /connections/{id}/pause", "crmsync connection pause default"),
+    ("POST /connections/{id}/resume", "crmsync connection resume default"),
+    ("POST /records/sync-now", "crmsync records sync-now -c default jane@example.com"),
 ];
