@@ -67,14 +67,15 @@ fn records(batch: &ApplyBatch) -> usize {
     batch.commands.len() + batch.mirrors.len() + batch.csqls.len()
 }
 
-/// Each connection's pace, read from its settings at most once every
-/// [`PaceBook::MAX_AGE`] per replica: a budget an admin changes is followed
-/// within about a second (see `crmsync_infra::budget`), at the cost of one
-/// small query a second per connection with batch work in hand.
+/// Each connection's pace, and whether it is paused, read from its
+/// settings at most once every [`PaceBook::MAX_AGE`] per replica: a budget
+/// an admin changes, or a pause, is followed within about a second (see
+/// `crmsync_infra::budget`), at the cost of one small query a second per
+/// connection with batch work in hand.
 #[derive(Debug)]
 pub struct PaceBook {
     pool: PgPool,
-    known: Mutex<HashMap<String, (Instant, Pace)>>,
+    known: Mutex<HashMap<String, (Instant, Pace, bool)>>,
 }
 
 impl PaceBook {
@@ -84,31 +85,48 @@ impl PaceBook {
         PaceBook { pool, known: Mutex::default() }
     }
 
-    fn cached(&self, connection_id: &str) -> Option<(Instant, Pace)> {
+    fn cached(&self, connection_id: &str) -> Option<(Instant, Pace, bool)> {
         self.known.lock().unwrap_or_else(|p| p.into_inner()).get(connection_id).copied()
+    }
+
+    /// The pace and whether the connection is paused, as read at most
+    /// [`PaceBook::MAX_AGE`] ago.
+    async fn current(&self, connection_id: &str) -> (Pace, bool) {
+        let cached = self.cached(connection_id);
+        if let Some((_, pace, paused)) = cached.filter(|(at, _, _)| at.elapsed() < Self::MAX_AGE) {
+            return (pace, paused);
+        }
+        match connections::load_with_pause(&self.pool, connection_id).await {
+            Ok((s, since)) => {
+                let pace = Pace { per_hour: s.batch_budget_per_hour, burst: s.batch_burst };
+                let paused = since.is_some();
+                self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(connection_id.to_owned(), (Instant::now(), pace, paused));
+                (pace, paused)
+            }
+            Err(e) => {
+                // The last pace known, or the default, until the database
+                // answers again: pacing on never stops for a read. (A pause
+                // missed meanwhile is still caught: the applier reads it
+                // again with the settings before it writes.)
+                tracing::warn!(connection_id, error = %e, "cannot read the batch budget; pacing on at the last one known");
+                cached.map_or((Pace { per_hour: DEFAULT_BATCH_BUDGET_PER_HOUR, burst: DEFAULT_BATCH_BURST }, false), |(_, p, paused)| {
+                    (p, paused)
+                })
+            }
+        }
+    }
+
+    /// Whether the connection is paused, as read at most
+    /// [`PaceBook::MAX_AGE`] ago.
+    pub async fn paused(&self, connection_id: &str) -> bool {
+        self.current(connection_id).await.1
     }
 }
 
 #[async_trait]
 impl PaceSource for PaceBook {
     async fn pace(&self, connection_id: &str) -> Pace {
-        let cached = self.cached(connection_id);
-        if let Some((_, pace)) = cached.filter(|(at, _)| at.elapsed() < Self::MAX_AGE) {
-            return pace;
-        }
-        match connections::load(&self.pool, connection_id).await {
-            Ok(s) => {
-                let pace = Pace { per_hour: s.batch_budget_per_hour, burst: s.batch_burst };
-                self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(connection_id.to_owned(), (Instant::now(), pace));
-                pace
-            }
-            Err(e) => {
-                // The last pace known, or the default, until the database
-                // answers again: pacing on never stops for a read.
-                tracing::warn!(connection_id, error = %e, "cannot read the batch budget; pacing on at the last one known");
-                cached.map_or(Pace { per_hour: DEFAULT_BATCH_BUDGET_PER_HOUR, burst: DEFAULT_BATCH_BURST }, |(_, p)| p)
-            }
-        }
+        self.current(connection_id).await.0
     }
 }
 
@@ -117,6 +135,12 @@ impl PaceSource for PaceBook {
 /// budget on them. The pace is read again before every chunk, so a changed
 /// budget applies within a second; on shutdown the message goes back to the
 /// queue between chunks, and whoever takes it next skips the chunks done.
+///
+/// While the connection is paused the message waits here, between chunks,
+/// looking again once a second: its queue is the connection's own, so no
+/// other connection's work waits behind it, and waiting in place costs no
+/// round trips (a backlog of thousands of messages going round the hold
+/// queue would). On resume it goes on from the next chunk.
 pub async fn process_paced(
     applier: &Applier,
     budget: &BatchBudget,
@@ -141,6 +165,13 @@ pub async fn process_paced(
     loop {
         if shutdown.is_cancelled() {
             return Err(StageError::Requeue("shutting down between batch-lane chunks".into()));
+        }
+        if paces.paused(&batch.connection_id).await {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(StageError::Requeue("shutting down while the connection is paused".into())),
+                _ = tokio::time::sleep(PaceBook::MAX_AGE) => {}
+            }
+            continue;
         }
         let pace = paces.pace(&batch.connection_id).await;
         let Some(chunk) = next_chunk(&mut rest, pace.burst as usize) else { return Ok(()) };
@@ -209,7 +240,14 @@ pub async fn export_figures(pool: PgPool, broker: Arc<Broker>, allowances: ApiAl
                     metrics::gauge!(crmsync_infra::metrics::QUEUE_DEPTH, "queue" => q).set(f64::from(depth));
                 }
             }
+            // Paused or running, per connection; unknown when the read
+            // failed (the gauges keep their last values then).
+            let paused = connections::all_paused(&pool).await.ok();
             for id in ids {
+                if let Some(paused) = &paused {
+                    let on = paused.iter().any(|(p, _)| *p == id);
+                    metrics::gauge!(crmsync_infra::metrics::CONNECTION_PAUSED, "connection" => id.clone()).set(if on { 1.0 } else { 0.0 });
+                }
                 let Ok(f) = batch_figures(&pool, &id).await else { continue };
                 // The API calls of the last 24 hours, per system and kind,
                 // and the ETA they allow (I8).

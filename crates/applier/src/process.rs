@@ -170,9 +170,9 @@ impl Applier {
     }
 
     async fn apply_all(&self, batch: &ApplyBatch, spans: &RecordSpans) -> Result<(), StageError> {
-        let settings = crmsync_store::connections::load(&self.pool, &batch.connection_id)
+        let settings = crmsync_store::connections::load_running(&self.pool, &batch.connection_id)
             .await
-            .map_err(|e| StageError::missing_or_retry(e.is_unknown(), e.to_string()))?;
+            .map_err(|e| StageError::of_connection(e.is_unknown(), e.is_paused(), e.to_string()))?;
         let systems = self.factory.systems(&batch.connection_id, &settings).await?;
         // Commands per identity, in arrival order.
         let mut by_identity: Vec<Commands<'_>> = Vec::new();
@@ -901,9 +901,13 @@ impl Applier {
         }
         let mut done = 0;
         for (connection_id, entries) in by_connection {
-            let settings = crmsync_store::connections::load(&self.pool, &connection_id)
-                .await
-                .map_err(|e| StageError::missing_or_retry(e.is_unknown(), e.to_string()))?;
+            let settings = match crmsync_store::connections::load_running(&self.pool, &connection_id).await {
+                Ok(s) => s,
+                // A paused connection's reconciliations wait for its
+                // resume; the other connections' go on.
+                Err(e) if e.is_paused() => continue,
+                Err(e) => return Err(StageError::of_connection(e.is_unknown(), false, e.to_string())),
+            };
             let systems = self.factory.systems(&connection_id, &settings).await?;
             let reconciler = Reconciler {
                 pool: &self.pool,

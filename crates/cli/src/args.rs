@@ -65,6 +65,9 @@ pub enum Command {
     /// Inspect and change connections.
     #[command(subcommand)]
     Connection(ConnectionCmd),
+    /// Work on one record: sync it now.
+    #[command(subcommand)]
+    Records(RecordsCmd),
     /// Work with the sandbox systems by hand.
     #[command(subcommand)]
     Sandbox(SandboxCmd),
@@ -364,6 +367,13 @@ pub enum ConnectionCmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Pause a connection: nothing is written to its systems and its change
+    /// cursors hold still until it is resumed; messages already queued for
+    /// it are held back. Recorded in the admin audit log.
+    Pause { id: String },
+    /// Resume a paused connection: it catches up from its held cursors, in
+    /// order, losing nothing. Recorded in the admin audit log.
+    Resume { id: String },
     /// Mirror a CRM custom object read-only into the MA (R6).
     AddCustomObject {
         id: String,
@@ -469,6 +479,21 @@ pub enum ScopeCmd {
     Clear {
         #[arg(long)]
         preview: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecordsCmd {
+    /// Read both sides of a record again (its prospect and its lead or
+    /// contact) and send them through the immediate lane, to be matched and
+    /// applied like a detected change. Refused on a paused connection.
+    /// Recorded in the admin audit log.
+    SyncNow {
+        /// The connection.
+        #[arg(long, short = 'c', default_value = "default")]
+        connection: String,
+        /// An email, a prospect id or a CRM id (15 or 18 characters).
+        key: String,
     },
 }
 

@@ -3,7 +3,8 @@
 //! Changing a CSQL option goes through its guard (R9): `csql.target` cannot
 //! switch while either CS object (lead or opportunity) holds records, and `csql.record_type`
 //! first says what configuration changes with it and needs `--yes`. Every
-//! change is written to the admin audit log, as the console's are.
+//! change is written to the admin audit log, as the console's are, and
+//! so are pausing and resuming a connection.
 
 use anyhow::bail;
 use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
@@ -54,6 +55,8 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: ConnectionCmd) -> anyhow::
         }
         ConnectionCmd::Mapping { id, json, change } => crate::mapping_cmd::mapping(config, pool, &id, json, change).await?,
         ConnectionCmd::Scope { id, json, change } => crate::mapping_cmd::scope(config, pool, &id, json, change).await?,
+        ConnectionCmd::Pause { id } => pause(pool, &id, true).await?,
+        ConnectionCmd::Resume { id } => pause(pool, &id, false).await?,
         ConnectionCmd::Set { id, key, value, yes } => {
             for line in set(config, pool, &id, &key, &value, yes).await? {
                 outln!("  - {line}");
@@ -74,4 +77,15 @@ pub async fn set(config: &Config, pool: &PgPool, id: &str, key: &str, value: &st
         Err(e) if settings::needs_confirmation(&e) => Err(anyhow::anyhow!("{e}\nrun it again with --yes to switch")),
         Err(e) => Err(e),
     }
+}
+
+/// Pauses or resumes a connection through [`crmsync_ops::pause::set_paused`]
+/// (audited as the operating-system user running the command).
+async fn pause(pool: &PgPool, id: &str, paused: bool) -> anyhow::Result<()> {
+    let change = crmsync_ops::pause::set_paused(pool, &Actor::cli(), id, paused).await?;
+    outln!("{}", change.describe());
+    if change.changed() && !paused {
+        outln!("{id} catches up from its held cursors at the producer's next poll");
+    }
+    Ok(())
 }

@@ -17,6 +17,7 @@ mod errors_cmd;
 mod mapping_cmd;
 mod mirror_check;
 pub mod progress;
+mod records_cmd;
 pub use crmsync_ops::pii;
 pub mod report;
 mod sandbox_cmd;
@@ -159,6 +160,7 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Console { cmd: Some(cmd) } => console_cmd::run(&connect(&config).await?, cmd).await?,
         Command::Connection(cmd) => connection_cmd::run(&config, &connect(&config).await?, cmd).await?,
+        Command::Records(cmd) => records_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Sandbox(cmd) => sandbox_cmd::run(&config, &connect(&config).await?, cmd).await?,
         Command::Demo(args) => return demo::run(&config, args).await,
         Command::Bench(args::BenchCmd::Suite(args)) => bench::suite::run(&config, args).await?,

@@ -21,6 +21,15 @@ fn text(s: &Status) -> std::io::Result<()> {
     for c in &s.connections {
         let i = &c.identities;
         outln!("Connection {}", c.id);
+        match c.paused_since {
+            Some(since) => outln!(
+                "  state                PAUSED since {} by {}: nothing is written, cursors hold (`crmsync connection resume {}`)",
+                since.format("%Y-%m-%d %H:%M:%S UTC"),
+                c.paused_by.as_deref().unwrap_or("?"),
+                c.id
+            ),
+            None => outln!("  state                running"),
+        }
         outln!("  in sync              {}", i.in_sync);
         outln!("  pending assignment   {}", i.pending_assignment);
         outln!("  being created        {}", i.being_created);

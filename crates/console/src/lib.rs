@@ -12,6 +12,7 @@
 pub mod errors;
 pub mod mapping;
 pub mod pages;
+pub mod pause;
 pub mod records;
 pub mod session;
 pub mod sign_in;
@@ -87,8 +88,11 @@ pub fn router(state: AppState) -> Router {
         .route("/connections/{id}/settings", post(pages::change_setting))
         .route("/connections/{id}/mapping", get(mapping::show).post(mapping::change))
         .route("/connections/{id}/scope", get(mapping::show_scope).post(mapping::change_scope))
+        .route("/connections/{id}/pause", post(pause::pause))
+        .route("/connections/{id}/resume", post(pause::resume))
         .route("/audit", get(pages::audit))
         .route("/records", get(records::lookup))
+        .route("/records/sync-now", post(records::sync_now))
         .route("/errors", get(errors::list))
         .route("/errors/export.csv", get(errors::export_csv))
         .route("/errors/{id}", get(errors::show))
@@ -149,4 +153,7 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ("POST /connections/{id}/scope (preview)", "crmsync connection scope default set --rule lead.Status:not_equals:Closed --preview"),
     ("POST /connections/{id}/scope (set)", "crmsync connection scope default set --rule LeadSource:in:Web,Event --rule Email:contains:@"),
     ("POST /connections/{id}/scope (clear)", "crmsync connection scope default clear"),
+    ("POST /connections/{id}/pause", "crmsync connection pause default"),
+    ("POST /connections/{id}/resume", "crmsync connection resume default"),
+    ("POST /records/sync-now", "crmsync records sync-now -c default jane@example.com"),
 ];

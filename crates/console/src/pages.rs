@@ -1,6 +1,7 @@
 //! The console's pages, each with its JSON twin (the same path with
 //! `Accept: application/json`): the overview of every connection, one
-//! connection's settings (and changing them), the admin audit log.
+//! connection's settings (and changing them) with its pause state
+//! (`crate::pause`), the admin audit log.
 //!
 //! The overview is what `crmsync status --json` prints, gathered by the
 //! same function; a setting changes through the same guarded, audited
@@ -52,13 +53,14 @@ fn overview_body(s: &Status) -> Markup {
         @if let Some(e) = &s.redis_error { p.error { (e) } }
         table {
             tr {
-                th { "Connection" } th { "In sync" } th { "Pending assignment" } th { "Being created" } th { "Creation failed" } th { "Recycled" }
+                th { "Connection" } th { "State" } th { "In sync" } th { "Pending assignment" } th { "Being created" } th { "Creation failed" } th { "Recycled" }
                 th { "Immediate lane" } th { "Batch backlog" } th { "Budget / hour" } th { "Used, last hour" } th { "Done in" } th { "API calls, 24 h" }
                 th { "Last change detected" } th { "Last write" } th { "Open sync errors" }
             }
             @for c in &s.connections {
                 tr {
                     td { a href=(format!("/connections/{}", c.id)) { (c.id) } }
+                    td { @if c.paused { strong { "paused" } } @else { "running" } }
                     td.n { (c.identities.in_sync) }
                     td.n { (c.identities.pending_assignment) }
                     td.n { (c.identities.being_created) }
@@ -169,11 +171,18 @@ async fn settings_page(state: &AppState, who: &Principal, id: &str, headers: &He
         Err(e) => return unavailable(headers, Some(who), &e.into()),
     };
     let settable: Vec<Settable> = KEYS.iter().map(|(key, help)| Settable { key, value: settings::value_of(&s, key), help }).collect();
+    let paused = match connections::paused(&state.pool, id, false).await {
+        Ok(p) => p,
+        Err(e) => return unavailable(headers, Some(who), &e.into()),
+    };
     answer(
         headers,
         code,
-        || json!({ "id": id, "settable": settable, "settings": s }),
-        || page(&format!("Connection {id}"), Some(who), settings_body(who, id, &s, &settable, &outcome)),
+        || json!({ "id": id, "paused": paused, "settable": settable, "settings": s }),
+        || {
+            let body = html! { (crate::pause::controls(who, id, paused.as_ref())) (settings_body(who, id, &s, &settable, &outcome)) };
+            page(&format!("Connection {id}"), Some(who), body)
+        },
     )
 }
 

@@ -5,15 +5,22 @@
 //! side, fields old → new, lane, outcome and the record's trace id (a link
 //! when `console.trace_url` is set). Emails are redacted as everywhere in
 //! the console.
+//!
+//! **Sync now** (admins, with the session's CSRF token): `POST
+//! /records/sync-now` reads both sides of the record again and sends them
+//! through the immediate lane, through the same function as `crmsync
+//! records sync-now` ([`crmsync_ops::records::sync_now`]), which writes
+//! the admin audit entry. Refused on a paused connection.
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
-use crmsync_domain::{CrmId, Email};
+use axum::Json;
+use axum::extract::{FromRequest, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use crmsync_ops::pii::Pii;
-use crmsync_ops::records::{FieldPair, SideBySide};
+use crmsync_ops::records::{RecordKey, SyncNowError};
+use crmsync_ops::values::{FieldPair, SideBySide};
 use crmsync_store::audit::{self, HistoryEntry};
-use crmsync_store::connections;
+use crmsync_store::connections::{self, ConnectionError};
 use crmsync_store::identities::{self, IdentityRow, Keys};
 use crmsync_systems::SystemsFactory;
 use maud::{Markup, html};
@@ -22,8 +29,9 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::pages::{answer, unavailable};
-use crate::session::Principal;
-use crate::view::page;
+use crate::session::{Principal, wants_json};
+use crate::users::Role;
+use crate::view::{csrf_field, page};
 
 /// History entries shown per record.
 const HISTORY: i64 = 200;
@@ -35,18 +43,9 @@ pub struct Lookup {
     q: Option<String>,
 }
 
-/// What a lookup text names.
+/// What a lookup text names (the one parser, shared with Sync now and the CLI).
 fn keys_of(q: &str) -> Result<Keys, String> {
-    let q = q.trim();
-    if q.contains('@') {
-        let email = Email::parse(q).map_err(|e| format!("not an email: {e}"))?;
-        return Ok(Keys { emails: vec![email.as_str().to_owned()], ..Keys::default() });
-    }
-    if let Ok(prospect) = q.parse::<i64>() {
-        return Ok(Keys { prospect_ids: vec![prospect], ..Keys::default() });
-    }
-    let id = CrmId::parse(q).map_err(|e| format!("not an email, a prospect id or a CRM id: {e}"))?;
-    Ok(Keys { crm_ids: vec![id.as_str().to_owned()], ..Keys::default() })
+    RecordKey::parse(q).map(|k| k.keys())
 }
 
 /// An identity as shown: its link, not its field state.
@@ -123,7 +122,7 @@ pub async fn lookup(State(state): State<AppState>, who: Principal, Query(l): Que
                 .collect();
             json!({ "identities": identities })
         },
-        || page("Record lookup", Some(&who), results(&connection, &q, &found, &current, pii, trace_url)),
+        || page("Record lookup", Some(&who), results(&who, &connection, &q, &found, &current, pii, trace_url)),
     )
 }
 
@@ -134,7 +133,7 @@ async fn current_values(state: &AppState, connection: &str, i: &IdentityRow) -> 
         let settings = connections::load(&state.pool, connection).await?;
         let factory = SystemsFactory::from_config(&state.config, &state.pool).await?;
         let crm = i.crm_object().zip(i.crm_id());
-        Ok::<_, anyhow::Error>(crmsync_ops::records::current(&factory, connection, &settings, i.prospect_id, crm).await?)
+        Ok::<_, anyhow::Error>(crmsync_ops::values::current(&factory, connection, &settings, i.prospect_id, crm).await?)
     };
     read.await.map_err(|e| format!("could not read the systems: {e:#}"))
 }
@@ -176,6 +175,94 @@ fn history_json(e: &HistoryEntry, pii: Pii, trace_url: Option<&str>) -> Value {
     })
 }
 
+/// A Sync now form.
+#[derive(Debug, Deserialize)]
+struct SyncNowForm {
+    #[serde(default)]
+    connection: Option<String>,
+    q: String,
+    #[serde(default)]
+    csrf: Option<String>,
+}
+
+/// `POST /records/sync-now`: `connection` (`default` when omitted), `q` (an
+/// email, a prospect id or a CRM id) and `csrf`, as a form or JSON.
+pub async fn sync_now(State(state): State<AppState>, who: Principal, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let is_json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("application/json"));
+    let form = if is_json {
+        Json::<SyncNowForm>::from_request(req, &state).await.map(|Json(f)| f).map_err(IntoResponse::into_response)
+    } else {
+        axum::Form::<SyncNowForm>::from_request(req, &state).await.map(|axum::Form(f)| f).map_err(IntoResponse::into_response)
+    };
+    let form = match form {
+        Ok(f) => f,
+        Err(refused) => return refused,
+    };
+    if let Err(refusal) = who.may_change(form.csrf.as_deref(), &headers) {
+        let msg = refusal.message();
+        return answer(
+            &headers,
+            StatusCode::FORBIDDEN,
+            || json!({ "error": msg }),
+            || page("Refused", Some(&who), html! { p.error { (msg) } }),
+        );
+    }
+    let connection = form.connection.filter(|c| !c.is_empty()).unwrap_or_else(|| "default".to_owned());
+    let pii = Pii::default();
+    let back = format!(
+        "/records?{}",
+        serde_urlencoded::to_string([("connection", connection.as_str()), ("q", form.q.as_str())]).unwrap_or_default()
+    );
+    match crmsync_ops::records::sync_now(&state.config, &state.pool, &who.actor(), &connection, &form.q).await {
+        Ok(done) => {
+            tracing::info!(user = %who.user.name, %connection, sent = done.published.len(), "console: record synced now");
+            if wants_json(&headers) {
+                return Json(json!(done)).into_response();
+            }
+            let body = html! {
+                @for r in &done.published { p.notice { "Sent " code { (r) } " through the immediate lane." } }
+                @for r in &done.gone { p.error { "Not sent: " (pii.text(r)) } }
+                p { a href=(back) { "Back to the record" } }
+            };
+            page("Sync now", Some(&who), body).into_response()
+        }
+        Err(e) => {
+            let code = match &e {
+                SyncNowError::BadKey(_) => StatusCode::BAD_REQUEST,
+                SyncNowError::NotFound { .. } | SyncNowError::Connection(ConnectionError::Unknown(_)) => StatusCode::NOT_FOUND,
+                // Paused: the admin resumes it first.
+                SyncNowError::Connection(ConnectionError::Paused { .. }) => StatusCode::CONFLICT,
+                SyncNowError::Connection(ConnectionError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+                SyncNowError::Connection(ConnectionError::Db(_)) | SyncNowError::Other(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let msg = pii.text(&format!("{:#}", anyhow::Error::from(e))).into_owned();
+            answer(
+                &headers,
+                code,
+                || json!({ "error": msg }),
+                || page("Sync now", Some(&who), html! { p.error { (msg) } p { a href=(back) { "Back to the record" } } }),
+            )
+        }
+    }
+}
+
+/// The Sync now button, for an admin's session.
+fn sync_now_button(who: &Principal, connection: &str, q: &str) -> Markup {
+    let csrf = who.csrf().filter(|_| who.user.role == Role::Admin);
+    html! {
+        @if let Some(csrf) = csrf {
+            form.inline method="post" action="/records/sync-now" {
+                (csrf_field(csrf))
+                input type="hidden" name="connection" value=(connection);
+                input type="hidden" name="q" value=(q);
+                button type="submit" { "Sync now" }
+                span.help { " reads both sides again and sends the record through the immediate lane" }
+            }
+        }
+    }
+}
+
 fn form(connection: &str, q: &str, error: Option<&str>) -> Markup {
     html! {
         @if let Some(e) = error { p.error { (e) } }
@@ -209,6 +296,7 @@ fn changes(values: Option<&Value>, pii: Pii) -> Markup {
 }
 
 fn results(
+    who: &Principal,
     connection: &str,
     q: &str,
     found: &[(IdentityRow, Vec<HistoryEntry>)],
@@ -227,6 +315,7 @@ fn results(
     html! {
         (form(connection, q, None))
         @if found.is_empty() { p { "No identity of connection " code { (connection) } " has that key." } }
+        (sync_now_button(who, connection, q))
         @for ((i, history), now) in found.iter().zip(current) {
             h2 { "Identity " code { (i.id) } }
             table {

@@ -8,7 +8,14 @@
 //!                         ── apply.immediate ──────▶ {prefix}.apply.immediate ──────▶ applier
 //!                         ── apply.batch.{conn} ───▶ {prefix}.apply.batch.{conn} ───▶ applier (paced)
 //! {prefix}.dead  (direct) ── match / apply ────────▶ {prefix}.match.dead, {prefix}.apply.dead
+//! {prefix}.hold  (fanout) ─────────────────────────▶ {prefix}.hold ──(after amqp.hold_ms)──▶ {prefix}.work
 //! ```
+//!
+//! The hold queue keeps messages of paused connections out of the way: a
+//! stage that meets one republishes it there with its routing key, and
+//! after `amqp.hold_ms` the broker dead-letters it back to the work
+//! exchange, under that same key, to be looked at again (see
+//! `crate::worker`). It has no consumer and costs nothing while empty.
 //!
 //! Work queues are quorum queues with a delivery limit: a message that keeps
 //! failing (or keeps crashing its consumer) is dead-lettered after a bounded
@@ -77,11 +84,47 @@ pub struct Topology {
     prefix: String,
     delivery_limit: u32,
     queue_expires_ms: Option<u64>,
+    hold_ms: u64,
 }
 
 impl Topology {
     pub fn new(cfg: &AmqpConfig) -> Self {
-        Topology { prefix: cfg.prefix.clone(), delivery_limit: cfg.delivery_limit, queue_expires_ms: cfg.queue_expires_ms }
+        Topology {
+            prefix: cfg.prefix.clone(),
+            delivery_limit: cfg.delivery_limit,
+            queue_expires_ms: cfg.queue_expires_ms,
+            hold_ms: cfg.hold_ms,
+        }
+    }
+
+    /// Where messages of paused connections wait (see the module).
+    pub fn hold_exchange(&self) -> String {
+        format!("{}.hold", self.prefix)
+    }
+
+    /// The one queue of the hold exchange.
+    pub fn hold_queue(&self) -> String {
+        format!("{}.hold", self.prefix)
+    }
+
+    /// The hold queue: every message expires after `amqp.hold_ms` (its own
+    /// expiration, set when it is held, so that changing the setting never
+    /// makes the queue's declaration differ between replicas) and is
+    /// dead-lettered to the work exchange under its own routing key (no
+    /// `x-dead-letter-routing-key`), back to the queue it came from. At
+    /// least once, so that a message is never lost on its way back (I1):
+    /// the quorum queue republishes it with confirms, which needs
+    /// `reject-publish` overflow.
+    fn hold_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from(self.work_exchange())));
+        args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString(LongString::from("at-least-once")));
+        args.insert("x-overflow".into(), AMQPValue::LongString(LongString::from("reject-publish")));
+        if let Some(ms) = self.queue_expires_ms {
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(ms as i64));
+        }
+        args
     }
 
     pub fn work_exchange(&self) -> String {
@@ -161,6 +204,18 @@ impl Topology {
         for (stage, lane, _) in self.shared_queues() {
             self.declare_queue(channel, stage, lane, "").await?;
         }
+        let fanout = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel.exchange_declare(self.hold_exchange().into(), ExchangeKind::Fanout, fanout, FieldTable::default()).await?;
+        channel.queue_declare(self.hold_queue().into(), qopts, self.hold_args()).await?;
+        channel
+            .queue_bind(
+                self.hold_queue().into(),
+                self.hold_exchange().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         Ok(())
     }
 
@@ -189,7 +244,7 @@ impl Topology {
     /// the demo clean up after themselves).
     pub async fn delete_all(&self, channel: &Channel, connections: &[String]) -> Result<(), AmqpError> {
         let mut names: Vec<String> = self.work_queues(connections).into_iter().map(|(_, _, q)| q).collect();
-        names.extend([self.dead_queue(Stage::Match), self.dead_queue(Stage::Apply)]);
+        names.extend([self.dead_queue(Stage::Match), self.dead_queue(Stage::Apply), self.hold_queue()]);
         for q in names {
             channel.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
         }
@@ -254,13 +309,22 @@ pub struct Outgoing {
 pub struct Publisher {
     channel: Channel,
     exchange: String,
+    hold: String,
+    hold_ms: u64,
 }
 
 impl Publisher {
     pub async fn new(conn: &Connection, topology: &Topology) -> Result<Self, AmqpError> {
         let channel = conn.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Publisher { channel, exchange: topology.work_exchange() })
+        Ok(Publisher { channel, exchange: topology.work_exchange(), hold: topology.hold_exchange(), hold_ms: topology.hold_ms.max(1) })
+    }
+
+    /// Publishes messages of a paused connection to the hold queue, each
+    /// under the routing key it came with, confirmed: the caller may ack
+    /// the delivery it holds once this returns.
+    pub async fn hold_confirmed(&self, messages: Vec<Outgoing>) -> Result<(), AmqpError> {
+        self.publish_to(&self.hold, Some(self.hold_ms.to_string()), messages).await
     }
 
     /// Whether its channel is still open (it dies with its connection, or
@@ -273,6 +337,10 @@ impl Publisher {
     /// one of them as stored. Only then may the caller treat them as sent
     /// (advance a cursor, ack the input): I1.
     pub async fn publish_confirmed(&self, messages: Vec<Outgoing>) -> Result<(), AmqpError> {
+        self.publish_to(&self.exchange, None, messages).await
+    }
+
+    async fn publish_to(&self, exchange: &str, expiration: Option<String>, messages: Vec<Outgoing>) -> Result<(), AmqpError> {
         let mut pending = Vec::with_capacity(messages.len());
         for mut m in messages {
             // One span per message, open until the broker confirms it; its
@@ -293,15 +361,18 @@ impl Publisher {
             for (k, v) in m.headers {
                 headers.insert(ShortString::from(k), AMQPValue::LongString(LongString::from(v)));
             }
-            let props = BasicProperties::default()
+            let mut props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into())
                 .with_message_id(m.message_id.into())
                 .with_headers(headers);
+            if let Some(ms) = &expiration {
+                props = props.with_expiration(ms.clone().into());
+            }
             let confirm = self
                 .channel
                 .basic_publish(
-                    self.exchange.clone().into(),
+                    exchange.to_owned().into(),
                     m.routing_key.clone().into(),
                     BasicPublishOptions { mandatory: true, ..Default::default() },
                     &m.body,

@@ -87,6 +87,12 @@ pub struct AmqpConfig {
     /// queue's depth), may take before it fails: a broker that accepts TCP
     /// and never answers must not hold a tier or a command.
     pub timeout_ms: u64,
+    /// How long a message for a paused connection waits in the hold queue
+    /// before it goes back to its work queue to be looked at again (see
+    /// `crate::worker`): the longest a held message lags a resume, and
+    /// what a paused connection's messages cost (one round trip each per
+    /// period). May differ between replicas and change at any time.
+    pub hold_ms: u64,
 }
 
 impl Default for AmqpConfig {
@@ -98,6 +104,7 @@ impl Default for AmqpConfig {
             delivery_limit: 5,
             queue_expires_ms: None,
             timeout_ms: 10_000,
+            hold_ms: 5_000,
         }
     }
 }

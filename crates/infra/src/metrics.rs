@@ -22,6 +22,9 @@ pub const LOCK_CONTENTION: &str = "crmsync_lock_contention_total";
 pub const BROKER_RECONNECTS: &str = "crmsync_broker_reconnects_total";
 /// Sync errors recorded, by category (counter).
 pub const SYNC_ERRORS: &str = "crmsync_sync_errors_total";
+/// 1 while a connection is paused by an admin, 0 while it runs, by
+/// connection (gauge).
+pub const CONNECTION_PAUSED: &str = "crmsync_connection_paused";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

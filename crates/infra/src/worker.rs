@@ -21,6 +21,22 @@
 //!   lane for every connection; it is given back to the queue at once
 //!   instead, which counts the delivery, and past the queue's
 //!   delivery limit the broker dead-letters it (`crmsync dead-letters`).
+//! - `Held`: the message's connection is paused (issue 28): nothing may be
+//!   written for it, and it must not be lost either. Retried in place it
+//!   would hold a consumer slot for as long as the pause lasts, and a few
+//!   of them would stall the shared lanes for every other connection;
+//!   given back at once it would spin hot and burn its delivery limit.
+//!   Instead the worker republishes it, confirmed, to the hold queue
+//!   (`crate::amqp`), under its own routing key, and only then acks it.
+//!   After `amqp.hold_ms` the broker sends it back to its work queue, where
+//!   it is looked at again: still paused, it goes round once more (one
+//!   round trip per message and period, no consumer slot held); resumed,
+//!   it is handled as usual. The publish is a new message, so the delivery
+//!   limit, which counts failures, is not spent on a pause. If the hold
+//!   publish fails, the delivery is retried in place like any transient
+//!   failure. Batch-lane messages, whose queues are per connection, are
+//!   not held this way: the applier waits on them in place (no one else's
+//!   work is behind them), at no cost per message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +52,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
-use crate::amqp::{self, AmqpError};
+use crate::amqp::{self, AmqpError, Outgoing, Publisher};
 use crate::broker::Broker;
 use crate::locks::LockError;
 use crate::propagation;
@@ -61,6 +77,10 @@ pub enum StageError {
     /// a delivery, so that it ends dead-lettered (see the module).
     #[error("misaddressed: {0}")]
     Misaddressed(String),
+    /// For a paused connection: off to the hold queue, back on its work
+    /// queue after `amqp.hold_ms` (see the module).
+    #[error("held: {0}")]
+    Held(String),
 }
 
 impl StageError {
@@ -68,6 +88,13 @@ impl StageError {
     /// transient `Retry`.
     pub fn missing_or_retry(missing: bool, reason: String) -> StageError {
         if missing { StageError::Misaddressed(reason) } else { StageError::Retry(reason) }
+    }
+
+    /// What a failure to load the message's connection means for the
+    /// message: it names no connection (`Misaddressed`), its connection is
+    /// paused (`Held`), or the database is away (`Retry`).
+    pub fn of_connection(unknown: bool, paused: bool, reason: String) -> StageError {
+        if paused { StageError::Held(reason) } else { StageError::missing_or_retry(unknown, reason) }
     }
 }
 
@@ -172,8 +199,9 @@ pub async fn consume<H: Handler>(
             let shutdown = shutdown.clone();
             let opts = opts.clone();
             let channel = channel.clone();
+            let publisher = live.publisher.clone();
             tasks.spawn(async move {
-                settle(handler, delivery, &channel, &opts, &shutdown).await;
+                settle(handler, delivery, &channel, &publisher, &opts, &shutdown).await;
                 drop(permit);
             });
             // Reap finished tasks so the set does not grow.
@@ -210,7 +238,14 @@ fn tier_and_stage(queue: &str) -> (&'static str, &'static str) {
 
 /// Handles and settles one delivery under a `consume` span, the child of
 /// the `publish` span whose context the message's headers carry (I5).
-async fn settle<H: Handler>(handler: Arc<H>, delivery: Delivery, channel: &Channel, opts: &ConsumeOptions, shutdown: &CancellationToken) {
+async fn settle<H: Handler>(
+    handler: Arc<H>,
+    delivery: Delivery,
+    channel: &Channel,
+    publisher: &Publisher,
+    opts: &ConsumeOptions,
+    shutdown: &CancellationToken,
+) {
     let span = tracing::info_span!(
         parent: None,
         "consume",
@@ -221,17 +256,18 @@ async fn settle<H: Handler>(handler: Arc<H>, delivery: Delivery, channel: &Chann
         crmsync.attempts = tracing::field::Empty,
     );
     propagation::set_parent(&span, propagation::from_headers(&delivery.properties).as_ref());
-    settle_in_span(handler, delivery, channel, opts, shutdown).instrument(span).await;
+    settle_in_span(handler, delivery, channel, publisher, opts, shutdown).instrument(span).await;
 }
 
 async fn settle_in_span<H: Handler>(
     handler: Arc<H>,
     delivery: Delivery,
     channel: &Channel,
+    publisher: &Publisher,
     opts: &ConsumeOptions,
     shutdown: &CancellationToken,
 ) {
-    let attempts = attempt_until_settled(handler, delivery, channel, opts, shutdown).await;
+    let attempts = attempt_until_settled(handler, delivery, channel, publisher, opts, shutdown).await;
     // Recorded once, when settled: a span field recorded at every attempt
     // is appended again to every later log line of the span, so a long
     // retry's lines grew with all its earlier attempts. Retry lines carry
@@ -244,6 +280,7 @@ async fn attempt_until_settled<H: Handler>(
     handler: Arc<H>,
     delivery: Delivery,
     channel: &Channel,
+    publisher: &Publisher,
     opts: &ConsumeOptions,
     shutdown: &CancellationToken,
 ) -> u64 {
@@ -257,10 +294,17 @@ async fn attempt_until_settled<H: Handler>(
         let started = std::time::Instant::now();
         attempts += 1;
         let result = tokio::spawn(async move { h.handle(&d).await }.in_current_span()).await;
-        let outcome = match result {
+        let mut outcome = match result {
             Ok(r) => r,
             Err(e) => Err(StageError::Poison(format!("handler panicked: {e}"))),
         };
+        if let Err(StageError::Held(reason)) = &outcome {
+            // Acked below only once the hold queue has it (I1); a failed
+            // hold is a transient failure like any other.
+            if let Err(e) = publisher.hold_confirmed(vec![held_copy(&delivery)]).await {
+                outcome = Err(StageError::Retry(format!("{reason}; cannot hold it: {e}")));
+            }
+        }
         let (tier, stage) = tier_and_stage(&opts.queue);
         metrics::histogram!(crate::metrics::STAGE_DURATION, "tier" => tier, "stage" => stage).record(started.elapsed().as_secs_f64());
         let settled = match &outcome {
@@ -269,10 +313,11 @@ async fn attempt_until_settled<H: Handler>(
             Err(StageError::Poison(_)) => "dead_lettered",
             Err(StageError::Requeue(_)) => "requeued",
             Err(StageError::Misaddressed(_)) => "misaddressed",
+            Err(StageError::Held(_)) => "held",
         };
         metrics::counter!("crmsync_messages_total", "tier" => tier, "stage" => stage, "outcome" => settled).increment(1);
         match outcome {
-            Ok(()) => {
+            Ok(()) | Err(StageError::Held(_)) => {
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                     // The broker will redeliver; the handler is idempotent.
                     warn!(error = %e, "ack failed");
@@ -319,6 +364,37 @@ async fn attempt_until_settled<H: Handler>(
                 backoff = (backoff * 2).min(opts.max_backoff);
             }
         }
+    }
+}
+
+/// A delivery as it is to be held: the same body, id and string headers
+/// (its connection, lane and trace context), under the routing key it came
+/// with, which the hold queue's dead-lettering sends it back by. The
+/// broker's own headers (delivery count, deaths) are not copied: a pause
+/// is not a failure of the message.
+fn held_copy(delivery: &Delivery) -> Outgoing {
+    let headers = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .filter(|(k, _)| !["x-death", "x-first-death", "x-last-death"].iter().any(|b| k.as_str().starts_with(b)))
+                .filter_map(|(k, v)| match v {
+                    lapin::types::AMQPValue::LongString(s) => Some((k.to_string(), String::from_utf8_lossy(s.as_bytes()).into_owned())),
+                    lapin::types::AMQPValue::ShortString(s) => Some((k.to_string(), s.to_string())),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Outgoing {
+        routing_key: delivery.routing_key.as_str().to_owned(),
+        body: delivery.data.clone(),
+        message_id: delivery.properties.message_id().as_ref().map_or_else(String::new, |m| m.to_string()),
+        headers,
+        links: Vec::new(),
     }
 }
 

@@ -217,9 +217,9 @@ impl Matcher {
     }
 
     async fn match_all(&self, batch: &ChangeBatch) -> Result<Output, StageError> {
-        let settings = crmsync_store::connections::load(&self.pool, &batch.connection_id)
+        let settings = crmsync_store::connections::load_running(&self.pool, &batch.connection_id)
             .await
-            .map_err(|e| StageError::missing_or_retry(e.is_unknown(), e.to_string()))?;
+            .map_err(|e| StageError::of_connection(e.is_unknown(), e.is_paused(), e.to_string()))?;
         let systems = self.factory.systems(&batch.connection_id, &settings).await?;
         // A CRM record outside the sync scope is matched as if deleted (its
         // prospect goes to the recycle bin), and one back in scope as

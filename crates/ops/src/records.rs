@@ -1,137 +1,211 @@
-//! One person's current values on both sides, field by field, as the
-//! console's record page shows them: read from the systems themselves (not
-//! from what the engine last saw), so an admin sees what a user would see in
-//! each product, and where the two differ.
+//! One record, by the key an admin knows it by (an email, a prospect id, a
+//! CRM id of 15 or 18 characters), and **Sync now** (issue 28): what
+//! `crmsync records sync-now` and the console's record lookup both call.
+//!
+//! Sync now reads both sides of the record again from the connection's
+//! systems (the prospect and the lead or contact its identity links) and
+//! publishes them to the matcher in the immediate lane, as the producer
+//! publishes a change it detected (`crmsync_producer::redetect`): each
+//! record is traced, matched under its locks, merged by its per-field
+//! versions and applied like any other change, so an older value still
+//! never overwrites a newer one (I3). It is what an admin reaches for after
+//! a refusal was fixed at its source (a validation rule changed, an error
+//! dismissed): the identity's state is written again to whichever side
+//! lacks it. Refused on a paused connection, which must not be written.
 
-use crmsync_connector::{ConnectorError, ConnectorFactory};
-use crmsync_domain::mapping::FieldMap;
-use crmsync_domain::merge::same_value;
-use crmsync_domain::records::{CrmPersonRecord, Fields, ProspectRecord};
-use crmsync_domain::settings::ConnectionSettings;
-use crmsync_domain::{CrmId, CrmObject};
+use anyhow::Context;
+use crmsync_connector::ConnectorFactory;
+use crmsync_domain::{CrmId, Email, Lane};
+use crmsync_infra::Config;
+use crmsync_infra::broker::Broker;
+use crmsync_producer::RecordName;
+use crmsync_store::admin_audit::{self, Actor, NewEntry};
+use crmsync_store::connections;
+use crmsync_store::identities::{self, Keys};
 use crmsync_systems::SystemsFactory;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
 
-/// One mapped field on both sides.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FieldPair {
-    pub ma_field: String,
-    /// The CRM field it maps to on this person's CRM object, if any.
-    pub crm_field: Option<String>,
-    pub ma: Value,
-    pub crm: Value,
-    /// Both sides hold a value for it and they differ (blanks are all
-    /// equal; a field only one side maps is never a difference).
-    pub differs: bool,
+/// What a lookup names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordKey {
+    Email(Email),
+    Prospect(i64),
+    /// A lead or contact, by its 18-character id.
+    Crm(CrmId),
 }
 
-/// A person as both systems hold them now.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SideBySide {
-    pub prospect_found: bool,
-    pub crm_found: bool,
-    pub fields: Vec<FieldPair>,
+impl RecordKey {
+    /// An email (it has an `@`), a prospect id (a number) or a CRM id (15
+    /// or 18 characters; a 15-character id is read as its 18-character
+    /// form).
+    pub fn parse(q: &str) -> Result<RecordKey, String> {
+        let q = q.trim();
+        if q.contains('@') {
+            return Email::parse(q).map(RecordKey::Email).map_err(|e| format!("not an email: {e}"));
+        }
+        if let Ok(prospect) = q.parse::<i64>() {
+            return Ok(RecordKey::Prospect(prospect));
+        }
+        CrmId::parse(q).map(RecordKey::Crm).map_err(|e| format!("not an email, a prospect id or a CRM id: {e}"))
+    }
+
+    /// The identity keys it is looked up by.
+    pub fn keys(&self) -> Keys {
+        match self {
+            RecordKey::Email(e) => Keys { emails: vec![e.as_str().to_owned()], ..Keys::default() },
+            RecordKey::Prospect(p) => Keys { prospect_ids: vec![*p], ..Keys::default() },
+            RecordKey::Crm(id) => Keys { crm_ids: vec![id.as_str().to_owned()], ..Keys::default() },
+        }
+    }
 }
 
-fn value_of(fields: Option<&Fields>, name: Option<&str>) -> Value {
-    name.and_then(|n| fields?.get(n)).map_or(Value::Null, |f| f.value.clone())
+/// Why Sync now did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncNowError {
+    #[error("{0}")]
+    BadKey(String),
+    /// No such connection, or it is paused, or the database is away.
+    #[error(transparent)]
+    Connection(#[from] connections::ConnectionError),
+    #[error(
+        "connection {connection:?} has no identity with that email: give the prospect id or the CRM id to read a record it has not synced yet"
+    )]
+    NotFound { connection: String },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
 }
 
-/// Pairs the mapped fields of a prospect and a CRM record, in mapping
-/// order.
-pub fn side_by_side(
-    map: &FieldMap,
-    object: Option<CrmObject>,
-    prospect: Option<&ProspectRecord>,
-    crm: Option<&CrmPersonRecord>,
-) -> SideBySide {
-    let fields = map
-        .iter()
-        .map(|m| {
-            let crm_field = object.and_then(|o| m.crm_field(o)).map(str::to_owned);
-            let ma = value_of(prospect.map(|p| &p.fields), Some(&m.ma));
-            let crm_value = value_of(crm.map(|c| &c.fields), crm_field.as_deref());
-            let differs = prospect.is_some() && crm.is_some() && crm_field.is_some() && !same_value(&ma, &crm_value);
-            FieldPair { ma_field: m.ma.clone(), crm_field, ma, crm: crm_value, differs }
-        })
-        .collect();
-    SideBySide { prospect_found: prospect.is_some(), crm_found: crm.is_some(), fields }
+/// What Sync now sent.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SyncedNow {
+    /// The identities the key found (none for a record not synced yet).
+    pub identities: Vec<Uuid>,
+    /// Records read again and published to the matcher, confirmed.
+    pub published: Vec<String>,
+    /// Records no longer in their system.
+    pub gone: Vec<String>,
 }
 
-/// Reads one person from both systems of a connection: one call to each
-/// (the record page is opened by a person, one record at a time).
-pub async fn current(
-    factory: &SystemsFactory,
-    connection_id: &str,
-    settings: &ConnectionSettings,
-    prospect_id: Option<i64>,
-    crm: Option<(CrmObject, CrmId)>,
-) -> Result<SideBySide, ConnectorError> {
-    let systems = factory.systems(connection_id, settings).await?;
-    let prospect = match prospect_id {
-        Some(id) => systems.ma.prospects_by_id(&[id]).await?.into_iter().find(|p| p.id == id),
-        None => None,
+/// The records of both sides to read again for `key`: those of every
+/// identity it finds; or, when it finds none, the record it names itself
+/// (a prospect or CRM record that never synced), read from its system.
+fn records_of(key: &RecordKey, found: &[identities::IdentityRow]) -> Vec<RecordName> {
+    let mut names: Vec<RecordName> = Vec::new();
+    for i in found {
+        if let Some(p) = i.prospect_id {
+            names.push(RecordName { object: "prospect".into(), id: p.to_string() });
+        }
+        if let (Some(o), Some(c)) = (&i.crm_object, &i.crm_id) {
+            names.push(RecordName { object: o.clone(), id: c.clone() });
+        }
+    }
+    if found.is_empty() {
+        match key {
+            RecordKey::Prospect(p) => names.push(RecordName { object: "prospect".into(), id: p.to_string() }),
+            // Read as a person: a lead and a contact are read alike.
+            RecordKey::Crm(id) => names.push(RecordName { object: "lead".into(), id: id.as_str().to_owned() }),
+            RecordKey::Email(_) => {}
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
+fn named(n: &RecordName) -> String {
+    format!("{} {}", n.object, n.id)
+}
+
+/// Reads both sides of the record `key` names again and sends them through
+/// the immediate lane, as `actor`; one admin audit entry names the records
+/// sent (ids only: the key may be an email, which the log does not keep).
+pub async fn sync_now(config: &Config, pool: &PgPool, actor: &Actor, connection: &str, key: &str) -> Result<SyncedNow, SyncNowError> {
+    let key = RecordKey::parse(key).map_err(SyncNowError::BadKey)?;
+    let settings = connections::load_running(pool, connection).await?;
+    let found =
+        identities::find(pool, connection, &key.keys(), identities::State::Skip).await.map_err(connections::ConnectionError::from)?;
+    let names = records_of(&key, &found);
+    if names.is_empty() {
+        return Err(SyncNowError::NotFound { connection: connection.to_owned() });
+    }
+    let factory = SystemsFactory::from_config(config, pool).await.map_err(connections::ConnectionError::from)?;
+    let systems = factory.systems(connection, &settings).await.context("reaching the connection's systems")?;
+    let broker = Broker::new(&config.amqp, "crmsync-sync-now");
+    let done = async {
+        broker.live().await.context("connecting to RabbitMQ")?;
+        crmsync_producer::redetect(&broker, &systems, connection, &names, Lane::Immediate, config.producer.records_per_message)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+    .await;
+    broker.close().await;
+    let done = done?;
+    let out = SyncedNow {
+        identities: found.iter().map(|i| i.id).collect(),
+        published: done.published.iter().map(named).collect(),
+        gone: done.gone.iter().map(named).chain(done.unsupported.iter().map(|(n, why)| format!("{}: {why}", named(n)))).collect(),
     };
-    let (object, person) = match crm {
-        Some((object, id)) => (Some(object), systems.crm.people_by_id(std::slice::from_ref(&id)).await?.into_iter().next()),
-        None => (None, None),
+    let target = names.iter().map(named).collect::<Vec<_>>().join(", ");
+    let entry = NewEntry {
+        actor,
+        connection_id: Some(connection),
+        action: "record.sync_now",
+        target: Some(&target),
+        before: None,
+        after: Some(json!({ "published": out.published, "gone": out.gone })),
     };
-    Ok(side_by_side(&settings.field_map, object, prospect.as_ref(), person.as_ref()))
+    admin_audit::record(pool, &entry).await.context("recording the admin audit entry")?;
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crmsync_domain::records::FieldValue;
 
-    fn fields(pairs: &[(&str, Value)]) -> Fields {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), FieldValue::new(v.clone()))).collect()
+    fn identity(prospect: Option<i64>, crm: Option<(&str, &str)>) -> identities::IdentityRow {
+        identities::IdentityRow {
+            id: Uuid::nil(),
+            status: "linked".into(),
+            prospect_id: prospect,
+            crm_object: crm.map(|(o, _)| o.to_owned()),
+            crm_id: crm.map(|(_, i)| i.to_owned()),
+            email: None,
+            owner_id: None,
+            fields: Default::default(),
+            ma_link_written: true,
+            ma_recycled: false,
+            crm_account_id: None,
+            mirror_crm_id: None,
+            linked_at: None,
+            linked_by: None,
+        }
     }
 
     #[test]
-    fn differences_are_marked_only_where_both_sides_map_and_hold_a_value() {
-        let now = chrono::Utc::now();
-        let prospect = ProspectRecord {
-            id: 7,
-            email: None,
-            crm_lead_fid: None,
-            crm_contact_fid: None,
-            assigned_user: None,
-            is_deleted: false,
-            created_at: now,
-            updated_at: now,
-            last_modified_by: None,
-            fields: fields(&[("city", "Lyon".into()), ("company", "Acme".into()), ("jobTitle", "".into())]),
-        };
-        let lead = CrmPersonRecord {
-            id: "00Q000000000001AAA".into(),
-            object: CrmObject::Lead,
-            email: None,
-            owner_id: None,
-            external_id: None,
-            is_deleted: false,
-            is_converted: false,
-            converted_contact_id: None,
-            created_at: now,
-            system_modstamp: now,
-            last_modified_by: None,
-            fields: fields(&[("City", "Paris".into()), ("Company", "Acme".into()), ("Title", Value::Null)]),
-        };
-        let view = side_by_side(&FieldMap::default(), Some(CrmObject::Lead), Some(&prospect), Some(&lead));
-        let pair = |f: &str| view.fields.iter().find(|p| p.ma_field == f).unwrap();
-        assert!(pair("city").differs);
-        assert!(!pair("company").differs);
-        assert!(!pair("jobTitle").differs, "a blank and a null are the same blank");
-        assert_eq!(pair("city").crm_field.as_deref(), Some("City"));
+    fn a_key_is_an_email_a_prospect_id_or_a_crm_id_in_either_form() {
+        assert!(matches!(RecordKey::parse(" Jane@Example.com "), Ok(RecordKey::Email(_))));
+        assert_eq!(RecordKey::parse("42"), Ok(RecordKey::Prospect(42)));
+        let Ok(RecordKey::Crm(id)) = RecordKey::parse("00Q000000000001") else { panic!("a CRM id") };
+        assert_eq!(id.as_str().len(), 18, "a 15-character id is read as its 18-character form");
+        assert!(RecordKey::parse("not a key").is_err());
+    }
 
-        let contact = CrmPersonRecord { object: CrmObject::Contact, ..lead };
-        let view = side_by_side(&FieldMap::default(), Some(CrmObject::Contact), Some(&prospect), Some(&contact));
-        let company = view.fields.iter().find(|p| p.ma_field == "company").unwrap();
-        assert_eq!(company.crm_field, None, "a contact has no company field in the default mapping");
-        assert!(!company.differs);
+    #[test]
+    fn both_sides_of_a_linked_identity_are_read_again() {
+        let key = RecordKey::parse("42").unwrap();
+        let lead = "00Q000000000001AAA";
+        let names = records_of(&key, &[identity(Some(42), Some(("lead", lead)))]);
+        assert_eq!(names.iter().map(named).collect::<Vec<_>>(), vec!["prospect 42".to_owned(), format!("lead {lead}")]);
+    }
 
-        let alone = side_by_side(&FieldMap::default(), None, Some(&prospect), None);
-        assert!(alone.fields.iter().all(|p| !p.differs), "nothing differs from a record that is not there");
+    #[test]
+    fn a_record_never_synced_is_read_by_its_own_key_and_an_unknown_email_names_nothing() {
+        assert_eq!(records_of(&RecordKey::parse("7").unwrap(), &[]).iter().map(named).collect::<Vec<_>>(), ["prospect 7"]);
+        let crm = records_of(&RecordKey::parse("00Q000000000001").unwrap(), &[]);
+        assert_eq!(crm.len(), 1);
+        assert!(records_of(&RecordKey::parse("who@nowhere.example").unwrap(), &[]).is_empty());
     }
 }

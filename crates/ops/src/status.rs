@@ -60,6 +60,12 @@ const REPLICAS_SHOWN_SECS: i64 = 600;
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionStatus {
     pub id: String,
+    /// Paused by an admin (`crmsync connection pause`): nothing is written
+    /// to its systems and its cursors hold still until it is resumed.
+    pub paused: bool,
+    /// Since when and by whom, while paused; null while running.
+    pub paused_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub paused_by: Option<String>,
     pub identities: Identities,
     pub feeds: Vec<FeedStatus>,
     pub batch_lane: BatchLane,
@@ -233,8 +239,12 @@ async fn connection(
         outcomes: csql_links::outcome_counts(pool, id).await?.into_iter().collect(),
     };
     let sync_errors = sync_errors::open_counts(pool, id).await?.into_iter().collect();
+    let pause = connections::paused(pool, id, false).await?;
     Ok(ConnectionStatus {
         id: id.to_owned(),
+        paused: pause.is_some(),
+        paused_since: pause.as_ref().map(|p| p.paused_at),
+        paused_by: pause.and_then(|p| p.paused_by),
         identities,
         feeds,
         batch_lane,

@@ -9,6 +9,13 @@
 //! soon as a change commits: the sandbox with PostgreSQL NOTIFY at commit,
 //! a Salesforce org through its change events, which its connector hears
 //! (a pass then reads that connection's feeds).
+//!
+//! A paused connection (issue 28) gets no pass: nothing is read or
+//! published for it and its cursors hold still, whatever wakes the loop (a
+//! notification or a change event for it is dropped: the held cursors
+//! remember what it would have read). On resume, the next full poll, at
+//! most `producer.poll_interval_ms` later, reads on from the cursors, in
+//! order, and nothing is lost.
 
 mod feed;
 mod pass;
@@ -189,7 +196,11 @@ async fn poll_connection(
     let Some(pass) = feeds::lease(ctx.pool, connection_id, feeds::PASS, ctx.owner, ctx.lease_ttl).await? else {
         return Ok(false);
     };
-    let settings = connections::load(ctx.pool, connection_id).await?;
+    let (settings, paused) = connections::load_with_pause(ctx.pool, connection_id).await?;
+    if paused.is_some() {
+        // Nothing read, nothing published, no cursor moved (see the module).
+        return Ok(true);
+    }
     let systems = factory.systems(connection_id, &settings).await?;
     let stats = run_pass(ctx, connection_id, &settings, &systems, only, pass).await?;
     let detected = [("published", stats.published), ("suppressed_echo", stats.suppressed)];

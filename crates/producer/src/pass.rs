@@ -281,7 +281,7 @@ async fn publish(
     published?;
     let counts = feeds::Counts { published: page.keep.len() as i64, suppressed: page.dropped as i64, batch: lane == Lane::Batch };
     if !feeds::advance(ctx.pool, connection_id, &h.name, ctx.owner, h.lease.token, &page.next.0, counts).await? {
-        info!(connection_id, feed = %h.name, "feed lease lost during a pass; stopping it");
+        info!(connection_id, feed = %h.name, "feed lease lost, or the connection paused, during a pass; stopping it");
         h.open = false;
         return Ok(false);
     }

@@ -1,6 +1,8 @@
 //! Connections and their settings (shared by every replica of every tier).
 
+use chrono::{DateTime, Utc};
 use crmsync_domain::settings::ConnectionSettings;
+use serde::Serialize;
 use sqlx::{PgExecutor, PgPool};
 
 #[derive(Debug, thiserror::Error)]
@@ -9,6 +11,10 @@ pub enum ConnectionError {
     Unknown(String),
     #[error("stored settings of connection {id:?} are unreadable: {error}")]
     Corrupt { id: String, error: String },
+    /// Paused by an admin (migration 0014): nothing is to be written to
+    /// its systems until it is resumed.
+    #[error("connection {id:?} is paused (since {since}); resume it with `crmsync connection resume {id}`")]
+    Paused { id: String, since: DateTime<Utc> },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -17,6 +23,11 @@ impl ConnectionError {
     /// The connection does not exist (never created, or deleted).
     pub fn is_unknown(&self) -> bool {
         matches!(self, ConnectionError::Unknown(_))
+    }
+
+    /// The connection is paused ([`load_running`]).
+    pub fn is_paused(&self) -> bool {
+        matches!(self, ConnectionError::Paused { .. })
     }
 }
 
@@ -64,6 +75,75 @@ pub async fn save<'e>(e: impl PgExecutor<'e>, id: &str, settings: &ConnectionSet
     )
     .bind(id)
     .bind(value)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// Who paused a connection, and when (migration 0014).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Paused {
+    pub paused_at: DateTime<Utc>,
+    /// The admin audit log's name for them (`ops`, `cli:alice`).
+    pub paused_by: Option<String>,
+}
+
+/// The settings of a connection that is running, or
+/// [`ConnectionError::Paused`]: what every tier loads before it works on a
+/// connection, so that the pause is read in the same statement as the
+/// settings, at no extra cost per message.
+pub async fn load_running(pool: &PgPool, id: &str) -> Result<ConnectionSettings, ConnectionError> {
+    match load_with_pause(pool, id).await? {
+        (_, Some(since)) => Err(ConnectionError::Paused { id: id.to_owned(), since }),
+        (settings, None) => Ok(settings),
+    }
+}
+
+/// The settings of a connection and, when it is paused, since when: one
+/// statement, for whoever needs both (the batch lane's pace).
+pub async fn load_with_pause(pool: &PgPool, id: &str) -> Result<(ConnectionSettings, Option<DateTime<Utc>>), ConnectionError> {
+    let row: Option<(serde_json::Value, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT settings, paused_at FROM connections WHERE id = $1").bind(id).fetch_optional(pool).await?;
+    match row {
+        Some((raw, since)) => Ok((parse(id, Some(raw))?, since)),
+        None => Err(ConnectionError::Unknown(id.to_owned())),
+    }
+}
+
+/// Whether a connection is paused, and since when; `Unknown` when there is
+/// no such connection. With `lock`, the row stays locked until the
+/// transaction ends, so that a pause and a resume made at once (two console
+/// replicas, the CLI) are serialised and each audits what it really
+/// changed.
+pub async fn paused<'e>(e: impl PgExecutor<'e>, id: &str, lock: bool) -> Result<Option<Paused>, ConnectionError> {
+    let sql = if lock {
+        "SELECT paused_at, paused_by FROM connections WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT paused_at, paused_by FROM connections WHERE id = $1"
+    };
+    let row: Option<(Option<DateTime<Utc>>, Option<String>)> = sqlx::query_as(sql).bind(id).fetch_optional(e).await?;
+    match row {
+        None => Err(ConnectionError::Unknown(id.to_owned())),
+        Some((at, by)) => Ok(at.map(|paused_at| Paused { paused_at, paused_by: by })),
+    }
+}
+
+/// Every paused connection, by id (for status and metrics).
+pub async fn all_paused(pool: &PgPool) -> Result<Vec<(String, Paused)>, sqlx::Error> {
+    let rows: Vec<(String, DateTime<Utc>, Option<String>)> =
+        sqlx::query_as("SELECT id, paused_at, paused_by FROM connections WHERE paused_at IS NOT NULL ORDER BY id").fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|(id, paused_at, paused_by)| (id, Paused { paused_at, paused_by })).collect())
+}
+
+/// Pauses a connection as `by` (`Some`), or resumes it (`None`). Call it
+/// through `crmsync_ops::pause::set_paused`, which audits the change.
+pub async fn set_paused<'e>(e: impl PgExecutor<'e>, id: &str, by: Option<&str>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE connections SET paused_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END, paused_by = $2, \
+         updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(by)
     .execute(e)
     .await?;
     Ok(())

@@ -65,8 +65,11 @@ pub struct Counts {
 
 /// Moves the cursor after a page was confirmed by the broker, counting what
 /// was published (and to which lane) and what was dropped as the engine's
-/// own writes. Returns false if the lease was lost meanwhile (nothing is
-/// changed then).
+/// own writes. Returns false if the lease was lost meanwhile, or the
+/// connection was paused (nothing is changed then): a paused connection's
+/// cursors hold still, and a page published as the pause began is read
+/// again after the resume (its messages are held back meanwhile, and
+/// handled twice at worst, which every stage is idempotent to).
 pub async fn advance(
     pool: &PgPool,
     connection_id: &str,
@@ -80,7 +83,8 @@ pub async fn advance(
         "UPDATE feeds SET cursor = $5, published = published + $6, suppressed = suppressed + $7, \
             published_batch = published_batch + CASE WHEN $8 THEN $6 ELSE 0 END, polled_at = now(), \
             last_published_at = CASE WHEN $6 > 0 THEN now() ELSE last_published_at END \
-         WHERE connection_id = $1 AND feed = $2 AND lease_owner = $3 AND lease_token = $4",
+         WHERE connection_id = $1 AND feed = $2 AND lease_owner = $3 AND lease_token = $4 \
+           AND NOT EXISTS (SELECT 1 FROM connections c WHERE c.id = $1 AND c.paused_at IS NOT NULL)",
     )
     .bind(connection_id)
     .bind(feed)
