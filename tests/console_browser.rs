@@ -1,13 +1,16 @@
 //! The admin console in a real browser (issue 28): headless Chromium signs
-//! in and clicks through the pages against a running pipeline, and each
-//! change is checked where it lands (settings, systems, sync errors, the
-//! admin audit log). A viewer's change and a form without its CSRF token
+//! in and clicks through the pages against a running pipeline (a setting,
+//! a field's behaviour with its preview, pause and resume, Sync now, a
+//! sync-scope rule, an error retry, a record's history), and each change is
+//! checked where it lands (settings, systems, sync errors, the admin audit
+//! log). A viewer's change and a form without its CSRF token
 //! are refused. Every page is photographed into `target/artefacts/console`.
 
 use crmsync_console::users::{self, Role};
 use crmsync_domain::SyncErrorCategory;
+use crmsync_domain::mapping::SyncBehaviour;
 use crmsync_infra::CancellationToken;
-use crmsync_sandbox::schema::PROSPECT;
+use crmsync_sandbox::schema::{LEAD, PROSPECT};
 use crmsync_store::admin_audit::{self, Actor};
 use crmsync_store::connections;
 use crmsync_tests::TestApp;
@@ -25,7 +28,7 @@ async fn user(app: &TestApp, name: &str, role: Role, password: &str) {
 /// after typing `value` into it.
 async fn set_setting(browser: &Chromium, key: &str, value: &str) {
     browser.fill(&format!("input[aria-label='{key}']"), value).await;
-    browser.xpath(&format!("//input[@aria-label='{key}']/ancestor::form//button")).await.click().await.unwrap();
+    browser.click_to_next_page(&browser.xpath(&format!("//input[@aria-label='{key}']/ancestor::form//button")).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,6 +102,64 @@ async fn an_admin_runs_the_sync_from_a_browser_and_a_viewer_changes_nothing() {
     assert_eq!(status, "retried");
     app.settle().await;
 
+    // A field's behaviour changed, preview first: nothing is saved until
+    // the admin confirms.
+    admin.goto(&format!("{base}/connections/default/mapping")).await;
+    admin.screenshot("mapping").await;
+    let row = "//tr[td/code[text()='jobTitle']]";
+    admin.xpath(&format!("{row}//select[@name='sync']")).await.select_by_value("crm_wins").await.unwrap();
+    admin.click_to_next_page(&admin.xpath(&format!("{row}//button[@value='preview']")).await).await;
+    let text = admin.text().await;
+    assert!(text.contains("Preview") && text.contains("linked pairs"), "{text}");
+    admin.screenshot("mapping-preview").await;
+    let behaviour = |app: &TestApp| {
+        let pool = app.pool.clone();
+        async move { connections::load(&pool, "default").await.unwrap().field_map.by_ma_field("jobTitle").unwrap().sync }
+    };
+    assert_eq!(behaviour(&app).await, SyncBehaviour::MostRecent, "a preview saves nothing");
+    admin.click_button("Save, and re-sync").await;
+    assert_eq!(behaviour(&app).await, SyncBehaviour::CrmWins);
+    let newest = &admin_audit::recent(&app.pool, Some("default"), None, 1).await.unwrap()[0];
+    assert_eq!((newest.actor.as_str(), newest.target.as_deref()), ("ops", Some("jobTitle")), "{newest:?}");
+    app.settle().await;
+
+    // Paused, an edit waits; resumed, it arrives.
+    admin.goto(&format!("{base}/connections/default")).await;
+    admin.click_button("Pause").await;
+    assert!(connections::paused(&app.pool, "default", false).await.unwrap().is_some());
+    admin.goto(&base).await;
+    assert!(admin.text().await.contains("paused"), "the overview shows the pause");
+    admin.screenshot("overview-paused").await;
+    app.update(&PROSPECT, &prospect.to_string(), &[("city", "Lyon")]).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_ne!(app.show(&LEAD, &lead).await["city"], "Lyon", "nothing is written while paused");
+    admin.goto(&format!("{base}/connections/default")).await;
+    admin.click_button("Resume").await;
+    assert!(connections::paused(&app.pool, "default", false).await.unwrap().is_none());
+    app.settle().await;
+    assert_eq!(app.show(&LEAD, &lead).await["city"], "Lyon", "the edit arrives on resume");
+
+    // Sync now, from the record's page.
+    admin.goto(&format!("{base}/records?q={prospect}")).await;
+    admin.click_button("Sync now").await;
+    assert!(admin.text().await.contains("through the immediate lane"), "{}", admin.text().await);
+    admin.screenshot("sync-now").await;
+    app.settle().await;
+
+    // A scope rule: the lead leaves the scope, its prospect goes to the MA
+    // recycle bin.
+    admin.goto(&format!("{base}/connections/default/scope")).await;
+    admin.fill("textarea[name=rules]", "lead.City:not_equals:Lyon").await;
+    admin.click_button("Preview").await;
+    let text = admin.text().await;
+    assert!(app.prospect(prospect).await["is_deleted"] == false, "a preview changes nothing");
+    admin.screenshot("scope-preview").await;
+    admin.click_button("Save this scope").await;
+    assert!(!connections::load(&app.pool, "default").await.unwrap().sync_scope.is_empty(), "{text}");
+    app.batch_applied(1).await;
+    assert_eq!(app.prospect(prospect).await["is_deleted"], true, "out of scope: in the MA recycle bin");
+    admin.screenshot("scope").await;
+
     admin.goto(&format!("{base}/audit")).await;
     let text = admin.text().await;
     assert!(text.contains("errors.retry") && text.contains("batch_threshold"), "{text}");
@@ -117,6 +178,7 @@ async fn an_admin_runs_the_sync_from_a_browser_and_a_viewer_changes_nothing() {
     );
     viewer.screenshot("connection").await;
     let csrf = viewer.find("form[action='/sign-out'] input[name=csrf]").await.attr("value").await.unwrap().expect("a token");
+    viewer.mark_page().await;
     viewer
         .client
         .execute(
@@ -129,7 +191,7 @@ async fn an_admin_runs_the_sync_from_a_browser_and_a_viewer_changes_nothing() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    viewer.wait_for_next_page().await;
     let text = viewer.text().await;
     assert!(text.to_lowercase().contains("admin"), "the refusal says why: {text}");
     assert_eq!(connections::load(&app.pool, "default").await.unwrap().batch_threshold, 250, "a viewer's change");

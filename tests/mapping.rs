@@ -46,26 +46,6 @@ async fn batch_writes(app: &TestApp, side: &str) -> i64 {
     .unwrap()
 }
 
-/// Waits until `n` records in all have been applied through the batch
-/// lane, then for the pipeline to be idle. A re-sync is not a change the
-/// producer published, so the idle probe's counts do not wait for it.
-async fn resynced(app: &TestApp, n: i64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let done: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE connection_id = 'default' AND stage = 'apply' AND lane = 'batch'")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-        if done >= n {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{done} of {n} re-synced records applied through the batch lane");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    app.settle().await;
-}
-
 async fn last_admin_entry(app: &TestApp) -> admin_audit::Entry {
     admin_audit::recent(&app.pool, Some("default"), None, 1).await.unwrap().remove(0)
 }
@@ -112,7 +92,7 @@ async fn a_behaviour_change_previews_exactly_what_saving_writes_through_the_batc
 
     let saved = mapping::save(&app.config, &app.pool, &admin(), "default", &edit).await.unwrap();
     assert_eq!(saved.resynced, 2, "one CRM record per affected pair");
-    resynced(&app, 2).await;
+    app.batch_applied(2).await;
     for i in 1..=3 {
         let (lead, prospect) = pair(&app, "b", i).await;
         assert_eq!(app.prospect(prospect).await["job_title"], format!("MA{i}"), "pair {i}");
@@ -162,7 +142,7 @@ async fn a_custom_field_from_the_sandbox_schema_is_mapped_and_unmapped_and_inval
     assert_eq!((preview.ma_writes, preview.crm_writes), (2, 1), "{preview:?}");
     let saved = mapping::save(&app.config, &app.pool, &admin(), "default", &add).await.unwrap();
     assert_eq!(saved.resynced, 6, "both records of each of the 3 pairs");
-    resynced(&app, 6).await;
+    app.batch_applied(6).await;
     for i in 1..=2 {
         assert_eq!(app.prospect(pair(&app, "c", i).await.1).await["preferred_language"], "fr");
     }
@@ -230,7 +210,7 @@ async fn a_record_edited_out_of_the_sync_scope_recycles_its_prospect_and_back_in
     let saved = scope::save(&app.config, &app.pool, &admin(), "default", &rules).await.unwrap();
     assert_eq!(saved.resynced, 1);
     assert_eq!(last_admin_entry(&app).await.action, "scope.set");
-    resynced(&app, 1).await;
+    app.batch_applied(1).await;
     assert_eq!(app.prospect(prospect1).await["is_deleted"], true, "out of scope: in the MA recycle bin");
     assert_eq!(app.identity_status(prospect1).await.as_deref(), Some("recycled"));
 
@@ -254,7 +234,7 @@ async fn a_record_edited_out_of_the_sync_scope_recycles_its_prospect_and_back_in
     // Clearing the scope brings the first one back too, through the batch lane.
     let cleared = scope::save(&app.config, &app.pool, &admin(), "default", &SyncScope::default()).await.unwrap();
     assert_eq!((cleared.preview.entering, cleared.resynced), (1, 1));
-    resynced(&app, 2).await;
+    app.batch_applied(2).await;
     assert_eq!(app.prospect(prospect1).await["is_deleted"], false);
     app.cleanup().await;
 }

@@ -85,9 +85,22 @@ impl Chromium {
         self.client.goto(url).await.unwrap_or_else(|e| panic!("opening {url}: {e}"));
     }
 
-    /// The page's visible text.
+    /// The page's visible text. A click that submits a form does not wait
+    /// for the next page, so a body read while it loads can go stale: read
+    /// again.
     pub async fn text(&self) -> String {
-        self.client.find(Locator::Css("body")).await.expect("a body").text().await.expect("its text")
+        let mut last = None;
+        for _ in 0..50 {
+            match self.client.find(Locator::Css("body")).await {
+                Ok(body) => match body.text().await {
+                    Ok(text) => return text,
+                    Err(e) => last = Some(e),
+                },
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no page text: {last:?}");
     }
 
     pub async fn find(&self, css: &str) -> Element {
@@ -116,10 +129,39 @@ impl Chromium {
         input.send_keys(text).await.expect("typed");
     }
 
-    /// Clicks the button with this text (the first, in document order).
+    /// Clicks the button with this text (the first, in document order)
+    /// and waits for the page it leads to.
     pub async fn click_button(&self, text: &str) {
         let button = self.xpath(&format!("//button[contains(normalize-space(.), {})]", xpath_literal(text))).await;
-        button.click().await.unwrap_or_else(|e| panic!("clicking {text:?}: {e}"));
+        self.click_to_next_page(&button).await;
+    }
+
+    /// Clicks an element that leads to another page (a form's button) and
+    /// waits until that page has loaded: WebDriver's click returns once
+    /// the click is dispatched, before the form's answer arrives.
+    pub async fn click_to_next_page(&self, element: &Element) {
+        self.mark_page().await;
+        element.click().await.unwrap_or_else(|e| panic!("clicking: {e}"));
+        self.wait_for_next_page().await;
+    }
+
+    /// Marks the page shown, so that [`Chromium::wait_for_next_page`] ends
+    /// on the next one, not this one.
+    pub async fn mark_page(&self) {
+        self.client.execute("window.crmsyncOldPage = true", vec![]).await.expect("marking the page");
+    }
+
+    /// Waits until the page marked has given way to another, loaded.
+    pub async fn wait_for_next_page(&self) {
+        for _ in 0..100 {
+            let loaded =
+                self.client.execute("return window.crmsyncOldPage === undefined && document.readyState === 'complete'", vec![]).await;
+            if matches!(loaded, Ok(serde_json::Value::Bool(true))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no new page within 5 s");
     }
 
     /// Signs in through the sign-in form.

@@ -381,6 +381,27 @@ impl TestApp {
         feeds::all(&self.pool, "default").await.unwrap().into_iter().map(|f| (f.feed, f.published, f.suppressed)).collect()
     }
 
+    /// Waits until `n` records in all have been applied through the batch
+    /// lane, then for the pipeline to be idle. A re-sync (of a mapping or
+    /// scope change) is not a change the producer published, so the idle
+    /// probe's counts alone do not wait for it.
+    pub async fn batch_applied(&self, n: i64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let done: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE connection_id = 'default' AND stage = 'apply' AND lane = 'batch'")
+                    .fetch_one(&self.pool)
+                    .await
+                    .unwrap();
+            if done >= n {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{done} of {n} re-synced records applied through the batch lane");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.settle().await;
+    }
+
     pub async fn identity_status(&self, prospect_id: i64) -> Option<String> {
         sqlx::query_scalar("SELECT status FROM identities WHERE prospect_id = $1")
             .bind(prospect_id)
