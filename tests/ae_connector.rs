@@ -91,8 +91,12 @@ fn assert_same(ae: &ProspectRecord, sandbox: &ProspectRecord) {
     assert_eq!(ae.created_at, time::millis(sandbox.created_at), "{id}");
     assert_eq!(ae.updated_at, time::millis(sandbox.updated_at), "{id}");
     assert_eq!(ae.last_modified_by, sandbox.last_modified_by, "{id}");
-    assert_eq!(ae.fields.keys().collect::<Vec<_>>(), sandbox.fields.keys().collect::<Vec<_>>(), "{id}");
-    for (name, f) in &sandbox.fields {
+    // The sandbox reads every column, its custom fields too; v5 returns the
+    // fields asked for, which are the standard ones (a custom field is read
+    // once the mapping names it).
+    let standard: Vec<&String> = sandbox.fields.keys().filter(|k| !k.ends_with("__c")).collect();
+    assert_eq!(ae.fields.keys().collect::<Vec<_>>(), standard, "{id}");
+    for (name, f) in sandbox.fields.iter().filter(|(k, _)| !k.ends_with("__c")) {
         assert_eq!(ae.fields[name].value, f.value, "{id}.{name}");
         assert!(ae.fields[name].at.is_none() && ae.fields[name].by.is_none(), "{id}.{name}");
     }

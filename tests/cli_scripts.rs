@@ -37,7 +37,10 @@ async fn status_tells_refused_creations_from_ones_under_way_in_text_and_json() {
     assert_eq!(s["ok"], true);
     let c = &s["connections"][0];
     assert_eq!(c["id"], "default");
-    assert_eq!(c["identities"], serde_json::json!({"in_sync": 0, "pending_assignment": 1, "being_created": 0, "creation_failed": 1}));
+    assert_eq!(
+        c["identities"],
+        serde_json::json!({"in_sync": 0, "pending_assignment": 1, "being_created": 0, "creation_failed": 1, "recycled": 0})
+    );
     assert_eq!(c["sync_errors"], serde_json::json!({"validation_rule": 1}));
     let feed = c["feeds"].as_array().unwrap().iter().find(|f| f["feed"] == "ma.prospect").unwrap_or_else(|| panic!("{c}"));
     assert!(feed["published"].as_i64().unwrap() >= 2, "{feed}");

@@ -13,9 +13,9 @@ use crmsync_infra::CancellationToken;
 use crmsync_sandbox::schema::{LEAD, PROSPECT};
 use crmsync_store::admin_audit::{self, Actor};
 use crmsync_store::connections;
-use crmsync_tests::TestApp;
 use crmsync_tests::chromium::Chromium;
 use crmsync_tests::console::{serve, sync_error};
+use crmsync_tests::{TestApp, eventually};
 
 const ADMIN_PASSWORD: &str = "correct horse battery staple";
 const VIEWER_PASSWORD: &str = "viewer sees all, changes none";
@@ -136,8 +136,8 @@ async fn an_admin_runs_the_sync_from_a_browser_and_a_viewer_changes_nothing() {
     admin.goto(&format!("{base}/connections/default")).await;
     admin.click_button("Resume").await;
     assert!(connections::paused(&app.pool, "default", false).await.unwrap().is_none());
+    eventually("the edit to arrive on resume", || async { app.show(&LEAD, &lead).await["city"] == "Lyon" }).await;
     app.settle().await;
-    assert_eq!(app.show(&LEAD, &lead).await["city"], "Lyon", "the edit arrives on resume");
 
     // Sync now, from the record's page.
     admin.goto(&format!("{base}/records?q={prospect}")).await;
@@ -154,9 +154,10 @@ async fn an_admin_runs_the_sync_from_a_browser_and_a_viewer_changes_nothing() {
     let text = admin.text().await;
     assert!(app.prospect(prospect).await["is_deleted"] == false, "a preview changes nothing");
     admin.screenshot("scope-preview").await;
+    let before = app.batch_applied_so_far().await;
     admin.click_button("Save this scope").await;
     assert!(!connections::load(&app.pool, "default").await.unwrap().sync_scope.is_empty(), "{text}");
-    app.batch_applied(1).await;
+    app.batch_applied(before + 1).await;
     assert_eq!(app.prospect(prospect).await["is_deleted"], true, "out of scope: in the MA recycle bin");
     admin.screenshot("scope").await;
 

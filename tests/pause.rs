@@ -17,7 +17,7 @@ use crmsync_sandbox::schema::{LEAD, PROSPECT};
 use crmsync_store::admin_audit::{self, Actor};
 use crmsync_store::{connections, feeds};
 use crmsync_tests::console::{Browser, csrf_of, serve};
-use crmsync_tests::{Lane, TestApp, Tier, http_get};
+use crmsync_tests::{Lane, TestApp, Tier, eventually, http_get};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -36,15 +36,6 @@ async fn cursors(app: &TestApp) -> Vec<(String, Option<Value>)> {
 /// poll intervals and several hold periods.
 async fn let_the_tiers_run() {
     tokio::time::sleep(Duration::from_secs(3)).await;
-}
-
-/// Waits (up to 30 s) until `check` holds.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn tester() -> Actor {

@@ -293,6 +293,6 @@ async fn change_tracking_stamps_only_the_columns_a_write_gives_or_changes() {
     assert!(columns.len() >= 12, "{columns:?}");
     assert!(columns.iter().all(|(_, cols)| !cols.is_empty()), "{columns:?}");
     let leads = &columns.iter().find(|(t, _)| t == "crm.leads").unwrap().1;
-    assert_eq!(leads.len(), 16, "{leads:?}");
-    assert_eq!((leads[0].as_str(), leads[15].as_str()), ("first_name", "is_deleted"));
+    assert_eq!(leads.len(), 17, "{leads:?}");
+    assert_eq!((leads[0].as_str(), leads[15].as_str(), leads[16].as_str()), ("first_name", "is_deleted", "preferred_language"));
 }

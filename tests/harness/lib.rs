@@ -388,11 +388,7 @@ impl TestApp {
     pub async fn batch_applied(&self, n: i64) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let done: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE connection_id = 'default' AND stage = 'apply' AND lane = 'batch'")
-                    .fetch_one(&self.pool)
-                    .await
-                    .unwrap();
+            let done = self.batch_applied_so_far().await;
             if done >= n {
                 break;
             }
@@ -400,6 +396,14 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.settle().await;
+    }
+
+    /// Records applied through the batch lane so far (apply-stage entries).
+    pub async fn batch_applied_so_far(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE connection_id = 'default' AND stage = 'apply' AND lane = 'batch'")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     pub async fn identity_status(&self, prospect_id: i64) -> Option<String> {
@@ -691,5 +695,15 @@ impl TestApp {
                 }
             }
         }
+    }
+}
+
+/// Waits (up to 30 s) until `check` holds: for what no idle probe can see
+/// coming (a resumed connection's next poll, a record sent again by hand).
+pub async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -53,6 +53,9 @@ pub struct Health {
     broker: Arc<Broker>,
     working: AtomicBool,
     draining: AtomicBool,
+    /// Woken when the tier starts taking work, so its replica row says so
+    /// at once rather than a beat later.
+    started: tokio::sync::Notify,
 }
 
 impl Health {
@@ -64,12 +67,14 @@ impl Health {
             broker: services.broker.clone(),
             working: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            started: tokio::sync::Notify::new(),
         })
     }
 
     /// The tier has started taking work (its consumers or its poll loop).
     pub fn working(&self) {
         self.working.store(true, Ordering::SeqCst);
+        self.started.notify_one();
     }
 
     /// Marks the tier draining as soon as `shutdown` is cancelled.
@@ -95,6 +100,7 @@ impl Health {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
+                    () = health.started.notified() => {}
                     () = shutdown.cancelled() => break,
                 }
                 let not = health.check().await.err().map(|n| n.join("; "));
