@@ -185,7 +185,7 @@ async fn connection(
     redis_error: &mut Option<String>,
     id: &str,
 ) -> anyhow::Result<ConnectionStatus> {
-    let statuses = identities::status_counts(pool, id).await?;
+    let (statuses, recycled) = identities::state_and_recycled_counts(pool, id).await?;
     let count = |s: &str| statuses.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
     let creation_failed = sync_errors::creations_refused(pool, id).await?;
     let identities = Identities {
@@ -193,7 +193,7 @@ async fn connection(
         pending_assignment: count("pending_assignment"),
         being_created: (count("creating_crm") + count("creating_ma") - creation_failed).max(0),
         creation_failed,
-        recycled: identities::recycled_count(pool, id).await?,
+        recycled,
     };
     let feeds = feeds::all(pool, id).await?;
     let last_change_detected_at = feeds.iter().filter_map(|f| f.last_published_at).max();
