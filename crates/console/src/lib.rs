@@ -143,6 +143,8 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ("POST /connections/{id}/settings", "crmsync connection set default csql.record_type opportunity --yes"),
     ("POST /errors/dismiss (an id)", "crmsync errors dismiss 42"),
     ("POST /errors/dismiss (a category)", "crmsync errors dismiss --category invalid_email -c default"),
+    ("POST /errors/retry (an id)", "crmsync errors retry 42"),
+    ("POST /errors/retry (a category)", "crmsync errors retry --category invalid_email -c default"),
     ("POST /connections/{id}/mapping (preview)", "crmsync connection mapping default set city --sync ma_wins --preview"),
     ("POST /connections/{id}/mapping (set)", "crmsync connection mapping default set score --sync read_only --source ma"),
     (
@@ -157,3 +159,37 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ("POST /connections/{id}/resume", "crmsync connection resume default"),
     ("POST /records/sync-now", "crmsync records sync-now -c default jane@example.com"),
 ];
+
+#[cfg(test)]
+mod tests {
+    /// The routes that change something: every `post(...)` route of
+    /// [`super::router`], read from this file's source (axum lists no
+    /// routes at run time), except signing in and out, which change no
+    /// sync.
+    fn change_routes() -> Vec<String> {
+        let source = include_str!("lib.rs");
+        let body = &source[source.find("pub fn router(").expect("the router")..];
+        let body = &body[..body.find("\n}\n").expect("its end")];
+        body.lines()
+            .filter(|l| l.contains(".route(") && l.contains("post("))
+            .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
+            .filter(|path| path != "/sign-in" && path != "/sign-out")
+            .collect()
+    }
+
+    #[test]
+    fn every_route_that_changes_something_is_an_action_with_a_cli_command_and_back() {
+        let routes = change_routes();
+        assert!(routes.len() >= 8, "{routes:?}");
+        for route in &routes {
+            assert!(
+                super::ACTIONS.iter().any(|(action, _)| action.strip_prefix("POST ").is_some_and(|a| a.split(' ').next() == Some(route))),
+                "POST {route} changes something but has no line in ACTIONS (and so no CLI command)"
+            );
+        }
+        for (action, _) in super::ACTIONS {
+            let path = action.strip_prefix("POST ").and_then(|a| a.split(' ').next()).expect("POST <path>");
+            assert!(routes.iter().any(|r| r == path), "ACTIONS lists {action}, which the router does not serve");
+        }
+    }
+}
