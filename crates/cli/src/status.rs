@@ -7,7 +7,7 @@ use crmsync_ops::status::{Status, gather, human};
 
 /// Prints the status as text or JSON; false if a service could not be read.
 pub async fn print(config: &Config, only: Option<&str>, json: bool) -> anyhow::Result<bool> {
-    let status = gather(config, None, only).await;
+    let status = gather(config, None, None, only).await;
     if json {
         // Printed whole: serde_json's writer errors hide a closed pipe.
         outln!("{}", serde_json::to_string_pretty(&status)?);

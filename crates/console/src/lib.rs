@@ -27,6 +27,7 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use axum::routing::{get, post};
+use crmsync_infra::inspect::Inspector;
 use crmsync_infra::{CancellationToken, Config, db};
 use sqlx::PgPool;
 
@@ -35,6 +36,9 @@ use sqlx::PgPool;
 pub struct AppState {
     pub pool: PgPool,
     pub config: Arc<Config>,
+    /// Kept for the overview's queue depths: one broker connection for the
+    /// replica's life rather than a handshake per page.
+    pub inspector: Arc<Inspector>,
 }
 
 /// A console bound to its address, not yet serving.
@@ -58,7 +62,8 @@ impl Console {
         let listener = tokio::net::TcpListener::bind(&config.console.listen)
             .await
             .with_context(|| format!("binding the console to {} (console.listen)", config.console.listen))?;
-        Ok(Console { listener, state: AppState { pool, config: Arc::new(config) } })
+        let inspector = Arc::new(Inspector::new(&config.amqp, "crmsync-console"));
+        Ok(Console { listener, state: AppState { pool, config: Arc::new(config), inspector } })
     }
 
     /// The address it listens at.
@@ -70,7 +75,9 @@ impl Console {
     /// hand.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr()?, "console serving");
+        let inspector = self.state.inspector.clone();
         axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        inspector.close().await;
         Ok(())
     }
 }

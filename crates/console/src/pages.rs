@@ -40,7 +40,7 @@ pub(crate) fn unavailable(headers: &HeaderMap, who: Option<&Principal>, e: &anyh
 
 /// `GET /`: every connection with its figures, and the broker's queues.
 pub async fn overview(State(state): State<AppState>, who: Principal, headers: HeaderMap) -> Response {
-    let status = status::gather(&state.config, Some(&state.pool), None).await;
+    let status = status::gather(&state.config, Some(&state.pool), Some(&state.inspector), None).await;
     if wants_json(&headers) {
         return Json(status).into_response();
     }

@@ -321,8 +321,15 @@ async fn connections_on(
 
 /// Reads the depth of every queue of these connections, stopping at the
 /// first call the broker does not answer.
-async fn broker(config: &Config, connections: &[String]) -> BrokerStatus {
-    let inspector = Inspector::new(&config.amqp, "crmsync-status");
+async fn broker(config: &Config, kept: Option<&Inspector>, connections: &[String]) -> BrokerStatus {
+    let own;
+    let inspector = match kept {
+        Some(kept) => kept,
+        None => {
+            own = Inspector::new(&config.amqp, "crmsync-status");
+            &own
+        }
+    };
     if let Err(e) = inspector.connect().await {
         return BrokerStatus { reachable: false, error: Some(format!("unreachable: {e}")), queues: Vec::new() };
     }
@@ -340,13 +347,17 @@ async fn broker(config: &Config, connections: &[String]) -> BrokerStatus {
             }
         }
     }
-    inspector.close().await;
+    if kept.is_none() {
+        inspector.close().await;
+    }
     status
 }
 
 /// Gathers the status, each service within its timeout, reading
-/// PostgreSQL on `pool` when given (else on a pool of its own).
-pub async fn gather(config: &Config, pool: Option<&PgPool>, only: Option<&str>) -> Status {
+/// PostgreSQL on `pool` and the broker through `inspector` when given (a
+/// server that keeps them: the console), else on connections of its own
+/// (a command).
+pub async fn gather(config: &Config, pool: Option<&PgPool>, inspector: Option<&Inspector>, only: Option<&str>) -> Status {
     let limit = config.database.command_timeout();
     let mut redis_error = None;
     let ((connections, replicas), database_error) =
@@ -362,7 +373,7 @@ pub async fn gather(config: &Config, pool: Option<&PgPool>, only: Option<&str>) 
         (Some(_), Some(id)) => vec![id.to_owned()],
         (Some(_), None) => Vec::new(),
     };
-    let broker = broker(config, &ids).await;
+    let broker = broker(config, inspector, &ids).await;
     Status {
         ok: database_error.is_none() && broker.error.is_none() && redis_error.is_none(),
         connections,
