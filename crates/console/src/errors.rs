@@ -252,11 +252,8 @@ async fn targeted(state: &AppState, who: &Principal, req: Request) -> Result<(He
     } else {
         axum::Form::<Targets>::from_request(req, state).await.map(|axum::Form(d)| d).map_err(IntoResponse::into_response)?
     };
-    let refuse = |code: StatusCode, msg: &'static str| {
-        answer(&headers, code, || json!({ "error": msg }), || page("Refused", Some(who), html! { p.error { (msg) } }))
-    };
-    if let Err(refusal) = who.may_change(t.csrf.as_deref(), &headers) {
-        return Err(refuse(StatusCode::FORBIDDEN, refusal.message()));
+    if let Some(refused) = crate::pages::change_refused(who, t.csrf.as_deref(), &headers) {
+        return Err(refused);
     }
     let set = |v: Option<String>| v.filter(|s| !s.is_empty());
     let targets = Filter {
@@ -267,7 +264,7 @@ async fn targeted(state: &AppState, who: &Principal, req: Request) -> Result<(He
         ..Filter::default()
     };
     if targets.ids.is_empty() && targets.category.is_none() {
-        return Err(refuse(StatusCode::BAD_REQUEST, "name an error (id) or a category"));
+        return Err(crate::pages::refused(&headers, who, StatusCode::BAD_REQUEST, "name an error (id) or a category"));
     }
     Ok((headers, targets))
 }

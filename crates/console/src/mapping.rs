@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
-use crate::pages::{answer, unavailable};
+use crate::pages::{answer, change_refused, refused, unavailable};
 use crate::session::{Principal, wants_json};
 use crate::view::{compact, csrf_field, page};
 
@@ -37,10 +37,6 @@ fn status_of(e: &anyhow::Error) -> StatusCode {
     } else {
         StatusCode::BAD_REQUEST
     }
-}
-
-fn refused(headers: &HeaderMap, who: &Principal, code: StatusCode, msg: String) -> Response {
-    answer(headers, code, || json!({ "error": msg }), || page("Refused", Some(who), html! { p.error { (msg) } }))
 }
 
 fn is_json_body(headers: &HeaderMap) -> bool {
@@ -266,8 +262,8 @@ pub async fn change(State(state): State<AppState>, who: Principal, Path(id): Pat
             Err(r) => return r.into_response(),
         }
     };
-    if let Err(refusal) = who.may_change(csrf.as_deref(), &headers) {
-        return refused(&headers, &who, StatusCode::FORBIDDEN, refusal.message().to_owned());
+    if let Some(refused) = change_refused(&who, csrf.as_deref(), &headers) {
+        return refused;
     }
     let edit = match edit {
         Ok(e) => e,
@@ -429,8 +425,8 @@ pub async fn change_scope(State(state): State<AppState>, who: Principal, Path(id
             Err(r) => return r.into_response(),
         }
     };
-    if let Err(refusal) = who.may_change(csrf.as_deref(), &headers) {
-        return refused(&headers, &who, StatusCode::FORBIDDEN, refusal.message().to_owned());
+    if let Some(refused) = change_refused(&who, csrf.as_deref(), &headers) {
+        return refused;
     }
     let scope = match scope {
         Ok(s) => s,

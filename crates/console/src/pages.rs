@@ -38,6 +38,20 @@ pub(crate) fn unavailable(headers: &HeaderMap, who: Option<&Principal>, e: &anyh
     answer(headers, StatusCode::SERVICE_UNAVAILABLE, || json!({ "error": msg }), || page("Unavailable", who, html! { p.error { (msg) } }))
 }
 
+/// A request refused, with why: the page, or `{"error": ...}`.
+pub(crate) fn refused(headers: &HeaderMap, who: &Principal, code: StatusCode, msg: impl Into<String>) -> Response {
+    let msg = msg.into();
+    answer(headers, code, || json!({ "error": msg }), || page("Refused", Some(who), html! { p.error { (msg) } }))
+}
+
+/// The 403 for a change its caller may not make (a viewer's, or a form's
+/// without its session's CSRF token); `None` when it may go ahead. Every
+/// route that changes something asks this first.
+pub(crate) fn change_refused(who: &Principal, csrf: Option<&str>, headers: &HeaderMap) -> Option<Response> {
+    let refusal = who.may_change(csrf, headers).err()?;
+    Some(refused(headers, who, StatusCode::FORBIDDEN, refusal.message()))
+}
+
 /// `GET /`: every connection with its figures, and the broker's queues.
 pub async fn overview(State(state): State<AppState>, who: Principal, headers: HeaderMap) -> Response {
     let status = status::gather(&state.config, Some(&state.pool), Some(&state.inspector), None).await;
@@ -307,14 +321,8 @@ pub async fn change_setting(State(state): State<AppState>, who: Principal, Path(
         Ok(c) => c,
         Err(refused) => return refused,
     };
-    if let Err(refusal) = who.may_change(change.csrf.as_deref(), &headers) {
-        let msg = refusal.message();
-        return answer(
-            &headers,
-            StatusCode::FORBIDDEN,
-            || json!({ "error": msg }),
-            || page("Refused", Some(&who), html! { p.error { (msg) } }),
-        );
+    if let Some(refused) = crate::pages::change_refused(&who, change.csrf.as_deref(), &headers) {
+        return refused;
     }
     let JsonChange { key, value, confirm, .. } = change;
     match settings::set(&state.config, &state.pool, &who.actor(), &id, &key, &value, confirm).await {

@@ -62,14 +62,8 @@ async fn change(state: AppState, who: Principal, id: String, req: Request, pause
         Ok(c) => c,
         Err(refused) => return refused,
     };
-    if let Err(refusal) = who.may_change(csrf.as_deref(), &headers) {
-        let msg = refusal.message();
-        return answer(
-            &headers,
-            StatusCode::FORBIDDEN,
-            || json!({ "error": msg }),
-            || page("Refused", Some(&who), html! { p.error { (msg) } }),
-        );
+    if let Some(refused) = crate::pages::change_refused(&who, csrf.as_deref(), &headers) {
+        return refused;
     }
     match crmsync_ops::pause::set_paused(&state.pool, &who.actor(), &id, paused).await {
         Ok(change) => {

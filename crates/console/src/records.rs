@@ -199,14 +199,8 @@ pub async fn sync_now(State(state): State<AppState>, who: Principal, req: Reques
         Ok(f) => f,
         Err(refused) => return refused,
     };
-    if let Err(refusal) = who.may_change(form.csrf.as_deref(), &headers) {
-        let msg = refusal.message();
-        return answer(
-            &headers,
-            StatusCode::FORBIDDEN,
-            || json!({ "error": msg }),
-            || page("Refused", Some(&who), html! { p.error { (msg) } }),
-        );
+    if let Some(refused) = crate::pages::change_refused(&who, form.csrf.as_deref(), &headers) {
+        return refused;
     }
     let connection = form.connection.filter(|c| !c.is_empty()).unwrap_or_else(|| "default".to_owned());
     let pii = Pii::default();
