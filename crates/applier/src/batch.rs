@@ -14,14 +14,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use crmsync_domain::Lane;
 use crmsync_domain::messages::ApplyBatch;
-use crmsync_domain::settings::{DEFAULT_BATCH_BUDGET_PER_HOUR, DEFAULT_BATCH_BURST};
+use crmsync_domain::settings::{ConnectionSettings, DEFAULT_BATCH_BUDGET_PER_HOUR, DEFAULT_BATCH_BURST};
 use crmsync_infra::CancellationToken;
+use crmsync_infra::amqp::Stage;
 use crmsync_infra::broker::Broker;
 use crmsync_infra::budget::{BatchBudget, Pace, PaceSource};
 use crmsync_infra::worker::StageError;
 use crmsync_systems::allowance::{ApiAllowances, batch_eta, connection_usage, system_name};
 
-use crmsync_store::{audit, connections};
+use crmsync_store::{audit, connections, feeds};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -204,6 +205,21 @@ impl BatchFigures {
     }
 }
 
+impl BatchFigures {
+    /// The figures from what feeds published to the batch lane, the lane's
+    /// tallies and the budget: one rule for one connection and for all.
+    fn of(published: i64, tally: audit::LaneTally, budget_per_hour: u32) -> BatchFigures {
+        let backlog = (published - tally.finished).max(0);
+        let per_hour = budget_per_hour.max(1);
+        BatchFigures {
+            backlog,
+            budget_per_hour: per_hour,
+            used_last_hour: tally.applied_last_hour,
+            eta: Duration::from_secs_f64(backlog as f64 * 3600.0 / f64::from(per_hour)),
+        }
+    }
+}
+
 /// The batch-lane figures of one connection.
 pub async fn batch_figures(pool: &PgPool, connection_id: &str) -> Result<BatchFigures, sqlx::Error> {
     let settings = connections::load(pool, connection_id).await?;
@@ -214,72 +230,107 @@ pub async fn batch_figures(pool: &PgPool, connection_id: &str) -> Result<BatchFi
     // Read after the published count: a change finished in between makes
     // the backlog one short for a moment, never one too many.
     let tally = audit::lane_tally(pool, connection_id, Lane::Batch.as_str()).await?;
-    let backlog = (published - tally.finished).max(0);
-    let per_hour = settings.batch_budget_per_hour.max(1);
-    Ok(BatchFigures {
-        backlog,
-        budget_per_hour: per_hour,
-        used_last_hour: tally.applied_last_hour,
-        eta: Duration::from_secs_f64(backlog as f64 * 3600.0 / f64::from(per_hour)),
-    })
+    Ok(BatchFigures::of(published, tally, settings.batch_budget_per_hour))
+}
+
+/// Every connection's batch-lane figures with its settings, in three
+/// statements whatever the number of connections (the metrics exporter's
+/// figures, every few seconds on every applier replica: per connection, it
+/// was four statements each time, some 800 a second at 1,000 connections
+/// with nothing to do).
+pub async fn batch_figures_all(pool: &PgPool) -> Result<Vec<(String, ConnectionSettings, BatchFigures)>, sqlx::Error> {
+    let all = connections::load_all(pool).await?;
+    let published: HashMap<String, i64> = feeds::published_batch_all(pool).await?.into_iter().collect();
+    let tallies: HashMap<String, audit::LaneTally> = audit::lane_tallies(pool, Lane::Batch.as_str()).await?.into_iter().collect();
+    let none = audit::LaneTally { finished: 0, applied: 0, applied_last_hour: 0 };
+    Ok(all
+        .into_iter()
+        .map(|(id, settings)| {
+            let f = BatchFigures::of(
+                published.get(&id).copied().unwrap_or(0),
+                tallies.get(&id).copied().unwrap_or(none),
+                settings.batch_budget_per_hour,
+            );
+            (id, settings, f)
+        })
+        .collect())
 }
 
 /// Exports every connection's batch-lane figures as metrics, every few seconds.
 pub async fn export_figures(pool: PgPool, broker: Arc<Broker>, allowances: ApiAllowances, shutdown: CancellationToken) {
+    // Connections whose own batch queue was asked about at the last export.
+    let mut asked: HashSet<String> = HashSet::new();
     loop {
         if let Err(e) = audit::fold_tallies(&pool).await {
             tracing::warn!(error = %e, "folding the audit tallies failed; trying again in a few seconds");
         }
-        if let Ok(ids) = connections::ids(&pool).await {
-            // Messages ready in each work queue (the broker's own count;
-            // KEDA reads unacked ones too, from the management API). Asked
-            // passively: a queue not declared yet has no gauge, and is not
-            // created by asking.
-            for (_, _, q) in broker.topology().work_queues(&ids) {
-                if let Ok(Some(depth)) = broker.depth(&q).await {
-                    metrics::gauge!(crmsync_infra::metrics::QUEUE_DEPTH, "queue" => q).set(f64::from(depth));
-                }
-            }
-            // Paused or running, per connection; unknown when the read
-            // failed (the gauges keep their last values then).
-            let paused = connections::all_paused(&pool).await.ok();
-            for id in ids {
-                if let Some(paused) = &paused {
-                    let on = paused.iter().any(|(p, _)| *p == id);
-                    metrics::gauge!(crmsync_infra::metrics::CONNECTION_PAUSED, "connection" => id.clone()).set(if on { 1.0 } else { 0.0 });
-                }
-                let Ok(f) = batch_figures(&pool, &id).await else { continue };
-                // The API calls of the last 24 hours, per system and kind,
-                // and the ETA they allow (I8).
-                let usage = match connections::load(&pool, &id).await {
-                    Ok(settings) => connection_usage(&allowances, &id, &settings).await.unwrap_or_default(),
-                    Err(_) => Vec::new(),
-                };
-                for (side, u) in &usage {
-                    let system = system_name(*side);
-                    for (kind, n) in &u.by_kind {
-                        let labels = [("connection", id.clone()), ("system", system.to_owned()), ("kind", kind.clone())];
-                        metrics::gauge!("crmsync_api_calls_24h", &labels).set(*n as f64);
-                    }
-                    let labels = [("connection", id.clone()), ("system", system.to_owned())];
-                    metrics::gauge!("crmsync_api_calls_counted_24h", &labels).set(u.used as f64);
-                    if let Some(a) = u.allowance {
-                        metrics::gauge!("crmsync_api_daily_allowance", &labels).set(a as f64);
-                    }
-                }
-                let eta = batch_eta(f.eta, u64::try_from(f.backlog).unwrap_or(0), u64::try_from(f.used_last_hour).unwrap_or(0), &usage);
-                let labels = [("connection", id.clone())];
-                metrics::gauge!("crmsync_batch_backlog_records", &labels).set(f.backlog as f64);
-                metrics::gauge!("crmsync_batch_budget_records_per_hour", &labels).set(f64::from(f.budget_per_hour));
-                metrics::gauge!("crmsync_batch_used_last_hour_records", &labels).set(f.used_last_hour as f64);
-                metrics::gauge!("crmsync_batch_eta_seconds", &labels).set(eta.as_secs_f64().min(1e12));
-            }
+        match export_once(&pool, &broker, &allowances, &asked).await {
+            Ok(now) => asked = now,
+            Err(e) => tracing::debug!(error = %e, "the batch-lane figures could not be read; trying again in a few seconds"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
+}
+
+/// One export; returns the connections whose batch queue it asked about.
+async fn export_once(
+    pool: &PgPool,
+    broker: &Broker,
+    allowances: &ApiAllowances,
+    asked_before: &HashSet<String>,
+) -> Result<HashSet<String>, sqlx::Error> {
+    let all = batch_figures_all(pool).await?;
+    // Messages ready in each work queue (the broker's own count; KEDA reads
+    // unacked ones too, from the management API), asked passively: a queue
+    // not declared yet has no gauge, and is not created by asking. The
+    // shared queues always; a connection's own batch queue only while its
+    // backlog is not empty, and once more after, to bring its gauge to 0:
+    // asking a thousand idle queues every five seconds was most of the
+    // broker's idle work.
+    let busy: HashSet<String> = all.iter().filter(|(_, _, f)| f.backlog > 0).map(|(id, _, _)| id.clone()).collect();
+    let ask: Vec<String> = busy.union(asked_before).cloned().collect();
+    let mut queues = broker.topology().shared_queues();
+    queues.extend(ask.iter().map(|c| (Stage::Apply, Lane::Batch, broker.topology().queue(Stage::Apply, Lane::Batch, c))));
+    for (_, _, q) in queues {
+        if let Ok(Some(depth)) = broker.depth(&q).await {
+            metrics::gauge!(crmsync_infra::metrics::QUEUE_DEPTH, "queue" => q).set(f64::from(depth));
+        }
+    }
+    // Paused or running, per connection.
+    let paused: HashSet<String> = connections::all_paused(pool).await?.into_iter().map(|(id, _)| id).collect();
+    for (id, settings, f) in &all {
+        metrics::gauge!(crmsync_infra::metrics::CONNECTION_PAUSED, "connection" => id.clone()).set(if paused.contains(id) {
+            1.0
+        } else {
+            0.0
+        });
+        // The API calls of the last 24 hours, per system and kind, and the
+        // ETA they allow (I8). Redis is asked only for systems reached over
+        // a real API.
+        let usage = connection_usage(allowances, id, settings).await.unwrap_or_default();
+        for (side, u) in &usage {
+            let system = system_name(*side);
+            for (kind, n) in &u.by_kind {
+                let labels = [("connection", id.clone()), ("system", system.to_owned()), ("kind", kind.clone())];
+                metrics::gauge!("crmsync_api_calls_24h", &labels).set(*n as f64);
+            }
+            let labels = [("connection", id.clone()), ("system", system.to_owned())];
+            metrics::gauge!("crmsync_api_calls_counted_24h", &labels).set(u.used as f64);
+            if let Some(a) = u.allowance {
+                metrics::gauge!("crmsync_api_daily_allowance", &labels).set(a as f64);
+            }
+        }
+        let eta = batch_eta(f.eta, u64::try_from(f.backlog).unwrap_or(0), u64::try_from(f.used_last_hour).unwrap_or(0), &usage);
+        let labels = [("connection", id.clone())];
+        metrics::gauge!("crmsync_batch_backlog_records", &labels).set(f.backlog as f64);
+        metrics::gauge!("crmsync_batch_budget_records_per_hour", &labels).set(f64::from(f.budget_per_hour));
+        metrics::gauge!("crmsync_batch_used_last_hour_records", &labels).set(f.used_last_hour as f64);
+        metrics::gauge!("crmsync_batch_eta_seconds", &labels).set(eta.as_secs_f64().min(1e12));
+    }
+    Ok(busy)
 }
 
 #[cfg(test)]

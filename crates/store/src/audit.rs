@@ -108,6 +108,20 @@ pub async fn lane_tally<'e>(e: impl PgExecutor<'e>, connection_id: &str, lane: &
     .await
 }
 
+/// Every connection's tallies of one lane, in one statement (connections
+/// without any are left out: all zeros).
+pub async fn lane_tallies<'e>(e: impl PgExecutor<'e>, lane: &str) -> Result<Vec<(String, LaneTally)>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT connection_id, coalesce(sum(finished), 0)::bigint, coalesce(sum(applied), 0)::bigint, \
+                coalesce(sum(applied) FILTER (WHERE minute >= date_trunc('minute', now() - interval '1 hour')), 0)::bigint \
+         FROM change_tallies WHERE lane = $1 GROUP BY connection_id",
+    )
+    .bind(lane)
+    .fetch_all(e)
+    .await?;
+    Ok(rows.into_iter().map(|(c, finished, applied, applied_last_hour)| (c, LaneTally { finished, applied, applied_last_hour })).collect())
+}
+
 /// A connection's recent activity, from the tallies: apply-stage entries
 /// of the immediate lane in the last five whole minutes and this one, and
 /// the minute of the last apply-stage entry of any lane (to the minute:

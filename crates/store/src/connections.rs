@@ -61,6 +61,14 @@ fn parse(id: &str, raw: Option<serde_json::Value>) -> Result<ConnectionSettings,
     serde_json::from_value(raw).map_err(|e| ConnectionError::Corrupt { id: id.to_owned(), error: e.to_string() })
 }
 
+/// Every connection's settings, in id order, in one statement; a
+/// connection whose settings do not parse is left out (its own load says
+/// why).
+pub async fn load_all(pool: &PgPool) -> Result<Vec<(String, ConnectionSettings)>, sqlx::Error> {
+    let rows: Vec<(String, serde_json::Value)> = sqlx::query_as("SELECT id, settings FROM connections ORDER BY id").fetch_all(pool).await?;
+    Ok(rows.into_iter().filter_map(|(id, raw)| parse(&id, Some(raw)).ok().map(|s| (id, s))).collect())
+}
+
 /// Every connection id, in order.
 pub async fn ids(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT id FROM connections ORDER BY id").fetch_all(pool).await

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::{PgExecutor, PgPool, Row};
 
 /// The name of a connection's pass lease among its feeds' rows (no feed is
 /// named with a `*`). [`all`] leaves it out.
@@ -117,6 +117,12 @@ pub struct FeedState {
     pub suppressed: i64,
     /// When the feed last published a change (migration 0017).
     pub last_published_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Changes every connection's feeds published to the batch lane, in one
+/// statement (connections without feeds are left out).
+pub async fn published_batch_all<'e>(e: impl PgExecutor<'e>) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT connection_id, coalesce(sum(published_batch), 0)::bigint FROM feeds GROUP BY connection_id").fetch_all(e).await
 }
 
 pub async fn all(pool: &PgPool, connection_id: &str) -> Result<Vec<FeedState>, sqlx::Error> {
