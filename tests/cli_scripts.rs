@@ -134,3 +134,44 @@ async fn the_report_lists_what_waits_in_the_batch_lane_and_fails_only_on_real_mi
     assert_eq!(json(&cli(&app, &["report", "--json"]).await)["ok"], true);
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_many_connections_at_once_and_asks_the_broker_only_about_busy_queues() {
+    let app = TestApp::spawn().await;
+    // 120 connections more (each figure read once for all of them), one of
+    // them with a batch-lane backlog.
+    let settings = crmsync_store::connections::load(&app.pool, "default").await.unwrap();
+    for n in 0..120 {
+        crmsync_store::connections::save(&app.pool, &format!("c{n:03}"), &settings).await.unwrap();
+    }
+    app.create_prospect(&[("email", "many@status.example"), ("lastName", "Many")]).await;
+    sqlx::query("INSERT INTO feeds (connection_id, feed, published, published_batch) VALUES ('c007', 'ma.prospect', 3, 3)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let s = json(&cli(&app, &["status", "--json"]).await);
+    let connections = s["connections"].as_array().unwrap();
+    assert_eq!(connections.len(), 121);
+    let of = |id: &str| connections.iter().find(|c| c["id"] == id).unwrap_or_else(|| panic!("{id}"));
+    assert_eq!(of("c007")["batch_lane"]["backlog"], 3);
+    assert_eq!(of("c008")["batch_lane"]["backlog"], 0);
+    assert_eq!(of("c007")["feeds"][0]["published"], 3);
+    assert_eq!(of("c119")["identities"]["in_sync"], 0);
+    // The broker is asked about the shared queues and the batch queues of
+    // connections with a backlog only.
+    let batch_queues: Vec<&str> = s["broker"]["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|q| q["lane"] == "batch" && q["stage"] == "apply")
+        .map(|q| q["queue"].as_str().unwrap())
+        .collect();
+    assert_eq!(batch_queues.len(), 1, "{batch_queues:?}");
+    assert!(batch_queues[0].ends_with(".apply.batch.c007"), "{batch_queues:?}");
+    assert_eq!(of("default")["identities"]["pending_assignment"], 0, "no producer ran: the prospect is not detected");
+    // One connection asked for: its own figures.
+    let one = json(&cli(&app, &["status", "--json", "-c", "c007"]).await);
+    assert_eq!(one["connections"].as_array().unwrap().len(), 1);
+    assert_eq!(one["connections"][0]["batch_lane"]["backlog"], 3);
+    app.cleanup().await;
+}

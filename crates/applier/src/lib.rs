@@ -32,7 +32,7 @@ use lapin::message::Delivery;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-pub use batch::{BatchFigures, PaceBook, batch_figures};
+pub use batch::{BatchFigures, PaceBook, batch_figures, batch_figures_all};
 pub use process::Applier;
 
 /// The apply stage: decode, apply (paced in the batch lane), ack.

@@ -12,13 +12,17 @@
 //! call on it within `amqp.timeout_ms`. What it could not reach it names,
 //! after printing what it could, and it then exits 1.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crmsync_domain::Lane;
+use crmsync_domain::settings::ConnectionSettings;
 use crmsync_infra::amqp::Stage;
 use crmsync_infra::inspect::Inspector;
 use crmsync_infra::{Config, db};
-use crmsync_store::{connections, csql_links, feeds, identities, sync_errors};
+use crmsync_store::audit::Activity;
+use crmsync_store::connections::{self, Paused};
+use crmsync_store::feeds::FeedState;
+use crmsync_store::figures;
 use crmsync_systems::allowance::{ApiAllowances, batch_eta, connection_usage, system_name};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -53,6 +57,10 @@ pub struct ReplicaStatus {
     /// Why not, when not: "gone", "draining: shutting down", "Redis: no answer"...
     pub not_ready: Option<String>,
 }
+
+/// Up to this many connections, every connection's own batch-lane queue
+/// is listed; past it, those with a backlog.
+const QUEUES_ALWAYS_LISTED: usize = 50;
 
 /// Replicas older than this are not shown.
 const REPLICAS_SHOWN_SECS: i64 = 600;
@@ -179,36 +187,90 @@ fn db_failure(e: &anyhow::Error, config: &Config) -> String {
     if cancelled { db_timeout(config) } else { format!("{e:#}") }
 }
 
+/// Every figure of the connections asked for, read with one statement
+/// each whatever their number, by connection.
+struct Figures {
+    settings: HashMap<String, ConnectionSettings>,
+    batch: HashMap<String, crmsync_applier::BatchFigures>,
+    states: HashMap<String, Vec<(String, i64, i64)>>,
+    refused: HashMap<String, i64>,
+    feeds: HashMap<String, Vec<FeedState>>,
+    activity: HashMap<String, Activity>,
+    csqls: HashMap<String, BTreeMap<String, i64>>,
+    errors: HashMap<String, BTreeMap<String, i64>>,
+    paused: HashMap<String, Paused>,
+}
+
+impl Figures {
+    async fn read(pool: &PgPool, ids: &[String]) -> anyhow::Result<Figures> {
+        let mut out = Figures {
+            settings: HashMap::new(),
+            batch: HashMap::new(),
+            states: HashMap::new(),
+            refused: figures::creations_refused(pool, ids).await?.into_iter().collect(),
+            feeds: HashMap::new(),
+            activity: figures::activity(pool, ids).await?.into_iter().collect(),
+            csqls: HashMap::new(),
+            errors: HashMap::new(),
+            paused: connections::all_paused(pool).await?.into_iter().collect(),
+        };
+        for (id, settings, batch) in crmsync_applier::batch_figures_all(pool).await? {
+            out.settings.insert(id.clone(), settings);
+            out.batch.insert(id, batch);
+        }
+        // Settings that do not parse are left out of the set read: the
+        // connection's own load says why.
+        for id in ids.iter().filter(|id| !out.settings.contains_key(*id)) {
+            connections::load(pool, id).await?;
+        }
+        for (id, state, n, recycled) in figures::identity_counts(pool, ids).await? {
+            out.states.entry(id).or_default().push((state, n, recycled));
+        }
+        for f in figures::feeds(pool, ids).await? {
+            out.feeds.entry(f.connection_id.clone()).or_default().push(f);
+        }
+        for (id, outcome, n) in figures::csql_outcomes(pool, ids).await? {
+            out.csqls.entry(id).or_default().insert(outcome, n);
+        }
+        for (id, category, n) in figures::open_errors(pool, ids).await? {
+            out.errors.entry(id).or_default().insert(category, n);
+        }
+        Ok(out)
+    }
+}
+
+/// One connection's status from the figures read; Redis is asked for the
+/// API calls of connections that reach a real API.
 async fn connection(
-    pool: &PgPool,
+    f: &mut Figures,
     allowances: &ApiAllowances,
     redis_error: &mut Option<String>,
     id: &str,
 ) -> anyhow::Result<ConnectionStatus> {
-    let (statuses, recycled) = identities::state_and_recycled_counts(pool, id).await?;
-    let count = |s: &str| statuses.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
-    let creation_failed = sync_errors::creations_refused(pool, id).await?;
+    let settings = f.settings.remove(id).ok_or_else(|| anyhow::anyhow!("connection {id} is gone"))?;
+    let states = f.states.remove(id).unwrap_or_default();
+    let count = |s: &str| states.iter().find(|(k, _, _)| k == s).map_or(0, |(_, n, _)| *n);
+    let creation_failed = f.refused.remove(id).unwrap_or(0);
     let identities = Identities {
         in_sync: count("linked"),
         pending_assignment: count("pending_assignment"),
         being_created: (count("creating_crm") + count("creating_ma") - creation_failed).max(0),
         creation_failed,
-        recycled,
+        recycled: states.iter().map(|(_, _, r)| r).sum(),
     };
-    let feeds = feeds::all(pool, id).await?;
+    let feeds = f.feeds.remove(id).unwrap_or_default();
     let last_change_detected_at = feeds.iter().filter_map(|f| f.last_published_at).max();
     let feeds = feeds
         .into_iter()
         .map(|f| FeedStatus { feed: f.feed, published: f.published, echoes_dropped: f.suppressed, leased_by: f.lease_owner })
         .collect();
-    let activity = crmsync_store::audit::activity(pool, id).await?;
+    let activity = f.activity.remove(id).unwrap_or(Activity { immediate_applied_recently: 0, last_write_minute: None });
     // Five whole minutes and the one under way: about 5.5 on average.
     let immediate_lane = ImmediateLane {
         applied_last_5_min: activity.immediate_applied_recently,
         per_second: activity.immediate_applied_recently as f64 / 330.0,
     };
-    let b = crmsync_applier::batch_figures(pool, id).await?;
-    let settings = crmsync_store::connections::load(pool, id).await?;
+    let b = f.batch.remove(id).expect("read with the settings");
     // Redis unreachable: the calls are not shown (and the status says why),
     // and it is not asked again for the other connections.
     let usage = match redis_error {
@@ -236,10 +298,9 @@ async fn connection(
         record_type: settings.csql.record_type.to_string(),
         sync_user: settings.csql.sync_user.to_string(),
         cs_platform: settings.cs.is_some(),
-        outcomes: csql_links::outcome_counts(pool, id).await?.into_iter().collect(),
+        outcomes: f.csqls.remove(id).unwrap_or_default(),
     };
-    let sync_errors = sync_errors::open_counts(pool, id).await?.into_iter().collect();
-    let pause = connections::paused(pool, id, false).await?;
+    let pause = f.paused.remove(id);
     Ok(ConnectionStatus {
         id: id.to_owned(),
         paused: pause.is_some(),
@@ -253,7 +314,7 @@ async fn connection(
         last_write_minute: activity.last_write_minute,
         api,
         csqls,
-        sync_errors,
+        sync_errors: f.errors.remove(id).unwrap_or_default(),
     })
 }
 
@@ -312,9 +373,10 @@ async fn connections_on(
         }
         None => connections::ids(pool).await?,
     };
-    let mut out = Vec::new();
+    let mut figures = Figures::read(pool, &ids).await?;
+    let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        out.push(connection(pool, &allowances, redis_error, &id).await?);
+        out.push(connection(&mut figures, &allowances, redis_error, &id).await?);
     }
     Ok(out)
 }
@@ -368,8 +430,13 @@ pub async fn gather(config: &Config, pool: Option<&PgPool>, inspector: Option<&I
         };
     // Without PostgreSQL the connections are not known: the one asked for,
     // or none (the shared queues are still read).
+    // Each connection has a batch-lane queue of its own; past a few dozen
+    // connections only the queues of those with a backlog are asked about
+    // (one broker round trip each: a thousand took seconds, to list
+    // zeros).
+    let many = connections.len() > QUEUES_ALWAYS_LISTED;
     let ids: Vec<String> = match (&database_error, only) {
-        (None, _) => connections.iter().map(|c| c.id.clone()).collect(),
+        (None, _) => connections.iter().filter(|c| !many || c.batch_lane.backlog > 0).map(|c| c.id.clone()).collect(),
         (Some(_), Some(id)) => vec![id.to_owned()],
         (Some(_), None) => Vec::new(),
     };

@@ -133,19 +133,6 @@ pub struct Activity {
     pub last_write_minute: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Reads a connection's [`Activity`].
-pub async fn activity<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<Activity, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT coalesce(sum(applied) FILTER (WHERE lane = 'immediate' AND minute >= date_trunc('minute', now() - interval '5 minutes')), 0)::bigint \
-                  AS immediate_applied_recently, \
-                max(minute) FILTER (WHERE applied > 0 AND minute > '-infinity') AS last_write_minute \
-         FROM change_tallies WHERE connection_id = $1",
-    )
-    .bind(connection_id)
-    .fetch_one(e)
-    .await
-}
-
 /// Folds the tallies of minutes older than two hours (no figure reads them
 /// by minute any more) into one row per connection and lane, so the table
 /// holds a couple of hours of minutes whatever the log's age. Concurrent

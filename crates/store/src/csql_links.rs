@@ -59,11 +59,3 @@ pub async fn save<'e>(e: impl PgExecutor<'e>, connection_id: &str, s: &Synced<'_
     .await?;
     Ok(done.rows_affected() == 1)
 }
-
-/// How many CSQLs of a connection ended in each outcome.
-pub async fn outcome_counts(pool: &PgPool, connection_id: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT outcome, count(*) FROM csql_links WHERE connection_id = $1 GROUP BY outcome ORDER BY outcome")
-        .bind(connection_id)
-        .fetch_all(pool)
-        .await
-}

@@ -532,19 +532,6 @@ pub async fn status_counts<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> R
         .await
 }
 
-/// Identities by state, and how many have their prospect in the MA's
-/// recycle bin, in one scan of the connection's identities.
-pub async fn state_and_recycled_counts<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<(Vec<(String, i64)>, i64), sqlx::Error> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT status, count(*), count(*) FILTER (WHERE ma_recycled) FROM identities WHERE connection_id = $1 GROUP BY status ORDER BY status",
-    )
-    .bind(connection_id)
-    .fetch_all(e)
-    .await?;
-    let recycled = rows.iter().map(|(_, _, r)| r).sum();
-    Ok((rows.into_iter().map(|(s, n, _)| (s, n)).collect(), recycled))
-}
-
 /// A linked identity's keys, for checking both sides against each other.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LinkedRow {

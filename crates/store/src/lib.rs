@@ -9,6 +9,7 @@ pub mod audit;
 pub mod connections;
 pub mod csql_links;
 pub mod feeds;
+pub mod figures;
 pub mod identities;
 pub mod mirror_outbox;
 pub mod replicas;

@@ -85,12 +85,8 @@ pub async fn resolve<'e>(
 
 /// Open errors per category.
 pub async fn open_counts<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT category, count(*) FROM sync_errors WHERE connection_id = $1 AND status = 'open' GROUP BY category ORDER BY 2 DESC, 1",
-    )
-    .bind(connection_id)
-    .fetch_all(e)
-    .await
+    let rows = crate::figures::open_errors(e, &[connection_id.to_owned()]).await?;
+    Ok(rows.into_iter().map(|(_, category, n)| (category, n)).collect())
 }
 
 /// An open error as listed for an operator.
@@ -122,25 +118,6 @@ pub async fn open_records<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Re
         .bind(connection_id)
         .fetch_all(e)
         .await
-}
-
-/// Identities whose creation was refused: waiting to create the CRM lead
-/// (`creating_crm`) or the prospect (`creating_ma`) with an open sync error
-/// on the record that asked for it (the prospect; the lead or contact).
-/// They are not being created: someone must act on the error first.
-pub async fn creations_refused<'e>(e: impl PgExecutor<'e>, connection_id: &str) -> Result<i64, sqlx::Error> {
-    // A CRM record's error names it by the id its source gave, 18 or 15
-    // characters; identities keep the 18-character form.
-    sqlx::query_scalar(
-        "SELECT count(*) FROM identities i \
-         WHERE i.connection_id = $1 AND i.status IN ('creating_crm', 'creating_ma') \
-           AND EXISTS (SELECT 1 FROM sync_errors e WHERE e.connection_id = i.connection_id AND e.status = 'open' \
-                 AND CASE WHEN i.status = 'creating_crm' THEN e.object = 'prospect' AND e.record_id = i.prospect_id::text \
-                          ELSE e.object = i.crm_object AND e.record_id IN (i.crm_id, left(i.crm_id, 15)) END)",
-    )
-    .bind(connection_id)
-    .fetch_one(e)
-    .await
 }
 
 /// Parks a message that could not be read at all (I6) as a sync error under
