@@ -14,8 +14,8 @@ use crmsync_ops::{mapping, scope};
 use crmsync_sandbox::schema::{LEAD, PROSPECT};
 use crmsync_store::admin_audit::{self, Actor};
 use crmsync_store::connections;
-use crmsync_tests::TestApp;
 use crmsync_tests::console::{Browser, csrf_of, serve};
+use crmsync_tests::{TestApp, eventually};
 use reqwest::StatusCode;
 use reqwest::header::ACCEPT;
 use serde_json::Value;
@@ -153,8 +153,11 @@ async fn a_custom_field_from_the_sandbox_schema_is_mapped_and_unmapped_and_inval
     // Mapped, a new edit syncs at once.
     let (lead4, prospect4) = pair(&app, "c", 4).await;
     app.update(&LEAD, &lead4, &[(field, "it")]).await;
+    // Waited for, not only settled: right after a re-sync, the idle probe
+    // has been seen to answer before this edit was picked up (2 runs in 6
+    // here under load; see the closing note of issue 28).
+    eventually("the mapped field's edit", || async { app.prospect(prospect4).await["preferred_language"] == "it" }).await;
     app.settle().await;
-    assert_eq!(app.prospect(prospect4).await["preferred_language"], "it");
 
     // Removed: writes nothing, and an edit no longer syncs.
     let remove = MappingEdit::Remove { ma: field.into() };
@@ -207,6 +210,11 @@ async fn a_record_edited_out_of_the_sync_scope_recycles_its_prospect_and_back_in
     assert_eq!(preview.sample_leaving, vec![(prospect1, lead1.clone())]);
     assert!(app.prospect(prospect1).await["is_deleted"] == false, "a preview changes nothing");
 
+    // A rule on a field the CRM does not list is refused: a real org would
+    // refuse every read that selects it.
+    let typo = SyncScope::new(vec![Condition::parse("lead.Stauts:not_equals:Closed").unwrap()]).unwrap();
+    let refused = scope::save(&app.config, &app.pool, &admin(), "default", &typo).await.unwrap_err();
+    assert!(format!("{refused:#}").contains("the CRM has no lead field \"Stauts\""), "{refused:#}");
     let saved = scope::save(&app.config, &app.pool, &admin(), "default", &rules).await.unwrap();
     assert_eq!(saved.resynced, 1);
     assert_eq!(last_admin_entry(&app).await.action, "scope.set");
@@ -217,19 +225,18 @@ async fn a_record_edited_out_of_the_sync_scope_recycles_its_prospect_and_back_in
     // Edited out of scope, then back in.
     let (lead2, prospect2) = pair(&app, "s", 2).await;
     app.update(&LEAD, &lead2, &[("Status", "Closed")]).await;
+    eventually("the prospect recycled", || async { app.prospect(prospect2).await["is_deleted"] == true }).await;
     app.settle().await;
-    assert_eq!(app.prospect(prospect2).await["is_deleted"], true);
     // Out of scope, an edit is not synced.
     app.update(&LEAD, &lead2, &[("Title", "Hidden")]).await;
     app.settle().await;
     assert_ne!(app.prospect(prospect2).await["job_title"], "Hidden");
     app.update(&LEAD, &lead2, &[("Status", "Working")]).await;
+    eventually("back in scope: restored", || async { app.prospect(prospect2).await["is_deleted"] == false }).await;
     app.settle().await;
-    assert_eq!(app.prospect(prospect2).await["is_deleted"], false, "back in scope: restored");
     assert_eq!(app.identity_status(prospect2).await.as_deref(), Some("linked"));
     app.update(&LEAD, &lead2, &[("Title", "Back")]).await;
-    app.settle().await;
-    assert_eq!(app.prospect(prospect2).await["job_title"], "Back", "in scope, it syncs again");
+    eventually("in scope, it syncs again", || async { app.prospect(prospect2).await["job_title"] == "Back" }).await;
 
     // Clearing the scope brings the first one back too, through the batch lane.
     let cleared = scope::save(&app.config, &app.pool, &admin(), "default", &SyncScope::default()).await.unwrap();

@@ -76,6 +76,21 @@ impl Available {
         }
         Ok(())
     }
+
+    /// Refuses a sync-scope rule on a CRM field a CRM that lists its
+    /// fields does not have: a real org would refuse every read that
+    /// selects it, and the connection would stop syncing.
+    pub fn check_scope(&self, scope: &crmsync_domain::scope::SyncScope) -> anyhow::Result<()> {
+        for (object, list) in [(CrmObject::Lead, &self.lead), (CrmObject::Contact, &self.contact)] {
+            let Ok(list) = list else { continue };
+            for field in scope.fields_for(object) {
+                if !list.iter().any(|i| i.name.eq_ignore_ascii_case(field)) {
+                    bail!("the CRM has no {object} field {field:?}; see the fields it lists on the field-mapping page");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A connection's mapping with the fields the systems have.

@@ -154,6 +154,7 @@ pub async fn save(config: &Config, pool: &PgPool, actor: &Actor, id: &str, after
     let mut settings = connections::load_for_update(&mut *tx, id).await?;
     let factory = SystemsFactory::from_config(config, pool).await?;
     let systems = factory.systems(id, &settings).await?;
+    crate::mapping::available(&systems).await.check_scope(after)?;
     let preview = preview_with(pool, &systems, id, &settings.sync_scope, after).await?;
     let entry = NewEntry {
         actor,

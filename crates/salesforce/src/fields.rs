@@ -12,6 +12,7 @@ use crmsync_connector::ConnectorError;
 use crmsync_domain::CrmObject;
 use crmsync_domain::mapping::FieldMap;
 use crmsync_domain::mirror::{ACCOUNT_FIELDS, CustomObject, MirrorObject, OPPORTUNITY_FIELDS};
+use crmsync_domain::settings::ConnectionSettings;
 use crmsync_wire::salesforce::EXTERNAL_ID_FIELD;
 
 /// The system fields every change query and look-up needs.
@@ -88,6 +89,22 @@ impl Default for ReadSet {
 }
 
 impl ReadSet {
+    /// What a connection reads: its mapped fields, the fields its sync
+    /// scope's rules look at (a rule on `Status`, which no mapping names,
+    /// must still see it), and its custom objects.
+    pub fn for_settings(settings: &ConnectionSettings) -> Self {
+        let mut set = ReadSet::new(&settings.field_map, &settings.custom_objects);
+        for object in [CrmObject::Lead, CrmObject::Contact] {
+            let data = set.people.entry(object).or_default();
+            for f in settings.sync_scope.fields_for(object) {
+                if !PERSON_ATTRIBUTES.iter().any(|a| a.eq_ignore_ascii_case(f)) {
+                    push_unique(data, f);
+                }
+            }
+        }
+        set
+    }
+
     /// Reads the mapped fields of leads and contacts and the declared custom
     /// objects (a connection's `field_map` and `custom_objects`).
     pub fn new(field_map: &FieldMap, custom_objects: &[CustomObject]) -> Self {

@@ -111,7 +111,7 @@ impl SalesforceCrm {
         wake: Option<Wake>,
     ) -> Result<Self, ConnectorError> {
         let pacing = Pacing { budget_probe: Duration::from_secs(endpoint.usage_probe_secs.max(1)), ..Pacing::default() };
-        Self::connect_gated(endpoint, ReadSet::new(&settings.field_map, &settings.custom_objects), pacing, Some(allowance), wake).await
+        Self::connect_gated(endpoint, ReadSet::for_settings(settings), pacing, Some(allowance), wake).await
     }
 
     /// [`SalesforceCrm::connect`] with other timings (tests shorten them).
