@@ -402,7 +402,47 @@ fn percent(ms: &BTreeMap<String, f64>, window: Duration) -> BTreeMap<String, f64
     ms.iter().map(|(k, v)| (k.clone(), 100.0 * v / 1000.0 / window.as_secs_f64())).collect()
 }
 
+impl ConnectionsArgs {
+    /// The defaults with `connections` connections, for the suite.
+    pub fn with_connections(connections: usize, work_dir: PathBuf) -> ConnectionsArgs {
+        ConnectionsArgs {
+            connections,
+            prospects: 20,
+            people: 25,
+            producers: 1,
+            matchers: 1,
+            appliers: 1,
+            idle_secs: 60,
+            idle_warmup_secs: 30,
+            baseline_secs: 15,
+            command_timeout_secs: 120,
+            no_single: false,
+            out: None,
+            work_dir,
+        }
+    }
+}
+
+/// `crmsync bench connections`: measures, prints the figures as Markdown,
+/// and writes them as JSON and Markdown when asked.
 pub async fn run(config: &Config, args: ConnectionsArgs) -> anyhow::Result<()> {
+    let run = measure(config, &args).await?;
+    let md = super::connections_report::markdown(&run);
+    outln!("\n{md}");
+    if let Some(path) = &args.out {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(&run)?).with_context(|| format!("writing {}", path.display()))?;
+        let md_path = path.with_extension("md");
+        std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+        outln!("written to {} and {}", path.display(), md_path.display());
+    }
+    Ok(())
+}
+
+/// One run of the scenario, its figures printed as they are measured.
+pub async fn measure(config: &Config, args: &ConnectionsArgs) -> anyhow::Result<ConnectionsRun> {
     let base_url = config.database.url.expose_secret().to_owned();
     std::fs::create_dir_all(&args.work_dir)?;
     let logs = std::fs::canonicalize(&args.work_dir)?;
@@ -459,7 +499,7 @@ pub async fn run(config: &Config, args: ConnectionsArgs) -> anyhow::Result<()> {
 
     let metrics = free_port()?;
     let run_name = format!("connections-{n}");
-    let tiers = spawn_tiers(&args, &url, prefix, &logs, &run_name, metrics)?;
+    let tiers = spawn_tiers(args, &url, prefix, &logs, &run_name, metrics)?;
     let measured = async {
         let many = initial_sync(&pool, &tiers, n, pairs, records).await.context("the initial sync of every connection")?;
         outln!("  initial sync of {n} connections: {records} records in {:.1} s, {:.0} records/s", many.seconds, many.records_per_second);
@@ -510,7 +550,7 @@ pub async fn run(config: &Config, args: ConnectionsArgs) -> anyhow::Result<()> {
     let single = if args.no_single {
         None
     } else {
-        Some(single_run(config, &base_url, &args, &logs, metrics).await.context("the same records in one connection")?)
+        Some(single_run(config, &base_url, args, &logs, metrics).await.context("the same records in one connection")?)
     };
 
     let run = ConnectionsRun {
@@ -544,18 +584,7 @@ pub async fn run(config: &Config, args: ConnectionsArgs) -> anyhow::Result<()> {
                 .to_owned(),
         ],
     };
-    let md = super::connections_report::markdown(&run);
-    outln!("\n{md}");
-    if let Some(path) = &args.out {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(&run)?).with_context(|| format!("writing {}", path.display()))?;
-        let md_path = path.with_extension("md");
-        std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
-        outln!("written to {} and {}", path.display(), md_path.display());
-    }
-    Ok(())
+    Ok(run)
 }
 
 /// The same records in one connection: its budget lifted (they arrive as
