@@ -150,6 +150,9 @@ pub struct ConnectionsRun {
     /// RabbitMQ's PSS before the bench declared anything, MB.
     pub broker_memory_before_mb: f64,
     pub batch_lanes: BatchLanes,
+    /// /proc/loadavg when the idle window began and ended: the machine is
+    /// shared, and what else ran moves every figure.
+    pub load_average: (String, String),
     pub commands: Vec<CommandTiming>,
     pub not_measured: Vec<String>,
 }
@@ -397,6 +400,11 @@ async fn pg_counters(pool: &PgPool) -> anyhow::Result<(i64, Option<f64>)> {
     Ok((xacts, statements))
 }
 
+/// The first three fields of `/proc/loadavg` (1, 5 and 15 minutes).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 /// CPU milliseconds of each service over `window`, as % of one core.
 fn percent(ms: &BTreeMap<String, f64>, window: Duration) -> BTreeMap<String, f64> {
     ms.iter().map(|(k, v)| (k.clone(), 100.0 * v / 1000.0 / window.as_secs_f64())).collect()
@@ -506,10 +514,12 @@ pub async fn measure(config: &Config, args: &ConnectionsArgs) -> anyhow::Result<
 
         tokio::time::sleep(Duration::from_secs(args.idle_warmup_secs)).await;
         let window = Duration::from_secs(args.idle_secs);
+        let load_before = load_average();
         let (x0, s0) = pg_counters(&pool).await?;
         let sampler = Sampler::start(tiers.watched(), Duration::from_secs(1));
         tokio::time::sleep(window).await;
         let (x1, s1) = pg_counters(&pool).await?;
+        let load = (load_before, load_average());
         let (costs, services) = sampler.finish().await;
         let mut idle_cpu_percent = percent(&services, window);
         for c in &costs {
@@ -537,14 +547,14 @@ pub async fn measure(config: &Config, args: &ConnectionsArgs) -> anyhow::Result<
         let t = scrape(metrics).await;
         outln!("  {}: {:.3} s ({})", t.command, t.seconds, t.note);
         commands.push(t);
-        anyhow::Ok((many, idle_cpu_percent, xps, sps, memory_mb, lanes, commands))
+        anyhow::Ok((many, idle_cpu_percent, xps, sps, memory_mb, lanes, load, commands))
     }
     .await;
     tiers.stop().await;
     // Cleaned up whatever the measuring did, so a failed run does not leave
     // N quorum queues on the broker.
     let cleaned = clean_up(&config_n, &base_url, pool, &ids).await;
-    let (many, idle_cpu_percent, xps, sps, memory_mb, batch_lanes, commands) = measured?;
+    let (many, idle_cpu_percent, xps, sps, memory_mb, batch_lanes, load_average, commands) = measured?;
     cleaned.context("cleaning up the N connections' world")?;
 
     let single = if args.no_single {
@@ -577,6 +587,7 @@ pub async fn measure(config: &Config, args: &ConnectionsArgs) -> anyhow::Result<
         memory_mb,
         broker_memory_before_mb,
         batch_lanes,
+        load_average,
         commands,
         not_measured: vec![
             "all connections at their full budget at once".to_owned(),

@@ -105,6 +105,7 @@ pub fn markdown(r: &ConnectionsRun) -> String {
         r.idle_pg_statements_per_second.map_or("not counted (pg_stat_statements not loaded)".to_owned(), |v| format!("{v:.1}")),
         r.broker_memory_before_mb
     );
+    let _ = writeln!(s, "Load average (1/5/15 min) at the window's start and end: {} → {}.\n", r.load_average.0, r.load_average.1);
 
     let _ = writeln!(s, "### Batch lanes consumed\n");
     let l = &r.batch_lanes;
