@@ -134,6 +134,9 @@ pub fn markdown(r: &ConnectionsRun) -> String {
         let _ =
             writeln!(s, "| `{}` | {:.2} s | {}{} |", c.command, c.seconds, if c.ok { "" } else { "FAILED: " }, c.note.replace('|', "\\|"));
     }
+    for e in &r.cleanup_errors {
+        let _ = writeln!(s, "\n**Clean-up failed:** {e}");
+    }
     let _ = writeln!(s, "\n### Not measured yet\n");
     for n in &r.not_measured {
         let _ = writeln!(s, "- {n}");
