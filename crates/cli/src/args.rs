@@ -181,6 +181,10 @@ pub enum BenchCmd {
     /// The admin console's pages at scale (100,000 identities, 1,000,000
     /// audit entries by default): p50/p95/max per page, as HTML and JSON.
     Console(crate::bench::console::ConsoleArgs),
+    /// Many small connections on one deployment (issue 29): initial sync
+    /// against the same records in one connection, idle CPU, memory,
+    /// batch lanes consumed, and how long the read-only commands take.
+    Connections(crate::bench::connections::ConnectionsArgs),
     /// RabbitMQ's own two-hop ceiling: persistent, confirmed messages through
     /// two quorum queues with consumers that do no work.
     Ceiling {

@@ -8,6 +8,8 @@
 pub mod api;
 pub mod backfill;
 pub mod ceiling;
+pub mod connections;
+pub mod connections_report;
 pub mod console;
 pub mod idle;
 pub mod latency;
@@ -23,7 +25,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crmsync_infra::{Config, db};
 use crmsync_sandbox::ops::{Sandbox, System};
-use crmsync_store::connections;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -78,6 +79,20 @@ pub(crate) struct Tiers {
 
 impl Tiers {
     pub(crate) fn spawn(url: &str, prefix: &str, counts: &[(&str, usize)], logs: &Path, run: &str) -> anyhow::Result<Tiers> {
+        Self::spawn_with_env(url, prefix, counts, logs, run, |_, _| Vec::new())
+    }
+
+    /// As [`Tiers::spawn`], with environment variables of its own for some
+    /// replicas (`env(tier, index)`): a metrics listener needs a port that
+    /// only one process binds.
+    pub(crate) fn spawn_with_env(
+        url: &str,
+        prefix: &str,
+        counts: &[(&str, usize)],
+        logs: &Path,
+        run: &str,
+        env: impl Fn(&str, usize) -> Vec<(String, String)>,
+    ) -> anyhow::Result<Tiers> {
         let exe = std::env::current_exe()?;
         let mut children = Vec::new();
         let mut watched = Vec::new();
@@ -89,6 +104,7 @@ impl Tiers {
                     .env("CRMSYNC_DATABASE__URL", url)
                     .env("CRMSYNC_AMQP__PREFIX", prefix)
                     .env("CRMSYNC_REDIS__PREFIX", prefix)
+                    .envs(env(tier, i))
                     .stdout(log.try_clone()?)
                     .stderr(log)
                     .stdin(Stdio::null())
@@ -145,11 +161,11 @@ async fn one_run(
     let prefix = format!("crmsync-bench-{appliers}");
     let (config, url, pool) = fresh_world(config, base_url, "crmsync_bench", &prefix).await?;
     let burst = 5;
-    let mut s = connections::load(&pool, "default").await?;
+    let mut s = crmsync_store::connections::load(&pool, "default").await?;
     s.batch_budget_per_hour = per_second * 3600;
     s.batch_burst = burst;
     s.batch_threshold = 10;
-    connections::save(&pool, "default", &s).await?;
+    crmsync_store::connections::save(&pool, "default", &s).await?;
     let tiers =
         Tiers::spawn(&url, &prefix, &[("producer", 1), ("matcher", 1), ("applier", appliers)], logs, &format!("budget-{appliers}"))?;
     let probe = Probe::new(&config, &pool).await?;

@@ -165,6 +165,7 @@ async fn run_command(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => return demo::run(&config, args).await,
         Command::Bench(args::BenchCmd::Suite(args)) => bench::suite::run(&config, args).await?,
         Command::Bench(args::BenchCmd::Console(args)) => bench::console::run(&config, args).await?,
+        Command::Bench(args::BenchCmd::Connections(args)) => bench::connections::run(&config, args).await?,
         Command::Bench(args::BenchCmd::Budget { records, per_second, out }) => bench::budget(&config, records, per_second, out).await?,
         Command::Bench(args::BenchCmd::Latency { rates, seconds, pairs, direction, mode, out }) => {
             bench::latency_cmd(&config, (mode, direction), &rates, seconds, pairs, out).await?;

@@ -81,6 +81,30 @@ pub fn services_cpu_ms() -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// Proportional set size of `pid` (shared pages divided among the
+/// processes sharing them), MB; its RSS where `smaps_rollup` is unreadable.
+fn pss_mb(pid: u32) -> Option<f64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok();
+    let pss = rollup
+        .as_deref()
+        .and_then(|r| r.lines().find(|l| l.starts_with("Pss:")))
+        .and_then(|l| l["Pss:".len()..].trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    pss.map(|kb| kb / 1024.0).or_else(|| rss_mb(pid))
+}
+
+/// Memory of each service's processes together, MB: their PSS summed, so
+/// PostgreSQL's shared buffers count once and not once per backend.
+pub fn services_memory_mb() -> BTreeMap<String, f64> {
+    let procs = processes();
+    SERVICES
+        .iter()
+        .map(|(service, names)| {
+            let total = procs.iter().filter(|(_, comm)| names.contains(&comm.as_str())).filter_map(|(pid, _)| pss_mb(*pid)).sum();
+            ((*service).to_owned(), total)
+        })
+        .collect()
+}
+
 /// One tier replica being watched.
 #[derive(Debug, Clone)]
 pub struct Watched {

@@ -39,6 +39,9 @@ pub struct Results {
     pub cost: Vec<BackfillRun>,
     /// An idle connection's API calls.
     pub idle: Vec<super::idle::IdleRun>,
+    /// Many small connections on one deployment, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<super::connections::ConnectionsRun>,
 }
 
 fn first_line(cmd: &str, args: &[&str]) -> String {
@@ -266,6 +269,10 @@ pub fn markdown(r: &Results) -> String {
     }
     if !r.idle.is_empty() {
         super::idle::markdown(&mut s, &r.idle);
+    }
+    if let Some(c) = &r.connections {
+        s.push_str(&super::connections_report::markdown(c));
+        s.push('\n');
     }
     if !r.cost.is_empty() {
         let _ = writeln!(s, "## Cost with a large backlog\n");

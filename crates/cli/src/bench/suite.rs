@@ -2,7 +2,8 @@
 //! that ratios are measured on the same machine at the same time: the
 //! broker's two-hop ceiling, the backfill with 1 and 2 replicas per tier,
 //! the steady immediate lane at each offered rate, and the cost run with a
-//! large backlog, each directly and over HTTP. Prints each figure as it is
+//! large backlog, each directly and over HTTP, and, when asked, many small
+//! connections on one deployment. Prints each figure as it is
 //! measured and writes JSON, Markdown and SVG plots (see `report`) after
 //! every scenario, so a run cut short still leaves what it measured.
 
@@ -27,6 +28,9 @@ pub enum Scenario {
     Cost,
     /// An idle connection's API calls (over HTTP only).
     Idle,
+    /// Many small connections on one deployment (not run by default: at
+    /// its full size it takes this single broker to its limits).
+    Connections,
 }
 
 /// What to run, and how big.
@@ -73,6 +77,9 @@ pub struct SuiteArgs {
     /// Idle: seconds the calls are counted over.
     #[arg(long, default_value_t = 600)]
     pub idle_secs: u64,
+    /// Connections: how many, with the scenario's other defaults.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
     /// Ceiling: messages moved (by default as many as the backfill's records).
     #[arg(long)]
     pub ceiling_messages: Option<u64>,
@@ -109,6 +116,7 @@ pub async fn run(config: &Config, args: SuiteArgs) -> anyhow::Result<()> {
         steady: Vec::new(),
         cost: Vec::new(),
         idle: Vec::new(),
+        connections: None,
     };
     let m = &results.machine;
     outln!("crmsync bench suite: {} cores, {:.0} GB, {} build, commit {}", m.cores, m.memory_gb, m.build, m.commit);
@@ -209,6 +217,12 @@ pub async fn run(config: &Config, args: SuiteArgs) -> anyhow::Result<()> {
             i.answered_ma
         );
         results.idle.push(i);
+        report::write(&args.out, &results)?;
+    }
+    if wants(Scenario::Connections) {
+        outln!("\n## connections: {} small connections, one replica per tier", args.connections);
+        let c = super::connections::ConnectionsArgs::with_connections(args.connections, work_dir.clone());
+        results.connections = Some(super::connections::measure(config, &c).await.context("the connections scenario")?);
         report::write(&args.out, &results)?;
     }
     outln!("\nwritten to {}", args.out.join("results.md").display());

@@ -1,0 +1,145 @@
+//! The figures of `crmsync bench connections` as Markdown: what is printed
+//! at the end of a run and committed under `bench/`, next to the JSON.
+//! Apart from the scenario so that the suite's report can include it too.
+
+use std::fmt::Write as _;
+
+use super::connections::ConnectionsRun;
+
+fn pct(v: Option<&f64>) -> String {
+    v.map_or("–".to_owned(), |v| format!("{v:.1}%"))
+}
+
+fn mb(v: Option<&f64>) -> String {
+    v.map_or("–".to_owned(), |v| format!("{v:.0} MB"))
+}
+
+/// The run as a Markdown section (a level-2 heading and its tables).
+pub fn markdown(r: &ConnectionsRun) -> String {
+    let mut s = String::new();
+    let m = &r.machine;
+    let _ = writeln!(s, "## Connections: {} small connections on one deployment\n", r.connections);
+    let _ = writeln!(
+        s,
+        "{} connections, each with its own sandbox MA and CRM tenants: {} prospects linked to {} of its {} CRM leads (each pair \
+         holding a value only one side has, so a write each way), the other leads read and skipped. Replicas: {} producer, \
+         {} matcher, {} applier, each its own process.\n",
+        r.connections,
+        r.prospects_per_connection,
+        r.prospects_per_connection,
+        r.people_per_connection,
+        r.replicas.get("producer").unwrap_or(&0),
+        r.replicas.get("matcher").unwrap_or(&0),
+        r.replicas.get("applier").unwrap_or(&0),
+    );
+    let _ = writeln!(
+        s,
+        "Machine: {} cores ({}), {:.0} GB, {}; {} build, commit `{}`, {}. Services: {}.\n",
+        m.cores,
+        m.cpu,
+        m.memory_gb,
+        m.kernel,
+        m.build,
+        m.commit,
+        m.date,
+        m.services.join(", ")
+    );
+    let _ = writeln!(s, "Command: `{}`\n", r.command);
+
+    let _ = writeln!(s, "### Initial sync\n");
+    let _ = writeln!(s, "| run | connections | records | converged in | records/s |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    let row = |s: &mut String, name: &str, f: &super::connections::SyncFigures| {
+        let _ = writeln!(s, "| {name} | {} | {} | {:.1} s | **{:.0}** |", f.connections, f.records, f.seconds, f.records_per_second);
+    };
+    row(&mut s, "every connection", &r.many);
+    match &r.single {
+        Some(one) => {
+            row(&mut s, "the same records in one connection (budget lifted)", one);
+            let _ = writeln!(s, "\nRatio: the N connections take **{:.1}×** as long as one connection.", r.many.seconds / one.seconds);
+        }
+        None => {
+            let _ = writeln!(s, "| the same records in one connection | not measured | | | |");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nFrom the tiers' start (their own start-up included) to the last pair converged and every published change \
+         finished (the last write or audit entry, on the database's clock). In one connection the records arrive as one \
+         detection pass far above the batch threshold, so they take the batch lane; its budget is lifted there so that \
+         only the pipeline sets the pace.\n"
+    );
+
+    let _ = writeln!(s, "### Idle\n");
+    let _ = writeln!(
+        s,
+        "Nothing changing: {:.0} s after convergence (for the feeds to back off), CPU over a {:.0} s window, as % of one core. \
+         *Background*: the services over {:.0} s before the tiers started (this machine is shared; the services serve other \
+         work too).\n",
+        r.idle_warmup_seconds, r.idle_seconds, r.baseline_seconds
+    );
+    let _ = writeln!(s, "| process | idle CPU | background CPU | memory |");
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let mut tiers: Vec<&String> = r.idle_cpu_percent.keys().filter(|k| !r.baseline_cpu_percent.contains_key(*k)).collect();
+    tiers.sort();
+    for t in &tiers {
+        let _ = writeln!(s, "| {t} | {} | | {} |", pct(r.idle_cpu_percent.get(*t)), mb(r.memory_mb.get(*t)));
+    }
+    let together: f64 = tiers.iter().filter_map(|t| r.idle_cpu_percent.get(*t)).sum();
+    let _ = writeln!(s, "| **tiers together** | **{together:.1}%** | | |");
+    for svc in ["postgresql", "redis", "rabbitmq"] {
+        let _ = writeln!(
+            s,
+            "| {svc} | {} | {} | {} |",
+            pct(r.idle_cpu_percent.get(svc)),
+            pct(r.baseline_cpu_percent.get(svc)),
+            mb(r.memory_mb.get(svc))
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nPostgreSQL while idle: **{:.1} transactions/s** in the bench's database (pg_stat_database); statements/s: {}. \
+         Memory: RSS per tier; PSS summed over a service's processes (PostgreSQL's shared buffers count once), for every \
+         database and queue on the server, not only the bench's. RabbitMQ's before the bench declared anything: {:.0} MB.\n",
+        r.idle_pg_transactions_per_second,
+        r.idle_pg_statements_per_second.map_or("not counted (pg_stat_statements not loaded)".to_owned(), |v| format!("{v:.1}")),
+        r.broker_memory_before_mb
+    );
+    let _ = writeln!(s, "Load average (1/5/15 min) at the window's start and end: {} → {}.\n", r.load_average.0, r.load_average.1);
+
+    let _ = writeln!(s, "### Batch lanes consumed\n");
+    let l = &r.batch_lanes;
+    let opt = |v: Option<usize>| v.map_or("–".to_owned(), |v| v.to_string());
+    let _ = writeln!(
+        s,
+        "| connections | batch-lane queues declared | with a consumer | applier warnings \"cannot declare the batch-lane queue yet\" | queues on the broker (all prefixes) |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| {} | {} | **{}** | {} | {} |",
+        r.connections,
+        opt(l.declared),
+        opt(l.consumed),
+        l.applier_warnings,
+        opt(l.broker_queues)
+    );
+    let _ = writeln!(s, "\nAsked with: {}.\n", l.note);
+
+    let _ = writeln!(s, "### Read-only commands\n");
+    let _ = writeln!(s, "Each run as a subprocess against the bench's world (wall time, start-up included), the pipeline idle.\n");
+    let _ = writeln!(s, "| command | wall time | outcome |");
+    let _ = writeln!(s, "|---|---:|---|");
+    for c in &r.commands {
+        let _ =
+            writeln!(s, "| `{}` | {:.2} s | {}{} |", c.command, c.seconds, if c.ok { "" } else { "FAILED: " }, c.note.replace('|', "\\|"));
+    }
+    for e in &r.cleanup_errors {
+        let _ = writeln!(s, "\n**Clean-up failed:** {e}");
+    }
+    let _ = writeln!(s, "\n### Not measured yet\n");
+    for n in &r.not_measured {
+        let _ = writeln!(s, "- {n}");
+    }
+    s
+}
