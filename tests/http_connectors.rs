@@ -2,14 +2,23 @@
 //! connector against `crmsync sandbox serve`, through change queries paged
 //! by `nextRecordsUrl`, sObject Collections writes with a failure inside a
 //! call, an expired token, the daily limit hit and lifted, and a change that
-//! commits late inside the overlap window.
+//! commits late inside the overlap window. And the fields an admin may map,
+//! listed over HTTP (sObject Describe, v5 custom fields) as the sandbox
+//! connectors list them from the schema.
 
 use std::time::Duration;
 
+use crmsync_account_engagement::{AccountEngagementMa, ProspectFields};
+use crmsync_connector::{CrmApi, MaApi};
+use crmsync_domain::CrmObject;
+use crmsync_domain::endpoint::{AccountEngagementEndpoint, SalesforceEndpoint};
 use crmsync_infra::CancellationToken;
+use crmsync_salesforce::{ReadSet, SalesforceCrm};
 use crmsync_sandbox::schema::LEAD;
+use crmsync_sandbox::{SandboxCrm, SandboxMa};
 use crmsync_sandbox_server::Limits;
-use crmsync_tests::TestApp;
+use crmsync_tests::{SANDBOX_BUSINESS_UNIT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TestApp};
+use crmsync_wire::salesforce::API_VERSION;
 use serde_json::{Value, json};
 
 /// `n` leads and, for each, a prospect with the same email (`p<n>@http.example`).
@@ -149,4 +158,64 @@ async fn countries(app: &TestApp) -> Vec<Value> {
         out.push(app.show(&LEAD, &lead_id(app, n).await).await["country"].clone());
     }
     out
+}
+
+/// The fields the console's mapping page offers, read from the org and the
+/// business unit over HTTP (the Salesforce connector's sObject Describe,
+/// the Account Engagement connector's standard list and custom-fields
+/// call), are exactly the sandbox connectors' from the schema: names,
+/// types and custom flags, the custom `Preferred_Language__c` included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fields_to_map_read_over_http_are_the_sandboxs() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let app = TestApp::spawn().await;
+    let stop = CancellationToken::new();
+    let url = app.serve_sandbox(Limits::default(), stop.clone()).await;
+    let secret = app.secret_file("fields-secret", &format!("{SANDBOX_CLIENT_SECRET}\n"));
+    let oauth = json!({"login_url": url, "flow": "client_credentials", "client_id": SANDBOX_CLIENT_ID, "client_secret": {"file": secret}});
+    let sf: SalesforceEndpoint = serde_json::from_value(json!({"oauth": oauth})).unwrap();
+    let crm = SalesforceCrm::connect(&sf, ReadSet::default()).await.unwrap();
+    let ae: AccountEngagementEndpoint =
+        serde_json::from_value(json!({"base_url": url, "business_unit_id": SANDBOX_BUSINESS_UNIT, "oauth": oauth})).unwrap();
+    let ma = AccountEngagementMa::connect(&ae, ProspectFields::default()).await.unwrap();
+    let sandbox_crm = SandboxCrm::connect(app.pool.clone(), "default").await.unwrap();
+    let sandbox_ma = SandboxMa::connect(app.pool.clone(), "default").await.unwrap();
+
+    for object in [CrmObject::Lead, CrmObject::Contact] {
+        let before = limits(&url).await.salesforce_used;
+        let over_http = crm.person_fields(object).await.unwrap();
+        assert_eq!(limits(&url).await.salesforce_used, before + 1, "one describe call, counted as any call");
+        assert_eq!(over_http, sandbox_crm.person_fields(object).await.unwrap(), "{object}");
+        assert!(over_http.iter().any(|f| f.name == "Preferred_Language__c" && f.custom), "{over_http:?}");
+        assert!(!over_http.iter().any(|f| ["OwnerId", "AccountId", "crmsync_Id__c"].contains(&f.name.as_str())), "{over_http:?}");
+        // Described lately: the next listing costs nothing.
+        assert_eq!(crm.person_fields(object).await.unwrap(), over_http);
+        assert_eq!(limits(&url).await.salesforce_used, before + 1, "the describe is reused");
+    }
+    let over_http = ma.prospect_fields().await.unwrap();
+    assert_eq!(over_http, sandbox_ma.prospect_fields().await.unwrap());
+    assert!(over_http.iter().any(|f| f.name == "Preferred_Language__c" && f.custom), "{over_http:?}");
+
+    // An sObject the org does not have: Salesforce's 404 and error list;
+    // without a token, no describe at all.
+    let token = TestApp::sandbox_token(&url).await["access_token"].as_str().unwrap().to_owned();
+    let describe = |object: &str| format!("{url}/services/data/{API_VERSION}/sobjects/{object}/describe");
+    let http = reqwest::Client::new();
+    let resp = http.get(describe("Widget")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!([{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
+    );
+    let lead: Value = http.get(describe("Lead")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let email = lead["fields"].as_array().unwrap().iter().find(|f| f["name"] == "Email").unwrap().clone();
+    assert_eq!(
+        (email["type"].clone(), email["length"].clone(), email["updateable"].clone(), email["nillable"].clone()),
+        (json!("email"), json!(80), json!(true), json!(true))
+    );
+    let anonymous = http.get(describe("Lead")).send().await.unwrap();
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
+
+    stop.cancel();
+    app.cleanup().await;
 }

@@ -11,6 +11,7 @@
 //! - `errors`: which failures are transient, which fatal, which a write's outcome;
 //! - `fields`: which prospect fields are read;
 //! - `records`: prospects turned into domain records;
+//! - `schema`: which prospect fields the business unit has;
 //! - `users`: the users cache (a prospect's assigned user's CRM user);
 //! - `feed`: the prospects' change feed as a page source, polled less
 //!   often while idle;
@@ -28,6 +29,7 @@ mod import_file;
 mod mirrors;
 mod reads;
 mod records;
+mod schema;
 mod users;
 mod write;
 
@@ -38,7 +40,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use crmsync_connector::stamp_cursor::Overlap;
-use crmsync_connector::{ChangePage, ConnectorError, Cursor, MaApi, MirrorState, MirrorWrite, ProspectWrite, WriteOutcome};
+use crmsync_connector::{ChangePage, ConnectorError, Cursor, FieldInfo, MaApi, MirrorState, MirrorWrite, ProspectWrite, WriteOutcome};
 pub use crmsync_connector_kit::Pacing;
 use crmsync_connector_kit::row::Row;
 use crmsync_connector_kit::{CallGate, DailyLimitGate, DailyQuota, Gates, HttpClient, Login, PollGate, Slots, StampFeed, check_base_url};
@@ -70,6 +72,8 @@ pub struct AccountEngagementMa {
     polls: PollGate,
     imports: Imports,
     mirrors: MirrorKeeper,
+    /// The prospect fields, listed lately.
+    schema: schema::Schema,
 }
 
 impl AccountEngagementMa {
@@ -149,6 +153,7 @@ impl AccountEngagementMa {
             polls: PollGate::new(Duration::from_secs(endpoint.poll_interval_secs), Duration::from_secs(endpoint.poll_max_secs)),
             imports: Imports { threshold: endpoint.import_threshold, first_poll: Duration::from_secs(endpoint.import_poll_secs) },
             mirrors: endpoint.mirrors,
+            schema: schema::Schema::default(),
         })
     }
 
@@ -255,6 +260,10 @@ impl MaApi for AccountEngagementMa {
     async fn prospect_accounts_of(&self, prospect_ids: &[i64]) -> Result<Vec<(i64, CrmId)>, ConnectorError> {
         mirrors::check_keeper(self.mirrors)?;
         mirrors::accounts_of(&self.http, prospect_ids).await
+    }
+
+    async fn prospect_fields(&self) -> Result<Vec<FieldInfo>, ConnectorError> {
+        self.schema.prospect_fields(&self.http).await
     }
 }
 

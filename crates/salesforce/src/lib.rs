@@ -9,6 +9,7 @@
 //! - `http`: the REST API as the kit sees it (instance URL, usage header);
 //! - `errors`: error bodies, and which failures are transient, which fatal;
 //! - `fields`: which fields are read per object;
+//! - `describe`: which fields leads and contacts have (sObject Describe);
 //! - `query`: SOQL text, `IN` chunks and paging;
 //! - `feed`: an object's change feed as a page source;
 //! - `records`: rows turned into domain records;
@@ -17,6 +18,7 @@
 //!   so that an idle feed only sweeps.
 
 mod bulk;
+mod describe;
 mod errors;
 mod events;
 mod feed;
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use crmsync_connector::stamp_cursor::{Overlap, StampCursor};
-use crmsync_connector::{ChangePage, ConnectorError, CrmApi, CrmWrite, Cursor, WriteOutcome};
+use crmsync_connector::{ChangePage, ConnectorError, CrmApi, CrmWrite, Cursor, FieldInfo, WriteOutcome};
 use crmsync_connector_kit::row::Row;
 pub use crmsync_connector_kit::{ApiUsage, Pacing};
 use crmsync_connector_kit::{CallGate, Gates, HttpClient, Listening, Login, PollGate, REQUERY, StampFeed, UsageGate};
@@ -66,6 +68,8 @@ pub struct SalesforceCrm {
     /// check, whichever connector makes it (`status`, `wait-idle`).
     change_events: bool,
     bulk_threshold: usize,
+    /// Leads' and contacts' fields, described lately.
+    describes: describe::Describes,
 }
 
 /// A field name as SOQL takes it: the connector prints field names into
@@ -168,6 +172,7 @@ impl SalesforceCrm {
             events,
             change_events: endpoint.change_events,
             bulk_threshold: endpoint.bulk_threshold,
+            describes: describe::Describes::default(),
         })
     }
 
@@ -366,6 +371,10 @@ impl CrmApi for SalesforceCrm {
         let mut out = rows.iter().map(|r| records::object(object, &sel.data, r)).collect::<Result<Vec<_>, _>>()?;
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    async fn person_fields(&self, object: CrmObject) -> Result<Vec<FieldInfo>, ConnectorError> {
+        self.describes.person_fields(&self.http, object).await
     }
 }
 

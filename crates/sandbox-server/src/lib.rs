@@ -2,12 +2,12 @@
 //!
 //! Serves one sandbox CRM org and one MA business unit through the same
 //! paths, payloads, status codes and error bodies as Salesforce (OAuth 2.0,
-//! REST query and sObject Collections, Bulk API 2.0 ingest) and Account
-//! Engagement API v5 (prospects, users and the Import API, and the
-//! sandbox's own extension for the MA's read-only mirrors), with their
-//! limits: 200 records per
-//! collection call, the `Sforce-Limit-Info` header, daily quotas that answer
-//! with the real limit errors, five Account Engagement requests in flight.
+//! REST query, sObject Describe and sObject Collections, Bulk API 2.0
+//! ingest) and Account Engagement API v5 (prospects, users, custom fields
+//! and the Import API, and the sandbox's own extension for the MA's
+//! read-only mirrors), with their limits: 200 records per collection call,
+//! the `Sforce-Limit-Info` header, daily quotas that answer with the real
+//! limit errors, five Account Engagement requests in flight.
 //! The HTTP connectors are tested against it, and ordinary Salesforce
 //! clients can talk to it.
 //!
@@ -23,6 +23,7 @@
 
 mod admin;
 mod bulk;
+mod describe;
 mod errors;
 mod imports;
 mod mirrors;
@@ -197,6 +198,7 @@ fn router(st: Arc<state::AppState>) -> Router {
         .route("/services/data/{v}/queryAll", get(rest::query_all))
         .route("/services/data/{v}/query/{locator}", get(rest::query_more))
         .route("/services/data/{v}/queryAll/{locator}", get(rest::query_more))
+        .route("/services/data/{v}/sobjects/{object}/describe", get(describe::describe))
         .route("/services/data/{v}/composite/sobjects", post(rest::create).patch(rest::update).delete(rest::delete))
         .route("/services/data/{v}/composite/sobjects/{object}/{field}", patch(rest::upsert))
         .route("/services/data/{v}/jobs/ingest", post(bulk::create).get(bulk::list))

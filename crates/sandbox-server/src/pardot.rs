@@ -1,6 +1,7 @@
-//! Account Engagement API v5 prospects and users: query (`query`), read,
-//! create, update, upsert latest by email, delete and undelete; every
-//! answer in v5's JSON, every error as `{code, message}`.
+//! Account Engagement API v5 prospects, users and custom fields: query
+//! (`query`), read, create, update, upsert latest by email, delete and
+//! undelete; the custom prospect fields (`custom_fields`); every answer in
+//! v5's JSON, every error as `{code, message}`.
 //!
 //! Field names are v5's (`salesforceLeadId`, `updatedAt`...), translated to
 //! the sandbox's columns here. Writes go through the sandbox MA's writes, so
@@ -10,6 +11,7 @@
 
 use std::sync::Arc;
 
+mod custom_fields;
 mod query;
 
 use axum::extract::{Extension, Path, Query, State};
@@ -35,6 +37,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route(&format!("{}/{{id}}", pardot::PROSPECTS_PATH), get(read).patch(update).delete(delete))
         .route(&format!("{}/{{id}}/do/undelete", pardot::PROSPECTS_PATH), post(undelete))
         .route(pardot::USERS_PATH, get(users))
+        .route(pardot::CUSTOM_FIELDS_PATH, get(custom_fields::list))
 }
 
 /// v5 names of the fields the sandbox stores in columns of its own.

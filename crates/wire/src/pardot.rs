@@ -78,6 +78,37 @@ pub mod codes {
     pub const FENCED: i64 = 10_001;
 }
 
+/// Custom field definitions (prospects' custom fields): v5 has no describe
+/// of prospects, so the custom fields are listed here and the standard
+/// ones are documented.
+pub const CUSTOM_FIELDS_PATH: &str = "/api/v5/objects/custom-fields";
+
+/// One custom field as `GET` [`CUSTOM_FIELDS_PATH`] returns it with
+/// `fields=id,name,fieldId,type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomField {
+    #[serde(default)]
+    pub id: i64,
+    /// The label shown to users (`Preferred Language`).
+    #[serde(default)]
+    pub name: String,
+    /// The API name a prospect read or write uses (`Preferred_Language__c`).
+    pub field_id: String,
+    /// `Text`, `Number`, `Date`, `Dropdown`, `Checkbox`...
+    #[serde(rename = "type", default)]
+    pub kind: String,
+}
+
+/// A page of custom fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomFieldPage {
+    pub values: Vec<CustomField>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
 /// An error response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

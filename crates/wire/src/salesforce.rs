@@ -161,6 +161,51 @@ pub struct CollectionRequest {
     pub records: Vec<Map<String, Value>>,
 }
 
+/// `GET /services/data/{v}/sobjects/{type}/describe`: an object's schema,
+/// the parts crmsync reads of it (Salesforce sends dozens more keys per
+/// field; they are ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SObjectDescribe {
+    pub name: String,
+    #[serde(default)]
+    pub label: String,
+    pub fields: Vec<DescribeField>,
+}
+
+/// One field of a describe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DescribeField {
+    pub name: String,
+    #[serde(default)]
+    pub label: String,
+    /// `string`, `email`, `boolean`, `int`, `double`, `reference`, `id`...
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub custom: bool,
+    #[serde(default)]
+    pub createable: bool,
+    #[serde(default)]
+    pub updateable: bool,
+    #[serde(default)]
+    pub nillable: bool,
+    /// Characters, for text fields; 0 for the others.
+    #[serde(default)]
+    pub length: u64,
+    /// Digits after the point, for numbers (`double` with scale 0 holds
+    /// whole numbers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u32>,
+    #[serde(default)]
+    pub external_id: bool,
+}
+
+/// The describe path of `sobject` under `/services/data/{v}/`.
+pub fn describe_path(sobject: &str) -> String {
+    format!("sobjects/{sobject}/describe")
+}
+
 /// One record's error inside a collection result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
