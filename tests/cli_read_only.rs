@@ -151,13 +151,6 @@ async fn status_and_errors_answer_within_their_timeout_when_postgresql_does_not(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_commands_declare_nothing_on_the_broker() {
     let app = TestApp::spawn().await;
-    // The test's own broker handle has declared the shared topology, never
-    // the connection's batch-lane queue (no applier ran).
-    let batch_queue = app.broker.topology().queue(crmsync_infra::amqp::Stage::Apply, crmsync_tests::Lane::Batch, "default");
-    let out = cli(&app, &["status"]).await;
-    assert!(out.contains(&format!("{batch_queue:<45} not declared yet")), "{out}");
-    assert_eq!(app.broker.depth(&batch_queue).await.unwrap(), None, "status left the batch-lane queue undeclared");
-
     // Under a prefix nothing ever used, nothing exists afterwards.
     let fresh = format!("{}x", app.config.amqp.prefix);
     let env = [("CRMSYNC_AMQP__PREFIX", fresh.as_str())];
@@ -166,7 +159,7 @@ async fn read_only_commands_declare_nothing_on_the_broker() {
         assert!(ok, "crmsync {args:?}:\n{out}\n{err}");
     }
     let mut untouched = crmsync_infra::amqp::Topology::new(&crmsync_infra::config::AmqpConfig { prefix: fresh, ..app.config.amqp.clone() })
-        .work_queues(&["default".to_owned()])
+        .shared_queues()
         .into_iter()
         .map(|(_, _, q)| q)
         .collect::<Vec<_>>();

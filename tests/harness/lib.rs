@@ -418,7 +418,7 @@ impl TestApp {
     pub async fn publish_raw(&self, stage: Stage, lane: Lane, body: Vec<u8>) {
         self.broker
             .publish_confirmed(vec![Outgoing {
-                routing_key: Topology::routing_key(stage, lane, "default"),
+                routing_key: Topology::routing_key(stage, lane),
                 body,
                 message_id: Uuid::new_v4().to_string(),
                 headers: vec![("x-connection-id".into(), "default".into())],
@@ -466,7 +466,7 @@ impl TestApp {
     /// Messages ready in a stage's work queue of `lane` (the immediate lane's
     /// is shared by every connection).
     pub async fn queued(&self, stage: Stage, lane: Lane) -> u32 {
-        self.broker.depth(&self.broker.topology().queue(stage, lane, "")).await.unwrap().unwrap_or(0)
+        self.broker.depth(&self.broker.topology().queue(stage, lane)).await.unwrap().unwrap_or(0)
     }
 
     /// Publishes a change batch to the matcher.
@@ -677,10 +677,9 @@ impl TestApp {
         for tier in [Tier::Producer, Tier::Matcher, Tier::Applier] {
             self.stop(tier).await;
         }
-        let connections = crmsync_store::connections::ids(&self.pool).await.unwrap_or_default();
         self.pool.close().await;
         if let Ok(ch) = async { self.broker.live().await?.conn.create_channel().await.map_err(amqp::AmqpError::from) }.await {
-            let _ = Topology::new(&self.config.amqp).delete_all(&ch, &connections).await;
+            let _ = Topology::new(&self.config.amqp).delete_all(&ch).await;
         }
         let base = base_config();
         if let Ok(admin) = db::connect_url(base.database.url.expose_secret(), 1, Duration::from_secs(10)).await {

@@ -1,108 +1,100 @@
-//! The batch lane (R7, I4): records processed at the connection's budget,
-//! and the figures that show how far its backlog is.
+//! The batch lane's paces and figures (R7, I4): each connection's budget
+//! and pause as the lanes read them, and the figures that show how far a
+//! backlog is (`status`, the console, the metrics).
 //!
-//! A batch-lane message is worked through in chunks of at most the budget's
-//! burst; each chunk waits for a grant from the shared budget (see
-//! `crmsync_infra::budget`) before it is applied, so records reach the
-//! targets evenly, one budget interval apart, whatever the number of
-//! replicas.
+//! How the lane itself is worked: `intake` takes batch-lane messages off
+//! their shared queue into per-connection lanes in PostgreSQL, `drain`
+//! applies each lane at its connection's budget.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use crmsync_domain::Lane;
-use crmsync_domain::messages::ApplyBatch;
 use crmsync_domain::settings::{ConnectionSettings, DEFAULT_BATCH_BUDGET_PER_HOUR, DEFAULT_BATCH_BURST};
 use crmsync_infra::CancellationToken;
-use crmsync_infra::amqp::Stage;
 use crmsync_infra::broker::Broker;
-use crmsync_infra::budget::{BatchBudget, Pace, PaceSource};
-use crmsync_infra::worker::StageError;
+use crmsync_infra::budget::Pace;
 use crmsync_systems::allowance::{ApiAllowances, batch_eta, connection_usage, system_name};
 
 use crmsync_store::{audit, connections, feeds};
 use sqlx::PgPool;
-use uuid::Uuid;
 
-use crate::process::Applier;
-
-/// Takes the next chunk off the front of `rest`: at most `size` commands,
-/// mirrors or CSQLs, never a mix. The size is the budget's burst as it is
-/// now, so a changed burst applies from the next chunk on.
-fn next_chunk(rest: &mut ApplyBatch, size: usize) -> Option<ApplyBatch> {
-    let size = size.max(1);
-    let empty = header(rest);
-    if !rest.commands.is_empty() {
-        Some(ApplyBatch { commands: front(&mut rest.commands, size), ..empty })
-    } else if !rest.mirrors.is_empty() {
-        Some(ApplyBatch { mirrors: front(&mut rest.mirrors, size), ..empty })
-    } else if !rest.csqls.is_empty() {
-        Some(ApplyBatch { csqls: front(&mut rest.csqls, size), ..empty })
-    } else {
-        None
-    }
+/// What a lane needs to know of its connection before each chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneState {
+    pub pace: Pace,
+    pub paused: bool,
+    /// The connection does not exist (never created, or deleted while its
+    /// records waited).
+    pub unknown: bool,
 }
 
-/// The first `size` items of `v`, taken off it.
-fn front<T>(v: &mut Vec<T>, size: usize) -> Vec<T> {
-    v.drain(..size.min(v.len())).collect()
-}
-
-/// A batch with its message's identity and no records.
-fn header(b: &ApplyBatch) -> ApplyBatch {
-    ApplyBatch {
-        v: b.v,
-        batch_id: b.batch_id,
-        connection_id: b.connection_id.clone(),
-        lane: b.lane,
-        commands: Vec::new(),
-        mirrors: Vec::new(),
-        csqls: Vec::new(),
-    }
-}
-
-/// How many records a batch holds, as the budget counts them.
-fn records(batch: &ApplyBatch) -> usize {
-    batch.commands.len() + batch.mirrors.len() + batch.csqls.len()
-}
-
-/// Each connection's pace, and whether it is paused, read from its
-/// settings at most once every [`PaceBook::MAX_AGE`] per replica: a budget
-/// an admin changes, or a pause, is followed within about a second (see
-/// `crmsync_infra::budget`), at the cost of one small query a second per
-/// connection with batch work in hand.
+/// Each connection's pace, and whether it is paused, read at most once
+/// every [`PaceBook::MAX_AGE`] per replica: a budget an admin changes, or a
+/// pause, is followed within about a second (see `crmsync_infra::budget`).
+/// One statement refreshes every connection asked about recently, so a
+/// replica draining a thousand lanes reads their settings once a second in
+/// one query, not a thousand.
 #[derive(Debug)]
 pub struct PaceBook {
     pool: PgPool,
-    known: Mutex<HashMap<String, (Instant, Pace, bool)>>,
+    known: std::sync::Mutex<HashMap<String, (Instant, LaneState)>>,
+    /// One refresh at a time; the others wait for it and read its result.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl PaceBook {
     pub const MAX_AGE: Duration = Duration::from_secs(1);
+    /// A connection not asked about for this long is not refreshed any more.
+    const FORGET: Duration = Duration::from_secs(60);
 
     pub fn new(pool: PgPool) -> Self {
-        PaceBook { pool, known: Mutex::default() }
+        PaceBook { pool, known: std::sync::Mutex::default(), refreshing: tokio::sync::Mutex::new(()) }
     }
 
-    fn cached(&self, connection_id: &str) -> Option<(Instant, Pace, bool)> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner()).get(connection_id).copied()
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, LaneState)>> {
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The pace and whether the connection is paused, as read at most
+    fn fresh(&self, connection_id: &str) -> Option<LaneState> {
+        self.known().get(connection_id).filter(|(at, _)| at.elapsed() < Self::MAX_AGE).map(|(_, s)| *s)
+    }
+
+    /// The connection's pace and pause, as read at most
     /// [`PaceBook::MAX_AGE`] ago.
-    async fn current(&self, connection_id: &str) -> (Pace, bool) {
-        let cached = self.cached(connection_id);
-        if let Some((_, pace, paused)) = cached.filter(|(at, _, _)| at.elapsed() < Self::MAX_AGE) {
-            return (pace, paused);
+    pub async fn current(&self, connection_id: &str) -> LaneState {
+        if let Some(state) = self.fresh(connection_id) {
+            return state;
         }
-        match connections::load_with_pause(&self.pool, connection_id).await {
-            Ok((s, since)) => {
-                let pace = Pace { per_hour: s.batch_budget_per_hour, burst: s.batch_burst };
-                let paused = since.is_some();
-                self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(connection_id.to_owned(), (Instant::now(), pace, paused));
-                (pace, paused)
+        let _one = self.refreshing.lock().await;
+        if let Some(state) = self.fresh(connection_id) {
+            return state;
+        }
+        let mut ids: Vec<String> =
+            self.known().iter().filter(|(_, (at, _))| at.elapsed() < Self::FORGET).map(|(id, _)| id.clone()).collect();
+        if !ids.iter().any(|id| id == connection_id) {
+            ids.push(connection_id.to_owned());
+        }
+        let default = Pace { per_hour: DEFAULT_BATCH_BUDGET_PER_HOUR, burst: DEFAULT_BATCH_BURST };
+        match connections::load_many_with_pause(&self.pool, &ids).await {
+            Ok(rows) => {
+                let now = Instant::now();
+                let mut known = self.known();
+                let last = |id: &str, known: &HashMap<String, (Instant, LaneState)>| known.get(id).map_or(default, |(_, s)| s.pace);
+                let mut seen = HashSet::new();
+                for (id, settings, since) in rows {
+                    // Settings that cannot be read keep the last pace known.
+                    let pace =
+                        settings.map_or_else(|| last(&id, &known), |s| Pace { per_hour: s.batch_budget_per_hour, burst: s.batch_burst });
+                    seen.insert(id.clone());
+                    known.insert(id, (now, LaneState { pace, paused: since.is_some(), unknown: false }));
+                }
+                for id in ids.into_iter().filter(|id| !seen.contains(id)) {
+                    known.insert(id, (now, LaneState { pace: default, paused: false, unknown: true }));
+                }
+                known.retain(|_, (at, _)| at.elapsed() < Self::FORGET);
+                known.get(connection_id).map_or(LaneState { pace: default, paused: false, unknown: true }, |(_, s)| *s)
             }
             Err(e) => {
                 // The last pace known, or the default, until the database
@@ -110,79 +102,10 @@ impl PaceBook {
                 // missed meanwhile is still caught: the applier reads it
                 // again with the settings before it writes.)
                 tracing::warn!(connection_id, error = %e, "cannot read the batch budget; pacing on at the last one known");
-                cached.map_or((Pace { per_hour: DEFAULT_BATCH_BUDGET_PER_HOUR, burst: DEFAULT_BATCH_BURST }, false), |(_, p, paused)| {
-                    (p, paused)
-                })
+                let last = self.known().get(connection_id).map(|(_, s)| *s);
+                last.map_or(LaneState { pace: default, paused: false, unknown: false }, |s| LaneState { unknown: false, ..s })
             }
         }
-    }
-
-    /// Whether the connection is paused, as read at most
-    /// [`PaceBook::MAX_AGE`] ago.
-    pub async fn paused(&self, connection_id: &str) -> bool {
-        self.current(connection_id).await.1
-    }
-}
-
-#[async_trait]
-impl PaceSource for PaceBook {
-    async fn pace(&self, connection_id: &str) -> Pace {
-        self.current(connection_id).await.0
-    }
-}
-
-/// Applies a batch-lane message at its connection's budget. Records already
-/// applied (the message is a redelivery) are passed over without spending
-/// budget on them. The pace is read again before every chunk, so a changed
-/// budget applies within a second; on shutdown the message goes back to the
-/// queue between chunks, and whoever takes it next skips the chunks done.
-///
-/// While the connection is paused the message waits here, between chunks,
-/// looking again once a second: its queue is the connection's own, so no
-/// other connection's work waits behind it, and waiting in place costs no
-/// round trips (a backlog of thousands of messages going round the hold
-/// queue would). On resume it goes on from the next chunk.
-pub async fn process_paced(
-    applier: &Applier,
-    budget: &BatchBudget,
-    paces: &PaceBook,
-    shutdown: &CancellationToken,
-    batch: &ApplyBatch,
-) -> Result<(), StageError> {
-    let ids: Vec<Uuid> = batch
-        .commands
-        .iter()
-        .map(|c| c.command_id)
-        .chain(batch.mirrors.iter().map(|m| m.command_id))
-        .chain(batch.csqls.iter().map(|q| q.command_id))
-        .collect();
-    let done: HashSet<Uuid> = audit::finished(&applier.pool, &batch.connection_id, "apply", &ids).await?.into_iter().collect();
-    let mut rest = ApplyBatch {
-        commands: batch.commands.iter().filter(|c| !done.contains(&c.command_id)).cloned().collect(),
-        mirrors: batch.mirrors.iter().filter(|m| !done.contains(&m.command_id)).cloned().collect(),
-        csqls: batch.csqls.iter().filter(|q| !done.contains(&q.command_id)).cloned().collect(),
-        ..header(batch)
-    };
-    loop {
-        if shutdown.is_cancelled() {
-            return Err(StageError::Requeue("shutting down between batch-lane chunks".into()));
-        }
-        if paces.paused(&batch.connection_id).await {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Err(StageError::Requeue("shutting down while the connection is paused".into())),
-                _ = tokio::time::sleep(PaceBook::MAX_AGE) => {}
-            }
-            continue;
-        }
-        let pace = paces.pace(&batch.connection_id).await;
-        let Some(chunk) = next_chunk(&mut rest, pace.burst as usize) else { return Ok(()) };
-        let n = records(&chunk) as u32;
-        tokio::select! {
-            // Waiting for a grant reserves nothing: leaving it is safe.
-            _ = shutdown.cancelled() => return Err(StageError::Requeue("shutting down while waiting for the batch budget".into())),
-            taken = budget.take(&batch.connection_id, paces, n) => taken.map_err(|e| StageError::Retry(e.to_string()))?,
-        }
-        applier.process(&chunk).await?;
     }
 }
 
@@ -258,15 +181,12 @@ pub async fn batch_figures_all(pool: &PgPool) -> Result<Vec<(String, ConnectionS
 
 /// Exports every connection's batch-lane figures as metrics, every few seconds.
 pub async fn export_figures(pool: PgPool, broker: Arc<Broker>, allowances: ApiAllowances, shutdown: CancellationToken) {
-    // Connections whose own batch queue was asked about at the last export.
-    let mut asked: HashSet<String> = HashSet::new();
     loop {
         if let Err(e) = audit::fold_tallies(&pool).await {
             tracing::warn!(error = %e, "folding the audit tallies failed; trying again in a few seconds");
         }
-        match export_once(&pool, &broker, &allowances, &asked).await {
-            Ok(now) => asked = now,
-            Err(e) => tracing::debug!(error = %e, "the batch-lane figures could not be read; trying again in a few seconds"),
+        if let Err(e) = export_once(&pool, &broker, &allowances).await {
+            tracing::debug!(error = %e, "the batch-lane figures could not be read; trying again in a few seconds");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -275,30 +195,21 @@ pub async fn export_figures(pool: PgPool, broker: Arc<Broker>, allowances: ApiAl
     }
 }
 
-/// One export; returns the connections whose batch queue it asked about.
-async fn export_once(
-    pool: &PgPool,
-    broker: &Broker,
-    allowances: &ApiAllowances,
-    asked_before: &HashSet<String>,
-) -> Result<HashSet<String>, sqlx::Error> {
+/// One export.
+async fn export_once(pool: &PgPool, broker: &Broker, allowances: &ApiAllowances) -> Result<(), sqlx::Error> {
     let all = batch_figures_all(pool).await?;
     // Messages ready in each work queue (the broker's own count; KEDA reads
     // unacked ones too, from the management API), asked passively: a queue
     // not declared yet has no gauge, and is not created by asking. The
-    // shared queues always; a connection's own batch queue only while its
-    // backlog is not empty, and once more after, to bring its gauge to 0:
-    // asking a thousand idle queues every five seconds was most of the
-    // broker's idle work.
-    let busy: HashSet<String> = all.iter().filter(|(_, _, f)| f.backlog > 0).map(|(id, _, _)| id.clone()).collect();
-    let ask: Vec<String> = busy.union(asked_before).cloned().collect();
-    let mut queues = broker.topology().shared_queues();
-    queues.extend(ask.iter().map(|c| (Stage::Apply, Lane::Batch, broker.topology().queue(Stage::Apply, Lane::Batch, c))));
-    for (_, _, q) in queues {
+    // queues are the same few whatever the number of connections.
+    for (_, _, q) in broker.topology().shared_queues() {
         if let Ok(Some(depth)) = broker.depth(&q).await {
             metrics::gauge!(crmsync_infra::metrics::QUEUE_DEPTH, "queue" => q).set(f64::from(depth));
         }
     }
+    // Records waiting in each lane with any, and 0 for a lane emptied
+    // since the last export.
+    let queued: HashMap<String, i64> = crmsync_store::batch_lanes::queued_all(pool).await?.into_iter().collect();
     // Paused or running, per connection.
     let paused: HashSet<String> = connections::all_paused(pool).await?.into_iter().map(|(id, _)| id).collect();
     for (id, settings, f) in &all {
@@ -329,50 +240,20 @@ async fn export_once(
         metrics::gauge!("crmsync_batch_budget_records_per_hour", &labels).set(f64::from(f.budget_per_hour));
         metrics::gauge!("crmsync_batch_used_last_hour_records", &labels).set(f.used_last_hour as f64);
         metrics::gauge!("crmsync_batch_eta_seconds", &labels).set(eta.as_secs_f64().min(1e12));
+        metrics::gauge!("crmsync_batch_lane_queued_records", &labels).set(queued.get(id).copied().unwrap_or(0) as f64);
     }
-    Ok(busy)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use crmsync_domain::Lane;
-    use crmsync_domain::merge::Side;
-    use crmsync_domain::messages::{ApplyCommand, MESSAGE_VERSION, RecordRef};
-    use uuid::Uuid;
-
     use super::*;
 
     #[test]
-    fn a_batch_is_worked_through_in_chunks_of_the_burst_as_it_is_at_each_chunk() {
-        let command = || ApplyCommand {
-            command_id: Uuid::new_v4(),
-            identity_id: Uuid::new_v4(),
-            source: RecordRef { side: Side::Ma, object: "prospect".into(), id: "1".into() },
-            detected_at: Utc::now(),
-            observations: vec![],
-            account_id: None,
-            seen: Default::default(),
-            trace: None,
-        };
-        let batch = ApplyBatch {
-            v: MESSAGE_VERSION,
-            batch_id: Uuid::new_v4(),
-            connection_id: "default".into(),
-            lane: Lane::Batch,
-            commands: (0..12).map(|_| command()).collect(),
-            mirrors: vec![],
-            csqls: vec![],
-        };
-        let mut rest = batch.clone();
-        let mut sizes = Vec::new();
-        // The burst is read again for every chunk: 5, then 3 once lowered.
-        for size in [5, 3, 3, 3] {
-            let Some(chunk) = next_chunk(&mut rest, size) else { break };
-            assert!(chunk.batch_id == batch.batch_id && chunk.lane == Lane::Batch);
-            sizes.push(chunk.commands.len());
-        }
-        assert_eq!(sizes, [5, 3, 3, 1]);
-        assert!(next_chunk(&mut rest, 5).is_none());
+    fn the_eta_is_the_backlog_at_the_budgets_pace() {
+        let tally = audit::LaneTally { finished: 40, applied: 40, applied_last_hour: 40 };
+        let f = BatchFigures::of(100, tally, 36_000);
+        assert_eq!(f.backlog, 60);
+        assert_eq!(f.eta, Duration::from_secs(6));
     }
 }

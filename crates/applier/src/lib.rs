@@ -3,18 +3,23 @@
 //! newer one (I3), creating missing counterparts idempotently (R3), recording
 //! state, audit and sync errors in PostgreSQL, and reconciling mirrors (R4-R6).
 //!
-//! One consume loop for the immediate lane, and one per connection for the
-//! batch lane, paced by that connection's budget (R7, I4). Any number of
-//! replicas may run: identities are serialised by Redis locks, writes fenced by
-//! the locks' tokens, and the budget is shared through Redis.
+//! One consume loop for the immediate lane; one for the batch lane's shared
+//! queue, which only takes each message's records into its connection's
+//! lane in PostgreSQL (`intake`); and the drain, which applies every lane
+//! at its connection's budget (`drain`; R7, I4). The broker's topology and
+//! the tier's channels are the same for one connection or ten thousand.
+//! Any number of replicas may run: lanes are leased, identities serialised
+//! by Redis locks, writes fenced by the locks' tokens, and the budget is
+//! shared through Redis.
 
 mod batch;
 mod csql;
+mod drain;
+mod intake;
 mod mirrors;
 mod plan;
 mod process;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,19 +37,18 @@ use lapin::message::Delivery;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-pub use batch::{BatchFigures, PaceBook, batch_figures, batch_figures_all};
+pub use batch::{BatchFigures, LaneState, PaceBook, batch_figures, batch_figures_all};
+pub use drain::{Drain, DrainOptions};
+pub use intake::{chunk_of, rows_of};
 pub use process::Applier;
 
-/// The apply stage: decode, apply (paced in the batch lane), ack.
+/// The apply stage: decode, then apply (the immediate lane) or take into
+/// the connection's batch lane, ack.
 #[derive(Debug)]
 pub struct ApplyStage {
-    pub applier: Applier,
-    pub budget: BatchBudget,
-    /// Each connection's batch budget, as configured now.
-    pub paces: PaceBook,
-    /// Batch-lane work in hand gives its message back at shutdown rather
-    /// than waiting out its budget.
-    pub shutdown: CancellationToken,
+    pub applier: Arc<Applier>,
+    /// Told when batch-lane records are taken in.
+    pub taken_in: Arc<tokio::sync::Notify>,
 }
 
 #[async_trait]
@@ -79,7 +83,11 @@ impl Handler for ApplyStage {
         }
         match batch.lane {
             Lane::Immediate => self.applier.process(&batch).instrument(span).await,
-            Lane::Batch => batch::process_paced(&self.applier, &self.budget, &self.paces, &self.shutdown, &batch).instrument(span).await,
+            Lane::Batch => {
+                intake::take_in(&self.applier.pool, &batch).instrument(span).await?;
+                self.taken_in.notify_one();
+                Ok(())
+            }
         }
     }
 }
@@ -103,69 +111,52 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
     let factory = Arc::new(SystemsFactory::from_services(&config, &services).await?);
     let allowances = factory.allowances().clone();
-    let stage = Arc::new(ApplyStage {
-        applier: Applier {
-            pool: services.pool.clone(),
-            locks: services.locks.clone(),
-            factory,
-            lock_timeout: config.locks.acquire_timeout(),
-        },
-        budget: BatchBudget::new(services.redis.clone(), &config.redis.prefix),
-        paces: PaceBook::new(services.pool.clone()),
-        shutdown: shutdown.clone(),
+    let applier = Arc::new(Applier {
+        pool: services.pool.clone(),
+        locks: services.locks.clone(),
+        factory,
+        lock_timeout: config.locks.acquire_timeout(),
     });
+    let taken_in = Arc::new(tokio::sync::Notify::new());
+    let stage = Arc::new(ApplyStage { applier: applier.clone(), taken_in: taken_in.clone() });
+    let drain = Drain::new(
+        applier,
+        BatchBudget::new(services.redis.clone(), &config.redis.prefix),
+        Arc::new(PaceBook::new(services.pool.clone())),
+        services.broker.clone(),
+        replica_name(),
+        DrainOptions::from_config(&config.applier),
+        taken_in,
+    );
     let mut loops = JoinSet::new();
-    let immediate = options(&config, services.topology.queue(Stage::Apply, Lane::Immediate, ""), config.applier.concurrency);
-    let (broker, s, stop) = (services.broker.clone(), stage.clone(), shutdown.clone());
-    loops.spawn(async move { consume(&broker, immediate, s, stop).await });
+    for (lane, concurrency) in [(Lane::Immediate, config.applier.concurrency), (Lane::Batch, config.applier.batch_concurrency)] {
+        let opts = options(&config, services.topology.queue(Stage::Apply, lane), concurrency);
+        let (broker, s, stop) = (services.broker.clone(), stage.clone(), shutdown.clone());
+        loops.spawn(async move { consume(&broker, opts, s, stop).await });
+    }
     health.working();
+    let draining = tokio::spawn(drain.run(shutdown.clone()));
     let sweeper = tokio::spawn(sweep(stage.clone(), shutdown.clone()));
     let figures = tokio::spawn(batch::export_figures(services.pool.clone(), services.broker.clone(), allowances, shutdown.clone()));
     let statistics = tokio::spawn(crmsync_infra::statistics::keep_current(services.pool.clone(), shutdown.clone()));
-    // One paced consumer per connection, started as connections appear.
-    let mut started: HashSet<String> = HashSet::new();
-    loop {
-        match crmsync_store::connections::ids(&services.pool).await {
-            Ok(ids) => {
-                let new: Vec<String> = ids.into_iter().filter(|id| !started.contains(id)).collect();
-                for id in new {
-                    if let Err(e) = services.broker.declare_connection(&id).await {
-                        // The consume loop would wait for the broker anyway;
-                        // declaring again on the next round is enough.
-                        tracing::warn!(connection_id = %id, error = %e, "cannot declare the batch-lane queue yet; retrying");
-                        continue;
-                    }
-                    // A few messages at a time: the shared budget paces them
-                    // all, and a replica waiting on one message's round trips
-                    // would leave a lifted budget unused.
-                    let opts = options(&config, services.topology.queue(Stage::Apply, Lane::Batch, &id), config.applier.batch_concurrency);
-                    let (broker, s, stop) = (services.broker.clone(), stage.clone(), shutdown.clone());
-                    loops.spawn(async move { consume(&broker, opts, s, stop).await });
-                    started.insert(id);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot list connections; retrying"),
-        }
-        tokio::select! {
-            // Shutdown first: once it begins, the consume loops end too, and
-            // a loop seen ending then is draining, not failing.
-            biased;
-            _ = shutdown.cancelled() => break,
-            Some(done) = loops.join_next() => {
-                done??;
-                if shutdown.is_cancelled() {
-                    break;
-                }
+    tokio::select! {
+        // Shutdown first: once it begins, the consume loops end too, and a
+        // loop seen ending then is draining, not failing.
+        biased;
+        _ = shutdown.cancelled() => {}
+        Some(done) = loops.join_next() => {
+            done??;
+            if !shutdown.is_cancelled() {
                 // Consume loops outlive a lost broker; one that ends before
                 // shutdown has failed for good.
                 anyhow::bail!("a consume loop ended unexpectedly");
             }
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
     while let Some(done) = loops.join_next().await {
         done??;
     }
+    let _ = draining.await;
     let _ = sweeper.await;
     let _ = figures.await;
     let _ = statistics.await;
@@ -174,6 +165,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         server.abort();
     }
     Ok(())
+}
+
+/// This replica's name in batch-lane leases.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "applier".into());
+    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 /// Picks up mirror reconciliations another replica left behind.

@@ -145,7 +145,7 @@ pub(crate) async fn fresh_world(config: &Config, base_url: &str, name: &str, pre
     // the next run's tiers would work them off and be measured doing it.
     let broker = crmsync_infra::broker::Broker::new(&config.amqp, "crmsync-bench-setup");
     let channel = broker.live().await?.conn.create_channel().await.context("a channel to clear the run's queues")?;
-    crmsync_infra::amqp::Topology::new(&config.amqp).delete_all(&channel, &["default".to_owned()]).await?;
+    crmsync_infra::amqp::Topology::new(&config.amqp).delete_all(&channel).await?;
     broker.close().await;
     Ok((config, url, pool))
 }

@@ -128,10 +128,7 @@ pub async fn replay(config: &Config, pool: &PgPool, only: Option<StageArg>, ids:
                 Some("batch") => Lane::Batch,
                 _ => Lane::Immediate,
             };
-            let routing_key = Topology::routing_key(stage, lane, &connection);
-            if stage == Stage::Apply && lane == Lane::Batch {
-                broker.declare_connection(&connection).await?;
-            }
+            let routing_key = Topology::routing_key(stage, lane);
             let out = Outgoing {
                 routing_key,
                 body: d.data.clone(),

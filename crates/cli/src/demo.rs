@@ -460,7 +460,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         // Queues of an earlier demo run would hold stale messages.
         let conn = crmsync_infra::amqp::connect(&config.amqp, "crmsync-demo").await.context("connecting to RabbitMQ")?;
         let channel = conn.create_channel().await?;
-        crmsync_infra::amqp::Topology::new(&config.amqp).delete_all(&channel, &[CONNECTION.to_owned()]).await?;
+        crmsync_infra::amqp::Topology::new(&config.amqp).delete_all(&channel).await?;
         let _ = conn.close(200, "clean".into()).await;
     }
 

@@ -103,7 +103,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             telemetry::init(&commands, service)
         }
     };
-    let result = run_command(cli, config.clone()).await.map_err(|e| explain(e, &config));
+    let result = Box::pin(run_command(cli, config.clone())).await.map_err(|e| explain(e, &config));
     // Every exit path, error or not, flushes the spans still buffered: a
     // tier stopped by SIGTERM exports the traces of its last records.
     telemetry.shutdown().await;

@@ -79,9 +79,11 @@ impl Probe {
         let published = feeds.iter().map(|f| f.published).sum();
         let finished = audit::finished_changes(&self.pool, connection_id).await?;
         let mut queued = 0u64;
-        for (_, _, q) in self.broker.topology().work_queues(&[connection_id.to_owned()]) {
+        for (_, _, q) in self.broker.topology().shared_queues() {
             queued += u64::from(self.broker.depth(&q).await?.unwrap_or(0));
         }
+        // And the records waiting in the connection's batch lane.
+        queued += u64::try_from(crmsync_store::batch_lanes::queued(&self.pool, connection_id).await?).unwrap_or(0);
         let mirrors_waiting = crmsync_store::mirror_outbox::count(&self.pool, connection_id).await?;
         let mut progress = Progress { published, finished, queued, unread_feeds: Vec::new(), mirrors_waiting };
         if !progress.idle() {

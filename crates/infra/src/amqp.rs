@@ -6,7 +6,7 @@
 //! {prefix}.work  (direct) ── match.immediate ──────▶ {prefix}.match.immediate ──────▶ matcher
 //!                         ── match.batch ──────────▶ {prefix}.match.batch ──────────▶ matcher
 //!                         ── apply.immediate ──────▶ {prefix}.apply.immediate ──────▶ applier
-//!                         ── apply.batch.{conn} ───▶ {prefix}.apply.batch.{conn} ───▶ applier (paced)
+//!                         ── apply.batch ──────────▶ {prefix}.apply.batch ──────────▶ applier (into its lanes)
 //! {prefix}.dead  (direct) ── match / apply ────────▶ {prefix}.match.dead, {prefix}.apply.dead
 //! {prefix}.hold  (fanout) ─────────────────────────▶ {prefix}.hold ──(after amqp.hold_ms)──▶ {prefix}.work
 //! ```
@@ -20,9 +20,12 @@
 //! Work queues are quorum queues with a delivery limit: a message that keeps
 //! failing (or keeps crashing its consumer) is dead-lettered after a bounded
 //! number of deliveries instead of cycling forever. Lanes have queues of their
-//! own so the immediate lane never waits behind a batch backlog, and each
-//! connection's batch lane has its own queue, so one connection's exhausted
-//! budget never holds back another's records (no head-of-line blocking).
+//! own so the immediate lane never waits behind a batch backlog. The set of
+//! queues is fixed, whatever the number of connections: the applier takes
+//! batch-lane messages off their one queue at once, into per-connection
+//! lanes in PostgreSQL, and drains each lane at its connection's budget, so
+//! one connection's exhausted budget never holds back another's records (no
+//! head-of-line blocking) and the broker carries no queue per connection.
 
 use std::fmt;
 use std::time::Duration;
@@ -135,36 +138,29 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
-    /// The routing key of a stage and lane; the applier's batch lane has one
-    /// per connection.
-    pub fn routing_key(stage: Stage, lane: Lane, connection_id: &str) -> String {
-        match (stage, lane) {
-            (Stage::Apply, Lane::Batch) => format!("apply.batch.{connection_id}"),
-            _ => format!("{}.{}", stage.as_str(), lane.as_str()),
-        }
+    /// The routing key of a stage and lane. Every queue is shared by all
+    /// connections, the applier's batch lane too: its records wait for
+    /// their connection's budget in PostgreSQL, not in a queue of their own
+    /// (see `crmsync_applier`'s batch module), so the broker's topology is
+    /// the same with one connection or ten thousand (I10).
+    pub fn routing_key(stage: Stage, lane: Lane) -> String {
+        format!("{}.{}", stage.as_str(), lane.as_str())
     }
 
-    pub fn queue(&self, stage: Stage, lane: Lane, connection_id: &str) -> String {
-        format!("{}.{}", self.prefix, Self::routing_key(stage, lane, connection_id))
+    pub fn queue(&self, stage: Stage, lane: Lane) -> String {
+        format!("{}.{}", self.prefix, Self::routing_key(stage, lane))
     }
 
     pub fn dead_queue(&self, stage: Stage) -> String {
         format!("{}.{}.dead", self.prefix, stage.as_str())
     }
 
-    /// The queues shared by all connections.
+    /// The work queues, all shared by every connection.
     pub fn shared_queues(&self) -> Vec<(Stage, Lane, String)> {
-        [(Stage::Match, Lane::Immediate), (Stage::Match, Lane::Batch), (Stage::Apply, Lane::Immediate)]
+        [(Stage::Match, Lane::Immediate), (Stage::Match, Lane::Batch), (Stage::Apply, Lane::Immediate), (Stage::Apply, Lane::Batch)]
             .into_iter()
-            .map(|(s, l)| (s, l, self.queue(s, l, "")))
+            .map(|(s, l)| (s, l, self.queue(s, l)))
             .collect()
-    }
-
-    /// Every work queue of these connections, for status and clean-up.
-    pub fn work_queues(&self, connections: &[String]) -> Vec<(Stage, Lane, String)> {
-        let mut all = self.shared_queues();
-        all.extend(connections.iter().map(|c| (Stage::Apply, Lane::Batch, self.queue(Stage::Apply, Lane::Batch, c))));
-        all
     }
 
     fn queue_args(&self, dead_letter_key: Option<&str>) -> FieldTable {
@@ -202,7 +198,7 @@ impl Topology {
                 .await?;
         }
         for (stage, lane, _) in self.shared_queues() {
-            self.declare_queue(channel, stage, lane, "").await?;
+            self.declare_queue(channel, stage, lane).await?;
         }
         let fanout = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel.exchange_declare(self.hold_exchange().into(), ExchangeKind::Fanout, fanout, FieldTable::default()).await?;
@@ -219,20 +215,15 @@ impl Topology {
         Ok(())
     }
 
-    /// Declares a connection's batch-lane queue (idempotent).
-    pub async fn declare_connection(&self, channel: &Channel, connection_id: &str) -> Result<(), AmqpError> {
-        self.declare_queue(channel, Stage::Apply, Lane::Batch, connection_id).await
-    }
-
-    async fn declare_queue(&self, channel: &Channel, stage: Stage, lane: Lane, connection_id: &str) -> Result<(), AmqpError> {
-        let q = self.queue(stage, lane, connection_id);
+    async fn declare_queue(&self, channel: &Channel, stage: Stage, lane: Lane) -> Result<(), AmqpError> {
+        let q = self.queue(stage, lane);
         let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
         channel.queue_declare(q.clone().into(), qopts, self.queue_args(Some(stage.as_str()))).await?;
         channel
             .queue_bind(
                 q.into(),
                 self.work_exchange().into(),
-                Self::routing_key(stage, lane, connection_id).into(),
+                Self::routing_key(stage, lane).into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -240,10 +231,10 @@ impl Topology {
         Ok(())
     }
 
-    /// Deletes every queue of this prefix and these connections (tests and
-    /// the demo clean up after themselves).
-    pub async fn delete_all(&self, channel: &Channel, connections: &[String]) -> Result<(), AmqpError> {
-        let mut names: Vec<String> = self.work_queues(connections).into_iter().map(|(_, _, q)| q).collect();
+    /// Deletes every queue of this prefix (tests and the demo clean up
+    /// after themselves).
+    pub async fn delete_all(&self, channel: &Channel) -> Result<(), AmqpError> {
+        let mut names: Vec<String> = self.shared_queues().into_iter().map(|(_, _, q)| q).collect();
         names.extend([self.dead_queue(Stage::Match), self.dead_queue(Stage::Apply), self.hold_queue()]);
         for q in names {
             channel.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
@@ -310,6 +301,7 @@ pub struct Publisher {
     channel: Channel,
     exchange: String,
     hold: String,
+    dead: String,
     hold_ms: u64,
 }
 
@@ -317,7 +309,13 @@ impl Publisher {
     pub async fn new(conn: &Connection, topology: &Topology) -> Result<Self, AmqpError> {
         let channel = conn.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Publisher { channel, exchange: topology.work_exchange(), hold: topology.hold_exchange(), hold_ms: topology.hold_ms.max(1) })
+        Ok(Publisher {
+            channel,
+            exchange: topology.work_exchange(),
+            hold: topology.hold_exchange(),
+            dead: topology.dead_exchange(),
+            hold_ms: topology.hold_ms.max(1),
+        })
     }
 
     /// Publishes messages of a paused connection to the hold queue, each
@@ -325,6 +323,17 @@ impl Publisher {
     /// the delivery it holds once this returns.
     pub async fn hold_confirmed(&self, messages: Vec<Outgoing>) -> Result<(), AmqpError> {
         self.publish_to(&self.hold, Some(self.hold_ms.to_string()), messages).await
+    }
+
+    /// Publishes messages straight to a stage's dead-letter queue,
+    /// confirmed: for work that left its queue already (the batch lane's
+    /// records, taken into PostgreSQL) and then proved poison, so that it
+    /// is kept and can be replayed like any dead letter (I6).
+    pub async fn dead_letter_confirmed(&self, stage: Stage, mut messages: Vec<Outgoing>) -> Result<(), AmqpError> {
+        for m in &mut messages {
+            m.routing_key = stage.as_str().to_owned();
+        }
+        self.publish_to(&self.dead, None, messages).await
     }
 
     /// Whether its channel is still open (it dies with its connection, or

@@ -4,8 +4,8 @@
 //!
 //! - Whoever needs the broker asks for the *live* connection. If the last one
 //!   died, the first caller reconnects (one attempt, the others wait on the
-//!   same attempt), redeclares the whole topology, including every
-//!   connection's batch-lane queue declared so far, and opens a fresh
+//!   same attempt), redeclares the whole topology (a fixed set of shared
+//!   queues, whatever the number of connections), and opens a fresh
 //!   confirming publisher. Callers that fail turn it into a retry with backoff
 //!   ([`crate::worker::StageError::Retry`], a failed producer pass), so no
 //!   message is lost and no cursor moves.
@@ -18,11 +18,9 @@
 //!
 //! Why not lapin's own `enable_auto_recover`: it replays consumers and
 //! pending confirms inside the library, gives up after a fixed number of
-//! attempts, and leaves no place to redeclare queues that appear at run time;
-//! reconnecting at this level keeps every settling rule of the worker
-//! explicit.
+//! attempts; reconnecting at this level keeps every settling rule of the
+//! worker explicit.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,10 +56,6 @@ impl Live {
 struct State {
     live: Option<Live>,
     generation: u64,
-    /// Batch-lane queues declared so far (by connection id): redeclared on
-    /// every new connection, so a broker restarted from an empty disk gets
-    /// them back.
-    connections: BTreeSet<String>,
     /// A channel for passive declares (queue depths), reused while it lives.
     utility: Option<(u64, Channel)>,
 }
@@ -139,10 +133,6 @@ impl Broker {
         let conn = amqp::connect(&self.cfg, &self.name).await?;
         let channel = conn.create_channel().await?;
         self.topology.declare(&channel).await?;
-        let connections = self.state().connections.clone();
-        for id in &connections {
-            self.topology.declare_connection(&channel, id).await?;
-        }
         let _ = channel.close(200, "declared".into()).await;
         let publisher = Publisher::new(&conn, &self.topology).await?;
         let mut state = self.state();
@@ -179,21 +169,10 @@ impl Broker {
         self.live().await?.publisher.publish_confirmed(messages).await
     }
 
-    /// Declares a connection's batch-lane queue, now and on every reconnect.
-    pub async fn declare_connection(&self, connection_id: &str) -> Result<(), AmqpError> {
-        if self.state().connections.contains(connection_id) {
-            return Ok(());
-        }
-        let live = self.live().await?;
-        amqp::within(self.cfg.timeout(), async {
-            let channel = live.conn.create_channel().await?;
-            self.topology.declare_connection(&channel, connection_id).await?;
-            let _ = channel.close(200, "declared".into()).await;
-            Ok::<_, AmqpError>(())
-        })
-        .await?;
-        self.state().connections.insert(connection_id.to_owned());
-        Ok(())
+    /// Publishes straight to a stage's dead-letter queue, confirmed; see
+    /// [`Publisher::dead_letter_confirmed`].
+    pub async fn dead_letter_confirmed(&self, stage: amqp::Stage, messages: Vec<Outgoing>) -> Result<(), AmqpError> {
+        self.live().await?.publisher.dead_letter_confirmed(stage, messages).await
     }
 
     /// Messages ready in `queue` (the broker's count), or `None` if the

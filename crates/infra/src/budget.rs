@@ -19,12 +19,13 @@
 //! under-used but never overshot. A Redis restart loses the timestamp, which
 //! allows at most one burst.
 //!
-//! The pace is asked of a [`PaceSource`] again at every wake-up, and no wait
-//! lasts longer than [`MAX_WAIT`]: an admin who lifts the budget for a first
-//! sync, or lowers it as the org's limits near, sees it followed within a
-//! second or so, in both directions, without restarting anything. Waiting
-//! reserves nothing (the GCRA only moves when it grants), so a wait may be
-//! dropped at any point, as a shutdown does.
+//! The caller passes the pace it read from the connection's settings at
+//! every request and waits no longer than [`MAX_WAIT`] before asking again:
+//! an admin who lifts the budget for a first sync, or lowers it as the org's
+//! limits near, sees it followed within a second or so, in both directions,
+//! without restarting anything. Asking reserves nothing (the GCRA only
+//! moves when it grants), so a wait may be dropped at any point, as a
+//! shutdown does.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -76,13 +77,6 @@ impl Pace {
 /// The longest a waiting chunk sleeps before it asks for the pace again.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
-/// Where a connection's current pace comes from (its settings, which an
-/// admin may change at any time).
-#[async_trait::async_trait]
-pub trait PaceSource: Send + Sync {
-    async fn pace(&self, connection_id: &str) -> Pace;
-}
-
 /// Why a grant could not be had (the caller waits and asks again).
 #[derive(Debug, thiserror::Error)]
 #[error("batch budget unavailable (redis: {0}); the batch lane waits")]
@@ -128,38 +122,27 @@ impl BatchBudget {
         }
     }
 
-    /// Waits until `n` records (at most the burst) may be processed for the
-    /// connection, by the global budget and this replica's pace, reading the
-    /// pace from `paces` at every wake-up.
-    pub async fn take(&self, connection_id: &str, paces: &dyn PaceSource, n: u32) -> Result<(), BudgetError> {
-        loop {
-            let pace = paces.pace(connection_id).await;
-            let n = n.clamp(1, pace.burst.max(1));
-            let interval = pace.interval().as_micros() as u64;
-            let mut conn = self.redis.clone();
-            let wait_us: u64 =
-                self.gcra.key(self.key(connection_id)).arg(interval).arg(pace.burst.max(1)).arg(n).invoke_async(&mut conn).await?;
-            if wait_us == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_micros(wait_us).min(MAX_WAIT)).await;
+    /// Asks for `n` records (at most the burst) of the connection's budget
+    /// now: `Ok(None)` when granted, by the global budget and then this
+    /// replica's own pace (rarely a wait: the global grant already spaced
+    /// the chunk; only chunks granted together on this replica are spread
+    /// out here), or `Ok(Some(wait))`, how long until the global budget
+    /// could grant them. Asking reserves nothing: a caller told to wait may
+    /// go and do other work, or give the lane up.
+    pub async fn try_take(&self, connection_id: &str, pace: Pace, n: u32) -> Result<Option<Duration>, BudgetError> {
+        let n = n.clamp(1, pace.burst.max(1));
+        let interval = pace.interval().as_micros() as u64;
+        let mut conn = self.redis.clone();
+        let wait_us: u64 =
+            self.gcra.key(self.key(connection_id)).arg(interval).arg(pace.burst.max(1)).arg(n).invoke_async(&mut conn).await?;
+        if wait_us > 0 {
+            return Ok(Some(Duration::from_micros(wait_us)));
         }
-        // This replica's own pace. Rarely a wait: the global grant already
-        // spaced the chunk; only chunks granted together on this replica
-        // are spread out here.
-        loop {
-            let pace = paces.pace(connection_id).await;
-            let n = NonZeroU32::new(n.clamp(1, pace.burst.max(1))).expect("n >= 1");
-            let limiter = self.limiter(connection_id, pace).await;
-            match limiter.check_n(n) {
-                // `n` is within the burst, so the limiter can always grant it.
-                Ok(Ok(())) | Err(_) => return Ok(()),
-                Ok(Err(not_until)) => {
-                    let wait = not_until.wait_time_from(governor::clock::Clock::now(limiter.clock()));
-                    tokio::time::sleep(wait.min(MAX_WAIT)).await;
-                }
-            }
-        }
+        let limiter = self.limiter(connection_id, pace).await;
+        let cells = NonZeroU32::new(n).expect("n >= 1");
+        // `n` is within the burst, so the limiter can always grant it.
+        let _ = limiter.until_n_ready(cells).await;
+        Ok(None)
     }
 }
 

@@ -215,14 +215,31 @@ pub struct WorkerConfig {
     /// First retry delay of a message that failed for a transient reason;
     /// doubles per attempt.
     pub retry_backoff_ms: u64,
-    /// Batch-lane messages one applier replica works on at once (the
-    /// applier only). The connection's budget paces them all together, so
-    /// this changes nothing while the budget is the brake; when it is not
-    /// (a lifted budget, a backfill), it bounds the replica's throughput:
-    /// each message crosses a dozen round trips to PostgreSQL, Redis and
-    /// both systems, and the replica sits idle on them unless other
-    /// messages fill the wait.
+    /// Batch-lane chunks one applier replica applies at once, over all
+    /// lanes, and at most in one lane (the applier only). The connections'
+    /// budgets pace them, so this changes nothing while the budgets are the
+    /// brake; when they are not (many connections at full budget, a lifted
+    /// budget for a backfill), it bounds the replica's throughput: each
+    /// chunk crosses a dozen round trips to PostgreSQL, Redis and both
+    /// systems, and the replica sits idle on them unless other chunks fill
+    /// the wait.
     pub batch_concurrency: usize,
+    /// Batch lanes (connections with a backlog) one applier replica works
+    /// on at once. A lane in hand costs a small task and its lease; lanes
+    /// beyond this wait their turn, the longest due first.
+    pub batch_lanes: usize,
+    /// The most records in one batch-lane chunk, whatever the burst: a
+    /// budget lifted for a backfill is applied in chunks of this size,
+    /// several at once.
+    pub batch_chunk: usize,
+    /// How long a replica's lease on a lane lasts unless renewed: a dead
+    /// replica's lanes are taken over once this has passed. A live replica
+    /// renews all its leases at once, three times per lease.
+    pub batch_lease_secs: u64,
+    /// How long a replica works a lane before it gives it back to be taken
+    /// again by whoever is free, so that lanes rotate fairly between
+    /// replicas when there are more lanes with work than `batch_lanes`.
+    pub batch_turn_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -232,7 +249,15 @@ impl Default for WorkerConfig {
         // and 8,220 with 8 (interleaved runs on 2 cores). The applier waited
         // on round trips with cores idle; 8 messages of 200 records hold a
         // few MB more.
-        WorkerConfig { concurrency: 4, retry_backoff_ms: 200, batch_concurrency: 8 }
+        WorkerConfig {
+            concurrency: 4,
+            retry_backoff_ms: 200,
+            batch_concurrency: 8,
+            batch_lanes: 1_000,
+            batch_chunk: 200,
+            batch_lease_secs: 10,
+            batch_turn_secs: 30,
+        }
     }
 }
 

@@ -34,9 +34,9 @@
 //!   it is handled as usual. The publish is a new message, so the delivery
 //!   limit, which counts failures, is not spent on a pause. If the hold
 //!   publish fails, the delivery is retried in place like any transient
-//!   failure. Batch-lane messages, whose queues are per connection, are
-//!   not held this way: the applier waits on them in place (no one else's
-//!   work is behind them), at no cost per message.
+//!   failure. Batch-lane messages are never held: the applier takes them
+//!   into their connection's lane in PostgreSQL whatever the pause, and
+//!   the lane is not worked while the connection is paused.
 
 use std::sync::Arc;
 use std::time::Duration;

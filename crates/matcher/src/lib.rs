@@ -54,11 +54,6 @@ impl MatchStage {
         if out.commands.is_empty() && out.mirrors.is_empty() && out.csqls.is_empty() {
             return Ok(());
         }
-        if batch.lane == Lane::Batch {
-            // Each connection's batch lane has its own queue; make sure it
-            // exists before the first message is routed to it.
-            self.broker.declare_connection(&batch.connection_id).await?;
-        }
         let links = out
             .commands
             .iter()
@@ -78,7 +73,7 @@ impl MatchStage {
         };
         self.broker
             .publish_confirmed(vec![Outgoing {
-                routing_key: Topology::routing_key(Stage::Apply, batch.lane, &batch.connection_id),
+                routing_key: Topology::routing_key(Stage::Apply, batch.lane),
                 body: messages::encode(&apply),
                 message_id: apply.batch_id.to_string(),
                 headers: vec![("x-connection-id".into(), batch.connection_id.clone()), ("x-lane".into(), batch.lane.as_str().into())],
@@ -142,7 +137,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     let loops = [Lane::Immediate, Lane::Batch].map(|lane| {
         let opts = ConsumeOptions {
-            queue: services.topology.queue(Stage::Match, lane, ""),
+            queue: services.topology.queue(Stage::Match, lane),
             concurrency: config.matcher.concurrency,
             backoff: Duration::from_millis(config.matcher.retry_backoff_ms),
             max_backoff: Duration::from_secs(10),

@@ -58,10 +58,6 @@ pub struct ReplicaStatus {
     pub not_ready: Option<String>,
 }
 
-/// Up to this many connections, every connection's own batch-lane queue
-/// is listed; past it, those with a backlog.
-const QUEUES_ALWAYS_LISTED: usize = 50;
-
 /// Replicas older than this are not shown.
 const REPLICAS_SHOWN_SECS: i64 = 600;
 
@@ -381,9 +377,9 @@ async fn connections_on(
     Ok(out)
 }
 
-/// Reads the depth of every queue of these connections, stopping at the
-/// first call the broker does not answer.
-async fn broker(config: &Config, kept: Option<&Inspector>, connections: &[String]) -> BrokerStatus {
+/// Reads the depth of every queue, stopping at the first call the broker
+/// does not answer.
+async fn broker(config: &Config, kept: Option<&Inspector>) -> BrokerStatus {
     let own;
     let inspector = match kept {
         Some(kept) => kept,
@@ -397,7 +393,7 @@ async fn broker(config: &Config, kept: Option<&Inspector>, connections: &[String
     }
     let topology = inspector.topology().clone();
     let mut asked: Vec<(String, Stage, Option<Lane>)> =
-        topology.work_queues(connections).into_iter().map(|(stage, lane, q)| (q, stage, Some(lane))).collect();
+        topology.shared_queues().into_iter().map(|(stage, lane, q)| (q, stage, Some(lane))).collect();
     asked.extend([Stage::Match, Stage::Apply].map(|stage| (topology.dead_queue(stage), stage, None)));
     let mut status = BrokerStatus { reachable: true, error: None, queues: Vec::new() };
     for (queue, stage, lane) in asked {
@@ -428,19 +424,9 @@ pub async fn gather(config: &Config, pool: Option<&PgPool>, inspector: Option<&I
             Ok(Err(e)) => (Default::default(), Some(db_failure(&e, config))),
             Err(_) => (Default::default(), Some(db_timeout(config))),
         };
-    // Without PostgreSQL the connections are not known: the one asked for,
-    // or none (the shared queues are still read).
-    // Each connection has a batch-lane queue of its own; past a few dozen
-    // connections only the queues of those with a backlog are asked about
-    // (one broker round trip each: a thousand took seconds, to list
-    // zeros).
-    let many = connections.len() > QUEUES_ALWAYS_LISTED;
-    let ids: Vec<String> = match (&database_error, only) {
-        (None, _) => connections.iter().filter(|c| !many || c.batch_lane.backlog > 0).map(|c| c.id.clone()).collect(),
-        (Some(_), Some(id)) => vec![id.to_owned()],
-        (Some(_), None) => Vec::new(),
-    };
-    let broker = broker(config, inspector, &ids).await;
+    // The queues are shared by every connection: the same few round trips
+    // to the broker, whatever the number of connections.
+    let broker = broker(config, inspector).await;
     Status {
         ok: database_error.is_none() && broker.error.is_none() && redis_error.is_none(),
         connections,

@@ -245,7 +245,7 @@ pub fn change_messages(
             changes,
         };
         out.push(Outgoing {
-            routing_key: Topology::routing_key(Stage::Match, lane, connection_id),
+            routing_key: Topology::routing_key(Stage::Match, lane),
             body: messages::encode(&batch),
             message_id: batch.batch_id.to_string(),
             headers: vec![("x-connection-id".into(), connection_id.to_owned()), ("x-lane".into(), lane.as_str().into())],

@@ -156,3 +156,16 @@ pub async fn set_paused<'e>(e: impl PgExecutor<'e>, id: &str, by: Option<&str>) 
     .await?;
     Ok(())
 }
+
+/// The settings and pause of these connections, in one statement (the
+/// batch lane's pace book, for every lane it works on at once). A
+/// connection not in the answer does not exist; one whose settings cannot
+/// be read is there with `None`.
+pub async fn load_many_with_pause(
+    pool: &PgPool,
+    ids: &[String],
+) -> Result<Vec<(String, Option<ConnectionSettings>, Option<DateTime<Utc>>)>, sqlx::Error> {
+    let rows: Vec<(String, serde_json::Value, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT id, settings, paused_at FROM connections WHERE id = ANY($1)").bind(ids).fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|(id, raw, since)| (parse(&id, Some(raw)).ok(), since, id)).map(|(s, since, id)| (id, s, since)).collect())
+}

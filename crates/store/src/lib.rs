@@ -6,6 +6,7 @@
 
 pub mod admin_audit;
 pub mod audit;
+pub mod batch_lanes;
 pub mod connections;
 pub mod csql_links;
 pub mod feeds;

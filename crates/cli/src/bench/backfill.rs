@@ -16,7 +16,6 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use crmsync_domain::Lane;
 use crmsync_infra::Config;
-use crmsync_infra::amqp::Stage;
 use crmsync_infra::broker::Broker;
 use crmsync_sandbox::ops::{Sandbox, System};
 use crmsync_store::{audit, connections, feeds};
@@ -132,16 +131,14 @@ async fn last_write(pool: &PgPool) -> anyhow::Result<Option<DateTime<Utc>>> {
 }
 
 /// Messages ready in the pipeline's work queues (both stages, both lanes),
-/// asked of the broker over AMQP: cheap enough to ask every second.
-async fn queued(broker: &Broker) -> u64 {
-    let t = broker.topology();
+/// asked of the broker over AMQP, and records waiting in the batch lane:
+/// cheap enough to ask every second.
+async fn queued(broker: &Broker, pool: &PgPool) -> u64 {
     let mut total = 0;
-    for stage in [Stage::Match, Stage::Apply] {
-        for lane in [Lane::Immediate, Lane::Batch] {
-            total += u64::from(broker.depth(&t.queue(stage, lane, "default")).await.ok().flatten().unwrap_or(0));
-        }
+    for (_, _, q) in broker.topology().shared_queues() {
+        total += u64::from(broker.depth(&q).await.ok().flatten().unwrap_or(0));
     }
-    total
+    total + crmsync_store::batch_lanes::queued(pool, "default").await.ok().and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
 }
 
 /// One backfill of `pairs` pairs with `replicas` of each tier, in `mode`.
@@ -171,10 +168,6 @@ pub async fn run(config: &Config, base_url: &str, mode: Mode, pairs: u64, replic
     let want = i64::try_from(pairs)?;
     let bar = progress::bar(pairs, "pairs converged");
     let broker = Broker::new(&config.amqp, "crmsync-bench");
-    // The batch-lane queue appears when a tier first routes to it; declared
-    // here too (the same declaration), so asking its depth before then finds
-    // it instead of having the broker close the channel with a logged error.
-    broker.declare_connection("default").await?;
     let mut peak_backlog = 0;
     // Generous: a slow machine still finishes, a stuck pipeline does not
     // hold the run forever.
@@ -186,7 +179,7 @@ pub async fn run(config: &Config, base_url: &str, mode: Mode, pairs: u64, replic
         // the applier has finished a change for every pair, which no pair
         // converges without. The applier's count is the audit log's tally,
         // a few rows, and is what the progress bar shows meanwhile.
-        let ready = queued(&broker).await;
+        let ready = queued(&broker, &pool).await;
         peak_backlog = peak_backlog.max(ready);
         let applied = audit::lane_tally(&pool, "default", Lane::Batch.as_str()).await?.applied;
         if ready == 0 && applied >= want {

@@ -125,7 +125,7 @@ pub async fn measure(cfg: &AmqpConfig, messages: u64, message_bytes: usize, pref
     for q in [&hop1, &hop2] {
         let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
     }
-    let _ = topology.delete_all(&channel, &[]).await;
+    let _ = topology.delete_all(&channel).await;
     for conn in [&admin, &forwarder, &sink, &source] {
         let _ = conn.close(200, "done".into()).await;
     }

@@ -284,11 +284,11 @@ fn spawn_tiers(args: &ConnectionsArgs, url: &str, prefix: &str, logs: &Path, run
 }
 
 /// Deletes the run's queues, once.
-async fn delete_queues(config: &Config, ids: &[String]) -> anyhow::Result<()> {
+async fn delete_queues(config: &Config) -> anyhow::Result<()> {
     let broker = crmsync_infra::broker::Broker::new(&config.amqp, "crmsync-bench-cleanup");
     let deleted = async {
         let channel = broker.live().await?.conn.create_channel().await.context("a channel to delete the run's queues")?;
-        crmsync_infra::amqp::Topology::new(&config.amqp).delete_all(&channel, ids).await.context("deleting the run's queues")
+        crmsync_infra::amqp::Topology::new(&config.amqp).delete_all(&channel).await.context("deleting the run's queues")
     }
     .await;
     broker.close().await;
@@ -300,14 +300,14 @@ async fn delete_queues(config: &Config, ids: &[String]) -> anyhow::Result<()> {
 /// time right after the tiers stopped, and the queues stayed behind: the
 /// deletion is tried again after a pause, and the database is dropped
 /// whatever the broker answers.
-async fn clean_up(config: &Config, base_url: &str, pool: PgPool, ids: &[String]) -> anyhow::Result<()> {
+async fn clean_up(config: &Config, base_url: &str, pool: PgPool) -> anyhow::Result<()> {
     pool.close().await;
-    let mut deleted = delete_queues(config, ids).await;
+    let mut deleted = delete_queues(config).await;
     for _ in 0..5 {
         let Err(e) = &deleted else { break };
         crate::out::err_line(format_args!("  deleting the run's queues failed ({e:#}); trying again in 10 s"));
         tokio::time::sleep(Duration::from_secs(10)).await;
-        deleted = delete_queues(config, ids).await;
+        deleted = delete_queues(config).await;
     }
     let admin = db::connect_url(base_url, 1, Duration::from_secs(10)).await?;
     sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))).execute(&admin).await?;
@@ -574,7 +574,7 @@ pub async fn measure(config: &Config, args: &ConnectionsArgs) -> anyhow::Result<
     tiers.stop().await;
     // Cleaned up whatever the measuring did, so a failed run does not leave
     // N quorum queues on the broker.
-    let cleaned = clean_up(&config_n, &base_url, pool, &ids).await;
+    let cleaned = clean_up(&config_n, &base_url, pool).await;
     let (many, idle_cpu_percent, xps, sps, memory_mb, batch_lanes, load_average, commands) = measured?;
     // The figures are kept even when the clean-up fails: they are what the
     // run was for, and what is left behind is named in them.
@@ -650,7 +650,7 @@ async fn single_run(
     let records = (args.prospects + args.people) * n;
     let figures = initial_sync(&pool, &tiers, 1, args.prospects * n, records).await;
     tiers.stop().await;
-    let cleaned = clean_up(&config1, base_url, pool, &["default".to_owned()]).await;
+    let cleaned = clean_up(&config1, base_url, pool).await;
     let figures = figures?;
     if let Err(e) = cleaned {
         crate::out::err_line(format_args!("  clean-up of the one connection's world: {e:#}"));
