@@ -10,7 +10,7 @@ use std::time::Duration;
 use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
 use crmsync_sandbox::ops::{Sandbox, System};
 use crmsync_store::connections;
-use crmsync_tests::{TestApp, Tier, http_get};
+use crmsync_tests::{TestApp, Tier, eventually, http_get};
 
 /// Commits `n` new prospects in one transaction, so that one detection pass
 /// finds them all.
@@ -392,5 +392,28 @@ async fn messages_for_a_connection_that_does_not_exist_are_dead_lettered_and_sta
     }
     assert_eq!(app.dead_letters(Stage::Match).await, 20);
     assert_eq!(app.queued(Stage::Match, Lane::Immediate).await, 0);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_lifted_after_a_very_slow_one_applies_at_once() {
+    let mut app = TestApp::spawn().await;
+    // One record an hour: after its burst of 5, the lane is told to wait
+    // hours, and the budget's state lies hours ahead.
+    pace(&app, "default", 1, 5, 10).await;
+    app.start_pipeline(1, 1);
+    burst(&app, "default", 40, "lifted").await;
+    eventually("the burst applied and the rest queued", || async {
+        batch_times(&app, "default").await.len() == 5 && crmsync_store::batch_lanes::queued(&app.pool, "default").await.unwrap() == 35
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(batch_times(&app, "default").await.len(), 5, "held at one record an hour");
+    // Lifted to 20 a second: the 35 left take under 2 s at that pace.
+    let lifted = std::time::Instant::now();
+    app.set("batch_budget_per_hour", "72000").await;
+    eventually("the rest applied at the lifted budget", || async { batch_times(&app, "default").await.len() == 40 }).await;
+    println!("35 records applied {:.1} s after the budget was lifted", lifted.elapsed().as_secs_f64());
+    assert!(lifted.elapsed() < Duration::from_secs(30));
     app.cleanup().await;
 }

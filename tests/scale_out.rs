@@ -57,11 +57,7 @@ async fn converged_connections(app: &TestApp) -> i64 {
 
 /// The sum of a counter's series whose labels contain `labels`.
 fn counter(scrape: &str, name: &str, labels: &str) -> f64 {
-    scrape
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    scrape.lines().filter(|l| l.starts_with(name) && l.contains(labels)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,12 +76,26 @@ impl PaceBook {
         if !ids.iter().any(|id| id == connection_id) {
             ids.push(connection_id.to_owned());
         }
-        let default = Pace { per_hour: DEFAULT_BATCH_BUDGET_PER_HOUR, burst: DEFAULT_BATCH_BURST };
-        match connections::load_many_with_pause(&self.pool, &ids).await {
+        self.read(&ids).await;
+        self.known().get(connection_id).map_or(LaneState { pace: Self::DEFAULT, paused: false, unknown: false }, |(_, s)| *s)
+    }
+
+    /// Reads these connections' settings now, whatever the book holds: a
+    /// lane just leased may have been made due by a settings change a
+    /// moment ago, and must not be told to wait by the pace before it.
+    pub async fn refresh(&self, ids: &[String]) {
+        let _one = self.refreshing.lock().await;
+        self.read(ids).await;
+    }
+
+    const DEFAULT: Pace = Pace { per_hour: DEFAULT_BATCH_BUDGET_PER_HOUR, burst: DEFAULT_BATCH_BURST };
+
+    async fn read(&self, ids: &[String]) {
+        match connections::load_many_with_pause(&self.pool, ids).await {
             Ok(rows) => {
                 let now = Instant::now();
                 let mut known = self.known();
-                let last = |id: &str, known: &HashMap<String, (Instant, LaneState)>| known.get(id).map_or(default, |(_, s)| s.pace);
+                let last = |id: &str, known: &HashMap<String, (Instant, LaneState)>| known.get(id).map_or(Self::DEFAULT, |(_, s)| s.pace);
                 let mut seen = HashSet::new();
                 for (id, settings, since) in rows {
                     // Settings that cannot be read keep the last pace known.
@@ -90,20 +104,17 @@ impl PaceBook {
                     seen.insert(id.clone());
                     known.insert(id, (now, LaneState { pace, paused: since.is_some(), unknown: false }));
                 }
-                for id in ids.into_iter().filter(|id| !seen.contains(id)) {
-                    known.insert(id, (now, LaneState { pace: default, paused: false, unknown: true }));
+                for id in ids.iter().filter(|id| !seen.contains(*id)) {
+                    known.insert(id.clone(), (now, LaneState { pace: Self::DEFAULT, paused: false, unknown: true }));
                 }
                 known.retain(|_, (at, _)| at.elapsed() < Self::FORGET);
-                known.get(connection_id).map_or(LaneState { pace: default, paused: false, unknown: true }, |(_, s)| *s)
             }
             Err(e) => {
                 // The last pace known, or the default, until the database
                 // answers again: pacing on never stops for a read. (A pause
                 // missed meanwhile is still caught: the applier reads it
                 // again with the settings before it writes.)
-                tracing::warn!(connection_id, error = %e, "cannot read the batch budget; pacing on at the last one known");
-                let last = self.known().get(connection_id).map(|(_, s)| *s);
-                last.map_or(LaneState { pace: default, paused: false, unknown: false }, |s| LaneState { unknown: false, ..s })
+                tracing::warn!(error = %e, "cannot read the batch budgets; pacing on at the last ones known");
             }
         }
     }

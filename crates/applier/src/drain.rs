@@ -98,6 +98,12 @@ pub struct Drain {
 /// The longest a failing lane waits before it is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// The longest a lane waiting for its budget is left before it is looked
+/// at again. A settings change makes it due at once anyway
+/// (`connections::save`); this bounds the wait when a budget is changed
+/// any other way, at one look a minute per waiting lane.
+const MAX_DUE: Duration = Duration::from_secs(60);
+
 impl std::fmt::Debug for Drain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Drain").field("owner", &self.owner).field("options", &self.options).finish_non_exhaustive()
@@ -160,6 +166,9 @@ impl Drain {
                 match batch_lanes::claim_due(&self.applier.pool, &self.owner, self.options.lease, free).await {
                     Ok(ids) => {
                         claimed = ids.len();
+                        if !ids.is_empty() {
+                            self.paces.refresh(&ids).await;
+                        }
                         for id in ids {
                             working.insert(id.clone());
                             let (me, stop, done) = (self.clone(), shutdown.clone(), done_tx.clone());
@@ -203,7 +212,7 @@ impl Drain {
     async fn lane(&self, connection_id: &str, shutdown: &CancellationToken) {
         let span = tracing::debug_span!("batch_lane", connection_id);
         let turn = self.turn(connection_id, shutdown).instrument(span).await;
-        if let Err(e) = batch_lanes::release(&self.applier.pool, connection_id, &self.owner, turn.due_in).await {
+        if let Err(e) = batch_lanes::release(&self.applier.pool, connection_id, &self.owner, turn.due_in.min(MAX_DUE)).await {
             // The lease runs out by itself, and the lane is taken again.
             tracing::warn!(connection_id, error = %e, "cannot give a batch lane back; its lease will expire");
         }
@@ -216,6 +225,8 @@ impl Drain {
         let mut applying: JoinSet<(Vec<i64>, ApplyBatch, Result<Applied, StageError>)> = JoinSet::new();
         let mut due_in = Duration::ZERO;
         let mut stop = false;
+        // Rows read and not yet granted: kept across a wait for the budget.
+        let mut waiting: Option<Vec<batch_lanes::Row>> = None;
         loop {
             // Hand out chunks while the budget grants them.
             while !stop && applying.len() < self.options.chunks_at_once {
@@ -236,7 +247,16 @@ impl Drain {
                     break;
                 }
                 let size = (state.pace.burst.max(1) as usize).min(self.options.chunk);
-                let rows = match self.next_rows(connection_id, after, size).await {
+                // The rows read before a wait for the budget are asked for
+                // again as they are (fewer, if the burst was lowered).
+                let read = match waiting.take() {
+                    Some(mut rows) => {
+                        rows.truncate(size);
+                        Ok(rows)
+                    }
+                    None => self.next_rows(connection_id, after, size).await,
+                };
+                let rows = match read {
                     Ok(rows) => rows,
                     Err(e) => {
                         tracing::warn!(connection_id, error = %e, "cannot read the batch lane; trying again shortly");
@@ -267,6 +287,7 @@ impl Drain {
                     // Wait for the budget in place while the turn lasts: the
                     // lane holds only its task and its lease meanwhile.
                     Ok(Some(wait)) if started.elapsed() + wait.min(MAX_WAIT) < self.options.turn && !shutdown.is_cancelled() => {
+                        waiting = Some(rows);
                         tokio::select! {
                             _ = shutdown.cancelled() => {}
                             _ = tokio::time::sleep(wait.min(MAX_WAIT)) => {}

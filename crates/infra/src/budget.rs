@@ -14,6 +14,10 @@
 //!    spending at the same quota, so even a replica handed a full burst
 //!    spends it evenly.
 //!
+//! A budget lifted after a slower one was spent is followed at once: the
+//! state is never kept more than one burst ahead of now at the current
+//! pace.
+//!
 //! When Redis is unreachable no grant can be had and the batch lane waits
 //! (fail closed): nothing is processed without a grant, so the budget can be
 //! under-used but never overshot. A Redis restart loses the timestamp, which
@@ -45,6 +49,15 @@ local burst = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
+-- Spent at a slower pace, the state can lie hours ahead (one record an
+-- hour, a burst of 5: five hours); under the current pace it never lies
+-- more than a burst ahead, so a lifted budget applies at once. Kept, so
+-- that the wait answered below is the wait there is.
+local cap = now + burst * interval
+if tat > cap then
+  tat = cap
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
 local new_tat = tat + n * interval
 local allow_at = new_tat - burst * interval
 if allow_at > now then

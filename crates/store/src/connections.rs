@@ -74,12 +74,16 @@ pub async fn ids(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT id FROM connections ORDER BY id").fetch_all(pool).await
 }
 
-/// Stores a connection's settings (creating the connection if new).
+/// Stores a connection's settings (creating the connection if new). Its
+/// batch lane, if waiting for budget, is made due at once: a lane told to
+/// wait hours by a budget of a few records an hour follows a lifted budget
+/// within a second, not when the old wait ends.
 pub async fn save<'e>(e: impl PgExecutor<'e>, id: &str, settings: &ConnectionSettings) -> Result<(), sqlx::Error> {
     let value = serde_json::to_value(settings).map_err(|err| sqlx::Error::Protocol(err.to_string()))?;
     sqlx::query(
-        "INSERT INTO connections (id, settings) VALUES ($1, $2) \
-         ON CONFLICT (id) DO UPDATE SET settings = EXCLUDED.settings, updated_at = now()",
+        "WITH saved AS (INSERT INTO connections (id, settings) VALUES ($1, $2) \
+                        ON CONFLICT (id) DO UPDATE SET settings = EXCLUDED.settings, updated_at = now() RETURNING id) \
+         UPDATE batch_lanes SET due_at = least(due_at, now()) WHERE connection_id IN (SELECT id FROM saved)",
     )
     .bind(id)
     .bind(value)

@@ -107,12 +107,12 @@ pub fn markdown(r: &ConnectionsRun) -> String {
     );
     let _ = writeln!(s, "Load average (1/5/15 min) at the window's start and end: {} → {}.\n", r.load_average.0, r.load_average.1);
 
-    let _ = writeln!(s, "### Batch lanes consumed\n");
+    let _ = writeln!(s, "### The broker's queues\n");
     let l = &r.batch_lanes;
     let opt = |v: Option<usize>| v.map_or("–".to_owned(), |v| v.to_string());
     let _ = writeln!(
         s,
-        "| connections | batch-lane queues declared | with a consumer | applier warnings \"cannot declare the batch-lane queue yet\" | queues on the broker (all prefixes) |"
+        "| connections | the run's queues on the broker | with a consumer | warnings in the applier logs | queues on the broker (all prefixes) |"
     );
     let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
     let _ = writeln!(
@@ -125,6 +125,33 @@ pub fn markdown(r: &ConnectionsRun) -> String {
         opt(l.broker_queues)
     );
     let _ = writeln!(s, "\nAsked with: {}.\n", l.note);
+
+    if let Some(f) = &r.full_budget {
+        let _ = writeln!(s, "### All connections at their full budget at once\n");
+        let _ = writeln!(
+            s,
+            "Every lane filled (at least {} records each, in {:.0} s) while the budgets were held at 1 record an hour; then every \
+             budget set to {} an hour (burst {}) in one statement, {:.0} s of warm-up, and the batch-lane applies of the next {:.0} s \
+             counted from the audit log.\n",
+            f.queued_per_connection_min, f.fill_seconds, f.budget_per_hour, f.burst, f.warmup_seconds, f.window_seconds
+        );
+        let _ = writeln!(
+            s,
+            "| connections | records/s achieved | the budgets' sum | share of its budget: min / median / max | worst 1-s overshoot beyond rate + burst |"
+        );
+        let _ = writeln!(s, "|---:|---:|---:|---|---:|");
+        let _ = writeln!(
+            s,
+            "| {} | **{:.0}** | {:.0} | {:.0}% / {:.0}% / {:.0}% | {:.1} records |\n",
+            f.connections,
+            f.records_per_second,
+            f.budgets_per_second,
+            f.share_min * 100.0,
+            f.share_median * 100.0,
+            f.share_max * 100.0,
+            f.worst_overshoot_records
+        );
+    }
 
     let _ = writeln!(s, "### Read-only commands\n");
     let _ = writeln!(s, "Each run as a subprocess against the bench's world (wall time, start-up included), the pipeline idle.\n");
