@@ -4,12 +4,15 @@
 //! the batch lane stops at 90% of it, the immediate lane uses the rest,
 //! nothing goes past it, and `status` shows the calls and the ETA.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crmsync_connector_kit::{CallGate, EndpointKind};
 use crmsync_domain::merge::Side;
 use crmsync_infra::CancellationToken;
 use crmsync_sandbox_server::Limits;
-use crmsync_systems::allowance::ApiAllowances;
+use crmsync_store::connections;
+use crmsync_systems::allowance::{ApiAllowances, ApiUsage24h, connection_usage, connections_usage};
 use crmsync_tests::{TestApp, crmsync_exe};
 use serde_json::{Value, json};
 
@@ -148,5 +151,60 @@ async fn the_batch_lane_stops_at_ninety_percent_of_the_allowance_the_immediate_l
     println!("allowance {allowance}: batch lane stopped at {}, immediate edits synced after it {synced}", used.used);
 
     stop.cancel();
+    app.cleanup().await;
+}
+
+/// `status` and the applier's metrics read the API calls of every
+/// connection at once (one pipeline to Redis): each connection gets its
+/// own figures per system, in the order of its systems, with its own
+/// allowance, as reading it alone gives; a connection whose systems are
+/// all the embedded sandbox is not asked about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_read_every_connections_api_calls_at_once() {
+    let app = TestApp::spawn().await;
+    let now = chrono::Utc::now();
+    let oauth = json!({"login_url": "http://127.0.0.1:9", "flow": "client_credentials", "client_id": "id", "client_secret": {"env": "CRMSYNC_TEST_UNUSED_SECRET"}});
+    let sandbox = connections::load(&app.pool, "default").await.unwrap();
+    let mut crm_only = sandbox.clone();
+    crm_only.set("crm", &json!({"kind": "salesforce", "oauth": oauth, "api_daily_allowance": 5000}).to_string(), now).unwrap();
+    let mut both = crm_only.clone();
+    let ma = json!({"kind": "account_engagement", "base_url": "http://127.0.0.1:9", "business_unit_id": "0Uv000000000001AAA",
+                    "oauth": oauth, "api_daily_allowance": 700});
+    both.set("ma", &ma.to_string(), now).unwrap();
+
+    let counts = ApiAllowances::new(&app.config.redis);
+    let calls = |id: &'static str, side: Side, kinds: &'static [EndpointKind]| {
+        let gate = counts.gate(id, side, None);
+        async move {
+            for kind in kinds {
+                assert!(gate.admit(*kind).await.is_ok());
+            }
+        }
+    };
+    calls("crm-only", Side::Crm, &[EndpointKind::Query, EndpointKind::Query, EndpointKind::Write]).await;
+    calls("both", Side::Crm, &[EndpointKind::Bulk]).await;
+    calls("both", Side::Ma, &[EndpointKind::Query, EndpointKind::Import, EndpointKind::Import, EndpointKind::Events]).await;
+
+    let asked = [("sandboxed", &sandbox), ("crm-only", &crm_only), ("both", &both), ("idle", &both)];
+    let all = connections_usage(&counts, asked.iter().map(|(id, s)| (*id, *s))).await.unwrap();
+    let figures = |allowance: u64, kinds: &[(&str, u64)], counted: u64| ApiUsage24h {
+        used: counted,
+        allowance: Some(allowance),
+        by_kind: kinds.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+        by_lane: if counted > 0 { BTreeMap::from([("immediate".to_owned(), counted)]) } else { BTreeMap::new() },
+        batch_last_hour: 0,
+    };
+    assert!(!all.contains_key("sandboxed"), "{all:?}");
+    assert_eq!(all["crm-only"], [(Side::Crm, figures(5000, &[("query", 2), ("write", 1)], 3))]);
+    assert_eq!(
+        all["both"],
+        [(Side::Crm, figures(5000, &[("bulk", 1)], 1)), (Side::Ma, figures(700, &[("events", 1), ("import", 2), ("query", 1)], 3))],
+        "events are listed, not counted"
+    );
+    assert_eq!(all["idle"], [(Side::Crm, figures(5000, &[], 0)), (Side::Ma, figures(700, &[], 0))]);
+    for (id, settings) in &asked[1..] {
+        assert_eq!(connection_usage(&counts, id, settings).await.unwrap(), all[*id], "{id} read alone");
+    }
+    assert!(connections_usage(&counts, [("sandboxed", &sandbox)]).await.unwrap().is_empty());
     app.cleanup().await;
 }

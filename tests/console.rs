@@ -7,11 +7,14 @@
 //! JSON twins of the pages, API tokens, and the `crmsync console` binary.
 
 use crmsync_console::users::{self, Role};
+use crmsync_domain::merge::Side;
 use crmsync_infra::CancellationToken;
+use crmsync_sandbox_server::{Limits, Stats};
 use crmsync_store::admin_audit::{self, Actor};
 use crmsync_store::connections;
-use crmsync_tests::TestApp;
+use crmsync_systems::allowance::ApiAllowances;
 use crmsync_tests::console::{Browser, csrf_of, serve, sync_error};
+use crmsync_tests::{TestApp, Tier};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, LOCATION};
 use serde_json::{Value, json};
@@ -22,6 +25,20 @@ const VIEWER_PASSWORD: &str = "viewer sees all, changes none";
 /// A user made through the library, as `crmsync console add-user` makes one.
 async fn user(app: &TestApp, name: &str, role: Role, password: &str) {
     users::add(&app.pool, &Actor { name: "test".into(), via: "cli" }, name, role, password).await.unwrap();
+}
+
+/// A page's JSON twin, as the signed-in browser.
+async fn json_page(browser: &Browser, url: &str, path: &str) -> Value {
+    let r = browser
+        .http
+        .get(format!("{url}{path}"))
+        .header("cookie", browser.cookie_header())
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{path}");
+    r.json().await.unwrap()
 }
 
 async fn budget(app: &TestApp) -> u32 {
@@ -562,6 +579,59 @@ async fn sync_errors_are_shown_without_emails_and_retried_or_dismissed_by_admins
     let newest = &admin_audit::recent(&app.pool, Some("default"), None, 1).await.unwrap()[0];
     assert_eq!((newest.actor.as_str(), newest.action.as_str()), ("cli:bob", "errors.dismiss"));
 
+    stop.cancel();
+    app.cleanup().await;
+}
+
+/// The mapping page and a record's page, whose JSON shows that each read
+/// the org: its lead fields listed, the record's values found in it.
+async fn views_reading_the_org(browser: &Browser, url: &str) {
+    let mapping = json_page(browser, url, "/connections/default/mapping").await;
+    let lead_fields = mapping["mapping"]["available"]["lead"].as_array().unwrap_or_else(|| panic!("lead fields listed: {mapping}"));
+    assert!(lead_fields.iter().any(|f| f["name"] == "Email"), "{mapping}");
+    let record = json_page(browser, url, "/records?connection=default&q=shared@console.example").await;
+    assert_eq!(record["identities"][0]["current"]["crm_found"], true, "{record}");
+}
+
+/// I8: the console keeps one systems factory for its life, so that pages
+/// reading a Salesforce org (a record's values, the mapping's fields) log
+/// in once and describe the lead and the contact once, however many times
+/// they are viewed; a factory made per request paid a login and both
+/// describes on every view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_page_views_share_one_factory_so_a_real_org_sees_one_login_and_one_describe() {
+    let mut app = TestApp::spawn().await;
+    let stop = CancellationToken::new();
+    // A pair synced on the embedded sandbox; then the tiers stop, so that
+    // every login and call counted below is the console's.
+    let lead = app.create_lead(&[("LastName", "Shared"), ("Company", "Acme"), ("Email", "shared@console.example")]).await;
+    app.create_prospect(&[("email", "shared@console.example"), ("lastName", "Shared"), ("crmLeadFid", &lead[..15])]).await;
+    app.start_pipeline(1, 1);
+    app.settle().await;
+    for tier in [Tier::Producer, Tier::Matcher, Tier::Applier] {
+        app.stop(tier).await;
+    }
+    // The same org, now reached as Salesforce over HTTP.
+    let org = app.serve_sandbox(Limits::default(), stop.clone()).await;
+    app.use_salesforce(&org, json!({})).await;
+    let url = serve(&app, false, &stop).await;
+    user(&app, "ops", Role::Admin, ADMIN_PASSWORD).await;
+    let mut browser = Browser::new(&url);
+    assert_eq!(browser.sign_in("ops", ADMIN_PASSWORD).await, StatusCode::SEE_OTHER);
+
+    let logins = || async { reqwest::get(format!("{org}/sandbox-admin/stats")).await.unwrap().json::<Stats>().await.unwrap().logins };
+    let allowances = ApiAllowances::new(&app.config.redis);
+    // Describes are metadata calls: `other` in the connection's counts.
+    let describes = || async { allowances.usage("default", Side::Crm, None).await.unwrap().by_kind.get("other").copied().unwrap_or(0) };
+    let (logins_before, describes_before) = (logins().await, describes().await);
+    views_reading_the_org(&browser, &url).await;
+    let first = (logins().await - logins_before, describes().await - describes_before);
+    assert_eq!(first, (1, 2), "the first views: one login, the lead's and the contact's describes");
+    for _ in 0..3 {
+        views_reading_the_org(&browser, &url).await;
+    }
+    let after = (logins().await - logins_before, describes().await - describes_before);
+    assert_eq!(after, first, "views after the first log in and describe nothing more");
     stop.cancel();
     app.cleanup().await;
 }

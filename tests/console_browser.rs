@@ -202,3 +202,41 @@ async fn an_admin_runs_the_sync_from_a_browser_and_a_viewer_changes_nothing() {
     stop.cancel();
     app.cleanup().await;
 }
+
+/// The processes, zombies left out, of process group `group`: (pid, command line).
+fn group_members(group: u32) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the command name in parentheses: state, ppid, pgrp.
+            let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+            let (state, _, pgrp) = (rest.next()?, rest.next()?, rest.next()?.parse::<u32>().ok()?);
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            (pgrp == group && state != "Z").then(|| (pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        })
+        .collect()
+}
+
+/// A browser test that panics (an assertion fails mid-page) leaves no
+/// Chromium behind: the session is dropped while the panic unwinds, and
+/// with it chromedriver's whole process group, the browsers included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_test_that_panics_leaves_no_chromium_running() {
+    let (seen, group) = tokio::sync::oneshot::channel();
+    let failing = tokio::spawn(async move {
+        let browser = Chromium::start("panics").await;
+        browser.goto("about:blank").await;
+        let group = browser.process_group();
+        seen.send((group, group_members(group))).expect("the test waits");
+        panic!("a browser test fails with its browser open");
+    });
+    assert!(failing.await.expect_err("it panicked").is_panic());
+    let (group, running) = group.await.expect("the group was seen");
+    assert!(
+        running.iter().any(|(pid, cmd)| *pid != group && cmd.contains("chromium")),
+        "Chromium runs in chromedriver's process group: {running:?}"
+    );
+    eventually("the browser's processes to end", || async { group_members(group).is_empty() }).await;
+}

@@ -14,6 +14,7 @@ use crmsync_ops::{mapping, scope};
 use crmsync_sandbox::schema::{LEAD, PROSPECT};
 use crmsync_store::admin_audit::{self, Actor};
 use crmsync_store::connections;
+use crmsync_systems::SystemsFactory;
 use crmsync_tests::console::{Browser, csrf_of, serve};
 use crmsync_tests::{TestApp, eventually};
 use reqwest::StatusCode;
@@ -53,6 +54,7 @@ async fn last_admin_entry(app: &TestApp) -> admin_audit::Entry {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_behaviour_change_previews_exactly_what_saving_writes_through_the_batch_lane() {
     let mut app = TestApp::spawn().await;
+    let factory = SystemsFactory::from_config(&app.config, &app.pool).await.unwrap();
     app.seed_pairs(6, "b", "map.example").await;
     app.start_pipeline(1, 1);
     app.settle().await;
@@ -76,7 +78,7 @@ async fn a_behaviour_change_previews_exactly_what_saving_writes_through_the_batc
     // ma_wins: the MA user's value wins where there is one (pairs 1-2 change
     // on both sides; pair 3 holds it already; pairs 4-6 have none).
     let edit = MappingEdit::Set { ma: "jobTitle".into(), sync: SyncBehaviour::MaWins, blank_overwrites: false, source: None };
-    let preview = mapping::preview(&app.config, &app.pool, "default", &edit).await.unwrap();
+    let preview = mapping::preview(&app.pool, &factory, "default", &edit).await.unwrap();
     assert_eq!((preview.linked, preview.ma_writes, preview.crm_writes), (6, 2, 2), "{preview:?}");
     assert_eq!(preview.sample.len(), 2);
     let s = &preview.sample[0];
@@ -90,7 +92,7 @@ async fn a_behaviour_change_previews_exactly_what_saving_writes_through_the_batc
         SyncBehaviour::MostRecent
     );
 
-    let saved = mapping::save(&app.config, &app.pool, &admin(), "default", &edit).await.unwrap();
+    let saved = mapping::save(&app.config, &app.pool, &factory, &admin(), "default", &edit).await.unwrap();
     assert_eq!(saved.resynced, 2, "one CRM record per affected pair");
     app.batch_applied(2).await;
     for i in 1..=3 {
@@ -115,11 +117,12 @@ async fn a_behaviour_change_previews_exactly_what_saving_writes_through_the_batc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_field_from_the_sandbox_schema_is_mapped_and_unmapped_and_invalid_mappings_are_refused() {
     let mut app = TestApp::spawn().await;
+    let factory = SystemsFactory::from_config(&app.config, &app.pool).await.unwrap();
     app.seed_pairs(4, "c", "map.example").await;
     app.start_pipeline(1, 1);
     app.settle().await;
     let field = "Preferred_Language__c";
-    let listing = mapping::list(&app.config, &app.pool, "default").await.unwrap();
+    let listing = mapping::list(&app.pool, &factory, "default").await.unwrap();
     for list in [&listing.available.ma, &listing.available.lead, &listing.available.contact] {
         let found = list.as_ref().unwrap().iter().find(|f| f.name == field).expect("the custom field is listed");
         assert!(found.custom && found.kind == "text", "{found:?}");
@@ -138,9 +141,9 @@ async fn a_custom_field_from_the_sandbox_schema_is_mapped_and_unmapped_and_inval
     let mut mapped = FieldMapping::new(field, Some(field), Some(field), SyncBehaviour::MostRecent);
     mapped.blank_overwrites = false;
     let add = MappingEdit::Add(mapped);
-    let preview = mapping::preview(&app.config, &app.pool, "default", &add).await.unwrap();
+    let preview = mapping::preview(&app.pool, &factory, "default", &add).await.unwrap();
     assert_eq!((preview.ma_writes, preview.crm_writes), (2, 1), "{preview:?}");
-    let saved = mapping::save(&app.config, &app.pool, &admin(), "default", &add).await.unwrap();
+    let saved = mapping::save(&app.config, &app.pool, &factory, &admin(), "default", &add).await.unwrap();
     assert_eq!(saved.resynced, 6, "both records of each of the 3 pairs");
     app.batch_applied(6).await;
     for i in 1..=2 {
@@ -161,9 +164,9 @@ async fn a_custom_field_from_the_sandbox_schema_is_mapped_and_unmapped_and_inval
 
     // Removed: writes nothing, and an edit no longer syncs.
     let remove = MappingEdit::Remove { ma: field.into() };
-    let preview = mapping::preview(&app.config, &app.pool, "default", &remove).await.unwrap();
+    let preview = mapping::preview(&app.pool, &factory, "default", &remove).await.unwrap();
     assert_eq!((preview.ma_writes, preview.crm_writes), (0, 0));
-    mapping::save(&app.config, &app.pool, &admin(), "default", &remove).await.unwrap();
+    mapping::save(&app.config, &app.pool, &factory, &admin(), "default", &remove).await.unwrap();
     assert_eq!(last_admin_entry(&app).await.action, "mapping.remove");
     app.update(&LEAD, &lead4, &[(field, "es")]).await;
     app.settle().await;
@@ -172,8 +175,8 @@ async fn a_custom_field_from_the_sandbox_schema_is_mapped_and_unmapped_and_inval
     // Refused, each with what is wrong, and nothing saved.
     let before = connections::load(&app.pool, "default").await.unwrap().field_map;
     let refuse = |edit: MappingEdit| {
-        let app = &app;
-        async move { format!("{:#}", mapping::save(&app.config, &app.pool, &admin(), "default", &edit).await.unwrap_err()) }
+        let (app, factory) = (&app, &factory);
+        async move { format!("{:#}", mapping::save(&app.config, &app.pool, factory, &admin(), "default", &edit).await.unwrap_err()) }
     };
     let e = refuse(MappingEdit::Remove { ma: "email".into() }).await;
     assert!(e.contains("email field cannot be removed"), "{e}");
@@ -196,6 +199,7 @@ async fn a_custom_field_from_the_sandbox_schema_is_mapped_and_unmapped_and_inval
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_edited_out_of_the_sync_scope_recycles_its_prospect_and_back_in_restores_it() {
     let mut app = TestApp::spawn().await;
+    let factory = SystemsFactory::from_config(&app.config, &app.pool).await.unwrap();
     app.seed_pairs(4, "s", "map.example").await;
     app.start_pipeline(1, 1);
     app.settle().await;
@@ -204,7 +208,7 @@ async fn a_record_edited_out_of_the_sync_scope_recycles_its_prospect_and_back_in
     app.settle().await;
 
     let rules = SyncScope::new(vec![Condition::parse("lead.Status:not_equals:Closed").unwrap()]).unwrap();
-    let preview = scope::preview(&app.config, &app.pool, "default", &rules).await.unwrap();
+    let preview = scope::preview(&app.pool, &factory, "default", &rules).await.unwrap();
     assert_eq!((preview.records.in_scope, preview.records.out_of_scope), (3, 1), "{preview:?}");
     assert_eq!((preview.pairs.in_scope, preview.pairs.out_of_scope, preview.leaving), (3, 1, 1));
     assert_eq!(preview.sample_leaving, vec![(prospect1, lead1.clone())]);
@@ -213,9 +217,9 @@ async fn a_record_edited_out_of_the_sync_scope_recycles_its_prospect_and_back_in
     // A rule on a field the CRM does not list is refused: a real org would
     // refuse every read that selects it.
     let typo = SyncScope::new(vec![Condition::parse("lead.Stauts:not_equals:Closed").unwrap()]).unwrap();
-    let refused = scope::save(&app.config, &app.pool, &admin(), "default", &typo).await.unwrap_err();
+    let refused = scope::save(&app.config, &app.pool, &factory, &admin(), "default", &typo).await.unwrap_err();
     assert!(format!("{refused:#}").contains("the CRM has no lead field \"Stauts\""), "{refused:#}");
-    let saved = scope::save(&app.config, &app.pool, &admin(), "default", &rules).await.unwrap();
+    let saved = scope::save(&app.config, &app.pool, &factory, &admin(), "default", &rules).await.unwrap();
     assert_eq!(saved.resynced, 1);
     assert_eq!(last_admin_entry(&app).await.action, "scope.set");
     app.batch_applied(1).await;
@@ -239,7 +243,7 @@ async fn a_record_edited_out_of_the_sync_scope_recycles_its_prospect_and_back_in
     eventually("in scope, it syncs again", || async { app.prospect(prospect2).await["job_title"] == "Back" }).await;
 
     // Clearing the scope brings the first one back too, through the batch lane.
-    let cleared = scope::save(&app.config, &app.pool, &admin(), "default", &SyncScope::default()).await.unwrap();
+    let cleared = scope::save(&app.config, &app.pool, &factory, &admin(), "default", &SyncScope::default()).await.unwrap();
     assert_eq!((cleared.preview.entering, cleared.resynced), (1, 1));
     app.batch_applied(2).await;
     assert_eq!(app.prospect(prospect1).await["is_deleted"], false);

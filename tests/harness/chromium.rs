@@ -25,10 +25,18 @@ pub fn artefacts() -> PathBuf {
 }
 
 /// One headless Chromium session, with the chromedriver that serves it.
+///
+/// chromedriver runs in a process group of its own, which the browsers it
+/// starts join; dropping a session (a test that panics drops it while
+/// unwinding) kills the whole group. Killing chromedriver alone, as
+/// `kill_on_drop` does, left its Chromium processes running, orphaned,
+/// after every failed test.
 #[derive(Debug)]
 pub struct Chromium {
     pub client: Client,
     driver: tokio::process::Child,
+    /// chromedriver's process group (its pid), until killed.
+    group: Option<u32>,
     /// Screenshots of this session are named `<prefix>-<name>.png`.
     prefix: String,
 }
@@ -41,13 +49,17 @@ impl Chromium {
     /// Starts chromedriver on a free port and opens a browser session.
     pub async fn start(prefix: &str) -> Chromium {
         let port = free_port();
-        let mut driver = tokio::process::Command::new("chromedriver")
+        let driver = tokio::process::Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .expect("chromedriver runs (Debian's chromium-driver package: `bash scripts/browser.sh` installs it)");
+        let group = driver.id().expect("chromedriver's pid");
+        // From here a panic (no session, chromedriver gone) kills the group.
+        let mut pending = Group { driver: Some(driver), group };
         let url = format!("http://127.0.0.1:{port}");
         let caps = json!({
             "browserName": "chrome",
@@ -69,11 +81,12 @@ impl Chromium {
             {
                 Ok(client) => {
                     std::fs::create_dir_all(artefacts()).expect("the artefacts folder");
-                    return Chromium { client, driver, prefix: prefix.to_owned() };
+                    let driver = pending.driver.take().expect("not handed over yet");
+                    return Chromium { client, driver, group: Some(group), prefix: prefix.to_owned() };
                 }
                 Err(e) => last = Some(e),
             }
-            if let Ok(Some(status)) = driver.try_wait() {
+            if let Some(Ok(Some(status))) = pending.driver.as_mut().map(tokio::process::Child::try_wait) {
                 panic!("chromedriver exited: {status}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -180,11 +193,53 @@ impl Chromium {
         path
     }
 
-    /// Ends the session and its chromedriver.
+    /// chromedriver's process group: it and the browsers it started.
+    pub fn process_group(&self) -> u32 {
+        self.group.expect("running")
+    }
+
+    /// Ends the session, then its chromedriver and whatever is left of
+    /// its group.
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;
+        if let Some(group) = self.group.take() {
+            kill_group(group);
+        }
         let _ = self.driver.kill().await;
     }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        if let Some(group) = self.group.take() {
+            kill_group(group);
+        }
+    }
+}
+
+/// chromedriver while no session holds it: its group is killed on drop.
+struct Group {
+    driver: Option<tokio::process::Child>,
+    group: u32,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if self.driver.is_some() {
+            kill_group(self.group);
+        }
+    }
+}
+
+/// Kills every process of the group `group` (SIGKILL: a panicking test
+/// waits for nothing). Through kill(1), as the workspace forbids `unsafe`
+/// and so `libc::kill`. Called before chromedriver, the group's leader, is
+/// reaped (tokio reaps it after it is dropped or killed), so the group's
+/// id cannot have been taken by another process; or after chromedriver
+/// exited by itself, when what is left of the group still holds the id.
+fn kill_group(group: u32) {
+    let _ =
+        std::process::Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
 
 /// A string as an XPath literal (XPath has no escapes).

@@ -12,6 +12,7 @@ use crmsync_infra::Config;
 use crmsync_ops::settings;
 use crmsync_store::admin_audit::Actor;
 use crmsync_store::connections;
+use crmsync_systems::SystemsFactory;
 use sqlx::PgPool;
 
 use crate::args::ConnectionCmd;
@@ -72,7 +73,8 @@ pub async fn run(config: &Config, pool: &PgPool, cmd: ConnectionCmd) -> anyhow::
 /// operating-system user running the command; returns what changed with
 /// it, to be shown.
 pub async fn set(config: &Config, pool: &PgPool, id: &str, key: &str, value: &str, confirmed: bool) -> anyhow::Result<Vec<String>> {
-    match settings::set(config, pool, &Actor::cli(), id, key, value, confirmed).await {
+    let factory = SystemsFactory::from_config(config, pool).await?;
+    match settings::set(pool, &factory, &Actor::cli(), id, key, value, confirmed).await {
         Ok(changed) => Ok(changed.notes),
         Err(e) if settings::needs_confirmation(&e) => Err(anyhow::anyhow!("{e}\nrun it again with --yes to switch")),
         Err(e) => Err(e),

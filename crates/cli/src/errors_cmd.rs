@@ -13,6 +13,7 @@ use crmsync_infra::Config;
 use crmsync_ops::errors;
 use crmsync_store::admin_audit::Actor;
 use crmsync_store::sync_errors::{self, Filter, SyncErrorDetail};
+use crmsync_systems::SystemsFactory;
 use sqlx::PgPool;
 
 use crate::args::{ErrorFilter, ErrorStatus, ErrorsCmd, ExportFormat};
@@ -167,7 +168,8 @@ async fn retry(config: &Config, pool: &PgPool, targets: Filter) -> anyhow::Resul
     }
     let progress = crate::progress::bar(records.len() as u64, "retrying");
     let records: Vec<SyncErrorDetail> = records.into_iter().cloned().collect();
-    let done = errors::retry_records(config, pool, &Actor::cli(), &records, |n| progress.inc(n as u64)).await;
+    let factory = SystemsFactory::from_config(config, pool).await?;
+    let done = errors::retry_records(config, pool, &factory, &Actor::cli(), &records, |n| progress.inc(n as u64)).await;
     progress.finish_and_clear();
     let done = done?;
     for r in &done.gone {

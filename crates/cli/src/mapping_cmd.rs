@@ -12,6 +12,7 @@ use crmsync_ops::mapping::{self, Preview};
 use crmsync_ops::scope::{self, ScopePreview};
 use crmsync_store::admin_audit::Actor;
 use crmsync_store::connections;
+use crmsync_systems::SystemsFactory;
 use sqlx::PgPool;
 
 use crate::args::{BehaviourArgs, MappingCmd, ScopeCmd};
@@ -65,8 +66,10 @@ fn print_preview(p: &Preview) -> anyhow::Result<()> {
 
 /// `crmsync connection mapping <id> [set|add|remove ...]`.
 pub async fn mapping(config: &Config, pool: &PgPool, id: &str, json: bool, change: Option<MappingCmd>) -> anyhow::Result<()> {
+    // One factory for the command: its connectors log in once.
+    let factory = SystemsFactory::from_config(config, pool).await?;
     let Some(change) = change else {
-        let listing = mapping::list(config, pool, id).await?;
+        let listing = mapping::list(pool, &factory, id).await?;
         if json {
             outln!("{}", serde_json::to_string_pretty(&listing)?);
             return Ok(());
@@ -101,7 +104,7 @@ pub async fn mapping(config: &Config, pool: &PgPool, id: &str, json: bool, chang
     };
     let (edit, preview_only) = edit_of(change)?;
     if preview_only {
-        let p = mapping::preview(config, pool, id, &edit).await?;
+        let p = mapping::preview(pool, &factory, id, &edit).await?;
         if json {
             outln!("{}", serde_json::to_string_pretty(&p)?);
         } else {
@@ -109,7 +112,7 @@ pub async fn mapping(config: &Config, pool: &PgPool, id: &str, json: bool, chang
         }
         return Ok(());
     }
-    let saved = mapping::save(config, pool, &Actor::cli(), id, &edit).await?;
+    let saved = mapping::save(config, pool, &factory, &Actor::cli(), id, &edit).await?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&saved)?);
     } else {
@@ -152,8 +155,9 @@ pub async fn scope(config: &Config, pool: &PgPool, id: &str, json: bool, change:
         }
         Some(ScopeCmd::Clear { preview }) => (SyncScope::default(), preview),
     };
+    let factory = SystemsFactory::from_config(config, pool).await?;
     if preview_only {
-        let p = scope::preview(config, pool, id, &after).await?;
+        let p = scope::preview(pool, &factory, id, &after).await?;
         if json {
             outln!("{}", serde_json::to_string_pretty(&p)?);
         } else {
@@ -161,7 +165,7 @@ pub async fn scope(config: &Config, pool: &PgPool, id: &str, json: bool, change:
         }
         return Ok(());
     }
-    let saved = scope::save(config, pool, &Actor::cli(), id, &after).await?;
+    let saved = scope::save(config, pool, &factory, &Actor::cli(), id, &after).await?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&saved)?);
     } else {

@@ -6,6 +6,7 @@
 
 use crmsync_infra::Config;
 use crmsync_store::admin_audit::Actor;
+use crmsync_systems::SystemsFactory;
 use sqlx::PgPool;
 
 use crate::args::RecordsCmd;
@@ -13,7 +14,8 @@ use crate::args::RecordsCmd;
 pub async fn run(config: &Config, pool: &PgPool, cmd: RecordsCmd) -> anyhow::Result<()> {
     match cmd {
         RecordsCmd::SyncNow { connection, key } => {
-            let done = crmsync_ops::records::sync_now(config, pool, &Actor::cli(), &connection, &key).await?;
+            let factory = SystemsFactory::from_config(config, pool).await?;
+            let done = crmsync_ops::records::sync_now(config, pool, &factory, &Actor::cli(), &connection, &key).await?;
             for r in &done.published {
                 outln!("sent {r} through the immediate lane");
             }

@@ -306,7 +306,7 @@ pub async fn retry(State(state): State<AppState>, who: Principal, req: Request) 
         Err(e) => return unavailable(&headers, Some(&who), &e.into()),
     };
     let messages = found.iter().filter(|e| e.object == "message").count();
-    let done = match crmsync_ops::errors::retry_records(&state.config, &state.pool, &who.actor(), &found, |_| {}).await {
+    let done = match crmsync_ops::errors::retry_records(&state.config, &state.pool, &state.factory, &who.actor(), &found, |_| {}).await {
         Ok(d) => d,
         Err(e) => return unavailable(&headers, Some(&who), &e),
     };

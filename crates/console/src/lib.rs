@@ -29,6 +29,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use crmsync_infra::inspect::Inspector;
 use crmsync_infra::{CancellationToken, Config, db};
+use crmsync_systems::SystemsFactory;
 use sqlx::PgPool;
 
 /// What every request handler shares.
@@ -39,6 +40,13 @@ pub struct AppState {
     /// Kept for the overview's queue depths: one broker connection for the
     /// replica's life rather than a handshake per page.
     pub inspector: Arc<Inspector>,
+    /// Kept for the replica's life, like the inspector: its connectors hold
+    /// their logins and the Salesforce describes, so a page that reads the
+    /// systems (a record's values, the mapping's fields, a scope preview)
+    /// costs no login or describe per view against a real org's API
+    /// allowance (I8). Made with change events off: the console reads no
+    /// feeds.
+    pub factory: Arc<SystemsFactory>,
 }
 
 /// A console bound to its address, not yet serving.
@@ -63,7 +71,8 @@ impl Console {
             .await
             .with_context(|| format!("binding the console to {} (console.listen)", config.console.listen))?;
         let inspector = Arc::new(Inspector::new(&config.amqp, "crmsync-console"));
-        Ok(Console { listener, state: AppState { pool, config: Arc::new(config), inspector } })
+        let factory = Arc::new(SystemsFactory::from_config(&config, &pool).await.context("reaching the sandbox's database")?);
+        Ok(Console { listener, state: AppState { pool, config: Arc::new(config), inspector, factory } })
     }
 
     /// The address it listens at.

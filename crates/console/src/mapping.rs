@@ -48,7 +48,7 @@ fn is_json_body(headers: &HeaderMap) -> bool {
 /// `GET /connections/{id}/mapping`: every mapped field, the fields each
 /// system lists, and (for an admin) forms to change them.
 pub async fn show(State(state): State<AppState>, who: Principal, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    match mapping::list(&state.config, &state.pool, &id).await {
+    match mapping::list(&state.pool, &state.factory, &id).await {
         Ok(listing) => answer(
             &headers,
             StatusCode::OK,
@@ -270,11 +270,11 @@ pub async fn change(State(state): State<AppState>, who: Principal, Path(id): Pat
         Err(msg) => return refused(&headers, &who, StatusCode::BAD_REQUEST, msg),
     };
     let result = if preview_only {
-        mapping::preview(&state.config, &state.pool, &id, &edit).await.map(|p| (p, None))
+        mapping::preview(&state.pool, &state.factory, &id, &edit).await.map(|p| (p, None))
     } else {
-        mapping::save(&state.config, &state.pool, &who.actor(), &id, &edit).await.map(|s| (s.preview, Some(s.resynced)))
+        mapping::save(&state.config, &state.pool, &state.factory, &who.actor(), &id, &edit).await.map(|s| (s.preview, Some(s.resynced)))
     };
-    let listing = mapping::list(&state.config, &state.pool, &id).await;
+    let listing = mapping::list(&state.pool, &state.factory, &id).await;
     match (result, listing) {
         (Ok((preview, resynced)), Ok(listing)) => {
             if resynced.is_some() {
@@ -433,9 +433,9 @@ pub async fn change_scope(State(state): State<AppState>, who: Principal, Path(id
         Err(msg) => return refused(&headers, &who, StatusCode::BAD_REQUEST, msg),
     };
     let result = if preview_only {
-        scope::preview(&state.config, &state.pool, &id, &scope).await.map(|p| (p, None))
+        scope::preview(&state.pool, &state.factory, &id, &scope).await.map(|p| (p, None))
     } else {
-        scope::save(&state.config, &state.pool, &who.actor(), &id, &scope).await.map(|s| (s.preview, Some(s.resynced)))
+        scope::save(&state.config, &state.pool, &state.factory, &who.actor(), &id, &scope).await.map(|s| (s.preview, Some(s.resynced)))
     };
     match result {
         Ok((preview, resynced)) => {

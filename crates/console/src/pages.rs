@@ -325,7 +325,7 @@ pub async fn change_setting(State(state): State<AppState>, who: Principal, Path(
         return refused;
     }
     let JsonChange { key, value, confirm, .. } = change;
-    match settings::set(&state.config, &state.pool, &who.actor(), &id, &key, &value, confirm).await {
+    match settings::set(&state.pool, &state.factory, &who.actor(), &id, &key, &value, confirm).await {
         Ok(Changed { notes, before, after }) => {
             tracing::info!(user = %who.user.name, connection = %id, %key, "console: setting changed");
             if wants_json(&headers) {

@@ -22,7 +22,6 @@ use crmsync_ops::values::{FieldPair, SideBySide};
 use crmsync_store::audit::{self, HistoryEntry};
 use crmsync_store::connections::{self, ConnectionError};
 use crmsync_store::identities::{self, IdentityRow, Keys};
-use crmsync_systems::SystemsFactory;
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -131,9 +130,8 @@ pub async fn lookup(State(state): State<AppState>, who: Principal, Query(l): Que
 async fn current_values(state: &AppState, connection: &str, i: &IdentityRow) -> Result<SideBySide, String> {
     let read = async {
         let settings = connections::load(&state.pool, connection).await?;
-        let factory = SystemsFactory::from_config(&state.config, &state.pool).await?;
         let crm = i.crm_object().zip(i.crm_id());
-        Ok::<_, anyhow::Error>(crmsync_ops::values::current(&factory, connection, &settings, i.prospect_id, crm).await?)
+        Ok::<_, anyhow::Error>(crmsync_ops::values::current(&state.factory, connection, &settings, i.prospect_id, crm).await?)
     };
     read.await.map_err(|e| format!("could not read the systems: {e:#}"))
 }
@@ -208,7 +206,7 @@ pub async fn sync_now(State(state): State<AppState>, who: Principal, req: Reques
         "/records?{}",
         serde_urlencoded::to_string([("connection", connection.as_str()), ("q", form.q.as_str())]).unwrap_or_default()
     );
-    match crmsync_ops::records::sync_now(&state.config, &state.pool, &who.actor(), &connection, &form.q).await {
+    match crmsync_ops::records::sync_now(&state.config, &state.pool, &state.factory, &who.actor(), &connection, &form.q).await {
         Ok(done) => {
             tracing::info!(user = %who.user.name, %connection, sent = done.published.len(), "console: record synced now");
             if wants_json(&headers) {

@@ -9,12 +9,13 @@
 mod parse;
 mod process;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use crmsync_domain::Lane;
-use crmsync_domain::messages::{self, ApplyBatch, ChangeBatch, MESSAGE_VERSION};
+use crmsync_domain::messages::{self, ApplyBatch, Change, ChangeBatch, MESSAGE_VERSION};
 use crmsync_infra::amqp::{Outgoing, Stage, Topology};
 use crmsync_infra::broker::Broker;
 use crmsync_infra::health::{self, Health};
@@ -22,13 +23,28 @@ use crmsync_infra::propagation;
 use crmsync_infra::services::Services;
 use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
 use crmsync_infra::{CancellationToken, Config};
-use crmsync_store::{audit, sync_errors};
+use crmsync_store::audit::{self, AuditEntry};
+use crmsync_store::sync_errors;
 use crmsync_systems::SystemsFactory;
 use lapin::message::Delivery;
 use tracing::Instrument;
 use uuid::Uuid;
 
 pub use process::{Matcher, Output};
+
+/// Names in each audit entry its record's trace, for the console's
+/// history. The changes are looked up by id through a map: a batch holds
+/// hundreds of changes and about as many entries, and searching the changes
+/// for each entry was quadratic. The first change with an id wins.
+fn name_traces(changes: &[Change], audits: &mut [AuditEntry]) {
+    let mut traces: HashMap<Uuid, Option<&str>> = HashMap::with_capacity(changes.len());
+    for c in changes {
+        traces.entry(c.change_id).or_insert_with(|| c.trace.as_ref().and_then(|t| t.trace_id()));
+    }
+    for a in audits {
+        a.trace_id = traces.get(&a.change_id).copied().flatten().map(str::to_owned);
+    }
+}
 
 /// The match stage: decode, match, store, publish.
 #[derive(Debug)]
@@ -41,11 +57,7 @@ impl MatchStage {
     /// Stores what matching produced and hands the commands on.
     async fn finish(&self, batch: &ChangeBatch, mut out: Output) -> Result<(), StageError> {
         let conn = batch.connection_id.as_str();
-        // Each entry names its record's trace, for the console's history.
-        for a in &mut out.audits {
-            let change = batch.changes.iter().find(|c| c.change_id == a.change_id);
-            a.trace_id = change.and_then(|c| c.trace.as_ref()?.trace_id()).map(str::to_owned);
-        }
+        name_traces(&batch.changes, &mut out.audits);
         let mut tx = self.matcher.pool.begin().await?;
         sync_errors::resolve(&mut *tx, conn, "match", &out.resolved).await?;
         sync_errors::record_many(&mut *tx, conn, &out.errors).await?;
@@ -155,4 +167,54 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         server.abort();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crmsync_domain::messages::TraceContext;
+    use crmsync_domain::records::SourceRecord;
+
+    use super::*;
+
+    fn change(id: Uuid, trace: Option<&str>) -> Change {
+        let now = "2026-01-01T00:00:00Z";
+        let record =
+            serde_json::from_value(serde_json::json!({ "id": 1, "created_at": now, "updated_at": now, "fields": {} })).expect("a prospect");
+        Change {
+            change_id: id,
+            record: SourceRecord::Prospect(record),
+            trace: trace.map(|t| TraceContext { traceparent: format!("00-{t}-00f067aa0ba902b7-01"), tracestate: None }),
+        }
+    }
+
+    fn entry(id: Uuid) -> AuditEntry {
+        AuditEntry {
+            change_id: id,
+            stage: "match",
+            identity_id: None,
+            source_side: "ma",
+            source_object: "prospect".into(),
+            source_id: "1".into(),
+            action: "skipped".into(),
+            writes: serde_json::Value::Null,
+            detail: None,
+            lane: "immediate",
+            field_values: None,
+            trace_id: Some("stale".into()),
+        }
+    }
+
+    #[test]
+    fn each_entry_gets_the_trace_of_its_own_change_and_none_without_one() {
+        let (a, b, c, unknown) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let ta = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let tb = "0af7651916cd43dd8448eb211c80319c";
+        let tb2 = "11111111111111111111111111111111";
+        // `b` twice: the first one's trace, as the search it replaces found.
+        let changes = [change(a, Some(ta)), change(b, Some(tb)), change(c, None), change(b, Some(tb2))];
+        let mut audits = [entry(b), entry(a), entry(c), entry(unknown), entry(a)];
+        name_traces(&changes, &mut audits);
+        let got: Vec<Option<&str>> = audits.iter().map(|e| e.trace_id.as_deref()).collect();
+        assert_eq!(got, [Some(tb), Some(ta), None, None, Some(ta)]);
+    }
 }

@@ -224,7 +224,16 @@ impl Matcher {
         // A CRM record outside the sync scope is matched as if deleted (its
         // prospect goes to the recycle bin), and one back in scope as
         // restored. Judged here too, with the settings of now, because a
-        // change may have been detected (or retried) under another scope.
+        // change may have been detected (or retried) under another scope,
+        // and because records sent again by hand (sync now, a retried
+        // error, a mapping or scope change's re-sync: the producer's
+        // `redetect`) never pass the producer's feed read, which judges
+        // them first so that its echo rule keeps a record that left the
+        // scope through an unmapped field. Judging twice is harmless (a
+        // record marked deleted stays so), and this second judgement can
+        // only narrow: a record the producer marked out of a scope that
+        // has since widened stays deleted here (back at the record's next
+        // change, if the scope save's re-sync passed it first).
         let scoped;
         let batch = if settings.sync_scope.is_empty() {
             batch

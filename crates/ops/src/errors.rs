@@ -40,6 +40,7 @@ pub struct Retried {
 pub async fn retry_records(
     config: &Config,
     pool: &PgPool,
+    factory: &SystemsFactory,
     actor: &Actor,
     errors: &[SyncErrorDetail],
     mut progress: impl FnMut(usize),
@@ -55,7 +56,6 @@ pub async fn retry_records(
     }
     let broker = Broker::new(&config.amqp, "crmsync-retry");
     broker.live().await.context("connecting to RabbitMQ")?;
-    let factory = SystemsFactory::from_config(config, pool).await?;
     let result = async {
         for (connection_id, errors) in by_connection {
             let settings = connections::load(pool, connection_id).await?;

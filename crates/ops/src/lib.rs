@@ -7,6 +7,13 @@
 //! and syncing it now ([`records`]) with its values on both sides
 //! ([`values`]), and the one policy for personal data in what either shows
 //! ([`pii`]).
+//!
+//! What reaches the systems takes the caller's [`crmsync_systems::SystemsFactory`]
+//! rather than making its own: the console keeps one for its life and a
+//! command makes one for its run. Its connectors hold their logins and a
+//! Salesforce org's describes; a factory per call threw both away, so that
+//! every page view paid a login and two describes against the org's API
+//! allowance (I8).
 
 pub mod errors;
 pub mod mapping;

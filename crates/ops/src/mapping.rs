@@ -111,9 +111,8 @@ pub async fn available(systems: &Systems) -> Available {
 }
 
 /// The mapping of connection `id` and the fields its systems have.
-pub async fn list(config: &Config, pool: &PgPool, id: &str) -> anyhow::Result<Listing> {
+pub async fn list(pool: &PgPool, factory: &SystemsFactory, id: &str) -> anyhow::Result<Listing> {
     let settings = connections::load(pool, id).await?;
-    let factory = SystemsFactory::from_config(config, pool).await?;
     let systems = factory.systems(id, &settings).await?;
     Ok(Listing { available: available(&systems).await, fields: settings.field_map })
 }
@@ -178,11 +177,10 @@ fn caused(state: &IdentityFields, before: &FieldMap, after: &FieldMap, side: Sid
 
 /// Computes what `edit` would write, pair by pair, from the engine's state
 /// (and, for an added field, both sides' current values).
-pub async fn preview(config: &Config, pool: &PgPool, id: &str, edit: &MappingEdit) -> anyhow::Result<Preview> {
+pub async fn preview(pool: &PgPool, factory: &SystemsFactory, id: &str, edit: &MappingEdit) -> anyhow::Result<Preview> {
     let settings = connections::load(pool, id).await?;
     let before = settings.field_map.clone();
     let after = before.edited(edit)?;
-    let factory = SystemsFactory::from_config(config, pool).await?;
     let systems = factory.systems(id, &settings).await?;
     if let MappingEdit::Add(f) = edit {
         available(&systems).await.check(f)?;
@@ -281,12 +279,18 @@ pub struct Saved {
 /// with its admin audit entry (the field's mapping before → after), then
 /// re-syncs the pairs the preview finds affected through the batch lane, so
 /// that the change reaches existing records within the batch budget (R7).
-pub async fn save(config: &Config, pool: &PgPool, actor: &Actor, id: &str, edit: &MappingEdit) -> anyhow::Result<Saved> {
+pub async fn save(
+    config: &Config,
+    pool: &PgPool,
+    factory: &SystemsFactory,
+    actor: &Actor,
+    id: &str,
+    edit: &MappingEdit,
+) -> anyhow::Result<Saved> {
     let mut tx = pool.begin().await?;
     let mut settings = connections::load_for_update(&mut *tx, id).await?;
     let before = settings.field_map.clone();
     let after = before.edited(edit)?;
-    let factory = SystemsFactory::from_config(config, pool).await?;
     let systems = factory.systems(id, &settings).await?;
     if let MappingEdit::Add(f) = edit {
         available(&systems).await.check(f)?;

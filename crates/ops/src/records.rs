@@ -122,7 +122,14 @@ fn named(n: &RecordName) -> String {
 /// Reads both sides of the record `key` names again and sends them through
 /// the immediate lane, as `actor`; one admin audit entry names the records
 /// sent (ids only: the key may be an email, which the log does not keep).
-pub async fn sync_now(config: &Config, pool: &PgPool, actor: &Actor, connection: &str, key: &str) -> Result<SyncedNow, SyncNowError> {
+pub async fn sync_now(
+    config: &Config,
+    pool: &PgPool,
+    factory: &SystemsFactory,
+    actor: &Actor,
+    connection: &str,
+    key: &str,
+) -> Result<SyncedNow, SyncNowError> {
     let key = RecordKey::parse(key).map_err(SyncNowError::BadKey)?;
     let settings = connections::load_running(pool, connection).await?;
     let found =
@@ -131,7 +138,6 @@ pub async fn sync_now(config: &Config, pool: &PgPool, actor: &Actor, connection:
     if names.is_empty() {
         return Err(SyncNowError::NotFound { connection: connection.to_owned() });
     }
-    let factory = SystemsFactory::from_config(config, pool).await.map_err(connections::ConnectionError::from)?;
     let systems = factory.systems(connection, &settings).await.context("reaching the connection's systems")?;
     let broker = Broker::new(&config.amqp, "crmsync-sync-now");
     let done = async {

@@ -56,10 +56,9 @@ pub struct ScopePreview {
 
 /// Counts, for `after`, the CRM's live leads and contacts and the
 /// connection's pairs in and out of it.
-pub async fn preview(config: &Config, pool: &PgPool, id: &str, after: &SyncScope) -> anyhow::Result<ScopePreview> {
+pub async fn preview(pool: &PgPool, factory: &SystemsFactory, id: &str, after: &SyncScope) -> anyhow::Result<ScopePreview> {
     after.validate()?;
     let settings = connections::load(pool, id).await?;
-    let factory = SystemsFactory::from_config(config, pool).await?;
     let systems = factory.systems(id, &settings).await?;
     preview_with(pool, &systems, id, &settings.sync_scope, after).await
 }
@@ -148,11 +147,17 @@ pub struct ScopeSaved {
 /// Saves connection `id`'s sync scope: validated, in one transaction with
 /// its admin audit entry (the rules before → after), then the pairs whose
 /// side of the scope changes are re-synced through the batch lane.
-pub async fn save(config: &Config, pool: &PgPool, actor: &Actor, id: &str, after: &SyncScope) -> anyhow::Result<ScopeSaved> {
+pub async fn save(
+    config: &Config,
+    pool: &PgPool,
+    factory: &SystemsFactory,
+    actor: &Actor,
+    id: &str,
+    after: &SyncScope,
+) -> anyhow::Result<ScopeSaved> {
     after.validate()?;
     let mut tx = pool.begin().await?;
     let mut settings = connections::load_for_update(&mut *tx, id).await?;
-    let factory = SystemsFactory::from_config(config, pool).await?;
     let systems = factory.systems(id, &settings).await?;
     crate::mapping::available(&systems).await.check_scope(after)?;
     let preview = preview_with(pool, &systems, id, &settings.sync_scope, after).await?;

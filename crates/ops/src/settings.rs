@@ -7,7 +7,6 @@ use anyhow::{Context, bail};
 use crmsync_connector::ConnectorFactory;
 use crmsync_domain::csql::{self, CsqlRecordType, CsqlSwitchError};
 use crmsync_domain::settings::ConnectionSettings;
-use crmsync_infra::Config;
 use crmsync_store::admin_audit::{self, Actor, NewEntry};
 use crmsync_store::connections;
 use crmsync_systems::SystemsFactory;
@@ -39,8 +38,8 @@ pub fn needs_confirmation(e: &anyhow::Error) -> bool {
 /// Changes one setting of a connection through its guard, and records it,
 /// as `actor`, in the admin audit log.
 pub async fn set(
-    config: &Config,
     pool: &PgPool,
+    factory: &SystemsFactory,
     actor: &Actor,
     id: &str,
     key: &str,
@@ -54,7 +53,6 @@ pub async fn set(
     let mut notes = Vec::new();
     let mut switch_cs_config = None;
     if key.starts_with("csql.") {
-        let factory = SystemsFactory::from_config(config, pool).await?;
         let cs = match &before.cs {
             Some(_) => factory.systems(id, &before).await?.cs,
             None => None,

@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crmsync_domain::Lane;
+use crmsync_domain::merge::Side;
 use crmsync_domain::settings::ConnectionSettings;
 use crmsync_infra::amqp::Stage;
 use crmsync_infra::inspect::Inspector;
@@ -23,7 +24,7 @@ use crmsync_store::audit::Activity;
 use crmsync_store::connections::{self, Paused};
 use crmsync_store::feeds::FeedState;
 use crmsync_store::figures;
-use crmsync_systems::allowance::{ApiAllowances, batch_eta, connection_usage, system_name};
+use crmsync_systems::allowance::{ApiAllowances, ApiUsage24h, batch_eta, connections_usage, system_name};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -198,7 +199,10 @@ struct Figures {
 }
 
 impl Figures {
-    async fn read(pool: &PgPool, ids: &[String]) -> anyhow::Result<Figures> {
+    /// The figures of `ids`; `only`: the settings of the one connection
+    /// asked for (`status -c <id>`), read already, so that no other
+    /// connection's settings are loaded.
+    async fn read(pool: &PgPool, ids: &[String], only: Option<ConnectionSettings>) -> anyhow::Result<Figures> {
         let mut out = Figures {
             settings: HashMap::new(),
             batch: HashMap::new(),
@@ -210,14 +214,22 @@ impl Figures {
             errors: HashMap::new(),
             paused: connections::all_paused(pool).await?.into_iter().collect(),
         };
-        for (id, settings, batch) in crmsync_applier::batch_figures_all(pool).await? {
-            out.settings.insert(id.clone(), settings);
-            out.batch.insert(id, batch);
-        }
-        // Settings that do not parse are left out of the set read: the
-        // connection's own load says why.
-        for id in ids.iter().filter(|id| !out.settings.contains_key(*id)) {
-            connections::load(pool, id).await?;
+        match (only, ids) {
+            (Some(settings), [id]) => {
+                out.batch.insert(id.clone(), crmsync_applier::batch_figures(pool, id).await?);
+                out.settings.insert(id.clone(), settings);
+            }
+            _ => {
+                for (id, settings, batch) in crmsync_applier::batch_figures_all(pool).await? {
+                    out.settings.insert(id.clone(), settings);
+                    out.batch.insert(id, batch);
+                }
+                // Settings that do not parse are left out of the set read:
+                // the connection's own load says why.
+                for id in ids.iter().filter(|id| !out.settings.contains_key(*id)) {
+                    connections::load(pool, id).await?;
+                }
+            }
         }
         for (id, state, n, recycled) in figures::identity_counts(pool, ids).await? {
             out.states.entry(id).or_default().push((state, n, recycled));
@@ -235,14 +247,10 @@ impl Figures {
     }
 }
 
-/// One connection's status from the figures read; Redis is asked for the
-/// API calls of connections that reach a real API.
-async fn connection(
-    f: &mut Figures,
-    allowances: &ApiAllowances,
-    redis_error: &mut Option<String>,
-    id: &str,
-) -> anyhow::Result<ConnectionStatus> {
+/// One connection's status from the figures read, with its API calls of
+/// the last 24 hours (`usage`: none when it reaches no real API, or Redis
+/// could not be read).
+fn connection(f: &mut Figures, usage: Vec<(Side, ApiUsage24h)>, id: &str) -> anyhow::Result<ConnectionStatus> {
     let settings = f.settings.remove(id).ok_or_else(|| anyhow::anyhow!("connection {id} is gone"))?;
     let states = f.states.remove(id).unwrap_or_default();
     let count = |s: &str| states.iter().find(|(k, _, _)| k == s).map_or(0, |(_, n, _)| *n);
@@ -267,15 +275,6 @@ async fn connection(
         per_second: activity.immediate_applied_recently as f64 / 330.0,
     };
     let b = f.batch.remove(id).expect("read with the settings");
-    // Redis unreachable: the calls are not shown (and the status says why),
-    // and it is not asked again for the other connections.
-    let usage = match redis_error {
-        Some(_) => Vec::new(),
-        None => connection_usage(allowances, id, &settings).await.unwrap_or_else(|e| {
-            *redis_error = Some(format!("Redis (API calls of the last 24 h): {e}"));
-            Vec::new()
-        }),
-    };
     let eta = batch_eta(b.eta, u64::try_from(b.backlog).unwrap_or(0), u64::try_from(b.used_last_hour).unwrap_or(0), &usage);
     let batch_lane = BatchLane {
         backlog: b.backlog,
@@ -360,19 +359,24 @@ async fn connections_on(
     only: Option<&str>,
     redis_error: &mut Option<String>,
 ) -> anyhow::Result<Vec<ConnectionStatus>> {
-    // Redis is reached only for connections with a real API.
-    let allowances = ApiAllowances::new(&config.redis);
-    let ids = match only {
-        Some(id) => {
-            connections::load(pool, id).await?;
-            vec![id.to_owned()]
-        }
-        None => connections::ids(pool).await?,
+    let (ids, only) = match only {
+        Some(id) => (vec![id.to_owned()], Some(connections::load(pool, id).await?)),
+        None => (connections::ids(pool).await?, None),
     };
-    let mut figures = Figures::read(pool, &ids).await?;
+    let mut figures = Figures::read(pool, &ids, only).await?;
+    // The API calls of every connection asked for, in one round trip to
+    // Redis, which is reached only when a connection has a real API.
+    // Unreachable: the calls are not shown, and the status says why.
+    let allowances = ApiAllowances::new(&config.redis);
+    let asked = ids.iter().filter_map(|id| figures.settings.get_key_value(id)).map(|(id, s)| (id.as_str(), s));
+    let mut usage = connections_usage(&allowances, asked).await.unwrap_or_else(|e| {
+        *redis_error = Some(format!("Redis (API calls of the last 24 h): {e}"));
+        HashMap::new()
+    });
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        out.push(connection(&mut figures, &allowances, redis_error, &id).await?);
+        let calls = usage.remove(&id).unwrap_or_default();
+        out.push(connection(&mut figures, calls, &id)?);
     }
     Ok(out)
 }

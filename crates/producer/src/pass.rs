@@ -200,6 +200,10 @@ async fn read(
     }
     // A CRM record outside the connection's sync scope is, for the sync, as
     // if deleted: judged (and sent) so, its prospect is recycled (issue 28).
+    // Judged here, before the echo rule below, because a record that leaves
+    // the scope through a field the mapping does not carry brings no field
+    // news and would be dropped: marked deleted, it is lifecycle news. The
+    // matcher judges again (see `Matcher::match_all`).
     let mut records = records;
     for r in records.iter_mut() {
         settings.sync_scope.apply(r);

@@ -143,6 +143,7 @@ impl Server {
             pardot_in_flight: AtomicUsize::new(0),
             pardot_in_flight_high: AtomicUsize::new(0),
             pardot_concurrency_refused: Default::default(),
+            logins: Default::default(),
             org_id,
             deliveries: Default::default(),
         });

@@ -105,6 +105,7 @@ pub async fn token(State(st): State<Arc<AppState>>, Form(req): Form<TokenRequest
     let ttl = Duration::from_secs(st.limits.lock().await.token_ttl_secs);
     let access_token = format!("{}!{}", st.org_id, random_token());
     st.sessions.lock().await.insert(access_token.clone(), Session { user_id: user.id.clone(), expires: Instant::now() + ttl });
+    st.logins.fetch_add(1, Ordering::SeqCst);
     Ok(Json(TokenResponse {
         access_token,
         instance_url: st.base_url().to_owned(),

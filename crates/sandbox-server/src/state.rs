@@ -37,6 +37,9 @@ pub struct Stats {
     pub pardot_in_flight_high: usize,
     /// Account Engagement requests refused for too many in flight (code 66).
     pub pardot_concurrency_refused: u64,
+    /// Tokens granted (`/services/oauth2/token`): the logins of every client.
+    #[serde(default)]
+    pub logins: u64,
 }
 
 /// The limits, changeable at run time through `/sandbox-admin/limits`.
@@ -126,6 +129,8 @@ pub struct AppState {
     /// Their high-water mark, and how many were refused for concurrency.
     pub pardot_in_flight_high: AtomicUsize,
     pub pardot_concurrency_refused: AtomicU64,
+    /// Tokens granted.
+    pub logins: AtomicU64,
     pub org_id: String,
     /// Change events delivered, by when, for the 24-hour delivery allocation.
     pub deliveries: Mutex<VecDeque<(Instant, u64)>>,
@@ -199,6 +204,7 @@ impl AppState {
             pardot_in_flight: self.pardot_in_flight.load(Ordering::SeqCst),
             pardot_in_flight_high: self.pardot_in_flight_high.load(Ordering::SeqCst),
             pardot_concurrency_refused: self.pardot_concurrency_refused.load(Ordering::SeqCst),
+            logins: self.logins.load(Ordering::SeqCst),
         }
     }
 }

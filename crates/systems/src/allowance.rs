@@ -25,7 +25,7 @@
 //!
 //! The lane is the work's, as `crmsync_connector::lane` carries it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -199,26 +199,86 @@ impl ApiAllowances {
 
     /// What a connection spent on `side` in the last 24 hours.
     pub async fn usage(&self, connection_id: &str, side: Side, allowance: Option<u64>) -> Result<ApiUsage24h, redis::RedisError> {
-        let (_, detail) = self.keys(connection_id, side);
+        let mut out = self.usage_of_many(&[(connection_id, side, allowance)]).await?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// What each (connection, system, allowance) asked for spent in the
+    /// last 24 hours, in the order asked, in one round trip to Redis
+    /// whatever their number: the server's clock and every detail hash
+    /// in one pipeline. Nothing asked, nothing sent (Redis is not even
+    /// connected to).
+    pub async fn usage_of_many(&self, asked: &[(&str, Side, Option<u64>)]) -> Result<Vec<ApiUsage24h>, redis::RedisError> {
+        if asked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME");
+        for (connection_id, side, _) in asked {
+            pipe.cmd("HGETALL").arg(self.keys(connection_id, *side).1);
+        }
         let mut conn = self.redis().await?;
-        let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
-        let fields: BTreeMap<String, i64> = redis::cmd("HGETALL").arg(&detail).query_async(&mut conn).await?;
-        Ok(ApiUsage24h::from_detail(allowance, secs / BUCKET_SECS, &fields))
+        let mut answers: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        if answers.len() != asked.len() + 1 {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a pipeline answered another number of replies than it asked",
+                format!("{} asked, {} answered", asked.len() + 1, answers.len()),
+            )));
+        }
+        let details = answers.split_off(1);
+        let (secs, _): (u64, u64) = redis::from_redis_value(answers.remove(0))?;
+        asked
+            .iter()
+            .zip(details)
+            .map(|((_, _, allowance), detail)| {
+                let fields: BTreeMap<String, i64> = redis::from_redis_value(detail)?;
+                Ok(ApiUsage24h::from_detail(*allowance, secs / BUCKET_SECS, &fields))
+            })
+            .collect()
     }
 }
 
+/// The systems of a connection reached over a real API, with the
+/// allowance its settings give (the sandbox has no API: not listed).
+fn api_systems(settings: &ConnectionSettings) -> impl Iterator<Item = (Side, Option<u64>)> + '_ {
+    [(Side::Crm, &settings.crm), (Side::Ma, &settings.ma)]
+        .into_iter()
+        .filter(|(_, endpoint)| endpoint.is_api())
+        .map(|(side, endpoint)| (side, endpoint.api_daily_allowance()))
+}
+
 /// A connection's usage of each system it reaches over a real API, with
-/// the allowance its settings give (the sandbox has no API: not listed).
+/// the allowance its settings give (the sandbox has no API: not listed):
+/// one round trip to Redis, none for a connection without a real API.
+/// For many connections at once, [`connections_usage`] asks in one round
+/// trip for all of them.
 pub async fn connection_usage(
     allowances: &ApiAllowances,
     connection_id: &str,
     settings: &ConnectionSettings,
 ) -> Result<Vec<(Side, ApiUsage24h)>, redis::RedisError> {
-    let mut out = Vec::new();
-    for (side, endpoint) in [(Side::Crm, &settings.crm), (Side::Ma, &settings.ma)] {
-        if endpoint.is_api() {
-            out.push((side, allowances.usage(connection_id, side, endpoint.api_daily_allowance()).await?));
-        }
+    let mut all = connections_usage(allowances, [(connection_id, settings)]).await?;
+    Ok(all.remove(connection_id).unwrap_or_default())
+}
+
+/// As [`connection_usage`], for every connection given, in one round trip
+/// to Redis for all of them (none when no connection reaches a real API):
+/// what reads every connection's figures at once (the applier's metrics
+/// every few seconds, `crmsync status`) asks this once rather than once a
+/// connection. A connection reaching no real API has no entry.
+pub async fn connections_usage<'a>(
+    allowances: &ApiAllowances,
+    connections: impl IntoIterator<Item = (&'a str, &'a ConnectionSettings)>,
+) -> Result<HashMap<String, Vec<(Side, ApiUsage24h)>>, redis::RedisError> {
+    let asked: Vec<(&str, Side, Option<u64>)> = connections
+        .into_iter()
+        .flat_map(|(id, settings)| api_systems(settings).map(move |(side, allowance)| (id, side, allowance)))
+        .collect();
+    let usage = allowances.usage_of_many(&asked).await?;
+    let mut out: HashMap<String, Vec<(Side, ApiUsage24h)>> = HashMap::new();
+    for ((id, side, _), u) in asked.into_iter().zip(usage) {
+        out.entry(id.to_owned()).or_default().push((side, u));
     }
     Ok(out)
 }
