@@ -15,7 +15,7 @@ use crmsync_domain::settings::{ConnectionSettings, DEFAULT_BATCH_BUDGET_PER_HOUR
 use crmsync_infra::CancellationToken;
 use crmsync_infra::broker::Broker;
 use crmsync_infra::budget::Pace;
-use crmsync_systems::allowance::{ApiAllowances, batch_eta, connection_usage, system_name};
+use crmsync_systems::allowance::{ApiAllowances, batch_eta, connections_usage, system_name};
 
 use crmsync_store::{audit, connections, feeds};
 use sqlx::PgPool;
@@ -221,9 +221,12 @@ async fn export_once(pool: &PgPool, broker: &Broker, allowances: &ApiAllowances)
     // Records waiting in each lane with any, and 0 for a lane emptied
     // since the last export.
     let queued: HashMap<String, i64> = crmsync_store::batch_lanes::queued_all(pool).await?.into_iter().collect();
+    // The API calls of every connection reached over a real API, in one
+    // Redis round trip (none when every connection is a sandbox).
+    let mut usage_all = connections_usage(allowances, all.iter().map(|(id, s, _)| (id.as_str(), s))).await.unwrap_or_default();
     // Paused or running, per connection.
     let paused: HashSet<String> = connections::all_paused(pool).await?.into_iter().map(|(id, _)| id).collect();
-    for (id, settings, f) in &all {
+    for (id, _, f) in &all {
         metrics::gauge!(crmsync_infra::metrics::CONNECTION_PAUSED, "connection" => id.clone()).set(if paused.contains(id) {
             1.0
         } else {
@@ -232,7 +235,7 @@ async fn export_once(pool: &PgPool, broker: &Broker, allowances: &ApiAllowances)
         // The API calls of the last 24 hours, per system and kind, and the
         // ETA they allow (I8). Redis is asked only for systems reached over
         // a real API.
-        let usage = connection_usage(allowances, id, settings).await.unwrap_or_default();
+        let usage = usage_all.remove(id).unwrap_or_default();
         for (side, u) in &usage {
             let system = system_name(*side);
             for (kind, n) in &u.by_kind {
