@@ -417,3 +417,34 @@ async fn a_budget_lifted_after_a_very_slow_one_applies_at_once() {
     assert!(lifted.elapsed() < Duration::from_secs(30));
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lane_of_a_connection_deleted_mid_backlog_is_dead_lettered_and_stalls_no_other() {
+    let mut app = TestApp::spawn().await;
+    let second = ConnectionSettings {
+        ma: SystemEndpoint::sandbox("second"),
+        crm: SystemEndpoint::sandbox("second"),
+        ..ConnectionSettings::default()
+    };
+    connections::save(&app.pool, "second", &second).await.unwrap();
+    pace(&app, "default", 144_000, 10, 10).await; // 40 a second
+    pace(&app, "second", 3_600, 1, 10).await; // 1 a second: 30 s of backlog
+    app.start_pipeline(1, 1);
+    burst(&app, "second", 30, "orphaned").await;
+    eventually("the second connection's lane started", || async { batch_times(&app, "second").await.len() >= 2 }).await;
+    // The connection goes while its lane still holds most of its records.
+    sqlx::query("DELETE FROM connections WHERE id = 'second'").execute(&app.pool).await.unwrap();
+    eventually("the orphaned lane dead-lettered and dropped", || async {
+        crmsync_store::batch_lanes::queued(&app.pool, "second").await.unwrap() == 0
+            && app.dead_letters(crmsync_infra::amqp::Stage::Apply).await >= 1
+    })
+    .await;
+    let dropped: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM batch_backlog WHERE connection_id = 'second'").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(dropped, 0, "nothing of it is left waiting");
+    // Another connection's batch work goes on at its own pace.
+    burst(&app, "default", 80, "alive").await;
+    app.settle().await;
+    assert_eq!(batch_times(&app, "default").await.len(), 80);
+    app.cleanup().await;
+}
