@@ -163,3 +163,96 @@ async fn sandbox_ids_carry_the_case_suffix_the_domain_computes() {
     }
     app.cleanup().await;
 }
+
+/// The producer's set-based check (issue 29) says of each feed what the
+/// feed's own pending check says: rows past the cursor, in that tenant
+/// (and custom type), and a cursor it cannot read is "look at it".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_set_based_pending_check_answers_as_each_feed_does() {
+    use crmsync_connector::{CrmApi, Cursor};
+    use crmsync_domain::CrmObject;
+    use crmsync_domain::mirror::MirrorObject;
+    use crmsync_sandbox::SandboxCrm;
+    use crmsync_sandbox::pending::{FeedObject, Probe, pending};
+
+    let app = TestApp::spawn().await;
+    let ma = SandboxMa::connect(app.pool.clone(), "default").await.unwrap();
+    let crm = SandboxCrm::connect(app.pool.clone(), "default").await.unwrap();
+    app.create_prospect(&[("email", "one@check.example")]).await;
+    app.create_lead(&[("LastName", "Lead"), ("Company", "Acme"), ("Email", "lead@check.example")]).await;
+    // The prospect feed read to its end: nothing past that cursor.
+    let mut read = ma.prospect_changes(None, 100).await.unwrap();
+    for _ in 0..100 {
+        if !read.records.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        read = ma.prospect_changes(None, 100).await.unwrap();
+    }
+    let caught_up = read.next.clone();
+    let garbage = Cursor(serde_json::json!({"not": "a sandbox cursor"}));
+    let invoice = MirrorObject::Custom("Invoice__c".into());
+    let probes = [
+        Probe { object: FeedObject::Prospects, tenant: "default", cursor: None },
+        Probe { object: FeedObject::Prospects, tenant: "default", cursor: Some(&caught_up) },
+        Probe { object: FeedObject::Person(CrmObject::Lead), tenant: "default", cursor: None },
+        Probe { object: FeedObject::Person(CrmObject::Contact), tenant: "default", cursor: None },
+        Probe { object: FeedObject::Mirror(&invoice), tenant: "default", cursor: None },
+        Probe { object: FeedObject::Prospects, tenant: "another-tenant", cursor: None },
+        Probe { object: FeedObject::Person(CrmObject::Lead), tenant: "default", cursor: Some(&garbage) },
+    ];
+    let answers = pending(&app.pool, &probes).await.unwrap();
+    let own = [
+        ma.prospect_changes_pending(None).await.unwrap(),
+        ma.prospect_changes_pending(Some(&caught_up)).await.unwrap(),
+        crm.person_changes_pending(CrmObject::Lead, None).await.unwrap(),
+        crm.person_changes_pending(CrmObject::Contact, None).await.unwrap(),
+        crm.object_changes_pending(&invoice, None).await.unwrap(),
+    ];
+    assert_eq!(answers[..5], own, "as each feed's own check");
+    assert_eq!(answers, [true, false, true, false, false, false, true]);
+    app.cleanup().await;
+}
+
+/// A change no notification announced (written with the table's notify
+/// trigger off) is still read, by the safety poll's set-based check (I1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_no_notification_announced_is_read_by_the_safety_poll() {
+    let mut app = TestApp::spawn().await;
+    app.config.producer.safety_poll_interval_ms = 1_000;
+    app.start(Tier::Producer);
+    app.create_prospect(&[("email", "heard@notified.example")]).await;
+    wait_published(&app, 1).await;
+
+    sqlx::query("ALTER TABLE ma.prospects DISABLE TRIGGER notify").execute(&app.pool).await.unwrap();
+    app.create_prospect(&[("email", "unheard@silent.example")]).await;
+    sqlx::query("ALTER TABLE ma.prospects ENABLE TRIGGER notify").execute(&app.pool).await.unwrap();
+    let published = wait_published(&app, 2).await;
+    assert!(published.contains(&("ma.prospect".to_owned(), 2, 0)), "{published:?}");
+    app.cleanup().await;
+}
+
+/// While nothing changes, the producer writes nothing: no pass lease and no
+/// feed lease is taken or renewed, for any number of polls (issue 29: it
+/// was an UPDATE per connection and per feed every poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_costs_the_producer_no_writes() {
+    let mut app = TestApp::spawn().await;
+    app.config.producer.safety_poll_interval_ms = 300;
+    app.start(Tier::Producer);
+    app.create_prospect(&[("email", "once@idle.example")]).await;
+    wait_published(&app, 1).await;
+    let rows = || async {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT feed, xmin::text FROM feeds ORDER BY feed").fetch_all(&app.pool).await.unwrap();
+        rows
+    };
+    // The pass that published may still be finishing its look at the rest.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rows().await;
+    assert!(before.iter().any(|(f, _)| f == feeds::PASS), "the pass lease was taken for the pass: {before:?}");
+    // Twenty poll intervals and several safety polls go by.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rows().await, before, "no lease or cursor written while idle");
+    app.cleanup().await;
+}

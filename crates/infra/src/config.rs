@@ -157,7 +157,21 @@ impl LockConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ProducerConfig {
     /// How often each feed is polled when no notification wakes it sooner.
+    /// For a connection whose systems are all sandbox tenants, this is the
+    /// pace of the safety poll while change notifications are NOT heard
+    /// (the listener is down), and of the re-checks of feeds found with
+    /// changes not yet readable (behind a transaction still running).
     pub poll_interval_ms: u64,
+    /// How often the safety poll looks at every sandbox connection's feeds
+    /// while change notifications are heard (issue 29). The sandbox
+    /// notifies every commit, so this poll only catches what no
+    /// notification announced (a change made with the trigger off, a
+    /// notification sent while the listener was reconnecting is already
+    /// caught by the full check every reconnect makes). It is one set-based
+    /// check for all connections at once, a few statements whatever their
+    /// number, so its cost is small either way; the interval bounds how
+    /// late such a change can be.
+    pub safety_poll_interval_ms: u64,
     /// Records read per change-query page.
     pub page_size: usize,
     /// Records carried per message to the matcher (and on to the applier).
@@ -189,6 +203,7 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
             poll_interval_ms: 500,
+            safety_poll_interval_ms: 10_000,
             page_size: 1000,
             records_per_message: 200,
             api_records_per_message: 1000,
@@ -204,6 +219,9 @@ impl ProducerConfig {
     }
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
+    }
+    pub fn safety_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.safety_poll_interval_ms)
     }
 }
 

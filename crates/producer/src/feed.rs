@@ -8,6 +8,7 @@ use crmsync_domain::csql::{CsqlRecordType, CsqlTarget};
 use crmsync_domain::mirror::MirrorObject;
 use crmsync_domain::records::SourceRecord;
 use crmsync_domain::settings::ConnectionSettings;
+use crmsync_sandbox::pending::FeedObject;
 
 /// A source object whose changes are detected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +67,18 @@ impl Feed {
             Feed::Mirror(MirrorObject::ContactRole) => "crm.opportunity_contact_roles",
             Feed::Mirror(MirrorObject::Custom(_)) => "crm.custom_records",
             Feed::Csql(_) => return None,
+        })
+    }
+
+    /// The sandbox object and tenant this feed reads, when its system is a
+    /// sandbox tenant: such a feed can be asked whether it has changes in
+    /// one statement together with every other (see `check`).
+    pub fn sandbox<'a>(&'a self, settings: &'a ConnectionSettings) -> Option<(FeedObject<'a>, &'a str)> {
+        Some(match self {
+            Feed::Prospects => (FeedObject::Prospects, settings.ma.sandbox_tenant()?),
+            Feed::Csql(kind) => (FeedObject::Csql(*kind), settings.cs.as_ref()?.sandbox_tenant()?),
+            Feed::Mirror(o) => (FeedObject::Mirror(o), settings.crm.sandbox_tenant()?),
+            _ => (FeedObject::Person(self.person().expect("a person feed")), settings.crm.sandbox_tenant()?),
         })
     }
 

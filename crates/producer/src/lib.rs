@@ -10,18 +10,37 @@
 //! a Salesforce org through its change events, which its connector hears
 //! (a pass then reads that connection's feeds).
 //!
+//! An idle connection costs next to nothing (I8, I10; issue 29). A
+//! connection whose systems are all sandbox tenants gets a pass only when
+//! a set-based check of every such connection's feeds at once (see
+//! `check`) finds changes past its cursors: the notified tables' feeds when
+//! a notification comes, every feed at the safety poll. The safety poll,
+//! for what no notification announced, runs every
+//! `producer.safety_poll_interval_ms` (10 s) while notifications are
+//! heard, every poll interval while they are not, and at once whenever the
+//! listener (re)connects. So at rest the loop costs one small statement a
+//! poll interval (has any connection changed?) and a few statements a
+//! safety poll, whatever the number of connections; leases are taken only
+//! for a pass, and expire unrenewed while nothing changes. A connection
+//! with a system over a real API still gets a pass every poll interval:
+//! its feeds keep their own pace and back-off, and its API calls are what
+//! it costs.
+//!
 //! A paused connection (issue 28) gets no pass: nothing is read or
 //! published for it and its cursors hold still, whatever wakes the loop (a
 //! notification or a change event for it is dropped: the held cursors
-//! remember what it would have read). On resume, the next full poll, at
-//! most `producer.poll_interval_ms` later, reads on from the cursors, in
-//! order, and nothing is lost.
+//! remember what it would have read). On resume (which moves the
+//! connection's `updated_at`), the next poll, at most
+//! `producer.poll_interval_ms` later, reads on from the cursors, in order,
+//! and nothing is lost.
 
+mod check;
 mod feed;
 mod pass;
 mod redetect;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,8 +54,10 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::check::Connections;
+
 pub use feed::Feed;
-pub use pass::{PassContext, PassStats, change_messages, run_pass};
+pub use pass::{PassContext, PassStats, Select, change_messages, run_pass};
 pub use redetect::{RecordName, Redetected, redetect};
 
 /// The channel the sandbox notifies on when a tracked table changes.
@@ -54,12 +75,24 @@ fn replica_id(config: &Config) -> String {
 /// their feeds, not every feed of every connection.
 type Dirty = Arc<Mutex<HashSet<String>>>;
 
+/// How the change notifications stand, as the listener tells the loop.
+#[derive(Debug, Default)]
+struct Hearing {
+    /// The listener is connected and listening: the safety poll can wait
+    /// its long interval.
+    listening: AtomicBool,
+    /// The listener (re)connected: whatever was committed while it was not
+    /// listening was announced to no one, so the next pass is a safety poll.
+    missed: AtomicBool,
+}
+
 /// Wakes the poll loop whenever the sandbox commits a change, noting which
 /// table changed. Reconnects with backoff; polling continues meanwhile, so
 /// a lost listener only costs latency.
-async fn listen(pool: PgPool, wake: Arc<Notify>, dirty: Dirty, shutdown: CancellationToken) {
+async fn listen(pool: PgPool, wake: Arc<Notify>, dirty: Dirty, hearing: Arc<Hearing>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
+        hearing.listening.store(false, Ordering::SeqCst);
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
             Err(e) => {
@@ -73,6 +106,11 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, dirty: Dirty, shutdown: Cancell
             continue;
         }
         backoff = Duration::from_millis(200);
+        // Listening from here on; what came before is looked for by a
+        // safety poll at once.
+        hearing.listening.store(true, Ordering::SeqCst);
+        hearing.missed.store(true, Ordering::SeqCst);
+        wake.notify_one();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -99,7 +137,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let owner = replica_id(&config);
     let wake = Arc::new(Notify::new());
     let dirty = Dirty::default();
-    let listener = tokio::spawn(listen(factory.pool().clone(), wake.clone(), dirty.clone(), shutdown.clone()));
+    let hearing = Arc::new(Hearing::default());
+    let listener = tokio::spawn(listen(factory.pool().clone(), wake.clone(), dirty.clone(), hearing.clone(), shutdown.clone()));
     let ctx = PassContext {
         pool: &services.pool,
         broker: &services.broker,
@@ -111,10 +150,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     info!(replica = %owner, "producer started");
     health.working();
-    let mut backoff = config.producer.poll_interval();
+    let poll_interval = config.producer.poll_interval();
+    let mut backoff = poll_interval;
     let signals = factory.change_signals().clone();
-    // What the next pass reads: every feed (`None`) or the notified ones.
+    // What the next pass over a connection with an API system reads: every
+    // feed (`None`) or the notified ones.
     let mut only: Option<HashSet<String>> = None;
+    // The tables notified since the last pass (for the sandbox connections'
+    // check, whatever `only` says).
+    let mut tables: HashSet<String> = HashSet::new();
     // And, in a pass that is not full, the connections whose change
     // events said they have changes (every feed of theirs is read).
     let mut signalled: HashSet<String> = HashSet::new();
@@ -124,29 +168,55 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // (one per commit to a source table: thousands a second in a backfill)
     // do not wake a standby for them; it tries again at the poll interval.
     let mut standing_by: HashSet<String> = HashSet::new();
-    // The connections, as of the last full poll: a connection added since
-    // is read at the next one.
-    let mut ids = Vec::new();
+    // Every connection, as of the last read (see `check`).
+    let mut known = Connections::default();
+    // The sandbox connections' safety poll: when it last looked at every
+    // feed (`None`: due now).
+    let mut last_safety: Option<Instant> = None;
+    // Sandbox connections found with changes at the last check: looked at
+    // again a poll interval later, every feed, until nothing is pending
+    // (a pass that could not read everything yet, a commit behind a
+    // transaction still running). Those standing by are looked at then
+    // too, as every poll used to try them: the holder may have gone.
+    let mut recheck: HashSet<String> = HashSet::new();
+    let mut last_recheck = Instant::now();
     loop {
         let mut failed = false;
-        if only.is_none() {
+        let full = only.is_none();
+        if full {
             last_full = Instant::now();
-            ids = connections::ids(&services.pool).await.unwrap_or_default();
         }
-        for connection_id in ids.iter().cloned() {
-            let feeds = if signalled.contains(&connection_id) {
-                None
-            } else if only.is_some() && (standing_by.contains(&connection_id) || events_only) {
+        // Without notifications the safety poll is the only way a sandbox
+        // change is seen: it runs every poll interval then, as every poll
+        // used to.
+        let safety_every = if hearing.listening.load(Ordering::SeqCst) { config.producer.safety_poll_interval() } else { poll_interval };
+        let safety = hearing.missed.swap(false, Ordering::SeqCst) || last_safety.is_none_or(|t| t.elapsed() >= safety_every);
+        let read = if safety { known.reload(&services.pool).await } else { known.refresh(&services.pool).await };
+        let changed = read.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the connections; retrying");
+            failed = true;
+            HashSet::new()
+        });
+
+        // Connections with a system over a real API: a pass each poll, as
+        // their feeds keep their own pace (and the lease and settings
+        // statements with it).
+        for k in known.list.iter().filter(|k| k.sandbox_feeds().is_none()) {
+            let connection_id = &k.id;
+            let select = if signalled.contains(connection_id) {
+                Select::All
+            } else if only.is_some() && (standing_by.contains(connection_id) || events_only) {
                 continue;
             } else {
-                only.as_ref()
+                only.as_ref().map_or(Select::All, Select::Tables)
             };
-            match poll_connection(&ctx, &factory, &connection_id, feeds).await {
+            // Boxed: a pass's future is large, and `run`'s would hold two.
+            match Box::pin(poll_connection(&ctx, &factory, connection_id, select)).await {
                 Ok(true) => {
-                    standing_by.remove(&connection_id);
+                    standing_by.remove(connection_id);
                 }
                 Ok(false) => {
-                    standing_by.insert(connection_id);
+                    standing_by.insert(connection_id.clone());
                 }
                 Err(e) => {
                     // Connector errors can quote record values: no email in clear (I5).
@@ -155,22 +225,72 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
             }
         }
+
+        // Sandbox connections: a set-based check of the feeds that may
+        // have changes (all of them at a safety poll; a changed
+        // connection's; the notified tables'; the ones to look at again),
+        // and a pass only where something is pending.
+        let recheck_due = last_recheck.elapsed() >= poll_interval;
+        let mut wanted = Vec::new();
+        for k in known.list.iter().filter(|k| !k.paused) {
+            let Some(feeds) = k.sandbox_feeds() else { continue };
+            let again = recheck.contains(&k.id) || standing_by.contains(&k.id);
+            if safety || changed.contains(&k.id) || (recheck_due && again) {
+                wanted.push((k, feeds.iter().collect()));
+            } else if !tables.is_empty() && !standing_by.contains(&k.id) {
+                let notified: Vec<&Feed> = feeds.iter().filter(|f| f.table().is_none_or(|t| tables.contains(t))).collect();
+                if !notified.is_empty() {
+                    wanted.push((k, notified));
+                }
+            }
+        }
+        match check::pending_feeds(&services.pool, factory.pool(), &wanted).await {
+            Ok(pending) => {
+                if safety {
+                    last_safety = Some(Instant::now());
+                }
+                if recheck_due {
+                    last_recheck = Instant::now();
+                    recheck.clear();
+                }
+                for (connection_id, feeds) in pending {
+                    recheck.insert(connection_id.clone());
+                    match Box::pin(poll_connection(&ctx, &factory, &connection_id, Select::Feeds(&feeds))).await {
+                        Ok(true) => {
+                            standing_by.remove(&connection_id);
+                        }
+                        Ok(false) => {
+                            standing_by.insert(connection_id);
+                        }
+                        Err(e) => {
+                            warn!(connection_id, error = %telemetry::redact(&e.to_string()), "detection failed; retrying");
+                            failed = true;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %telemetry::redact(&e.to_string()), "cannot check the feeds for changes; retrying");
+                failed = true;
+            }
+        }
+
         // Failures back off; success polls at the configured pace.
-        backoff = if failed { (backoff * 2).min(Duration::from_secs(10)) } else { config.producer.poll_interval() };
+        backoff = if failed { (backoff * 2).min(Duration::from_secs(10)) } else { poll_interval };
         let (notified, by_events) = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(backoff) => (false, false),
             _ = wake.notified(), if !failed => (true, false),
             _ = signals.signalled(), if !failed => (true, true),
         };
-        let tables = std::mem::take(&mut *dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        tables = std::mem::take(&mut *dirty.lock().unwrap_or_else(|p| p.into_inner()));
         signalled = signals.take();
         // Woken by change events alone: only the connections they name.
         events_only = by_events && tables.is_empty();
-        // Every feed is still read once a poll interval, however often
-        // notifications come: the overlap window's look back (a late
-        // commit) depends on it.
-        only = (notified && last_full.elapsed() < config.producer.poll_interval()).then_some(tables);
+        // Every feed of a connection with an API system is still read once
+        // a poll interval, however often notifications come: the overlap
+        // window's look back (a late commit) depends on it.
+        only = (notified && last_full.elapsed() < poll_interval).then(|| tables.clone());
         if only.is_none() {
             signalled.clear();
         }
@@ -187,12 +307,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// One pass over a connection, if this replica holds its pass lease; false
 /// when another replica's pass holds it (nothing is loaded or read then).
-async fn poll_connection(
-    ctx: &PassContext<'_>,
-    factory: &SystemsFactory,
-    connection_id: &str,
-    only: Option<&HashSet<String>>,
-) -> anyhow::Result<bool> {
+async fn poll_connection(ctx: &PassContext<'_>, factory: &SystemsFactory, connection_id: &str, select: Select<'_>) -> anyhow::Result<bool> {
     let Some(pass) = feeds::lease(ctx.pool, connection_id, feeds::PASS, ctx.owner, ctx.lease_ttl).await? else {
         return Ok(false);
     };
@@ -202,7 +317,7 @@ async fn poll_connection(
         return Ok(true);
     }
     let systems = factory.systems(connection_id, &settings).await?;
-    let stats = run_pass(ctx, connection_id, &settings, &systems, only, pass).await?;
+    let stats = run_pass(ctx, connection_id, &settings, &systems, select, pass).await?;
     let detected = [("published", stats.published), ("suppressed_echo", stats.suppressed)];
     for (outcome, n) in detected.into_iter().filter(|(_, n)| *n > 0) {
         metrics::counter!(crmsync_infra::metrics::RECORDS, "tier" => "producer", "stage" => "detect", "outcome" => outcome)

@@ -310,19 +310,39 @@ async fn keep_cursor(ctx: &PassContext<'_>, connection_id: &str, h: &mut Held, p
     Ok(())
 }
 
-/// Runs one pass, under the connection's pass lease `pass`, over every
-/// feed of the connection this replica can lease; with `only`, over the
-/// feeds of those notified tables (and any feed no table names).
+/// Which of a connection's feeds a pass reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Select<'a> {
+    /// Every feed.
+    All,
+    /// The feeds of these notified tables, and any feed no table names.
+    Tables(&'a HashSet<String>),
+    /// The feeds of these names (found with changes by the set-based check).
+    Feeds(&'a HashSet<String>),
+}
+
+impl Select<'_> {
+    fn wants(&self, feed: &Feed) -> bool {
+        match self {
+            Select::All => true,
+            Select::Tables(tables) => feed.table().is_none_or(|t| tables.contains(t)),
+            Select::Feeds(names) => names.contains(&feed.name()),
+        }
+    }
+}
+
+/// Runs one pass, under the connection's pass lease `pass`, over the feeds
+/// of the connection `select` names that this replica can lease.
 pub async fn run_pass(
     ctx: &PassContext<'_>,
     connection_id: &str,
     settings: &ConnectionSettings,
     systems: &Systems,
-    only: Option<&HashSet<String>>,
+    select: Select<'_>,
     mut pass: Lease,
 ) -> Result<PassStats, StageError> {
     let mut held = Vec::new();
-    let wanted = |feed: &Feed| only.is_none_or(|tables| feed.table().is_none_or(|t| tables.contains(t)));
+    let wanted = |feed: &Feed| select.wants(feed);
     for feed in Feed::for_connection(settings).into_iter().filter(wanted) {
         let name = feed.name();
         if let Some(lease) = feeds::lease(ctx.pool, connection_id, &name, ctx.owner, ctx.lease_ttl).await? {

@@ -14,6 +14,7 @@ pub mod ma;
 mod mirrors;
 mod objects;
 pub mod ops;
+pub mod pending;
 mod row;
 mod rules;
 pub mod schema;

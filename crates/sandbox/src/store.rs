@@ -25,9 +25,9 @@ pub(crate) fn db_error(e: sqlx::Error) -> ConnectorError {
 
 /// Position in a change feed: the (transaction id, row id) of the last row read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct XidCursor {
-    xid: String,
-    id: String,
+pub(crate) struct XidCursor {
+    pub(crate) xid: String,
+    pub(crate) id: String,
 }
 
 /// Fields that a record carries as attributes of its own rather than in
@@ -48,7 +48,7 @@ fn type_filter(object_type: Option<&str>, n: usize) -> String {
     }
 }
 
-fn start_of(def: &ObjectDef, cursor: Option<&Cursor>) -> Result<XidCursor, ConnectorError> {
+pub(crate) fn start_of(def: &ObjectDef, cursor: Option<&Cursor>) -> Result<XidCursor, ConnectorError> {
     match cursor {
         Some(c) => serde_json::from_value::<XidCursor>(c.0.clone())
             .map_err(|e| ConnectorError::Fatal(format!("unreadable sandbox cursor {}: {e}", c.0))),

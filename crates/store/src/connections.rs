@@ -69,6 +69,45 @@ pub async fn load_all(pool: &PgPool) -> Result<Vec<(String, ConnectionSettings)>
     Ok(rows.into_iter().filter_map(|(id, raw)| parse(&id, Some(raw)).ok().map(|s| (id, s))).collect())
 }
 
+/// A connection as the producer's cheap look at every connection sees it
+/// (issue 29): its settings (or why they do not parse), whether it is
+/// paused, and when it last changed.
+#[derive(Debug, Clone)]
+pub struct ConnectionState {
+    pub id: String,
+    pub settings: Result<ConnectionSettings, String>,
+    pub paused: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Every connection's state, in id order, in one statement: what each
+/// replica of the producer reads once a safety poll instead of one
+/// statement per connection per poll.
+pub async fn load_all_states(pool: &PgPool) -> Result<Vec<ConnectionState>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: String,
+        settings: serde_json::Value,
+        paused_at: Option<DateTime<Utc>>,
+        updated_at: DateTime<Utc>,
+    }
+    let rows: Vec<Row> = sqlx::query_as("SELECT id, settings, paused_at, updated_at FROM connections ORDER BY id").fetch_all(pool).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let settings = parse(&r.id, Some(r.settings)).map_err(|e| e.to_string());
+            ConnectionState { id: r.id, settings, paused: r.paused_at.is_some(), updated_at: r.updated_at }
+        })
+        .collect())
+}
+
+/// A cheap mark of the connections table: how many there are, and the
+/// latest change to any (a create, a settings save, a pause or resume
+/// moves `updated_at`). One aggregate over the table, no settings read.
+pub async fn version(pool: &PgPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+    sqlx::query_as("SELECT count(*)::bigint, max(updated_at) FROM connections").fetch_one(pool).await
+}
+
 /// Every connection id, in order.
 pub async fn ids(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT id FROM connections ORDER BY id").fetch_all(pool).await

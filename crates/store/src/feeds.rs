@@ -52,6 +52,17 @@ pub async fn lease(pool: &PgPool, connection_id: &str, feed: &str, owner: &str, 
     Ok(row.map(|r| Lease { token: r.get("lease_token"), cursor: r.get("cursor") }))
 }
 
+/// The stored cursors of the given connections' feeds (the pass leases
+/// left out), in one statement: a feed never read has no row. Reading
+/// them takes no lease and writes nothing, so every replica may ask.
+pub async fn cursors(pool: &PgPool, connection_ids: &[String]) -> Result<Vec<(String, String, Option<Value>)>, sqlx::Error> {
+    sqlx::query_as("SELECT connection_id, feed, cursor FROM feeds WHERE connection_id = ANY($1) AND feed <> $2")
+        .bind(connection_ids)
+        .bind(PASS)
+        .fetch_all(pool)
+        .await
+}
+
 /// What a confirmed page held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
