@@ -70,6 +70,16 @@ fn usage(times: &[f64], per_second: f64, burst: f64) -> Usage {
     Usage { records, seconds, over: records as f64 - (allowed + burst), used: (records as f64 - burst) / allowed }
 }
 
+/// A second connection, on tenants of its own.
+async fn add_second(app: &TestApp) {
+    let second = ConnectionSettings {
+        ma: SystemEndpoint::sandbox("second"),
+        crm: SystemEndpoint::sandbox("second"),
+        ..ConnectionSettings::default()
+    };
+    connections::save(&app.pool, "second", &second).await.unwrap();
+}
+
 async fn pace(app: &TestApp, connection: &str, per_hour: u32, burst: u32, threshold: usize) {
     let mut s = connections::load(&app.pool, connection).await.unwrap();
     s.batch_budget_per_hour = per_hour;
@@ -125,12 +135,7 @@ async fn three_applier_processes_keep_to_one_budget_and_use_it_even_when_one_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_connections_with_different_budgets_each_get_their_own_rate() {
     let mut app = TestApp::spawn().await;
-    let second = ConnectionSettings {
-        ma: SystemEndpoint::sandbox("second"),
-        crm: SystemEndpoint::sandbox("second"),
-        ..ConnectionSettings::default()
-    };
-    connections::save(&app.pool, "second", &second).await.unwrap();
+    add_second(&app).await;
     pace(&app, "default", 144_000, 4, 10).await; // 40 a second
     pace(&app, "second", 36_000, 2, 10).await; // 10 a second
     app.start_pipeline(1, 2);
@@ -421,12 +426,7 @@ async fn a_budget_lifted_after_a_very_slow_one_applies_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lane_of_a_connection_deleted_mid_backlog_is_dead_lettered_and_stalls_no_other() {
     let mut app = TestApp::spawn().await;
-    let second = ConnectionSettings {
-        ma: SystemEndpoint::sandbox("second"),
-        crm: SystemEndpoint::sandbox("second"),
-        ..ConnectionSettings::default()
-    };
-    connections::save(&app.pool, "second", &second).await.unwrap();
+    add_second(&app).await;
     pace(&app, "default", 144_000, 10, 10).await; // 40 a second
     pace(&app, "second", 3_600, 1, 10).await; // 1 a second: 30 s of backlog
     app.start_pipeline(1, 1);

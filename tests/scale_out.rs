@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
-use crmsync_sandbox::ops::{Sandbox, System};
+use crmsync_sandbox::ops::{Pairs, Sandbox};
 use crmsync_store::connections;
 use crmsync_tests::{TestApp, Tier, http_get};
 
@@ -14,32 +14,10 @@ const CONNECTIONS: usize = 200;
 const PAIRS: i64 = 3;
 
 /// `PAIRS` linked prospect ↔ lead pairs in `tenant`, each needing a write
-/// each way: the lead has a title the prospect lacks, the prospect a phone
-/// the lead lacks.
+/// each way.
 async fn seed(app: &TestApp, tenant: &str) {
-    let sb = Sandbox::new(app.pool.clone(), tenant);
-    let (ma_admin, crm_admin) = (sb.admin(System::Ma).await.unwrap(), sb.admin(System::Crm).await.unwrap());
-    sqlx::query(
-        "INSERT INTO crm.leads (tenant, last_name, company, email, title, last_modified_by) \
-         SELECT $1, 'Person ' || g, 'Scale Co', 'p' || g || '.' || $1 || '@scale.example', 'title-' || g, $2 \
-         FROM generate_series(1, $3::bigint) g",
-    )
-    .bind(tenant)
-    .bind(&crm_admin)
-    .bind(PAIRS)
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO ma.prospects (tenant, email, last_name, company, phone, crm_lead_fid, last_modified_by) \
-         SELECT $1, l.email, l.last_name, l.company, 'phone-' || l.title, l.id, $2 \
-         FROM crm.leads l WHERE l.tenant = $1",
-    )
-    .bind(tenant)
-    .bind(&ma_admin)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    let pairs = Pairs { tag: "p", domain: "scale.example", pairs: PAIRS, people: PAIRS };
+    Sandbox::new(app.pool.clone(), tenant).seed_pairs(&pairs).await.unwrap();
 }
 
 /// Connections whose every pair holds both values on both sides.

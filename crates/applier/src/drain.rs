@@ -462,20 +462,7 @@ impl Drain {
 
 /// Applies one chunk, sorting the outcome into done, later, held, or never.
 async fn apply(applier: &Applier, chunk: &ApplyBatch) -> Result<Applied, StageError> {
-    let span = tracing::info_span!(
-        "apply_batch",
-        connection_id = %chunk.connection_id,
-        lane = chunk.lane.as_str(),
-        batch_id = %chunk.batch_id,
-        commands = chunk.commands.len(),
-        mirrors = chunk.mirrors.len(),
-        csqls = chunk.csqls.len(),
-    );
-    let traces =
-        chunk.commands.iter().map(|c| &c.trace).chain(chunk.mirrors.iter().map(|m| &m.trace)).chain(chunk.csqls.iter().map(|q| &q.trace));
-    for trace in traces {
-        crmsync_infra::propagation::link(&span, trace.as_ref());
-    }
+    let span = crate::batch_span(chunk);
     match applier.process(chunk).instrument(span).await {
         Ok(()) => Ok(Applied::Done),
         Err(StageError::Held(_)) => Ok(Applied::Held),

@@ -62,25 +62,7 @@ impl Handler for ApplyStage {
                 return Err(StageError::Poison(e.to_string()));
             }
         };
-        let span = tracing::info_span!(
-            "apply_batch",
-            connection_id = %batch.connection_id,
-            lane = batch.lane.as_str(),
-            batch_id = %batch.batch_id,
-            commands = batch.commands.len(),
-            mirrors = batch.mirrors.len(),
-            csqls = batch.csqls.len(),
-        );
-        // The message's span links to the trace of each record it carries.
-        let traces = batch
-            .commands
-            .iter()
-            .map(|c| &c.trace)
-            .chain(batch.mirrors.iter().map(|m| &m.trace))
-            .chain(batch.csqls.iter().map(|q| &q.trace));
-        for trace in traces {
-            crmsync_infra::propagation::link(&span, trace.as_ref());
-        }
+        let span = batch_span(&batch);
         match batch.lane {
             Lane::Immediate => self.applier.process(&batch).instrument(span).await,
             Lane::Batch => {
@@ -90,6 +72,26 @@ impl Handler for ApplyStage {
             }
         }
     }
+}
+
+/// The span of one apply batch (a message, or a batch-lane chunk), linked
+/// to the trace of each record it carries (I5).
+pub(crate) fn batch_span(batch: &ApplyBatch) -> tracing::Span {
+    let span = tracing::info_span!(
+        "apply_batch",
+        connection_id = %batch.connection_id,
+        lane = batch.lane.as_str(),
+        batch_id = %batch.batch_id,
+        commands = batch.commands.len(),
+        mirrors = batch.mirrors.len(),
+        csqls = batch.csqls.len(),
+    );
+    let traces =
+        batch.commands.iter().map(|c| &c.trace).chain(batch.mirrors.iter().map(|m| &m.trace)).chain(batch.csqls.iter().map(|q| &q.trace));
+    for trace in traces {
+        crmsync_infra::propagation::link(&span, trace.as_ref());
+    }
+    span
 }
 
 fn options(config: &Config, queue: String, concurrency: usize) -> ConsumeOptions {

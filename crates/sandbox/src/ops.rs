@@ -14,9 +14,11 @@ use crate::schema::{self, ObjectDef};
 mod batch;
 mod cs;
 mod custom;
+mod seed;
 use crate::store::{self, RowWrite};
 pub use batch::{BatchOp, BatchResult};
 pub use custom::Target;
+pub use seed::Pairs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crmsync_domain::settings::{ConnectionSettings, SystemEndpoint};
 use crmsync_infra::{Config, db};
-use crmsync_sandbox::ops::{Sandbox, System};
+use crmsync_sandbox::ops::Sandbox;
 use crmsync_store::connections;
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -181,28 +181,7 @@ fn connection_id(i: usize) -> String {
 /// the lead lacks, so every pair needs a write each way to converge.
 async fn seed_tenant(pool: &PgPool, tenant: &str, pairs: i64, people: i64) -> anyhow::Result<()> {
     let sb = Sandbox::new(pool.clone(), tenant);
-    let (ma_admin, crm_admin) = (sb.admin(System::Ma).await?, sb.admin(System::Crm).await?);
-    sqlx::query(
-        "INSERT INTO crm.leads (tenant, last_name, company, email, title, last_modified_by) \
-         SELECT $1, 'Person ' || g, 'Conn Co', 'p' || g || '.' || $1 || '@conn.example', 'crm-title-' || g, $2 \
-         FROM generate_series(1, $3::bigint) g",
-    )
-    .bind(tenant)
-    .bind(&crm_admin)
-    .bind(people)
-    .execute(pool)
-    .await?;
-    sqlx::query(
-        "INSERT INTO ma.prospects (tenant, email, last_name, company, phone, crm_lead_fid, last_modified_by) \
-         SELECT $1, l.email, l.last_name, l.company, 'ma-phone-' || l.title, l.id, $2 \
-         FROM crm.leads l WHERE l.tenant = $1 AND l.email LIKE '%@conn.example' \
-         ORDER BY l.id LIMIT $3",
-    )
-    .bind(tenant)
-    .bind(&ma_admin)
-    .bind(pairs)
-    .execute(pool)
-    .await?;
+    sb.seed_pairs(&crmsync_sandbox::ops::Pairs { tag: "p", domain: "conn.example", pairs, people }).await?;
     Ok(())
 }
 

@@ -47,29 +47,7 @@ async fn seed_more(pool: &PgPool, tenants: &[String], extra: i64) -> anyhow::Res
     let bar = progress::bar(tenants.len() as u64, "tenants given a backlog");
     for tenant in tenants {
         let sb = crmsync_sandbox::ops::Sandbox::new(pool.clone(), tenant);
-        let ma_admin = sb.admin(crmsync_sandbox::ops::System::Ma).await?;
-        let crm_admin = sb.admin(crmsync_sandbox::ops::System::Crm).await?;
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO crm.leads (tenant, last_name, company, email, title, last_modified_by) \
-             SELECT $1, 'Full ' || g, 'Full Co', 'f' || g || '.' || $1 || '@full.example', 'full-title-' || g, $2 \
-             FROM generate_series(1, $3::bigint) g",
-        )
-        .bind(tenant)
-        .bind(&crm_admin)
-        .bind(extra)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO ma.prospects (tenant, email, last_name, company, phone, crm_lead_fid, last_modified_by) \
-             SELECT $1, l.email, l.last_name, l.company, 'full-phone-' || l.title, l.id, $2 \
-             FROM crm.leads l WHERE l.tenant = $1 AND l.email LIKE '%@full.example'",
-        )
-        .bind(tenant)
-        .bind(&ma_admin)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        sb.seed_pairs(&crmsync_sandbox::ops::Pairs { tag: "f", domain: "full.example", pairs: extra, people: extra }).await?;
         bar.inc(1);
     }
     bar.finish_and_clear();
