@@ -448,3 +448,48 @@ async fn the_lane_of_a_connection_deleted_mid_backlog_is_dead_lettered_and_stall
     assert_eq!(batch_times(&app, "default").await.len(), 80);
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lane_rows_the_audit_log_shows_applied_are_flagged_and_finishing_counts_them_off() {
+    use crmsync_store::{audit, batch_lanes};
+    let app = TestApp::spawn().await;
+    let ids: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::now_v7()).collect();
+    let rows = ids.iter().map(|&id| batch_lanes::NewRow { command_id: id, kind: "command", body: serde_json::json!({"n": id}) }).collect();
+    let batch = uuid::Uuid::now_v7();
+    assert_eq!(batch_lanes::enqueue(&app.pool, "default", batch, rows).await.unwrap(), 4);
+    // Taken in twice (a redelivery): nothing added.
+    let again = vec![batch_lanes::NewRow { command_id: ids[0], kind: "command", body: serde_json::json!({}) }];
+    assert_eq!(batch_lanes::enqueue(&app.pool, "default", batch, again).await.unwrap(), 0);
+    // The second record was applied by a replica that died before removing it.
+    let entry = |stage: &'static str| audit::AuditEntry {
+        change_id: ids[1],
+        stage,
+        identity_id: None,
+        source_side: "ma",
+        source_object: "prospect".into(),
+        source_id: "1".into(),
+        action: "updated".into(),
+        writes: serde_json::json!({}),
+        detail: None,
+        lane: "batch",
+        field_values: None,
+        trace_id: None,
+    };
+    audit::insert_many(&app.pool, "default", &[entry("apply")]).await.unwrap();
+    // Another stage's entry for the third says nothing about applying it.
+    audit::insert_many(&app.pool, "default", &[audit::AuditEntry { change_id: ids[2], ..entry("match") }]).await.unwrap();
+
+    let read = batch_lanes::next_rows(&app.pool, "default", 0, 10).await.unwrap();
+    assert_eq!(read.iter().map(|r| r.command_id).collect::<Vec<_>>(), ids, "in arrival order");
+    assert_eq!(read.iter().map(|r| r.applied).collect::<Vec<_>>(), [false, true, false, false]);
+    // After the first row, with a limit: the probe is per row returned.
+    let page = batch_lanes::next_rows(&app.pool, "default", read[0].id, 1).await.unwrap();
+    assert_eq!((page.len(), page[0].applied), (1, true));
+
+    assert_eq!(batch_lanes::finish(&app.pool, "default", &[read[0].id, read[1].id]).await.unwrap(), 2);
+    assert_eq!(batch_lanes::queued(&app.pool, "default").await.unwrap(), 2);
+    // Finishing rows already gone counts nothing off.
+    assert_eq!(batch_lanes::finish(&app.pool, "default", &[read[0].id]).await.unwrap(), 0);
+    assert_eq!(batch_lanes::queued(&app.pool, "default").await.unwrap(), 2);
+    app.cleanup().await;
+}

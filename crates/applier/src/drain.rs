@@ -42,11 +42,10 @@ use crmsync_infra::broker::Broker;
 use crmsync_infra::budget::{BatchBudget, MAX_WAIT};
 use crmsync_infra::config::WorkerConfig;
 use crmsync_infra::worker::StageError;
-use crmsync_store::{audit, batch_lanes};
+use crmsync_store::batch_lanes;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use crate::batch::PaceBook;
 use crate::intake::chunk_of;
@@ -366,12 +365,10 @@ impl Drain {
         loop {
             let rows = batch_lanes::next_rows(pool, connection_id, after, size).await?;
             let Some(last) = rows.last().map(|r| r.id) else { return Ok(rows) };
-            let ids: Vec<Uuid> = rows.iter().map(|r| r.command_id).collect();
-            let done: HashSet<Uuid> = audit::finished(pool, connection_id, "apply", &ids).await?.into_iter().collect();
-            if done.is_empty() {
-                return Ok(rows);
+            let (applied, rest): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.applied);
+            if applied.is_empty() {
+                return Ok(rest);
             }
-            let (applied, rest): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| done.contains(&r.command_id));
             batch_lanes::finish(pool, connection_id, &applied.iter().map(|r| r.id).collect::<Vec<_>>()).await?;
             if !rest.is_empty() {
                 return Ok(rest);

@@ -83,7 +83,7 @@ pub async fn take_in(pool: &PgPool, batch: &ApplyBatch) -> Result<u64, StageErro
     if known.is_none() {
         return Err(StageError::Misaddressed(format!("no connection {:?} for a batch-lane message", batch.connection_id)));
     }
-    batch_lanes::enqueue(pool, &batch.connection_id, batch.batch_id, &rows_of(batch)).await.map_err(|e| StageError::Retry(e.to_string()))
+    batch_lanes::enqueue(pool, &batch.connection_id, batch.batch_id, rows_of(batch)).await.map_err(|e| StageError::Retry(e.to_string()))
 }
 
 #[cfg(test)]
@@ -127,6 +127,7 @@ mod tests {
                 kind: r.kind.to_owned(),
                 body: r.body,
                 batch_id: batch.batch_id,
+                applied: false,
             })
             .collect();
         let (chunk, unreadable) = chunk_of("c1", &rows);
@@ -146,8 +147,16 @@ mod tests {
                 kind: COMMAND.into(),
                 body: serde_json::json!({"nonsense": 1}),
                 batch_id: Uuid::new_v4(),
+                applied: false,
             },
-            Row { id: 8, command_id: Uuid::new_v4(), kind: "gadget".into(), body: serde_json::json!({}), batch_id: Uuid::new_v4() },
+            Row {
+                id: 8,
+                command_id: Uuid::new_v4(),
+                kind: "gadget".into(),
+                body: serde_json::json!({}),
+                batch_id: Uuid::new_v4(),
+                applied: false,
+            },
         ];
         let (chunk, unreadable) = chunk_of("c1", &rows);
         assert!(chunk.commands.is_empty());

@@ -567,7 +567,7 @@ pub async fn measure(config: &Config, args: &ConnectionsArgs) -> anyhow::Result<
             let window = Duration::from_secs(args.full_budget_secs);
             let limit = Duration::from_secs(900 + (n as u64) * u64::try_from(args.full_budget_pairs)? / 100);
             Some(
-                super::full_budget::measure(&pool, &tenants, args.full_budget_pairs, window, limit)
+                super::full_budget::measure(&pool, &tenants, tiers.watched(), args.full_budget_pairs, window, limit)
                     .await
                     .context("the full-budget scenario")?,
             )

@@ -2,6 +2,7 @@
 //! at the end of a run and committed under `bench/`, next to the JSON.
 //! Apart from the scenario so that the suite's report can include it too.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::connections::ConnectionsRun;
@@ -151,6 +152,27 @@ pub fn markdown(r: &ConnectionsRun) -> String {
             f.share_max * 100.0,
             f.worst_overshoot_records
         );
+        if f.cpu_ms_per_record > 0.0 {
+            let cpu: Vec<String> = f.cpu_percent.iter().map(|(k, v)| format!("{k} {v:.0}%")).collect();
+            let _ = writeln!(
+                s,
+                "Where the window's CPU went: **{:.2} ms per record** over every tier and service ({}, % of one core).\n",
+                f.cpu_ms_per_record,
+                cpu.join(", ")
+            );
+        }
+        if !f.pg_statement_ms_per_record.is_empty() {
+            let get = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+            let _ = writeln!(s, "PostgreSQL statement time per record (planning and execution, `pg_stat_statements`):\n");
+            let _ = writeln!(s, "| statements on | ms per record | statements per record |");
+            let _ = writeln!(s, "|---|---:|---:|");
+            for (k, label) in [("sandbox", "the sandbox systems (in production: the vendors' APIs)"), ("engine", "the engine's own tables")]
+            {
+                let _ =
+                    writeln!(s, "| {label} | {:.2} | {:.1} |", get(&f.pg_statement_ms_per_record, k), get(&f.pg_statements_per_record, k));
+            }
+            let _ = writeln!(s);
+        }
     }
 
     let _ = writeln!(s, "### Read-only commands\n");
