@@ -195,6 +195,12 @@ pub struct ProducerConfig {
     /// A feed lease lasts this long unless renewed; another replica takes
     /// over a feed whose holder died after at most this.
     pub lease_ttl_ms: u64,
+    /// Connections a replica passes over at once. A pass mostly waits (for
+    /// its reads, the broker's confirms, its cursor's commit), so passes
+    /// one after another left the producer idle between round trips: with
+    /// 1,000 small connections changing at once, the initial sync waited on
+    /// the producer's passes in turn (issue 29).
+    pub pass_concurrency: usize,
     /// This replica's name in feed leases; host name and pid by default.
     pub replica_id: Option<String>,
 }
@@ -208,6 +214,7 @@ impl Default for ProducerConfig {
             records_per_message: 200,
             api_records_per_message: 1000,
             lease_ttl_ms: 15_000,
+            pass_concurrency: 8,
             replica_id: None,
         }
     }

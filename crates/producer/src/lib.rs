@@ -151,6 +151,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     info!(replica = %owner, "producer started");
     health.working();
     let poll_interval = config.producer.poll_interval();
+    let pass_concurrency = config.producer.pass_concurrency.max(1);
     let mut backoff = poll_interval;
     let signals = factory.change_signals().clone();
     // What the next pass over a connection with an API system reads: every
@@ -201,6 +202,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         // Connections with a system over a real API: a pass each poll, as
         // their feeds keep their own pace (and the lease and settings
         // statements with it).
+        let mut api_passes: Vec<(String, Select<'_>)> = Vec::new();
         for k in known.list.iter().filter(|k| k.sandbox_feeds().is_none()) {
             let connection_id = &k.id;
             let select = if signalled.contains(connection_id) {
@@ -210,20 +212,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             } else {
                 only.as_ref().map_or(Select::All, Select::Tables)
             };
-            // Boxed: a pass's future is large, and `run`'s would hold two.
-            match Box::pin(poll_connection(&ctx, &factory, connection_id, select)).await {
-                Ok(true) => {
-                    standing_by.remove(connection_id);
-                }
-                Ok(false) => {
-                    standing_by.insert(connection_id.clone());
-                }
-                Err(e) => {
-                    // Connector errors can quote record values: no email in clear (I5).
-                    warn!(connection_id, error = %telemetry::redact(&e.to_string()), "detection failed; retrying");
-                    failed = true;
-                }
-            }
+            api_passes.push((connection_id.clone(), select));
+        }
+        for (connection_id, outcome) in passes(&ctx, &factory, api_passes, pass_concurrency, &shutdown).await {
+            failed |= settle_pass(&mut standing_by, connection_id, outcome);
         }
 
         // Sandbox connections: a set-based check of the feeds that may
@@ -253,20 +245,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     last_recheck = Instant::now();
                     recheck.clear();
                 }
-                for (connection_id, feeds) in pending {
-                    recheck.insert(connection_id.clone());
-                    match Box::pin(poll_connection(&ctx, &factory, &connection_id, Select::Feeds(&feeds))).await {
-                        Ok(true) => {
-                            standing_by.remove(&connection_id);
-                        }
-                        Ok(false) => {
-                            standing_by.insert(connection_id);
-                        }
-                        Err(e) => {
-                            warn!(connection_id, error = %telemetry::redact(&e.to_string()), "detection failed; retrying");
-                            failed = true;
-                        }
-                    }
+                recheck.extend(pending.keys().cloned());
+                let sandbox_passes = pending.iter().map(|(id, feeds)| (id.clone(), Select::Feeds(feeds))).collect();
+                for (connection_id, outcome) in passes(&ctx, &factory, sandbox_passes, pass_concurrency, &shutdown).await {
+                    failed |= settle_pass(&mut standing_by, connection_id, outcome);
                 }
             }
             Err(e) => {
@@ -303,6 +285,57 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     info!("producer stopped");
     Ok(())
+}
+
+/// Passes over these connections, `concurrency` at once, until all are
+/// done or `shutdown`: a pass mostly waits on round trips (reads, the
+/// broker's confirms, its cursor's commit), so passes side by side keep
+/// the replica busy. A connection left out by a shutdown keeps its
+/// cursors, and is read on from them by whichever replica passes next.
+async fn passes<'a>(
+    ctx: &PassContext<'_>,
+    factory: &SystemsFactory,
+    todo: Vec<(String, Select<'a>)>,
+    concurrency: usize,
+    shutdown: &CancellationToken,
+) -> Vec<(String, anyhow::Result<bool>)> {
+    use futures::StreamExt as _;
+    // The futures made before the stream, not by a closure of it: a
+    // closure over `Select<'a>` makes the stream's type higher-ranked,
+    // which `tokio::spawn`'s `Send` check of `run` cannot prove.
+    let all: Vec<_> = todo.into_iter().map(|(connection_id, select)| one_pass(ctx, factory, connection_id, select)).collect();
+    futures::stream::iter(all).buffer_unordered(concurrency).take_until(shutdown.cancelled()).collect().await
+}
+
+async fn one_pass(
+    ctx: &PassContext<'_>,
+    factory: &SystemsFactory,
+    connection_id: String,
+    select: Select<'_>,
+) -> (String, anyhow::Result<bool>) {
+    // Boxed: a pass's future is large.
+    let outcome = Box::pin(poll_connection(ctx, factory, &connection_id, select)).await;
+    (connection_id, outcome)
+}
+
+/// Books a pass's outcome: whether the connection stands by (another
+/// replica holds its pass), and whether the pass failed.
+fn settle_pass(standing_by: &mut HashSet<String>, connection_id: String, outcome: anyhow::Result<bool>) -> bool {
+    match outcome {
+        Ok(true) => {
+            standing_by.remove(&connection_id);
+            false
+        }
+        Ok(false) => {
+            standing_by.insert(connection_id);
+            false
+        }
+        Err(e) => {
+            // Connector errors can quote record values: no email in clear (I5).
+            warn!(connection_id, error = %telemetry::redact(&e.to_string()), "detection failed; retrying");
+            true
+        }
+    }
 }
 
 /// One pass over a connection, if this replica holds its pass lease; false
