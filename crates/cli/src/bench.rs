@@ -11,6 +11,7 @@ pub mod ceiling;
 pub mod connections;
 pub mod connections_report;
 pub mod console;
+pub mod edits;
 pub mod full_budget;
 pub mod idle;
 pub mod latency;

@@ -25,32 +25,7 @@ use super::mode::Mode;
 use super::procs::{self, ProcessCost, Sampler};
 use crate::progress::Probe;
 
-/// Which side the edits are made on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Prospect edits synced to the CRM.
-    MaToCrm,
-    /// Lead edits synced to the MA.
-    CrmToMa,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::MaToCrm => "MA → CRM",
-            Direction::CrmToMa => "CRM → MA",
-        }
-    }
-
-    /// The commit-log side names of the source and the target.
-    fn sides(self) -> (&'static str, &'static str) {
-        match self {
-            Direction::MaToCrm => ("ma", "crm"),
-            Direction::CrmToMa => ("crm", "ma"),
-        }
-    }
-}
+pub use super::edits::Direction;
 
 /// The figures of one steady-load run.
 #[derive(Debug, Clone, Serialize)]
@@ -83,24 +58,6 @@ pub struct LatencyRun {
     pub api_calls: Option<super::api::Calls>,
 }
 
-/// Records the commit time of every job-title (MA) and title (CRM) value.
-const TRIGGERS: &str = r"
-CREATE SCHEMA IF NOT EXISTS bench;
-CREATE TABLE bench.commits (side text NOT NULL, value text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
--- One function for both sides: TG_ARGV names the side and the title column.
-CREATE OR REPLACE FUNCTION bench.record() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-  new_value text := to_jsonb(NEW) ->> TG_ARGV[1];
-BEGIN
-  IF new_value IS DISTINCT FROM to_jsonb(OLD) ->> TG_ARGV[1] AND new_value LIKE 'lat-%' THEN
-    INSERT INTO bench.commits (side, value) VALUES (TG_ARGV[0], new_value);
-  END IF;
-  RETURN NEW;
-END $$;
-CREATE TRIGGER bench_commit AFTER UPDATE ON ma.prospects FOR EACH ROW EXECUTE FUNCTION bench.record('ma', 'job_title');
-CREATE TRIGGER bench_commit AFTER UPDATE ON crm.leads FOR EACH ROW EXECUTE FUNCTION bench.record('crm', 'title');
-";
-
 /// `pairs` linked prospect ↔ lead pairs, owned by the sandbox admins.
 pub(super) async fn seed_pairs(pool: &PgPool, pairs: i64) -> anyhow::Result<()> {
     let sb = Sandbox::new(pool.clone(), "default");
@@ -123,66 +80,8 @@ pub(super) async fn seed_pairs(pool: &PgPool, pairs: i64) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Edits one side's records round-robin at `rate` a second for `seconds`,
-/// from `writers` connections, as that system's admin (a user, not the
-/// engine); returns the number of edits committed.
-async fn offer(pool: &PgPool, direction: Direction, rate: f64, seconds: f64, writers: usize) -> anyhow::Result<u64> {
-    let (select, update, system) = match direction {
-        Direction::MaToCrm => (
-            "SELECT id::text FROM ma.prospects WHERE email LIKE '%@latency.example' ORDER BY id",
-            "UPDATE ma.prospects SET job_title = $1, last_modified_by = $2 WHERE id = $3::bigint",
-            System::Ma,
-        ),
-        Direction::CrmToMa => (
-            "SELECT id FROM crm.leads WHERE email LIKE '%@latency.example' ORDER BY id",
-            "UPDATE crm.leads SET title = $1, last_modified_by = $2 WHERE id = $3",
-            System::Crm,
-        ),
-    };
-    let ids: Vec<String> = sqlx::query_scalar(select).fetch_all(pool).await?;
-    anyhow::ensure!(!ids.is_empty(), "no pairs to edit");
-    let admin = Sandbox::new(pool.clone(), "default").admin(system).await?;
-    let total = (rate * seconds).round() as u64;
-    let (tx, rx) = tokio::sync::mpsc::channel::<u64>(writers * 4);
-    // The writers share one queue of due edits.
-    let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..writers {
-        let (rx, pool, ids, admin) = (rx.clone(), pool.clone(), ids.clone(), admin.clone());
-        tasks.spawn(async move {
-            let mut done = 0u64;
-            loop {
-                let next = rx.lock().await.recv().await;
-                let Some(seq) = next else { break };
-                let id = &ids[(seq as usize) % ids.len()];
-                sqlx::query(update).bind(format!("lat-{seq}")).bind(&admin).bind(id).execute(&pool).await?;
-                done += 1;
-            }
-            anyhow::Ok(done)
-        });
-    }
-    // Edits are due on a fixed schedule; a writer that falls behind shows
-    // as an achieved rate below the offered one.
-    let started = tokio::time::Instant::now();
-    for seq in 0..total {
-        tokio::time::sleep_until(started + Duration::from_secs_f64(seq as f64 / rate)).await;
-        tx.send(seq).await?;
-    }
-    drop(tx);
-    let mut committed = 0;
-    while let Some(done) = tasks.join_next().await {
-        committed += done??;
-    }
-    Ok(committed)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
+/// The label of the steady load's values (`lat-s-{seq}`).
+const LABEL: &str = "s";
 
 /// One steady-load run at `rate` edits a second.
 #[allow(clippy::too_many_arguments)]
@@ -196,7 +95,7 @@ pub async fn run(
     pairs: i64,
     logs: &std::path::Path,
 ) -> anyhow::Result<LatencyRun> {
-    let (from, to) = direction.sides();
+    let (from, _) = direction.sides();
     let prefix = format!("crmsync-bench-latency-{}-{from}-{}", mode.as_str(), rate as u64);
     let (config, url, pool) = super::fresh_world(config, base_url, "crmsync_bench_latency", &prefix).await?;
     let mut s = connections::load(&pool, "default").await?;
@@ -214,7 +113,8 @@ pub async fn run(
     // linking just filled, and without it the planner takes the identity
     // map for the few hundred rows it held at its last look.
     sqlx::query("ANALYZE identities, audit_log, crm.leads, ma.prospects").execute(&pool).await?;
-    sqlx::raw_sql(TRIGGERS).execute(&pool).await?;
+    super::edits::install(&pool).await?;
+    let targets = super::edits::targets(&pool, direction, &ids, "%@latency.example").await?;
 
     let mut watched = tiers.watched();
     if let Some(pid) = server.as_ref().and_then(|s| s.pid()) {
@@ -226,7 +126,7 @@ pub async fn run(
     // Enough writers that the generator keeps the schedule: each edit is
     // one round trip of a millisecond or two.
     let writers = ((rate / 50.0).ceil() as usize).max(8);
-    let edits = offer(&pool, direction, rate, seconds, writers).await?;
+    let edits = super::edits::offer(&pool, direction, &targets, LABEL, rate, seconds, writers).await?;
     let offered_for = started.elapsed().as_secs_f64();
     probe.wait_idle(&ids, Duration::from_secs(300), |_| {}).await.context("draining the offered load")?;
     let api_calls = match &calls_before {
@@ -238,26 +138,9 @@ pub async fn run(
     if let Some(s) = server {
         s.stop().await;
     }
-    let lag_at_end_ms: f64 = sqlx::query_scalar(
-        "SELECT coalesce(extract(epoch FROM max(at) FILTER (WHERE side = $2) - max(at) FILTER (WHERE side = $1)) * 1000.0, 0)::float8 \
-         FROM bench.commits",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_one(&pool)
-    .await?;
-
-    let latencies: Vec<f64> = sqlx::query_scalar(
-        "SELECT (extract(epoch FROM (t.at - s.at)) * 1000.0)::float8 FROM bench.commits s \
-         JOIN bench.commits t ON t.side = $2 AND t.value = s.value WHERE s.side = $1",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(&pool)
-    .await?;
+    let lag_at_end_ms = super::edits::lag_at_end(&pool, direction, LABEL).await?;
+    let sorted = super::edits::latencies(&pool, direction, LABEL).await?;
     pool.close().await;
-    let mut sorted = latencies;
-    sorted.sort_by(f64::total_cmp);
     let synced = sorted.len() as u64;
     let achieved_per_second = edits as f64 / offered_for;
     Ok(LatencyRun {
@@ -269,9 +152,9 @@ pub async fn run(
         achieved_per_second,
         synced,
         merged: edits.saturating_sub(synced),
-        p50_ms: percentile(&sorted, 50.0),
-        p95_ms: percentile(&sorted, 95.0),
-        p99_ms: percentile(&sorted, 99.0),
+        p50_ms: super::edits::percentile(&sorted, 50.0),
+        p95_ms: super::edits::percentile(&sorted, 95.0),
+        p99_ms: super::edits::percentile(&sorted, 99.0),
         max_ms: sorted.last().copied().unwrap_or(0.0),
         lag_at_end_ms,
         sustained: achieved_per_second >= 0.95 * rate && lag_at_end_ms < 1000.0,
