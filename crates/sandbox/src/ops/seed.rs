@@ -1,6 +1,7 @@
 //! Linked prospect ↔ lead pairs in bulk, for benchmarks and scale tests: a
 //! world of many tenants is seeded with one statement per table and
-//! tenant, not one edit per record.
+//! tenant (or per slice of a backlog too large for one transaction), not
+//! one edit per record.
 
 use super::{OpsError, Sandbox, System};
 
@@ -52,5 +53,32 @@ impl Sandbox {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Seeds pairs `range` of `tag` (numbered as [`Sandbox::seed_pairs`]
+    /// numbers them, every lead with its prospect) in one statement; a
+    /// backlog too large for one transaction is seeded slice by slice, each
+    /// slice a range. Returns the pairs written.
+    pub async fn seed_pair_range(&self, tag: &str, domain: &str, range: std::ops::RangeInclusive<i64>) -> Result<u64, OpsError> {
+        let (ma_admin, crm_admin) = (self.admin(System::Ma).await?, self.admin(System::Crm).await?);
+        let done = sqlx::query(
+            "WITH leads AS ( \
+               INSERT INTO crm.leads (tenant, last_name, company, email, title, last_modified_by) \
+               SELECT $1, $2 || ' ' || g, $2 || ' Co', $2 || g || '.' || $1 || '@' || $3, $2 || '-title-' || g, $4 \
+               FROM generate_series($6::bigint, $7::bigint) g \
+               RETURNING id, email, last_name, company, title) \
+             INSERT INTO ma.prospects (tenant, email, last_name, company, phone, crm_lead_fid, last_modified_by) \
+             SELECT $1, email, last_name, company, 'phone-' || title, id, $5 FROM leads",
+        )
+        .bind(&self.tenant)
+        .bind(tag)
+        .bind(domain)
+        .bind(&crm_admin)
+        .bind(&ma_admin)
+        .bind(*range.start())
+        .bind(*range.end())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 }
