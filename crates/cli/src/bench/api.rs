@@ -17,10 +17,15 @@ pub type Calls = BTreeMap<String, BTreeMap<String, u64>>;
 
 /// The connection's calls of the last 24 hours, per system and kind.
 pub async fn snapshot(config: &Config) -> anyhow::Result<Calls> {
+    snapshot_of(config, "default").await
+}
+
+/// `connection_id`'s calls of the last 24 hours, per system and kind.
+pub async fn snapshot_of(config: &Config, connection_id: &str) -> anyhow::Result<Calls> {
     let allowances = ApiAllowances::new(&config.redis);
     let mut out = Calls::new();
     for side in [Side::Crm, Side::Ma] {
-        let u = allowances.usage("default", side, None).await?;
+        let u = allowances.usage(connection_id, side, None).await?;
         out.insert(system_name(side).to_owned(), u.by_kind);
     }
     Ok(out)
