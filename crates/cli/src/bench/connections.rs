@@ -13,6 +13,10 @@
 //! - how long `status`, `report`, `errors list` and a metrics scrape take,
 //!   each a subprocess with a deadline (`status` used to declare a queue
 //!   per connection and run for minutes);
+//! - isolation: live edits on some connections, quiet, then while another
+//!   connection's CRM refuses every call, then while another backfills a
+//!   large backlog (`isolation`);
+//! - all connections at their full budget at once (`full_budget`);
 //! - then, in a second world, the same records in ONE connection (its
 //!   budget lifted, as they reach the batch lane there).
 //!
@@ -78,12 +82,37 @@ pub struct ConnectionsArgs {
     /// The full-budget scenario's measuring window.
     #[arg(long, default_value_t = 60)]
     pub full_budget_secs: u64,
+    /// Isolation: records the first connection backfills (two per linked
+    /// pair, its budget lifted) while the editors edit; 0 skips that part.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub isolation_backfill: i64,
+    /// Isolation: connections that make live edits (from the third on);
+    /// 0 skips the scenario.
+    #[arg(long, default_value_t = 20)]
+    pub isolation_editors: usize,
+    /// Isolation: the editors' edits a second, all of them together.
+    #[arg(long, default_value_t = 20.0)]
+    pub isolation_rate: f64,
+    /// Isolation: the length of each window of live edits (quiet, failing
+    /// CRM, backfill).
+    #[arg(long, default_value_t = 60)]
+    pub isolation_secs: u64,
+    /// Isolation: skip the window in which the second connection's CRM
+    /// refuses every call.
+    #[arg(long)]
+    pub no_failing_crm: bool,
     /// How long each read-only command may take before it is stopped.
     #[arg(long, default_value_t = 120)]
     pub command_timeout_secs: u64,
     /// Skip the second run (the same records in one connection).
     #[arg(long)]
     pub no_single: bool,
+    /// Keeps this run's database and broker and Redis prefix apart from
+    /// another run's on the same services (letters, digits and `_`):
+    /// `crmsync_bench_connections_{world}`, `crmsync-bench-conn-{world}`.
+    /// Two runs with the same world drop each other's database.
+    #[arg(long, value_parser = parse_world)]
+    pub world: Option<String>,
     /// Also write the figures as JSON here, and as Markdown beside it (`.md`).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -161,6 +190,9 @@ pub struct ConnectionsRun {
     pub batch_lanes: BatchLanes,
     /// All connections at their full budget at once (absent when skipped).
     pub full_budget: Option<super::full_budget::FullBudget>,
+    /// Live edits while another connection backfills or loses its CRM
+    /// (absent when skipped).
+    pub isolation: Option<super::isolation::Isolation>,
     /// /proc/loadavg when the idle window began and ended: the machine is
     /// shared, and what else ran moves every figure.
     pub load_average: (String, String),
@@ -171,6 +203,24 @@ pub struct ConnectionsRun {
 }
 
 const DATABASE: &str = "crmsync_bench_connections";
+const PREFIX: &str = "crmsync-bench-conn";
+
+/// A `--world`: it becomes part of a database name.
+fn parse_world(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.len() <= 20 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        Ok(s.to_owned())
+    } else {
+        Err("a world is 1 to 20 lowercase letters, digits or _".to_owned())
+    }
+}
+
+/// The run's database and broker and Redis prefix.
+fn world(args: &ConnectionsArgs) -> (String, String) {
+    match &args.world {
+        None => (DATABASE.to_owned(), PREFIX.to_owned()),
+        Some(w) => (format!("{DATABASE}_{w}"), format!("{PREFIX}-{w}")),
+    }
+}
 
 fn connection_id(i: usize) -> String {
     format!("c{i:05}")
@@ -296,7 +346,7 @@ async fn delete_queues(config: &Config) -> anyhow::Result<()> {
 /// time right after the tiers stopped, and the queues stayed behind: the
 /// deletion is tried again after a pause, and the database is dropped
 /// whatever the broker answers.
-async fn clean_up(config: &Config, base_url: &str, pool: PgPool) -> anyhow::Result<()> {
+async fn clean_up(config: &Config, base_url: &str, database: &str, pool: PgPool) -> anyhow::Result<()> {
     pool.close().await;
     let mut deleted = delete_queues(config).await;
     for _ in 0..5 {
@@ -306,7 +356,7 @@ async fn clean_up(config: &Config, base_url: &str, pool: PgPool) -> anyhow::Resu
         deleted = delete_queues(config).await;
     }
     let admin = db::connect_url(base_url, 1, Duration::from_secs(10)).await?;
-    sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))).execute(&admin).await?;
+    sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))).execute(&admin).await?;
     admin.close().await;
     deleted.with_context(|| format!("the run's queues (prefix {}) are left on the broker", config.amqp.prefix))
 }
@@ -445,6 +495,12 @@ impl ConnectionsArgs {
             command_timeout_secs: 120,
             full_budget_pairs: 300,
             full_budget_secs: 60,
+            isolation_backfill: 1_000_000,
+            isolation_editors: 20,
+            isolation_rate: 20.0,
+            isolation_secs: 60,
+            no_failing_crm: false,
+            world: None,
             no_single: false,
             out: None,
             work_dir,
@@ -497,9 +553,10 @@ pub async fn measure(config: &Config, args: &ConnectionsArgs) -> anyhow::Result<
     let broker_memory_before_mb = procs::services_memory_mb().get("rabbitmq").copied().unwrap_or(0.0);
 
     // The world of N connections.
-    let prefix = "crmsync-bench-conn";
+    let (database, prefix) = world(args);
+    let prefix = prefix.as_str();
     let setup = Instant::now();
-    let (config_n, url, pool) = fresh_world(config, &base_url, DATABASE, prefix).await?;
+    let (config_n, url, pool) = fresh_world(config, &base_url, &database, prefix).await?;
     // The migrations' own connection would be one more to sync and poll.
     sqlx::query("DELETE FROM connections WHERE id = 'default'").execute(&pool).await.context("removing the default connection")?;
     let ids: Vec<String> = (1..=n).map(connection_id).collect();
@@ -568,6 +625,17 @@ pub async fn measure(config: &Config, args: &ConnectionsArgs) -> anyhow::Result<
         let t = scrape(metrics).await;
         outln!("  {}: {:.3} s ({})", t.command, t.seconds, t.note);
         commands.push(t);
+        // Before the full budget: that scenario leaves every lane with a
+        // backlog that would still be draining.
+        let plan = super::isolation::Plan {
+            backfill_records: args.isolation_backfill,
+            editors: args.isolation_editors,
+            rate: args.isolation_rate,
+            window: Duration::from_secs(args.isolation_secs),
+            failing_crm: !args.no_failing_crm,
+        };
+        let isolation =
+            super::isolation::measure(&pool, &config_n, &logs, &run_name, &ids, &plan).await.context("the isolation scenario")?;
         let full = if args.full_budget_pairs > 0 {
             let tenants: Vec<String> = (1..=n).map(|i| format!("t{i:05}")).collect();
             let window = Duration::from_secs(args.full_budget_secs);
@@ -580,14 +648,14 @@ pub async fn measure(config: &Config, args: &ConnectionsArgs) -> anyhow::Result<
         } else {
             None
         };
-        anyhow::Ok((many, idle_cpu_percent, xps, sps, memory_mb, lanes, load, commands, full))
+        anyhow::Ok((many, idle_cpu_percent, xps, sps, memory_mb, lanes, load, commands, full, isolation))
     }
     .await;
     tiers.stop().await;
     // Cleaned up whatever the measuring did, so a failed run does not leave
     // N quorum queues on the broker.
-    let cleaned = clean_up(&config_n, &base_url, pool).await;
-    let (many, idle_cpu_percent, xps, sps, memory_mb, batch_lanes, load_average, commands, full_budget) = measured?;
+    let cleaned = clean_up(&config_n, &base_url, &database, pool).await;
+    let (many, idle_cpu_percent, xps, sps, memory_mb, batch_lanes, load_average, commands, full_budget, isolation) = measured?;
     // The figures are kept even when the clean-up fails: they are what the
     // run was for, and what is left behind is named in them.
     let mut cleanup_errors = Vec::new();
@@ -630,12 +698,34 @@ pub async fn measure(config: &Config, args: &ConnectionsArgs) -> anyhow::Result<
         load_average,
         commands,
         cleanup_errors,
-        not_measured: vec![
-            "isolation: one connection backfilling 1,000,000 records while the others edit; one connection whose CRM refuses every call"
-                .to_owned(),
-        ],
+        not_measured: not_measured(args, isolation.as_ref()),
+        isolation,
     };
     Ok(run)
+}
+
+/// What this run left out, as the report lists it.
+fn not_measured(args: &ConnectionsArgs, isolation: Option<&super::isolation::Isolation>) -> Vec<String> {
+    let mut out = Vec::new();
+    match isolation {
+        None => out.push(format!(
+            "isolation (live edits while another connection backfills or loses its CRM): skipped (--isolation-editors {}, \
+             --isolation-rate {}, {} connections: it needs a third one to edit)",
+            args.isolation_editors, args.isolation_rate, args.connections
+        )),
+        Some(i) => {
+            if i.backfill.is_none() {
+                out.push("isolation: a connection backfilling while the others edit (skipped: --isolation-backfill 0)".to_owned());
+            }
+            if i.failing_crm.is_none() {
+                out.push("isolation: a connection whose CRM refuses every call (skipped: --no-failing-crm)".to_owned());
+            }
+        }
+    }
+    if args.full_budget_pairs == 0 {
+        out.push("all connections at their full budget at once (skipped: --full-budget-pairs 0)".to_owned());
+    }
+    out
 }
 
 /// The same records in one connection: its budget lifted (they arrive as
@@ -649,8 +739,10 @@ async fn single_run(
     metrics: u16,
     cleanup_errors: &mut Vec<String>,
 ) -> anyhow::Result<SyncFigures> {
-    let prefix = "crmsync-bench-conn1";
-    let (config1, url, pool) = fresh_world(config, base_url, DATABASE, prefix).await?;
+    let (database, prefix) = world(args);
+    let prefix = format!("{prefix}1");
+    let prefix = prefix.as_str();
+    let (config1, url, pool) = fresh_world(config, base_url, &database, prefix).await?;
     let n = i64::try_from(args.connections)?;
     seed_tenant(&pool, "default", args.prospects * n, args.people * n).await?;
     let mut s = connections::load(&pool, "default").await?;
@@ -662,7 +754,7 @@ async fn single_run(
     let records = (args.prospects + args.people) * n;
     let figures = initial_sync(&pool, &tiers, 1, args.prospects * n, records).await;
     tiers.stop().await;
-    let cleaned = clean_up(&config1, base_url, pool).await;
+    let cleaned = clean_up(&config1, base_url, &database, pool).await;
     let figures = figures?;
     if let Err(e) = cleaned {
         crate::out::err_line(format_args!("  clean-up of the one connection's world: {e:#}"));

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::connections::ConnectionsRun;
+use super::isolation::{Isolation, LiveEdits};
 
 fn pct(v: Option<&f64>) -> String {
     v.map_or("–".to_owned(), |v| format!("{v:.1}%"))
@@ -175,6 +176,10 @@ pub fn markdown(r: &ConnectionsRun) -> String {
         }
     }
 
+    if let Some(i) = &r.isolation {
+        isolation(&mut s, i);
+    }
+
     let _ = writeln!(s, "### Read-only commands\n");
     let _ = writeln!(s, "Each run as a subprocess against the bench's world (wall time, start-up included), the pipeline idle.\n");
     let _ = writeln!(s, "| command | wall time | outcome |");
@@ -191,4 +196,110 @@ pub fn markdown(r: &ConnectionsRun) -> String {
         let _ = writeln!(s, "- {n}");
     }
     s
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("–".to_owned(), |v| format!("{v:.0} ms"))
+}
+
+fn times(v: Option<f64>) -> String {
+    v.map_or("–".to_owned(), |v| format!("{v:.2}×"))
+}
+
+/// The isolation scenario: the editors' latency in each window, then what
+/// the backfilling and the failing connection did.
+fn isolation(s: &mut String, i: &Isolation) {
+    let _ = writeln!(s, "### Isolation\n");
+    let _ = writeln!(
+        s,
+        "{} connections make live edits ({} records edited round-robin, each edit a new job title on a prospect, by the MA's admin; \
+         few enough per connection for the immediate lane) for {:.0} s per window. Latency: the edit's commit in the MA to the \
+         same value's commit in the CRM, both stamped by row triggers. *Merged*: edits a newer edit of the same record overtook \
+         before they were written. Target: p99 with another connection's trouble at most 2× the quiet p99.\n",
+        i.editors, i.edited_records, i.window_seconds
+    );
+    let _ = writeln!(
+        s,
+        "| window | edits | achieved/s | synced | merged | p50 | p95 | p99 | max | p50 / p99 vs quiet | caught up after the last edit |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let row = |s: &mut String, l: &LiveEdits, ratios: Option<(Option<f64>, Option<f64>)>| {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {} | {} | {:.0} ms | {:.0} ms | **{:.0} ms** | {:.0} ms | {} | {} |",
+            l.window,
+            l.edits,
+            l.achieved_per_second,
+            l.synced,
+            l.merged,
+            l.p50_ms,
+            l.p95_ms,
+            l.p99_ms,
+            l.max_ms,
+            ratios.map_or("–".to_owned(), |(p50, p99)| format!("{} / **{}**", times(p50), times(p99))),
+            l.caught_up_seconds.map_or("not within 120 s".to_owned(), |c| format!("{c:.1} s"))
+        );
+    };
+    row(s, &i.quiet, None);
+    if let Some(b) = &i.backfill {
+        row(s, &b.live, Some((b.p50_ratio, b.p99_ratio)));
+    }
+    if let Some(f) = &i.failing_crm {
+        row(s, &f.live, Some((f.p50_ratio, f.p99_ratio)));
+    }
+    if let Some(b) = &i.backfill {
+        let _ = writeln!(
+            s,
+            "\n**Backfill.** {} backfilled {} records ({} linked pairs, each needing a write each way) with its batch budget lifted \
+             (as the single-connection run), seeded set-based in {:.1} s while it was paused and resumed as the window began. In the \
+             window its producer published {} changes and it applied **{} pairs ({:.0}/s)**; {}. {}\n",
+            b.connection,
+            b.records,
+            b.pairs,
+            b.seed_seconds,
+            b.published_in_window,
+            b.applied_in_window,
+            b.applied_per_second,
+            if b.running_at_window_end { "it was still running at the window's end" } else { "it had finished within the window" },
+            b.finished_seconds.map_or("It did not finish within its limit and was paused.".to_owned(), |f| format!(
+                "All of it was done {f:.1} s after the resume ({:.0} records/s).",
+                b.records as f64 / f
+            )),
+        );
+    }
+    if let Some(f) = &i.failing_crm {
+        let c = &f.crm;
+        let _ = writeln!(
+            s,
+            "\n**A CRM refusing every call.** {}'s CRM pointed at a {} for {:.0} s, while its own MA records were edited once a \
+             second ({} edits). What it showed:\n",
+            c.connection, c.endpoint, c.window_seconds, c.own_edits
+        );
+        let _ = writeln!(s, "| figure | value |");
+        let _ = writeln!(s, "|---|---|");
+        let by_path = c.requests_by_path.iter().map(|(p, n)| format!("`{p}` {n}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(s, "| requests the endpoint received | {} ({by_path}) |", c.requests);
+        let _ = writeln!(s, "| attempts a minute | **{:.1}** |", c.requests_per_minute);
+        let _ = writeln!(s, "| shortest / median gap between two | {} / {} |", ms(c.shortest_gap_ms), ms(c.median_gap_ms));
+        let calls = c
+            .api_calls
+            .iter()
+            .flat_map(|(system, kinds)| kinds.iter().map(move |(k, n)| format!("{system} {k} {n}")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(s, "| API calls counted against its allowance | {} |", if calls.is_empty() { "none".to_owned() } else { calls });
+        let errors = c.sync_errors.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(s, "| open sync errors | {} |", if errors.is_empty() { "none".to_owned() } else { errors });
+        let warnings = c.log_warnings.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(s, "| warnings naming it in the tiers' logs | {warnings} |");
+        let _ = writeln!(
+            s,
+            "| its edits reached its CRM after it was given back | {} |",
+            c.recovered_seconds.map_or("not within 120 s".to_owned(), |r| format!("{r:.1} s"))
+        );
+        if let Some(w) = &c.sample_warning {
+            let _ = writeln!(s, "\nA warning it caused, as logged:\n\n```text\n{w}\n```");
+        }
+        let _ = writeln!(s);
+    }
 }
