@@ -134,6 +134,33 @@ impl Tiers {
     }
 }
 
+/// A line of a tier's log without its colours: the tiers colour their
+/// level names (`\x1b[33m WARN\x1b[0m`) even into a file.
+pub(crate) fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, up to a final byte in @..~.
+            if chars.next() == Some('[') {
+                for f in chars.by_ref() {
+                    if ('@'..='~').contains(&f) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether a line of a tier's log is a warning.
+pub(crate) fn is_warning(line: &str) -> bool {
+    plain(line).contains(" WARN ")
+}
+
 /// A fresh, migrated database `name` and a broker and Redis `prefix` of
 /// its own for one benchmark run: its configuration, database URL and pool.
 pub(crate) async fn fresh_world(config: &Config, base_url: &str, name: &str, prefix: &str) -> anyhow::Result<(Config, String, PgPool)> {
@@ -313,7 +340,17 @@ pub async fn budget(config: &Config, records: i64, per_second: u32, out: Option<
 
 #[cfg(test)]
 mod tests {
-    use super::worst_window;
+    use super::{is_warning, plain, worst_window};
+
+    #[test]
+    fn log_lines_are_read_without_their_colours() {
+        let line =
+            "\x1b[2m2026-12-07T18:10:10Z\x1b[0m \x1b[33m WARN\x1b[0m detection failed \x1b[3mconnection_id\x1b[0m\x1b[2m=\x1b[0m\"c1\"";
+        assert_eq!(plain(line), "2026-12-07T18:10:10Z  WARN detection failed connection_id=\"c1\"");
+        assert!(is_warning(line));
+        assert!(is_warning("2026-12-07T18:10:10Z  WARN plain"));
+        assert!(!is_warning("\x1b[32m INFO\x1b[0m changes published lane=\"WARN\""));
+    }
 
     #[test]
     fn the_worst_window_counts_the_busiest_second() {

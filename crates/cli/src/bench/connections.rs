@@ -411,10 +411,9 @@ async fn scrape(port: u16) -> CommandTiming {
 /// Asks the broker which of the run's batch-lane queues have consumers.
 async fn batch_lanes(prefix: &str, logs: &Path, run: &str, appliers: usize, deadline: Duration) -> BatchLanes {
     // Any warning at all: the batch lane has none to give while healthy.
-    let warning = " WARN ";
     let applier_warnings = (0..appliers)
         .filter_map(|i| std::fs::read_to_string(logs.join(format!("{run}-applier-{i}.log"))).ok())
-        .map(|log| log.lines().filter(|l| l.contains(warning)).count())
+        .map(|log| log.lines().filter(|l| super::is_warning(l)).count())
         .sum();
     let ask = tokio::process::Command::new("rabbitmqctl")
         .args(["-q", "list_queues", "name", "consumers", "--no-table-headers"])

@@ -142,9 +142,9 @@ pub fn attempt_figures(times: &[f64], window: f64) -> (f64, Option<f64>, Option<
 /// id it begins).
 fn warnings_naming(log: &str, connection: &str) -> Vec<String> {
     log.lines()
+        .map(super::plain)
         .filter(|l| l.contains(" WARN "))
         .filter(|l| l.match_indices(connection).any(|(i, _)| !l[i + connection.len()..].starts_with(|c: char| c.is_ascii_alphanumeric())))
-        .map(str::to_owned)
         .collect()
 }
 
@@ -297,9 +297,11 @@ mod tests {
 
     #[test]
     fn only_warnings_naming_the_connection_itself_are_counted() {
-        let log = "2025-01-01T00:00:00Z  WARN crmsync_producer: detection failed; retrying connection_id=\"c00002\" error=x\n\
+        let log = "2025-01-01T00:00:00Z \x1b[33m WARN\x1b[0m crmsync_producer: detection failed; retrying connection_id=\"c00002\" error=x\n\
                    2025-01-01T00:00:01Z  WARN crmsync_producer: detection failed; retrying connection_id=\"c000021\" error=x\n\
                    2025-01-01T00:00:02Z  INFO crmsync_producer: changes published connection_id=\"c00002\"\n";
-        assert_eq!(warnings_naming(log, "c00002").len(), 1);
+        let found = warnings_naming(log, "c00002");
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("2025-01-01T00:00:00Z  WARN crmsync_producer"), "{found:?}");
     }
 }
