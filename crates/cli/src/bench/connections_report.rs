@@ -252,11 +252,14 @@ fn isolation(s: &mut String, i: &Isolation) {
             s,
             "\n**Backfill.** {} backfilled {} records ({} linked pairs, each needing a write each way) with its batch budget lifted \
              (as the single-connection run), seeded set-based in {:.1} s while it was paused and resumed as the window began. In the \
-             window its producer published {} changes and it applied **{} pairs ({:.0}/s)**; {}. {}\n",
+             {:.0}-s window (from the resume until the editors' last values had arrived) its producer published {} changes and \
+             applied **{} of them ({:.0}/s)** (apply entries: a pair's two changes are mostly applied as one, writing both \
+             records); {}. {}\n",
             b.connection,
             b.records,
             b.pairs,
             b.seed_seconds,
+            b.window_seconds,
             b.published_in_window,
             b.applied_in_window,
             b.applied_per_second,
@@ -287,7 +290,11 @@ fn isolation(s: &mut String, i: &Isolation) {
             .flat_map(|(system, kinds)| kinds.iter().map(move |(k, n)| format!("{system} {k} {n}")))
             .collect::<Vec<_>>()
             .join(", ");
-        let _ = writeln!(s, "| API calls counted against its allowance | {} |", if calls.is_empty() { "none".to_owned() } else { calls });
+        let _ = writeln!(
+            s,
+            "| API calls counted against its allowance | {} |",
+            if calls.is_empty() { "none (logins are not API requests, and it got no further)".to_owned() } else { calls }
+        );
         let errors = c.sync_errors.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
         let _ = writeln!(s, "| open sync errors | {} |", if errors.is_empty() { "none".to_owned() } else { errors });
         let warnings = c.log_warnings.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", ");

@@ -68,17 +68,20 @@ pub struct Backfill {
     /// The editors' p50 and p99 over the quiet window's.
     pub p50_ratio: Option<f64>,
     pub p99_ratio: Option<f64>,
+    /// From its resume until the editors' last values had arrived.
+    pub window_seconds: f64,
     /// Changes of the backlog its producer published in the window, and
-    /// its apply entries (one per pair, writing both of its records) in
-    /// the window, and per second.
+    /// those applied in the window (apply entries: a pair's two changes
+    /// are mostly applied as one, writing both records), and per second.
     pub published_in_window: i64,
     pub applied_in_window: i64,
     pub applied_per_second: f64,
     /// Whether it was still working at the window's end (changes not
     /// published or not finished yet, or records waiting in its lane).
     pub running_at_window_end: bool,
-    /// From its resume to its last change finished and its lane empty
-    /// (none: not within the limit; it was paused then).
+    /// From its resume to its last change finished and its lane empty,
+    /// watched every half second from the resume on (none: not within the
+    /// limit; it was paused then).
     pub finished_seconds: Option<f64>,
 }
 
@@ -256,8 +259,9 @@ pub(super) async fn measure(
     measured.map(Some)
 }
 
-/// Pairs seeded per statement: each stays well under a second.
-const SLICE: i64 = 10_000;
+/// Pairs seeded per statement: each well under a second, so that sqlx's
+/// slow-statement warnings do not fill the run's output.
+const SLICE: i64 = 5_000;
 
 /// Seeds the backlog while `connection` is paused, lifts its budget,
 /// resumes it as the editors start, and lets it finish after the window.
@@ -287,45 +291,44 @@ async fn backfill(w: &World<'_>, connection: &str, tenant: &str, plan: &Plan, qu
         outln!("  isolation, backfill: {} records ({pairs} pairs) seeded in {connection}'s tenant in {seed_seconds:.1} s", 2 * pairs);
 
         let before = lane_progress(pool, connection).await?;
+        // Watched from its resume, so that a backfill that finishes inside
+        // the window is timed too; left to finish after the window, so
+        // that what is measured next is not measured beside it.
+        let limit = Duration::from_secs(300 + u64::try_from(pairs)? / 100);
+        let bar = progress::bar(u64::try_from(pairs)?, "backlog changes applied");
         crmsync_ops::pause::set_paused(pool, &actor, connection, false).await?;
         let resumed = Instant::now();
-        let mut live = w.live_window("b", plan.window).await?;
+        let watcher = tokio::spawn(watch(pool.clone(), connection.to_owned(), before, pairs, limit, bar.clone()));
+        let live = w.live_window("b", plan.window).await;
+        // Read as the edits stopped (and their last values arrived): the
+        // window's own figures.
+        let after = lane_progress(pool, connection).await;
+        let window = resumed.elapsed().as_secs_f64();
+        let finished_seconds = if live.is_ok() && after.is_ok() {
+            watcher.await??
+        } else {
+            watcher.abort();
+            None
+        };
+        bar.finish_and_clear();
+        let (mut live, after) = (live?, after?);
         live.window = format!("{connection} backfilling {} records", 2 * pairs);
-        // Read as the edits stopped: the window's own figures.
-        let after = lane_progress(pool, connection).await?;
-        let window = plan.window.as_secs_f64();
         let applied = after.applied - before.applied;
         let running = !after.done_since(&before, pairs);
         outln!(
-            "  isolation, backfill: {applied} pairs applied in the window ({:.0}/s), {} changes published{}",
-            applied as f64 / window,
+            "  isolation, backfill: {} changes published and {applied} applied in the {window:.0} s window ({:.0}/s){}",
             after.published - before.published,
+            applied as f64 / window,
             if running { "; still running at the window's end" } else { "; finished within the window" }
         );
-
-        // Left to finish, so that what is measured next is not measured
-        // beside it; paused if it does not.
-        let limit = Duration::from_secs(300 + u64::try_from(pairs)? / 100);
-        let bar = progress::bar(u64::try_from(pairs)?, "backlog pairs applied");
-        let finished_seconds = loop {
-            let p = lane_progress(pool, connection).await?;
-            bar.set_position(u64::try_from((p.applied - before.applied).clamp(0, pairs))?);
-            if p.done_since(&before, pairs) {
-                break Some(resumed.elapsed().as_secs_f64());
+        match finished_seconds {
+            Some(s) => {
+                outln!("  isolation, backfill: all of it done {s:.1} s after it was resumed ({:.0} records/s)", 2.0 * pairs as f64 / s);
             }
-            if resumed.elapsed() > limit {
+            None => {
                 crmsync_ops::pause::set_paused(pool, &actor, connection, true).await?;
                 crate::out::err_line(format_args!("  the backfill did not finish in {limit:?}: paused"));
-                break None;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        };
-        bar.finish_and_clear();
-        if let Some(s) = finished_seconds {
-            outln!(
-                "  isolation, backfill: all {pairs} pairs applied {s:.1} s after it was resumed ({:.0} records/s)",
-                2.0 * pairs as f64 / s
-            );
         }
         anyhow::Ok(Backfill {
             connection: connection.to_owned(),
@@ -338,6 +341,7 @@ async fn backfill(w: &World<'_>, connection: &str, tenant: &str, plan: &Plan, qu
             published_in_window: after.published - before.published,
             applied_in_window: applied,
             applied_per_second: applied as f64 / window,
+            window_seconds: window,
             running_at_window_end: running,
             finished_seconds,
         })
@@ -349,7 +353,32 @@ async fn backfill(w: &World<'_>, connection: &str, tenant: &str, plan: &Plan, qu
     measured
 }
 
+/// Seconds from now until the backlog of `pairs` published after `before`
+/// is done (none: not within `limit`), showing how far it is on `bar`.
+async fn watch(
+    pool: PgPool,
+    connection: String,
+    before: LaneProgress,
+    pairs: i64,
+    limit: Duration,
+    bar: indicatif::ProgressBar,
+) -> anyhow::Result<Option<f64>> {
+    let started = Instant::now();
+    loop {
+        let p = lane_progress(&pool, &connection).await?;
+        bar.set_position(u64::try_from((p.applied - before.applied).clamp(0, pairs))?);
+        if p.done_since(&before, pairs) {
+            return Ok(Some(started.elapsed().as_secs_f64()));
+        }
+        if started.elapsed() > limit {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// How far a connection's work is, from its tallies.
+#[derive(Debug, Clone, Copy)]
 struct LaneProgress {
     /// Changes its producer published, and those finished by any stage.
     published: i64,
