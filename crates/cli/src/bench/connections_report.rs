@@ -237,7 +237,16 @@ fn isolation(s: &mut String, i: &Isolation) {
             l.p99_ms,
             l.max_ms,
             ratios.map_or("–".to_owned(), |(p50, p99)| format!("{} / **{}**", times(p50), times(p99))),
-            l.caught_up_seconds.map_or("not within 120 s".to_owned(), |c| format!("{c:.1} s"))
+            l.caught_up_seconds.map_or_else(
+                || {
+                    format!(
+                        "not within {} s: {} still on their way, counted at their wait so far (the figures are lower bounds)",
+                        super::isolation::CATCH_UP.as_secs(),
+                        l.still_waiting
+                    )
+                },
+                |c| format!("{c:.1} s")
+            )
         );
     };
     row(s, &i.quiet, None);

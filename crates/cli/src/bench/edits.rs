@@ -169,7 +169,7 @@ fn pattern(label: &str) -> String {
 /// The latencies of `label`'s edits that reached the other side, ms,
 /// sorted. An edit a newer one of the same record overtook before it was
 /// written never arrives: it has none.
-pub(super) async fn latencies(pool: &PgPool, direction: Direction, label: &str) -> anyhow::Result<Vec<f64>> {
+pub(super) async fn latencies<'e>(e: impl sqlx::PgExecutor<'e>, direction: Direction, label: &str) -> anyhow::Result<Vec<f64>> {
     let (from, to) = direction.sides();
     let mut ms: Vec<f64> = sqlx::query_scalar(
         "SELECT (extract(epoch FROM (t.at - s.at)) * 1000.0)::float8 FROM bench.commits s \
@@ -178,7 +178,7 @@ pub(super) async fn latencies(pool: &PgPool, direction: Direction, label: &str) 
     .bind(from)
     .bind(to)
     .bind(pattern(label))
-    .fetch_all(pool)
+    .fetch_all(e)
     .await?;
     ms.sort_by(f64::total_cmp);
     Ok(ms)
@@ -209,6 +209,22 @@ pub(super) async fn behind(pool: &PgPool, label: &str, tenants: &[String]) -> an
     .bind(tenants)
     .bind(pattern(label))
     .fetch_one(pool)
+    .await?)
+}
+
+/// For each prospect of `tenants` whose latest `label` job title (an MA →
+/// CRM edit) has not reached its lead yet, how long it has waited so far,
+/// ms: a lower bound of its latency, for a window whose edits did not all
+/// arrive.
+pub(super) async fn waiting<'e>(e: impl sqlx::PgExecutor<'e>, label: &str, tenants: &[String]) -> anyhow::Result<Vec<f64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT (extract(epoch FROM (clock_timestamp() - c.at)) * 1000.0)::float8 \
+         FROM ma.prospects p JOIN crm.leads l ON l.id = p.crm_lead_fid JOIN bench.commits c ON c.side = 'ma' AND c.value = p.job_title \
+         WHERE p.tenant = ANY($1) AND p.job_title LIKE $2 AND p.job_title IS DISTINCT FROM l.title",
+    )
+    .bind(tenants)
+    .bind(pattern(label))
+    .fetch_all(e)
     .await?)
 }
 
