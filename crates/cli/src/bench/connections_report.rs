@@ -263,7 +263,7 @@ fn isolation(s: &mut String, i: &Isolation) {
              (as the single-connection run), seeded set-based in {:.1} s while it was paused and resumed as the window began. In the \
              {:.0}-s window (from the resume until the editors' last values had arrived) its producer published {} changes and \
              applied **{} of them ({:.0}/s)** (apply entries: a pair's two changes are mostly applied as one, writing both \
-             records); {}. {}\n",
+             records); {}. {}",
             b.connection,
             b.records,
             b.pairs,
