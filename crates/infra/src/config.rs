@@ -199,7 +199,9 @@ pub struct ProducerConfig {
     /// its reads, the broker's confirms, its cursor's commit), so passes
     /// one after another left the producer idle between round trips: with
     /// 1,000 small connections changing at once, the initial sync waited on
-    /// the producer's passes in turn (issue 29).
+    /// the producer's passes in turn (issue 29). At most half of
+    /// `database.max_connections` are used, so that passes never wait on
+    /// one another for the pool.
     pub pass_concurrency: usize,
     /// This replica's name in feed leases; host name and pid by default.
     pub replica_id: Option<String>,

@@ -39,7 +39,7 @@ mod feed;
 mod pass;
 mod redetect;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +49,8 @@ use crmsync_infra::health::{self, Health};
 use crmsync_infra::{CancellationToken, Config, services::Services, telemetry};
 use crmsync_store::{connections, feeds};
 use crmsync_systems::SystemsFactory;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
@@ -151,7 +153,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     info!(replica = %owner, "producer started");
     health.working();
     let poll_interval = config.producer.poll_interval();
-    let pass_concurrency = config.producer.pass_concurrency.max(1);
+    // Within the database pool: a pass takes a connection from each pool
+    // for a statement at a time, and the loop's own checks need one too;
+    // more passes than half the pool queue for connections, and past the
+    // pool's acquire timeout they fail (3 replicas with pools of 4 did).
+    let pass_concurrency = config.producer.pass_concurrency.clamp(1, (config.database.max_connections as usize / 2).max(1));
     let mut backoff = poll_interval;
     let signals = factory.change_signals().clone();
     // What the next pass over a connection with an API system reads: every
@@ -181,7 +187,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // too, as every poll used to try them: the holder may have gone.
     let mut recheck: HashSet<String> = HashSet::new();
     let mut last_recheck = Instant::now();
-    loop {
+    // Passes run side by side and outlive a turn of this loop: a long pass
+    // (a backfill's first, a connection whose system does not answer)
+    // holds one slot, and every other connection's changes are still
+    // found and passed over meanwhile (issue 29's isolation).
+    let mut flight = Flight::new(pass_concurrency, poll_interval);
+    'run: loop {
         let mut failed = false;
         let full = only.is_none();
         if full {
@@ -202,20 +213,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         // Connections with a system over a real API: a pass each poll, as
         // their feeds keep their own pace (and the lease and settings
         // statements with it).
-        let mut api_passes: Vec<(String, Select<'_>)> = Vec::new();
         for k in known.list.iter().filter(|k| k.sandbox_feeds().is_none()) {
             let connection_id = &k.id;
-            let select = if signalled.contains(connection_id) {
-                Select::All
+            let want = if signalled.contains(connection_id) {
+                Want::All
             } else if only.is_some() && (standing_by.contains(connection_id) || events_only) {
                 continue;
             } else {
-                only.as_ref().map_or(Select::All, Select::Tables)
+                only.as_ref().map_or(Want::All, |t| Want::Tables(t.clone()))
             };
-            api_passes.push((connection_id.clone(), select));
-        }
-        for (connection_id, outcome) in passes(&ctx, &factory, api_passes, pass_concurrency, &shutdown).await {
-            failed |= settle_pass(&mut standing_by, connection_id, outcome);
+            flight.want(connection_id, want);
         }
 
         // Sandbox connections: a set-based check of the feeds that may
@@ -246,9 +253,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     recheck.clear();
                 }
                 recheck.extend(pending.keys().cloned());
-                let sandbox_passes = pending.iter().map(|(id, feeds)| (id.clone(), Select::Feeds(feeds))).collect();
-                for (connection_id, outcome) in passes(&ctx, &factory, sandbox_passes, pass_concurrency, &shutdown).await {
-                    failed |= settle_pass(&mut standing_by, connection_id, outcome);
+                for (connection_id, feeds) in pending {
+                    flight.want(&connection_id, Want::Feeds(feeds));
                 }
             }
             Err(e) => {
@@ -257,13 +263,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
         }
 
-        // Failures back off; success polls at the configured pace.
+        flight.launch(&ctx, &factory);
+
+        // Failures to read the connections or check the feeds back off;
+        // otherwise the loop polls at the configured pace. (A connection
+        // whose pass fails backs off on its own: see `Flight`.)
         backoff = if failed { (backoff * 2).min(Duration::from_secs(10)) } else { poll_interval };
-        let (notified, by_events) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => (false, false),
-            _ = wake.notified(), if !failed => (true, false),
-            _ = signals.signalled(), if !failed => (true, true),
+        let deadline = tokio::time::Instant::now() + backoff;
+        let (notified, by_events) = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'run,
+                Some((connection_id, outcome)) = flight.running.next(), if !flight.running.is_empty() => {
+                    flight.done(connection_id, outcome, &mut standing_by);
+                    flight.launch(&ctx, &factory);
+                }
+                _ = tokio::time::sleep_until(deadline) => break (false, false),
+                _ = wake.notified(), if !failed => break (true, false),
+                _ = signals.signalled(), if !failed => break (true, true),
+            }
         };
         tables = std::mem::take(&mut *dirty.lock().unwrap_or_else(|p| p.into_inner()));
         signalled = signals.take();
@@ -277,6 +294,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             signalled.clear();
         }
     }
+    // Passes under way finish (they publish and move their cursors), for
+    // a while: one stuck on a system that does not answer is dropped, and
+    // its connection read on from its cursors by the next replica to pass.
+    flight.queue.clear();
+    let finishing = async {
+        while let Some((connection_id, outcome)) = flight.running.next().await {
+            flight.done(connection_id, outcome, &mut standing_by);
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, finishing).await.is_err() {
+        warn!("passes still under way at shutdown were dropped; their connections are read on from their cursors");
+    }
     let _ = feeds::release_all(&services.pool, &owner).await;
     listener.abort();
     services.broker.close().await;
@@ -287,55 +316,109 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-/// Passes over these connections, `concurrency` at once, until all are
-/// done or `shutdown`: a pass mostly waits on round trips (reads, the
-/// broker's confirms, its cursor's commit), so passes side by side keep
-/// the replica busy. A connection left out by a shutdown keeps its
-/// cursors, and is read on from them by whichever replica passes next.
-async fn passes<'a>(
-    ctx: &PassContext<'_>,
-    factory: &SystemsFactory,
-    todo: Vec<(String, Select<'a>)>,
-    concurrency: usize,
-    shutdown: &CancellationToken,
-) -> Vec<(String, anyhow::Result<bool>)> {
-    use futures::StreamExt as _;
-    // The futures made before the stream, not by a closure of it: a
-    // closure over `Select<'a>` makes the stream's type higher-ranked,
-    // which `tokio::spawn`'s `Send` check of `run` cannot prove.
-    let all: Vec<_> = todo.into_iter().map(|(connection_id, select)| one_pass(ctx, factory, connection_id, select)).collect();
-    futures::stream::iter(all).buffer_unordered(concurrency).take_until(shutdown.cancelled()).collect().await
+/// How long passes under way at shutdown may take to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The longest a connection whose passes fail waits before the next try.
+const MAX_PASS_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What a pass reads: an owned [`Select`], for a pass that outlives the
+/// loop's turn that started it.
+enum Want {
+    All,
+    Tables(HashSet<String>),
+    Feeds(HashSet<String>),
 }
 
-async fn one_pass(
-    ctx: &PassContext<'_>,
-    factory: &SystemsFactory,
-    connection_id: String,
-    select: Select<'_>,
-) -> (String, anyhow::Result<bool>) {
+type PassFuture<'c> = std::pin::Pin<Box<dyn std::future::Future<Output = (String, anyhow::Result<bool>)> + Send + 'c>>;
+
+/// The passes of one replica: at most `concurrency` running, the rest
+/// queued in the order they were wanted, never two for one connection,
+/// and a connection whose pass failed left alone until its back-off ends.
+///
+/// A failure is the connection's own (its system refuses or does not
+/// answer): it backs off that connection, doubling up to a minute, and
+/// nobody else's.
+struct Flight<'c> {
+    running: FuturesUnordered<PassFuture<'c>>,
+    /// Connections running or queued.
+    busy: HashSet<String>,
+    queue: VecDeque<(String, Want)>,
+    /// Connections whose last pass failed: when they may be tried again,
+    /// and their failures in a row.
+    failing: HashMap<String, (Instant, u32)>,
+    concurrency: usize,
+    base_backoff: Duration,
+}
+
+impl<'c> Flight<'c> {
+    fn new(concurrency: usize, base_backoff: Duration) -> Self {
+        Flight {
+            running: FuturesUnordered::new(),
+            busy: HashSet::new(),
+            queue: VecDeque::new(),
+            failing: HashMap::new(),
+            concurrency: concurrency.max(1),
+            base_backoff,
+        }
+    }
+
+    /// Queues a pass, unless the connection has one already (which reads
+    /// on from its cursors, and is checked again after) or backs off.
+    fn want(&mut self, connection_id: &str, want: Want) {
+        if self.busy.contains(connection_id) || self.failing.get(connection_id).is_some_and(|(at, _)| Instant::now() < *at) {
+            return;
+        }
+        self.busy.insert(connection_id.to_owned());
+        self.queue.push_back((connection_id.to_owned(), want));
+    }
+
+    /// Starts queued passes while slots are free.
+    fn launch(&mut self, ctx: &'c PassContext<'c>, factory: &'c SystemsFactory) {
+        while self.running.len() < self.concurrency {
+            let Some((connection_id, want)) = self.queue.pop_front() else { break };
+            self.running.push(Box::pin(one_pass(ctx, factory, connection_id, want)));
+        }
+    }
+
+    /// Books a finished pass: whether its connection stands by (another
+    /// replica holds its pass), or backs off after a failure.
+    fn done(&mut self, connection_id: String, outcome: anyhow::Result<bool>, standing_by: &mut HashSet<String>) {
+        self.busy.remove(&connection_id);
+        match outcome {
+            Ok(held) => {
+                self.failing.remove(&connection_id);
+                if held {
+                    standing_by.remove(&connection_id);
+                } else {
+                    standing_by.insert(connection_id);
+                }
+            }
+            Err(e) => {
+                let failures = self.failing.get(&connection_id).map_or(0, |(_, n)| *n).saturating_add(1);
+                let wait = self.base_backoff.saturating_mul(1 << failures.min(10)).min(MAX_PASS_BACKOFF);
+                // Connector errors can quote record values: no email in clear (I5).
+                warn!(
+                    connection_id,
+                    failures,
+                    retry_in_ms = wait.as_millis() as u64,
+                    error = %telemetry::redact(&e.to_string()),
+                    "detection failed; retrying"
+                );
+                self.failing.insert(connection_id, (Instant::now() + wait, failures));
+            }
+        }
+    }
+}
+
+async fn one_pass(ctx: &PassContext<'_>, factory: &SystemsFactory, connection_id: String, want: Want) -> (String, anyhow::Result<bool>) {
+    let select = match &want {
+        Want::All => Select::All,
+        Want::Tables(tables) => Select::Tables(tables),
+        Want::Feeds(feeds) => Select::Feeds(feeds),
+    };
     // Boxed: a pass's future is large.
     let outcome = Box::pin(poll_connection(ctx, factory, &connection_id, select)).await;
     (connection_id, outcome)
-}
-
-/// Books a pass's outcome: whether the connection stands by (another
-/// replica holds its pass), and whether the pass failed.
-fn settle_pass(standing_by: &mut HashSet<String>, connection_id: String, outcome: anyhow::Result<bool>) -> bool {
-    match outcome {
-        Ok(true) => {
-            standing_by.remove(&connection_id);
-            false
-        }
-        Ok(false) => {
-            standing_by.insert(connection_id);
-            false
-        }
-        Err(e) => {
-            // Connector errors can quote record values: no email in clear (I5).
-            warn!(connection_id, error = %telemetry::redact(&e.to_string()), "detection failed; retrying");
-            true
-        }
-    }
 }
 
 /// One pass over a connection, if this replica holds its pass lease; false
