@@ -461,23 +461,9 @@ async fn lane_rows_the_audit_log_shows_applied_are_flagged_and_finishing_counts_
     let again = vec![batch_lanes::NewRow { command_id: ids[0], kind: "command", body: serde_json::json!({}) }];
     assert_eq!(batch_lanes::enqueue(&app.pool, "default", batch, again).await.unwrap(), 0);
     // The second record was applied by a replica that died before removing it.
-    let entry = |stage: &'static str| audit::AuditEntry {
-        change_id: ids[1],
-        stage,
-        identity_id: None,
-        source_side: "ma",
-        source_object: "prospect".into(),
-        source_id: "1".into(),
-        action: "updated".into(),
-        writes: serde_json::json!({}),
-        detail: None,
-        lane: "batch",
-        field_values: None,
-        trace_id: None,
-    };
-    audit::insert_many(&app.pool, "default", &[entry("apply")]).await.unwrap();
+    audit::insert_many(&app.pool, "default", &[crmsync_tests::audit_entry(ids[1], "apply", "batch")]).await.unwrap();
     // Another stage's entry for the third says nothing about applying it.
-    audit::insert_many(&app.pool, "default", &[audit::AuditEntry { change_id: ids[2], ..entry("match") }]).await.unwrap();
+    audit::insert_many(&app.pool, "default", &[crmsync_tests::audit_entry(ids[2], "match", "batch")]).await.unwrap();
 
     let read = batch_lanes::next_rows(&app.pool, "default", 0, 10).await.unwrap();
     assert_eq!(read.iter().map(|r| r.command_id).collect::<Vec<_>>(), ids, "in arrival order");

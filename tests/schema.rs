@@ -13,7 +13,7 @@ use crmsync_domain::settings::ConnectionSettings;
 use crmsync_store::audit::{self, AuditEntry, LaneTally};
 use crmsync_store::connections;
 use crmsync_store::identities::{self, NewIdentity};
-use crmsync_tests::TestApp;
+use crmsync_tests::{TestApp, audit_entry as entry};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -27,24 +27,6 @@ async fn person(app: &TestApp, connection: &str, email: &str) {
     assert_eq!(identities::insert_many(&app.pool, connection, &[new]).await.unwrap().len(), 1);
     let entry = AuditEntry { identity_id: Some(id), action: "created".into(), ..entry(Uuid::now_v7(), "match", "batch") };
     audit::insert_many(&app.pool, connection, &[entry]).await.unwrap();
-}
-
-/// An audit entry of `change` at `stage`, in `lane`.
-fn entry(change: Uuid, stage: &'static str, lane: &'static str) -> AuditEntry {
-    AuditEntry {
-        change_id: change,
-        stage,
-        identity_id: None,
-        source_side: "ma",
-        source_object: "prospect".into(),
-        source_id: "1".into(),
-        action: "updated".into(),
-        writes: json!({}),
-        detail: None,
-        lane,
-        field_values: None,
-        trace_id: None,
-    }
 }
 
 /// A connection's identities, audit entries and finished changes as tallied.

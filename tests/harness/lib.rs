@@ -34,6 +34,25 @@ pub mod console;
 pub mod faults;
 pub mod pubsub;
 
+/// An audit entry of `change` at `stage`, in `lane`, for tests that write
+/// the log directly.
+pub fn audit_entry(change: Uuid, stage: &'static str, lane: &'static str) -> crmsync_store::audit::AuditEntry {
+    crmsync_store::audit::AuditEntry {
+        change_id: change,
+        stage,
+        identity_id: None,
+        source_side: "ma",
+        source_object: "prospect".into(),
+        source_id: "1".into(),
+        action: "updated".into(),
+        writes: serde_json::json!({}),
+        detail: None,
+        lane,
+        field_values: None,
+        trace_id: None,
+    }
+}
+
 /// A whole HTTP/1.0 answer (status line, headers, body) for `path` at
 /// `addr`, or nothing when nothing answers: for a tier's health and metrics.
 pub async fn http_get(addr: &str, path: &str) -> String {
