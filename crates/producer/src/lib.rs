@@ -192,8 +192,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // holds one slot, and every other connection's changes are still
     // found and passed over meanwhile (issue 29's isolation).
     let mut flight = Flight::new(pass_concurrency, poll_interval);
-    // When the loop last looked for changes (see `MIN_CHECK_GAP`).
-    let mut checked = tokio::time::Instant::now();
     'run: loop {
         let mut failed = false;
         let full = only.is_none();
@@ -272,13 +270,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         // whose pass fails backs off on its own: see `Flight`.)
         backoff = if failed { (backoff * 2).min(Duration::from_secs(10)) } else { poll_interval };
         let deadline = tokio::time::Instant::now() + backoff;
-        // A notification comes with every commit to a source table (the
-        // applier's own writes included: thousands a second while a
-        // backlog is worked), and the loop no longer waits for passes to
-        // end, so a wake is acted on at most once every `MIN_CHECK_GAP`:
-        // each turn runs the set-based check over every connection.
-        let earliest = checked + MIN_CHECK_GAP;
-        let mut woken: Option<bool> = None;
         let (notified, by_events) = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break 'run,
@@ -286,23 +277,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     flight.done(connection_id, outcome, &mut standing_by);
                     flight.launch(&ctx, &factory);
                 }
-                _ = tokio::time::sleep_until(deadline) => break (woken.is_some(), woken.unwrap_or(false)),
-                _ = tokio::time::sleep_until(earliest), if woken.is_some() => break (true, woken.unwrap_or(false)),
-                _ = wake.notified(), if !failed => {
-                    if tokio::time::Instant::now() >= earliest {
-                        break (true, false);
-                    }
-                    woken = Some(false);
-                }
-                _ = signals.signalled(), if !failed => {
-                    if tokio::time::Instant::now() >= earliest {
-                        break (true, true);
-                    }
-                    woken = Some(woken.unwrap_or(true));
-                }
+                _ = tokio::time::sleep_until(deadline) => break (false, false),
+                _ = wake.notified(), if !failed => break (true, false),
+                _ = signals.signalled(), if !failed => break (true, true),
             }
         };
-        checked = tokio::time::Instant::now();
         tables = std::mem::take(&mut *dirty.lock().unwrap_or_else(|p| p.into_inner()));
         signalled = signals.take();
         // Woken by change events alone: only the connections they name.
@@ -337,10 +316,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-/// The least time between two turns of the loop woken by notifications:
-/// at most 20 set-based checks a second however often commits come, and a
-/// quiet connection's edit still seen at once.
-const MIN_CHECK_GAP: Duration = Duration::from_millis(50);
 /// How long passes under way at shutdown may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The longest a connection whose passes fail waits before the next try.
