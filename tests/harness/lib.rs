@@ -153,6 +153,7 @@ fn base_config() -> Config {
     config.producer.lease_ttl_ms = 3_000;
     config.amqp.queue_expires_ms = Some(120_000);
     config.database.max_connections = 4;
+    config.database.immediate_connections = 2;
     config
 }
 
@@ -267,6 +268,7 @@ impl TestApp {
         cmd.arg(name)
             .env("CRMSYNC_DATABASE__URL", c.database.url.expose_secret())
             .env("CRMSYNC_DATABASE__MAX_CONNECTIONS", c.database.max_connections.to_string())
+            .env("CRMSYNC_DATABASE__IMMEDIATE_CONNECTIONS", c.database.immediate_connections.to_string())
             .env("CRMSYNC_AMQP__PREFIX", &c.amqp.prefix)
             .env("CRMSYNC_AMQP__QUEUE_EXPIRES_MS", c.amqp.queue_expires_ms.unwrap_or(120_000).to_string())
             .env("CRMSYNC_REDIS__PREFIX", &c.redis.prefix)

@@ -111,16 +111,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     health.drain_on(shutdown.clone());
     health.report(shutdown.clone());
     let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
-    let factory = Arc::new(SystemsFactory::from_services(&config, &services).await?);
-    let allowances = factory.allowances().clone();
-    let applier = Arc::new(Applier {
-        pool: services.pool.clone(),
-        locks: services.locks.clone(),
-        factory,
-        lock_timeout: config.locks.acquire_timeout(),
-    });
+    let batch_factory = SystemsFactory::from_services(&config, &services).await?;
+    let immediate_factory = batch_factory.for_immediate_lane(&config, &services).await?;
+    let allowances = batch_factory.allowances().clone();
+    // Each lane its own applier over its own connections
+    // (`Services::lane_pool`): a live change never queues for one behind
+    // the drain's chunks.
+    let applier_of = |lane: Lane, factory: SystemsFactory| {
+        Arc::new(Applier {
+            pool: services.lane_pool(lane).clone(),
+            locks: services.locks.clone(),
+            factory: Arc::new(factory),
+            lock_timeout: config.locks.acquire_timeout(),
+        })
+    };
+    let applier = applier_of(Lane::Batch, batch_factory);
     let taken_in = Arc::new(tokio::sync::Notify::new());
     let stage = Arc::new(ApplyStage { applier: applier.clone(), taken_in: taken_in.clone() });
+    let immediate = Arc::new(ApplyStage { applier: applier_of(Lane::Immediate, immediate_factory), taken_in: taken_in.clone() });
     let drain = Drain::new(
         applier,
         BatchBudget::new(services.redis.clone(), &config.redis.prefix),
@@ -131,9 +139,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         taken_in,
     );
     let mut loops = JoinSet::new();
-    for (lane, concurrency) in [(Lane::Immediate, config.applier.concurrency), (Lane::Batch, config.applier.batch_concurrency)] {
+    for (lane, concurrency, s) in
+        [(Lane::Immediate, config.applier.concurrency, immediate), (Lane::Batch, config.applier.batch_concurrency, stage.clone())]
+    {
         let opts = options(&config, services.topology.queue(Stage::Apply, lane), concurrency);
-        let (broker, s, stop) = (services.broker.clone(), stage.clone(), shutdown.clone());
+        let (broker, stop) = (services.broker.clone(), shutdown.clone());
         loops.spawn(async move { consume(&broker, opts, s, stop).await });
     }
     health.working();

@@ -42,6 +42,13 @@ pub struct DatabaseConfig {
     /// The engine's PostgreSQL database.
     pub url: SecretString,
     pub max_connections: u32,
+    /// The connections of a tier's second pool, kept for its immediate lane
+    /// (the matcher's and the applier's live changes, and the sandbox
+    /// systems they read and write when embedded): a backfill's chunks
+    /// take every connection of the main pool, and a live change queued
+    /// behind them for one (sqlx hands connections out in turn) waited
+    /// seconds. 0 shares the main pool.
+    pub immediate_connections: u32,
     pub acquire_timeout_ms: u64,
     /// How long an operator command that only reads (`status`, `report`,
     /// `errors` list/show/export, `wait-idle`) lets one statement run
@@ -53,7 +60,13 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: DEFAULT_DATABASE_URL.into(), max_connections: 8, acquire_timeout_ms: 10_000, command_timeout_ms: 30_000 }
+        DatabaseConfig {
+            url: DEFAULT_DATABASE_URL.into(),
+            max_connections: 8,
+            immediate_connections: 4,
+            acquire_timeout_ms: 10_000,
+            command_timeout_ms: 30_000,
+        }
     }
 }
 

@@ -34,7 +34,12 @@ fn options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 
 /// Opens the engine's pool.
 pub async fn connect(cfg: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
-    connect_url(cfg.url.expose_secret(), cfg.max_connections, Duration::from_millis(cfg.acquire_timeout_ms)).await
+    connect_sized(cfg, cfg.max_connections).await
+}
+
+/// Opens another pool to the engine's database, of `connections`.
+pub async fn connect_sized(cfg: &DatabaseConfig, connections: u32) -> Result<PgPool, sqlx::Error> {
+    connect_url(cfg.url.expose_secret(), connections, Duration::from_millis(cfg.acquire_timeout_ms)).await
 }
 
 /// Opens a pool for an operator command that only reads: PostgreSQL

@@ -137,17 +137,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     health.drain_on(shutdown.clone());
     health.report(shutdown.clone());
     let server = health::serve(config.telemetry.http_listen.as_deref(), health.clone()).await?;
-    let factory = Arc::new(SystemsFactory::from_services(&config, &services).await?);
-    let stage = Arc::new(MatchStage {
-        matcher: Matcher {
-            pool: services.pool.clone(),
-            locks: services.locks.clone(),
-            factory,
-            lock_timeout: config.locks.acquire_timeout(),
-        },
-        broker: services.broker.clone(),
-    });
-    let loops = [Lane::Immediate, Lane::Batch].map(|lane| {
+    let batch_factory = SystemsFactory::from_services(&config, &services).await?;
+    let immediate_factory = batch_factory.for_immediate_lane(&config, &services).await?;
+    let factories = [(Lane::Immediate, immediate_factory), (Lane::Batch, batch_factory)];
+    // Each lane its own stage over its own connections (`Services::lane_pool`):
+    // a live change never queues for one behind a backfill's messages.
+    let loops = factories.map(|(lane, factory)| {
+        let stage = Arc::new(MatchStage {
+            matcher: Matcher {
+                pool: services.lane_pool(lane).clone(),
+                locks: services.locks.clone(),
+                factory: Arc::new(factory),
+                lock_timeout: config.locks.acquire_timeout(),
+            },
+            broker: services.broker.clone(),
+        });
         let opts = ConsumeOptions {
             queue: services.topology.queue(Stage::Match, lane),
             concurrency: config.matcher.concurrency,
@@ -155,7 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             max_backoff: Duration::from_secs(10),
             tag: String::new(),
         };
-        consume(&services.broker, opts, stage.clone(), shutdown.clone())
+        consume(&services.broker, opts, stage, shutdown.clone())
     });
     health.working();
     let statistics = tokio::spawn(crmsync_infra::statistics::keep_current(services.pool.clone(), shutdown.clone()));

@@ -209,6 +209,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             failed = true;
             HashSet::new()
         });
+        if !changed.is_empty() {
+            flight.settings_changed(&changed, &known);
+        }
 
         // Connections with a system over a real API: a pass each poll, as
         // their feeds keep their own pace (and the lease and settings
@@ -370,6 +373,25 @@ impl<'c> Flight<'c> {
         }
         self.busy.insert(connection_id.to_owned());
         self.queue.push_back((connection_id.to_owned(), want));
+    }
+
+    /// Connections whose settings changed are tried at once, whatever their
+    /// back-off: an operator who has just fixed a connection's credentials
+    /// or endpoint should not wait out a minute of it (the failures in a
+    /// row are kept, for the back-off if the fix did not work). Those no
+    /// longer known are forgotten.
+    fn settings_changed(&mut self, changed: &HashSet<String>, known: &Connections) {
+        if self.failing.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for id in changed {
+            if let Some((at, _)) = self.failing.get_mut(id) {
+                *at = now;
+            }
+        }
+        let ids: HashSet<&str> = known.list.iter().map(|k| k.id.as_str()).collect();
+        self.failing.retain(|id, _| ids.contains(id.as_str()));
     }
 
     /// Starts queued passes while slots are free.

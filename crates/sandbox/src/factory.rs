@@ -84,12 +84,16 @@ impl ConnectorFactory for SandboxFactory {
 impl SandboxFactory {
     /// The sandbox the configuration names: its own database, or the engine's.
     pub async fn from_config(config: &crmsync_infra::Config, engine: &PgPool) -> Result<Self, sqlx::Error> {
+        Self::from_config_sized(config, engine, config.database.max_connections).await
+    }
+
+    /// As [`Self::from_config`], with a pool of `connections` when the
+    /// sandbox has its own database (`engine` is the pool of the same size
+    /// otherwise): a tier's immediate lane has its own.
+    pub async fn from_config_sized(config: &crmsync_infra::Config, engine: &PgPool, connections: u32) -> Result<Self, sqlx::Error> {
         use secrecy::ExposeSecret;
         let pool = match &config.sandbox.database_url {
-            Some(url) => {
-                crmsync_infra::db::connect_url(url.expose_secret(), config.database.max_connections, std::time::Duration::from_secs(10))
-                    .await?
-            }
+            Some(url) => crmsync_infra::db::connect_url(url.expose_secret(), connections.max(1), std::time::Duration::from_secs(10)).await?,
             None => engine.clone(),
         };
         Ok(SandboxFactory::new(pool))

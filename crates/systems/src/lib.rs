@@ -62,8 +62,9 @@ type Cache<T> = Mutex<HashMap<String, (String, Arc<T>)>>;
 #[derive(Debug)]
 pub struct SystemsFactory {
     sandbox: SandboxFactory,
-    salesforce: Cache<SalesforceCrm>,
-    account_engagement: Cache<AccountEngagementMa>,
+    /// Shared with the factory of the tier's other lane.
+    salesforce: Arc<Cache<SalesforceCrm>>,
+    account_engagement: Arc<Cache<AccountEngagementMa>>,
     allowances: ApiAllowances,
     signals: Arc<ChangeSignals>,
     /// Whether its Salesforce connectors subscribe to change events: only
@@ -84,8 +85,8 @@ impl SystemsFactory {
     pub fn new(sandbox: SandboxFactory, allowances: ApiAllowances) -> Self {
         SystemsFactory {
             sandbox,
-            salesforce: Mutex::default(),
-            account_engagement: Mutex::default(),
+            salesforce: Arc::default(),
+            account_engagement: Arc::default(),
             allowances,
             signals: Arc::default(),
             hears_changes: false,
@@ -119,6 +120,30 @@ impl SystemsFactory {
     pub async fn from_services(config: &crmsync_infra::Config, services: &crmsync_infra::services::Services) -> Result<Self, sqlx::Error> {
         let allowances = ApiAllowances::with_connection(&config.redis, services.redis.clone());
         Ok(Self::new(SandboxFactory::from_config(config, &services.pool).await?, allowances))
+    }
+
+    /// The factory of the tier's immediate lane: the same connectors (one
+    /// token, one view of the limits per endpoint) and allowances, with the
+    /// sandbox systems over the lane's own connections
+    /// ([`Services::lane_pool`](crmsync_infra::services::Services::lane_pool)),
+    /// so that a live change never queues for one behind a backfill.
+    pub async fn for_immediate_lane(
+        &self,
+        config: &crmsync_infra::Config,
+        services: &crmsync_infra::services::Services,
+    ) -> Result<Self, sqlx::Error> {
+        let connections = match config.database.immediate_connections {
+            0 => config.database.max_connections,
+            n => n,
+        };
+        Ok(SystemsFactory {
+            sandbox: SandboxFactory::from_config_sized(config, &services.immediate_pool, connections).await?,
+            salesforce: self.salesforce.clone(),
+            account_engagement: self.account_engagement.clone(),
+            allowances: self.allowances.clone(),
+            signals: self.signals.clone(),
+            hears_changes: self.hears_changes,
+        })
     }
 
     /// Where this factory's connectors count their calls.
