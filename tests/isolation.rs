@@ -62,7 +62,8 @@ async fn a_connection_whose_crm_refuses_every_call_delays_no_other_and_loses_not
     let refuser = Refuser::start().await;
     let secret = std::env::temp_dir().join(format!("crmsync-test-{}.secret", uuid::Uuid::new_v4()));
     std::fs::write(&secret, "the-endpoint-refuses-everything").unwrap();
-    let sandboxed = ConnectionSettings { ma: SystemEndpoint::sandbox("broken"), crm: SystemEndpoint::sandbox("broken"), ..Default::default() };
+    let sandboxed =
+        ConnectionSettings { ma: SystemEndpoint::sandbox("broken"), crm: SystemEndpoint::sandbox("broken"), ..Default::default() };
     let mut broken = sandboxed.clone();
     // The Pub/Sub address too: nothing leaves this machine.
     broken.crm = SystemEndpoint::Salesforce(

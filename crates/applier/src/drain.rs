@@ -41,6 +41,7 @@ use crmsync_infra::amqp::{Outgoing, Stage};
 use crmsync_infra::broker::Broker;
 use crmsync_infra::budget::{BatchBudget, MAX_WAIT};
 use crmsync_infra::config::WorkerConfig;
+use crmsync_infra::priority::Priority;
 use crmsync_infra::worker::StageError;
 use crmsync_store::batch_lanes;
 use tokio::sync::{Notify, Semaphore};
@@ -88,6 +89,9 @@ pub struct Drain {
     /// Woken when a message is taken in, so a lane that was empty is
     /// worked at once rather than at the next look.
     pub wake: Arc<Notify>,
+    /// The replica's live work: a chunk waits to start while there is
+    /// some (see `crmsync_infra::priority`).
+    pub priority: Arc<Priority>,
     /// Chunks being applied, over all lanes.
     applying: Arc<Semaphore>,
     /// Failed chunks in a row, per lane, for its back-off.
@@ -132,9 +136,10 @@ impl Drain {
         owner: String,
         options: DrainOptions,
         wake: Arc<Notify>,
+        priority: Arc<Priority>,
     ) -> Arc<Self> {
         let applying = Arc::new(Semaphore::new(options.chunks_at_once));
-        Arc::new(Drain { applier, budget, paces, broker, owner, options, wake, applying, failures: std::sync::Mutex::default() })
+        Arc::new(Drain { applier, budget, paces, broker, owner, options, wake, priority, applying, failures: std::sync::Mutex::default() })
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -275,10 +280,11 @@ impl Drain {
                         let (chunk, unreadable) = chunk_of(connection_id, &rows);
                         self.park_unreadable(connection_id, &unreadable).await;
                         let readable: Vec<i64> = rows.iter().map(|r| r.id).filter(|id| !unreadable.iter().any(|(u, _)| u == id)).collect();
-                        let (applier, permits) = (self.applier.clone(), self.applying.clone());
+                        let (applier, permits, priority) = (self.applier.clone(), self.applying.clone(), self.priority.clone());
                         applying.spawn(async move {
                             // Never closed: a permit can always be had.
                             let _permit = permits.acquire_owned().await;
+                            priority.give_way().await;
                             let outcome = apply(&applier, &chunk).await;
                             (readable, chunk, outcome)
                         });

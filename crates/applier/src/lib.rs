@@ -29,6 +29,7 @@ use crmsync_domain::messages::{self, ApplyBatch};
 use crmsync_infra::amqp::Stage;
 use crmsync_infra::budget::BatchBudget;
 use crmsync_infra::health::{self, Health};
+use crmsync_infra::priority::Priority;
 use crmsync_infra::services::Services;
 use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
 use crmsync_infra::{CancellationToken, Config};
@@ -49,6 +50,8 @@ pub struct ApplyStage {
     pub applier: Arc<Applier>,
     /// Told when batch-lane records are taken in.
     pub taken_in: Arc<tokio::sync::Notify>,
+    /// The replica's live work, which batch work gives way to.
+    pub priority: Arc<Priority>,
 }
 
 #[async_trait]
@@ -64,8 +67,12 @@ impl Handler for ApplyStage {
         };
         let span = batch_span(&batch);
         match batch.lane {
-            Lane::Immediate => self.applier.process(&batch).instrument(span).await,
+            Lane::Immediate => {
+                let _live = self.priority.live();
+                self.applier.process(&batch).instrument(span).await
+            }
             Lane::Batch => {
+                self.priority.give_way().await;
                 intake::take_in(&self.applier.pool, &batch).instrument(span).await?;
                 self.taken_in.notify_one();
                 Ok(())
@@ -127,8 +134,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let applier = applier_of(Lane::Batch, batch_factory);
     let taken_in = Arc::new(tokio::sync::Notify::new());
-    let stage = Arc::new(ApplyStage { applier: applier.clone(), taken_in: taken_in.clone() });
-    let immediate = Arc::new(ApplyStage { applier: applier_of(Lane::Immediate, immediate_factory), taken_in: taken_in.clone() });
+    let priority = Priority::shared(services.redis.clone(), &config.redis.prefix);
+    let stage = Arc::new(ApplyStage { applier: applier.clone(), taken_in: taken_in.clone(), priority: priority.clone() });
+    let immediate = Arc::new(ApplyStage {
+        applier: applier_of(Lane::Immediate, immediate_factory),
+        taken_in: taken_in.clone(),
+        priority: priority.clone(),
+    });
     let drain = Drain::new(
         applier,
         BatchBudget::new(services.redis.clone(), &config.redis.prefix),
@@ -137,6 +149,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         replica_name(),
         DrainOptions::from_config(&config.applier),
         taken_in,
+        priority,
     );
     let mut loops = JoinSet::new();
     for (lane, concurrency, s) in

@@ -10,6 +10,7 @@ pub mod health;
 pub mod inspect;
 pub mod locks;
 pub mod metrics;
+pub mod priority;
 pub mod propagation;
 pub mod services;
 pub mod shutdown;

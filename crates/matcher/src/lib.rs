@@ -19,6 +19,7 @@ use crmsync_domain::messages::{self, ApplyBatch, Change, ChangeBatch, MESSAGE_VE
 use crmsync_infra::amqp::{Outgoing, Stage, Topology};
 use crmsync_infra::broker::Broker;
 use crmsync_infra::health::{self, Health};
+use crmsync_infra::priority::Priority;
 use crmsync_infra::propagation;
 use crmsync_infra::services::Services;
 use crmsync_infra::worker::{ConsumeOptions, Handler, StageError, consume};
@@ -51,6 +52,8 @@ fn name_traces(changes: &[Change], audits: &mut [AuditEntry]) {
 pub struct MatchStage {
     pub matcher: Matcher,
     pub broker: Arc<Broker>,
+    /// The replica's live work, which batch work gives way to.
+    pub priority: Arc<Priority>,
 }
 
 impl MatchStage {
@@ -120,6 +123,13 @@ impl Handler for MatchStage {
         for change in &batch.changes {
             propagation::link(&span, change.trace.as_ref());
         }
+        let _live = match batch.lane {
+            Lane::Immediate => Some(self.priority.live()),
+            Lane::Batch => {
+                self.priority.give_way().await;
+                None
+            }
+        };
         async {
             let out = self.matcher.process(&batch).await?;
             tracing::Span::current().record("commands", out.commands.len()).record("errors", out.errors.len());
@@ -140,6 +150,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let batch_factory = SystemsFactory::from_services(&config, &services).await?;
     let immediate_factory = batch_factory.for_immediate_lane(&config, &services).await?;
     let factories = [(Lane::Immediate, immediate_factory), (Lane::Batch, batch_factory)];
+    let priority = Priority::shared(services.redis.clone(), &config.redis.prefix);
     // Each lane its own stage over its own connections (`Services::lane_pool`):
     // a live change never queues for one behind a backfill's messages.
     let loops = factories.map(|(lane, factory)| {
@@ -151,6 +162,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 lock_timeout: config.locks.acquire_timeout(),
             },
             broker: services.broker.clone(),
+            priority: priority.clone(),
         });
         let opts = ConsumeOptions {
             queue: services.topology.queue(Stage::Match, lane),

@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use crmsync_connector::ConnectorFactory;
 use crmsync_infra::health::{self, Health};
+use crmsync_infra::priority::Priority;
 use crmsync_infra::{CancellationToken, Config, services::Services, telemetry};
 use crmsync_store::{connections, feeds};
 use crmsync_systems::SystemsFactory;
@@ -141,6 +142,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let dirty = Dirty::default();
     let hearing = Arc::new(Hearing::default());
     let listener = tokio::spawn(listen(factory.pool().clone(), wake.clone(), dirty.clone(), hearing.clone(), shutdown.clone()));
+    let priority = Priority::shared(services.redis.clone(), &config.redis.prefix);
     let ctx = PassContext {
         pool: &services.pool,
         broker: &services.broker,
@@ -149,6 +151,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         page_size: config.producer.page_size,
         records_per_message: config.producer.records_per_message,
         api_records_per_message: config.producer.api_records_per_message,
+        priority: &priority,
     };
     info!(replica = %owner, "producer started");
     health.working();

@@ -23,6 +23,7 @@
 //! take the connection over when the lease expires or is given up.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -35,6 +36,7 @@ use crmsync_domain::settings::ConnectionSettings;
 use crmsync_domain::{CrmId, Lane};
 use crmsync_infra::amqp::{Outgoing, Stage, Topology};
 use crmsync_infra::broker::Broker;
+use crmsync_infra::priority::Priority;
 use crmsync_infra::propagation::{RecordSpans, RecordStage, context_of, record_span};
 use crmsync_infra::worker::StageError;
 use crmsync_store::feeds::{self, Lease};
@@ -66,6 +68,10 @@ pub struct PassContext<'a> {
     pub records_per_message: usize,
     /// The same for a connection with a system reached over a real API.
     pub api_records_per_message: usize,
+    /// The replica's live work: a pass counts as live until it has chosen
+    /// the batch lane, and from then on gives way before each page (see
+    /// `crmsync_infra::priority`).
+    pub priority: &'a Arc<Priority>,
 }
 
 /// The identities of a page's records, found by the records' keys.
@@ -341,6 +347,8 @@ pub async fn run_pass(
     select: Select<'_>,
     mut pass: Lease,
 ) -> Result<PassStats, StageError> {
+    // Live until the lane is known: most passes are a few live changes.
+    let mut live = Some(ctx.priority.live());
     let mut held = Vec::new();
     let wanted = |feed: &Feed| select.wants(feed);
     for feed in Feed::for_connection(settings).into_iter().filter(wanted) {
@@ -382,6 +390,11 @@ pub async fn run_pass(
     if changes > 0 {
         stats.lane = Some(lane);
     }
+    let batch = lane == Lane::Batch;
+    if batch {
+        // A backfill's pages wait for the live passes running beside it.
+        live = None;
+    }
     // Set when the pass lease is lost: the pages read and not yet published
     // are left to the new holder, from the cursors as stored (I1).
     let mut lost = false;
@@ -390,10 +403,16 @@ pub async fn run_pass(
             break;
         }
         if let Some(page) = page {
+            if batch {
+                ctx.priority.give_way().await;
+            }
             publish(ctx, connection_id, per_message, h, page, lane, &mut stats).await?;
         }
         // The rest of the pass follows the lane chosen.
         while h.open {
+            if batch {
+                ctx.priority.give_way().await;
+            }
             let page = read(ctx, connection_id, settings, systems, h, ctx.page_size).await?;
             stats.detected += page.keep.len() + page.dropped;
             if page.keep.is_empty() && page.dropped == 0 {
@@ -420,5 +439,6 @@ pub async fn run_pass(
     if stats.detected > 0 {
         debug!(connection_id, ?stats, "pass done");
     }
+    drop(live);
     Ok(stats)
 }

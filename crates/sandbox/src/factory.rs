@@ -93,7 +93,9 @@ impl SandboxFactory {
     pub async fn from_config_sized(config: &crmsync_infra::Config, engine: &PgPool, connections: u32) -> Result<Self, sqlx::Error> {
         use secrecy::ExposeSecret;
         let pool = match &config.sandbox.database_url {
-            Some(url) => crmsync_infra::db::connect_url(url.expose_secret(), connections.max(1), std::time::Duration::from_secs(10)).await?,
+            Some(url) => {
+                crmsync_infra::db::connect_url(url.expose_secret(), connections.max(1), std::time::Duration::from_secs(10)).await?
+            }
             None => engine.clone(),
         };
         Ok(SandboxFactory::new(pool))
