@@ -113,6 +113,12 @@ impl std::fmt::Debug for Drain {
     }
 }
 
+/// This replica's name in batch-lane leases.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "applier".into());
+    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
 /// How a chunk went.
 enum Applied {
     Done,
@@ -133,11 +139,11 @@ impl Drain {
         budget: BatchBudget,
         paces: Arc<PaceBook>,
         broker: Arc<Broker>,
-        owner: String,
         options: DrainOptions,
         wake: Arc<Notify>,
         priority: Arc<Priority>,
     ) -> Arc<Self> {
+        let owner = replica_name();
         let applying = Arc::new(Semaphore::new(options.chunks_at_once));
         Arc::new(Drain { applier, budget, paces, broker, owner, options, wake, priority, applying, failures: std::sync::Mutex::default() })
     }

@@ -146,7 +146,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         BatchBudget::new(services.redis.clone(), &config.redis.prefix),
         Arc::new(PaceBook::new(services.pool.clone())),
         services.broker.clone(),
-        replica_name(),
         DrainOptions::from_config(&config.applier),
         taken_in,
         priority,
@@ -190,12 +189,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         server.abort();
     }
     Ok(())
-}
-
-/// This replica's name in batch-lane leases.
-fn replica_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "applier".into());
-    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 /// Picks up mirror reconciliations another replica left behind.
