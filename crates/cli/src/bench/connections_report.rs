@@ -251,17 +251,40 @@ fn isolation(s: &mut String, i: &Isolation) {
     };
     row(s, &i.quiet, None);
     if let Some(b) = &i.backfill {
+        if let Some(h) = &b.held {
+            row(s, &h.live, Some((h.p50_ratio, h.p99_ratio)));
+        }
         row(s, &b.live, Some((b.p50_ratio, b.p99_ratio)));
     }
     if let Some(f) = &i.failing_crm {
         row(s, &f.live, Some((f.p50_ratio, f.p99_ratio)));
     }
     if let Some(b) = &i.backfill {
+        if let Some(h) = &b.held {
+            let _ = writeln!(
+                s,
+                "\n**Backfill at its own budget.** {} backfilled {} records ({} linked pairs), seeded set-based in {:.1} s while it \
+                 was paused, then resumed at its own budget ({} records an hour, burst {}) as the first window began: its producer \
+                 reads, the matcher matches and the applier stores the whole backlog in its lane unpaced; only its writes wait for \
+                 the budget. In the {:.0}-s window its producer published {} changes, {} were applied, and {} records were waiting \
+                 in its lane at the end.",
+                b.connection,
+                b.records,
+                b.pairs,
+                b.seed_seconds,
+                h.budget_per_hour,
+                h.burst,
+                h.window_seconds,
+                h.published_in_window,
+                h.applied_in_window,
+                h.queued_at_window_end,
+            );
+        }
         let _ = writeln!(
             s,
-            "\n**Backfill.** {} backfilled {} records ({} linked pairs, each needing a write each way) with its batch budget lifted \
-             (as the single-connection run), seeded set-based in {:.1} s while it was paused and resumed as the window began. In the \
-             {:.0}-s window (from the resume until the editors' last values had arrived) its producer published {} changes and \
+            "\n**Backfill, budget lifted.** {} backfilled {} records ({} linked pairs, each needing a write each way) with its batch \
+             budget then lifted (as the single-connection run), seeded set-based in {:.1} s while it was paused. In the \
+             {:.0}-s window (from the lift until the editors' last values had arrived) its producer published {} changes and \
              applied **{} of them ({:.0}/s)** (apply entries: a pair's two changes are mostly applied as one, writing both \
              records); {}. {}",
             b.connection,
@@ -274,7 +297,7 @@ fn isolation(s: &mut String, i: &Isolation) {
             b.applied_per_second,
             if b.running_at_window_end { "it was still running at the window's end" } else { "it had finished within the window" },
             b.finished_seconds.map_or("It did not finish within its limit and was paused.".to_owned(), |f| format!(
-                "All of it was done {f:.1} s after the resume ({:.0} records/s).",
+                "All of it was done {f:.1} s after the lift ({:.0} records/s).",
                 b.records as f64 / f
             )),
         );

@@ -7,12 +7,19 @@
 //! - **quiet**: nothing else happening;
 //! - **failing CRM**: another connection's CRM refuses every call
 //!   (`failing_crm`);
-//! - **backfill**: another connection, its batch budget lifted as for the
-//!   single-connection run, works through a backlog of `--isolation-backfill`
-//!   records (two per linked pair, seeded in slices while it is paused,
-//!   then resumed as the window starts). How far it got in the window is
-//!   read from its lane's tallies, so the reader sees that it ran, and it
-//!   is then left to finish before anything else is measured.
+//! - **backfill**: another connection works through a backlog of
+//!   `--isolation-backfill` records (two per linked pair, seeded in slices
+//!   while it is paused), in two windows one after the other:
+//!   - **at its own budget** (12,000 records an hour, as every connection
+//!     runs): resumed as the window starts, its producer reads the whole
+//!     backlog, the matcher matches it and the applier stores it in the
+//!     connection's lane, all unpaced; only its writes wait for the budget;
+//!   - **budget lifted** (as the single-connection run, an operator's
+//!     override and the worst case): its lane drains as fast as the
+//!     machine allows, beside whatever of the first part is left.
+//!   How far it got in each window is read from its lane's tallies, so the
+//!   reader sees that it ran, and it is then left to finish before
+//!   anything else is measured.
 //!
 //! The target: the editors' p99 in either troubled window at most twice
 //! the quiet one. What the scenario changed is put back (the backfilling
@@ -62,6 +69,23 @@ pub struct LiveEdits {
 /// How long the editors' last values are waited for after a window.
 pub const CATCH_UP: Duration = Duration::from_secs(300);
 
+/// The window of the backfill at the connection's own budget.
+#[derive(Debug, Clone, Serialize)]
+pub struct Held {
+    /// Its budget, records an hour, and burst.
+    pub budget_per_hour: u32,
+    pub burst: u32,
+    pub live: LiveEdits,
+    pub p50_ratio: Option<f64>,
+    pub p99_ratio: Option<f64>,
+    pub window_seconds: f64,
+    /// Changes of the backlog its producer published in the window, those
+    /// applied, and records waiting in its lane at the window's end.
+    pub published_in_window: i64,
+    pub applied_in_window: i64,
+    pub queued_at_window_end: i64,
+}
+
 /// One connection backfilling while the editors edit.
 #[derive(Debug, Clone, Serialize)]
 pub struct Backfill {
@@ -70,6 +94,9 @@ pub struct Backfill {
     pub records: i64,
     pub pairs: i64,
     pub seed_seconds: f64,
+    /// First at its own budget.
+    pub held: Option<Held>,
+    /// Then with its budget lifted.
     pub live: LiveEdits,
     /// The editors' p50 and p99 over the quiet window's.
     pub p50_ratio: Option<f64>,
@@ -259,7 +286,6 @@ pub(super) async fn measure(
         };
         let backfill = if plan.backfill_records > 0 {
             let b = backfill(&world, &ids[0], &tenant_of(pool, &ids[0]).await?, plan, &quiet).await.context("the backfill window")?;
-            print(&b.live, Some(&quiet))?;
             Some(b)
         } else {
             None
@@ -282,8 +308,9 @@ pub(super) async fn measure(
 /// slow-statement warnings do not fill the run's output.
 const SLICE: i64 = 5_000;
 
-/// Seeds the backlog while `connection` is paused, lifts its budget,
-/// resumes it as the editors start, and lets it finish after the window.
+/// Seeds the backlog while `connection` is paused, resumes it at its own
+/// budget for one window of edits, lifts its budget for a second, and lets
+/// it finish after that.
 async fn backfill(w: &World<'_>, connection: &str, tenant: &str, plan: &Plan, quiet: &LiveEdits) -> anyhow::Result<Backfill> {
     let pool = w.pool;
     let pairs = (plan.backfill_records / 2).max(1);
@@ -294,7 +321,6 @@ async fn backfill(w: &World<'_>, connection: &str, tenant: &str, plan: &Plan, qu
     lifted.batch_budget_per_hour = 3_600_000_000;
     lifted.batch_burst = 10_000;
     crmsync_ops::pause::set_paused(pool, &actor, connection, true).await?;
-    connections::save(pool, connection, &lifted).await?;
     let measured = async {
         let seeding = Instant::now();
         let sb = Sandbox::new(pool.clone(), tenant);
@@ -310,12 +336,15 @@ async fn backfill(w: &World<'_>, connection: &str, tenant: &str, plan: &Plan, qu
         outln!("  isolation, backfill: {} records ({pairs} pairs) seeded in {connection}'s tenant in {seed_seconds:.1} s", 2 * pairs);
 
         let before = lane_progress(pool, connection).await?;
-        // Watched from its resume, so that a backfill that finishes inside
+        crmsync_ops::pause::set_paused(pool, &actor, connection, false).await?;
+        let held = held_window(w, connection, &saved, &before, quiet, plan.window).await?;
+        let before_lift = lane_progress(pool, connection).await?;
+        // Watched from the lift, so that a backfill that finishes inside
         // the window is timed too; left to finish after the window, so
         // that what is measured next is not measured beside it.
         let limit = Duration::from_secs(300 + u64::try_from(pairs)? / 100);
         let bar = progress::bar(u64::try_from(pairs)?, "backlog changes applied");
-        crmsync_ops::pause::set_paused(pool, &actor, connection, false).await?;
+        connections::save(pool, connection, &lifted).await?;
         let resumed = Instant::now();
         let watcher = tokio::spawn(watch(pool.clone(), connection.to_owned(), before, pairs, limit, bar.clone()));
         let live = w.live_window("b", plan.window).await;
@@ -331,18 +360,19 @@ async fn backfill(w: &World<'_>, connection: &str, tenant: &str, plan: &Plan, qu
         };
         bar.finish_and_clear();
         let (mut live, after) = (live?, after?);
-        live.window = format!("{connection} backfilling {} records", 2 * pairs);
-        let applied = after.applied - before.applied;
+        live.window = format!("{connection} backfilling {} records, its budget lifted", 2 * pairs);
+        print(&live, Some(quiet))?;
+        let applied = after.applied - before_lift.applied;
         let running = !after.done_since(&before, pairs);
         outln!(
-            "  isolation, backfill: {} changes published and {applied} applied in the {window:.0} s window ({:.0}/s){}",
-            after.published - before.published,
+            "  isolation, backfill lifted: {} changes published and {applied} applied in the {window:.0} s window ({:.0}/s){}",
+            after.published - before_lift.published,
             applied as f64 / window,
             if running { "; still running at the window's end" } else { "; finished within the window" }
         );
         match finished_seconds {
             Some(s) => {
-                outln!("  isolation, backfill: all of it done {s:.1} s after it was resumed ({:.0} records/s)", 2.0 * pairs as f64 / s);
+                outln!("  isolation, backfill: all of it done {s:.1} s after its budget was lifted ({:.0} records/s)", 2.0 * pairs as f64 / s);
             }
             None => {
                 crmsync_ops::pause::set_paused(pool, &actor, connection, true).await?;
@@ -354,10 +384,11 @@ async fn backfill(w: &World<'_>, connection: &str, tenant: &str, plan: &Plan, qu
             records: 2 * pairs,
             pairs,
             seed_seconds,
+            held: Some(held),
             p50_ratio: edits::ratio(live.p50_ms, quiet.p50_ms),
             p99_ratio: edits::ratio(live.p99_ms, quiet.p99_ms),
             live,
-            published_in_window: after.published - before.published,
+            published_in_window: after.published - before_lift.published,
             applied_in_window: applied,
             applied_per_second: applied as f64 / window,
             window_seconds: window,
@@ -370,6 +401,43 @@ async fn backfill(w: &World<'_>, connection: &str, tenant: &str, plan: &Plan, qu
     // the default); a paused connection stays paused.
     connections::save(pool, connection, &saved).await.context("putting the backfilling connection's settings back")?;
     measured
+}
+
+/// The editors' window while `connection`, just resumed at its own budget
+/// (`saved`), reads, matches and queues its backlog.
+async fn held_window(
+    w: &World<'_>,
+    connection: &str,
+    saved: &crmsync_domain::settings::ConnectionSettings,
+    before: &LaneProgress,
+    quiet: &LiveEdits,
+    window: Duration,
+) -> anyhow::Result<Held> {
+    let started = Instant::now();
+    let mut live = w.live_window("h", window).await?;
+    let after = lane_progress(w.pool, connection).await?;
+    let window_seconds = started.elapsed().as_secs_f64();
+    live.window = format!("{connection} backfilling at its own budget");
+    print(&live, Some(quiet))?;
+    let held = Held {
+        budget_per_hour: saved.batch_budget_per_hour,
+        burst: saved.batch_burst,
+        p50_ratio: edits::ratio(live.p50_ms, quiet.p50_ms),
+        p99_ratio: edits::ratio(live.p99_ms, quiet.p99_ms),
+        live,
+        window_seconds,
+        published_in_window: after.published - before.published,
+        applied_in_window: after.applied - before.applied,
+        queued_at_window_end: after.queued,
+    };
+    outln!(
+        "  isolation, backfill at its budget ({}/h): {} changes published, {} applied, {} records in its lane after the {window_seconds:.0} s window",
+        held.budget_per_hour,
+        held.published_in_window,
+        held.applied_in_window,
+        held.queued_at_window_end
+    );
+    Ok(held)
 }
 
 /// Seconds from now until the backlog of `pairs` published after `before`
