@@ -315,10 +315,22 @@ fn tokens(s: &str) -> Result<Vec<(usize, Tok)>, SoqlError> {
     Ok(out)
 }
 
+/// Longest query text taken: Salesforce refuses SOQL statements over
+/// 100,000 characters.
+pub const MAX_QUERY_CHARS: usize = 100_000;
+
+/// Deepest nesting of parentheses and `NOT`s in a `WHERE` clause. The
+/// parser, the printer and the sandbox's SQL translation all recurse once
+/// per level, so without a bound about 2,500 nested parentheses overflowed
+/// the stack and aborted the whole server; no real filter comes near it.
+pub const MAX_NESTING: usize = 64;
+
 struct Parser {
     toks: Vec<(usize, Tok)>,
     i: usize,
     len: usize,
+    /// Parentheses and `NOT`s open around the current condition.
+    depth: usize,
 }
 
 impl Parser {
@@ -409,15 +421,36 @@ impl Parser {
         Ok(if all.len() == 1 { all.pop().expect("one") } else { Cond::And(all) })
     }
 
+    /// One level deeper, or refused past [`MAX_NESTING`].
+    fn nest(&mut self) -> Result<(), SoqlError> {
+        if self.depth >= MAX_NESTING {
+            return self.err(format!("the condition nests deeper than {MAX_NESTING} levels"));
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
     fn unary(&mut self) -> Result<Cond, SoqlError> {
         if self.keyword("NOT") {
-            return Ok(Cond::Not(Box::new(self.unary()?)));
+            // `NOT (…)`, as conditions print, is one level: the parenthesis
+            // counts it.
+            let bare = !matches!(self.peek(), Some(Tok::Sym("(")));
+            if bare {
+                self.nest()?;
+            }
+            let inner = self.unary()?;
+            if bare {
+                self.depth -= 1;
+            }
+            return Ok(Cond::Not(Box::new(inner)));
         }
         if self.sym("(") {
+            self.nest()?;
             let c = self.cond()?;
             if !self.sym(")") {
                 return self.err("expected )");
             }
+            self.depth -= 1;
             return Ok(c);
         }
         let field = self.ident()?;
@@ -460,7 +493,10 @@ fn is_reserved(w: &str) -> bool {
 
 /// Parses a query in the subset.
 pub fn parse(text: &str) -> Result<Query, SoqlError> {
-    let mut p = Parser { toks: tokens(text)?, i: 0, len: text.len() };
+    if text.chars().count() > MAX_QUERY_CHARS {
+        return Err(SoqlError { at: MAX_QUERY_CHARS, message: format!("the query is longer than {MAX_QUERY_CHARS} characters") });
+    }
+    let mut p = Parser { toks: tokens(text)?, i: 0, len: text.len(), depth: 0 };
     p.expect_keyword("SELECT")?;
     let mut fields = vec![p.ident()?];
     while p.sym(",") {

@@ -107,3 +107,74 @@ proptest! {
         prop_assert_eq!(parse(&q.to_string()).unwrap(), q);
     }
 }
+
+#[test]
+fn deep_nesting_is_refused_not_a_stack_overflow() {
+    // Each of these aborted the whole server before the bound.
+    for (open, close) in [("(", ")"), ("NOT (", ")"), ("NOT ", "")] {
+        let deep = format!("SELECT Id FROM Lead WHERE {}Email = 'a'{}", open.repeat(10_000), close.repeat(10_000));
+        let e = parse(&deep).unwrap_err();
+        assert!(e.message.contains("nests deeper"), "{open:?}: {e}");
+    }
+    // As deep as allowed still parses, and prints back to the same query.
+    let ok = format!("SELECT Id FROM Lead WHERE {}Email = 'a'{}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
+    parse(&ok).unwrap();
+    let nots = format!("SELECT Id FROM Lead WHERE {}Email = 'a'", "NOT ".repeat(MAX_NESTING));
+    let q = parse(&nots).unwrap();
+    assert_eq!(parse(&q.to_string()).unwrap(), q);
+}
+
+#[test]
+fn queries_over_salesforces_length_are_refused() {
+    let long = format!("SELECT Id FROM Lead WHERE Email IN ({})", vec!["'a@b.example'"; 10_000].join(", "));
+    assert!(long.len() > MAX_QUERY_CHARS);
+    let e = parse(&long).unwrap_err();
+    assert!(e.to_string().starts_with("MALFORMED_QUERY") && e.message.contains("longer than"), "{e}");
+}
+
+/// Text made of the query language's own pieces, in any order: what a
+/// fuzzer finds fastest.
+fn soup() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("SELECT "),
+        Just("FROM "),
+        Just("WHERE "),
+        Just("AND "),
+        Just("OR "),
+        Just("NOT "),
+        Just("IN "),
+        Just("ORDER BY "),
+        Just("LIMIT "),
+        Just("NULLS "),
+        Just("("),
+        Just(")"),
+        Just(","),
+        Just("= "),
+        Just("<= "),
+        Just("!"),
+        Just("'x' "),
+        Just("'\\"),
+        Just("'"),
+        Just("12 "),
+        Just("-"),
+        Just("2024-05-01T10:20:30Z "),
+        Just("2024-13-01 "),
+        Just("Email "),
+        Just("é"),
+        Just("\u{1F600}"),
+    ];
+    prop::collection::vec(piece, 0..60).prop_map(|p| p.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    /// Whatever the text, the parser answers (a query or MALFORMED_QUERY)
+    /// and never panics; what it accepts prints back to itself.
+    #[test]
+    fn any_text_is_answered_without_a_panic(text in prop_oneof![soup(), any::<String>()]) {
+        if let Ok(q) = parse(&text) {
+            prop_assert_eq!(parse(&q.to_string()).unwrap(), q);
+        }
+    }
+}
