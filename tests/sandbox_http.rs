@@ -105,9 +105,7 @@ async fn oauth_query_paging_and_the_usage_header() {
         usage.push(salesforce::ApiUsage::parse(&header).expect("api-usage=used/max"));
         let page: salesforce::QueryResult = resp.json().await.unwrap();
         pages += 1;
-        if pages == 1 {
-            assert_eq!(page.total_size, 450);
-        }
+        assert_eq!(page.total_size, 450, "every page tells the query's total, as Salesforce does");
         ids.extend(page.records.iter().map(|r| r["Id"].as_str().unwrap().to_owned()));
         match page.next_records_url {
             Some(next) => resp = c.get(&format!("{url}{next}")).await,
@@ -124,6 +122,14 @@ async fn oauth_query_paging_and_the_usage_header() {
     let malformed = c.query("SELECT Id FROM Lead WHERE").await;
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     assert_eq!(malformed.json::<Value>().await.unwrap()[0]["errorCode"], "MALFORMED_QUERY");
+    // 3,000 nested parentheses overflowed the parser's stack and aborted
+    // the server (this test's process with it); now it is a bad query.
+    let deep = format!("SELECT Id FROM Lead WHERE {}Email = 'a'{}", "(".repeat(3_000), ")".repeat(3_000));
+    let refused = c.query(&deep).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let body = refused.json::<Value>().await.unwrap();
+    assert_eq!(body[0]["errorCode"], "MALFORMED_QUERY", "{body}");
+    assert_eq!(c.query("SELECT Id FROM Lead LIMIT 1").await.status(), StatusCode::OK, "the server still answers");
     stop.cancel();
     app.cleanup().await;
 }
@@ -168,6 +174,166 @@ async fn collections_answer_per_record_and_upserts_are_idempotent() {
         )
         .await;
     assert_eq!(updated[0]["errors"][0]["statusCode"], "NOT_FOUND", "{updated}");
+    stop.cancel();
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_salesforce_keeps_itself_are_refused_on_create_and_update() {
+    let app = TestApp::spawn().await;
+    let stop = CancellationToken::new();
+    let c = login(&app.serve_sandbox(Limits::default(), stop.clone()).await).await;
+    let (_, made) = c
+        .send(
+            reqwest::Method::POST,
+            "/composite/sobjects",
+            json!({"allOrNone": false, "records": [{"attributes": {"type": "Lead"}, "LastName": "Real", "Company": "Acme"}]}),
+        )
+        .await;
+    let lead = made[0]["id"].as_str().unwrap().to_owned();
+
+    let refused = |results: &Value| -> Vec<String> {
+        results
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                assert_eq!(r["success"], false, "{r}");
+                r["errors"][0]["statusCode"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    // A lead created converted, towards a contact that does not exist
+    // (which once made the engine re-link its prospect to it), deleted, or
+    // with the ids and stamps the org keeps.
+    let creates = json!([
+        {"attributes": {"type": "Lead"}, "LastName": "Conv", "Company": "Acme", "IsConverted": true, "ConvertedContactId": "003000000000001AAA"},
+        {"attributes": {"type": "Lead"}, "LastName": "Del", "Company": "Acme", "IsDeleted": true},
+        {"attributes": {"type": "Lead"}, "LastName": "Stamped", "Company": "Acme", "SystemModstamp": "2020-01-01T00:00:00Z"},
+        {"attributes": {"type": "Lead"}, "Id": lead, "LastName": "Id given", "Company": "Acme"},
+    ]);
+    let (status, results) = c.send(reqwest::Method::POST, "/composite/sobjects", json!({"allOrNone": false, "records": creates})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(refused(&results), vec!["INVALID_FIELD_FOR_INSERT_UPDATE"; 4], "{results}");
+    assert!(results[0]["errors"][0]["message"].as_str().unwrap().contains("ConvertedContactId, IsConverted"), "{results}");
+
+    let updates = json!([
+        {"attributes": {"type": "Lead"}, "Id": lead, "IsConverted": true},
+        {"attributes": {"type": "Lead"}, "Id": lead, "IsDeleted": true},
+        {"attributes": {"type": "Lead"}, "Id": lead, "LastName": "Renamed", "CreatedDate": "2020-01-01T00:00:00Z"},
+    ]);
+    let (_, results) = c.send(reqwest::Method::PATCH, "/composite/sobjects", json!({"allOrNone": false, "records": updates})).await;
+    assert_eq!(refused(&results), vec!["INVALID_FIELD_FOR_INSERT_UPDATE"; 3], "{results}");
+    let shown = app.show(&schema::LEAD, &lead).await;
+    assert_eq!(
+        (&shown["last_name"], &shown["is_converted"], &shown["is_deleted"]),
+        (&json!("Real"), &json!(false), &json!(false)),
+        "nothing of a refused record is written: {shown}"
+    );
+    let leads: i64 = sqlx::query_scalar("SELECT count(*) FROM crm.leads").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(leads, 1, "no refused create made a lead");
+    stop.cancel();
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_record_routes_limits_and_error_bodies_answer_as_salesforce_does() {
+    use reqwest::Method;
+    let app = TestApp::spawn().await;
+    let stop = CancellationToken::new();
+    let url = app.serve_sandbox(Limits::default(), stop.clone()).await;
+    let c = login(&url).await;
+
+    // simple-salesforce creates at the type's path with a trailing slash,
+    // jsforce without.
+    let (status, made) =
+        c.send(Method::POST, "/sobjects/Lead/", json!({"LastName": "One", "Company": "Acme", "Email": "one@x.example"})).await;
+    assert_eq!((status, &made["success"]), (StatusCode::CREATED, &json!(true)), "{made}");
+    let id = made["id"].as_str().unwrap().to_owned();
+    let (status, _) = c.send(Method::POST, "/sobjects/Contact", json!({"LastName": "Two", "Email": "two@x.example"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let got: Value = c.get(&c.data(&format!("/sobjects/Lead/{id}"))).await.json().await.unwrap();
+    assert_eq!((&got["LastName"], &got["Company"], &got["attributes"]["type"]), (&json!("One"), &json!("Acme"), &json!("Lead")), "{got}");
+    let some: Value = c.get(&c.data(&format!("/sobjects/Lead/{id}?fields=Email"))).await.json().await.unwrap();
+    assert_eq!(some["Email"], "one@x.example", "{some}");
+    assert!(some.get("LastName").is_none(), "only the fields asked for: {some}");
+
+    let (status, body) = c.send(Method::PATCH, &format!("/sobjects/Lead/{id}"), json!({"LastName": "Renamed"})).await;
+    assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+    assert_eq!(app.show(&schema::LEAD, &id).await["last_name"], "Renamed");
+    let (status, body) = c.send(Method::PATCH, &format!("/sobjects/Lead/{id}"), json!({"IsConverted": true})).await;
+    assert_eq!((status, &body[0]["errorCode"]), (StatusCode::BAD_REQUEST, &json!("INVALID_FIELD_FOR_INSERT_UPDATE")), "{body}");
+    let (status, body) = c.send(Method::PATCH, "/sobjects/Lead/00Q000000000000AAA", json!({"LastName": "Ghost"})).await;
+    assert_eq!((status, &body[0]["errorCode"]), (StatusCode::NOT_FOUND, &json!("NOT_FOUND")), "{body}");
+
+    let path = format!("/sobjects/Lead/{}/ext-9", salesforce::EXTERNAL_ID_FIELD);
+    let (first, a) = c.send(Method::PATCH, &path, json!({"LastName": "Up", "Company": "Acme"})).await;
+    let (again, b) = c.send(Method::PATCH, &path, json!({"LastName": "Up again"})).await;
+    assert_eq!((first, again), (StatusCode::CREATED, StatusCode::OK), "{a} {b}");
+    assert_eq!((&a["created"], &b["created"], &a["id"]), (&json!(true), &json!(false), &b["id"]), "{a} {b}");
+
+    let (status, _) = c.send(Method::DELETE, &format!("/sobjects/Lead/{id}"), Value::Null).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(app.show(&schema::LEAD, &id).await["is_deleted"], true);
+    let (status, body) = c.send(Method::DELETE, &format!("/sobjects/Lead/{id}"), Value::Null).await;
+    assert_eq!((status, &body[0]["errorCode"]), (StatusCode::NOT_FOUND, &json!("NOT_FOUND")), "{body}");
+
+    let limits: Value = c.get(&c.data("/limits/")).await.json().await.unwrap();
+    let daily = &limits["DailyApiRequests"];
+    assert!(daily["Max"].as_u64().unwrap() >= daily["Remaining"].as_u64().unwrap(), "{limits}");
+    // simple-salesforce's queries end the path with a slash.
+    let q = c.http.get(c.data("/query/")).query(&[("q", "SELECT Id FROM Lead")]).bearer_auth(&c.token).send().await.unwrap();
+    assert_eq!(q.status(), StatusCode::OK);
+
+    // What the router and the extractors refuse has the API's body too.
+    let raw = |method: Method, path: &str| c.http.request(method, c.data(path)).bearer_auth(&c.token);
+    let shaped = |resp: reqwest::Response| async move {
+        let status = resp.status();
+        let kind = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        assert!(kind.starts_with("application/json"), "{status}: {kind}");
+        let body: Value = resp.json().await.unwrap();
+        (status, body[0]["errorCode"].as_str().unwrap_or_else(|| panic!("not a Salesforce error list: {body}")).to_owned())
+    };
+    let cases = [
+        (raw(Method::GET, "/no/such/route"), StatusCode::NOT_FOUND, "NOT_FOUND"),
+        (raw(Method::PUT, &format!("/sobjects/Lead/{id}")).json(&json!({})), StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+        (
+            raw(Method::POST, "/sobjects/Lead/").header("content-type", "application/json").body("{not json"),
+            StatusCode::BAD_REQUEST,
+            "JSON_PARSER_ERROR",
+        ),
+        (raw(Method::POST, "/sobjects/Lead/").json(&json!(["a list"])), StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR"),
+        (
+            raw(Method::POST, "/sobjects/Lead/").header("content-type", "text/csv").body("LastName\nX"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (raw(Method::GET, "/query"), StatusCode::BAD_REQUEST, "MALFORMED_QUERY"),
+    ];
+    for (request, status, code) in cases {
+        assert_eq!(shaped(request.send().await.unwrap()).await, (status, code.to_owned()));
+    }
+    let ae = c.pardot(Method::GET, "/api/v5/objects/nothing").send().await.unwrap();
+    assert_eq!(ae.status(), StatusCode::NOT_FOUND);
+    let body: Value = ae.json().await.unwrap();
+    assert!(body["code"].is_i64() && body["message"].is_string(), "Account Engagement's shape: {body}");
+
+    // The identity URL a token names, called with the older `OAuth`
+    // scheme, which Salesforce takes beside `Bearer`.
+    let token = TestApp::sandbox_token(&url).await;
+    let who: Value = c
+        .http
+        .get(token["id"].as_str().unwrap())
+        .header("authorization", format!("OAuth {}", token["access_token"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(who["id"], token["id"], "{who}");
+    assert!(who["user_id"].as_str().unwrap().starts_with("005") && who["urls"]["query"].is_string(), "{who}");
     stop.cancel();
     app.cleanup().await;
 }
@@ -254,6 +420,39 @@ async fn a_bulk_ingest_job_reports_successful_and_failed_rows() {
     assert_eq!(failed_header[..2], ["sf__Id", "sf__Error"]);
     assert!(failed_rows[0][1].starts_with("REQUIRED_FIELD_MISSING"), "{failed}");
     assert_eq!(failed_rows[0][2], "b-2", "the failed row comes back with its own values");
+    // Every row is in one of the two results: none unprocessed (jsforce
+    // retries what this lists, so a wrong answer inserts rows twice).
+    let unprocessed = text(format!("/jobs/ingest/{id}/unprocessedrecords/")).await;
+    assert_eq!(salesforce::read_csv(unprocessed.as_bytes()).unwrap().1.len(), 0, "{unprocessed}");
+    let (status, _) = c.send(reqwest::Method::DELETE, &format!("/jobs/ingest/{id}"), Value::Null).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let gone = c.get(&c.data(&format!("/jobs/ingest/{id}"))).await;
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+
+    // A job created with Salesforce's defaults (no contentType, no
+    // lineEnding), whose rows name a field the org keeps itself: each row
+    // is refused on its own, as through Collections.
+    let (status, job) = c.send(reqwest::Method::POST, "/jobs/ingest", json!({"object": "Lead", "operation": "insert"})).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let csv = "LastName,Company,IsConverted\nConv,Acme,true\n";
+    let up = c.http.put(c.data(&format!("/jobs/ingest/{id}/batches"))).bearer_auth(&c.token).body(csv).send().await.unwrap();
+    assert_eq!(up.status(), StatusCode::CREATED);
+    let waiting = text(format!("/jobs/ingest/{id}/unprocessedrecords")).await;
+    assert_eq!(waiting, csv, "before it runs, every row is unprocessed");
+    let (status, body) = c.send(reqwest::Method::DELETE, &format!("/jobs/ingest/{id}"), Value::Null).await;
+    assert_eq!((status, &body[0]["errorCode"]), (StatusCode::BAD_REQUEST, &json!("INVALIDJOBSTATE")), "an open job is not deleted");
+    c.send(reqwest::Method::PATCH, &format!("/jobs/ingest/{id}"), json!({"state": "UploadComplete"})).await;
+    for _ in 0..100 {
+        info = c.get(&c.data(&format!("/jobs/ingest/{id}"))).await.json().await.unwrap();
+        if info["state"] == "JobComplete" || info["state"] == "Failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!((info["state"].as_str(), info["numberRecordsFailed"].as_u64()), (Some("JobComplete"), Some(1)), "{info}");
+    let failed = text(format!("/jobs/ingest/{id}/failedResults")).await;
+    assert!(salesforce::read_csv(failed.as_bytes()).unwrap().1[0][1].starts_with("INVALID_FIELD_FOR_INSERT_UPDATE"), "{failed}");
     stop.cancel();
     app.cleanup().await;
 }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -25,10 +26,19 @@ pub async fn stats(State(st): State<Arc<AppState>>) -> Json<Stats> {
     Json(st.stats())
 }
 
-pub async fn set_limits(State(st): State<Arc<AppState>>, Json(new): Json<Limits>) -> Json<Limits> {
+pub async fn set_limits(
+    State(st): State<Arc<AppState>>,
+    Json(new): Json<Limits>,
+) -> Result<Json<Limits>, (StatusCode, Json<serde_json::Value>)> {
+    // A token that outlives the server's clock would make every later
+    // login panic; nothing a test or a demo needs comes near a year.
+    if new.token_ttl_secs == 0 || Duration::from_secs(new.token_ttl_secs) > crate::oauth::MAX_TOKEN_TTL {
+        let message = format!("token_ttl_secs must be between 1 and {}", crate::oauth::MAX_TOKEN_TTL.as_secs());
+        return Err((StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "INVALID_VALUE", "message": message}))));
+    }
     let l = st.set_limits(new).await;
     tracing::info!(limits = ?l, "sandbox limits changed");
-    Json(l)
+    Ok(Json(l))
 }
 
 /// Ends every session: the next call with any token gets the API's

@@ -7,6 +7,7 @@
 //! creation named in `Sforce-Call-Options`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -55,6 +56,9 @@ pub async fn create(
     if req.content_type != "CSV" {
         return Err(SfError::bad_request("INVALIDJOB", "contentType must be CSV"));
     }
+    if !room_for_a_job(&st).await {
+        return Err(SfError::bad_request("LIMIT_EXCEEDED", format!("at most {MAX_JOBS} jobs may be open at once")));
+    }
     let info = JobInfo {
         id: format!("750{}", uuid::Uuid::new_v4().simple()),
         object: req.object.clone(),
@@ -99,14 +103,103 @@ async fn job(st: &AppState, id: &str) -> Result<Arc<Mutex<Job>>, SfError> {
         .ok_or_else(|| SfError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "The requested resource does not exist"))
 }
 
+/// CSV data one job may hold: Salesforce's 150 MB a job.
+pub const MAX_JOB_BYTES: usize = 150 * 1024 * 1024;
+
+/// Jobs kept at once; past it, the oldest finished ones (complete, failed
+/// or aborted) go first, and a new job is refused while every kept job is
+/// still open. Salesforce keeps jobs for 7 days, which is also the longest
+/// any job is kept here.
+pub const MAX_JOBS: usize = 200;
+const JOB_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 60 * 60);
+
+/// CSV bytes all jobs together may hold before they run.
+pub const MAX_HELD_BYTES: usize = 512 * 1024 * 1024;
+
+/// Takes a job's uploaded data out, counting it off what jobs hold.
+fn take_data(st: &AppState, job: &mut Job) -> Vec<u8> {
+    let data = std::mem::take(&mut job.data);
+    st.bulk_bytes.fetch_sub(data.len(), Ordering::SeqCst);
+    data
+}
+
+/// Makes room for one more job; false when none can be made.
+async fn room_for_a_job(st: &AppState) -> bool {
+    let mut jobs = st.jobs.lock().await;
+    let mut expired = Vec::new();
+    let mut finished = Vec::new();
+    for (id, handle) in jobs.iter() {
+        // A job being worked is locked: it is neither ended nor waited for.
+        let Ok(mut job) = handle.try_lock() else { continue };
+        if job.created.elapsed() > JOB_TTL {
+            take_data(st, &mut job);
+            expired.push(id.clone());
+        } else if matches!(job.info.state, JobState::JobComplete | JobState::Failed | JobState::Aborted) {
+            finished.push((job.created, id.clone()));
+        }
+    }
+    for id in expired {
+        jobs.remove(&id);
+    }
+    finished.sort();
+    let mut oldest_first = finished.into_iter();
+    while jobs.len() >= MAX_JOBS {
+        let Some((_, id)) = oldest_first.next() else { break };
+        jobs.remove(&id);
+    }
+    jobs.len() < MAX_JOBS
+}
+
 pub async fn upload(State(st): State<Arc<AppState>>, Path((_v, id)): Path<(String, String)>, body: Bytes) -> Result<StatusCode, SfError> {
     let job = job(&st, &id).await?;
     let mut job = job.lock().await;
     if job.info.state != JobState::Open {
         return Err(SfError::new(StatusCode::CONFLICT, "INVALIDJOBSTATE", "data can only be uploaded to an Open job"));
     }
+    if job.data.len() + body.len() > MAX_JOB_BYTES {
+        return Err(SfError::bad_request(
+            "EXCEEDED_QUOTA",
+            format!("a job holds at most {} MB of CSV data", MAX_JOB_BYTES / (1024 * 1024)),
+        ));
+    }
+    if st.bulk_bytes.fetch_add(body.len(), Ordering::SeqCst) + body.len() > MAX_HELD_BYTES {
+        st.bulk_bytes.fetch_sub(body.len(), Ordering::SeqCst);
+        return Err(SfError::bad_request(
+            "EXCEEDED_QUOTA",
+            format!("jobs not run yet hold {} MB of CSV data, the most the server keeps", MAX_HELD_BYTES / (1024 * 1024)),
+        ));
+    }
     job.data.extend_from_slice(&body);
     Ok(StatusCode::CREATED)
+}
+
+/// `DELETE /jobs/ingest/{id}`: removes a job that is no longer running,
+/// and its data and results.
+pub async fn delete(State(st): State<Arc<AppState>>, Path((_v, id)): Path<(String, String)>) -> Result<StatusCode, SfError> {
+    let handle = job(&st, &id).await?;
+    {
+        let mut job = handle.lock().await;
+        let state = job.info.state;
+        if matches!(state, JobState::Open | JobState::InProgress) {
+            return Err(SfError::bad_request("INVALIDJOBSTATE", format!("a job cannot be deleted while it is {state:?}")));
+        }
+        take_data(&st, &mut job);
+    }
+    st.jobs.lock().await.remove(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /jobs/ingest/{id}/unprocessedrecords`: the rows of the job that
+/// were not processed: none once it has run (each row is in the successful
+/// or the failed results) or was aborted (its data is let go then), all of
+/// its data while it waits to run.
+pub async fn unprocessed(State(st): State<Arc<AppState>>, Path((_v, id)): Path<(String, String)>) -> Result<Response, SfError> {
+    let job = job(&st, &id).await?;
+    let job = job.lock().await;
+    if !job.data.is_empty() {
+        return Ok(([(header::CONTENT_TYPE, "text/csv")], job.data.clone()).into_response());
+    }
+    Ok(csv_response(job.header.clone(), &[]))
 }
 
 pub async fn update(
@@ -122,7 +215,11 @@ pub async fn update(
             let (st, handle) = (st.clone(), handle.clone());
             tokio::spawn(async move { run(&st, &handle).await });
         }
-        (JobState::Open | JobState::UploadComplete, JobState::Aborted) => job.info.state = JobState::Aborted,
+        (JobState::Open | JobState::UploadComplete, JobState::Aborted) => {
+            job.info.state = JobState::Aborted;
+            // Nothing of it will run: its data is let go at once.
+            take_data(&st, &mut job);
+        }
         (from, to) => {
             return Err(SfError::bad_request("INVALIDJOBSTATE", format!("a job cannot go from {from:?} to {to:?}")));
         }
@@ -182,7 +279,7 @@ async fn run(st: &AppState, handle: &Arc<Mutex<Job>>) {
     let (object, operation, data, session, origin) = {
         let mut job = handle.lock().await;
         job.info.state = JobState::InProgress;
-        (job.info.object.clone(), job.info.operation, std::mem::take(&mut job.data), job.session.clone(), job.origin.clone())
+        (job.info.object.clone(), job.info.operation, take_data(st, &mut job), job.session.clone(), job.origin.clone())
     };
     let outcome = process(st, &object, operation, &data, &session, &origin).await;
     let mut job = handle.lock().await;

@@ -13,7 +13,7 @@ use axum::Json;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use crmsync_sandbox::schema::{self, Column, Kind, ObjectDef};
-use crmsync_wire::salesforce::{DescribeField, EXTERNAL_ID_FIELD, FENCE_FIELD, SObjectDescribe, codes};
+use crmsync_wire::salesforce::{DescribeField, EXTERNAL_ID_FIELD, FENCE_FIELD, READ_ONLY_FIELDS, SObjectDescribe, codes};
 
 use crate::errors::SfError;
 
@@ -30,9 +30,6 @@ fn object(name: &str) -> Option<(&'static str, &'static ObjectDef)> {
         _ => None,
     }
 }
-
-/// Fields Salesforce computes or keeps itself: no API write sets them.
-const NOT_UPDATEABLE: &[&str] = &["IsDeleted", "IsConverted", "ConvertedContactId", "IsClosed", "IsWon"];
 
 /// A field's label as Salesforce shows one: the API name without its
 /// namespace and `__c`, words split at capitals and underscores
@@ -94,7 +91,7 @@ pub(crate) fn describe_of(name: &str, def: &ObjectDef) -> SObjectDescribe {
     let mut fields = vec![field("Id", "id", 18)];
     for c in def.columns {
         let mut f = field(c.api, kind_of(c), c.max_len.unwrap_or(0) as u64);
-        f.updateable = !NOT_UPDATEABLE.contains(&c.api);
+        f.updateable = !READ_ONLY_FIELDS.contains(&c.api);
         f.createable = f.updateable;
         // Checkboxes are never null; required fields cannot be blanked.
         f.nillable = c.kind != Kind::Bool && !def.required.contains(&c.api);

@@ -31,6 +31,7 @@ mod oauth;
 mod pardot;
 pub mod pubsub;
 mod rest;
+mod sobject;
 mod soql_sql;
 mod state;
 
@@ -140,6 +141,7 @@ impl Server {
             day: tokio::sync::Mutex::new(chrono::Utc::now().date_naive()),
             locators: Default::default(),
             jobs: Default::default(),
+            bulk_bytes: AtomicUsize::new(0),
             pardot_in_flight: AtomicUsize::new(0),
             pardot_in_flight_high: AtomicUsize::new(0),
             pardot_concurrency_refused: Default::default(),
@@ -181,7 +183,7 @@ impl Server {
                 })
         });
         let app = router(self.state);
-        let http = axum::serve(self.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
+        let http = serve_http(self.listener, app, shutdown);
         match pubsub {
             None => http.await,
             Some(grpc) => {
@@ -192,18 +194,87 @@ impl Server {
     }
 }
 
+/// How long a client may take to send a request's headers: a connection
+/// that sends them slowly, or never, is closed (hyper's timer), so that
+/// half-sent requests cannot hold the server's sockets for ever.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long one request may take, its body read included (the largest, a
+/// Bulk upload, is at most axum's 2 MB a request): past it, 408.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Serves `app` on `listener` until `shutdown`, then lets the connections
+/// in flight finish. hyper's own connection builder rather than
+/// `axum::serve`, which sets no timer and so no header-read timeout.
+async fn serve_http(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was taken: not the server's end.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Ends a request that takes longer than [`REQUEST_TIMEOUT`] (a body sent
+/// slowly, or never finished) with 408.
+async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => (axum::http::StatusCode::REQUEST_TIMEOUT, "the request took too long").into_response(),
+    }
+}
+
 fn router(st: Arc<state::AppState>) -> Router {
     use axum::routing::{delete, patch, put};
     let salesforce = Router::new()
         .route("/services/data/{v}/query", get(rest::query))
+        .route("/services/data/{v}/query/", get(rest::query))
         .route("/services/data/{v}/queryAll", get(rest::query_all))
+        .route("/services/data/{v}/queryAll/", get(rest::query_all))
+        .route("/services/data/{v}/limits", get(sobject::limits))
+        .route("/services/data/{v}/limits/", get(sobject::limits))
+        .route("/services/data/{v}/sobjects/{object}", post(sobject::create))
+        .route("/services/data/{v}/sobjects/{object}/", post(sobject::create))
+        .route("/services/data/{v}/sobjects/{object}/{id}", get(sobject::retrieve).patch(sobject::update).delete(sobject::delete))
+        .route("/services/data/{v}/sobjects/{object}/{field}/{value}", patch(sobject::upsert))
+        .route("/services/data/{v}/sobjects/{object}/describe/", get(describe::describe))
         .route("/services/data/{v}/query/{locator}", get(rest::query_more))
         .route("/services/data/{v}/queryAll/{locator}", get(rest::query_more))
         .route("/services/data/{v}/sobjects/{object}/describe", get(describe::describe))
         .route("/services/data/{v}/composite/sobjects", post(rest::create).patch(rest::update).delete(rest::delete))
         .route("/services/data/{v}/composite/sobjects/{object}/{field}", patch(rest::upsert))
         .route("/services/data/{v}/jobs/ingest", post(bulk::create).get(bulk::list))
-        .route("/services/data/{v}/jobs/ingest/{id}", get(bulk::status).patch(bulk::update))
+        .route("/services/data/{v}/jobs/ingest/{id}", get(bulk::status).patch(bulk::update).delete(bulk::delete))
+        .route("/services/data/{v}/jobs/ingest/{id}/unprocessedrecords", get(bulk::unprocessed))
+        .route("/services/data/{v}/jobs/ingest/{id}/unprocessedrecords/", get(bulk::unprocessed))
         .route("/services/data/{v}/jobs/ingest/{id}/batches", put(bulk::upload))
         .route("/services/data/{v}/jobs/ingest/{id}/successfulResults", get(bulk::successful))
         .route("/services/data/{v}/jobs/ingest/{id}/successfulResults/", get(bulk::successful))
@@ -226,9 +297,12 @@ fn router(st: Arc<state::AppState>) -> Router {
     Router::new()
         .route("/services/oauth2/token", post(oauth::token))
         .route("/services/data", get(rest::versions))
+        .route("/id/{org}/{user}", get(oauth::identity))
         .merge(salesforce)
         .merge(pardot)
         .merge(admin)
+        .layer(middleware::from_fn(request_timeout))
+        .layer(middleware::from_fn(errors::api_shaped))
         .layer(middleware::from_fn(trace))
         .with_state(st)
 }

@@ -104,7 +104,21 @@ pub async fn token(State(st): State<Arc<AppState>>, Form(req): Form<TokenRequest
     }
     let ttl = Duration::from_secs(st.limits.lock().await.token_ttl_secs);
     let access_token = format!("{}!{}", st.org_id, random_token());
-    st.sessions.lock().await.insert(access_token.clone(), Session { user_id: user.id.clone(), expires: Instant::now() + ttl });
+    let now = Instant::now();
+    // The admin's value is bounded, but an Instant must never overflow.
+    let expires = now.checked_add(ttl).unwrap_or(now + MAX_TOKEN_TTL);
+    {
+        let mut sessions = st.sessions.lock().await;
+        // Ended sessions go as new ones come, and a login loop cannot grow
+        // the table past its cap: the session closest to its end goes first.
+        sessions.retain(|_, s| s.expires > now);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(first) = sessions.iter().min_by_key(|(_, s)| s.expires).map(|(t, _)| t.clone())
+        {
+            sessions.remove(&first);
+        }
+        sessions.insert(access_token.clone(), Session { user_id: user.id.clone(), expires });
+    }
     st.logins.fetch_add(1, Ordering::SeqCst);
     Ok(Json(TokenResponse {
         access_token,
@@ -116,10 +130,24 @@ pub async fn token(State(st): State<Arc<AppState>>, Form(req): Form<TokenRequest
     }))
 }
 
-/// The bearer token of a request. (Taken out before any await: a request's
-/// body is not `Sync`, so a future holding `&Request` would not be `Send`.)
+/// Sessions held at once; past it, the one closest to its end is dropped.
+pub const MAX_SESSIONS: usize = 10_000;
+
+/// The longest a token may live (`token_ttl_secs` is refused above it).
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
+/// The access token of a request: Salesforce takes the `Bearer` scheme and
+/// the older `OAuth` one, in any case. (Taken out before any await: a
+/// request's body is not `Sync`, so a future holding `&Request` would not
+/// be `Send`.)
 fn bearer(req: &Request) -> Option<String> {
-    Some(req.headers().get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")?.trim().to_owned())
+    token_in(req.headers())
+}
+
+fn token_in(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get("authorization")?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("Bearer") || scheme.eq_ignore_ascii_case("OAuth")).then(|| token.trim().to_owned())
 }
 
 async fn session(st: &AppState, token: Option<String>) -> Option<Session> {
@@ -243,4 +271,54 @@ pub async fn pardot_gate(State(st): State<Arc<AppState>>, mut req: Request, next
     let resp = next.run(req).await;
     drop(guard);
     resp
+}
+
+/// `GET /id/{org}/{user}`, the identity URL a token response names (`id`):
+/// who the token acts as, as Salesforce's Identity service answers it
+/// (jsforce's `identity()`, simple-salesforce's session checks).
+pub async fn identity(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path((org, user_id)): axum::extract::Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<serde_json::Value>, SfError> {
+    let Some(session) = session(&st, token_in(&headers)).await else {
+        return Err(SfError::new(StatusCode::FORBIDDEN, "Bad_OAuth_Token", "Bad_OAuth_Token"));
+    };
+    let not_found = || SfError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "The requested resource does not exist");
+    if org != st.org_id || user_id != session.user_id {
+        return Err(not_found());
+    }
+    let row: Option<(String, String, bool)> = sqlx::query_as("SELECT name, email, is_active FROM crm.users WHERE tenant = $1 AND id = $2")
+        .bind(&st.config.crm_tenant)
+        .bind(&user_id)
+        .fetch_optional(&st.pool)
+        .await?;
+    let (name, email, active) = row.ok_or_else(not_found)?;
+    let base = st.base_url();
+    let v = salesforce::API_VERSION.trim_start_matches('v');
+    let data = |path: &str| format!("{base}/services/data/v{v}/{path}");
+    Ok(Json(serde_json::json!({
+        "id": format!("{base}/id/{org}/{user_id}"),
+        "asserted_user": true,
+        "user_id": user_id,
+        "organization_id": org,
+        "username": email,
+        "nick_name": name,
+        "display_name": name,
+        "email": email,
+        "email_verified": true,
+        "active": active,
+        "user_type": "STANDARD",
+        "language": "en_US",
+        "locale": "en_US",
+        "utcOffset": 0,
+        "urls": {
+            "rest": data(""),
+            "sobjects": data("sobjects/"),
+            "query": data("query/"),
+            "search": data("search/"),
+            "recent": data("recent/"),
+            "limits": data("limits/"),
+        },
+    })))
 }

@@ -45,6 +45,7 @@ const SYSTEM: &[(&str, &str)] = &[
     ("id", "id"),
     ("salesforceLeadId", "crm_lead_fid"),
     ("salesforceContactId", "crm_contact_fid"),
+    (SALESFORCE_ID, "crm_contact_fid"),
     ("assignedUserId", "assigned_user_id"),
     ("isDeleted", "is_deleted"),
     ("createdAt", "created_at"),
@@ -54,7 +55,12 @@ const SYSTEM: &[(&str, &str)] = &[
 ];
 
 /// Fields a client may not write.
-pub(crate) const READ_ONLY: &[&str] = &["id", "isDeleted", "createdAt", "updatedAt", "updatedById"];
+pub(crate) const READ_ONLY: &[&str] = &["id", "isDeleted", "createdAt", "updatedAt", "updatedById", SALESFORCE_ID];
+
+/// v5's `salesforceId`: the CRM record the prospect is synced with, its
+/// contact's id once it has one, else its lead's. Read from the contact
+/// column; [`prospect`] falls back to the lead's.
+const SALESFORCE_ID: &str = "salesforceId";
 
 pub(crate) fn column_of(field: &str) -> Option<&'static str> {
     SYSTEM
@@ -86,7 +92,10 @@ pub(crate) fn prospect(row: &Value, fields: &[String]) -> Map<String, Value> {
     let mut out = Map::new();
     for f in fields {
         let column = column_of(f).unwrap_or_default();
-        let v = row.get(column).cloned().unwrap_or(Value::Null);
+        let mut v = row.get(column).cloned().unwrap_or(Value::Null);
+        if f == SALESFORCE_ID && v.is_null() {
+            v = row.get("crm_lead_fid").cloned().unwrap_or(Value::Null);
+        }
         let v = match column {
             "created_at" | "modstamp" => v.as_str().and_then(time::parse).map_or(Value::Null, |t| Value::String(time::pardot(t))),
             // v5 user ids are numbers.
@@ -278,6 +287,20 @@ mod tests {
         assert_eq!(column_of("crmLeadFid"), None, "the sandbox's own names are not v5's");
         assert!(requested(None).is_err(), "v5 requires fields");
         assert!(requested(Some("id,nope")).is_err());
+    }
+
+    #[test]
+    fn salesforce_id_is_the_contact_once_there_is_one_else_the_lead() {
+        let fields = vec!["id".to_owned(), SALESFORCE_ID.to_owned()];
+        requested(Some("id,salesforceId")).unwrap();
+        let lead_only = serde_json::json!({"id": 1, "crm_lead_fid": "00Q000000000001AAA", "crm_contact_fid": null});
+        assert_eq!(prospect(&lead_only, &fields)[SALESFORCE_ID], "00Q000000000001AAA");
+        let both = serde_json::json!({"id": 1, "crm_lead_fid": "00Q000000000001AAA", "crm_contact_fid": "003000000000001AAA"});
+        assert_eq!(prospect(&both, &fields)[SALESFORCE_ID], "003000000000001AAA");
+        let neither = serde_json::json!({"id": 1});
+        assert_eq!(prospect(&neither, &fields)[SALESFORCE_ID], Value::Null);
+        let body = serde_json::json!({SALESFORCE_ID: "00Q000000000001AAA"}).as_object().unwrap().clone();
+        assert!(write_of(ProspectTarget::Id(1), &body).is_err(), "read-only, as in v5");
     }
 
     #[test]

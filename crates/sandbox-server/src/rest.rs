@@ -16,7 +16,7 @@ use crmsync_connector::{CrmApi, CrmTarget, CrmWrite, FieldValues, WriteOutcome};
 use crmsync_domain::{CrmId, CrmObject};
 use crmsync_sandbox::ops::Sandbox;
 use crmsync_wire::salesforce::{
-    self, CollectionRequest, EXTERNAL_ID_FIELD, FENCE_FIELD, FENCE_MESSAGE, QueryResult, SaveError, SaveResult, codes,
+    self, CollectionRequest, EXTERNAL_ID_FIELD, FENCE_FIELD, FENCE_MESSAGE, QueryResult, READ_ONLY_FIELDS, SaveError, SaveResult, codes,
 };
 use crmsync_wire::soql;
 use serde::Deserialize;
@@ -40,7 +40,19 @@ fn batch_size(headers: &HeaderMap) -> usize {
         .map_or(2000, |n: usize| n.clamp(200, 2000))
 }
 
-async fn run_query(st: &AppState, text: &str, include_deleted: bool, batch: usize, version: &str) -> Result<QueryResult, SfError> {
+/// Query cursors a user may hold open: Salesforce releases the oldest of
+/// ten when an eleventh is opened, so a client that never reads its
+/// queries to the end does not pile them up.
+pub const MAX_CURSORS_PER_USER: usize = 10;
+
+async fn run_query(
+    st: &AppState,
+    session: &Session,
+    text: &str,
+    include_deleted: bool,
+    batch: usize,
+    version: &str,
+) -> Result<QueryResult, SfError> {
     let q = soql::parse(text).map_err(|e| SfError::bad_request(codes::MALFORMED_QUERY, e.message.clone() + &format!(" (at {})", e.at)))?;
     let table = Table::resolve(&q.object)?;
     let ids = soql_sql::select_ids(&st.pool, &st.config.crm_tenant, &table, &q, include_deleted).await?;
@@ -52,10 +64,28 @@ async fn run_query(st: &AppState, text: &str, include_deleted: bool, batch: usiz
     } else {
         let id = format!("01g{}", uuid::Uuid::new_v4().simple());
         let url = format!("/services/data/{version}/query/{id}-{batch}");
-        st.locators
-            .lock()
-            .await
-            .insert(id, Locator { object: q.object.clone(), fields: q.fields.clone(), ids: rest.to_vec(), batch, created: Instant::now() });
+        let mut locators = st.locators.lock().await;
+        locators.retain(|_, l| l.created.elapsed() < LOCATOR_TTL);
+        let mut own: Vec<(Instant, String)> =
+            locators.iter().filter(|(_, l)| l.owner == session.user_id).map(|(k, l)| (l.created, k.clone())).collect();
+        if own.len() >= MAX_CURSORS_PER_USER {
+            own.sort();
+            for (_, k) in &own[..=own.len() - MAX_CURSORS_PER_USER] {
+                locators.remove(k);
+            }
+        }
+        locators.insert(
+            id,
+            Locator {
+                owner: session.user_id.clone(),
+                object: q.object.clone(),
+                fields: q.fields.clone(),
+                ids: rest.to_vec(),
+                batch,
+                total,
+                created: Instant::now(),
+            },
+        );
         Some(url)
     };
     Ok(QueryResult { total_size: total as u64, done: next_records_url.is_none(), next_records_url, records })
@@ -63,20 +93,22 @@ async fn run_query(st: &AppState, text: &str, include_deleted: bool, batch: usiz
 
 pub async fn query(
     State(st): State<Arc<AppState>>,
+    Extension(session): Extension<Session>,
     Path(version): Path<String>,
     headers: HeaderMap,
     QueryParams(p): QueryParams<Q>,
 ) -> Result<Json<QueryResult>, SfError> {
-    Ok(Json(run_query(&st, &p.q, false, batch_size(&headers), &version).await?))
+    Ok(Json(run_query(&st, &session, &p.q, false, batch_size(&headers), &version).await?))
 }
 
 pub async fn query_all(
     State(st): State<Arc<AppState>>,
+    Extension(session): Extension<Session>,
     Path(version): Path<String>,
     headers: HeaderMap,
     QueryParams(p): QueryParams<Q>,
 ) -> Result<Json<QueryResult>, SfError> {
-    Ok(Json(run_query(&st, &p.q, true, batch_size(&headers), &version).await?))
+    Ok(Json(run_query(&st, &session, &p.q, true, batch_size(&headers), &version).await?))
 }
 
 /// `GET /services/data/{v}/query/{locator}-{n}`: the next batch.
@@ -86,23 +118,25 @@ pub async fn query_more(
 ) -> Result<Json<QueryResult>, SfError> {
     let id = locator.split('-').next().unwrap_or_default().to_owned();
     let invalid = || SfError::bad_request(codes::INVALID_QUERY_LOCATOR, "invalid query locator");
-    let (table, fields, page, rest_len, batch) = {
+    let (table, fields, page, rest_len, batch, total) = {
         let mut locators = st.locators.lock().await;
         locators.retain(|_, l| l.created.elapsed() < LOCATOR_TTL);
         let l = locators.remove(&id).ok_or_else(invalid)?;
         let take = l.batch.min(l.ids.len());
         let page: Vec<String> = l.ids[..take].to_vec();
         let rest: Vec<String> = l.ids[take..].to_vec();
-        let (table, fields, batch) = (Table::resolve(&l.object)?, l.fields.clone(), l.batch);
+        let (table, fields, batch, total) = (Table::resolve(&l.object)?, l.fields.clone(), l.batch, l.total);
         let rest_len = rest.len();
         if !rest.is_empty() {
             locators.insert(id.clone(), Locator { ids: rest, created: Instant::now(), ..l });
         }
-        (table, fields, page, rest_len, batch)
+        (table, fields, page, rest_len, batch, total)
     };
     let records = soql_sql::records(&st.pool, &st.config.crm_tenant, &table, &fields, &page, &version).await?;
     let next_records_url = (rest_len > 0).then(|| format!("/services/data/{version}/query/{id}-{batch}"));
-    Ok(Json(QueryResult { total_size: (page.len() + rest_len) as u64, done: rest_len == 0, next_records_url, records }))
+    // The query's total, as Salesforce reports it on every page (jsforce
+    // and simple-salesforce read it from the last page they fetched).
+    Ok(Json(QueryResult { total_size: total as u64, done: rest_len == 0, next_records_url, records }))
 }
 
 /// The header a client names itself in (`client=<id>`, among other options).
@@ -168,6 +202,21 @@ pub(crate) fn prepare(
         .and_then(Value::as_str)
         .ok_or_else(|| error(codes::INVALID_TYPE, "every record needs attributes.type"))
         .and_then(writable)?;
+    // As Salesforce: the whole record is refused, naming every such field.
+    let read_only: Vec<&str> = r.keys().map(String::as_str).filter(|k| READ_ONLY_FIELDS.contains(k)).collect();
+    if !read_only.is_empty() {
+        return Err(error(
+            codes::INVALID_FIELD_FOR_INSERT_UPDATE,
+            format!(
+                "Unable to create/update fields: {}. Please check the security settings of this field and verify that it is \
+                 read/write for your profile or permission set.",
+                read_only.join(", ")
+            ),
+        ));
+    }
+    if mode == Mode::Create && r.keys().any(|k| k == "Id" || k == "id") {
+        return Err(error(codes::INVALID_FIELD_FOR_INSERT_UPDATE, "cannot specify Id in an insert call"));
+    }
     let mut fields = FieldValues::new();
     let mut id = None;
     let mut owner = None;

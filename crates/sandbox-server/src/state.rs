@@ -99,10 +99,14 @@ pub(crate) mod defaults {
 /// each batch is asked for).
 #[derive(Debug)]
 pub struct Locator {
+    /// The user whose query it is (at most ten open a user).
+    pub owner: String,
     pub object: String,
     pub fields: Vec<String>,
     pub ids: Vec<String>,
     pub batch: usize,
+    /// The whole query's size: every page reports it as `totalSize`.
+    pub total: usize,
     pub created: Instant,
 }
 
@@ -124,6 +128,8 @@ pub struct AppState {
     pub day: Mutex<chrono::NaiveDate>,
     pub locators: Mutex<HashMap<String, Locator>>,
     pub jobs: Mutex<HashMap<String, Arc<Mutex<Job>>>>,
+    /// CSV bytes uploaded to jobs and not run yet, over every job.
+    pub bulk_bytes: AtomicUsize,
     /// Account Engagement requests in flight.
     pub pardot_in_flight: AtomicUsize,
     /// Their high-water mark, and how many were refused for concurrency.

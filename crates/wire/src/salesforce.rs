@@ -46,7 +46,31 @@ pub mod codes {
     pub const INVALID_CROSS_REFERENCE_KEY: &str = "INVALID_CROSS_REFERENCE_KEY";
     pub const API_DISABLED_FOR_ORG: &str = "API_DISABLED_FOR_ORG";
     pub const JSON_PARSER_ERROR: &str = "JSON_PARSER_ERROR";
+    pub const INVALID_FIELD_FOR_INSERT_UPDATE: &str = "INVALID_FIELD_FOR_INSERT_UPDATE";
 }
+
+/// Fields Salesforce computes or keeps itself: no create or update through
+/// the API sets them, and a write naming one is refused whole with
+/// [`codes::INVALID_FIELD_FOR_INSERT_UPDATE`]. Conversion and deletion
+/// have operations of their own; `IsClosed` and `IsWon` follow an
+/// opportunity's stage.
+pub const READ_ONLY_FIELDS: &[&str] = &[
+    "IsDeleted",
+    "IsConverted",
+    "ConvertedContactId",
+    "ConvertedAccountId",
+    "ConvertedOpportunityId",
+    "ConvertedDate",
+    "MasterRecordId",
+    "CreatedDate",
+    "CreatedById",
+    "LastModifiedDate",
+    "LastModifiedById",
+    "SystemModstamp",
+    "LastActivityDate",
+    "IsClosed",
+    "IsWon",
+];
 
 /// A successful token response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -280,10 +304,20 @@ pub struct CreateJob {
     pub operation: BulkOperation,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id_field_name: Option<String>,
-    /// Always `CSV`.
+    /// Always `CSV` (Salesforce's default when left out).
+    #[serde(default = "csv_content")]
     pub content_type: String,
-    /// `LF`.
+    /// `LF` (the default when left out).
+    #[serde(default = "lf_ending")]
     pub line_ending: String,
+}
+
+fn csv_content() -> String {
+    "CSV".to_owned()
+}
+
+fn lf_ending() -> String {
+    "LF".to_owned()
 }
 
 /// Bulk API 2.0: a job, as returned by create, update and status calls.

@@ -86,6 +86,11 @@ fn bad(m: String) -> AeError {
     AeError::new(StatusCode::BAD_REQUEST, codes::INVALID_FIELD_VALUE, m)
 }
 
+/// Whether a decoded token asks for no more than a request may.
+fn within_bounds(t: &PageToken) -> bool {
+    (1..=pardot::MAX_PAGE).contains(&t.limit) && t.fields.len() <= 200 && t.fields.iter().all(|f| f.len() <= 100)
+}
+
 /// The query a request without a token asks for.
 fn token_of(p: &QueryParams) -> Result<PageToken, AeError> {
     let order = match p.order_by.as_deref().map(|o| o.trim().to_ascii_lowercase()).as_deref() {
@@ -126,7 +131,10 @@ fn token_of(p: &QueryParams) -> Result<PageToken, AeError> {
 /// 1000), resumed by `nextPageToken`. v5 takes only `fields` beside a token.
 pub async fn query(State(st): State<Arc<AppState>>, Query(p): Query<QueryParams>) -> Result<Json<QueryPage>, AeError> {
     let token = match &p.next_page_token {
-        Some(t) => decode(t).ok_or_else(|| bad("Invalid nextPageToken".into()))?,
+        // A token is the client's to send back, and so to forge: what it
+        // asks for is held to what a first request may ask (a forged one
+        // had 1,048 prospects in one page, past the cap of 1,000).
+        Some(t) => decode(t).filter(within_bounds).ok_or_else(|| bad("Invalid nextPageToken".into()))?,
         None => token_of(&p)?,
     };
     // Stamps compare at millisecond precision, the precision v5 returns.
@@ -140,6 +148,9 @@ pub async fn query(State(st): State<Arc<AppState>>, Query(p): Query<QueryParams>
     // light pages ask for `id` and `updatedAt` of a thousand prospects.
     let mut columns = std::collections::BTreeSet::from(["id", "modstamp"]);
     columns.extend(token.fields.iter().filter_map(|f| column_of(f)));
+    if token.fields.iter().any(|f| f == "salesforceId") {
+        columns.insert("crm_lead_fid");
+    }
     let row = crate::soql_sql::row_of(&columns);
     let stamp = "date_trunc('milliseconds', t.modstamp)";
     let sql = format!(
@@ -190,6 +201,17 @@ pub async fn query(State(st): State<Arc<AppState>>, Query(p): Query<QueryParams>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forged_token_asks_for_no_more_than_a_request_may() {
+        let mut t = token_of(&QueryParams { fields: Some("id,email".into()), ..QueryParams::default() }).unwrap();
+        assert!(within_bounds(&t));
+        for limit in [0, pardot::MAX_PAGE + 48, usize::MAX] {
+            t.limit = limit;
+            let forged = decode(&encode(&t)).unwrap();
+            assert!(!within_bounds(&forged), "limit {limit}");
+        }
+    }
 
     #[test]
     fn a_page_token_round_trips_and_orders_read_as_v5_writes_them() {
