@@ -479,3 +479,83 @@ async fn lane_rows_the_audit_log_shows_applied_are_flagged_and_finishing_counts_
     assert_eq!(batch_lanes::queued(&app.pool, "default").await.unwrap(), 2);
     app.cleanup().await;
 }
+
+/// A stage that fails every delivery transiently, counting its attempts.
+struct AlwaysRetry(std::sync::atomic::AtomicU32);
+
+#[async_trait::async_trait]
+impl crmsync_infra::worker::Handler for AlwaysRetry {
+    async fn handle(&self, _: &lapin::message::Delivery) -> Result<(), crmsync_infra::worker::StageError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(crmsync_infra::worker::StageError::Retry("the target keeps failing".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_only_ever_fails_is_given_back_after_its_time_in_place_and_dead_lettered() {
+    use crmsync_domain::Lane;
+    use crmsync_infra::amqp::Stage;
+    use crmsync_infra::worker::{ConsumeOptions, consume};
+
+    let app = TestApp::spawn().await;
+    let handler = std::sync::Arc::new(AlwaysRetry(std::sync::atomic::AtomicU32::new(0)));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let opts = ConsumeOptions {
+        queue: app.broker.topology().queue(Stage::Match, Lane::Immediate),
+        concurrency: 2,
+        backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(50),
+        retry_in_place: Duration::from_millis(300),
+        tag: String::new(),
+    };
+    let consumer = tokio::spawn({
+        let (broker, handler, stop) = (app.broker.clone(), handler.clone(), stop.clone());
+        async move { consume(&broker, opts, handler, stop).await }
+    });
+    app.publish_raw(Stage::Match, Lane::Immediate, b"{}".to_vec()).await;
+    let limit = app.config.amqp.delivery_limit;
+    eventually("dead-lettered past the delivery limit", || async { app.dead_letters(Stage::Match).await == 1 }).await;
+    stop.cancel();
+    consumer.await.unwrap().unwrap();
+    let attempts = handler.0.load(std::sync::atomic::Ordering::SeqCst);
+    // Each delivery is retried in place for 300 ms (several attempts), then
+    // given back; the broker dead-letters it once its deliveries pass the
+    // limit, instead of it being retried for ever.
+    println!("{attempts} attempts over the deliveries before it was dead-lettered (delivery limit {limit})");
+    assert!(attempts > limit, "retried in place each time: {attempts} attempts, limit {limit}");
+    assert_eq!(app.queued(Stage::Match, Lane::Immediate).await, 0);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_read_no_further_ahead_than_its_budget_and_the_rest_follows_as_it_drains() {
+    use crmsync_store::batch_lanes;
+    let mut app = TestApp::spawn().await;
+    // One record an hour: the lane may hold its floor of 2,000 records
+    // before the connection's detection waits.
+    pace(&app, "default", 1, 5, 10).await;
+    app.start_pipeline(1, 1);
+    burst(&app, "default", 4_000, "ahead").await;
+    let published = || async {
+        sqlx::query_scalar::<_, i64>("SELECT coalesce(sum(published_batch), 0)::bigint FROM feeds WHERE connection_id = 'default'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    eventually("the lane filled to its limit", || async { batch_lanes::queued(&app.pool, "default").await.unwrap() >= 2_000 }).await;
+    // Reading has stopped: the lane holds still (the budget applies 5 and
+    // then one an hour) and the rest of the backlog is not read.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (held, read) = (batch_lanes::queued(&app.pool, "default").await.unwrap(), published().await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(batch_lanes::queued(&app.pool, "default").await.unwrap(), held, "nothing more read while the lane is full");
+    assert_eq!(published().await, read);
+    println!("{read} of 4,000 changes read ahead of a budget of one record an hour; {held} records in the lane");
+    assert!(read < 4_000, "the whole backlog was read at once ({read})");
+
+    // The budget lifted: the rest is read as the lane drains, nothing lost.
+    pace(&app, "default", 3_600_000, 200, 10).await;
+    eventually("every record applied", || async { batch_times(&app, "default").await.len() == 4_000 }).await;
+    assert_eq!(published().await, 4_000);
+    app.cleanup().await;
+}

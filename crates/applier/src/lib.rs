@@ -107,6 +107,7 @@ fn options(config: &Config, queue: String, concurrency: usize) -> ConsumeOptions
         concurrency,
         backoff: Duration::from_millis(config.applier.retry_backoff_ms),
         max_backoff: Duration::from_secs(10),
+        retry_in_place: config.amqp.retry_in_place(),
         tag: String::new(),
     }
 }

@@ -8,8 +8,13 @@
 //!   committed in PostgreSQL, written to the target): ack.
 //! - `Retry`: a transient failure (a service away, a lock contended, a rate
 //!   limit). The delivery is kept and retried in place with exponential
-//!   backoff, so a broker-side delivery limit is not burnt by an outage; on
-//!   shutdown it is returned to the queue.
+//!   backoff, so a broker-side delivery limit is not burnt by a short
+//!   outage; on shutdown it is returned to the queue. In place for at most
+//!   `retry_in_place` (`amqp.retry_in_place_ms`): past it the delivery is
+//!   given back to the queue, which counts a delivery, so that a message
+//!   that only ever fails (a bug, a record no write can satisfy) holds its
+//!   consumer slot for a bounded time and, past the delivery limit, is
+//!   dead-lettered (`crmsync dead-letters`) instead of retried for ever.
 //! - `Poison`: it can never succeed (unreadable, or the handler panicked):
 //!   rejected to the dead-letter exchange, never redelivered forever, never
 //!   blocking the queue behind it, never crashing the worker.
@@ -138,6 +143,8 @@ pub struct ConsumeOptions {
     pub concurrency: usize,
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// How long a delivery is retried in place before it is given back.
+    pub retry_in_place: Duration,
     pub tag: String,
 }
 
@@ -286,6 +293,7 @@ async fn attempt_until_settled<H: Handler>(
 ) -> u64 {
     let mut backoff = opts.backoff;
     let mut attempts: u64 = 0;
+    let first = std::time::Instant::now();
     let delivery = Arc::new(delivery);
     loop {
         // A panic in the handler is contained to this delivery.
@@ -349,6 +357,18 @@ async fn attempt_until_settled<H: Handler>(
                 // it back to the queue, and retrying here would only race
                 // the replica that takes it next.
                 warn!(queue = %opts.queue, "channel lost; leaving the delivery to its redelivery");
+                return attempts;
+            }
+            Err(StageError::Retry(reason)) if first.elapsed() >= opts.retry_in_place => {
+                let reason = redact(&reason);
+                warn!(
+                    queue = %opts.queue,
+                    %reason,
+                    attempts,
+                    in_place_ms = first.elapsed().as_millis() as u64,
+                    "giving a delivery back after retrying it in place (it counts a delivery: dead-lettered past the delivery limit)"
+                );
+                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
                 return attempts;
             }
             Err(StageError::Retry(reason)) => {

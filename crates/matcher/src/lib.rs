@@ -169,6 +169,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             concurrency: config.matcher.concurrency,
             backoff: Duration::from_millis(config.matcher.retry_backoff_ms),
             max_backoff: Duration::from_secs(10),
+            retry_in_place: config.amqp.retry_in_place(),
             tag: String::new(),
         };
         consume(&services.broker, opts, stage, shutdown.clone())

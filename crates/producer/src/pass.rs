@@ -39,6 +39,7 @@ use crmsync_infra::broker::Broker;
 use crmsync_infra::priority::Priority;
 use crmsync_infra::propagation::{RecordSpans, RecordStage, context_of, record_span};
 use crmsync_infra::worker::StageError;
+use crmsync_store::batch_lanes;
 use crmsync_store::feeds::{self, Lease};
 use crmsync_store::identities::{self, IdentityRow, Keys};
 use sqlx::PgPool;
@@ -55,6 +56,23 @@ pub struct PassStats {
     pub suppressed: usize,
     pub messages: usize,
     pub lane: Option<Lane>,
+    /// The pass stopped (or did not start) because the connection's batch
+    /// lane already holds what its budget will take a while to apply.
+    pub ahead: bool,
+}
+
+/// The fewest records a connection's batch lane may hold before its
+/// detection waits, whatever its budget: enough for the drain's chunks and
+/// for tests and benches that fill a lane while the budget is held at
+/// almost nothing.
+pub const MIN_AHEAD_RECORDS: i64 = 2_000;
+
+/// How many records a connection's batch lane may hold before its
+/// detection stops reading further: `ahead` of its budget, at least
+/// [`MIN_AHEAD_RECORDS`]. A lifted budget lifts it too.
+pub fn ahead_limit(settings: &ConnectionSettings, ahead: Duration) -> i64 {
+    let of_budget = f64::from(settings.batch_budget_per_hour) * ahead.as_secs_f64() / 3600.0;
+    (of_budget as i64).max(MIN_AHEAD_RECORDS)
 }
 
 /// What a pass needs from its tier.
@@ -72,6 +90,9 @@ pub struct PassContext<'a> {
     /// the batch lane, and from then on gives way before each page (see
     /// `crmsync_infra::priority`).
     pub priority: &'a Arc<Priority>,
+    /// How far ahead of its budget a connection's backlog is read (see
+    /// [`ahead_limit`]).
+    pub batch_ahead: Duration,
 }
 
 /// The identities of a page's records, found by the records' keys.
@@ -347,6 +368,17 @@ pub async fn run_pass(
     select: Select<'_>,
     mut pass: Lease,
 ) -> Result<PassStats, StageError> {
+    // A backlog is read no further ahead than its budget applies it: at
+    // 12,000 records an hour, a million read at once would wait 83 hours
+    // in the lane (growing stale, and costing an API's calls and the
+    // machine's work up front, beside every other connection's live
+    // edits). Its own later changes wait behind it in its feeds anyway.
+    let limit = ahead_limit(settings, ctx.batch_ahead);
+    let queued = batch_lanes::queued(ctx.pool, connection_id).await?;
+    if queued >= limit {
+        debug!(connection_id, queued, limit, "the batch lane is ahead of its budget; not reading further yet");
+        return Ok(PassStats { ahead: true, ..PassStats::default() });
+    }
     // Live until the lane is known: most passes are a few live changes.
     let mut live = Some(ctx.priority.live());
     let mut held = Vec::new();
@@ -411,6 +443,13 @@ pub async fn run_pass(
         // The rest of the pass follows the lane chosen.
         while h.open {
             if batch {
+                if queued + stats.published as i64 >= limit {
+                    // The cursor stays after the last page published; the
+                    // next pass reads on once the lane has drained.
+                    debug!(connection_id, queued, published = stats.published, limit, "read a budget's worth ahead; stopping the pass");
+                    stats.ahead = true;
+                    break;
+                }
                 ctx.priority.give_way().await;
             }
             let page = read(ctx, connection_id, settings, systems, h, ctx.page_size).await?;
@@ -441,4 +480,21 @@ pub async fn run_pass(
     }
     drop(live);
     Ok(stats)
+}
+
+#[cfg(test)]
+mod ahead_tests {
+    use super::*;
+
+    #[test]
+    fn a_backlog_is_read_a_quarter_hour_of_budget_ahead_and_never_less_than_the_floor() {
+        let mut s = ConnectionSettings::default();
+        let quarter = Duration::from_secs(900);
+        s.batch_budget_per_hour = 12_000;
+        assert_eq!(ahead_limit(&s, quarter), 3_000);
+        s.batch_budget_per_hour = 1;
+        assert_eq!(ahead_limit(&s, quarter), MIN_AHEAD_RECORDS, "a budget held at nothing still fills a lane");
+        s.batch_budget_per_hour = u32::MAX;
+        assert!(ahead_limit(&s, quarter) > 1_000_000_000, "a lifted budget lifts it");
+    }
 }

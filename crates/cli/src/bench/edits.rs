@@ -68,15 +68,30 @@ pub(super) async fn install(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes the triggers and the commit log.
+/// Removes the triggers and the commit log. Dropping a trigger locks its
+/// table whole while the pipeline may still be writing both tables (a
+/// backfill finishing): PostgreSQL can find a deadlock and end either
+/// side, so the drop is tried again a few times (the pipeline retries its
+/// own side as it always does).
 pub(super) async fn remove(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::raw_sql(
-        "DROP TRIGGER IF EXISTS bench_commit ON ma.prospects; DROP TRIGGER IF EXISTS bench_commit ON crm.leads; \
-         DROP SCHEMA IF EXISTS bench CASCADE;",
-    )
-    .execute(pool)
-    .await?;
-    Ok(())
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let dropped = sqlx::raw_sql(
+            "DROP TRIGGER IF EXISTS bench_commit ON ma.prospects; DROP TRIGGER IF EXISTS bench_commit ON crm.leads; \
+             DROP SCHEMA IF EXISTS bench CASCADE;",
+        )
+        .execute(pool)
+        .await;
+        match dropped {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < 10 => {
+                crate::out::err_line(format_args!("  removing the bench's commit triggers (attempt {attempt}): {e}; trying again"));
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// One record to edit, and the admin of its tenant who edits it.

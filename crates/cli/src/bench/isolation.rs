@@ -372,7 +372,10 @@ async fn backfill(w: &World<'_>, connection: &str, tenant: &str, plan: &Plan, qu
         );
         match finished_seconds {
             Some(s) => {
-                outln!("  isolation, backfill: all of it done {s:.1} s after its budget was lifted ({:.0} records/s)", 2.0 * pairs as f64 / s);
+                outln!(
+                    "  isolation, backfill: all of it done {s:.1} s after its budget was lifted ({:.0} records/s)",
+                    2.0 * pairs as f64 / s
+                );
             }
             None => {
                 crmsync_ops::pause::set_paused(pool, &actor, connection, true).await?;
