@@ -531,7 +531,7 @@ async fn a_delivery_that_only_ever_fails_is_given_back_after_its_time_in_place_a
 async fn a_backlog_is_read_no_further_ahead_than_its_budget_and_the_rest_follows_as_it_drains() {
     use crmsync_store::batch_lanes;
     let mut app = TestApp::spawn().await;
-    // One record an hour: the lane may hold its floor of 2,000 records
+    // One record an hour: the lane may hold its floor of 1,000 records
     // before the connection's detection waits.
     pace(&app, "default", 1, 5, 10).await;
     app.start_pipeline(1, 1);
@@ -542,7 +542,7 @@ async fn a_backlog_is_read_no_further_ahead_than_its_budget_and_the_rest_follows
             .await
             .unwrap()
     };
-    eventually("the lane filled to its limit", || async { batch_lanes::queued(&app.pool, "default").await.unwrap() >= 2_000 }).await;
+    eventually("the lane filled to its limit", || async { batch_lanes::queued(&app.pool, "default").await.unwrap() >= 1_000 }).await;
     // Reading has stopped: the lane holds still (the budget applies 5 and
     // then one an hour) and the rest of the backlog is not read.
     tokio::time::sleep(Duration::from_secs(2)).await;

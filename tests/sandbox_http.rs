@@ -58,12 +58,34 @@ impl Client {
         (resp.status(), resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// A Bulk job's info once it has completed or failed (10 s at most).
+    async fn until_job_ends(&self, id: &str) -> Value {
+        let mut info = Value::Null;
+        for _ in 0..100 {
+            info = self.get(&self.data(&format!("/jobs/ingest/{id}"))).await.json().await.unwrap();
+            if info["state"] == "JobComplete" || info["state"] == "Failed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        info
+    }
+
     fn pardot(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(&self.token)
             .header(pardot::BUSINESS_UNIT_HEADER, SANDBOX_BUSINESS_UNIT)
     }
+}
+
+/// The sandbox server on its own port, with `limits`, and a client logged
+/// in to it: (stop it with this, its URL, the client).
+async fn served(app: &TestApp, limits: Limits) -> (CancellationToken, String, Client) {
+    let stop = CancellationToken::new();
+    let url = app.serve_sandbox(limits, stop.clone()).await;
+    let c = login(&url).await;
+    (stop, url, c)
 }
 
 async fn leads(app: &TestApp, n: usize) {
@@ -137,8 +159,7 @@ async fn oauth_query_paging_and_the_usage_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collections_answer_per_record_and_upserts_are_idempotent() {
     let app = TestApp::spawn().await;
-    let stop = CancellationToken::new();
-    let c = login(&app.serve_sandbox(Limits::default(), stop.clone()).await).await;
+    let (stop, _, c) = served(&app, Limits::default()).await;
 
     let too_many: Vec<Value> =
         (0..201).map(|i| json!({"attributes": {"type": "Lead"}, "LastName": format!("L{i}"), "Company": "X"})).collect();
@@ -181,8 +202,7 @@ async fn collections_answer_per_record_and_upserts_are_idempotent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fields_salesforce_keeps_itself_are_refused_on_create_and_update() {
     let app = TestApp::spawn().await;
-    let stop = CancellationToken::new();
-    let c = login(&app.serve_sandbox(Limits::default(), stop.clone()).await).await;
+    let (stop, _, c) = served(&app, Limits::default()).await;
     let (_, made) = c
         .send(
             reqwest::Method::POST,
@@ -240,9 +260,7 @@ async fn fields_salesforce_keeps_itself_are_refused_on_create_and_update() {
 async fn single_record_routes_limits_and_error_bodies_answer_as_salesforce_does() {
     use reqwest::Method;
     let app = TestApp::spawn().await;
-    let stop = CancellationToken::new();
-    let url = app.serve_sandbox(Limits::default(), stop.clone()).await;
-    let c = login(&url).await;
+    let (stop, url, c) = served(&app, Limits::default()).await;
 
     // simple-salesforce creates at the type's path with a trailing slash,
     // jsforce without.
@@ -341,9 +359,7 @@ async fn single_record_routes_limits_and_error_bodies_answer_as_salesforce_does(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_limit_and_expired_sessions_answer_as_salesforce_does() {
     let app = TestApp::spawn().await;
-    let stop = CancellationToken::new();
-    let url = app.serve_sandbox(Limits { salesforce_daily: 3, ..Limits::default() }, stop.clone()).await;
-    let c = login(&url).await;
+    let (stop, url, c) = served(&app, Limits { salesforce_daily: 3, ..Limits::default() }).await;
     for _ in 0..3 {
         assert_eq!(c.query("SELECT Id FROM Lead").await.status(), StatusCode::OK);
     }
@@ -370,8 +386,7 @@ async fn the_daily_limit_and_expired_sessions_answer_as_salesforce_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_ingest_job_reports_successful_and_failed_rows() {
     let app = TestApp::spawn().await;
-    let stop = CancellationToken::new();
-    let c = login(&app.serve_sandbox(Limits::default(), stop.clone()).await).await;
+    let (stop, _, c) = served(&app, Limits::default()).await;
     let (status, job) = c
         .send(
             reqwest::Method::POST,
@@ -394,14 +409,7 @@ async fn a_bulk_ingest_job_reports_successful_and_failed_rows() {
     assert_eq!(up.status(), StatusCode::CREATED);
     let (_, closed) = c.send(reqwest::Method::PATCH, &format!("/jobs/ingest/{id}"), json!({"state": "UploadComplete"})).await;
     assert_eq!(closed["state"], "UploadComplete");
-    let mut info = Value::Null;
-    for _ in 0..100 {
-        info = c.get(&c.data(&format!("/jobs/ingest/{id}"))).await.json().await.unwrap();
-        if info["state"] == "JobComplete" || info["state"] == "Failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let info = c.until_job_ends(&id).await;
     assert_eq!(
         (info["state"].as_str(), info["numberRecordsProcessed"].as_u64(), info["numberRecordsFailed"].as_u64()),
         (Some("JobComplete"), Some(3), Some(1)),
@@ -443,13 +451,7 @@ async fn a_bulk_ingest_job_reports_successful_and_failed_rows() {
     let (status, body) = c.send(reqwest::Method::DELETE, &format!("/jobs/ingest/{id}"), Value::Null).await;
     assert_eq!((status, &body[0]["errorCode"]), (StatusCode::BAD_REQUEST, &json!("INVALIDJOBSTATE")), "an open job is not deleted");
     c.send(reqwest::Method::PATCH, &format!("/jobs/ingest/{id}"), json!({"state": "UploadComplete"})).await;
-    for _ in 0..100 {
-        info = c.get(&c.data(&format!("/jobs/ingest/{id}"))).await.json().await.unwrap();
-        if info["state"] == "JobComplete" || info["state"] == "Failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let info = c.until_job_ends(&id).await;
     assert_eq!((info["state"].as_str(), info["numberRecordsFailed"].as_u64()), (Some("JobComplete"), Some(1)), "{info}");
     let failed = text(format!("/jobs/ingest/{id}/failedResults")).await;
     assert!(salesforce::read_csv(failed.as_bytes()).unwrap().1[0][1].starts_with("INVALID_FIELD_FOR_INSERT_UPDATE"), "{failed}");
@@ -460,9 +462,7 @@ async fn a_bulk_ingest_job_reports_successful_and_failed_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_engagement_prospects_page_upsert_delete_and_limits() {
     let app = TestApp::spawn().await;
-    let stop = CancellationToken::new();
-    let url = app.serve_sandbox(Limits::default(), stop.clone()).await;
-    let c = login(&url).await;
+    let (stop, url, c) = served(&app, Limits::default()).await;
     for i in 0..5 {
         app.create_prospect(&[("email", &format!("p{i}@ae.example")), ("lastName", "Page")]).await;
     }

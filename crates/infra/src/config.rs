@@ -229,8 +229,8 @@ pub struct ProducerConfig {
     pub pass_concurrency: usize,
     /// How far ahead of its budget a connection's backlog is read: once
     /// its batch lane holds this many seconds of its budget (and at least
-    /// 2,000 records), its detection waits for the lane to drain. 900 s at
-    /// 12,000 records an hour is 3,000 records. A million-record backfill
+    /// 1,000 records), its detection waits for the lane to drain. 300 s at
+    /// 12,000 records an hour is 1,000 records. A million-record backfill
     /// read all at once kept the machine busy for minutes and slowed every
     /// other connection's live edits 19-fold, to wait 83 hours in the lane.
     pub batch_ahead_secs: u64,
@@ -248,7 +248,7 @@ impl Default for ProducerConfig {
             api_records_per_message: 1000,
             lease_ttl_ms: 15_000,
             pass_concurrency: 8,
-            batch_ahead_secs: 900,
+            batch_ahead_secs: 300,
             replica_id: None,
         }
     }

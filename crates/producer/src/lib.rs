@@ -143,6 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let hearing = Arc::new(Hearing::default());
     let listener = tokio::spawn(listen(factory.pool().clone(), wake.clone(), dirty.clone(), hearing.clone(), shutdown.clone()));
     let priority = Priority::shared(services.redis.clone(), &config.redis.prefix);
+    let recently_published = pass::RecentlyPublished::default();
     let ctx = PassContext {
         pool: &services.pool,
         broker: &services.broker,
@@ -153,6 +154,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         api_records_per_message: config.producer.api_records_per_message,
         priority: &priority,
         batch_ahead: config.producer.batch_ahead(),
+        recently_published: &recently_published,
     };
     info!(replica = %owner, "producer started");
     health.working();

@@ -22,9 +22,9 @@
 //! and the producer's echo filter drops it. Other replicas stand by, and
 //! take the connection over when the lease expires or is given up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use crmsync_connector::{Cursor, Systems};
@@ -65,7 +65,40 @@ pub struct PassStats {
 /// detection waits, whatever its budget: enough for the drain's chunks and
 /// for tests and benches that fill a lane while the budget is held at
 /// almost nothing.
-pub const MIN_AHEAD_RECORDS: i64 = 2_000;
+pub const MIN_AHEAD_RECORDS: i64 = 1_000;
+
+/// How long a batch-lane publication counts as on its way to the lane: the
+/// matcher and the applier's intake take it in within seconds, and until
+/// they have, the lane's count does not show it. Without it, the next pass
+/// (half a second later) saw a lane still filling and read as much again:
+/// 6,000 records read ahead for a limit of 3,000.
+const ON_ITS_WAY: Duration = Duration::from_secs(5);
+
+/// What this replica published to each connection's batch lane in the last
+/// [`ON_ITS_WAY`], for the passes that follow.
+#[derive(Debug, Default)]
+pub struct RecentlyPublished(std::sync::Mutex<HashMap<String, VecDeque<(Instant, i64)>>>);
+
+impl RecentlyPublished {
+    /// Records published for `connection_id` lately (older ones forgotten).
+    fn on_their_way(&self, connection_id: &str) -> i64 {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|_, q| {
+            while q.front().is_some_and(|(at, _)| at.elapsed() > ON_ITS_WAY) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+        all.get(connection_id).map_or(0, |q| q.iter().map(|(_, n)| n).sum())
+    }
+
+    fn add(&self, connection_id: &str, records: i64) {
+        if records > 0 {
+            let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            all.entry(connection_id.to_owned()).or_default().push_back((Instant::now(), records));
+        }
+    }
+}
 
 /// How many records a connection's batch lane may hold before its
 /// detection stops reading further: `ahead` of its budget, at least
@@ -93,6 +126,7 @@ pub struct PassContext<'a> {
     /// How far ahead of its budget a connection's backlog is read (see
     /// [`ahead_limit`]).
     pub batch_ahead: Duration,
+    pub recently_published: &'a RecentlyPublished,
 }
 
 /// The identities of a page's records, found by the records' keys.
@@ -374,7 +408,7 @@ pub async fn run_pass(
     // machine's work up front, beside every other connection's live
     // edits). Its own later changes wait behind it in its feeds anyway.
     let limit = ahead_limit(settings, ctx.batch_ahead);
-    let queued = batch_lanes::queued(ctx.pool, connection_id).await?;
+    let queued = batch_lanes::queued(ctx.pool, connection_id).await? + ctx.recently_published.on_their_way(connection_id);
     if queued >= limit {
         debug!(connection_id, queued, limit, "the batch lane is ahead of its budget; not reading further yet");
         return Ok(PassStats { ahead: true, ..PassStats::default() });
@@ -475,6 +509,9 @@ pub async fn run_pass(
             }
         }
     }
+    if batch {
+        ctx.recently_published.add(connection_id, stats.published as i64);
+    }
     if stats.detected > 0 {
         debug!(connection_id, ?stats, "pass done");
     }
@@ -487,14 +524,23 @@ mod ahead_tests {
     use super::*;
 
     #[test]
-    fn a_backlog_is_read_a_quarter_hour_of_budget_ahead_and_never_less_than_the_floor() {
+    fn a_backlog_is_read_five_minutes_of_budget_ahead_and_never_less_than_the_floor() {
         let mut s = ConnectionSettings::default();
-        let quarter = Duration::from_secs(900);
-        s.batch_budget_per_hour = 12_000;
-        assert_eq!(ahead_limit(&s, quarter), 3_000);
+        let five_minutes = Duration::from_secs(300);
+        s.batch_budget_per_hour = 36_000;
+        assert_eq!(ahead_limit(&s, five_minutes), 3_000);
         s.batch_budget_per_hour = 1;
-        assert_eq!(ahead_limit(&s, quarter), MIN_AHEAD_RECORDS, "a budget held at nothing still fills a lane");
+        assert_eq!(ahead_limit(&s, five_minutes), MIN_AHEAD_RECORDS, "a budget held at nothing still fills a lane");
         s.batch_budget_per_hour = u32::MAX;
-        assert!(ahead_limit(&s, quarter) > 1_000_000_000, "a lifted budget lifts it");
+        assert!(ahead_limit(&s, five_minutes) > 300_000_000, "a lifted budget lifts it");
+    }
+
+    #[test]
+    fn what_was_just_published_counts_until_the_lane_can_show_it() {
+        let recent = RecentlyPublished::default();
+        recent.add("a", 600);
+        recent.add("a", 400);
+        recent.add("b", 0);
+        assert_eq!((recent.on_their_way("a"), recent.on_their_way("b")), (1_000, 0));
     }
 }

@@ -265,8 +265,8 @@ fn isolation(s: &mut String, i: &Isolation) {
                 s,
                 "\n**Backfill at its own budget.** {} backfilled {} records ({} linked pairs), seeded set-based in {:.1} s while it \
                  was paused, then resumed at its own budget ({} records an hour, burst {}) as the first window began: its producer \
-                 reads, the matcher matches and the applier stores the whole backlog in its lane unpaced; only its writes wait for \
-                 the budget. In the {:.0}-s window its producer published {} changes, {} were applied, and {} records were waiting \
+                 reads the backlog no further ahead of that budget than `producer.batch_ahead_secs` allows, and its writes wait \
+                 for the budget. In the {:.0}-s window its producer published {} changes, {} were applied, and {} records were waiting \
                  in its lane at the end.",
                 b.connection,
                 b.records,

@@ -11,9 +11,10 @@
 //!   `--isolation-backfill` records (two per linked pair, seeded in slices
 //!   while it is paused), in two windows one after the other:
 //!   - **at its own budget** (12,000 records an hour, as every connection
-//!     runs): resumed as the window starts, its producer reads the whole
-//!     backlog, the matcher matches it and the applier stores it in the
-//!     connection's lane, all unpaced; only its writes wait for the budget;
+//!     runs): resumed as the window starts, its producer reads the backlog
+//!     no further ahead of the budget than `producer.batch_ahead_secs`,
+//!     the matcher and the applier's intake take that into its lane, and
+//!     its writes wait for the budget;
 //!   - **budget lifted** (as the single-connection run, an operator's
 //!     override and the worst case): its lane drains as fast as the
 //!     machine allows, beside whatever of the first part is left.
