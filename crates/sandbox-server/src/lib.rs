@@ -188,7 +188,7 @@ impl Server {
             None => http.await,
             Some(grpc) => {
                 let grpc = async move { grpc.await.map_err(std::io::Error::other) };
-                tokio::try_join!(async move { http.await }, grpc).map(|_| ())
+                tokio::try_join!(http, grpc).map(|_| ())
             }
         }
     }

@@ -18,9 +18,10 @@
 //!   - **budget lifted** (as the single-connection run, an operator's
 //!     override and the worst case): its lane drains as fast as the
 //!     machine allows, beside whatever of the first part is left.
-//!   How far it got in each window is read from its lane's tallies, so the
-//!   reader sees that it ran, and it is then left to finish before
-//!   anything else is measured.
+//!
+//! How far the backfill got in each window is read from its lane's
+//! tallies, so the reader sees that it ran, and it is then left to finish
+//! before anything else is measured.
 //!
 //! The target: the editors' p99 in either troubled window at most twice
 //! the quiet one. What the scenario changed is put back (the backfilling
