@@ -111,7 +111,49 @@ pub fn parse(content_type: &str, body: &[u8]) -> Result<Vec<Part>, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Bodies made of multipart's own pieces in any order, and any bytes.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"--b".to_vec()),
+            Just(b"--b--".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\r\n\r\n".to_vec()),
+            Just(b"Content-Disposition: form-data; name=\"file\"; filename=\"p.csv\"".to_vec()),
+            Just(b"Content-Type: text/csv".to_vec()),
+            Just(b"x,y\n1,2".to_vec()),
+            Just(vec![0xff, 0xfe]),
+            prop::collection::vec(any::<u8>(), 0..8),
+        ];
+        prop::collection::vec(piece, 0..40).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        /// Whatever a client sends, the import's body is read or refused,
+        /// never a panic; what encodes parses back the same.
+        #[test]
+        fn any_body_is_read_or_refused_without_a_panic(
+            body in body(),
+            content_type in prop_oneof![Just("multipart/form-data; boundary=b".to_owned()), any::<String>()],
+            data in prop::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let _ = parse(&content_type, &body);
+            let parts = [Part::file("file", "p.csv", "text/csv", data)];
+            let (content_type, body) = encode(&parts);
+            prop_assert_eq!(parse(&content_type, &body).unwrap(), parts);
+        }
+
+        /// A Bulk upload's CSV, whatever its bytes: read or refused.
+        #[test]
+        fn any_csv_is_read_or_refused_without_a_panic(data in prop::collection::vec(any::<u8>(), 0..400)) {
+            let _ = crate::salesforce::read_csv(&data);
+        }
+    }
 
     #[test]
     fn parts_round_trip_and_the_boundary_never_appears_in_them() {

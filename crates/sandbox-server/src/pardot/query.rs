@@ -202,6 +202,17 @@ pub async fn query(State(st): State<Arc<AppState>>, Query(p): Query<QueryParams>
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// A token is the client's to send back: any text decodes to a
+        /// token or to nothing, never a panic.
+        #[test]
+        fn any_page_token_text_decodes_or_is_refused(text in "[0-9a-fA-F]{0,64}|\\PC{0,64}") {
+            if let Some(t) = decode(&text) {
+                let _ = within_bounds(&t);
+            }
+        }
+    }
+
     #[test]
     fn a_forged_token_asks_for_no_more_than_a_request_may() {
         let mut t = token_of(&QueryParams { fields: Some("id,email".into()), ..QueryParams::default() }).unwrap();
