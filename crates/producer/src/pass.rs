@@ -426,7 +426,10 @@ pub async fn run_pass(
     }
     let mut stats = PassStats::default();
     // First pages with real changes, to choose the lane.
-    let first_limit = ctx.page_size.max(settings.batch_threshold + 1);
+    // Just enough to tell a backfill from live changes: a larger first page
+    // of a backfill is a burst of work the read-ahead bound cannot hold
+    // back (both feeds' first pages are read before the lane is known).
+    let first_limit = settings.batch_threshold + 1;
     // Over an API every message costs calls downstream (a look-up, a read
     // before writing, a write or an import per message and system), so a
     // connection with one carries more records a message (I8).
@@ -486,7 +489,13 @@ pub async fn run_pass(
                 }
                 ctx.priority.give_way().await;
             }
-            let page = read(ctx, connection_id, settings, systems, h, ctx.page_size).await?;
+            // A backfill's pages stop at the read-ahead bound.
+            let size = if batch {
+                ctx.page_size.min(usize::try_from(limit - queued - stats.published as i64).unwrap_or(1).max(1))
+            } else {
+                ctx.page_size
+            };
+            let page = read(ctx, connection_id, settings, systems, h, size).await?;
             stats.detected += page.keep.len() + page.dropped;
             if page.keep.is_empty() && page.dropped == 0 {
                 keep_cursor(ctx, connection_id, h, page).await?;
